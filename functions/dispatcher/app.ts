@@ -1,0 +1,63 @@
+// Function app (dispatcher): the reserved-concurrency-1 singleton, woken by the doorbell and a 1-minute schedule.
+import { injectLambdaContext } from '@aws-lambda-powertools/logger/middleware';
+import { MetricUnit } from '@aws-lambda-powertools/metrics';
+import { logMetrics } from '@aws-lambda-powertools/metrics/middleware';
+import middy from '@middy/core';
+import type { Context } from 'aws-lambda';
+import { Dispatcher, type DispatcherTimings, type RunSummary } from '../../lib/domain/dispatcher.js';
+import { RETREAT_STATES } from '../../lib/domain/retreat.js';
+import type { Stores } from '../../lib/runtime/wiring.js';
+import { makeLogger, makeMetrics } from '../shared/observability.js';
+
+/** Time kept free before the function's hard stop, to release the lease and hand over. */
+const STOP_MARGIN_MS = 10_000;
+
+export interface DispatcherHandlerDeps {
+  stores: Stores;
+  wakeSuccessor: () => Promise<void>;
+  timings?: Partial<DispatcherTimings>;
+}
+
+export const makeDispatcherHandler = (deps: DispatcherHandlerDeps) => {
+  const logger = makeLogger('dispatcher');
+  const metrics = makeMetrics('dispatcher');
+  const run = async (_event: unknown, context: Context): Promise<RunSummary> => {
+    const { stores } = deps;
+    const dispatcher = new Dispatcher(
+      {
+        tickets: stores.tickets,
+        queue: stores.queue,
+        lease: stores.lease,
+        bucket: stores.bucket,
+        retreat: stores.retreat,
+        config: stores.config,
+        outcomes: stores.outcomes,
+        clock: stores.clock,
+        wakeSuccessor: deps.wakeSuccessor,
+        owner: context.awsRequestId,
+        log: {
+          info: (m, e) => logger.info(m, e ?? {}),
+          warn: (m, e) => logger.warn(m, e ?? {}),
+          error: (m, e) => logger.error(m, e ?? {}),
+        },
+        onRetreat: (record) => {
+          metrics.addMetric('effective_rpm', MetricUnit.Count, record.effectiveRpm);
+          metrics.addMetric('base_rpm', MetricUnit.Count, record.baseRpm);
+          metrics.addMetric('retreat_state', MetricUnit.Count, RETREAT_STATES.indexOf(record.state));
+          metrics.publishStoredMetrics();
+        },
+      },
+      deps.timings,
+    );
+    const summary = await dispatcher.run(
+      stores.clock.now() + context.getRemainingTimeInMillis() - STOP_MARGIN_MS,
+    );
+    metrics.addMetric('granted', MetricUnit.Count, summary.granted);
+    metrics.addMetric('expired', MetricUnit.Count, summary.expired);
+    metrics.addMetric('rejected', MetricUnit.Count, summary.rejected);
+    metrics.addMetric('swept', MetricUnit.Count, summary.swept);
+    logger.info('dispatcher run ended', { ...summary });
+    return summary;
+  };
+  return middy(run).use(injectLambdaContext(logger)).use(logMetrics(metrics));
+};

@@ -1,0 +1,143 @@
+// Function app (ingress): API Gateway REST proxy event in, streamed response out. Thin adapter over lib/ingress.
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { MethodNotAllowedError, Router } from '@aws-lambda-powertools/event-handler/http';
+import { MetricUnit } from '@aws-lambda-powertools/metrics';
+import type { APIGatewayProxyEvent, Context } from 'aws-lambda';
+import { FetchUpstream } from '../../lib/adapters/upstream/fetch-upstream.js';
+import { Admission } from '../../lib/domain/admission.js';
+import { KeyAuthenticator } from '../../lib/domain/auth.js';
+import { GatewayError, NotFoundError } from '../../lib/domain/errors.js';
+import { errorReply } from '../../lib/ingress/http.js';
+import { type IngressDeps, IngressService } from '../../lib/ingress/service.js';
+import { readRuntimeEnv } from '../../lib/runtime/env.js';
+import { dispatcherWaker, makeClients, makeStores, secretReader } from '../../lib/runtime/wiring.js';
+import { corsHeaders, lowerHeaders, pathWithQuery, toResponse } from '../shared/http.js';
+import { makeLogger, makeMetrics } from '../shared/observability.js';
+
+interface RequestScope {
+  signal: AbortSignal;
+  allowedOrigin: string | undefined;
+}
+
+/** The streaming wrapper hands the client-disconnect signal to the route via this request scope. */
+const scope = new AsyncLocalStorage<RequestScope>();
+
+/** Builds the ingress handler around a service; tests pass their own. */
+export const makeIngressHandler = (service: IngressService, opts: { allowedOrigin?: string } = {}) => {
+  const app = new Router();
+  const serve = async ({ event, context }: { event: unknown; context: Context }) => {
+    const ev = event as APIGatewayProxyEvent;
+    const s = scope.getStore();
+    const reply = await service.handle({
+      requestId: context.awsRequestId,
+      method: ev.httpMethod,
+      path: pathWithQuery(ev),
+      headers: lowerHeaders(ev),
+      body: ev.body,
+      isBase64Encoded: ev.isBase64Encoded,
+      signal: s?.signal ?? new AbortController().signal,
+      remainingMs: context.getRemainingTimeInMillis(),
+    });
+    return toResponse(reply, corsHeaders(s?.allowedOrigin, ev));
+  };
+  app.post('/v1/chat/completions', serve);
+  app.post('/v1/completions', serve);
+  app.post('/v1/embeddings', serve);
+  app.get('/v1/models', serve);
+  app.get('/v1/models/:id', serve);
+  app.get('/v1/models/:publisher/:id', serve);
+  app.options(
+    '/v1/:rest',
+    ({ event }) =>
+      new Response(null, {
+        status: 204,
+        headers: corsHeaders(opts.allowedOrigin, event as APIGatewayProxyEvent),
+      }),
+  );
+  // Other /v1/* paths are forwarded as the seed's catch-all did (they spend the key, so they queue too).
+  app.notFound(async (_err, reqCtx) => {
+    const ev = reqCtx.event as APIGatewayProxyEvent;
+    if (ev.path?.startsWith('/v1/')) return serve({ event: ev, context: reqCtx.context });
+    return toResponse(
+      errorReply(new NotFoundError(`No route ${ev.httpMethod} ${ev.path}.`), {
+        'x-request-id': reqCtx.context.awsRequestId,
+      }),
+    );
+  });
+  app.errorHandler(MethodNotAllowedError, async (_err, reqCtx) => {
+    const ev = reqCtx.event as APIGatewayProxyEvent;
+    return toResponse(
+      errorReply(
+        new GatewayError(
+          405,
+          'invalid_request_error',
+          'method_not_allowed',
+          `${ev.httpMethod} is not allowed on ${ev.path}.`,
+        ),
+        {
+          'x-request-id': reqCtx.context.awsRequestId,
+        },
+      ),
+    );
+  });
+
+  return awslambda.streamifyResponse(async (event: unknown, responseStream, context: Context) => {
+    const disconnected = new AbortController();
+    // Locally the API Gateway adapter exposes a signal; in Lambda the stream closing early is the only hint.
+    const local = (responseStream as { clientSignal?: AbortSignal }).clientSignal;
+    local?.addEventListener('abort', () => disconnected.abort(), { once: true });
+    responseStream.on('close', () => {
+      if (!responseStream.writableFinished) disconnected.abort();
+    });
+    await scope.run({ signal: disconnected.signal, allowedOrigin: opts.allowedOrigin }, () =>
+      app.resolveStream(event, context, { responseStream }),
+    );
+  });
+};
+
+/** Composition root: clients and stores once per container; config validated at cold start. */
+export const buildIngressService = (processEnv: Record<string, string | undefined> = process.env) => {
+  const env = readRuntimeEnv(processEnv);
+  const clients = makeClients(env);
+  const stores = makeStores(env, clients, processEnv);
+  const logger = makeLogger('ingress');
+  const metrics = makeMetrics('ingress');
+  const upstreamKey = secretReader(env.upstreamKeySecret, env.upstreamKeyValue, 'upstream API key');
+  const admission = new Admission({
+    tickets: stores.tickets,
+    queue: stores.queue,
+    lease: stores.lease,
+    outcomes: stores.outcomes,
+    bucket: stores.bucket,
+    wakeDispatcher: dispatcherWaker(env, clients),
+    clock: stores.clock,
+    newId: stores.newId,
+  });
+  const deps: IngressDeps = {
+    auth: new KeyAuthenticator(stores.keys, stores.clock),
+    config: stores.config,
+    admission,
+    bucket: stores.bucket,
+    outcomes: stores.outcomes,
+    upstream: new FetchUpstream(),
+    upstreamKey: () => upstreamKey(),
+    routes: env.routes,
+    upstreams: env.upstreams,
+    clock: stores.clock,
+    telemetry: {
+      // Metrics are flushed per request: the stream outlives any `after` hook.
+      request: (priority, status) => {
+        metrics.addDimensions({ priority, status_class: `${status[0]}xx` });
+        metrics.addMetric('requests', MetricUnit.Count, 1);
+        metrics.publishStoredMetrics();
+      },
+      upstream: (kind, ms) => {
+        metrics.addDimensions({ outcome: kind });
+        metrics.addMetric('upstream_latency', MetricUnit.Milliseconds, ms);
+        metrics.publishStoredMetrics();
+      },
+    },
+    log: { warn: (m, e) => logger.warn(m, e ?? {}), error: (m, e) => logger.error(m, e ?? {}) },
+  };
+  return { service: new IngressService(deps), env, stores, admission, clients };
+};

@@ -1,0 +1,60 @@
+// Adapter: agent keys, stored only as SHA-256 hashes.
+import {
+  type DynamoDBClient,
+  GetItemCommand,
+  PutItemCommand,
+  ScanCommand,
+  UpdateItemCommand,
+} from '@aws-sdk/client-dynamodb';
+import { marshall } from '@aws-sdk/util-dynamodb';
+import type { AgentKey, KeyStore } from '../../domain/ports.js';
+import { type Item, plain, s } from './common.js';
+
+export class DynamoKeyStore implements KeyStore {
+  constructor(
+    private readonly client: DynamoDBClient,
+    private readonly table: string,
+  ) {}
+
+  async get(keyHash: string): Promise<AgentKey | undefined> {
+    const res = await this.client.send(
+      new GetItemCommand({ TableName: this.table, Key: { keyHash: s(keyHash) }, ConsistentRead: true }),
+    );
+    return plain<AgentKey>(res.Item);
+  }
+
+  async put(key: AgentKey): Promise<void> {
+    await this.client.send(
+      new PutItemCommand({
+        TableName: this.table,
+        Item: marshall(key, { removeUndefinedValues: true }),
+        ConditionExpression: 'attribute_not_exists(keyHash)',
+      }),
+    );
+  }
+
+  async list(): Promise<AgentKey[]> {
+    const out: AgentKey[] = [];
+    let start: Item | undefined;
+    do {
+      const res = await this.client.send(
+        new ScanCommand({ TableName: this.table, ExclusiveStartKey: start }),
+      );
+      for (const item of res.Items ?? []) out.push(plain<AgentKey>(item)!);
+      start = res.LastEvaluatedKey;
+    } while (start);
+    return out.sort((a, b) => a.agent.localeCompare(b.agent) || a.createdAt - b.createdAt);
+  }
+
+  async setEnabled(keyHash: string, enabled: boolean): Promise<void> {
+    await this.client.send(
+      new UpdateItemCommand({
+        TableName: this.table,
+        Key: { keyHash: s(keyHash) },
+        UpdateExpression: 'SET enabled = :e',
+        ConditionExpression: 'attribute_exists(keyHash)',
+        ExpressionAttributeValues: { ':e': { BOOL: enabled } },
+      }),
+    );
+  }
+}

@@ -1,0 +1,334 @@
+// Adapter: tickets table plus the admission counter; every status change is a conditional write.
+import {
+  type DynamoDBClient,
+  GetItemCommand,
+  PutItemCommand,
+  QueryCommand,
+  type TransactWriteItem,
+  TransactWriteItemsCommand,
+  UpdateItemCommand,
+} from '@aws-sdk/client-dynamodb';
+import { marshall } from '@aws-sdk/util-dynamodb';
+import { AdmissionFullError, ConflictError } from '../../domain/errors.js';
+import type { ConsumeAttempt } from '../../domain/gcra.js';
+import type { CreateTicketOptions, GrantOutcome, TicketStore } from '../../domain/ports.js';
+import { PRIORITIES, type Priority } from '../../domain/priority.js';
+import { isTerminal, type Ticket, type TicketPatch, type TicketStatus } from '../../domain/tickets.js';
+import { bucketStateFromItem, consumeUpdate } from './bucket-store.js';
+import {
+  cancellation,
+  conditionFailure,
+  type Item,
+  n,
+  plain,
+  requestToken,
+  s,
+  stateKey,
+  ttlFrom,
+} from './common.js';
+
+export interface TicketTables {
+  ticketsTable: string;
+  stateTable: string;
+  bucketKey?: string;
+}
+
+const ADMISSION_KEY = stateKey('admission', 'global');
+
+/** Where a ticket sits in the sparse `byPhase` index (terminal tickets leave it). */
+const phaseOf = (t: Pick<Ticket, 'status' | 'priority' | 'enqueuedAt' | 'claimBy'>, now: number) => {
+  switch (t.status) {
+    case 'queued':
+      return { phase: `queued#${t.priority}`, phaseAt: t.enqueuedAt };
+    case 'granted':
+    case 'claimed':
+      return { phase: t.status, phaseAt: t.claimBy ?? now };
+    default:
+      return undefined;
+  }
+};
+
+const ticketFromItem = (item: Item | undefined): Ticket | undefined => {
+  const p = plain<Ticket & { phase?: string; phaseAt?: number; expiresAt?: number }>(item);
+  if (!p) return undefined;
+  const { phase: _phase, phaseAt: _phaseAt, expiresAt: _expiresAt, ...ticket } = p;
+  return ticket;
+};
+
+export class DynamoTicketStore implements TicketStore {
+  private readonly bucketKey: Item;
+
+  constructor(
+    private readonly client: DynamoDBClient,
+    private readonly tables: TicketTables,
+  ) {
+    this.bucketKey = stateKey('bucket', tables.bucketKey ?? 'default');
+  }
+
+  private ticketPut(ticket: Ticket): TransactWriteItem {
+    const phase = phaseOf(ticket, ticket.enqueuedAt);
+    return {
+      Put: {
+        TableName: this.tables.ticketsTable,
+        Item: marshall(
+          { ...ticket, ...phase, expiresAt: ttlFrom(ticket.deadline) },
+          { removeUndefinedValues: true },
+        ),
+        ConditionExpression: 'attribute_not_exists(id)',
+      },
+    };
+  }
+
+  private admission(delta: number, max?: number): TransactWriteItem {
+    return {
+      Update: {
+        TableName: this.tables.stateTable,
+        Key: ADMISSION_KEY,
+        UpdateExpression: 'SET queued = if_not_exists(queued, :zero) + :d',
+        ...(max !== undefined
+          ? { ConditionExpression: 'attribute_not_exists(queued) OR queued < :max' }
+          : {}),
+        ExpressionAttributeValues: {
+          ':zero': n(0),
+          ':d': n(delta),
+          ...(max !== undefined ? { ':max': n(max) } : {}),
+        },
+        ...(max !== undefined ? { ReturnValuesOnConditionCheckFailure: 'ALL_OLD' as const } : {}),
+      },
+    };
+  }
+
+  async create(ticket: Ticket, opts: CreateTicketOptions): Promise<void> {
+    if (opts.bypassAdmission) {
+      await this.client.send(new PutItemCommand(this.ticketPut(ticket).Put!));
+      return;
+    }
+    const items: TransactWriteItem[] = opts.replace
+      ? [
+          this.transitionUpdate(
+            opts.replace.id,
+            'queued',
+            'dropped',
+            { reason: 'dropped_for_newer' },
+            ticket.enqueuedAt,
+            opts.replace.attempt,
+          ),
+          this.ticketPut(ticket),
+        ]
+      : [this.admission(1, opts.queueMaxSize), this.ticketPut(ticket)];
+    try {
+      await this.client.send(
+        new TransactWriteItemsCommand({
+          TransactItems: items,
+          ClientRequestToken: requestToken('create', ticket.id),
+        }),
+      );
+    } catch (err) {
+      const [first] = cancellation(err);
+      if (first?.failed && opts.replace) throw new ConflictError('ticket to drop is no longer queued');
+      if (first?.failed)
+        throw new AdmissionFullError(plain<{ queued?: number }>(first.item)?.queued ?? opts.queueMaxSize);
+      throw new ConflictError(`ticket ${ticket.id} exists`);
+    }
+  }
+
+  async get(id: string): Promise<Ticket | undefined> {
+    const res = await this.client.send(
+      new GetItemCommand({ TableName: this.tables.ticketsTable, Key: { id: s(id) }, ConsistentRead: true }),
+    );
+    return ticketFromItem(res.Item);
+  }
+
+  /** The Update that moves a ticket, keeping the phase index in step. */
+  private transitionUpdate(
+    id: string,
+    from: TicketStatus,
+    to: TicketStatus,
+    patch: TicketPatch,
+    now: number,
+    attempt?: number,
+    priority?: Priority,
+    enqueuedAt?: number,
+  ): TransactWriteItem {
+    const names: Record<string, string> = { '#st': 'status' };
+    const values: Item = { ':from': s(from), ':to': s(to) };
+    const sets = ['#st = :to'];
+    const removes: string[] = [];
+    for (const [k, v] of Object.entries(patch)) {
+      if (v === undefined) continue;
+      names[`#${k}`] = k;
+      values[`:${k}`] = typeof v === 'number' ? n(v) : s(String(v));
+      sets.push(`#${k} = :${k}`);
+    }
+    if (to === 'queued') {
+      // Requeue: a new attempt, back into its priority's queued phase at its original enqueue time.
+      sets.push('attempt = attempt + :one', 'phase = :phase', 'phaseAt = :phaseAt');
+      values[':one'] = n(1);
+      values[':phase'] = s(`queued#${priority}`);
+      values[':phaseAt'] = n(enqueuedAt ?? now);
+    } else {
+      const phase = phaseOf({ status: to, priority: 'normal', enqueuedAt: now, claimBy: patch.claimBy }, now);
+      if (phase) {
+        sets.push('phase = :phase', 'phaseAt = :phaseAt');
+        values[':phase'] = s(phase.phase);
+        values[':phaseAt'] = n(phase.phaseAt);
+      } else removes.push('phase', 'phaseAt');
+    }
+    let cond = '#st = :from';
+    if (attempt !== undefined) {
+      cond += ' AND attempt = :attempt';
+      values[':attempt'] = n(attempt);
+    }
+    return {
+      Update: {
+        TableName: this.tables.ticketsTable,
+        Key: { id: s(id) },
+        UpdateExpression: `SET ${sets.join(', ')}${removes.length ? ` REMOVE ${removes.join(', ')}` : ''}`,
+        ConditionExpression: cond,
+        ExpressionAttributeNames: names,
+        ExpressionAttributeValues: values,
+        ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
+      },
+    };
+  }
+
+  async grant(
+    ticket: Pick<Ticket, 'id' | 'attempt'>,
+    attempt: ConsumeAttempt,
+    patch: TicketPatch,
+  ): Promise<GrantOutcome> {
+    const consume = consumeUpdate(attempt);
+    const items: TransactWriteItem[] = [
+      {
+        Update: {
+          TableName: this.tables.stateTable,
+          Key: this.bucketKey,
+          ...consume,
+          ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
+        },
+      },
+      this.transitionUpdate(ticket.id, 'queued', 'granted', patch, attempt.now, ticket.attempt),
+      this.admission(-1),
+    ];
+    try {
+      await this.client.send(
+        new TransactWriteItemsCommand({
+          TransactItems: items,
+          ClientRequestToken: requestToken('grant', ticket.id, ticket.attempt, attempt.branch, attempt.now),
+        }),
+      );
+      return { kind: 'granted' };
+    } catch (err) {
+      const [bucket, tk] = cancellation(err);
+      if (tk?.failed) return { kind: 'ticket_conflict', current: ticketFromItem(tk.item) };
+      return { kind: 'bucket_conflict', current: bucketStateFromItem(bucket?.item) };
+    }
+  }
+
+  async transition(
+    id: string,
+    from: TicketStatus,
+    to: TicketStatus,
+    patch: TicketPatch,
+    opts: { attempt?: number } = {},
+  ): Promise<{ ticket: Ticket } | { conflict: Ticket | undefined }> {
+    const now = patch.finishedAt ?? patch.claimedAt ?? patch.grantedAt ?? Date.now();
+    let current: Ticket | undefined;
+    if (to === 'queued') {
+      // Requeue needs the priority and original enqueue time for the phase index.
+      current = await this.get(id);
+      if (!current || current.status !== from) return { conflict: current };
+    }
+    const update = this.transitionUpdate(
+      id,
+      from,
+      to,
+      patch,
+      now,
+      opts.attempt,
+      current?.priority,
+      current?.enqueuedAt,
+    );
+    const countDelta =
+      from === 'queued' && to !== 'queued' ? -1 : to === 'queued' && from !== 'queued' ? 1 : 0;
+    try {
+      if (countDelta === 0) {
+        const res = await this.client.send(
+          new UpdateItemCommand({ ...update.Update!, ReturnValues: 'ALL_NEW' }),
+        );
+        return { ticket: ticketFromItem(res.Attributes)! };
+      }
+      await this.client.send(
+        new TransactWriteItemsCommand({
+          TransactItems: [update, this.admission(countDelta)],
+          ClientRequestToken: requestToken('move', id, from, to, opts.attempt ?? '', now),
+        }),
+      );
+      const ticket = await this.get(id);
+      return ticket ? { ticket } : { conflict: undefined };
+    } catch (err) {
+      if (countDelta === 0) return { conflict: ticketFromItem(conditionFailure(err).item) };
+      const [first] = cancellation(err);
+      return { conflict: ticketFromItem(first?.item) };
+    }
+  }
+
+  async oldestQueued(priority: Priority): Promise<Ticket | undefined> {
+    const [t] = await this.listPhase(`queued#${priority}`, Number.MAX_SAFE_INTEGER, 1);
+    return t;
+  }
+
+  async listPhase(phase: string, before: number, limit: number): Promise<Ticket[]> {
+    const res = await this.client.send(
+      new QueryCommand({
+        TableName: this.tables.ticketsTable,
+        IndexName: 'byPhase',
+        KeyConditionExpression: 'phase = :p AND phaseAt < :before',
+        ExpressionAttributeValues: { ':p': s(phase), ':before': n(before) },
+        ScanIndexForward: true,
+        Limit: limit,
+      }),
+    );
+    // The index is eventually consistent: callers confirm with a conditional write.
+    return (res.Items ?? [])
+      .map((i) => ticketFromItem(i))
+      .filter((t): t is Ticket => !!t && !isTerminal(t.status));
+  }
+
+  async admissionCount(): Promise<number> {
+    const res = await this.client.send(
+      new GetItemCommand({ TableName: this.tables.stateTable, Key: ADMISSION_KEY, ConsistentRead: true }),
+    );
+    return plain<{ queued?: number }>(res.Item)?.queued ?? 0;
+  }
+
+  async reconcileAdmission(): Promise<number> {
+    let total = 0;
+    for (const p of PRIORITIES) {
+      let start: Item | undefined;
+      do {
+        const res = await this.client.send(
+          new QueryCommand({
+            TableName: this.tables.ticketsTable,
+            IndexName: 'byPhase',
+            KeyConditionExpression: 'phase = :p',
+            ExpressionAttributeValues: { ':p': s(`queued#${p}`) },
+            Select: 'COUNT',
+            ExclusiveStartKey: start,
+          }),
+        );
+        total += res.Count ?? 0;
+        start = res.LastEvaluatedKey;
+      } while (start);
+    }
+    await this.client.send(
+      new UpdateItemCommand({
+        TableName: this.tables.stateTable,
+        Key: ADMISSION_KEY,
+        UpdateExpression: 'SET queued = :q',
+        ExpressionAttributeValues: { ':q': n(total) },
+      }),
+    );
+    return total;
+  }
+}

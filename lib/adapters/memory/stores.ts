@@ -1,0 +1,81 @@
+// Adapter: in-memory stores with the same conditional semantics as the DynamoDB ones (unit tests, models).
+import { applyAttempt, type BucketParams, type BucketState, type ConsumeAttempt } from '../../domain/gcra.js';
+import {
+  emptySlot,
+  latencyBucket,
+  type OutcomeEvent,
+  type SlotCounters,
+  slotOf,
+} from '../../domain/outcomes.js';
+import type { BucketStore, ConsumeOutcome, OutcomeStore, RetreatStore } from '../../domain/ports.js';
+import type { RetreatRecord } from '../../domain/retreat.js';
+
+const sameBucket = (a: BucketState | undefined, b: BucketState) =>
+  !!a && a.tat === b.tat && a.intervalMs === b.intervalMs && a.burst === b.burst;
+
+export class MemoryBucketStore implements BucketStore {
+  state: BucketState | undefined;
+
+  async get(): Promise<BucketState | undefined> {
+    return this.state && { ...this.state };
+  }
+
+  async ensure(params: BucketParams): Promise<BucketState> {
+    this.state ??= { ...params };
+    return { ...this.state };
+  }
+
+  async consume(attempt: ConsumeAttempt): Promise<ConsumeOutcome> {
+    const tat = applyAttempt(this.state, attempt);
+    if (tat === undefined || !this.state) return { ok: false, current: this.state && { ...this.state } };
+    this.state = { ...this.state, tat };
+    return { ok: true, tat };
+  }
+
+  async compareAndSet(expected: BucketState, next: BucketState): Promise<boolean> {
+    if (!sameBucket(this.state, expected)) return false;
+    this.state = { ...next };
+    return true;
+  }
+}
+
+export class MemoryOutcomeStore implements OutcomeStore {
+  readonly slots = new Map<number, SlotCounters>();
+
+  async record(now: number, event: OutcomeEvent): Promise<void> {
+    const key = slotOf(now);
+    const slot = this.slots.get(key) ?? emptySlot(key);
+    for (const [name, by] of Object.entries(event.counts))
+      slot.counts[name as keyof typeof slot.counts] += by ?? 0;
+    for (const l of event.latencies ?? []) {
+      const row = slot.hist[l.name][l.priority];
+      const i = latencyBucket(l.ms);
+      row[i] = (row[i] ?? 0) + 1;
+    }
+    this.slots.set(key, slot);
+  }
+
+  async read(fromMs: number, toMs: number): Promise<SlotCounters[]> {
+    return [...this.slots.values()]
+      .filter((s) => s.slot >= slotOf(fromMs) && s.slot <= slotOf(toMs))
+      .sort((a, b) => a.slot - b.slot);
+  }
+}
+
+export class MemoryRetreatStore implements RetreatStore {
+  record: RetreatRecord | undefined;
+
+  async get(): Promise<RetreatRecord | undefined> {
+    return this.record && structuredClone(this.record);
+  }
+
+  async put(next: RetreatRecord, expectedVersion: number | undefined): Promise<boolean> {
+    if (
+      expectedVersion === undefined ? this.record !== undefined : this.record?.version !== expectedVersion
+    ) {
+      return false;
+    }
+    this.record = structuredClone(next);
+    return true;
+  }
+}

@@ -1,0 +1,120 @@
+// Adapter: the four SQS priority queues carrying ticket messages.
+import {
+  ChangeMessageVisibilityCommand,
+  DeleteMessageCommand,
+  GetQueueAttributesCommand,
+  ReceiveMessageCommand,
+  SendMessageCommand,
+  type SQSClient,
+} from '@aws-sdk/client-sqs';
+import type { ReceivedMessage, TicketQueue } from '../../domain/ports.js';
+import { isPriority, type Priority } from '../../domain/priority.js';
+import type { TicketMessage } from '../../domain/tickets.js';
+
+/** A message body that is not a ticket message: left for the redrive policy to move to the DLQ. */
+export class PoisonMessageError extends Error {}
+
+export const parseTicketMessage = (body: string | undefined): TicketMessage => {
+  let v: unknown;
+  try {
+    v = JSON.parse(body ?? '');
+  } catch {
+    throw new PoisonMessageError('message body is not JSON');
+  }
+  const m = v as Partial<TicketMessage>;
+  if (
+    typeof m?.ticketId !== 'string' ||
+    typeof m.attempt !== 'number' ||
+    !isPriority(m.priority) ||
+    typeof m.agent !== 'string' ||
+    typeof m.enqueuedAt !== 'number' ||
+    typeof m.deadline !== 'number'
+  ) {
+    throw new PoisonMessageError('message is not a ticket message');
+  }
+  return m as TicketMessage;
+};
+
+export class SqsTicketQueue implements TicketQueue {
+  constructor(
+    private readonly client: SQSClient,
+    private readonly urls: Record<Priority, string>,
+  ) {}
+
+  async send(message: TicketMessage): Promise<void> {
+    await this.client.send(
+      new SendMessageCommand({
+        QueueUrl: this.urls[message.priority],
+        MessageBody: JSON.stringify(message),
+        // Fair queues: one noisy agent cannot starve the others inside a priority.
+        MessageGroupId: message.agent,
+      }),
+    );
+  }
+
+  /** Poison messages come back with `message` undefined so the caller can leave them to the DLQ. */
+  async receiveRaw(
+    priority: Priority,
+    max: number,
+    waitSeconds: number,
+    signal?: AbortSignal,
+  ): Promise<(ReceivedMessage | { poison: string; receipt: string; receiveCount: number })[]> {
+    const res = await this.client.send(
+      new ReceiveMessageCommand({
+        QueueUrl: this.urls[priority],
+        MaxNumberOfMessages: max,
+        WaitTimeSeconds: waitSeconds,
+        MessageSystemAttributeNames: ['ApproximateReceiveCount'],
+      }),
+      signal ? { abortSignal: signal } : {},
+    );
+    return (res.Messages ?? []).map((m) => {
+      const receipt = m.ReceiptHandle ?? '';
+      const receiveCount = Number(m.Attributes?.ApproximateReceiveCount ?? 1);
+      try {
+        return { message: parseTicketMessage(m.Body), receipt, receiveCount };
+      } catch (err) {
+        return { poison: (err as Error).message, receipt, receiveCount };
+      }
+    });
+  }
+
+  async receive(
+    priority: Priority,
+    max: number,
+    waitSeconds: number,
+    signal?: AbortSignal,
+  ): Promise<ReceivedMessage[]> {
+    const all = await this.receiveRaw(priority, max, waitSeconds, signal);
+    return all.filter((m): m is ReceivedMessage => 'message' in m);
+  }
+
+  async delete(priority: Priority, receipt: string): Promise<void> {
+    await this.client.send(
+      new DeleteMessageCommand({ QueueUrl: this.urls[priority], ReceiptHandle: receipt }),
+    );
+  }
+
+  async extend(priority: Priority, receipt: string, seconds: number): Promise<void> {
+    await this.client.send(
+      new ChangeMessageVisibilityCommand({
+        QueueUrl: this.urls[priority],
+        ReceiptHandle: receipt,
+        VisibilityTimeout: seconds,
+      }),
+    );
+  }
+
+  async depth(priority: Priority): Promise<{ visible: number; inFlight: number }> {
+    const res = await this.client.send(
+      new GetQueueAttributesCommand({
+        QueueUrl: this.urls[priority],
+        AttributeNames: ['ApproximateNumberOfMessages', 'ApproximateNumberOfMessagesNotVisible'],
+      }),
+    );
+    return {
+      visible: Number(res.Attributes?.ApproximateNumberOfMessages ?? 0),
+      inFlight: Number(res.Attributes?.ApproximateNumberOfMessagesNotVisible ?? 0),
+    };
+  }
+}

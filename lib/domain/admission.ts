@@ -1,0 +1,324 @@
+// Domain use case (ingress side): admit a request as a ticket, wait for its grant, claim it, record its end.
+import type { TokenBucket } from './bucket.js';
+import type { Clock } from './clock.js';
+import type { GatewayConfig } from './config.js';
+import { AdmissionFullError, ConflictError, RateLimitedError, UnavailableError } from './errors.js';
+import type { LeaseStore, OutcomeStore, TicketQueue, TicketStore } from './ports.js';
+import { type Priority, priorityRank } from './priority.js';
+import type { Ticket, TicketPatch, TicketStatus } from './tickets.js';
+
+export interface AdmissionDeps {
+  tickets: TicketStore;
+  queue: TicketQueue;
+  lease: LeaseStore;
+  outcomes: OutcomeStore;
+  /** Only the passthrough policy spends tokens here. */
+  bucket: TokenBucket;
+  /** Asynchronous invoke of the dispatcher; called when the doorbell finds no live lease. */
+  wakeDispatcher: () => Promise<void>;
+  clock: Clock;
+  newId: () => string;
+}
+
+export interface AdmitRequest {
+  agent: string;
+  priority: Priority;
+  model: string;
+  stream: boolean;
+  /** Latest time the agent can still use a grant (own wait cap and the function's time left). */
+  deadline: number;
+}
+
+/** What waiting ended with. */
+export type WaitResult =
+  | { kind: 'granted'; ticket: Ticket }
+  | {
+      kind: 'refused';
+      status: TicketStatus;
+      ticket: Ticket | undefined;
+      error: RateLimitedError | UnavailableError;
+    };
+
+export interface WaitHooks {
+  signal?: AbortSignal;
+  /** Called between polls while queued (streaming heartbeats). */
+  onWaiting?: (info: { position: number; etaMs: number }) => void;
+}
+
+/** Shortest and longest pause between two reads of a waiting ticket. */
+export const POLL_MIN_MS = 50;
+export const POLL_MAX_MS = 5_000;
+
+/** Time after which a grant must have been claimed (kept in step with the dispatcher's claim window). */
+const CLAIM_MARGIN_MS = 5_000;
+
+export class Admission {
+  /** Reads of waiting tickets, for the benchmark's calls-per-request figure. */
+  readonly stats = { polls: 0 };
+
+  constructor(private readonly d: AdmissionDeps) {}
+
+  /**
+   * Creates the ticket (counted for admission in the same transaction), applies the queue-full policy,
+   * sends the queue message and rings the doorbell.
+   * @throws UnavailableError (503) when the queue is full under `reject` or nothing lower can be dropped.
+   */
+  async admit(req: AdmitRequest, config: GatewayConfig): Promise<{ ticket: Ticket; passthrough: boolean }> {
+    const now = this.d.clock.now();
+    const ticket: Ticket = {
+      id: this.d.newId(),
+      agent: req.agent,
+      priority: req.priority,
+      model: req.model,
+      stream: req.stream,
+      status: 'queued',
+      attempt: 0,
+      enqueuedAt: now,
+      deadline: req.deadline,
+    };
+    try {
+      await this.d.tickets.create(ticket, { queueMaxSize: config.queueMaxSize });
+    } catch (err) {
+      if (!(err instanceof AdmissionFullError)) throw err;
+      return this.whenFull(ticket, config);
+    }
+    await this.enqueue(ticket);
+    return { ticket, passthrough: false };
+  }
+
+  private async whenFull(
+    ticket: Ticket,
+    config: GatewayConfig,
+  ): Promise<{ ticket: Ticket; passthrough: boolean }> {
+    const full = () =>
+      new UnavailableError(
+        `Queue full (${config.queueMaxSize} waiting); retry later.`,
+        Math.min(60_000, Math.max(1_000, config.upstreamWindowMs / 4)),
+        'queue_full',
+      );
+    if (config.queueFullPolicy === 'reject') throw full();
+    if (config.queueFullPolicy === 'drop_lowest') {
+      // Drop the oldest ticket of the lowest priority present, if it matters less than (or as much as) this one.
+      for (const p of ['low', 'normal', 'high', 'urgent'] as const) {
+        if (priorityRank(p) < priorityRank(ticket.priority)) break;
+        const victim = await this.d.tickets.oldestQueued(p);
+        if (!victim) continue;
+        try {
+          await this.d.tickets.create(ticket, { queueMaxSize: config.queueMaxSize, replace: victim });
+          await this.d.outcomes.record(this.d.clock.now(), { counts: { dropped: 1 } });
+          await this.enqueue(ticket);
+          return { ticket, passthrough: false };
+        } catch (err) {
+          if (err instanceof ConflictError) continue;
+          throw err;
+        }
+      }
+      throw full();
+    }
+    // passthrough: not queued, but it still takes a token (the upstream limit holds whatever the policy).
+    const got = await this.d.bucket.tryConsume(ticket.priority);
+    const now = this.d.clock.now();
+    if (!got.granted) {
+      await this.d.tickets.create(
+        { ...ticket, status: 'rejected', finishedAt: now, reason: 'queue_full_no_token' },
+        {
+          queueMaxSize: config.queueMaxSize,
+          bypassAdmission: true,
+        },
+      );
+      await this.d.outcomes.record(now, { counts: { refused: 1 } });
+      throw new RateLimitedError('Queue full and no token free for passthrough; retry later.', got.waitMs);
+    }
+    const granted: Ticket = {
+      ...ticket,
+      status: 'granted',
+      grantedAt: now,
+      claimBy: now + CLAIM_MARGIN_MS,
+      reason: 'passthrough',
+    };
+    await this.d.tickets.create(granted, { queueMaxSize: config.queueMaxSize, bypassAdmission: true });
+    await this.d.outcomes.record(now, { counts: { granted: 1 } });
+    return { ticket: granted, passthrough: true };
+  }
+
+  /** Queue message + doorbell (first enqueue and every requeue). */
+  private async enqueue(ticket: Ticket): Promise<void> {
+    try {
+      await this.d.queue.send({
+        ticketId: ticket.id,
+        attempt: ticket.attempt,
+        priority: ticket.priority,
+        agent: ticket.agent,
+        enqueuedAt: ticket.enqueuedAt,
+        deadline: ticket.deadline,
+      });
+    } catch {
+      // Without a message nobody would ever grant it: end it now rather than let it wait in vain.
+      await this.end(ticket, 'queued', 'failed', 'enqueue_failed');
+      throw new UnavailableError('Could not queue the request; retry shortly.', 1_000, 'queue_unavailable');
+    }
+    await this.ring();
+  }
+
+  /** `ADD rings 1` on the lease; no live lease → wake the dispatcher (asynchronous invoke). */
+  async ring(): Promise<void> {
+    const lease = await this.d.lease.ring();
+    const live = lease.owner !== undefined && (lease.expiresAt ?? 0) > this.d.clock.now();
+    if (!live) await this.d.wakeDispatcher();
+  }
+
+  /**
+   * Waits for the ticket to leave `queued`, with consistent reads on a schedule scaled to the estimated wait:
+   * far from the grant it reads rarely, near it often. Abandons it at its deadline or on `signal`.
+   * @param intervalMs current token interval, for the estimate
+   */
+  async wait(ticket: Ticket, intervalMs: number, hooks: WaitHooks = {}): Promise<WaitResult> {
+    const { clock, tickets } = this.d;
+    const queued = await tickets.admissionCount();
+    let etaAt = clock.now() + Math.max(0, queued - 1) * intervalMs;
+    for (;;) {
+      const now = clock.now();
+      if (hooks.signal?.aborted) return this.giveUp(ticket, 'abandoned', 'client_disconnected');
+      if (now >= ticket.deadline) return this.giveUp(ticket, 'abandoned', 'wait_exceeded');
+      const remaining = Math.max(0, etaAt - now);
+      const pause = Math.min(
+        POLL_MAX_MS,
+        Math.max(POLL_MIN_MS, remaining / 2, remaining === 0 ? intervalMs / 4 : 0),
+      );
+      hooks.onWaiting?.({ position: Math.ceil(remaining / intervalMs), etaMs: remaining });
+      await clock.sleep(Math.min(pause, ticket.deadline - now), hooks.signal);
+      if (hooks.signal?.aborted) continue;
+      this.stats.polls++;
+      const current = await tickets.get(ticket.id);
+      if (!current) return this.refused(ticket, 'failed', undefined);
+      if (current.status === 'granted' && current.attempt === ticket.attempt)
+        return { kind: 'granted', ticket: current };
+      if (current.status !== 'queued') return this.refused(ticket, current.status, current);
+      // Past the estimate and still queued: the queue was longer than guessed; look again about every token.
+      if (clock.now() >= etaAt) etaAt = clock.now() + intervalMs;
+    }
+  }
+
+  private async giveUp(ticket: Ticket, to: 'abandoned', reason: string): Promise<WaitResult> {
+    const res = await this.d.tickets.transition(
+      ticket.id,
+      'queued',
+      to,
+      { finishedAt: this.d.clock.now(), reason },
+      { attempt: ticket.attempt },
+    );
+    if ('ticket' in res) {
+      await this.d.outcomes.record(this.d.clock.now(), { counts: { abandoned: 1 } });
+      return this.refused(ticket, to, res.ticket);
+    }
+    // It moved meanwhile: granted just in time is still a grant.
+    const current = res.conflict;
+    if (current?.status === 'granted' && current.attempt === ticket.attempt) {
+      if (reason === 'client_disconnected') {
+        await this.abandonGrant(current, reason);
+        return this.refused(ticket, 'abandoned', current);
+      }
+      return { kind: 'granted', ticket: current };
+    }
+    return this.refused(ticket, current?.status ?? 'failed', current);
+  }
+
+  private refused(ticket: Ticket, status: TicketStatus, current: Ticket | undefined): WaitResult {
+    const retryAfterMs = 30_000;
+    const error =
+      status === 'dropped'
+        ? new UnavailableError(
+            'Request dropped from a full queue for a more important one; retry later.',
+            retryAfterMs,
+            'queue_full',
+          )
+        : status === 'rejected' && current?.reason === 'low_priority_timeout'
+          ? new RateLimitedError(
+              'Low-priority request refused: no slot within low_priority_timeout.',
+              5_000,
+              'low_priority_timeout',
+            )
+          : status === 'abandoned' || status === 'expired'
+            ? new RateLimitedError(
+                `Request waited in the queue until its deadline (${Math.round((ticket.deadline - ticket.enqueuedAt) / 1000)} s) without a slot; retry later.`,
+                retryAfterMs,
+                'queue_wait_exceeded',
+              )
+            : new UnavailableError(
+                `Request ended as ${status}${current?.reason ? ` (${current.reason})` : ''}.`,
+                1_000,
+                'ticket_failed',
+              );
+    return { kind: 'refused', status, ticket: current, error };
+  }
+
+  /**
+   * `granted → claimed`: the ingress is starting the upstream call. After this the dispatcher's sweep
+   * ends the ticket only once `mustFinishBy` has passed.
+   */
+  async claim(ticket: Ticket, mustFinishBy: number): Promise<Ticket | undefined> {
+    const res = await this.d.tickets.transition(
+      ticket.id,
+      'granted',
+      'claimed',
+      { claimedAt: this.d.clock.now(), claimBy: mustFinishBy },
+      { attempt: ticket.attempt },
+    );
+    return 'ticket' in res ? res.ticket : undefined;
+  }
+
+  /** A grant the agent will not use (gone before the call): end it and give the token back. */
+  async abandonGrant(ticket: Ticket, reason: string): Promise<void> {
+    const res = await this.d.tickets.transition(
+      ticket.id,
+      'granted',
+      'abandoned',
+      { finishedAt: this.d.clock.now(), reason },
+      { attempt: ticket.attempt },
+    );
+    if ('ticket' in res) {
+      await this.d.bucket.refund();
+      await this.d.outcomes.record(this.d.clock.now(), { counts: { abandoned: 1 } });
+    }
+  }
+
+  /**
+   * Upstream said 429 / capacity before any byte reached the agent: requeue at the same priority with the
+   * original enqueue time (a new message, attempt + 1).
+   * @returns the requeued ticket, or undefined when it could not be requeued.
+   */
+  async requeue(ticket: Ticket, reason: string): Promise<Ticket | undefined> {
+    const res = await this.d.tickets.transition(
+      ticket.id,
+      'claimed',
+      'queued',
+      { reason },
+      { attempt: ticket.attempt },
+    );
+    if (!('ticket' in res)) return undefined;
+    await this.d.outcomes.record(this.d.clock.now(), { counts: { requeued: 1 } });
+    await this.enqueue(res.ticket);
+    return res.ticket;
+  }
+
+  /** Records the end of a claimed ticket. */
+  async finish(ticket: Ticket, to: 'completed' | 'failed' | 'abandoned', patch: TicketPatch): Promise<void> {
+    await this.end(ticket, 'claimed', to, patch.reason ?? to, patch);
+  }
+
+  private async end(
+    ticket: Ticket,
+    from: TicketStatus,
+    to: TicketStatus,
+    reason: string,
+    patch: TicketPatch = {},
+  ) {
+    await this.d.tickets.transition(
+      ticket.id,
+      from,
+      to,
+      { ...patch, reason, finishedAt: this.d.clock.now() },
+      { attempt: ticket.attempt },
+    );
+  }
+}

@@ -1,0 +1,66 @@
+// Domain: agent keys (hashed, never stored in clear) and the admin/viewer token check.
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { Clock } from './clock.js';
+import { AuthenticationError, PermissionError } from './errors.js';
+import type { AgentKey, KeyStore } from './ports.js';
+
+/** `sk-sluice-` + 43 base64url characters (32 random bytes). */
+export const KEY_PREFIX = 'sk-sluice-';
+export const KEY_PATTERN = /^sk-sluice-[A-Za-z0-9_-]{43}$/;
+
+export const hashKey = (key: string): string => createHash('sha256').update(key, 'utf8').digest('hex');
+
+/** A new agent key from 32 random bytes (the caller supplies the randomness). */
+export const formatKey = (random: Uint8Array): string =>
+  `${KEY_PREFIX}${Buffer.from(random).toString('base64url')}`;
+
+/** Constant-time comparison of two secrets of any length (compares their digests). */
+export const secretEquals = (given: string, expected: string): boolean =>
+  timingSafeEqual(
+    createHash('sha256').update(given).digest(),
+    createHash('sha256').update(expected).digest(),
+  );
+
+/** The token of an `Authorization: Bearer …` header, or undefined. */
+export const bearerToken = (header: string | undefined): string | undefined => {
+  const m = /^Bearer\s+(\S+)\s*$/i.exec(header ?? '');
+  return m?.[1];
+};
+
+/** How long a key lookup is cached per container: a disabled key stops working within this. */
+export const KEY_CACHE_MS = 10_000;
+
+export class KeyAuthenticator {
+  private readonly cache = new Map<string, { key: AgentKey | undefined; at: number }>();
+
+  constructor(
+    private readonly store: KeyStore,
+    private readonly clock: Clock,
+    private readonly cacheMs = KEY_CACHE_MS,
+  ) {}
+
+  /**
+   * @throws AuthenticationError (401) missing, malformed or unknown key; PermissionError (403) disabled or expired.
+   */
+  async authenticate(authorization: string | undefined): Promise<AgentKey> {
+    const token = bearerToken(authorization);
+    if (!token) throw new AuthenticationError();
+    // A key of the wrong shape never reaches the store.
+    if (!KEY_PATTERN.test(token)) throw new AuthenticationError('Invalid API key format.');
+    const hash = hashKey(token);
+    const now = this.clock.now();
+    let hit = this.cache.get(hash);
+    if (!hit || now - hit.at >= this.cacheMs) {
+      hit = { key: await this.store.get(hash), at: now };
+      if (this.cache.size > 10_000) this.cache.clear();
+      this.cache.set(hash, hit);
+    }
+    const key = hit.key;
+    if (!key) throw new AuthenticationError('Unknown API key.');
+    if (!key.enabled) throw new PermissionError('This API key is disabled.', 'key_disabled');
+    if (key.expiresAt !== undefined && key.expiresAt <= now) {
+      throw new PermissionError('This API key has expired (rotated).', 'key_expired');
+    }
+    return key;
+  }
+}

@@ -1,0 +1,166 @@
+// Domain: the shared token bucket as its users see it — plan a conditional write from the last known state,
+// learn the true state from a failed condition, never read first.
+import type { Clock } from './clock.js';
+import {
+  availableTokens,
+  type BucketParams,
+  type BucketState,
+  type ConsumeAttempt,
+  type ConsumePlan,
+  holdTat,
+  planConsume,
+  priorityBurst,
+  refundTat,
+  rescaleTat,
+} from './gcra.js';
+import type { BucketStore } from './ports.js';
+import type { Priority } from './priority.js';
+
+export interface ReserveSettings {
+  fraction: number;
+  forNormal: boolean;
+}
+
+/** Counts for the benchmark: conditional writes tried and lost. */
+export interface BucketStats {
+  writes: number;
+  conflicts: number;
+}
+
+export class TokenBucket {
+  private known: BucketState | undefined;
+  readonly stats: BucketStats = { writes: 0, conflicts: 0 };
+
+  constructor(
+    private readonly store: BucketStore,
+    private readonly clock: Clock,
+    private reserve: ReserveSettings,
+  ) {}
+
+  setReserve(reserve: ReserveSettings): void {
+    this.reserve = reserve;
+  }
+
+  /** Makes sure the item exists with `params`, rescaling the backlog if the params changed. */
+  async configure(params: BucketParams): Promise<BucketState> {
+    let state = this.known ?? (await this.store.ensure(params));
+    for (let i = 0; i < 10; i++) {
+      if (state.intervalMs === params.intervalMs && state.burst === params.burst) {
+        this.known = state;
+        return state;
+      }
+      const now = this.clock.now();
+      const next: BucketState = { ...state, ...params, tat: rescaleTat(state.tat, now, state, params) };
+      if (await this.store.compareAndSet(state, next)) {
+        this.known = next;
+        return next;
+      }
+      state = (await this.store.get()) ?? (await this.store.ensure(params));
+    }
+    throw new Error('bucket reconfiguration kept conflicting');
+  }
+
+  /** Last state learned from a write or a failed condition. */
+  get state(): BucketState | undefined {
+    return this.known;
+  }
+
+  observe(state: BucketState | undefined): void {
+    if (state) this.known = state;
+  }
+
+  async refresh(): Promise<BucketState | undefined> {
+    this.known = await this.store.get();
+    return this.known;
+  }
+
+  burstFor(priority: Priority): number {
+    return priorityBurst(this.known?.burst ?? 1, priority, this.reserve);
+  }
+
+  /** Which write to try now, or how long until a token is due. Requires a known state. */
+  plan(priority: Priority): ConsumePlan {
+    if (!this.known) throw new Error('bucket state unknown: call configure() or refresh() first');
+    return planConsume(this.known, this.clock.now(), this.burstFor(priority));
+  }
+
+  /** Record a successful write of `attempt` (`tat` when the store returned it). */
+  spent(attempt: ConsumeAttempt, tat?: number): void {
+    this.stats.writes++;
+    // A busy write added one interval to the stored tat; if another writer moved it, the next condition fails and tells.
+    const next =
+      tat ??
+      (attempt.branch === 'idle'
+        ? attempt.newTat
+        : (this.known?.tat ?? attempt.now) + attempt.params.intervalMs);
+    this.known = { ...(this.known ?? attempt.params), ...attempt.params, tat: next };
+  }
+
+  /** Record a lost condition and the state that made it fail. */
+  conflicted(current: BucketState | undefined): void {
+    this.stats.writes++;
+    this.stats.conflicts++;
+    if (current) this.known = current;
+  }
+
+  /**
+   * Takes one token with plain conditional writes (no ticket): for the passthrough policy.
+   * @returns granted, or the wait until a token is due.
+   */
+  async tryConsume(
+    priority: Priority,
+    maxWrites = 5,
+  ): Promise<{ granted: true } | { granted: false; waitMs: number }> {
+    if (!this.known) await this.refresh();
+    for (let i = 0; i < maxWrites; i++) {
+      if (!this.known) throw new Error('bucket not configured');
+      const plan = this.plan(priority);
+      if ('waitMs' in plan) return { granted: false, waitMs: plan.waitMs };
+      const res = await this.store.consume(plan.attempt);
+      if (res.ok) {
+        this.spent(plan.attempt, res.tat);
+        return { granted: true };
+      }
+      this.conflicted(res.current);
+      if (!res.current) await this.refresh();
+    }
+    return { granted: false, waitMs: this.known?.intervalMs ?? 1000 };
+  }
+
+  /** Blocks all grants until `until` (upstream Retry-After); the bucket is empty, not full, when it ends. */
+  async hold(until: number): Promise<void> {
+    for (let i = 0; i < 10; i++) {
+      const state = this.known ?? (await this.refresh());
+      if (!state) return;
+      const tat = holdTat(until, state);
+      if (state.tat !== undefined && state.tat >= tat) return;
+      const next = { ...state, tat, holdUntil: until };
+      if (await this.store.compareAndSet(state, next)) {
+        this.known = next;
+        return;
+      }
+      await this.refresh();
+    }
+  }
+
+  /** Gives one token back for a grant that never reached the upstream. */
+  async refund(): Promise<void> {
+    for (let i = 0; i < 10; i++) {
+      const state = this.known ?? (await this.refresh());
+      if (!state) return;
+      const tat = refundTat(state.tat, this.clock.now(), state.intervalMs);
+      if (tat === state.tat) return;
+      const next = { ...state, tat };
+      if (await this.store.compareAndSet(state, next)) {
+        this.known = next;
+        return;
+      }
+      await this.refresh();
+    }
+  }
+
+  /** Tokens `priority` could take now, from the last known state. */
+  available(priority: Priority): number {
+    return this.known ? availableTokens(this.known, this.clock.now(), this.burstFor(priority)) : 0;
+  }
+}

@@ -1,0 +1,343 @@
+// Domain: the gateway's run-time configuration — fields, defaults, validation and the derived bucket.
+import { ValidationError } from './errors.js';
+
+export const QUEUE_FULL_POLICIES = ['reject', 'drop_lowest', 'passthrough'] as const;
+export type QueueFullPolicy = (typeof QUEUE_FULL_POLICIES)[number];
+
+export const RETREAT_PRESETS = ['sluice', 'seed'] as const;
+export type RetreatPreset = (typeof RETREAT_PRESETS)[number];
+
+/**
+ * Every field an operator can change at run time (admin API) or set at start (env vars).
+ * Times are in milliseconds, rates in requests per minute.
+ */
+export interface GatewayConfig {
+  /** The upstream's stated limit: at most `upstreamLimit` calls in any window of `upstreamWindowMs`. */
+  upstreamLimit: number;
+  /** @default 60000 */
+  upstreamWindowMs: number;
+  /** Grants the bucket may give back to back after idling; small, so burst + rate·window ≤ limit. @default 2 */
+  bucketBurst: number;
+  /** Part of the burst that LOW (and NORMAL when `reserveForNormal`) may not spend. @default 0.5 */
+  reserveFraction: number;
+  /** @default false */
+  reserveForNormal: boolean;
+  /** Queued tickets at most (exact, admission counter). @default 500 */
+  queueMaxSize: number;
+  /** @default 'reject' */
+  queueFullPolicy: QueueFullPolicy;
+  /** A LOW ticket that cannot get a token this long after the dispatcher first sees it is refused. @default 2000 */
+  lowPriorityTimeoutMs: number;
+  /** Upstream call timeout (whole response). @default 120000 */
+  requestTimeoutMs: number;
+  /** Upstream first-byte timeout. @default 30000 */
+  firstByteTimeoutMs: number;
+  /** Longest queue wait of a non-streaming request (API Gateway drops idle connections at 5 min). @default 240000 */
+  maxWaitMs: number;
+  /** Longest queue wait of a streaming request (kept alive by heartbeats). @default 540000 */
+  streamMaxWaitMs: number;
+  /** Interval of SSE heartbeats while a streaming request waits; 0 disables them. @default 15000 */
+  heartbeatMs: number;
+  /** Requeues after an upstream 429 / capacity error before the agent sees it. @default 2 */
+  maxRequeues: number;
+  /** Proxy models routed to unlimited upstreams; when false they get 400. @default true */
+  passthroughUnlimited: boolean;
+  /** Let anyone read /status (private networks only). @default false */
+  statusPublic: boolean;
+  // Retreat (ADR-009 defaults, evaluated on time rather than per response).
+  /** @default 'sluice' */
+  retreatPreset: RetreatPreset;
+  /** @default 60000 */
+  retreatWindowMs: number;
+  /** @default 0.05 */
+  retreatThreshold: number;
+  /** While retreating, step again at this 429 rate. @default 0.10 */
+  retreatAgainThreshold: number;
+  /** @default 0.75 */
+  retreatFactor: number;
+  /** @default 5 */
+  retreatFloorRpm: number;
+  /** @default 120000 */
+  recoverWindowMs: number;
+  /** @default 0.02 */
+  recoverThreshold: number;
+  /** @default 2 */
+  recoverStepRpm: number;
+  /** How often the dispatcher evaluates retreat. @default 5000 */
+  retreatEvalIntervalMs: number;
+  /** At most one step per this interval. @default 10000 */
+  retreatStepIntervalMs: number;
+  /** Outcomes needed since the last step before another step. @default 8 */
+  retreatMinSample: number;
+}
+
+export const DEFAULT_CONFIG: Readonly<GatewayConfig> = Object.freeze({
+  upstreamLimit: 40,
+  upstreamWindowMs: 60_000,
+  bucketBurst: 2,
+  reserveFraction: 0.5,
+  reserveForNormal: false,
+  queueMaxSize: 500,
+  queueFullPolicy: 'reject',
+  lowPriorityTimeoutMs: 2_000,
+  requestTimeoutMs: 120_000,
+  firstByteTimeoutMs: 30_000,
+  maxWaitMs: 240_000,
+  streamMaxWaitMs: 540_000,
+  heartbeatMs: 15_000,
+  maxRequeues: 2,
+  passthroughUnlimited: true,
+  statusPublic: false,
+  retreatPreset: 'sluice',
+  retreatWindowMs: 60_000,
+  retreatThreshold: 0.05,
+  retreatAgainThreshold: 0.1,
+  retreatFactor: 0.75,
+  retreatFloorRpm: 5,
+  recoverWindowMs: 120_000,
+  recoverThreshold: 0.02,
+  recoverStepRpm: 2,
+  retreatEvalIntervalMs: 5_000,
+  retreatStepIntervalMs: 10_000,
+  retreatMinSample: 8,
+});
+
+type FieldKind = 'int' | 'number' | 'bool' | 'enum';
+interface FieldSpec {
+  kind: FieldKind;
+  env: string;
+  min?: number;
+  max?: number;
+  values?: readonly string[];
+  /** Env var and admin API take seconds for *Ms fields. */
+  seconds?: boolean;
+  doc: string;
+}
+
+const ms = (env: string, min: number, max: number, doc: string): FieldSpec => ({
+  kind: 'number',
+  env,
+  min,
+  max,
+  seconds: true,
+  doc,
+});
+
+/** Validation rules and env var names, one row per field; the README's config table mirrors it. */
+export const CONFIG_FIELDS: { readonly [K in keyof GatewayConfig]: FieldSpec } = {
+  upstreamLimit: {
+    kind: 'int',
+    env: 'SLUICE_UPSTREAM_LIMIT',
+    min: 1,
+    max: 100_000,
+    doc: 'upstream calls allowed per window',
+  },
+  upstreamWindowMs: ms('SLUICE_UPSTREAM_WINDOW_S', 1_000, 3_600_000, 'the upstream limit window'),
+  bucketBurst: {
+    kind: 'int',
+    env: 'SLUICE_BUCKET_BURST',
+    min: 1,
+    max: 10_000,
+    doc: 'grants allowed back to back',
+  },
+  reserveFraction: {
+    kind: 'number',
+    env: 'SLUICE_RESERVE_FRACTION',
+    min: 0,
+    max: 1,
+    doc: 'part of the burst kept for urgent/high',
+  },
+  reserveForNormal: {
+    kind: 'bool',
+    env: 'SLUICE_RESERVE_FOR_NORMAL',
+    doc: 'normal may not spend the reserve either',
+  },
+  queueMaxSize: {
+    kind: 'int',
+    env: 'SLUICE_QUEUE_MAX',
+    min: 1,
+    max: 1_000_000,
+    doc: 'queued requests at most',
+  },
+  queueFullPolicy: {
+    kind: 'enum',
+    env: 'SLUICE_QUEUE_FULL_POLICY',
+    values: QUEUE_FULL_POLICIES,
+    doc: 'what a full queue does',
+  },
+  lowPriorityTimeoutMs: ms(
+    'SLUICE_LOW_TIMEOUT_S',
+    0,
+    3_600_000,
+    'low tickets refused after waiting this long for a token',
+  ),
+  requestTimeoutMs: ms('SLUICE_REQUEST_TIMEOUT_S', 1_000, 900_000, 'upstream call timeout'),
+  firstByteTimeoutMs: ms('SLUICE_FIRST_BYTE_TIMEOUT_S', 500, 900_000, 'upstream first-byte timeout'),
+  maxWaitMs: ms('SLUICE_MAX_WAIT_S', 1_000, 290_000, 'longest queue wait, non-streaming'),
+  streamMaxWaitMs: ms('SLUICE_STREAM_MAX_WAIT_S', 1_000, 840_000, 'longest queue wait, streaming'),
+  heartbeatMs: ms('SLUICE_HEARTBEAT_S', 0, 240_000, 'SSE heartbeat interval while queued (0 = off)'),
+  maxRequeues: {
+    kind: 'int',
+    env: 'SLUICE_MAX_REQUEUES',
+    min: 0,
+    max: 10,
+    doc: 'requeues after an upstream 429',
+  },
+  passthroughUnlimited: { kind: 'bool', env: 'SLUICE_PASSTHROUGH', doc: 'proxy models of unlimited routes' },
+  statusPublic: { kind: 'bool', env: 'SLUICE_STATUS_PUBLIC', doc: '/status readable without a token' },
+  retreatPreset: {
+    kind: 'enum',
+    env: 'SLUICE_RETREAT_PRESET',
+    values: RETREAT_PRESETS,
+    doc: 'retreat policy',
+  },
+  retreatWindowMs: ms('SLUICE_RETREAT_WINDOW_S', 1_000, 3_600_000, '429-rate window'),
+  retreatThreshold: {
+    kind: 'number',
+    env: 'SLUICE_RETREAT_THRESHOLD',
+    min: 0,
+    max: 1,
+    doc: 'enter retreat at this 429 rate',
+  },
+  retreatAgainThreshold: {
+    kind: 'number',
+    env: 'SLUICE_RETREAT_AGAIN_THRESHOLD',
+    min: 0,
+    max: 1,
+    doc: 'step again while retreating',
+  },
+  retreatFactor: {
+    kind: 'number',
+    env: 'SLUICE_RETREAT_FACTOR',
+    min: 0.05,
+    max: 0.99,
+    doc: 'rate multiplier per step',
+  },
+  retreatFloorRpm: {
+    kind: 'number',
+    env: 'SLUICE_RETREAT_FLOOR_RPM',
+    min: 1,
+    max: 100_000,
+    doc: 'lowest effective rate',
+  },
+  recoverWindowMs: ms('SLUICE_RECOVER_WINDOW_S', 1_000, 3_600_000, 'quiet time before recovering'),
+  recoverThreshold: {
+    kind: 'number',
+    env: 'SLUICE_RECOVER_THRESHOLD',
+    min: 0,
+    max: 1,
+    doc: 'recover below this 429 rate',
+  },
+  recoverStepRpm: {
+    kind: 'number',
+    env: 'SLUICE_RECOVER_STEP_RPM',
+    min: 0.1,
+    max: 100_000,
+    doc: 'rate added per recover step',
+  },
+  retreatEvalIntervalMs: ms('SLUICE_RETREAT_EVAL_S', 100, 600_000, 'retreat evaluation interval'),
+  retreatStepIntervalMs: ms('SLUICE_RETREAT_STEP_S', 0, 600_000, 'minimum time between two steps'),
+  retreatMinSample: {
+    kind: 'int',
+    env: 'SLUICE_RETREAT_MIN_SAMPLE',
+    min: 1,
+    max: 100_000,
+    doc: 'outcomes needed per step',
+  },
+};
+
+export const CONFIG_KEYS = Object.keys(CONFIG_FIELDS) as (keyof GatewayConfig)[];
+
+/** snake_case name of a field as the admin API and docs show it (`*_ms` fields as `*_s`). */
+export const externalName = (key: keyof GatewayConfig): string => {
+  const snake = key.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
+  return CONFIG_FIELDS[key].seconds ? snake.replace(/_ms$/, '_s') : snake;
+};
+
+const parseField = (key: keyof GatewayConfig, raw: unknown, source: string): GatewayConfig[typeof key] => {
+  const spec = CONFIG_FIELDS[key];
+  const name = source === 'env' ? spec.env : externalName(key);
+  if (spec.kind === 'bool') {
+    if (typeof raw === 'boolean') return raw;
+    if (typeof raw === 'string' && /^(true|1|yes|on)$/i.test(raw.trim())) return true;
+    if (typeof raw === 'string' && /^(false|0|no|off)$/i.test(raw.trim())) return false;
+    throw new ValidationError(`${name} must be a boolean`, name);
+  }
+  if (spec.kind === 'enum') {
+    if (typeof raw === 'string' && spec.values?.includes(raw.trim()))
+      return raw.trim() as GatewayConfig[typeof key];
+    throw new ValidationError(`${name} must be one of ${spec.values?.join(', ')}`, name);
+  }
+  const num =
+    typeof raw === 'number' ? raw : typeof raw === 'string' && raw.trim() !== '' ? Number(raw) : Number.NaN;
+  if (!Number.isFinite(num)) throw new ValidationError(`${name} must be a number`, name);
+  if (spec.kind === 'int' && !Number.isInteger(num))
+    throw new ValidationError(`${name} must be an integer`, name);
+  const value = spec.seconds ? Math.round(num * 1000) : num;
+  const { min = -Infinity, max = Infinity } = spec;
+  if (value < min || value > max) {
+    const scale = spec.seconds ? 1000 : 1;
+    throw new ValidationError(`${name} must be between ${min / scale} and ${max / scale}`, name);
+  }
+  return value;
+};
+
+/** Cross-field rules: the bucket must fit the window limit at every effective rate. */
+export const validateConfig = (config: GatewayConfig): GatewayConfig => {
+  if (config.bucketBurst >= config.upstreamLimit) {
+    throw new ValidationError(
+      `bucket_burst (${config.bucketBurst}) must be below upstream_limit (${config.upstreamLimit}) so burst + rate × window stays within the limit`,
+      'bucket_burst',
+    );
+  }
+  if (config.retreatFloorRpm > config.upstreamLimit) {
+    throw new ValidationError('retreat_floor_rpm must not exceed upstream_limit', 'retreat_floor_rpm');
+  }
+  if (config.retreatAgainThreshold < config.retreatThreshold) {
+    throw new ValidationError(
+      'retreat_again_threshold must be ≥ retreat_threshold',
+      'retreat_again_threshold',
+    );
+  }
+  return config;
+};
+
+/**
+ * Applies a patch given in external (snake_case, seconds) form on top of `base`.
+ * @throws ValidationError naming the first bad field; unknown fields are refused too.
+ */
+export const applyConfigPatch = (base: GatewayConfig, patch: Record<string, unknown>): GatewayConfig => {
+  const byName = new Map(CONFIG_KEYS.map((k) => [externalName(k), k]));
+  const next: GatewayConfig = { ...base };
+  for (const [name, raw] of Object.entries(patch)) {
+    const key = byName.get(name);
+    if (!key) throw new ValidationError(`unknown config field ${name}`, name);
+    (next as unknown as Record<string, unknown>)[key] = parseField(key, raw, 'api');
+  }
+  return validateConfig(next);
+};
+
+/** Config from `SLUICE_*` env vars over the defaults; throws at start on a bad value. */
+export const configFromEnv = (
+  env: Record<string, string | undefined>,
+  base = DEFAULT_CONFIG,
+): GatewayConfig => {
+  const next: GatewayConfig = { ...base };
+  for (const key of CONFIG_KEYS) {
+    const raw = env[CONFIG_FIELDS[key].env];
+    if (raw !== undefined && raw !== '') {
+      (next as unknown as Record<string, unknown>)[key] = parseField(key, raw, 'env');
+    }
+  }
+  return validateConfig(next);
+};
+
+/** External (snake_case, seconds) view of a config, as the admin API returns it. */
+export const externalConfig = (config: GatewayConfig): Record<string, number | string | boolean> => {
+  const out: Record<string, number | string | boolean> = {};
+  for (const key of CONFIG_KEYS) {
+    const value = config[key];
+    out[externalName(key)] = CONFIG_FIELDS[key].seconds && typeof value === 'number' ? value / 1000 : value;
+  }
+  return out;
+};

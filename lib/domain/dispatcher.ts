@@ -1,0 +1,398 @@
+// Domain use case: the singleton dispatcher — grants queued tickets in priority order under the bucket.
+import type { TokenBucket } from './bucket.js';
+import type { Clock } from './clock.js';
+import type { ConfigService } from './config-service.js';
+import type { LeaseStore, OutcomeStore, ReceivedMessage, TicketQueue, TicketStore } from './ports.js';
+import { PRIORITIES, type Priority } from './priority.js';
+import type { RetreatRecord } from './retreat.js';
+import type { RetreatController } from './retreat-controller.js';
+import type { TicketMessage } from './tickets.js';
+
+export interface DispatcherLog {
+  info(message: string, extra?: Record<string, unknown>): void;
+  warn(message: string, extra?: Record<string, unknown>): void;
+  error(message: string, extra?: Record<string, unknown>): void;
+}
+
+export interface DispatcherDeps {
+  tickets: TicketStore;
+  queue: TicketQueue;
+  lease: LeaseStore;
+  bucket: TokenBucket;
+  retreat: RetreatController;
+  config: ConfigService;
+  outcomes: OutcomeStore;
+  clock: Clock;
+  /** Wakes a successor when this run ends with work left (time up). */
+  wakeSuccessor: () => Promise<void>;
+  owner: string;
+  log: DispatcherLog;
+  /** After each retreat evaluation (metrics: effective rate, state). */
+  onRetreat?: (record: RetreatRecord, stepped: boolean) => void;
+}
+
+export interface DispatcherTimings {
+  /** Lease lifetime; renewed every third of it. @default 15000 */
+  leaseMs: number;
+  /** Stop after the queues stayed empty this long. @default 3000 */
+  idleStopMs: number;
+  /** Long-poll wait per receive (s). @default 2 */
+  pollWaitSeconds: number;
+  /** Messages buffered per priority. @default 10 */
+  bufferSize: number;
+  /** A ticket is granted only if its deadline is further than this. @default 2000 */
+  grantMarginMs: number;
+  /** The ingress must claim a grant within this. @default 15000 */
+  claimWindowMs: number;
+  /** Sweep of unclaimed grants and dead calls, and admission reconcile. @default 5000 / 60000 */
+  sweepEveryMs: number;
+  reconcileEveryMs: number;
+}
+
+export const DEFAULT_TIMINGS: DispatcherTimings = {
+  leaseMs: 15_000,
+  idleStopMs: 3_000,
+  pollWaitSeconds: 2,
+  bufferSize: 10,
+  grantMarginMs: 2_000,
+  claimWindowMs: 15_000,
+  sweepEveryMs: 5_000,
+  reconcileEveryMs: 60_000,
+};
+
+/** Visibility a buffered message is given, and when it is extended. */
+const VISIBILITY_S = 30;
+const EXTEND_AFTER_MS = 20_000;
+/** Longest sleep between two looks at the lease, retreat and arrivals. */
+const MAX_NAP_MS = 1_000;
+
+interface Buffered extends ReceivedMessage {
+  receivedAt: number;
+  /** When this message first became the head of its priority (LOW timeout counts from here). */
+  headSince?: number;
+}
+
+export interface RunSummary {
+  ran: boolean;
+  granted: number;
+  expired: number;
+  rejected: number;
+  skipped: number;
+  swept: number;
+  stopReason: 'idle' | 'time' | 'lease_lost' | 'not_leader' | 'aborted';
+}
+
+/**
+ * One dispatcher run (one Lambda invocation). Holds the lease while it runs; releases it only when no
+ * doorbell rang since it last looked (else keeps going), so a wake-up is never lost.
+ */
+export class Dispatcher {
+  private readonly t: DispatcherTimings;
+  private readonly buffers = new Map<Priority, Buffered[]>(PRIORITIES.map((p) => [p, []]));
+  private arrival: (() => void) | undefined;
+  private lastArrivalAt = 0;
+
+  constructor(
+    private readonly d: DispatcherDeps,
+    timings: Partial<DispatcherTimings> = {},
+  ) {
+    this.t = { ...DEFAULT_TIMINGS, ...timings };
+  }
+
+  /**
+   * Runs until idle, out of time (`deadline`, epoch ms) or aborted.
+   */
+  async run(deadline: number, signal?: AbortSignal): Promise<RunSummary> {
+    const { lease, clock, owner } = this.d;
+    const summary: RunSummary = {
+      ran: false,
+      granted: 0,
+      expired: 0,
+      rejected: 0,
+      skipped: 0,
+      swept: 0,
+      stopReason: 'idle',
+    };
+    const got = await lease.acquire(owner, clock.now(), this.t.leaseMs);
+    if (!got.acquired) return { ...summary, stopReason: 'not_leader' };
+    summary.ran = true;
+    let seenRings = got.state.rings;
+    const stop = new AbortController();
+    const onAbort = () => stop.abort();
+    signal?.addEventListener('abort', onAbort, { once: true });
+    const pollers = PRIORITIES.map((p) => this.poll(p, stop.signal));
+    let leaseRenewedAt = clock.now();
+    let lastSweep = 0;
+    let lastReconcile = clock.now();
+    let lastEval = 0;
+    this.lastArrivalAt = clock.now();
+    try {
+      for (;;) {
+        if (signal?.aborted) {
+          summary.stopReason = 'aborted';
+          break;
+        }
+        const now = clock.now();
+        const config = await this.d.config.config();
+        if (now - leaseRenewedAt >= this.t.leaseMs / 3) {
+          if (!(await lease.renew(owner, now, this.t.leaseMs))) {
+            summary.stopReason = 'lease_lost';
+            break;
+          }
+          leaseRenewedAt = now;
+        }
+        if (now - lastEval >= config.retreatEvalIntervalMs) {
+          this.d.bucket.setReserve({ fraction: config.reserveFraction, forNormal: config.reserveForNormal });
+          const { record, stepped } = await this.d.retreat.evaluate(config);
+          this.d.onRetreat?.(record, stepped);
+          lastEval = now;
+        }
+        if (now - lastSweep >= this.t.sweepEveryMs) {
+          summary.swept += await this.sweep(now);
+          lastSweep = now;
+        }
+        if (now - lastReconcile >= this.t.reconcileEveryMs) {
+          await this.d.tickets.reconcileAdmission();
+          lastReconcile = now;
+        }
+        if (now >= deadline) {
+          summary.stopReason = 'time';
+          break;
+        }
+        await this.extendBuffered(now);
+        const head = this.head();
+        if (!head) {
+          if (now - this.lastArrivalAt < this.t.idleStopMs) {
+            await this.waitForArrival(Math.min(250, this.t.idleStopMs));
+            continue;
+          }
+          // Idle: give the lease up unless someone rang since we last looked.
+          const state = await lease.get();
+          if (state.rings !== seenRings) {
+            seenRings = state.rings;
+            this.lastArrivalAt = now;
+            continue;
+          }
+          if (await lease.release(owner, seenRings)) {
+            summary.stopReason = 'idle';
+            break;
+          }
+          continue;
+        }
+        await this.serve(head, config.lowPriorityTimeoutMs, config.requestTimeoutMs, summary);
+      }
+    } finally {
+      stop.abort();
+      signal?.removeEventListener('abort', onAbort);
+      await Promise.allSettled(pollers);
+      // Messages still buffered become visible again for the next run.
+      await this.releaseBuffered();
+    }
+    if (summary.stopReason !== 'idle') {
+      await this.handOver();
+    } else if (await this.queuesHaveWork()) {
+      // Checked after releasing: a message that arrived while we were stopping is not left waiting.
+      await this.d.wakeSuccessor();
+    }
+    return summary;
+  }
+
+  /** Long poll one queue into its buffer, forever (never short-poll). */
+  private async poll(priority: Priority, signal: AbortSignal): Promise<void> {
+    const buf = this.buffers.get(priority)!;
+    while (!signal.aborted) {
+      if (buf.length >= this.t.bufferSize) {
+        await this.d.clock.sleep(100, signal);
+        continue;
+      }
+      try {
+        const got = await this.d.queue.receive(
+          priority,
+          this.t.bufferSize - buf.length,
+          this.t.pollWaitSeconds,
+          signal,
+        );
+        const now = this.d.clock.now();
+        // Duplicate deliveries are buffered too: the grant's condition refuses the copy, which is then deleted.
+        for (const m of got) buf.push({ ...m, receivedAt: now });
+        if (got.length > 0) {
+          this.lastArrivalAt = now;
+          this.arrival?.();
+        }
+      } catch (err) {
+        if (signal.aborted) return;
+        this.d.log.warn('receive failed', { priority, error: (err as Error).message });
+        await this.d.clock.sleep(500, signal);
+      }
+    }
+  }
+
+  private waitForArrival(ms: number): Promise<void> {
+    const ac = new AbortController();
+    this.arrival = () => ac.abort();
+    return this.d.clock.sleep(ms, ac.signal).finally(() => {
+      this.arrival = undefined;
+    });
+  }
+
+  /** Highest non-empty priority, oldest original enqueue time first (requeued tickets keep their place). */
+  private head(): Buffered | undefined {
+    for (const p of PRIORITIES) {
+      const buf = this.buffers.get(p)!;
+      if (buf.length === 0) continue;
+      buf.sort((a, b) => a.message.enqueuedAt - b.message.enqueuedAt);
+      return buf[0];
+    }
+    return undefined;
+  }
+
+  private drop(m: Buffered): void {
+    const buf = this.buffers.get(m.message.priority)!;
+    const i = buf.indexOf(m);
+    if (i >= 0) buf.splice(i, 1);
+  }
+
+  private async finishMessage(m: Buffered): Promise<void> {
+    this.drop(m);
+    try {
+      await this.d.queue.delete(m.message.priority, m.receipt);
+    } catch (err) {
+      // Left in the queue it comes back; the ticket is no longer queued then, so it is deleted next time.
+      this.d.log.warn('delete failed', { error: (err as Error).message });
+    }
+  }
+
+  /**
+   * Grant, expire, refuse or wait for the head ticket. No read first: the message carries the deadline and
+   * the grant transaction's condition (queued, same attempt) tells whether the ticket still wants a token.
+   */
+  private async serve(
+    m: Buffered,
+    lowTimeoutMs: number,
+    requestTimeoutMs: number,
+    summary: RunSummary,
+  ): Promise<void> {
+    const { tickets, bucket, clock, outcomes } = this.d;
+    const msg = m.message;
+    const now = clock.now();
+    if (msg.deadline <= now + this.t.grantMarginMs) {
+      if (await this.end(msg, 'expired', 'deadline', now)) summary.expired++;
+      await this.finishMessage(m);
+      return;
+    }
+    if (!bucket.state) await bucket.refresh();
+    const plan = bucket.plan(msg.priority);
+    if ('waitMs' in plan) {
+      m.headSince ??= now;
+      if (msg.priority === 'low' && now + plan.waitMs - m.headSince > lowTimeoutMs) {
+        // Seed behaviour: a LOW request that cannot get a token within low_priority_timeout is refused.
+        if (await this.end(msg, 'rejected', 'low_priority_timeout', now)) summary.rejected++;
+        await this.finishMessage(m);
+        return;
+      }
+      // Sleep until the token is due, waking for arrivals (a higher priority may come) and housekeeping.
+      await this.waitForArrival(Math.min(plan.waitMs, msg.deadline - now, MAX_NAP_MS));
+      return;
+    }
+    const res = await tickets.grant({ id: msg.ticketId, attempt: msg.attempt }, plan.attempt, {
+      grantedAt: now,
+      claimBy: Math.min(now + this.t.claimWindowMs, msg.deadline + requestTimeoutMs),
+    });
+    if (res.kind === 'granted') {
+      bucket.spent(plan.attempt);
+      summary.granted++;
+      await outcomes.record(now, {
+        counts: { granted: 1 },
+        latencies: [{ name: 'queueWait', priority: msg.priority, ms: now - msg.enqueuedAt }],
+      });
+      await this.finishMessage(m);
+    } else if (res.kind === 'bucket_conflict') {
+      bucket.conflicted(res.current);
+      if (!res.current) await bucket.refresh();
+    } else {
+      // Abandoned, expired, granted already (duplicate delivery), requeued under a newer attempt, or missing.
+      if (!res.current) this.d.log.warn('message for a missing ticket', { ticketId: msg.ticketId });
+      summary.skipped++;
+      await this.finishMessage(m);
+    }
+  }
+
+  /** Ends a still-queued ticket without a token; false if it had moved on. */
+  private async end(
+    msg: TicketMessage,
+    to: 'expired' | 'rejected',
+    reason: string,
+    now: number,
+  ): Promise<boolean> {
+    const res = await this.d.tickets.transition(
+      msg.ticketId,
+      'queued',
+      to,
+      { finishedAt: now, reason },
+      { attempt: msg.attempt },
+    );
+    if (!('ticket' in res)) return false;
+    await this.d.outcomes.record(now, { counts: to === 'expired' ? { expired: 1 } : { refused: 1 } });
+    return true;
+  }
+
+  /** Grants nobody claimed (ingress lost) and calls nobody finished are ended; unclaimed tokens come back. */
+  private async sweep(now: number): Promise<number> {
+    const { tickets, bucket, outcomes } = this.d;
+    let swept = 0;
+    for (const t of await tickets.listPhase('granted', now, 25)) {
+      const res = await tickets.transition(t.id, 'granted', 'failed', {
+        finishedAt: now,
+        reason: 'ingress_lost_before_claim',
+      });
+      if ('ticket' in res) {
+        swept++;
+        await bucket.refund();
+        await outcomes.record(now, { counts: { abandoned: 1 } });
+      }
+    }
+    for (const t of await tickets.listPhase('claimed', now, 25)) {
+      const res = await tickets.transition(t.id, 'claimed', 'failed', {
+        finishedAt: now,
+        reason: 'ingress_lost_during_call',
+      });
+      if ('ticket' in res) swept++;
+    }
+    return swept;
+  }
+
+  private async extendBuffered(now: number): Promise<void> {
+    for (const buf of this.buffers.values()) {
+      for (const m of buf) {
+        if (now - m.receivedAt < EXTEND_AFTER_MS) continue;
+        try {
+          await this.d.queue.extend(m.message.priority, m.receipt, VISIBILITY_S);
+          m.receivedAt = now;
+        } catch {
+          // Visibility lapsed: SQS will deliver it again and the copy is handled then.
+          this.drop(m);
+        }
+      }
+    }
+  }
+
+  private async releaseBuffered(): Promise<void> {
+    const all = [...this.buffers.values()].flat();
+    await Promise.allSettled(all.map((m) => this.d.queue.extend(m.message.priority, m.receipt, 0)));
+    for (const buf of this.buffers.values()) buf.length = 0;
+  }
+
+  private async queuesHaveWork(): Promise<boolean> {
+    const depths = await Promise.all(
+      PRIORITIES.map((p) => this.d.queue.depth(p).catch(() => ({ visible: 1, inFlight: 0 }))),
+    );
+    return depths.some((d) => d.visible > 0);
+  }
+
+  /** Out of time with work left: free the lease at once and wake a successor. */
+  private async handOver(): Promise<void> {
+    const state = await this.d.lease.get();
+    if (state.owner === this.d.owner) await this.d.lease.release(this.d.owner, state.rings);
+    if (await this.queuesHaveWork()) await this.d.wakeSuccessor();
+  }
+}

@@ -1,0 +1,173 @@
+// Domain ports: the stores and queues the use cases need. Adapters (DynamoDB, SQS, memory) implement them.
+import type { GatewayConfig } from './config.js';
+import type { BucketParams, BucketState, ConsumeAttempt } from './gcra.js';
+import type { OutcomeEvent, SlotCounters } from './outcomes.js';
+import type { Priority } from './priority.js';
+import type { RetreatRecord } from './retreat.js';
+import type { Ticket, TicketMessage, TicketPatch, TicketStatus } from './tickets.js';
+
+/** Result of a conditional consume: the new tat, or the state that made the condition fail. */
+export type ConsumeOutcome = { ok: true; tat: number } | { ok: false; current: BucketState | undefined };
+
+/** The GCRA bucket item. Every method is one conditional write (or one read). */
+export interface BucketStore {
+  get(): Promise<BucketState | undefined>;
+  /** Creates the item with these params if it does not exist; returns what is stored. */
+  ensure(params: BucketParams): Promise<BucketState>;
+  consume(attempt: ConsumeAttempt): Promise<ConsumeOutcome>;
+  /** Writes `next` only if the item still holds `expected` (tat and params). */
+  compareAndSet(expected: BucketState, next: BucketState): Promise<boolean>;
+}
+
+/** Grant outcome: the ticket changed hands, or why not. */
+export type GrantOutcome =
+  | { kind: 'granted' }
+  | { kind: 'bucket_conflict'; current: BucketState | undefined }
+  | { kind: 'ticket_conflict'; current: Ticket | undefined };
+
+export interface CreateTicketOptions {
+  queueMaxSize: number;
+  /** drop_lowest: this queued ticket is dropped in the same transaction (admission count unchanged). */
+  replace?: Pick<Ticket, 'id' | 'attempt'>;
+  /** passthrough: the ticket skips the admission counter (it does not wait in the queue). */
+  bypassAdmission?: boolean;
+}
+
+/** Tickets plus the admission counter they move. */
+export interface TicketStore {
+  /**
+   * Creates a queued ticket and counts it, in one transaction.
+   * @throws AdmissionFullError when the counter is at `queueMaxSize` (nothing written).
+   * @throws ConflictError when `replace` is no longer queued.
+   */
+  create(ticket: Ticket, opts: CreateTicketOptions): Promise<void>;
+  get(id: string): Promise<Ticket | undefined>;
+  /**
+   * Atomically consumes a token and flips `queued → granted` (attempt must match); the admission counter drops.
+   * Idempotent under SDK retries (client request token = ticket#attempt).
+   */
+  grant(
+    ticket: Pick<Ticket, 'id' | 'attempt'>,
+    attempt: ConsumeAttempt,
+    patch: TicketPatch,
+  ): Promise<GrantOutcome>;
+  /**
+   * Conditional move `from → to` (and attempt, when given). Leaving `queued` decrements the counter;
+   * entering `queued` (requeue) increments it and bumps the attempt.
+   * @returns the updated ticket, or `{ conflict }` with the current one.
+   */
+  transition(
+    id: string,
+    from: TicketStatus,
+    to: TicketStatus,
+    patch: TicketPatch,
+    opts?: { attempt?: number },
+  ): Promise<{ ticket: Ticket } | { conflict: Ticket | undefined }>;
+  /** Oldest queued ticket of a priority (drop_lowest picks its victim here). */
+  oldestQueued(priority: Priority): Promise<Ticket | undefined>;
+  /** Tickets in a phase whose phase time is before `before` (granted: claimBy; queued: enqueuedAt). */
+  listPhase(
+    phase: 'granted' | 'claimed' | `queued#${Priority}`,
+    before: number,
+    limit: number,
+  ): Promise<Ticket[]>;
+  /** Current value of the admission counter. */
+  admissionCount(): Promise<number>;
+  /** Sets the counter to the true number of queued tickets (drift repair); returns it. */
+  reconcileAdmission(): Promise<number>;
+}
+
+export interface OutcomeStore {
+  record(now: number, event: OutcomeEvent): Promise<void>;
+  /** Slots with start in [fromSlot, toSlot]. Missing slots are absent. */
+  read(fromMs: number, toMs: number): Promise<SlotCounters[]>;
+}
+
+export interface RetreatStore {
+  get(): Promise<RetreatRecord | undefined>;
+  /** Writes `next` only if the stored version is `expectedVersion` (undefined = must not exist). */
+  put(next: RetreatRecord, expectedVersion: number | undefined): Promise<boolean>;
+}
+
+export interface ConfigChange {
+  at: number;
+  by: string;
+  field: string;
+  from: unknown;
+  to: unknown;
+}
+
+export interface VersionedConfig {
+  config: GatewayConfig;
+  version: number;
+  updatedAt: number;
+  updatedBy: string;
+}
+
+export interface ConfigStore {
+  get(): Promise<VersionedConfig | undefined>;
+  /** Writes if the version still matches (undefined = create); records the changes in the history. */
+  put(next: VersionedConfig, expectedVersion: number | undefined, changes: ConfigChange[]): Promise<boolean>;
+  history(limit: number): Promise<ConfigChange[]>;
+}
+
+export interface AgentKey {
+  keyHash: string;
+  agent: string;
+  maxPriority: Priority;
+  enabled: boolean;
+  createdAt: number;
+  /** Rotation: the old key stops working after this time. */
+  expiresAt?: number;
+}
+
+export interface KeyStore {
+  get(keyHash: string): Promise<AgentKey | undefined>;
+  put(key: AgentKey): Promise<void>;
+  list(): Promise<AgentKey[]>;
+  setEnabled(keyHash: string, enabled: boolean): Promise<void>;
+}
+
+export interface LeaseState {
+  owner?: string;
+  expiresAt?: number;
+  rings: number;
+}
+
+/** The dispatcher singleton's lease and doorbell. */
+export interface LeaseStore {
+  /** Takes the lease if free, expired or already ours. */
+  acquire(owner: string, now: number, ttlMs: number): Promise<{ acquired: boolean; state: LeaseState }>;
+  renew(owner: string, now: number, ttlMs: number): Promise<boolean>;
+  /** Gives the lease up only if no ring arrived since `seenRings`; false = someone rang, keep working. */
+  release(owner: string, seenRings: number): Promise<boolean>;
+  /** Rings the doorbell; returns the lease after the ring (live if owned and not expired at `now`). */
+  ring(): Promise<LeaseState>;
+  get(): Promise<LeaseState>;
+}
+
+export interface ReceivedMessage {
+  message: TicketMessage;
+  receipt: string;
+  receiveCount: number;
+}
+
+/** The four priority queues. */
+export interface TicketQueue {
+  send(message: TicketMessage): Promise<void>;
+  /** Long poll (never short-poll: a short poll samples only some SQS servers). */
+  receive(
+    priority: Priority,
+    max: number,
+    waitSeconds: number,
+    signal?: AbortSignal,
+  ): Promise<ReceivedMessage[]>;
+  delete(priority: Priority, receipt: string): Promise<void>;
+  extend(priority: Priority, receipt: string, seconds: number): Promise<void>;
+  depth(priority: Priority): Promise<{ visible: number; inFlight: number }>;
+}
+
+/** Asynchronous invoke of the dispatcher (the doorbell's second half). */
+export interface DispatcherInvoker {
+  wake(): Promise<void>;
+}

@@ -1,0 +1,90 @@
+// Domain: the ticket lifecycle — states, legal transitions and what each one means.
+import type { Priority } from './priority.js';
+
+export const TICKET_STATUSES = [
+  'queued',
+  'granted',
+  'claimed',
+  'completed',
+  'failed',
+  'abandoned',
+  'expired',
+  'dropped',
+  'rejected',
+] as const;
+export type TicketStatus = (typeof TICKET_STATUSES)[number];
+
+export const TERMINAL_STATUSES = [
+  'completed',
+  'failed',
+  'abandoned',
+  'expired',
+  'dropped',
+  'rejected',
+] as const;
+export type TerminalStatus = (typeof TERMINAL_STATUSES)[number];
+
+export const isTerminal = (s: TicketStatus): s is TerminalStatus =>
+  (TERMINAL_STATUSES as readonly string[]).includes(s);
+
+/**
+ * Legal moves. `queued → granted` happens only in the grant transaction (with a token);
+ * `claimed → queued` is the requeue after an upstream 429 before any byte reached the agent.
+ */
+export const TRANSITIONS: { readonly [S in TicketStatus]: readonly TicketStatus[] } = {
+  queued: ['granted', 'abandoned', 'expired', 'dropped', 'rejected'],
+  granted: ['claimed', 'failed', 'abandoned'],
+  claimed: ['completed', 'failed', 'abandoned', 'queued'],
+  completed: [],
+  failed: [],
+  abandoned: [],
+  expired: [],
+  dropped: [],
+  rejected: [],
+};
+
+export const canTransition = (from: TicketStatus, to: TicketStatus): boolean =>
+  TRANSITIONS[from].includes(to);
+
+/** One agent request waiting for, holding or done with an upstream slot. */
+export interface Ticket {
+  id: string;
+  agent: string;
+  priority: Priority;
+  model: string;
+  /** Whether the agent asked for a stream (heartbeats possible). */
+  stream: boolean;
+  status: TicketStatus;
+  /** 0 for the first try, +1 per requeue; grants and requeues are conditioned on it. */
+  attempt: number;
+  /** First enqueue time; kept across requeues so a requeued ticket keeps its place. */
+  enqueuedAt: number;
+  /** After this the ticket is of no use to its agent: never granted later. */
+  deadline: number;
+  grantedAt?: number;
+  /** A granted ticket not claimed by then is swept to `failed` (ingress lost). */
+  claimBy?: number;
+  claimedAt?: number;
+  finishedAt?: number;
+  /** Why it ended (terminal states) or was requeued. */
+  reason?: string;
+  upstreamStatus?: number;
+}
+
+/** Fields a transition may set besides the status. */
+export type TicketPatch = Partial<
+  Pick<
+    Ticket,
+    'grantedAt' | 'claimBy' | 'claimedAt' | 'finishedAt' | 'reason' | 'upstreamStatus' | 'deadline'
+  >
+>;
+
+/** What the dispatcher learns from a queue message: enough to order and to find the ticket. */
+export interface TicketMessage {
+  ticketId: string;
+  attempt: number;
+  priority: Priority;
+  agent: string;
+  enqueuedAt: number;
+  deadline: number;
+}

@@ -1,0 +1,90 @@
+// Ingress application layer: the HTTP reply shape, OpenAI-shaped errors and the headers every reply carries.
+import { GatewayError, type OpenAiErrorType } from '../domain/errors.js';
+
+/** What a route handler answers: a status, headers and a body that may stream. */
+export interface HttpReply {
+  status: number;
+  headers: Record<string, string>;
+  body: string | ReadableStream<Uint8Array>;
+}
+
+export interface OpenAiErrorBody {
+  error: { message: string; type: OpenAiErrorType; param: string | null; code: string };
+}
+
+/** Anything thrown becomes a GatewayError; unknown errors become a generic 500 without internals. */
+export const asGatewayError = (err: unknown): GatewayError =>
+  err instanceof GatewayError
+    ? err
+    : new GatewayError(
+        500,
+        'server_error',
+        'internal_error',
+        'The gateway hit an internal error; it has been logged.',
+      );
+
+export const errorBody = (e: GatewayError): OpenAiErrorBody => ({
+  error: { message: e.message, type: e.type, param: e.param, code: e.code },
+});
+
+/** `retry-after-ms` and `retry-after` (whole seconds, ≤ 60 so the openai client honours it). */
+export const retryHeaders = (retryAfterMs: number | undefined): Record<string, string> =>
+  retryAfterMs === undefined
+    ? {}
+    : {
+        'retry-after-ms': String(Math.max(0, Math.round(retryAfterMs))),
+        'retry-after': String(Math.min(60, Math.max(1, Math.ceil(retryAfterMs / 1000)))),
+      };
+
+export const jsonReply = (
+  status: number,
+  body: unknown,
+  headers: Record<string, string> = {},
+): HttpReply => ({
+  status,
+  headers: { 'content-type': 'application/json', ...headers },
+  body: JSON.stringify(body),
+});
+
+export const errorReply = (err: unknown, headers: Record<string, string> = {}): HttpReply => {
+  const e = asGatewayError(err);
+  return jsonReply(e.status, errorBody(e), { ...headers, ...retryHeaders(e.retryAfterMs) });
+};
+
+/** An error inside an SSE stream that already started (after a heartbeat or mid-answer). */
+export const sseError = (err: unknown): string =>
+  `data: ${JSON.stringify(errorBody(asGatewayError(err)))}\n\n`;
+
+/** OpenAI-style duration for `x-ratelimit-reset-requests` (e.g. `1.5s`, `2m3s`). */
+export const formatReset = (ms: number): string => {
+  const s = Math.max(0, ms) / 1000;
+  if (s < 60) return `${Number(s.toFixed(3))}s`;
+  const m = Math.floor(s / 60);
+  return `${m}m${Math.round(s - m * 60)}s`;
+};
+
+/** Headers an upstream reply may pass on to the agent (hop-by-hop, length and encoding are ours to set). */
+const PASSED_RESPONSE_HEADERS = new Set([
+  'content-type',
+  'openai-processing-ms',
+  'openai-model',
+  'cache-control',
+]);
+
+export const passResponseHeaders = (h: Headers): Record<string, string> => {
+  const out: Record<string, string> = {};
+  h.forEach((v, k) => {
+    if (PASSED_RESPONSE_HEADERS.has(k.toLowerCase())) out[k.toLowerCase()] = v;
+  });
+  return out;
+};
+
+/** Headers of the agent's request that may go upstream: never Authorization, cookies or hop-by-hop ones. */
+const FORWARDED_REQUEST_HEADERS = new Set(['content-type', 'accept', 'user-agent', 'openai-beta']);
+
+export const forwardRequestHeaders = (h: Record<string, string | undefined>): Record<string, string> => {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(h))
+    if (v !== undefined && FORWARDED_REQUEST_HEADERS.has(k.toLowerCase())) out[k.toLowerCase()] = v;
+  return out;
+};

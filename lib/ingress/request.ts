@@ -1,0 +1,89 @@
+// Ingress application layer: validation of an agent's request body — clear 400s, nothing admitted on bad input.
+import { ValidationError } from '../domain/errors.js';
+
+/** JSON deeper than this is refused before parsing (stack safety, no legitimate request needs it). */
+export const MAX_JSON_DEPTH = 64;
+
+export interface ParsedBody {
+  json: Record<string, unknown>;
+  model: string;
+  stream: boolean;
+  /** The exact bytes to forward (re-serialised only when the model id is rewritten). */
+  raw: string;
+}
+
+/** Decodes the body as UTF-8, refusing invalid sequences. */
+export const decodeBody = (body: string | null, isBase64: boolean): string => {
+  if (body === null || body === '') return '';
+  if (!isBase64) return body;
+  try {
+    return new TextDecoder('utf-8', { fatal: true }).decode(Buffer.from(body, 'base64'));
+  } catch {
+    throw new ValidationError('Request body is not valid UTF-8.', null, 'invalid_encoding');
+  }
+};
+
+const nestingDepth = (text: string): number => {
+  let depth = 0;
+  let max = 0;
+  let inString = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (inString) {
+      if (c === '\\') i++;
+      else if (c === '"') inString = false;
+    } else if (c === '"') inString = true;
+    else if (c === '{' || c === '[') max = Math.max(max, ++depth);
+    else if (c === '}' || c === ']') depth--;
+  }
+  return max;
+};
+
+/**
+ * Validates a POST body for a model endpoint.
+ * @param maxBytes configured maximum body size
+ * @throws ValidationError (400/413 semantics carried by code) naming what is wrong
+ */
+export const parseModelRequest = (
+  contentType: string | undefined,
+  text: string,
+  maxBytes: number,
+): ParsedBody => {
+  if (Buffer.byteLength(text, 'utf8') > maxBytes) {
+    throw new ValidationError(`Request body exceeds ${maxBytes} bytes.`, null, 'payload_too_large');
+  }
+  if (!text.trim())
+    throw new ValidationError('Request body is empty; send a JSON object.', null, 'empty_body');
+  const type = (contentType ?? '').split(';')[0]?.trim().toLowerCase();
+  if (type !== 'application/json') {
+    throw new ValidationError('Content-Type must be application/json.', null, 'invalid_content_type');
+  }
+  if (nestingDepth(text) > MAX_JSON_DEPTH) {
+    throw new ValidationError(`JSON nested deeper than ${MAX_JSON_DEPTH} levels.`, null, 'json_too_deep');
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    throw new ValidationError('Request body is not valid JSON.', null, 'invalid_json');
+  }
+  if (typeof json !== 'object' || json === null || Array.isArray(json)) {
+    throw new ValidationError('Request body must be a JSON object.', null, 'invalid_json');
+  }
+  const obj = json as Record<string, unknown>;
+  if (typeof obj.model !== 'string' || obj.model.trim() === '') {
+    throw new ValidationError(
+      '`model` is required and must be a non-empty string.',
+      'model',
+      'invalid_model',
+    );
+  }
+  if (obj.stream !== undefined && obj.stream !== null && typeof obj.stream !== 'boolean') {
+    throw new ValidationError('`stream` must be a boolean.', 'stream', 'invalid_type');
+  }
+  return { json: obj, model: obj.model, stream: obj.stream === true, raw: text };
+};
+
+/** The body to send upstream with another model id (gateway prefix stripped). */
+export const withModel = (body: ParsedBody, model: string): string =>
+  model === body.model ? body.raw : JSON.stringify({ ...body.json, model });

@@ -1,0 +1,72 @@
+// Composition support: the environment contract of every function, validated once at cold start.
+import { PRIORITIES, type Priority } from '../domain/priority.js';
+import { defaultRoutes, parseRoutes, type Route, type UpstreamDef } from '../domain/routes.js';
+
+export interface RuntimeEnv {
+  region: string;
+  stateTable: string;
+  ticketsTable: string;
+  keysTable: string;
+  queueUrls: Record<Priority, string>;
+  /** Local emulator endpoints (unset in AWS). */
+  dynamoEndpoint?: string;
+  sqsEndpoint?: string;
+  lambdaEndpoint?: string;
+  dispatcherFunction: string;
+  upstreams: Map<string, UpstreamDef>;
+  routes: Route[];
+  /** Where the limited upstream's key comes from: a secret (AWS) or a plain env value (local only). */
+  upstreamKeySecret?: string;
+  upstreamKeyValue?: string;
+  adminTokenSecret?: string;
+  adminTokenValue?: string;
+  bucketKey: string;
+  /** CORS: the dashboard's origin ('*' never used with credentials; unset = no CORS headers). */
+  allowedOrigin?: string;
+}
+
+const need = (env: Record<string, string | undefined>, name: string): string => {
+  const v = env[name];
+  if (!v) throw new Error(`missing environment variable ${name}`);
+  return v;
+};
+
+/** Reads and checks the env; throws at cold start, not at the first request. */
+export const readRuntimeEnv = (env: Record<string, string | undefined>): RuntimeEnv => {
+  const queueUrls = Object.fromEntries(
+    PRIORITIES.map((p) => [p, need(env, `SLUICE_QUEUE_${p.toUpperCase()}_URL`)]),
+  ) as Record<Priority, string>;
+  const upstreams = new Map<string, UpstreamDef>([
+    [
+      'limited',
+      {
+        name: 'limited',
+        baseUrl: env.SLUICE_UPSTREAM_URL ?? 'https://integrate.api.nvidia.com/v1',
+        limited: true,
+      },
+    ],
+  ]);
+  if (env.SLUICE_OPEN_UPSTREAM_URL) {
+    upstreams.set('open', { name: 'open', baseUrl: env.SLUICE_OPEN_UPSTREAM_URL, limited: false });
+  }
+  const routes = env.SLUICE_ROUTES ? parseRoutes(env.SLUICE_ROUTES) : defaultRoutes('limited');
+  return {
+    region: env.AWS_REGION ?? 'us-east-1',
+    stateTable: need(env, 'SLUICE_STATE_TABLE'),
+    ticketsTable: need(env, 'SLUICE_TICKETS_TABLE'),
+    keysTable: need(env, 'SLUICE_KEYS_TABLE'),
+    queueUrls,
+    ...(env.SLUICE_DYNAMODB_ENDPOINT ? { dynamoEndpoint: env.SLUICE_DYNAMODB_ENDPOINT } : {}),
+    ...(env.SLUICE_SQS_ENDPOINT ? { sqsEndpoint: env.SLUICE_SQS_ENDPOINT } : {}),
+    ...(env.SLUICE_LAMBDA_ENDPOINT ? { lambdaEndpoint: env.SLUICE_LAMBDA_ENDPOINT } : {}),
+    dispatcherFunction: env.SLUICE_DISPATCHER_FUNCTION ?? 'sluice-dispatcher',
+    upstreams,
+    routes,
+    ...(env.SLUICE_UPSTREAM_KEY_SECRET ? { upstreamKeySecret: env.SLUICE_UPSTREAM_KEY_SECRET } : {}),
+    ...(env.UPSTREAM_API_KEY ? { upstreamKeyValue: env.UPSTREAM_API_KEY } : {}),
+    ...(env.SLUICE_ADMIN_TOKEN_SECRET ? { adminTokenSecret: env.SLUICE_ADMIN_TOKEN_SECRET } : {}),
+    ...(env.SLUICE_ADMIN_TOKEN ? { adminTokenValue: env.SLUICE_ADMIN_TOKEN } : {}),
+    bucketKey: env.SLUICE_BUCKET_KEY ?? 'default',
+    ...(env.SLUICE_ALLOWED_ORIGIN ? { allowedOrigin: env.SLUICE_ALLOWED_ORIGIN } : {}),
+  };
+};

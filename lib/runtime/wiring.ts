@@ -1,0 +1,105 @@
+// Composition support: SDK clients and stores built once per container from the runtime env.
+import { randomUUID } from 'node:crypto';
+import { getSecret } from '@aws-lambda-powertools/parameters/secrets';
+import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import { InvokeCommand, LambdaClient } from '@aws-sdk/client-lambda';
+import { SQSClient } from '@aws-sdk/client-sqs';
+import { DynamoBucketStore } from '../adapters/dynamo/bucket-store.js';
+import { DynamoConfigStore } from '../adapters/dynamo/config-store.js';
+import { DynamoKeyStore } from '../adapters/dynamo/key-store.js';
+import { DynamoLeaseStore } from '../adapters/dynamo/lease-store.js';
+import { DynamoOutcomeStore } from '../adapters/dynamo/outcome-store.js';
+import { DynamoRetreatStore } from '../adapters/dynamo/retreat-store.js';
+import { DynamoTicketStore } from '../adapters/dynamo/ticket-store.js';
+import { SqsTicketQueue } from '../adapters/sqs/ticket-queue.js';
+import { TokenBucket } from '../domain/bucket.js';
+import { type Clock, systemClock } from '../domain/clock.js';
+import { configFromEnv } from '../domain/config.js';
+import { ConfigService } from '../domain/config-service.js';
+import { RetreatController } from '../domain/retreat-controller.js';
+import type { RuntimeEnv } from './env.js';
+
+const LOCAL_CREDENTIALS = { accessKeyId: 'local', secretAccessKey: 'local' };
+
+/** SDK retries: bounded, with the SDK's jittered backoff. */
+const MAX_ATTEMPTS = 3;
+
+export const makeClients = (env: RuntimeEnv) => {
+  const local = (endpoint: string | undefined) =>
+    endpoint ? { endpoint, credentials: LOCAL_CREDENTIALS } : {};
+  return {
+    dynamo: new DynamoDBClient({
+      region: env.region,
+      maxAttempts: MAX_ATTEMPTS,
+      ...local(env.dynamoEndpoint),
+    }),
+    sqs: new SQSClient({ region: env.region, maxAttempts: MAX_ATTEMPTS, ...local(env.sqsEndpoint) }),
+    lambda: new LambdaClient({ region: env.region, maxAttempts: 2, ...local(env.lambdaEndpoint) }),
+  };
+};
+
+export type Clients = ReturnType<typeof makeClients>;
+
+/** Every store and shared domain object a function may need; cheap to build (no I/O). */
+export const makeStores = (
+  env: RuntimeEnv,
+  clients: Clients,
+  processEnv: Record<string, string | undefined>,
+  clock: Clock = systemClock,
+) => {
+  const defaults = configFromEnv(processEnv);
+  const bucketStore = new DynamoBucketStore(clients.dynamo, env.stateTable, env.bucketKey);
+  const bucket = new TokenBucket(bucketStore, clock, {
+    fraction: defaults.reserveFraction,
+    forNormal: defaults.reserveForNormal,
+  });
+  const outcomes = new DynamoOutcomeStore(clients.dynamo, env.stateTable);
+  const retreatStore = new DynamoRetreatStore(clients.dynamo, env.stateTable, env.bucketKey);
+  return {
+    clock,
+    bucket,
+    outcomes,
+    retreatStore,
+    tickets: new DynamoTicketStore(clients.dynamo, {
+      ticketsTable: env.ticketsTable,
+      stateTable: env.stateTable,
+      bucketKey: env.bucketKey,
+    }),
+    queue: new SqsTicketQueue(clients.sqs, env.queueUrls),
+    lease: new DynamoLeaseStore(clients.dynamo, env.stateTable),
+    keys: new DynamoKeyStore(clients.dynamo, env.keysTable),
+    configStore: new DynamoConfigStore(clients.dynamo, env.stateTable),
+    config: new ConfigService(new DynamoConfigStore(clients.dynamo, env.stateTable), clock, defaults),
+    retreat: new RetreatController({ retreat: retreatStore, outcomes, bucket, clock }),
+    newId: () => randomUUID(),
+  };
+};
+
+export type Stores = ReturnType<typeof makeStores>;
+
+/** The doorbell's second half: an asynchronous invoke of the dispatcher (Event: no waiting, no retries here). */
+export const dispatcherWaker = (env: RuntimeEnv, clients: Clients) => async (): Promise<void> => {
+  await clients.lambda.send(
+    new InvokeCommand({
+      FunctionName: env.dispatcherFunction,
+      InvocationType: 'Event',
+      Payload: '{"source":"doorbell"}',
+    }),
+  );
+};
+
+/** Secrets are cached this long: a rotated upstream key is used within 5 minutes, without a redeploy. */
+export const SECRET_MAX_AGE_S = 300;
+
+/** A secret from Secrets Manager (Powertools Parameters, cached), or the plain local value. */
+export const secretReader =
+  (secretId: string | undefined, plainValue: string | undefined, what: string) =>
+  async (): Promise<string> => {
+    if (secretId) {
+      const v = await getSecret(secretId, { maxAge: SECRET_MAX_AGE_S });
+      if (typeof v !== 'string' || v === '') throw new Error(`${what} secret is empty`);
+      return v;
+    }
+    if (plainValue) return plainValue;
+    throw new Error(`${what} is not configured`);
+  };

@@ -1,0 +1,181 @@
+// Local runtime: the whole system on one machine — emulators, the real handlers behind a local API Gateway,
+// the singleton dispatcher (doorbell + schedule) and, unless UPSTREAM_URL is set, a simulated upstream.
+import './awslambda-shim.js';
+import { randomBytes } from 'node:crypto';
+import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import { SQSClient } from '@aws-sdk/client-sqs';
+import { makeDispatcherHandler } from '../functions/dispatcher/app.js';
+import { buildIngressService, makeIngressHandler } from '../functions/ingress/app.js';
+import type { DispatcherTimings } from '../lib/domain/dispatcher.js';
+import { KeyAdmin } from '../lib/domain/key-admin.js';
+import type { Priority } from '../lib/domain/priority.js';
+import { localAwsConfig, provisionResources, startEmulators } from '../lib/local/emulators.js';
+import { readRuntimeEnv } from '../lib/runtime/env.js';
+import { dispatcherWaker, makeClients, makeStores, type Stores } from '../lib/runtime/wiring.js';
+import { type ApiRoute, type LocalApiGateway, startApiGateway } from './apigw/adapter.js';
+import { type FakeUpstream, type FakeUpstreamOptions, startFakeUpstream } from './fake-upstream.js';
+import { type LocalLambdaService, startLocalLambda } from './lambda-service.js';
+
+export interface LocalSystemOptions {
+  /** API port (0 = free port). @default 8787 */
+  port?: number;
+  host?: string;
+  /** Use these running emulators instead of starting new ones (tests share one pair). */
+  emulators?: { dynamoEndpoint: string; sqsEndpoint: string };
+  /** Resource name prefix. @default 'sluice' */
+  prefix?: string;
+  /** An OpenAI-compatible upstream; unset = start the simulated one. */
+  upstreamUrl?: string;
+  upstreamApiKey?: string;
+  fakeUpstream?: FakeUpstreamOptions;
+  adminToken?: string;
+  /** `SLUICE_*` config env vars (and any other env the functions read). */
+  env?: Record<string, string | undefined>;
+  dispatcherTimings?: Partial<DispatcherTimings>;
+  /** How long one local dispatcher run may last (its Lambda timeout). @default 300000 */
+  dispatcherTimeoutMs?: number;
+  /** The 1-minute safety-net schedule (0 disables it). @default 60000 */
+  scheduleMs?: number;
+  /** Extra routes (status function, dashboard), added after the ingress routes. */
+  extraRoutes?: (ctx: { env: Record<string, string | undefined>; stores: Stores }) => Promise<ApiRoute[]> | ApiRoute[];
+  log?: (line: string) => void;
+}
+
+export interface LocalSystem {
+  url: string;
+  adminToken: string;
+  upstream: FakeUpstream | undefined;
+  upstreamUrl: string;
+  /** The env the functions were composed from. */
+  env: Record<string, string | undefined>;
+  stores: Stores;
+  lambda: LocalLambdaService;
+  createKey(agent: string, maxPriority?: Priority): Promise<string>;
+  stop(): Promise<void>;
+}
+
+const DISPATCHER = 'sluice-dispatcher';
+const SIMULATED_UPSTREAM_KEY = 'nvapi-local-simulated';
+
+export const startLocalSystem = async (opts: LocalSystemOptions = {}): Promise<LocalSystem> => {
+  const log = opts.log ?? (() => {});
+  const stops: (() => Promise<void>)[] = [];
+  const stop = async () => {
+    for (const s of stops.reverse()) await s().catch((err: unknown) => log(`stop failed: ${(err as Error).message}`));
+  };
+  try {
+    let emulators = opts.emulators;
+    if (!emulators) {
+      const started = await startEmulators();
+      stops.push(() => started.stop());
+      emulators = started;
+    }
+    const prefix = opts.prefix ?? 'sluice';
+    const dynamo = new DynamoDBClient(localAwsConfig(emulators.dynamoEndpoint));
+    const sqs = new SQSClient(localAwsConfig(emulators.sqsEndpoint));
+    const names = await provisionResources({ dynamo, sqs }, prefix);
+    dynamo.destroy();
+    sqs.destroy();
+
+    let upstream: FakeUpstream | undefined;
+    let upstreamUrl = opts.upstreamUrl;
+    let upstreamKey = opts.upstreamApiKey;
+    if (!upstreamUrl) {
+      upstream = await startFakeUpstream({ apiKey: SIMULATED_UPSTREAM_KEY, ...opts.fakeUpstream });
+      stops.push(() => upstream!.stop());
+      upstreamUrl = `${upstream.url}/v1`;
+      upstreamKey = SIMULATED_UPSTREAM_KEY;
+    }
+
+    // The Lambda endpoint must exist before the functions are composed (their SDK client points at it).
+    const lambdaRef: { handler?: (e: unknown, c: import('aws-lambda').Context) => Promise<unknown> } = {};
+    const lambda = await startLocalLambda(
+      {
+        [DISPATCHER]: {
+          handler: (e, c) => lambdaRef.handler!(e, c),
+          timeoutMs: opts.dispatcherTimeoutMs ?? 300_000,
+        },
+      },
+      log,
+    );
+    stops.push(() => lambda.stop().then(() => lambda.idle()));
+
+    const adminToken = opts.adminToken ?? randomBytes(24).toString('base64url');
+    const env: Record<string, string | undefined> = {
+      ...opts.env,
+      AWS_REGION: 'us-east-1',
+      AWS_ACCESS_KEY_ID: 'local',
+      AWS_SECRET_ACCESS_KEY: 'local',
+      SLUICE_STATE_TABLE: names.stateTable,
+      SLUICE_TICKETS_TABLE: names.ticketsTable,
+      SLUICE_KEYS_TABLE: names.keysTable,
+      SLUICE_QUEUE_URGENT_URL: names.queueUrls.urgent,
+      SLUICE_QUEUE_HIGH_URL: names.queueUrls.high,
+      SLUICE_QUEUE_NORMAL_URL: names.queueUrls.normal,
+      SLUICE_QUEUE_LOW_URL: names.queueUrls.low,
+      SLUICE_DYNAMODB_ENDPOINT: emulators.dynamoEndpoint,
+      SLUICE_SQS_ENDPOINT: emulators.sqsEndpoint,
+      SLUICE_LAMBDA_ENDPOINT: lambda.endpoint,
+      SLUICE_DISPATCHER_FUNCTION: DISPATCHER,
+      SLUICE_UPSTREAM_URL: upstreamUrl,
+      UPSTREAM_API_KEY: upstreamKey,
+      SLUICE_ADMIN_TOKEN: adminToken,
+    };
+
+    const runtimeEnv = readRuntimeEnv(env);
+    const clients = makeClients(runtimeEnv);
+    stops.push(async () => {
+      clients.dynamo.destroy();
+      clients.sqs.destroy();
+      clients.lambda.destroy();
+    });
+    const stores = makeStores(runtimeEnv, clients, env);
+    await stores.config.seed();
+    lambdaRef.handler = makeDispatcherHandler({
+      stores,
+      wakeSuccessor: dispatcherWaker(runtimeEnv, clients),
+      ...(opts.dispatcherTimings ? { timings: opts.dispatcherTimings } : {}),
+    }) as unknown as (e: unknown, c: import('aws-lambda').Context) => Promise<unknown>;
+
+    const ingress = buildIngressService(env);
+    stops.push(async () => {
+      ingress.clients.dynamo.destroy();
+      ingress.clients.sqs.destroy();
+      ingress.clients.lambda.destroy();
+    });
+    const ingressHandler = makeIngressHandler(ingress.service, runtimeEnv.allowedOrigin ? { allowedOrigin: runtimeEnv.allowedOrigin } : {});
+    const routes: ApiRoute[] = [
+      { method: 'ANY', path: '/v1/{proxy+}', handler: ingressHandler, functionName: 'sluice-ingress', timeoutMs: 900_000 },
+      ...(opts.extraRoutes ? await opts.extraRoutes({ env, stores }) : []),
+    ];
+    const api: LocalApiGateway = await startApiGateway({
+      routes,
+      host: opts.host ?? '127.0.0.1',
+      port: opts.port ?? 8787,
+      log,
+    });
+    stops.push(() => api.stop());
+
+    // The safety-net schedule, as EventBridge Scheduler does every minute in AWS.
+    const scheduleMs = opts.scheduleMs ?? 60_000;
+    const timer = scheduleMs > 0 ? setInterval(() => lambda.invokeAsync(DISPATCHER, { source: 'schedule' }), scheduleMs) : undefined;
+    timer?.unref();
+    stops.push(async () => clearInterval(timer));
+
+    const keys = new KeyAdmin(stores.keys, stores.clock, (n) => randomBytes(n));
+    return {
+      url: api.url,
+      adminToken,
+      upstream,
+      upstreamUrl,
+      env,
+      stores,
+      lambda,
+      createKey: async (agent, maxPriority = 'urgent') => (await keys.create(agent, maxPriority)).key,
+      stop,
+    };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+};

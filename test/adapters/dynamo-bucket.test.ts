@@ -1,0 +1,314 @@
+// Adapter tests: DynamoBucketStore + TokenBucket on DynamoDB Local give the GCRA table's answers, rescale, hold, refund.
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DynamoBucketStore } from '../../lib/adapters/dynamo/bucket-store.js';
+import { TokenBucket } from '../../lib/domain/bucket.js';
+import { FakeClock } from '../../lib/domain/clock.js';
+import { type BucketParams, type BucketState, planConsume } from '../../lib/domain/gcra.js';
+import type { Priority } from '../../lib/domain/priority.js';
+import { type TestResources, testResources } from '../support/aws.js';
+
+let res: TestResources;
+
+beforeAll(async () => {
+  res = await testResources('dynamo-bucket');
+});
+
+afterAll(() => {
+  res?.close();
+});
+
+/** Burst 2 with half reserved: urgent may spend 2 tokens back to back, low only 1. */
+const RESERVE = { fraction: 0.5, forNormal: false };
+
+/** A bucket item of its own (fresh key) holding `params` and, when given, `tat`. */
+const freshStore = async (params: BucketParams, tat?: number): Promise<DynamoBucketStore> => {
+  const store = new DynamoBucketStore(res.dynamo, res.names.stateTable, `bucket-test-${randomUUID()}`);
+  const created = await store.ensure(params);
+  if (tat !== undefined && !(await store.compareAndSet(created, { ...params, tat }))) {
+    throw new Error('could not seed the bucket item');
+  }
+  return store;
+};
+
+/** The stored tat, read back consistently. */
+const storedTat = async (store: DynamoBucketStore): Promise<number | undefined> => (await store.get())?.tat;
+
+/** Grants `priority` takes back to back at the clock's current time (stops at the first refusal). */
+const drain = async (bucket: TokenBucket, priority: Priority, max = 50): Promise<number> => {
+  let granted = 0;
+  while (granted < max && (await bucket.tryConsume(priority)).granted) granted++;
+  return granted;
+};
+
+describe('the GCRA table on DynamoDB Local (same rows as test/domain/gcra.test.ts)', () => {
+  const T = 1000;
+  const params = { intervalMs: T, burst: 2 };
+  // name, tat, now, burstForPriority, expected branch, wait or new tat
+  const rows: [string, number | undefined, number, 1 | 2, 'idle' | 'busy' | 'wait', number][] = [
+    ['empty bucket item', undefined, 10_000, 2, 'idle', 11_000],
+    ['tat in the past', 5_000, 10_000, 2, 'idle', 11_000],
+    ['second of a burst of 2', 11_000, 10_000, 2, 'busy', 12_000],
+    ['third of a burst of 2 waits one interval', 12_000, 10_000, 2, 'wait', 1_000],
+    ['low (burst 1) cannot take the reserve', 11_000, 10_000, 1, 'wait', 1_000],
+    ['tat exactly now is busy, not idle', 10_000, 10_000, 1, 'busy', 11_000],
+    ['far future tat (hold)', 70_000, 10_000, 2, 'wait', 59_000],
+  ];
+  const priorityOf = (burst: 1 | 2): Priority => (burst === 2 ? 'urgent' : 'low');
+
+  it.each(rows)('%s (bucket knows the stored state)', async (_name, tat, now, burst, branch, expected) => {
+    // Prepare
+    const store = await freshStore(params, tat);
+    const bucket = new TokenBucket(store, new FakeClock(now), RESERVE);
+    await bucket.refresh();
+    expect(bucket.plan(priorityOf(burst))).toSatisfy((p: ReturnType<TokenBucket['plan']>) =>
+      branch === 'wait' ? 'waitMs' in p : 'attempt' in p && p.attempt.branch === branch,
+    );
+
+    // Act
+    const result = await bucket.tryConsume(priorityOf(burst));
+
+    // Assess
+    if (branch === 'wait') {
+      expect(result).toEqual({ granted: false, waitMs: expected });
+      expect(bucket.stats).toEqual({ writes: 0, conflicts: 0 });
+      expect(await storedTat(store)).toBe(tat);
+    } else {
+      expect(result).toEqual({ granted: true });
+      expect(bucket.stats).toEqual({ writes: 1, conflicts: 0 });
+      expect(await storedTat(store)).toBe(expected);
+      expect(bucket.state?.tat).toBe(expected);
+    }
+  });
+
+  it.each(rows)(
+    '%s (stale bucket: the failed condition’s ALL_OLD state gives the answer)',
+    async (_name, tat, now, burst, branch, expected) => {
+      // Prepare: this bucket last saw the item without a tat (full), then another writer moved it.
+      const store = await freshStore(params);
+      const bucket = new TokenBucket(store, new FakeClock(now), RESERVE);
+      await bucket.configure(params);
+      if (tat !== undefined) {
+        const other = await store.get();
+        expect(await store.compareAndSet(other!, { ...params, tat })).toBe(true);
+      }
+      // An idle write planned on "full" fails exactly when the stored tat is not in the past.
+      const expectedConflicts = tat !== undefined && tat >= now ? 1 : 0;
+
+      // Act
+      const result = await bucket.tryConsume(priorityOf(burst));
+
+      // Assess
+      expect(bucket.stats.conflicts).toBe(expectedConflicts);
+      if (branch === 'wait') {
+        expect(result).toEqual({ granted: false, waitMs: expected });
+        expect(bucket.state).toEqual({ ...params, tat });
+        expect(await storedTat(store)).toBe(tat);
+      } else {
+        expect(result).toEqual({ granted: true });
+        expect(await storedTat(store)).toBe(expected);
+      }
+      expect(bucket.stats.writes).toBe(expectedConflicts + (branch === 'wait' ? 0 : 1));
+    },
+  );
+
+  it('a failed consume returns the stored item (ALL_OLD) and changes nothing', async () => {
+    // Prepare
+    const store = await freshStore(params, 12_000);
+    const plan = planConsume({ ...params }, 10_000, 2);
+    if (!('attempt' in plan)) throw new Error('expected an attempt');
+
+    // Act
+    const out = await store.consume(plan.attempt);
+
+    // Assess
+    expect(out).toEqual({ ok: false, current: { ...params, tat: 12_000 } });
+    expect(await storedTat(store)).toBe(12_000);
+  });
+});
+
+describe('stale parameters', () => {
+  const old = { intervalMs: 1000, burst: 2 };
+  const current = { intervalMs: 2000, burst: 2 };
+
+  it.each([
+    ['idle (no tat)', undefined, 10_000],
+    ['idle (tat in the past)', 5_000, 10_000],
+    ['busy', 10_500, 10_000],
+  ])('%s: an attempt planned on the old params fails its condition', async (_name, tat, now) => {
+    // Prepare
+    const store = await freshStore(current, tat);
+    const plan = planConsume({ ...old, ...(tat !== undefined ? { tat } : {}) }, now, 2);
+    if (!('attempt' in plan)) throw new Error('expected an attempt');
+
+    // Act
+    const out = await store.consume(plan.attempt);
+
+    // Assess
+    expect(out).toEqual({ ok: false, current: { ...current, ...(tat !== undefined ? { tat } : {}) } });
+    expect(await storedTat(store)).toBe(tat);
+  });
+
+  it('a bucket holding old params learns the new ones from the failure and spends at the new interval', async () => {
+    // Prepare
+    const store = await freshStore(old);
+    const clock = new FakeClock(10_000);
+    const stale = new TokenBucket(store, clock, RESERVE);
+    await stale.configure(old);
+    await new TokenBucket(store, clock, RESERVE).configure(current);
+
+    // Act
+    const result = await stale.tryConsume('urgent');
+
+    // Assess
+    expect(result).toEqual({ granted: true });
+    expect(stale.stats).toEqual({ writes: 2, conflicts: 1 });
+    expect(await store.get()).toEqual({ ...current, tat: 10_000 + current.intervalMs });
+  });
+});
+
+describe('configure() rescales the backlog', () => {
+  // from, to, tokens spent at t0, ms elapsed before the change → tokens available before = after
+  const rows: [string, BucketParams, BucketParams, number, number, number][] = [
+    ['rate cut ×4, 3 of 4 spent', { intervalMs: 1000, burst: 4 }, { intervalMs: 4000, burst: 4 }, 3, 0, 1],
+    ['rate cut ×4, all spent', { intervalMs: 1000, burst: 4 }, { intervalMs: 4000, burst: 4 }, 4, 0, 0],
+    ['rate cut, 2.5 tokens in use', { intervalMs: 1000, burst: 4 }, { intervalMs: 3000, burst: 4 }, 3, 500, 1],
+    ['rate raise ×4, 2 of 4 spent', { intervalMs: 4000, burst: 4 }, { intervalMs: 1000, burst: 4 }, 2, 0, 2],
+    ['rate raise, all spent', { intervalMs: 2000, burst: 3 }, { intervalMs: 500, burst: 3 }, 3, 0, 0],
+    ['idle bucket stays full', { intervalMs: 1000, burst: 3 }, { intervalMs: 5000, burst: 3 }, 0, 0, 3],
+  ];
+
+  it.each(rows)('%s', async (_name, from, to, spent, elapsed, available) => {
+    // Prepare
+    const store = await freshStore(from);
+    const clock = new FakeClock(1_000_000);
+    const user = new TokenBucket(store, clock, RESERVE);
+    await user.configure(from);
+    for (let i = 0; i < spent; i++) expect(await user.tryConsume('urgent')).toEqual({ granted: true });
+    clock.advance(elapsed);
+    expect(user.available('urgent')).toBe(available);
+
+    // Act: another function (no local state) changes the rate.
+    const operator = new TokenBucket(store, clock, RESERVE);
+    const after = await operator.configure(to);
+
+    // Assess: same tokens, and no more than that can be taken right away — by anyone.
+    expect(after).toMatchObject(to);
+    expect(await store.get()).toEqual(after);
+    expect(operator.available('urgent')).toBe(available);
+    await user.refresh();
+    expect(await drain(user, 'urgent')).toBe(available);
+  });
+
+  it('configure() with the stored params writes nothing', async () => {
+    // Prepare
+    const p = { intervalMs: 1000, burst: 2 };
+    const store = await freshStore(p, 5_000);
+    const bucket = new TokenBucket(store, new FakeClock(4_000), RESERVE);
+
+    // Act
+    const state = await bucket.configure(p);
+
+    // Assess
+    expect(state).toEqual({ ...p, tat: 5_000 });
+    expect(await store.get()).toEqual({ ...p, tat: 5_000 });
+  });
+});
+
+describe('hold(until)', () => {
+  const p = { intervalMs: 1000, burst: 3 };
+  const t0 = 2_000_000;
+  const until = t0 + 30_000;
+
+  it.each([
+    ['a full bucket', 0],
+    ['a half-spent bucket', 2],
+  ])('blocks %s until `until`, then leaves exactly one token for the best priority', async (_name, spent) => {
+    // Prepare
+    const store = await freshStore(p);
+    const clock = new FakeClock(t0);
+    const bucket = new TokenBucket(store, clock, RESERVE);
+    await bucket.configure(p);
+    for (let i = 0; i < spent; i++) await bucket.tryConsume('urgent');
+
+    // Act
+    await bucket.hold(until);
+
+    // Assess: nothing before `until` (a fresh reader too), one token at `until`, low waits one interval more.
+    expect(await store.get()).toMatchObject({ holdUntil: until, tat: until + (p.burst - 1) * p.intervalMs });
+    clock.set(until - 1);
+    const reader = new TokenBucket(store, clock, RESERVE);
+    expect(await reader.tryConsume('urgent')).toEqual({ granted: false, waitMs: 1 });
+    clock.set(until);
+    expect(await reader.tryConsume('low')).toEqual({ granted: false, waitMs: p.intervalMs * (p.burst - 1) });
+    expect(await drain(reader, 'urgent')).toBe(1);
+    expect(await reader.tryConsume('urgent')).toEqual({ granted: false, waitMs: p.intervalMs });
+  });
+
+  it('a shorter hold never shortens a longer one', async () => {
+    // Prepare
+    const store = await freshStore(p);
+    const bucket = new TokenBucket(store, new FakeClock(t0), RESERVE);
+    await bucket.configure(p);
+    await bucket.hold(until);
+    const before = await store.get();
+
+    // Act
+    await new TokenBucket(store, new FakeClock(t0), RESERVE).hold(until - 10_000);
+
+    // Assess
+    expect(await store.get()).toEqual(before);
+  });
+});
+
+describe('refund()', () => {
+  const p = { intervalMs: 1000, burst: 3 };
+  const t0 = 3_000_000;
+
+  it.each([
+    // spent, ms later, tat change, available before → after
+    ['after 2 of 3 spent', 2, 0, -1000, 1, 2],
+    ['after the whole burst', 3, 0, -1000, 0, 1],
+    ['on a partly refilled bucket (tat − T < now clamps to now)', 1, 500, -500, 2, 3],
+    ['on an idle bucket (nothing to give back)', 1, 5_000, 0, 3, 3],
+  ])('%s', async (_name, spent, later, delta, before, after) => {
+    // Prepare
+    const store = await freshStore(p);
+    const clock = new FakeClock(t0);
+    const bucket = new TokenBucket(store, clock, RESERVE);
+    await bucket.configure(p);
+    for (let i = 0; i < spent; i++) await bucket.tryConsume('urgent');
+    clock.advance(later);
+    const tat = await storedTat(store);
+    expect(bucket.available('urgent')).toBe(before);
+
+    // Act
+    await bucket.refund();
+
+    // Assess
+    expect(await storedTat(store)).toBe((tat ?? 0) + delta);
+    const reader = new TokenBucket(store, clock, RESERVE);
+    await reader.refresh();
+    expect(reader.available('urgent')).toBe(after);
+    expect(await drain(reader, 'urgent')).toBe(after);
+  });
+
+  it('a refund from a stale bucket re-reads and gives back exactly one token', async () => {
+    // Prepare: two users; `stale` has not seen the other's spends.
+    const store = await freshStore(p);
+    const clock = new FakeClock(t0);
+    const stale = new TokenBucket(store, clock, RESERVE);
+    await stale.configure(p);
+    const other = new TokenBucket(store, clock, RESERVE);
+    await other.refresh();
+    await drain(other, 'urgent');
+    const state: BucketState | undefined = await store.get();
+
+    // Act
+    await stale.refund();
+
+    // Assess
+    expect(await storedTat(store)).toBe(state!.tat! - p.intervalMs);
+    expect(await drain(other, 'urgent')).toBe(1);
+  });
+});

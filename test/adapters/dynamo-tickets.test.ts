@@ -1,0 +1,499 @@
+// Adapter tests: DynamoTicketStore on DynamoDB Local — admission counter, grant transaction, transitions, sweeps.
+import { randomUUID } from 'node:crypto';
+import {
+  DynamoDBClient,
+  TransactionCanceledException,
+  TransactWriteItemsCommand,
+  UpdateItemCommand,
+} from '@aws-sdk/client-dynamodb';
+import { mockClient } from 'aws-sdk-client-mock';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { DynamoBucketStore } from '../../lib/adapters/dynamo/bucket-store.js';
+import { stateKey } from '../../lib/adapters/dynamo/common.js';
+import { DynamoTicketStore } from '../../lib/adapters/dynamo/ticket-store.js';
+import { TokenBucket } from '../../lib/domain/bucket.js';
+import { FakeClock } from '../../lib/domain/clock.js';
+import { AdmissionFullError, ConflictError } from '../../lib/domain/errors.js';
+import type { ConsumeAttempt } from '../../lib/domain/gcra.js';
+import type { Priority } from '../../lib/domain/priority.js';
+import {
+  canTransition,
+  TICKET_STATUSES,
+  TRANSITIONS,
+  type Ticket,
+  type TicketPatch,
+  type TicketStatus,
+} from '../../lib/domain/tickets.js';
+import { type TestResources, testResources } from '../support/aws.js';
+
+let res: TestResources;
+/** Every test shares the table's admission counter, so counts are asserted as deltas. */
+let tickets: DynamoTicketStore;
+let bucketStore: DynamoBucketStore;
+let bucket: TokenBucket;
+const clock = new FakeClock();
+const PARAMS = { intervalMs: 1000, burst: 2 };
+const RESERVE = { fraction: 0.5, forNormal: false };
+
+beforeAll(async () => {
+  res = await testResources('dynamo-tickets');
+  const bucketKey = `tickets-${randomUUID()}`;
+  tickets = new DynamoTicketStore(res.dynamo, {
+    ticketsTable: res.names.ticketsTable,
+    stateTable: res.names.stateTable,
+    bucketKey,
+  });
+  bucketStore = new DynamoBucketStore(res.dynamo, res.names.stateTable, bucketKey);
+  bucket = new TokenBucket(bucketStore, clock, RESERVE);
+  await bucket.configure(PARAMS);
+});
+
+afterAll(() => {
+  res?.close();
+});
+
+const newTicket = (overrides: Partial<Ticket> = {}): Ticket => ({
+  id: `tk-${randomUUID()}`,
+  agent: 'agent-a',
+  priority: 'normal',
+  model: 'nvidia/llama',
+  stream: false,
+  status: 'queued',
+  attempt: 0,
+  enqueuedAt: clock.now(),
+  deadline: clock.now() + 240_000,
+  ...overrides,
+});
+
+/** Creates a queued ticket without a size limit that matters. */
+const created = async (overrides: Partial<Ticket> = {}): Promise<Ticket> => {
+  const t = newTicket(overrides);
+  await tickets.create(t, { queueMaxSize: 1_000_000 });
+  return t;
+};
+
+/** A consume attempt that holds right now: the clock moves one interval on, so the bucket is idle again. */
+const freshAttempt = async (): Promise<ConsumeAttempt> => {
+  clock.advance(PARAMS.intervalMs + 1);
+  await bucket.refresh();
+  const plan = bucket.plan('urgent');
+  if (!('attempt' in plan)) throw new Error(`bucket unexpectedly empty: wait ${plan.waitMs}`);
+  return plan.attempt;
+};
+
+const grantPatch = (): TicketPatch => ({ grantedAt: clock.now(), claimBy: clock.now() + 30_000 });
+
+const mustMove = async (
+  id: string,
+  from: TicketStatus,
+  to: TicketStatus,
+  patch: TicketPatch = {},
+  attempt?: number,
+): Promise<Ticket> => {
+  const out = await tickets.transition(id, from, to, patch, attempt === undefined ? {} : { attempt });
+  if (!('ticket' in out)) throw new Error(`could not move ${id} ${from} → ${to}: ${JSON.stringify(out.conflict)}`);
+  return out.ticket;
+};
+
+/** Creates a ticket and drives it to `status` through legal moves only. */
+const ticketIn = async (status: TicketStatus): Promise<Ticket> => {
+  const t = await created();
+  const end = { finishedAt: clock.now(), reason: 'test' };
+  switch (status) {
+    case 'queued':
+      return t;
+    case 'abandoned':
+    case 'expired':
+    case 'dropped':
+    case 'rejected':
+      return mustMove(t.id, 'queued', status, end);
+    default: {
+      const g = await tickets.grant(t, await freshAttempt(), grantPatch());
+      if (g.kind !== 'granted') throw new Error(`grant failed: ${g.kind}`);
+      if (status === 'granted') return (await tickets.get(t.id))!;
+      if (status === 'failed') return mustMove(t.id, 'granted', 'failed', end);
+      const claimed = await mustMove(t.id, 'granted', 'claimed', { claimedAt: clock.now(), claimBy: clock.now() + 60_000 });
+      if (status === 'claimed') return claimed;
+      if (status === 'completed') return mustMove(t.id, 'claimed', 'completed', end);
+      throw new Error(`unreachable status ${status}`);
+    }
+  }
+};
+
+describe('create: admission counter and ticket in one transaction', () => {
+  it.each([1, 3])('refuses exactly at queueMaxSize (room for %i) and writes nothing then', async (room) => {
+    // Prepare
+    const base = await tickets.admissionCount();
+    const queueMaxSize = base + room;
+    const admitted: Ticket[] = [];
+    for (let i = 0; i < room; i++) {
+      const t = newTicket();
+      await tickets.create(t, { queueMaxSize });
+      admitted.push(t);
+    }
+    const overflow = newTicket();
+
+    // Act
+    const err = await tickets.create(overflow, { queueMaxSize }).catch((e: unknown) => e);
+
+    // Assess
+    expect(err).toBeInstanceOf(AdmissionFullError);
+    expect((err as AdmissionFullError).count).toBe(queueMaxSize);
+    expect(await tickets.get(overflow.id)).toBeUndefined();
+    expect(await tickets.admissionCount()).toBe(queueMaxSize);
+    for (const t of admitted) expect(await tickets.get(t.id)).toEqual(t);
+  });
+
+  it('a second create of the same id is a conflict and counts nothing', async () => {
+    // Prepare
+    const t = await created();
+    const base = await tickets.admissionCount();
+
+    // Act
+    const err = await tickets.create({ ...t, agent: 'someone-else' }, { queueMaxSize: 1_000_000 }).catch((e: unknown) => e);
+
+    // Assess
+    expect(err).toBeInstanceOf(ConflictError);
+    expect(await tickets.admissionCount()).toBe(base);
+    expect((await tickets.get(t.id))?.agent).toBe('agent-a');
+  });
+
+  it('replace (drop_lowest) drops the victim and adds the newcomer with the count unchanged', async () => {
+    // Prepare: the queue is full.
+    const victim = await created({ priority: 'low' });
+    const full = await tickets.admissionCount();
+    const newcomer = newTicket({ priority: 'high' });
+
+    // Act
+    await tickets.create(newcomer, { queueMaxSize: full, replace: { id: victim.id, attempt: victim.attempt } });
+
+    // Assess
+    expect(await tickets.get(victim.id)).toMatchObject({ status: 'dropped', reason: 'dropped_for_newer' });
+    expect(await tickets.get(newcomer.id)).toEqual(newcomer);
+    expect(await tickets.admissionCount()).toBe(full);
+  });
+
+  it.each([
+    ['no longer queued', 'abandoned' as const, 0],
+    ['requeued under a newer attempt', 'queued' as const, 1],
+  ])('replace of a victim %s is a conflict and writes nothing', async (_name, victimStatus, staleBy) => {
+    // Prepare
+    const victim = await created({ priority: 'low', attempt: staleBy });
+    if (victimStatus !== 'queued') await mustMove(victim.id, 'queued', victimStatus, { reason: 'test' });
+    const base = await tickets.admissionCount();
+    const newcomer = newTicket();
+
+    // Act
+    const err = await tickets
+      .create(newcomer, { queueMaxSize: base, replace: { id: victim.id, attempt: 0 } })
+      .catch((e: unknown) => e);
+
+    // Assess
+    expect(err).toBeInstanceOf(ConflictError);
+    expect(await tickets.get(newcomer.id)).toBeUndefined();
+    expect((await tickets.get(victim.id))?.status).toBe(victimStatus);
+    expect(await tickets.admissionCount()).toBe(base);
+  });
+});
+
+describe('grant: token and queued → granted in one transaction', () => {
+  it('consumes a token, flips the ticket and decrements the counter', async () => {
+    // Prepare
+    const t = await created({ priority: 'high' });
+    const attempt = await freshAttempt();
+    const patch = grantPatch();
+    const base = await tickets.admissionCount();
+
+    // Act
+    const out = await tickets.grant(t, attempt, patch);
+
+    // Assess
+    expect(out).toEqual({ kind: 'granted' });
+    expect(await tickets.get(t.id)).toEqual({ ...t, status: 'granted', ...patch });
+    expect((await bucketStore.get())?.tat).toBe(attempt.branch === 'idle' ? attempt.newTat : undefined);
+    expect(await tickets.admissionCount()).toBe(base - 1);
+  });
+
+  it.each<[string, TicketStatus | 'missing']>([
+    ['abandoned', 'abandoned'],
+    ['expired', 'expired'],
+    ['already granted', 'granted'],
+    ['claimed', 'claimed'],
+    ['missing', 'missing'],
+  ])('a grant of a %s ticket spends no token and returns ticket_conflict', async (_name, status) => {
+    // Prepare
+    const t = status === 'missing' ? newTicket() : await ticketIn(status);
+    const attempt = await freshAttempt();
+    const tatBefore = (await bucketStore.get())?.tat;
+    const base = await tickets.admissionCount();
+
+    // Act
+    const out = await tickets.grant(t, attempt, grantPatch());
+
+    // Assess
+    expect(out.kind).toBe('ticket_conflict');
+    if (out.kind === 'ticket_conflict') {
+      expect(out.current?.status).toBe(status === 'missing' ? undefined : status);
+    }
+    expect((await bucketStore.get())?.tat).toBe(tatBefore);
+    expect(await tickets.admissionCount()).toBe(base);
+  });
+
+  it('a grant with a stale attempt number is refused; the current attempt is granted', async () => {
+    // Prepare: granted, claimed, requeued after an upstream 429 → attempt 1; a duplicate message still says 0.
+    const t = await ticketIn('claimed');
+    await mustMove(t.id, 'claimed', 'queued', { reason: 'upstream_429' }, 0);
+    const tatBefore = (await bucketStore.get())?.tat;
+
+    // Act
+    const stale = await tickets.grant({ id: t.id, attempt: 0 }, await freshAttempt(), grantPatch());
+    const tatAfterStale = (await bucketStore.get())?.tat;
+    const current = await tickets.grant({ id: t.id, attempt: 1 }, await freshAttempt(), grantPatch());
+
+    // Assess
+    expect(stale.kind).toBe('ticket_conflict');
+    if (stale.kind === 'ticket_conflict') expect(stale.current).toMatchObject({ status: 'queued', attempt: 1 });
+    expect(tatAfterStale).toBe(tatBefore);
+    expect(current).toEqual({ kind: 'granted' });
+    expect(await tickets.get(t.id)).toMatchObject({ status: 'granted', attempt: 1 });
+  });
+
+  it('a bucket conflict returns the bucket’s current state and leaves the ticket queued', async () => {
+    // Prepare: our bucket believes it is idle; another writer has spent the whole burst meanwhile.
+    const t = await created();
+    const attempt = await freshAttempt();
+    const other = new TokenBucket(bucketStore, clock, RESERVE);
+    await other.refresh();
+    expect(await other.tryConsume('urgent')).toEqual({ granted: true });
+    expect(await other.tryConsume('urgent')).toEqual({ granted: true });
+    const stored = await bucketStore.get();
+    const base = await tickets.admissionCount();
+
+    // Act
+    const out = await tickets.grant(t, attempt, grantPatch());
+
+    // Assess: the failure tells the exact wait, no read needed.
+    expect(out).toEqual({ kind: 'bucket_conflict', current: stored });
+    expect((await tickets.get(t.id))?.status).toBe('queued');
+    expect(await tickets.admissionCount()).toBe(base);
+    if (out.kind !== 'bucket_conflict') return;
+    bucket.conflicted(out.current);
+    expect(bucket.plan('urgent')).toEqual({ waitMs: stored!.tat! - (clock.now() + PARAMS.intervalMs) });
+  });
+});
+
+describe('transition', () => {
+  const legal: [TicketStatus, TicketStatus, number][] = TICKET_STATUSES.flatMap((from) =>
+    TRANSITIONS[from]
+      // queued → granted happens only in grant(), with a token.
+      .filter((to) => !(from === 'queued' && to === 'granted'))
+      .map((to): [TicketStatus, TicketStatus, number] => [from, to, from === 'queued' ? -1 : to === 'queued' ? 1 : 0]),
+  );
+  const illegal: [TicketStatus, TicketStatus][] = TICKET_STATUSES.flatMap((from) =>
+    TICKET_STATUSES.filter((to) => !canTransition(from, to)).map((to): [TicketStatus, TicketStatus] => [from, to]),
+  );
+
+  it('covers every pair of statuses', () => {
+    expect(legal.length + 1 + illegal.length).toBe(TICKET_STATUSES.length ** 2);
+  });
+
+  it.each(legal)('%s → %s is applied (admission counter %i)', async (from, to, delta) => {
+    // Prepare
+    const t = await ticketIn(from);
+    const base = await tickets.admissionCount();
+
+    // Act
+    const out = await tickets.transition(t.id, from, to, { finishedAt: clock.now(), reason: 'test' }, { attempt: t.attempt });
+
+    // Assess
+    expect('ticket' in out && out.ticket.status).toBe(to);
+    expect((await tickets.get(t.id))?.status).toBe(to);
+    expect(await tickets.admissionCount()).toBe(base + delta);
+  });
+
+  it.each(legal)('%s → %s from the wrong status is refused with the current ticket', async (from, to) => {
+    // Prepare: a ticket in some other status than `from`.
+    const elsewhere = from === 'queued' ? 'abandoned' : 'queued';
+    const t = await ticketIn(elsewhere);
+    const base = await tickets.admissionCount();
+
+    // Act
+    const out = await tickets.transition(t.id, from, to, { reason: 'test' });
+
+    // Assess
+    expect(out).toEqual({ conflict: expect.objectContaining({ id: t.id, status: elsewhere }) });
+    expect(await tickets.admissionCount()).toBe(base);
+  });
+
+  // BUG (lib/adapters/dynamo/ticket-store.ts, transition): the adapter only checks `status = from`, so a move that
+  // TRANSITIONS forbids goes through. Kept as `it.fails` until the canTransition guard lands; see the report.
+  it.fails.each(illegal)('illegal %s → %s is refused and the ticket stays put', async (from, to) => {
+    // Prepare
+    const t = await ticketIn(from);
+    const base = await tickets.admissionCount();
+
+    // Act
+    const out = await tickets.transition(t.id, from, to, { finishedAt: clock.now(), reason: 'test' }, { attempt: t.attempt });
+
+    // Assess
+    expect(out).toEqual({ conflict: expect.objectContaining({ id: t.id, status: from }) });
+    expect((await tickets.get(t.id))?.status).toBe(from);
+    expect(await tickets.admissionCount()).toBe(base);
+  });
+
+  // BUG (same place): `queued → granted` is legal only inside grant(); the plain transition hands out a grant
+  // without spending a token.
+  it.fails('queued → granted outside grant() is refused (no token was spent)', async () => {
+    // Prepare
+    const t = await created();
+    const tatBefore = (await bucketStore.get())?.tat;
+
+    // Act
+    const out = await tickets.transition(t.id, 'queued', 'granted', grantPatch(), { attempt: 0 });
+
+    // Assess
+    expect('conflict' in out).toBe(true);
+    expect((await tickets.get(t.id))?.status).toBe('queued');
+    expect((await bucketStore.get())?.tat).toBe(tatBefore);
+  });
+
+  it('requeue (claimed → queued) bumps the attempt and the counter and returns to its place in the queue', async () => {
+    // Prepare: enqueued long before anything else in the table, so it is the oldest low ticket.
+    const t = await created({ priority: 'low', enqueuedAt: 42 });
+    await tickets.grant(t, await freshAttempt(), grantPatch());
+    await mustMove(t.id, 'granted', 'claimed', { claimedAt: clock.now(), claimBy: clock.now() + 60_000 }, 0);
+    const base = await tickets.admissionCount();
+
+    // Act
+    const out = await tickets.transition(t.id, 'claimed', 'queued', { reason: 'upstream_429' }, { attempt: 0 });
+
+    // Assess
+    expect(out).toEqual({ ticket: expect.objectContaining({ status: 'queued', attempt: 1, enqueuedAt: 42 }) });
+    expect(await tickets.admissionCount()).toBe(base + 1);
+    expect((await tickets.oldestQueued('low'))?.id).toBe(t.id);
+    expect((await tickets.listPhase('queued#low', 43, 10)).map((x) => x.id)).toContain(t.id);
+  });
+
+  it('a requeue under a stale attempt is refused and counts nothing', async () => {
+    // Prepare
+    const t = await ticketIn('claimed');
+    await mustMove(t.id, 'claimed', 'queued', { reason: 'upstream_429' }, 0);
+    await tickets.grant({ id: t.id, attempt: 1 }, await freshAttempt(), grantPatch());
+    await mustMove(t.id, 'granted', 'claimed', { claimedAt: clock.now(), claimBy: clock.now() + 60_000 }, 1);
+    const base = await tickets.admissionCount();
+
+    // Act
+    const out = await tickets.transition(t.id, 'claimed', 'queued', { reason: 'late duplicate' }, { attempt: 0 });
+
+    // Assess
+    expect(out).toEqual({ conflict: expect.objectContaining({ status: 'claimed', attempt: 1 }) });
+    expect(await tickets.admissionCount()).toBe(base);
+  });
+});
+
+describe('phase index and reconcile', () => {
+  it('listPhase("granted", before) finds granted tickets past claimBy, and only those', async () => {
+    // Prepare
+    const now = clock.now();
+    const late = await created();
+    const onTime = await created();
+    const claimed = await created();
+    for (const [t, claimBy] of [
+      [late, now + 1_000],
+      [onTime, now + 50_000],
+      [claimed, now + 1_000],
+    ] as const) {
+      const out = await tickets.grant(t, await freshAttempt(), { grantedAt: clock.now(), claimBy });
+      expect(out.kind).toBe('granted');
+    }
+    await mustMove(claimed.id, 'granted', 'claimed', { claimedAt: now, claimBy: now + 900_000 }, 0);
+
+    // Act
+    const found = (await tickets.listPhase('granted', now + 10_000, 1000)).map((t) => t.id);
+
+    // Assess
+    expect(found).toContain(late.id);
+    expect(found).not.toContain(onTime.id);
+    expect(found).not.toContain(claimed.id);
+  });
+
+  it.each([
+    ['drifted up', 999],
+    ['drifted down', -5],
+  ])('reconcileAdmission repairs a counter that %s', async (_name, drift) => {
+    // Prepare
+    const truth = await tickets.reconcileAdmission();
+    await created({ priority: 'urgent' });
+    await created({ priority: 'low' });
+    await res.dynamo.send(
+      new UpdateItemCommand({
+        TableName: res.names.stateTable,
+        Key: stateKey('admission', 'global'),
+        UpdateExpression: 'SET queued = :q',
+        ExpressionAttributeValues: { ':q': { N: String(truth + drift) } },
+      }),
+    );
+
+    // Act
+    const repaired = await tickets.reconcileAdmission();
+
+    // Assess
+    expect(repaired).toBe(truth + 2);
+    expect(await tickets.admissionCount()).toBe(truth + 2);
+  });
+});
+
+describe('SDK errors an emulator cannot produce (aws-sdk-client-mock)', () => {
+  // A client of its own, so the emulator-backed tests above keep their real client.
+  const client = new DynamoDBClient({ region: 'us-east-1', credentials: { accessKeyId: 'x', secretAccessKey: 'x' } });
+  const ddb = mockClient(client);
+  const store = new DynamoTicketStore(client, { ticketsTable: 'tickets', stateTable: 'state' });
+
+  beforeEach(() => {
+    ddb.reset();
+  });
+
+  afterAll(() => {
+    ddb.restore();
+    client.destroy();
+  });
+
+  const cancelled = (codes: string[]) =>
+    new TransactionCanceledException({
+      message: 'Transaction cancelled',
+      $metadata: { httpStatusCode: 400 },
+      CancellationReasons: codes.map((Code) => ({ Code })),
+    });
+
+  const attempt: ConsumeAttempt = { branch: 'idle', now: 1000, newTat: 2000, params: PARAMS };
+  const calls: [string, (s: DynamoTicketStore) => Promise<unknown>][] = [
+    ['grant', (s) => s.grant({ id: 'a', attempt: 0 }, attempt, { grantedAt: 1000 })],
+    ['create', (s) => s.create(newTicket({ id: 'a' }), { queueMaxSize: 10 })],
+    ['transition queued → abandoned', (s) => s.transition('a', 'queued', 'abandoned', { finishedAt: 1000 })],
+  ];
+  const reasons: [string, string[]][] = [
+    ['a throttled item', ['None', 'ThrottlingError', 'None']],
+    ['a transaction conflict', ['TransactionConflict', 'None', 'None']],
+    ['no reasons at all', []],
+  ];
+  const rows = calls.flatMap(([call, fn]) => reasons.map(([why, codes]) => [call, why, fn, codes] as const));
+
+  it.each(rows)('%s rethrows a cancellation for %s instead of reading it as a conflict', async (_c, _w, fn, codes) => {
+    // Prepare
+    const err = cancelled(codes.length ? [...codes] : []);
+    ddb.on(TransactWriteItemsCommand).rejects(err);
+
+    // Act
+    const out = await fn(store).then(
+      (value) => ({ value }),
+      (error: unknown) => ({ error }),
+    );
+
+    // Assess
+    expect(out).toEqual({ error: err });
+    expect(ddb.commandCalls(TransactWriteItemsCommand)).toHaveLength(1);
+  });
+});
+
+/** Priorities for the type checker's sake in row builders. */
+export type { Priority };

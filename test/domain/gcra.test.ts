@@ -1,0 +1,91 @@
+import { describe, expect, it } from 'vitest';
+import {
+  type BucketState,
+  applyAttempt,
+  availableTokens,
+  deriveBucket,
+  holdTat,
+  planConsume,
+  priorityBurst,
+  rescaleTat,
+  windowAllowance,
+} from '../../lib/domain/gcra.js';
+
+describe('deriveBucket', () => {
+  it.each([
+    // limit, window, burst → interval, burst, allowance ≤ limit
+    [40, 60_000, 2, 1579, 2],
+    [40, 60_000, 40, 2000, 10],
+    [5, 60_000, 2, 15_000, 1],
+    [1, 60_000, 2, 60_001, 1],
+    [1200, 60_000, 2, 51, 2],
+  ])('limit %i per %i ms, burst %i → interval %i, burst %i', (limit, windowMs, burst, interval, b) => {
+    const p = deriveBucket(limit, windowMs, burst);
+    expect(p).toEqual({ intervalMs: interval, burst: b });
+    expect(windowAllowance(p, windowMs)).toBeLessThanOrEqual(limit);
+  });
+});
+
+describe('planConsume (redis-cell style table: now, priority burst → granted, wait)', () => {
+  const T = 1000;
+  const rows: [string, number | undefined, number, number, 'idle' | 'busy' | 'wait', number][] = [
+    // name, tat, now, burstForPriority, expected branch, wait or new tat
+    ['empty bucket item', undefined, 10_000, 2, 'idle', 11_000],
+    ['tat in the past', 5_000, 10_000, 2, 'idle', 11_000],
+    ['second of a burst of 2', 11_000, 10_000, 2, 'busy', 12_000],
+    ['third of a burst of 2 waits one interval', 12_000, 10_000, 2, 'wait', 1_000],
+    ['low (burst 1) cannot take the reserve', 11_000, 10_000, 1, 'wait', 1_000],
+    ['tat exactly now is busy, not idle', 10_000, 10_000, 1, 'busy', 11_000],
+    ['far future tat (hold)', 70_000, 10_000, 2, 'wait', 59_000],
+  ];
+  it.each(rows)('%s', (_name, tat, now, burst, branch, expected) => {
+    const state: BucketState = { intervalMs: T, burst: 2, ...(tat !== undefined ? { tat } : {}) };
+    const plan = planConsume(state, now, burst);
+    if (branch === 'wait') {
+      expect(plan).toEqual({ waitMs: expected });
+      return;
+    }
+    expect('attempt' in plan && plan.attempt.branch).toBe(branch);
+    if ('attempt' in plan) expect(applyAttempt(state, plan.attempt)).toBe(expected);
+  });
+
+  it('an attempt planned on stale params fails its condition', () => {
+    const plan = planConsume({ intervalMs: T, burst: 2 }, 0, 2);
+    if (!('attempt' in plan)) throw new Error('expected attempt');
+    expect(applyAttempt({ intervalMs: 2 * T, burst: 2 }, plan.attempt)).toBeUndefined();
+  });
+});
+
+describe('priority reserve', () => {
+  it.each([
+    ['urgent', 4, 0.5, false, 4],
+    ['high', 4, 0.5, false, 4],
+    ['normal', 4, 0.5, false, 4],
+    ['normal', 4, 0.5, true, 2],
+    ['low', 4, 0.5, false, 2],
+    ['low', 2, 0.5, false, 1],
+    ['low', 1, 0.9, false, 1],
+  ] as const)('%s with burst %i, reserve %d (normal too: %s) → %i', (p, burst, fraction, forNormal, expected) => {
+    expect(priorityBurst(burst, p, { fraction, forNormal })).toBe(expected);
+  });
+});
+
+describe('rate changes and holds', () => {
+  it('rescaling keeps the available tokens (a cut releases no burst)', () => {
+    const from = { intervalMs: 1000, burst: 4 };
+    const to = { intervalMs: 4000, burst: 4 };
+    const now = 100_000;
+    const tat = now + 2500; // 2.5 tokens in use
+    const before = availableTokens({ ...from, tat }, now, 4);
+    const after = availableTokens({ ...to, tat: rescaleTat(tat, now, from, to)! }, now, 4);
+    expect(after).toBe(before);
+  });
+
+  it('a hold leaves the bucket empty when it ends', () => {
+    const p = { intervalMs: 1000, burst: 3 };
+    const tat = holdTat(50_000, p);
+    expect(availableTokens({ ...p, tat }, 49_999, 3)).toBe(0);
+    expect(availableTokens({ ...p, tat }, 50_000, 3)).toBe(1);
+    expect(availableTokens({ ...p, tat }, 50_000, 1)).toBe(0);
+  });
+});
