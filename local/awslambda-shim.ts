@@ -185,8 +185,12 @@ export const localAwsLambda: AwsLambdaGlobal = {
 export function installAwsLambdaShim(): AwsLambdaGlobal {
   // `awslambda` is untyped on globalThis unless @types/aws-lambda's namespace is in scope; read it via a record.
   const globals = globalThis as unknown as Record<string, unknown>;
-  if (globals.awslambda === undefined) globals.awslambda = localAwsLambda;
-  return globals.awslambda as AwsLambdaGlobal;
+  // The AWS SDK (@aws/lambda-invoke-store) may already have set `awslambda = {}`: fill in what is missing.
+  const current = (globals.awslambda ?? {}) as Partial<AwsLambdaGlobal>;
+  current.streamifyResponse ??= localAwsLambda.streamifyResponse;
+  current.HttpResponseStream ??= localAwsLambda.HttpResponseStream;
+  globals.awslambda = current;
+  return current as AwsLambdaGlobal;
 }
 
 installAwsLambdaShim();

@@ -32,7 +32,10 @@ export const startLocalLambda = async (
   log: (line: string) => void = () => {},
 ): Promise<LocalLambdaService> => {
   const fns = new Map<string, Fn>(
-    Object.entries(functions).map(([name, f]) => [name, { ...f, running: undefined, pendingSince: undefined }]),
+    Object.entries(functions).map(([name, f]) => [
+      name,
+      { ...f, running: undefined, pendingSince: undefined },
+    ]),
   );
   let stopped = false;
   const service: LocalLambdaService = {
@@ -95,7 +98,9 @@ export const startLocalLambda = async (
     req.on('end', () => {
       const name = m ? decodeURIComponent(m[1] ?? '') : '';
       if (!m || !fns.has(name)) {
-        res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ Type: 'User', Message: 'Function not found' }));
+        res
+          .writeHead(404, { 'content-type': 'application/json' })
+          .end(JSON.stringify({ Type: 'User', Message: 'Function not found' }));
         return;
       }
       let event: unknown = {};

@@ -37,7 +37,10 @@ export interface LocalSystemOptions {
   /** The 1-minute safety-net schedule (0 disables it). @default 60000 */
   scheduleMs?: number;
   /** Extra routes (status function, dashboard), added after the ingress routes. */
-  extraRoutes?: (ctx: { env: Record<string, string | undefined>; stores: Stores }) => Promise<ApiRoute[]> | ApiRoute[];
+  extraRoutes?: (ctx: {
+    env: Record<string, string | undefined>;
+    stores: Stores;
+  }) => Promise<ApiRoute[]> | ApiRoute[];
   log?: (line: string) => void;
 }
 
@@ -61,7 +64,8 @@ export const startLocalSystem = async (opts: LocalSystemOptions = {}): Promise<L
   const log = opts.log ?? (() => {});
   const stops: (() => Promise<void>)[] = [];
   const stop = async () => {
-    for (const s of stops.reverse()) await s().catch((err: unknown) => log(`stop failed: ${(err as Error).message}`));
+    for (const s of stops.reverse())
+      await s().catch((err: unknown) => log(`stop failed: ${(err as Error).message}`));
   };
   try {
     let emulators = opts.emulators;
@@ -143,9 +147,18 @@ export const startLocalSystem = async (opts: LocalSystemOptions = {}): Promise<L
       ingress.clients.sqs.destroy();
       ingress.clients.lambda.destroy();
     });
-    const ingressHandler = makeIngressHandler(ingress.service, runtimeEnv.allowedOrigin ? { allowedOrigin: runtimeEnv.allowedOrigin } : {});
+    const ingressHandler = makeIngressHandler(
+      ingress.service,
+      runtimeEnv.allowedOrigin ? { allowedOrigin: runtimeEnv.allowedOrigin } : {},
+    );
     const routes: ApiRoute[] = [
-      { method: 'ANY', path: '/v1/{proxy+}', handler: ingressHandler, functionName: 'sluice-ingress', timeoutMs: 900_000 },
+      {
+        method: 'ANY',
+        path: '/v1/{proxy+}',
+        handler: ingressHandler,
+        functionName: 'sluice-ingress',
+        timeoutMs: 900_000,
+      },
       ...(opts.extraRoutes ? await opts.extraRoutes({ env, stores }) : []),
     ];
     const api: LocalApiGateway = await startApiGateway({
@@ -158,7 +171,10 @@ export const startLocalSystem = async (opts: LocalSystemOptions = {}): Promise<L
 
     // The safety-net schedule, as EventBridge Scheduler does every minute in AWS.
     const scheduleMs = opts.scheduleMs ?? 60_000;
-    const timer = scheduleMs > 0 ? setInterval(() => lambda.invokeAsync(DISPATCHER, { source: 'schedule' }), scheduleMs) : undefined;
+    const timer =
+      scheduleMs > 0
+        ? setInterval(() => lambda.invokeAsync(DISPATCHER, { source: 'schedule' }), scheduleMs)
+        : undefined;
     timer?.unref();
     stops.push(async () => clearInterval(timer));
 

@@ -17,7 +17,8 @@ export class KeyAdmin {
   /** Issues a key for `agent`; returns the key (print it once) and the stored record. */
   async create(agent: string, maxPriority: string = 'high'): Promise<{ key: string; record: AgentKey }> {
     if (!AGENT_NAME.test(agent)) throw new ValidationError('agent must be 1-64 of [A-Za-z0-9._-]', 'agent');
-    if (!isPriority(maxPriority)) throw new ValidationError('max priority must be urgent, high, normal or low', 'max-priority');
+    if (!isPriority(maxPriority))
+      throw new ValidationError('max priority must be urgent, high, normal or low', 'max-priority');
     const key = formatKey(this.random(32));
     const record: AgentKey = {
       keyHash: hashKey(key),

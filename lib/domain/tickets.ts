@@ -69,13 +69,22 @@ export interface Ticket {
   /** Why it ended (terminal states) or was requeued. */
   reason?: string;
   upstreamStatus?: number;
+  /** Tokens the upstream reported (usage.total_tokens). */
+  totalTokens?: number;
 }
 
 /** Fields a transition may set besides the status. */
 export type TicketPatch = Partial<
   Pick<
     Ticket,
-    'grantedAt' | 'claimBy' | 'claimedAt' | 'finishedAt' | 'reason' | 'upstreamStatus' | 'deadline'
+    | 'grantedAt'
+    | 'claimBy'
+    | 'claimedAt'
+    | 'finishedAt'
+    | 'reason'
+    | 'upstreamStatus'
+    | 'deadline'
+    | 'totalTokens'
   >
 >;
 

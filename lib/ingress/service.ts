@@ -274,7 +274,7 @@ export class IngressService {
         error: (err as Error).message,
         stack: (err as Error).stack,
       });
-      this.deliverError(
+      void this.deliverError(
         channel,
         new UnavailableError('The gateway failed while handling the request.', 1_000, 'internal_error'),
         headers,
@@ -328,7 +328,7 @@ export class IngressService {
         });
         if (res.kind === 'refused') {
           clearInterval(beat);
-          this.deliverError(channel, res.error, headers);
+          await this.deliverError(channel, res.error, headers);
           return;
         }
         granted = res.ticket;
@@ -338,7 +338,7 @@ export class IngressService {
       const now = clock.now();
       const claimed = await admission.claim(granted, now + config.requestTimeoutMs + FUNCTION_MARGIN_MS);
       if (!claimed) {
-        this.deliverError(
+        await this.deliverError(
           channel,
           new UnavailableError('The grant expired before it could be used; retry.', 1_000, 'grant_lost'),
           headers,
@@ -368,7 +368,7 @@ export class IngressService {
       if (result !== 'requeue') return;
       const requeued = await admission.requeue(claimed, 'upstream_throttled');
       if (!requeued) {
-        this.deliverError(
+        await this.deliverError(
           channel,
           new RateLimitedError('Upstream rate limited the request.', 5_000, 'upstream_rate_limited'),
           headers,
@@ -437,7 +437,7 @@ export class IngressService {
           e.kind === 'connection'
             ? new UpstreamError(502, `Upstream unreachable: ${e.message}`, 'upstream_connection')
             : new UpstreamError(504, `Upstream timed out: ${e.message}`, `upstream_${e.kind}`);
-        this.deliverError(channel, gw, headers);
+        await this.deliverError(channel, gw, headers);
         return 'done';
       }
       const isError = res.status >= 400;
@@ -455,7 +455,7 @@ export class IngressService {
         // Nothing of the answer reached the agent yet (heartbeats are not answer bytes): try again later.
         if (ticket.attempt < config.maxRequeues) return 'requeue';
         await admission.finish(ticket, 'failed', { reason: `upstream_${kind}`, upstreamStatus: res.status });
-        this.deliverError(
+        await this.deliverError(
           channel,
           new RateLimitedError(
             kind === 'capacity'
@@ -480,7 +480,7 @@ export class IngressService {
           });
         }
         if (kind === 'upstream_error') {
-          this.deliverError(
+          await this.deliverError(
             channel,
             new UpstreamError(
               502,
@@ -532,85 +532,103 @@ export class IngressService {
     const watcher = new SseWatcher();
     let usage: Usage | undefined;
     let failure: string | undefined;
+    // The outcome is recorded before the reply completes: once the agent has its answer the function may be frozen.
+    const recordEnd = () => this.recordEnd(ticket, failure, usage, res.status, priority, started);
     if (!isSse) {
       // A JSON answer is small; reading it whole lets us extract usage and send a proper content-length.
-      let text: string;
+      let text = '';
       try {
         text = await new Response(res.body).text();
       } catch (err) {
-        failure = 'upstream_cut';
-        text = '';
+        failure = channel.cancelled.signal.aborted ? 'client_disconnected' : 'upstream_cut';
         this.d.log.warn('upstream body failed', { error: (err as Error).message });
       }
       usage = usageFromBody(text);
-      if (failure)
-        this.deliverError(
+      await recordEnd();
+      if (failure) {
+        await this.deliverError(
           channel,
           new UpstreamError(502, 'Upstream connection broke during the answer.', 'upstream_cut'),
           headers,
         );
-      else if (!channel.committed) channel.finish({ status: res.status, headers: out, body: text });
+      } else if (!channel.committed) channel.finish({ status: res.status, headers: out, body: text });
       else {
         await channel.write(text);
         await channel.end();
       }
-    } else {
-      channel.commit(res.status, out);
-      const reader = res.body?.getReader();
-      try {
-        for (;;) {
-          if (!reader) break;
-          const { value, done } = await reader.read();
-          if (done) break;
-          watcher.push(value);
-          await channel.write(value);
-          if (channel.cancelled.signal.aborted) {
-            failure = 'client_disconnected';
-            await reader.cancel();
-            break;
-          }
-        }
-      } catch (err) {
-        failure = channel.cancelled.signal.aborted ? 'client_disconnected' : 'upstream_cut';
-        if (failure === 'upstream_cut') {
-          this.d.log.warn('upstream stream cut', { error: (err as Error).message });
-          await channel.write(
-            sseError(new UpstreamError(502, 'Upstream connection broke mid-stream.', 'upstream_cut')),
-          );
+      return 'done';
+    }
+    channel.commit(res.status, out);
+    const reader = res.body?.getReader();
+    try {
+      for (;;) {
+        if (!reader) break;
+        const { value, done } = await reader.read();
+        if (done) break;
+        watcher.push(value);
+        await channel.write(value);
+        if (channel.cancelled.signal.aborted) {
+          failure = 'client_disconnected';
+          await reader.cancel();
+          break;
         }
       }
-      await channel.end();
-      usage = watcher.usage;
-      if (!failure && watcher.embeddedError) failure = 'embedded_error';
+    } catch (err) {
+      failure = channel.cancelled.signal.aborted ? 'client_disconnected' : 'upstream_cut';
+      if (failure === 'upstream_cut')
+        this.d.log.warn('upstream stream cut', { error: (err as Error).message });
     }
-    if (ticket) {
-      const latency = [{ name: 'upstream' as const, priority, ms: clock.now() - started }];
-      await this.d.outcomes
-        .record(clock.now(), {
-          counts: failure && failure !== 'client_disconnected' ? { upstreamError: 1 } : { ok: 1 },
-          latencies: latency,
-        })
-        .catch(() => undefined);
-      if (failure === 'client_disconnected')
-        await admission.finish(ticket, 'abandoned', { reason: failure, upstreamStatus: res.status });
-      else if (failure)
-        await admission.finish(ticket, 'failed', { reason: failure, upstreamStatus: res.status });
-      else
-        await admission.finish(ticket, 'completed', {
-          upstreamStatus: res.status,
-          ...(usage?.total_tokens !== undefined ? { reason: `tokens=${usage.total_tokens}` } : {}),
-        });
+    usage = watcher.usage;
+    if (!failure && watcher.embeddedError) failure = 'embedded_error';
+    await recordEnd();
+    if (failure === 'upstream_cut') {
+      await channel.write(
+        sseError(new UpstreamError(502, 'Upstream connection broke mid-stream.', 'upstream_cut')),
+      );
     }
+    await channel.end();
     return 'done';
   }
 
+  /** Outcome counters and the ticket's terminal state after a 2xx answer was relayed (or cut). */
+  private async recordEnd(
+    ticket: Ticket | undefined,
+    failure: string | undefined,
+    usage: Usage | undefined,
+    status: number,
+    priority: Priority,
+    started: number,
+  ): Promise<void> {
+    if (!ticket) return;
+    const { clock, admission } = this.d;
+    await this.d.outcomes
+      .record(clock.now(), {
+        counts: failure && failure !== 'client_disconnected' ? { upstreamError: 1 } : { ok: 1 },
+        latencies: [{ name: 'upstream', priority, ms: clock.now() - started }],
+      })
+      .catch(() => undefined);
+    const patch = {
+      upstreamStatus: status,
+      ...(usage?.total_tokens !== undefined ? { totalTokens: usage.total_tokens } : {}),
+    };
+    if (failure === 'client_disconnected')
+      await admission.finish(ticket, 'abandoned', { ...patch, reason: failure });
+    else if (failure) await admission.finish(ticket, 'failed', { ...patch, reason: failure });
+    else await admission.finish(ticket, 'completed', patch);
+  }
+
   /** An error as a JSON reply, or as an SSE error event if the stream already started. */
-  private deliverError(channel: ReplyChannel, err: GatewayError, headers: Record<string, string>): void {
+  private async deliverError(
+    channel: ReplyChannel,
+    err: GatewayError,
+    headers: Record<string, string>,
+  ): Promise<void> {
     if (!channel.committed) {
       channel.finish(errorReply(err, headers));
       return;
     }
-    void channel.write(sseError(err)).then(() => channel.end());
+    await channel.write(sseError(err));
+    await channel.end();
   }
 
   /** The bucket as last read, at most 1 s old (shared by all requests of this container). */

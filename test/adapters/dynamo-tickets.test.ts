@@ -15,7 +15,6 @@ import { TokenBucket } from '../../lib/domain/bucket.js';
 import { FakeClock } from '../../lib/domain/clock.js';
 import { AdmissionFullError, ConflictError } from '../../lib/domain/errors.js';
 import type { ConsumeAttempt } from '../../lib/domain/gcra.js';
-import type { Priority } from '../../lib/domain/priority.js';
 import {
   canTransition,
   TICKET_STATUSES,
@@ -31,7 +30,8 @@ let res: TestResources;
 let tickets: DynamoTicketStore;
 let bucketStore: DynamoBucketStore;
 let bucket: TokenBucket;
-const clock = new FakeClock();
+// Real epoch: DynamoDB Local runs TTL deletion, and tickets of FakeClock's default 2023 epoch expire at once.
+const clock = new FakeClock(Date.now());
 const PARAMS = { intervalMs: 1000, burst: 2 };
 const RESERVE = { fraction: 0.5, forNormal: false };
 
@@ -144,7 +144,21 @@ describe('create: admission counter and ticket in one transaction', () => {
     for (const t of admitted) expect(await tickets.get(t.id)).toEqual(t);
   });
 
-  it('a second create of the same id is a conflict and counts nothing', async () => {
+  it('an SDK retry of the same create (same request token) succeeds and counts once', async () => {
+    // Prepare
+    const t = newTicket();
+    const base = await tickets.admissionCount();
+    await tickets.create(t, { queueMaxSize: 1_000_000 });
+
+    // Act
+    await tickets.create(t, { queueMaxSize: 1_000_000 });
+
+    // Assess
+    expect(await tickets.admissionCount()).toBe(base + 1);
+    expect(await tickets.get(t.id)).toEqual(t);
+  });
+
+  it('a second, different create of the same id writes and counts nothing', async () => {
     // Prepare
     const t = await created();
     const base = await tickets.admissionCount();
@@ -153,9 +167,17 @@ describe('create: admission counter and ticket in one transaction', () => {
     const err = await tickets.create({ ...t, agent: 'someone-else' }, { queueMaxSize: 1_000_000 }).catch((e: unknown) => e);
 
     // Assess
-    expect(err).toBeInstanceOf(ConflictError);
+    expect(err).toBeInstanceOf(Error);
     expect(await tickets.admissionCount()).toBe(base);
     expect((await tickets.get(t.id))?.agent).toBe('agent-a');
+  });
+
+  // BUG (lib/adapters/dynamo/ticket-store.ts, create): the token is `create#id` only, so a different create of an
+  // existing id within 10 minutes fails with the SDK's raw IdempotentParameterMismatchException, not ConflictError.
+  it.fails('a second, different create of the same id is a ConflictError', async () => {
+    const t = await created();
+    const err = await tickets.create({ ...t, agent: 'someone-else' }, { queueMaxSize: 1_000_000 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ConflictError);
   });
 
   it('replace (drop_lowest) drops the victim and adds the newcomer with the count unchanged', async () => {
@@ -201,6 +223,7 @@ describe('grant: token and queued → granted in one transaction', () => {
     // Prepare
     const t = await created({ priority: 'high' });
     const attempt = await freshAttempt();
+    const tatBefore = (await bucketStore.get())?.tat ?? 0;
     const patch = grantPatch();
     const base = await tickets.admissionCount();
 
@@ -210,7 +233,9 @@ describe('grant: token and queued → granted in one transaction', () => {
     // Assess
     expect(out).toEqual({ kind: 'granted' });
     expect(await tickets.get(t.id)).toEqual({ ...t, status: 'granted', ...patch });
-    expect((await bucketStore.get())?.tat).toBe(attempt.branch === 'idle' ? attempt.newTat : undefined);
+    expect((await bucketStore.get())?.tat).toBe(
+      attempt.branch === 'idle' ? attempt.newTat : tatBefore + PARAMS.intervalMs,
+    );
     expect(await tickets.admissionCount()).toBe(base - 1);
   });
 
@@ -292,6 +317,11 @@ describe('transition', () => {
   const illegal: [TicketStatus, TicketStatus][] = TICKET_STATUSES.flatMap((from) =>
     TICKET_STATUSES.filter((to) => !canTransition(from, to)).map((to): [TicketStatus, TicketStatus] => [from, to]),
   );
+
+  it.each(TICKET_STATUSES)('a ticket can be driven to %s through legal moves', async (status) => {
+    const t = await ticketIn(status);
+    expect(await tickets.get(t.id)).toMatchObject({ id: t.id, status });
+  });
 
   it('covers every pair of statuses', () => {
     expect(legal.length + 1 + illegal.length).toBe(TICKET_STATUSES.length ** 2);
@@ -480,20 +510,17 @@ describe('SDK errors an emulator cannot produce (aws-sdk-client-mock)', () => {
 
   it.each(rows)('%s rethrows a cancellation for %s instead of reading it as a conflict', async (_c, _w, fn, codes) => {
     // Prepare
-    const err = cancelled(codes.length ? [...codes] : []);
+    const err = cancelled([...codes]);
     ddb.on(TransactWriteItemsCommand).rejects(err);
 
     // Act
-    const out = await fn(store).then(
-      (value) => ({ value }),
-      (error: unknown) => ({ error }),
+    const thrown = await fn(store).then(
+      () => undefined,
+      (error: unknown) => error,
     );
 
     // Assess
-    expect(out).toEqual({ error: err });
+    expect(thrown).toBe(err);
     expect(ddb.commandCalls(TransactWriteItemsCommand)).toHaveLength(1);
   });
 });
-
-/** Priorities for the type checker's sake in row builders. */
-export type { Priority };
