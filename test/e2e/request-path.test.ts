@@ -94,7 +94,9 @@ describe('the request path with the openai client', () => {
       body: JSON.stringify({ model: 'meta/llama-3.1-8b-instruct', messages: [] }),
     });
     expect(res.status).toBe(status);
-    const body = (await res.json()) as { error: { code: string; type: string; message: string; param: unknown } };
+    const body = (await res.json()) as {
+      error: { code: string; type: string; message: string; param: unknown };
+    };
     expect(body.error).toMatchObject({ code, type: 'authentication_error', param: null });
   });
 
@@ -102,20 +104,37 @@ describe('the request path with the openai client', () => {
     const disabled = await system.createKey('disabled-agent', 'normal');
     await system.stores.keys.setEnabled(hashKey(disabled), false);
     const c = new OpenAI({ baseURL: `${system.url}/v1`, apiKey: disabled, maxRetries: 0 });
-    await expect(c.chat.completions.create({ model: 'meta/llama-3.1-8b-instruct', messages: [] })).rejects.toMatchObject({
+    await expect(
+      c.chat.completions.create({ model: 'meta/llama-3.1-8b-instruct', messages: [] }),
+    ).rejects.toMatchObject({
       status: 403,
       code: 'key_disabled',
     });
   });
 
   it.each([
-    ['bad priority', JSON.stringify({ model: 'meta/x', messages: [] }), { 'x-priority': 'asap' }, 'invalid_priority'],
+    [
+      'bad priority',
+      JSON.stringify({ model: 'meta/x', messages: [] }),
+      { 'x-priority': 'asap' },
+      'invalid_priority',
+    ],
     ['malformed JSON', '{"model": "meta/x",', {}, 'invalid_json'],
     ['empty body', '', {}, 'empty_body'],
     ['missing model', JSON.stringify({ messages: [] }), {}, 'invalid_model'],
     ['stream not a boolean', JSON.stringify({ model: 'meta/x', stream: 'yes' }), {}, 'invalid_type'],
-    ['unknown model, passthrough off', JSON.stringify({ model: 'acme/unknown', messages: [] }), {}, 'model_not_found'],
-    ['wrong content type', JSON.stringify({ model: 'meta/x' }), { 'content-type': 'text/plain' }, 'invalid_content_type'],
+    [
+      'unknown model, passthrough off',
+      JSON.stringify({ model: 'acme/unknown', messages: [] }),
+      {},
+      'model_not_found',
+    ],
+    [
+      'wrong content type',
+      JSON.stringify({ model: 'meta/x' }),
+      { 'content-type': 'text/plain' },
+      'invalid_content_type',
+    ],
   ])('refuses %s with a 400 and queues nothing', async (_name, body, headers, code) => {
     const before = system.upstream!.calls.length;
     const res = await post('/v1/chat/completions', body, headers);
@@ -131,7 +150,10 @@ describe('the request path with the openai client', () => {
     const res = await fetch(`${system.url}/v1/chat/completions`, {
       method: 'POST',
       headers: { authorization: `Bearer ${low}`, 'content-type': 'application/json', 'x-priority': 'URGENT' },
-      body: JSON.stringify({ model: 'meta/llama-3.1-8b-instruct', messages: [{ role: 'user', content: 'x' }] }),
+      body: JSON.stringify({
+        model: 'meta/llama-3.1-8b-instruct',
+        messages: [{ role: 'user', content: 'x' }],
+      }),
     });
     expect(res.status).toBe(200);
     expect(res.headers.get('x-sluice-priority')).toBe('low');

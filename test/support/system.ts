@@ -14,7 +14,12 @@ export const startTestSystem = (name: string, opts: LocalSystemOptions = {}): Pr
     prefix: uniquePrefix(name),
     scheduleMs: 0,
     ...opts,
-    env: { POWERTOOLS_METRICS_DISABLED: 'true', POWERTOOLS_LOG_LEVEL: 'WARN', LOG_LEVEL: 'WARN', ...opts.env },
+    env: {
+      POWERTOOLS_METRICS_DISABLED: 'true',
+      POWERTOOLS_LOG_LEVEL: 'WARN',
+      LOG_LEVEL: 'WARN',
+      ...opts.env,
+    },
   });
 
 /** Every ticket of a system (consistent scan of its table). */
@@ -25,7 +30,11 @@ export const allTickets = async (system: LocalSystem): Promise<Ticket[]> => {
   try {
     do {
       const res = await client.send(
-        new ScanCommand({ TableName: system.env.SLUICE_TICKETS_TABLE, ConsistentRead: true, ExclusiveStartKey: start }),
+        new ScanCommand({
+          TableName: system.env.SLUICE_TICKETS_TABLE,
+          ConsistentRead: true,
+          ExclusiveStartKey: start,
+        }),
       );
       for (const item of res.Items ?? []) out.push(unmarshall(item) as Ticket);
       start = res.LastEvaluatedKey;
@@ -56,7 +65,11 @@ export const auditTickets = async (system: LocalSystem, expectTotal?: number) =>
 };
 
 /** Polls `check` until it returns a value or the time is up (generous: loaded 2-core machines). */
-export const eventually = async <T>(check: () => Promise<T | undefined> | T | undefined, timeoutMs = 30_000, everyMs = 100): Promise<T> => {
+export const eventually = async <T>(
+  check: () => Promise<T | undefined> | T | undefined,
+  timeoutMs = 30_000,
+  everyMs = 100,
+): Promise<T> => {
   const until = Date.now() + timeoutMs;
   for (;;) {
     const v = await check();

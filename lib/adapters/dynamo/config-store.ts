@@ -69,7 +69,13 @@ export class DynamoConfigStore implements ConfigStore {
       await this.client.send(
         new TransactWriteItemsCommand({
           TransactItems: items,
-          ClientRequestToken: requestToken('config', next.version),
+          ClientRequestToken: requestToken(
+            'config',
+            this.table,
+            next.version,
+            next.updatedAt,
+            JSON.stringify(next.config),
+          ),
         }),
       );
       return true;

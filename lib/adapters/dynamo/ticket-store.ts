@@ -1,4 +1,5 @@
 // Adapter: tickets table plus the admission counter; every status change is a conditional write.
+import { randomUUID } from 'node:crypto';
 import {
   type DynamoDBClient,
   GetItemCommand,
@@ -34,6 +35,13 @@ export interface TicketTables {
 }
 
 const ADMISSION_KEY = stateKey('admission', 'global');
+
+/**
+ * Distinguishes our own logical tries (per process, per try); an SDK retry resends the same command, hence the
+ * same token. The process id keeps two writers from ever sharing a token (a shared one would read as success).
+ */
+const PROCESS_ID = randomUUID();
+let tries = 0;
 
 /** Where a ticket sits in the sparse `byPhase` index (terminal tickets leave it). */
 const phaseOf = (t: Pick<Ticket, 'status' | 'priority' | 'enqueuedAt' | 'claimBy'>, now: number) => {
@@ -214,7 +222,7 @@ export class DynamoTicketStore implements TicketStore {
       await this.client.send(
         new TransactWriteItemsCommand({
           TransactItems: items,
-          ClientRequestToken: requestToken('grant', ticket.id, ticket.attempt, attempt.branch, attempt.now),
+          ClientRequestToken: requestToken('grant', PROCESS_ID, ticket.id, ticket.attempt, ++tries),
         }),
       );
       return { kind: 'granted' };
@@ -261,7 +269,7 @@ export class DynamoTicketStore implements TicketStore {
       await this.client.send(
         new TransactWriteItemsCommand({
           TransactItems: [update, this.admission(countDelta)],
-          ClientRequestToken: requestToken('move', id, from, to, opts.attempt ?? '', now),
+          ClientRequestToken: requestToken('move', PROCESS_ID, id, from, to, opts.attempt ?? '', ++tries),
         }),
       );
       const ticket = await this.get(id);

@@ -1,0 +1,103 @@
+// Status use case: the admin API — read and change the shared config (validated, recorded), reset retreat.
+import type { Clock } from '../domain/clock.js';
+import { externalConfig, type GatewayConfig } from '../domain/config.js';
+import type { ConfigService } from '../domain/config-service.js';
+import { ValidationError } from '../domain/errors.js';
+import type { ConfigStore, TicketStore } from '../domain/ports.js';
+import type { RetreatController } from '../domain/retreat-controller.js';
+import {
+  type ConfigChangeView,
+  type ConfigFieldView,
+  changeView,
+  configFieldViews,
+  type RetreatView,
+  retreatView,
+} from './views.js';
+
+/** Config history entries `GET /admin/config` returns. */
+export const HISTORY_LISTED = 50;
+
+/** What `GET /admin/config` answers. */
+export interface AdminConfigView {
+  version: number;
+  updatedAt: number;
+  updatedBy: string;
+  /** External names (snake_case) and units (seconds for `*_s`), exactly what PATCH accepts. */
+  config: Record<string, number | string | boolean>;
+  fields: ConfigFieldView[];
+  /** Latest first. */
+  history: ConfigChangeView[];
+}
+
+/** What `PATCH /admin/config` answers. */
+export interface ConfigUpdateView {
+  version: number;
+  changes: ConfigChangeView[];
+  config: Record<string, number | string | boolean>;
+}
+
+export interface AdminDeps {
+  config: Pick<ConfigService, 'current' | 'update' | 'invalidate'>;
+  history: Pick<ConfigStore, 'history'>;
+  tickets: Pick<TicketStore, 'admissionCount'>;
+  retreat: Pick<RetreatController, 'reset'>;
+  clock: Clock;
+}
+
+export class AdminService {
+  constructor(private readonly d: AdminDeps) {}
+
+  /** The current config (fresh, not from the cache), field metadata and recent changes. */
+  async getConfig(): Promise<AdminConfigView> {
+    this.d.config.invalidate();
+    const [current, history] = await Promise.all([this.d.config.current(), this.d.history.history(HISTORY_LISTED)]);
+    return {
+      version: current.version,
+      updatedAt: current.updatedAt,
+      updatedBy: current.updatedBy,
+      config: externalConfig(current.config),
+      fields: configFieldViews(),
+      history: history.map(changeView),
+    };
+  }
+
+  /**
+   * Applies a patch of external fields. Every field is validated (a 400 names the first bad one); cross-field
+   * rules hold; `queue_max_size` may not go below the number of requests queued now (seed `set_max_size`).
+   * Other functions see the change within the config cache age (2 s).
+   * @param body the parsed JSON body
+   * @param by who changes it (recorded in the history)
+   * @throws ValidationError
+   */
+  async patchConfig(body: unknown, by: string): Promise<ConfigUpdateView> {
+    if (typeof body !== 'object' || body === null || Array.isArray(body)) {
+      throw new ValidationError('Send a JSON object of config fields to change.', null, 'invalid_json');
+    }
+    const patch = body as Record<string, unknown>;
+    if (Object.keys(patch).length === 0) {
+      throw new ValidationError('The patch is empty; name at least one config field.', null, 'empty_patch');
+    }
+    const { value, changes } = await this.d.config.update(patch, by, (next, prev) => this.checkLive(next, prev));
+    return { version: value.version, changes: changes.map(changeView), config: externalConfig(value.config) };
+  }
+
+  /** Back to the base rate now (seed `reset_to_base`); the bucket follows at once. */
+  async resetRetreat(by: string): Promise<RetreatView> {
+    this.d.config.invalidate();
+    const config = (await this.d.config.current()).config;
+    return retreatView(await this.d.retreat.reset(config, by));
+  }
+
+  /** Rules that depend on live state rather than on the config alone. */
+  private async checkLive(next: GatewayConfig, prev: GatewayConfig): Promise<void> {
+    if (next.queueMaxSize === prev.queueMaxSize) return;
+    const depth = await this.d.tickets.admissionCount();
+    if (next.queueMaxSize < depth) {
+      throw new ValidationError(
+        `queue_max_size ${next.queueMaxSize} is below the ${depth} requests queued now; let the queue drain or choose at least ${depth}.`,
+        'queue_max_size',
+        'below_queue_depth',
+      );
+    }
+  }
+}

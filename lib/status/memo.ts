@@ -1,0 +1,50 @@
+// Status support: a value rebuilt at most once per period and shared by concurrent callers (single flight).
+import type { Clock } from '../domain/clock.js';
+
+/**
+ * Caches the result of `build` for `maxAgeMs`. Callers arriving while a build runs wait for that build instead
+ * of starting another; a failed build is not cached (the next caller tries again).
+ *
+ * @example
+ * const snapshots = new Memo(() => builder.build(), clock, 1_000);
+ * const snapshot = await snapshots.get(); // ≤ 1 build per second, however many dashboards poll
+ */
+export class Memo<T> {
+  private value: { data: T; at: number } | undefined;
+  private pending: Promise<T> | undefined;
+  /** Builds started (tests and metrics). */
+  builds = 0;
+
+  /**
+   * @param build produces a fresh value
+   * @param maxAgeMs how long a value is served @default 1000
+   */
+  constructor(
+    private readonly build: () => Promise<T>,
+    private readonly clock: Clock,
+    private readonly maxAgeMs = 1_000,
+  ) {}
+
+  /** The cached value while it is younger than `maxAgeMs`, else a new one. */
+  async get(): Promise<T> {
+    const now = this.clock.now();
+    if (this.value && now - this.value.at < this.maxAgeMs) return this.value.data;
+    if (this.pending) return this.pending;
+    this.builds++;
+    const started = now;
+    this.pending = this.build()
+      .then((data) => {
+        this.value = { data, at: started };
+        return data;
+      })
+      .finally(() => {
+        this.pending = undefined;
+      });
+    return this.pending;
+  }
+
+  /** Drops the cached value (after a write that changes what it shows). */
+  invalidate(): void {
+    this.value = undefined;
+  }
+}
