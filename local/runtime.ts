@@ -36,13 +36,16 @@ export interface LocalSystemOptions {
   dispatcherTimeoutMs?: number;
   /** The 1-minute safety-net schedule (0 disables it). @default 60000 */
   scheduleMs?: number;
-  /** Extra routes (status function, dashboard), added after the ingress routes. */
+  /** Extra routes (status function, dashboard), added after the ingress routes; `stop` runs when the system stops. */
   extraRoutes?: (ctx: {
     env: Record<string, string | undefined>;
     stores: Stores;
-  }) => Promise<ApiRoute[]> | ApiRoute[];
+  }) => Promise<ExtraRoutes> | ExtraRoutes;
   log?: (line: string) => void;
 }
+
+/** What `extraRoutes` returns: routes, optionally with a cleanup (e.g. the SDK clients of their function). */
+export type ExtraRoutes = ApiRoute[] | { routes: ApiRoute[]; stop?: () => Promise<void> };
 
 export interface LocalSystem {
   url: string;
@@ -62,6 +65,9 @@ const SIMULATED_UPSTREAM_KEY = 'nvapi-local-simulated';
 
 export const startLocalSystem = async (opts: LocalSystemOptions = {}): Promise<LocalSystem> => {
   const log = opts.log ?? (() => {});
+  // Powertools reads these from the process env: locally, EMF lines and info logs would drown the console.
+  if (!process.env.SLUICE_LOCAL_METRICS) process.env.POWERTOOLS_METRICS_DISABLED ??= 'true';
+  process.env.LOG_LEVEL ??= 'WARN';
   const stops: (() => Promise<void>)[] = [];
   const stop = async () => {
     for (const s of stops.reverse())
@@ -151,6 +157,8 @@ export const startLocalSystem = async (opts: LocalSystemOptions = {}): Promise<L
       ingress.service,
       runtimeEnv.allowedOrigin ? { allowedOrigin: runtimeEnv.allowedOrigin } : {},
     );
+    const extra = opts.extraRoutes ? await opts.extraRoutes({ env, stores }) : [];
+    if (!Array.isArray(extra) && extra.stop) stops.push(extra.stop);
     const routes: ApiRoute[] = [
       {
         method: 'ANY',
@@ -159,7 +167,7 @@ export const startLocalSystem = async (opts: LocalSystemOptions = {}): Promise<L
         functionName: 'sluice-ingress',
         timeoutMs: 900_000,
       },
-      ...(opts.extraRoutes ? await opts.extraRoutes({ env, stores }) : []),
+      ...(Array.isArray(extra) ? extra : extra.routes),
     ];
     const api: LocalApiGateway = await startApiGateway({
       routes,

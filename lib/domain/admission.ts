@@ -175,27 +175,28 @@ export class Admission {
   async wait(ticket: Ticket, intervalMs: number, hooks: WaitHooks = {}): Promise<WaitResult> {
     const { clock, tickets } = this.d;
     const queued = await tickets.admissionCount();
-    let etaAt = clock.now() + Math.max(0, queued - 1) * intervalMs;
+    const etaAt = clock.now() + Math.max(0, queued - 1) * intervalMs;
+    // Far from the estimate: read at half the remaining time. Past it: back off from POLL_MIN_MS (the fast path
+    // answers within a poll or two) up to half a token interval, so a long queue costs few reads.
+    let overdue = 0;
     for (;;) {
       const now = clock.now();
       if (hooks.signal?.aborted) return this.giveUp(ticket, 'abandoned', 'client_disconnected');
       if (now >= ticket.deadline) return this.giveUp(ticket, 'abandoned', 'wait_exceeded');
       const remaining = Math.max(0, etaAt - now);
-      const pause = Math.min(
-        POLL_MAX_MS,
-        Math.max(POLL_MIN_MS, remaining / 2, remaining === 0 ? intervalMs / 4 : 0),
-      );
+      const pause =
+        remaining > 0
+          ? Math.min(POLL_MAX_MS, Math.max(POLL_MIN_MS, remaining / 2))
+          : Math.min(POLL_MIN_MS * 2 ** overdue, Math.max(POLL_MIN_MS, intervalMs / 2), POLL_MAX_MS);
       hooks.onWaiting?.({ position: Math.ceil(remaining / intervalMs), etaMs: remaining });
       await clock.sleep(Math.min(pause, ticket.deadline - now), hooks.signal);
       if (hooks.signal?.aborted) continue;
       this.stats.polls++;
       const current = await tickets.get(ticket.id);
       if (!current) return this.refused(ticket, 'failed', undefined);
-      if (current.status === 'granted' && current.attempt === ticket.attempt)
-        return { kind: 'granted', ticket: current };
+      if (current.status === 'granted' && current.attempt === ticket.attempt) return { kind: 'granted', ticket: current };
       if (current.status !== 'queued') return this.refused(ticket, current.status, current);
-      // Past the estimate and still queued: the queue was longer than guessed; look again about every token.
-      if (clock.now() >= etaAt) etaAt = clock.now() + intervalMs;
+      if (clock.now() >= etaAt) overdue++;
     }
   }
 

@@ -1,0 +1,186 @@
+// Bench `path`: the gateway's overhead against calling the simulated upstream directly — fast path and queued —
+// plus DynamoDB and SQS calls per request (counted by proxies in front of the emulators).
+import { mkdirSync, writeFileSync } from 'node:fs';
+import OpenAI from 'openai';
+import { startEmulators } from '../lib/local/emulators.js';
+import { startFakeUpstream } from '../local/fake-upstream.js';
+import { type LocalSystem, startLocalSystem } from '../local/runtime.js';
+import { type CountingProxy, startCountingProxy } from './support/counting-proxy.js';
+import { machine, round, summary } from './support/stats.js';
+
+const MODEL = 'meta/llama-3.1-8b-instruct';
+const MESSAGES = [{ role: 'user' as const, content: 'bench' }];
+
+interface StreamTiming {
+  ttfb: number;
+  gaps: number[];
+  total: number;
+}
+
+const timeChat = async (client: OpenAI): Promise<number> => {
+  const t0 = performance.now();
+  await client.chat.completions.create({ model: MODEL, messages: MESSAGES });
+  return performance.now() - t0;
+};
+
+const timeStream = async (client: OpenAI): Promise<StreamTiming> => {
+  const t0 = performance.now();
+  const stream = await client.chat.completions.create({ model: MODEL, messages: MESSAGES, stream: true });
+  let last = 0;
+  let ttfb = 0;
+  const gaps: number[] = [];
+  for await (const _chunk of stream) {
+    const now = performance.now();
+    if (!ttfb) ttfb = now - t0;
+    else gaps.push(now - last);
+    last = now;
+  }
+  return { ttfb, gaps, total: performance.now() - t0 };
+};
+
+const sequential = async <T>(n: number, fn: () => Promise<T>): Promise<T[]> => {
+  const out: T[] = [];
+  for (let i = 0; i < n; i++) out.push(await fn());
+  return out;
+};
+
+const perRequest = (proxy: CountingProxy, requests: number) => {
+  const out: Record<string, number> = {};
+  for (const [action, n] of [...proxy.counts.entries()].sort()) out[action] = round(n / requests, 2);
+  return { total: round(proxy.total() / requests, 2), byAction: out };
+};
+
+export interface PathBenchResult {
+  machine: ReturnType<typeof machine>;
+  settings: Record<string, unknown>;
+  nonStreaming: { direct: ReturnType<typeof summary>; gateway: ReturnType<typeof summary>; addedP50: number; addedP99: number };
+  streaming: {
+    direct: { ttfb: ReturnType<typeof summary>; gaps: ReturnType<typeof summary> };
+    gateway: { ttfb: ReturnType<typeof summary>; gaps: ReturnType<typeof summary> };
+  };
+  callsPerRequest: { fastPath: { dynamodb: ReturnType<typeof perRequest>; sqs: ReturnType<typeof perRequest> }; queued: { dynamodb: ReturnType<typeof perRequest>; sqs: ReturnType<typeof perRequest> } };
+  queued: { agents: number; requests: number; latency: ReturnType<typeof summary>; failed: number; rateRpm: number };
+}
+
+export const runPathBench = async (opts: { progress?: (line: string) => void; n?: number } = {}): Promise<PathBenchResult> => {
+  const progress = opts.progress ?? (() => {});
+  const n = opts.n ?? 40;
+  const emulators = await startEmulators();
+  const dynamoProxy = await startCountingProxy(emulators.dynamoEndpoint);
+  const sqsProxy = await startCountingProxy(emulators.sqsEndpoint);
+  const upstream = await startFakeUpstream({ apiKey: 'bench-key', limit: null, maxConcurrency: null, tokenDelayMs: 25, firstByteDelayMs: 40 });
+  const systems: LocalSystem[] = [];
+  try {
+    const direct = new OpenAI({ baseURL: `${upstream.url}/v1`, apiKey: 'bench-key', maxRetries: 0 });
+    const start = (prefix: string, env: Record<string, string>) =>
+      startLocalSystem({
+        port: 0,
+        prefix,
+        emulators: { dynamoEndpoint: dynamoProxy.endpoint, sqsEndpoint: sqsProxy.endpoint },
+        upstreamUrl: `${upstream.url}/v1`,
+        upstreamApiKey: 'bench-key',
+        scheduleMs: 0,
+        env: { POWERTOOLS_METRICS_DISABLED: 'true', LOG_LEVEL: 'ERROR', POWERTOOLS_LOG_LEVEL: 'ERROR', ...env },
+      }).then((s) => {
+        systems.push(s);
+        return s;
+      });
+
+    progress('path: direct to the upstream');
+    await sequential(5, () => timeChat(direct));
+    const directChat = await sequential(n, () => timeChat(direct));
+    const directStream = await sequential(n / 2, () => timeStream(direct));
+
+    progress('path: gateway fast path (tokens always free)');
+    const fast = await start('bench-fast', { SLUICE_UPSTREAM_LIMIT: '100000', SLUICE_BUCKET_BURST: '50' });
+    const fastClient = new OpenAI({ baseURL: `${fast.url}/v1`, apiKey: await fast.createKey('bench', 'urgent'), maxRetries: 0 });
+    await sequential(5, () => timeChat(fastClient));
+    dynamoProxy.reset();
+    sqsProxy.reset();
+    const gwChat = await sequential(n, () => timeChat(fastClient));
+    const fastCalls = { dynamodb: perRequest(dynamoProxy, n), sqs: perRequest(sqsProxy, n) };
+    const gwStream = await sequential(n / 2, () => timeStream(fastClient));
+
+    progress('path: gateway queued (30 agents, 10 grants/s)');
+    const rateRpm = 600;
+    const queued = await start('bench-queued', { SLUICE_UPSTREAM_LIMIT: String(rateRpm), SLUICE_BUCKET_BURST: '2' });
+    const qKey = await queued.createKey('bench', 'urgent');
+    const agents = 30;
+    const perAgent = 4;
+    dynamoProxy.reset();
+    sqsProxy.reset();
+    const latencies: number[] = [];
+    let failed = 0;
+    await Promise.all(
+      Array.from({ length: agents }, async () => {
+        const c = new OpenAI({ baseURL: `${queued.url}/v1`, apiKey: qKey, maxRetries: 0 });
+        for (let i = 0; i < perAgent; i++) {
+          try {
+            latencies.push(await timeChat(c));
+          } catch {
+            failed++;
+          }
+        }
+      }),
+    );
+    await queued.lambda.idle();
+    const requests = agents * perAgent;
+    const queuedCalls = { dynamodb: perRequest(dynamoProxy, requests), sqs: perRequest(sqsProxy, requests) };
+
+    const d = summary(directChat);
+    const g = summary(gwChat);
+    return {
+      machine: machine(),
+      settings: { sequentialRequests: n, upstream: { firstByteDelayMs: 40, tokenDelayMs: 25, tokens: 12 } },
+      nonStreaming: { direct: d, gateway: g, addedP50: round(g.p50 - d.p50), addedP99: round(g.p99 - d.p99) },
+      streaming: {
+        direct: { ttfb: summary(directStream.map((s) => s.ttfb)), gaps: summary(directStream.flatMap((s) => s.gaps)) },
+        gateway: { ttfb: summary(gwStream.map((s) => s.ttfb)), gaps: summary(gwStream.flatMap((s) => s.gaps)) },
+      },
+      callsPerRequest: { fastPath: fastCalls, queued: queuedCalls },
+      queued: { agents, requests, latency: summary(latencies), failed, rateRpm },
+    };
+  } finally {
+    for (const s of systems) await s.stop();
+    await upstream.stop();
+    await dynamoProxy.stop();
+    await sqsProxy.stop();
+    await emulators.stop();
+  }
+};
+
+export const pathMarkdown = (r: PathBenchResult): string => {
+  const row = (name: string, s: ReturnType<typeof summary>) => `| ${name} | ${s.p50} | ${s.p95} | ${s.p99} | ${s.n} |`;
+  const calls = (c: ReturnType<typeof perRequest>) =>
+    `${c.total} (${Object.entries(c.byAction).map(([k, v]) => `${k} ${v}`).join(', ')})`;
+  return [
+    `## Request path overhead (${r.machine.date.slice(0, 10)}, ${r.machine.cores} cores, ${r.machine.cpu}, node ${r.machine.node})`,
+    '',
+    '| latency (ms) | p50 | p95 | p99 | n |',
+    '|---|---|---|---|---|',
+    row('direct, non-streaming', r.nonStreaming.direct),
+    row('gateway fast path, non-streaming', r.nonStreaming.gateway),
+    row('direct, stream time to first byte', r.streaming.direct.ttfb),
+    row('gateway, stream time to first byte', r.streaming.gateway.ttfb),
+    row('direct, inter-chunk gap', r.streaming.direct.gaps),
+    row('gateway, inter-chunk gap', r.streaming.gateway.gaps),
+    row(`gateway queued (${r.queued.agents} agents, ${r.queued.rateRpm} rpm)`, r.queued.latency),
+    '',
+    `Added latency, fast path: p50 ${r.nonStreaming.addedP50} ms, p99 ${r.nonStreaming.addedP99} ms. Queued run: ${r.queued.requests} requests, ${r.queued.failed} failed.`,
+    '',
+    '| calls per request | DynamoDB | SQS |',
+    '|---|---|---|',
+    `| fast path | ${calls(r.callsPerRequest.fastPath.dynamodb)} | ${calls(r.callsPerRequest.fastPath.sqs)} |`,
+    `| queued | ${calls(r.callsPerRequest.queued.dynamodb)} | ${calls(r.callsPerRequest.queued.sqs)} |`,
+    '',
+    'DynamoDB and SQS calls include the dispatcher (grants, lease renewals, long polls while it runs) divided over the requests.',
+  ].join('\n');
+};
+
+export const writePathResults = (r: PathBenchResult): string => {
+  mkdirSync('bench/results', { recursive: true });
+  writeFileSync('bench/results/path.json', `${JSON.stringify(r, null, 2)}\n`);
+  const md = pathMarkdown(r);
+  writeFileSync('bench/results/path.md', `${md}\n`);
+  return md;
+};

@@ -1,0 +1,58 @@
+// Bench support: an HTTP proxy in front of an emulator that counts AWS API calls by action.
+import { createServer, request, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+export interface CountingProxy {
+  endpoint: string;
+  counts: Map<string, number>;
+  total(): number;
+  reset(): void;
+  stop(): Promise<void>;
+}
+
+/** The AWS action of a request: JSON protocols name it in X-Amz-Target, query protocol in the body. */
+const actionOf = (headers: Record<string, string | string[] | undefined>, body: string): string => {
+  const target = headers['x-amz-target'];
+  if (typeof target === 'string') return target.split('.').pop() ?? target;
+  const m = /(?:^|&)Action=([A-Za-z]+)/.exec(body);
+  return m?.[1] ?? 'unknown';
+};
+
+export const startCountingProxy = async (upstream: string): Promise<CountingProxy> => {
+  const target = new URL(upstream);
+  const counts = new Map<string, number>();
+  const server: Server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      const action = actionOf(req.headers, body.toString('utf8'));
+      counts.set(action, (counts.get(action) ?? 0) + 1);
+      const fwd = request(
+        { host: target.hostname, port: target.port, method: req.method, path: req.url, headers: req.headers },
+        (up) => {
+          res.writeHead(up.statusCode ?? 502, up.headers);
+          up.pipe(res);
+        },
+      );
+      fwd.on('error', () => res.destroy());
+      // The client went away before the answer (an aborted long poll): stop forwarding too.
+      res.on('close', () => {
+        if (!res.writableFinished) fwd.destroy();
+      });
+      fwd.end(body);
+    });
+  });
+  server.keepAliveTimeout = 5_000;
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    counts,
+    total: () => [...counts.values()].reduce((a, b) => a + b, 0),
+    reset: () => counts.clear(),
+    stop: async () => {
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+};
