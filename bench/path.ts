@@ -53,22 +53,44 @@ const perRequest = (proxy: CountingProxy, requests: number) => {
 export interface PathBenchResult {
   machine: ReturnType<typeof machine>;
   settings: Record<string, unknown>;
-  nonStreaming: { direct: ReturnType<typeof summary>; gateway: ReturnType<typeof summary>; addedP50: number; addedP99: number };
+  nonStreaming: {
+    direct: ReturnType<typeof summary>;
+    gateway: ReturnType<typeof summary>;
+    addedP50: number;
+    addedP99: number;
+  };
   streaming: {
     direct: { ttfb: ReturnType<typeof summary>; gaps: ReturnType<typeof summary> };
     gateway: { ttfb: ReturnType<typeof summary>; gaps: ReturnType<typeof summary> };
   };
-  callsPerRequest: { fastPath: { dynamodb: ReturnType<typeof perRequest>; sqs: ReturnType<typeof perRequest> }; queued: { dynamodb: ReturnType<typeof perRequest>; sqs: ReturnType<typeof perRequest> } };
-  queued: { agents: number; requests: number; latency: ReturnType<typeof summary>; failed: number; rateRpm: number };
+  callsPerRequest: {
+    fastPath: { dynamodb: ReturnType<typeof perRequest>; sqs: ReturnType<typeof perRequest> };
+    queued: { dynamodb: ReturnType<typeof perRequest>; sqs: ReturnType<typeof perRequest> };
+  };
+  queued: {
+    agents: number;
+    requests: number;
+    latency: ReturnType<typeof summary>;
+    failed: number;
+    rateRpm: number;
+  };
 }
 
-export const runPathBench = async (opts: { progress?: (line: string) => void; n?: number } = {}): Promise<PathBenchResult> => {
+export const runPathBench = async (
+  opts: { progress?: (line: string) => void; n?: number } = {},
+): Promise<PathBenchResult> => {
   const progress = opts.progress ?? (() => {});
   const n = opts.n ?? 40;
   const emulators = await startEmulators();
   const dynamoProxy = await startCountingProxy(emulators.dynamoEndpoint);
   const sqsProxy = await startCountingProxy(emulators.sqsEndpoint);
-  const upstream = await startFakeUpstream({ apiKey: 'bench-key', limit: null, maxConcurrency: null, tokenDelayMs: 25, firstByteDelayMs: 40 });
+  const upstream = await startFakeUpstream({
+    apiKey: 'bench-key',
+    limit: null,
+    maxConcurrency: null,
+    tokenDelayMs: 25,
+    firstByteDelayMs: 40,
+  });
   const systems: LocalSystem[] = [];
   try {
     const direct = new OpenAI({ baseURL: `${upstream.url}/v1`, apiKey: 'bench-key', maxRetries: 0 });
@@ -80,7 +102,12 @@ export const runPathBench = async (opts: { progress?: (line: string) => void; n?
         upstreamUrl: `${upstream.url}/v1`,
         upstreamApiKey: 'bench-key',
         scheduleMs: 0,
-        env: { POWERTOOLS_METRICS_DISABLED: 'true', LOG_LEVEL: 'ERROR', POWERTOOLS_LOG_LEVEL: 'ERROR', ...env },
+        env: {
+          POWERTOOLS_METRICS_DISABLED: 'true',
+          LOG_LEVEL: 'ERROR',
+          POWERTOOLS_LOG_LEVEL: 'ERROR',
+          ...env,
+        },
       }).then((s) => {
         systems.push(s);
         return s;
@@ -93,7 +120,11 @@ export const runPathBench = async (opts: { progress?: (line: string) => void; n?
 
     progress('path: gateway fast path (tokens always free)');
     const fast = await start('bench-fast', { SLUICE_UPSTREAM_LIMIT: '100000', SLUICE_BUCKET_BURST: '50' });
-    const fastClient = new OpenAI({ baseURL: `${fast.url}/v1`, apiKey: await fast.createKey('bench', 'urgent'), maxRetries: 0 });
+    const fastClient = new OpenAI({
+      baseURL: `${fast.url}/v1`,
+      apiKey: await fast.createKey('bench', 'urgent'),
+      maxRetries: 0,
+    });
     await sequential(5, () => timeChat(fastClient));
     dynamoProxy.reset();
     sqsProxy.reset();
@@ -103,7 +134,10 @@ export const runPathBench = async (opts: { progress?: (line: string) => void; n?
 
     progress('path: gateway queued (30 agents, 10 grants/s)');
     const rateRpm = 600;
-    const queued = await start('bench-queued', { SLUICE_UPSTREAM_LIMIT: String(rateRpm), SLUICE_BUCKET_BURST: '2' });
+    const queued = await start('bench-queued', {
+      SLUICE_UPSTREAM_LIMIT: String(rateRpm),
+      SLUICE_BUCKET_BURST: '2',
+    });
     const qKey = await queued.createKey('bench', 'urgent');
     const agents = 30;
     const perAgent = 4;
@@ -134,8 +168,14 @@ export const runPathBench = async (opts: { progress?: (line: string) => void; n?
       settings: { sequentialRequests: n, upstream: { firstByteDelayMs: 40, tokenDelayMs: 25, tokens: 12 } },
       nonStreaming: { direct: d, gateway: g, addedP50: round(g.p50 - d.p50), addedP99: round(g.p99 - d.p99) },
       streaming: {
-        direct: { ttfb: summary(directStream.map((s) => s.ttfb)), gaps: summary(directStream.flatMap((s) => s.gaps)) },
-        gateway: { ttfb: summary(gwStream.map((s) => s.ttfb)), gaps: summary(gwStream.flatMap((s) => s.gaps)) },
+        direct: {
+          ttfb: summary(directStream.map((s) => s.ttfb)),
+          gaps: summary(directStream.flatMap((s) => s.gaps)),
+        },
+        gateway: {
+          ttfb: summary(gwStream.map((s) => s.ttfb)),
+          gaps: summary(gwStream.flatMap((s) => s.gaps)),
+        },
       },
       callsPerRequest: { fastPath: fastCalls, queued: queuedCalls },
       queued: { agents, requests, latency: summary(latencies), failed, rateRpm },
@@ -150,9 +190,12 @@ export const runPathBench = async (opts: { progress?: (line: string) => void; n?
 };
 
 export const pathMarkdown = (r: PathBenchResult): string => {
-  const row = (name: string, s: ReturnType<typeof summary>) => `| ${name} | ${s.p50} | ${s.p95} | ${s.p99} | ${s.n} |`;
+  const row = (name: string, s: ReturnType<typeof summary>) =>
+    `| ${name} | ${s.p50} | ${s.p95} | ${s.p99} | ${s.n} |`;
   const calls = (c: ReturnType<typeof perRequest>) =>
-    `${c.total} (${Object.entries(c.byAction).map(([k, v]) => `${k} ${v}`).join(', ')})`;
+    `${c.total} (${Object.entries(c.byAction)
+      .map(([k, v]) => `${k} ${v}`)
+      .join(', ')})`;
   return [
     `## Request path overhead (${r.machine.date.slice(0, 10)}, ${r.machine.cores} cores, ${r.machine.cpu}, node ${r.machine.node})`,
     '',

@@ -56,7 +56,7 @@ export interface LocalSystem {
   env: Record<string, string | undefined>;
   stores: Stores;
   lambda: LocalLambdaService;
-  createKey(agent: string, maxPriority?: Priority): Promise<string>;
+  createKey(agent: string, maxPriority?: Priority, quota?: { rpm?: number; share?: number }): Promise<string>;
   stop(): Promise<void>;
 }
 
@@ -195,7 +195,8 @@ export const startLocalSystem = async (opts: LocalSystemOptions = {}): Promise<L
       env,
       stores,
       lambda,
-      createKey: async (agent, maxPriority = 'urgent') => (await keys.create(agent, maxPriority)).key,
+      createKey: async (agent, maxPriority = 'urgent', quota = {}) =>
+        (await keys.create(agent, maxPriority, quota)).key,
       stop,
     };
   } catch (err) {

@@ -23,7 +23,15 @@ const key = await system.createKey('demo', 'urgent');
 mkdirSync('.local', { recursive: true });
 writeFileSync(
   '.local/runtime.json',
-  JSON.stringify({ url: system.url, keysTable: system.env.SLUICE_KEYS_TABLE, dynamoEndpoint: system.env.SLUICE_DYNAMODB_ENDPOINT }, null, 2),
+  JSON.stringify(
+    {
+      url: system.url,
+      keysTable: system.env.SLUICE_KEYS_TABLE,
+      dynamoEndpoint: system.env.SLUICE_DYNAMODB_ENDPOINT,
+    },
+    null,
+    2,
+  ),
 );
 const base = `${system.url}/v1`;
 console.log(`

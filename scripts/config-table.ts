@@ -7,10 +7,18 @@ export const configTable = (): string => {
     const d = DEFAULT_CONFIG[k];
     const shown = spec.seconds && typeof d === 'number' ? d / 1000 : d;
     const range =
-      spec.kind === 'enum' ? spec.values?.join(' \\| ') : spec.kind === 'bool' ? 'true \\| false' : `${(spec.min ?? 0) / (spec.seconds ? 1000 : 1)} – ${(spec.max ?? 0) / (spec.seconds ? 1000 : 1)}`;
+      spec.kind === 'enum'
+        ? spec.values?.join(' \\| ')
+        : spec.kind === 'bool'
+          ? 'true \\| false'
+          : `${(spec.min ?? 0) / (spec.seconds ? 1000 : 1)} – ${(spec.max ?? 0) / (spec.seconds ? 1000 : 1)}`;
     return `| \`${externalName(k)}\` | \`${spec.env}\` | ${shown} | ${range} | ${spec.doc} |`;
   });
-  return ['| admin API field | env var (`npm start`, Lambda) | default | allowed | meaning |', '|---|---|---|---|---|', ...rows].join('\n');
+  return [
+    '| admin API field | env var (`npm start`, Lambda) | default | allowed | meaning |',
+    '|---|---|---|---|---|',
+    ...rows,
+  ].join('\n');
 };
 
 if (import.meta.url === `file://${process.argv[1]}`) console.log(configTable());

@@ -8,7 +8,11 @@ import { systemClock } from '../lib/domain/clock.js';
 import { GatewayError } from '../lib/domain/errors.js';
 import { KeyAdmin } from '../lib/domain/key-admin.js';
 
-const USAGE = `usage: npm run keys -- <create|list|enable|disable> [--agent NAME] [--max-priority urgent|high|normal|low]
+const USAGE = `usage: npm run keys -- <create|rotate|list|enable|disable> [--agent NAME] [options]
+  create  --agent NAME [--max-priority urgent|high|normal|low] [--quota-rpm N] [--quota-share F]
+  rotate  --agent NAME [--overlap-hours H]   new key; the old ones keep working for H hours (default 24)
+  list    [--agent NAME]                     never shows keys: agent, cap, quota, created, last used
+  enable | disable --agent NAME
 
 Targets the running local system (its .local/runtime.json), or AWS when SLUICE_KEYS_TABLE is set
 (with the usual AWS credentials and AWS_REGION). Keys are printed once and stored only as SHA-256 hashes.`;
@@ -22,7 +26,9 @@ const target = (): { table: string; client: DynamoDBClient } => {
   try {
     local = JSON.parse(readFileSync('.local/runtime.json', 'utf8'));
   } catch {
-    throw new Error('No local system found (.local/runtime.json). Start it with `npm start`, or set SLUICE_KEYS_TABLE for AWS.');
+    throw new Error(
+      'No local system found (.local/runtime.json). Start it with `npm start`, or set SLUICE_KEYS_TABLE for AWS.',
+    );
   }
   return {
     table: local.keysTable,
@@ -37,7 +43,14 @@ const target = (): { table: string; client: DynamoDBClient } => {
 const main = async (): Promise<number> => {
   const { positionals, values } = parseArgs({
     allowPositionals: true,
-    options: { agent: { type: 'string' }, 'max-priority': { type: 'string' }, help: { type: 'boolean' } },
+    options: {
+      agent: { type: 'string' },
+      'max-priority': { type: 'string' },
+      'quota-rpm': { type: 'string' },
+      'quota-share': { type: 'string' },
+      'overlap-hours': { type: 'string' },
+      help: { type: 'boolean' },
+    },
   });
   const [command] = positionals;
   if (values.help || !command) {
@@ -50,17 +63,53 @@ const main = async (): Promise<number> => {
     switch (command) {
       case 'create': {
         if (!values.agent) throw new Error('create needs --agent NAME');
-        const { key, record } = await admin.create(values.agent, values['max-priority'] ?? 'high');
-        console.error(`created key for agent ${record.agent} (max priority ${record.maxPriority}); it is shown once:`);
+        const { key, record } = await admin.create(values.agent, values['max-priority'] ?? 'high', {
+          ...(values['quota-rpm'] ? { rpm: Number(values['quota-rpm']) } : {}),
+          ...(values['quota-share'] ? { share: Number(values['quota-share']) } : {}),
+        });
+        console.error(
+          `created key for agent ${record.agent} (max priority ${record.maxPriority}); it is shown once:`,
+        );
+        console.log(key);
+        return 0;
+      }
+      case 'rotate': {
+        if (!values.agent) throw new Error('rotate needs --agent NAME');
+        const hours = Number(values['overlap-hours'] ?? 24);
+        if (!(hours >= 0)) throw new Error('--overlap-hours must be a number ≥ 0');
+        const { key, expiring } = await admin.rotate(values.agent, hours * 3_600_000);
+        console.error(
+          `rotated ${values.agent}: ${expiring} old key(s) stop working in ${hours} h; the new key is shown once:`,
+        );
         console.log(key);
         return 0;
       }
       case 'list': {
         const keys = await admin.list(values.agent);
-        console.log(['agent', 'max_priority', 'enabled', 'created', 'key_id'].join('\t'));
+        const iso = (t?: number) => (t === undefined ? '-' : new Date(t).toISOString());
+        console.log(
+          ['agent', 'max_priority', 'enabled', 'quota', 'created', 'last_used', 'expires', 'key_id'].join(
+            '\t',
+          ),
+        );
         for (const k of keys) {
+          const quota =
+            [k.quotaRpm ? `${k.quotaRpm} rpm` : '', k.quotaShare ? `${k.quotaShare * 100}%` : '']
+              .filter(Boolean)
+              .join(', ') || '-';
           // The hash prefix identifies a key without revealing it.
-          console.log([k.agent, k.maxPriority, k.enabled, new Date(k.createdAt).toISOString(), k.keyHash.slice(0, 12)].join('\t'));
+          console.log(
+            [
+              k.agent,
+              k.maxPriority,
+              k.enabled,
+              quota,
+              iso(k.createdAt),
+              iso(k.lastUsedAt),
+              iso(k.expiresAt),
+              k.keyHash.slice(0, 12),
+            ].join('\t'),
+          );
         }
         return 0;
       }

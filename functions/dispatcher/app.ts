@@ -34,6 +34,7 @@ export const makeDispatcherHandler = (deps: DispatcherHandlerDeps) => {
         outcomes: stores.outcomes,
         clock: stores.clock,
         wakeSuccessor: deps.wakeSuccessor,
+        agentBucket: stores.agentBucket,
         owner: context.awsRequestId,
         log: {
           info: (m, e) => logger.info(m, e ?? {}),

@@ -7,6 +7,7 @@ import { FetchUpstream } from '../../lib/adapters/upstream/fetch-upstream.js';
 import { Admission } from '../../lib/domain/admission.js';
 import { KeyAuthenticator } from '../../lib/domain/auth.js';
 import { GatewayError, NotFoundError } from '../../lib/domain/errors.js';
+import { OutcomeTriggeredRetreat } from '../../lib/domain/retreat-controller.js';
 import { errorReply } from '../../lib/ingress/http.js';
 import { type IngressDeps, IngressService } from '../../lib/ingress/service.js';
 import { readRuntimeEnv } from '../../lib/runtime/env.js';
@@ -112,13 +113,20 @@ export const buildIngressService = (processEnv: Record<string, string | undefine
     wakeDispatcher: dispatcherWaker(env, clients),
     clock: stores.clock,
     newId: stores.newId,
+    usage: stores.usage,
   });
   const deps: IngressDeps = {
     auth: new KeyAuthenticator(stores.keys, stores.clock),
     config: stores.config,
     admission,
     bucket: stores.bucket,
-    outcomes: stores.outcomes,
+    // Seed preset: retreat judged after every upstream response; probe: after every 429.
+    outcomes: new OutcomeTriggeredRetreat(
+      stores.outcomes,
+      stores.retreat,
+      () => stores.config.config(),
+      (e) => logger.warn('retreat evaluation after an outcome failed', { error: e.message }),
+    ),
     upstream: new FetchUpstream(),
     upstreamKey: () => upstreamKey(),
     routes: env.routes,

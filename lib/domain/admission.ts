@@ -2,8 +2,22 @@
 import type { TokenBucket } from './bucket.js';
 import type { Clock } from './clock.js';
 import type { GatewayConfig } from './config.js';
-import { AdmissionFullError, ConflictError, RateLimitedError, UnavailableError } from './errors.js';
-import type { LeaseStore, OutcomeStore, TicketQueue, TicketStore } from './ports.js';
+import {
+  AdmissionFullError,
+  ConflictError,
+  GatewayError,
+  IdempotencyConflictError,
+  RateLimitedError,
+  UnavailableError,
+} from './errors.js';
+import type {
+  AgentUsageEvent,
+  LeaseStore,
+  OutcomeStore,
+  TicketQueue,
+  TicketStore,
+  UsageStore,
+} from './ports.js';
 import { type Priority, priorityRank } from './priority.js';
 import type { Ticket, TicketPatch, TicketStatus } from './tickets.js';
 
@@ -18,6 +32,8 @@ export interface AdmissionDeps {
   wakeDispatcher: () => Promise<void>;
   clock: Clock;
   newId: () => string;
+  /** Per-agent usage counters (optional: tests of the core leave it out). */
+  usage?: UsageStore;
 }
 
 export interface AdmitRequest {
@@ -27,6 +43,10 @@ export interface AdmitRequest {
   stream: boolean;
   /** Latest time the agent can still use a grant (own wait cap and the function's time left). */
   deadline: number;
+  quotaRpm?: number;
+  quotaShare?: number;
+  /** The agent's Idempotency-Key header, if any. */
+  idempotencyKey?: string;
 }
 
 /** What waiting ended with. */
@@ -44,6 +64,39 @@ export interface WaitHooks {
   /** Called between polls while queued (streaming heartbeats). */
   onWaiting?: (info: { position: number; etaMs: number }) => void;
 }
+
+/** How long after its deadline (and call) an Idempotency-Key keeps pointing at its ticket. */
+export const IDEMPOTENCY_WINDOW_MS = 10 * 60_000;
+
+/**
+ * What a request carrying an already-used Idempotency-Key gets. It attaches to a ticket still waiting for its
+ * grant. A running one gives 409 (its answer streams to the first request). One whose upstream call happened
+ * (completed, or failed/cut after its claim) gives 409 with the recorded outcome: answers are not stored (large,
+ * possibly sensitive), and a second token is never spent for the same key. One that ended before any upstream
+ * call (expired, refused, dropped, abandoned while queued) is replaced: the retry queues anew.
+ */
+export const idempotentRetry = (existing: Ticket | undefined): 'attach' | 'replace' | GatewayError => {
+  if (!existing) return 'replace';
+  if (existing.status === 'queued' || existing.status === 'granted') return 'attach';
+  if (existing.status === 'claimed') {
+    return new GatewayError(
+      409,
+      'invalid_request_error',
+      'idempotency_key_in_use',
+      'A request with this Idempotency-Key is running now; its answer goes to that request.',
+      { retryAfterMs: 2_000 },
+    );
+  }
+  if (existing.claimedAt === undefined) return 'replace';
+  const when = new Date(existing.finishedAt ?? existing.claimedAt).toISOString();
+  const outcome = `${existing.status}${existing.reason ? ` (${existing.reason})` : ''}, upstream status ${existing.upstreamStatus ?? 'none'}${existing.totalTokens !== undefined ? `, ${existing.totalTokens} tokens` : ''}`;
+  return new GatewayError(
+    409,
+    'invalid_request_error',
+    existing.status === 'completed' ? 'idempotent_request_completed' : 'idempotent_request_used',
+    `A request with this Idempotency-Key already reached the upstream (${outcome}, at ${when}); answers are not stored and a key is never spent twice. Use a new key for a new request.`,
+  );
+};
 
 /** Shortest and longest pause between two reads of a waiting ticket. */
 export const POLL_MIN_MS = 50;
@@ -63,7 +116,10 @@ export class Admission {
    * sends the queue message and rings the doorbell.
    * @throws UnavailableError (503) when the queue is full under `reject` or nothing lower can be dropped.
    */
-  async admit(req: AdmitRequest, config: GatewayConfig): Promise<{ ticket: Ticket; passthrough: boolean }> {
+  async admit(
+    req: AdmitRequest,
+    config: GatewayConfig,
+  ): Promise<{ ticket: Ticket; passthrough: boolean; attached?: boolean }> {
     const now = this.d.clock.now();
     const ticket: Ticket = {
       id: this.d.newId(),
@@ -75,15 +131,37 @@ export class Admission {
       attempt: 0,
       enqueuedAt: now,
       deadline: req.deadline,
+      ...(req.quotaRpm !== undefined ? { quotaRpm: req.quotaRpm } : {}),
+      ...(req.quotaShare !== undefined ? { quotaShare: req.quotaShare } : {}),
+      ...(req.idempotencyKey ? { idempotencyKey: req.idempotencyKey } : {}),
     };
-    try {
-      await this.d.tickets.create(ticket, { queueMaxSize: config.queueMaxSize });
-    } catch (err) {
-      if (!(err instanceof AdmissionFullError)) throw err;
-      return this.whenFull(ticket, config);
+    const idem = req.idempotencyKey
+      ? {
+          key: `${req.agent}#${req.idempotencyKey}`,
+          untilMs: req.deadline + config.requestTimeoutMs + IDEMPOTENCY_WINDOW_MS,
+        }
+      : undefined;
+    let replaceTicketId: string | undefined;
+    for (let i = 0; i < 3; i++) {
+      try {
+        await this.d.tickets.create(ticket, {
+          queueMaxSize: config.queueMaxSize,
+          ...(idem ? { idempotency: { ...idem, ...(replaceTicketId ? { replaceTicketId } : {}) } } : {}),
+        });
+        await this.enqueue(ticket);
+        return { ticket, passthrough: false };
+      } catch (err) {
+        if (err instanceof AdmissionFullError) return this.whenFull(ticket, config);
+        if (!(err instanceof IdempotencyConflictError)) throw err;
+        const existing = err.ticketId ? await this.d.tickets.get(err.ticketId) : undefined;
+        const decision = idempotentRetry(existing);
+        if (decision === 'attach') return { ticket: existing!, passthrough: false, attached: true };
+        if (decision instanceof GatewayError) throw decision;
+        // The earlier request ended without an answer: this one takes the key over.
+        replaceTicketId = err.ticketId;
+      }
     }
-    await this.enqueue(ticket);
-    return { ticket, passthrough: false };
+    throw new UnavailableError('Idempotency-Key kept changing hands; retry.', 1_000, 'idempotency_conflict');
   }
 
   private async whenFull(
@@ -96,7 +174,10 @@ export class Admission {
         Math.min(60_000, Math.max(1_000, config.upstreamWindowMs / 4)),
         'queue_full',
       );
-    if (config.queueFullPolicy === 'reject') throw full();
+    if (config.queueFullPolicy === 'reject') {
+      this.use(ticket.agent, { requests: 1, refused: 1 });
+      throw full();
+    }
     if (config.queueFullPolicy === 'drop_lowest') {
       // Drop the oldest ticket of the lowest priority present, if it matters less than (or as much as) this one.
       for (const p of ['low', 'normal', 'high', 'urgent'] as const) {
@@ -127,6 +208,7 @@ export class Admission {
         },
       );
       await this.d.outcomes.record(now, { counts: { refused: 1 } });
+      this.use(ticket.agent, { requests: 1, refused: 1, throttled: 1 });
       throw new RateLimitedError('Queue full and no token free for passthrough; retry later.', got.waitMs);
     }
     const granted: Ticket = {
@@ -151,6 +233,8 @@ export class Admission {
         agent: ticket.agent,
         enqueuedAt: ticket.enqueuedAt,
         deadline: ticket.deadline,
+        ...(ticket.quotaRpm !== undefined ? { quotaRpm: ticket.quotaRpm } : {}),
+        ...(ticket.quotaShare !== undefined ? { quotaShare: ticket.quotaShare } : {}),
       });
     } catch {
       // Without a message nobody would ever grant it: end it now rather than let it wait in vain.
@@ -194,13 +278,24 @@ export class Admission {
       this.stats.polls++;
       const current = await tickets.get(ticket.id);
       if (!current) return this.refused(ticket, 'failed', undefined);
-      if (current.status === 'granted' && current.attempt === ticket.attempt) return { kind: 'granted', ticket: current };
+      if (current.status === 'granted' && current.attempt === ticket.attempt)
+        return { kind: 'granted', ticket: current };
       if (current.status !== 'queued') return this.refused(ticket, current.status, current);
       if (clock.now() >= etaAt) overdue++;
     }
   }
 
   private async giveUp(ticket: Ticket, to: 'abandoned', reason: string): Promise<WaitResult> {
+    if (reason === 'client_disconnected' && ticket.idempotencyKey) {
+      // A retry with the same key may attach to it: leave it queued (its deadline, or the claim sweep with a
+      // refund, ends it if nobody comes back).
+      return {
+        kind: 'refused',
+        status: 'queued',
+        ticket,
+        error: new UnavailableError('Client disconnected.', 0, 'client_disconnected'),
+      };
+    }
     const res = await this.d.tickets.transition(
       ticket.id,
       'queued',
@@ -224,32 +319,55 @@ export class Admission {
     return this.refused(ticket, current?.status ?? 'failed', current);
   }
 
+  /** Usage bookkeeping must never fail a request. */
+  private use(agent: string, e: AgentUsageEvent): void {
+    void this.d.usage?.record(agent, this.d.clock.now(), e).catch(() => undefined);
+  }
+
   private refused(ticket: Ticket, status: TicketStatus, current: Ticket | undefined): WaitResult {
+    const result = this.refusal(ticket, status, current);
+    this.use(ticket.agent, { requests: 1, refused: 1, throttled: result.error.status === 429 ? 1 : 0 });
+    return result;
+  }
+
+  private refusal(
+    ticket: Ticket,
+    status: TicketStatus,
+    current: Ticket | undefined,
+  ): Extract<WaitResult, { kind: 'refused' }> {
     const retryAfterMs = 30_000;
     const error =
-      status === 'dropped'
-        ? new UnavailableError(
-            'Request dropped from a full queue for a more important one; retry later.',
-            retryAfterMs,
-            'queue_full',
-          )
-        : status === 'rejected' && current?.reason === 'low_priority_timeout'
-          ? new RateLimitedError(
-              'Low-priority request refused: no slot within low_priority_timeout.',
-              5_000,
-              'low_priority_timeout',
+      status === 'claimed' || status === 'granted'
+        ? (idempotentRetry(current) as GatewayError)
+        : status === 'dropped'
+          ? new UnavailableError(
+              'Request dropped from a full queue for a more important one; retry later.',
+              retryAfterMs,
+              'queue_full',
             )
-          : status === 'abandoned' || status === 'expired'
+          : status === 'rejected' && current?.reason === 'agent_quota'
             ? new RateLimitedError(
-                `Request waited in the queue until its deadline (${Math.round((ticket.deadline - ticket.enqueuedAt) / 1000)} s) without a slot; retry later.`,
-                retryAfterMs,
-                'queue_wait_exceeded',
+                'This agent is over its own request quota; retry after the indicated time.',
+                current.retryAfterMs ?? 10_000,
+                'agent_quota_exceeded',
               )
-            : new UnavailableError(
-                `Request ended as ${status}${current?.reason ? ` (${current.reason})` : ''}.`,
-                1_000,
-                'ticket_failed',
-              );
+            : status === 'rejected' && current?.reason === 'low_priority_timeout'
+              ? new RateLimitedError(
+                  'Low-priority request refused: no slot within low_priority_timeout.',
+                  5_000,
+                  'low_priority_timeout',
+                )
+              : status === 'abandoned' || status === 'expired'
+                ? new RateLimitedError(
+                    `Request waited in the queue until its deadline (${Math.round((ticket.deadline - ticket.enqueuedAt) / 1000)} s) without a slot; retry later.`,
+                    retryAfterMs,
+                    'queue_wait_exceeded',
+                  )
+                : new UnavailableError(
+                    `Request ended as ${status}${current?.reason ? ` (${current.reason})` : ''}.`,
+                    1_000,
+                    'ticket_failed',
+                  );
     return { kind: 'refused', status, ticket: current, error };
   }
 
@@ -266,6 +384,11 @@ export class Admission {
       { attempt: ticket.attempt },
     );
     return 'ticket' in res ? res.ticket : undefined;
+  }
+
+  /** The ticket as stored now (consistent read). */
+  lookup(id: string): Promise<Ticket | undefined> {
+    return this.d.tickets.get(id);
   }
 
   /** A grant the agent will not use (gone before the call): end it and give the token back. */
@@ -302,9 +425,16 @@ export class Admission {
     return res.ticket;
   }
 
-  /** Records the end of a claimed ticket. */
+  /** Records the end of a claimed ticket (and the agent's usage). */
   async finish(ticket: Ticket, to: 'completed' | 'failed' | 'abandoned', patch: TicketPatch): Promise<void> {
     await this.end(ticket, 'claimed', to, patch.reason ?? to, patch);
+    const throttled = /^upstream_(throttled|capacity)$/.test(patch.reason ?? '') ? 1 : 0;
+    this.use(ticket.agent, {
+      requests: 1,
+      ...(patch.totalTokens !== undefined ? { tokens: patch.totalTokens } : {}),
+      throttled,
+      ...(ticket.grantedAt !== undefined ? { queueMs: ticket.grantedAt - ticket.enqueuedAt } : {}),
+    });
   }
 
   private async end(

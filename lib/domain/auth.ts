@@ -27,6 +27,9 @@ export const bearerToken = (header: string | undefined): string | undefined => {
   return m?.[1];
 };
 
+/** `last used` is written at most this often per key (one conditional write). */
+export const LAST_USED_EVERY_MS = 3_600_000;
+
 /** How long a key lookup is cached per container: a disabled key stops working within this. */
 export const KEY_CACHE_MS = 10_000;
 
@@ -60,6 +63,11 @@ export class KeyAuthenticator {
     if (!key.enabled) throw new PermissionError('This API key is disabled.', 'key_disabled');
     if (key.expiresAt !== undefined && key.expiresAt <= now) {
       throw new PermissionError('This API key has expired (rotated).', 'key_expired');
+    }
+    if (now - (key.lastUsedAt ?? 0) >= LAST_USED_EVERY_MS) {
+      key.lastUsedAt = now;
+      // Bookkeeping only: a failed write must not fail the request.
+      void this.store.touch(hash, now, LAST_USED_EVERY_MS).catch(() => undefined);
     }
     return key;
   }

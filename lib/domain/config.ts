@@ -4,7 +4,8 @@ import { ValidationError } from './errors.js';
 export const QUEUE_FULL_POLICIES = ['reject', 'drop_lowest', 'passthrough'] as const;
 export type QueueFullPolicy = (typeof QUEUE_FULL_POLICIES)[number];
 
-export const RETREAT_PRESETS = ['sluice', 'seed'] as const;
+/** `sluice`: ADR-009 paced by time; `seed`: ADR-009 stepping per response; `probe`: cut to the accepted rate, probe up. */
+export const RETREAT_PRESETS = ['sluice', 'seed', 'probe'] as const;
 export type RetreatPreset = (typeof RETREAT_PRESETS)[number];
 
 /**
@@ -44,6 +45,12 @@ export interface GatewayConfig {
   passthroughUnlimited: boolean;
   /** Let anyone read /status (private networks only). @default false */
   statusPublic: boolean;
+  /** Upstream calls running at once at most (granted or claimed, not finished); 0 = no cap. @default 0 */
+  maxInflight: number;
+  /** Stop granting; queued tickets wait, new ones queue. @default false */
+  paused: boolean;
+  /** Refuse new requests with 503 while the queue empties (maintenance). @default false */
+  draining: boolean;
   // Retreat (ADR-009 defaults, evaluated on time rather than per response).
   /** @default 'sluice' */
   retreatPreset: RetreatPreset;
@@ -69,6 +76,12 @@ export interface GatewayConfig {
   retreatStepIntervalMs: number;
   /** Outcomes needed since the last step before another step. @default 8 */
   retreatMinSample: number;
+  /** probe: a cut aims at this fraction of the rate the upstream accepted. @default 1 */
+  retreatProbeTarget: number;
+  /** probe: each probe step adds this fraction of the rate (at least `recoverStepRpm`). @default 0.15 */
+  retreatProbeGrowth: number;
+  /** probe: after a failed probe the hold doubles, up to this many recover windows. @default 1.5 */
+  retreatProbeHoldFactor: number;
 }
 
 export const DEFAULT_CONFIG: Readonly<GatewayConfig> = Object.freeze({
@@ -88,6 +101,9 @@ export const DEFAULT_CONFIG: Readonly<GatewayConfig> = Object.freeze({
   maxRequeues: 2,
   passthroughUnlimited: true,
   statusPublic: false,
+  maxInflight: 0,
+  paused: false,
+  draining: false,
   retreatPreset: 'sluice',
   retreatWindowMs: 60_000,
   retreatThreshold: 0.05,
@@ -100,6 +116,9 @@ export const DEFAULT_CONFIG: Readonly<GatewayConfig> = Object.freeze({
   retreatEvalIntervalMs: 5_000,
   retreatStepIntervalMs: 10_000,
   retreatMinSample: 8,
+  retreatProbeTarget: 1,
+  retreatProbeGrowth: 0.15,
+  retreatProbeHoldFactor: 1.5,
 });
 
 type FieldKind = 'int' | 'number' | 'bool' | 'enum';
@@ -185,6 +204,19 @@ export const CONFIG_FIELDS: { readonly [K in keyof GatewayConfig]: FieldSpec } =
   },
   passthroughUnlimited: { kind: 'bool', env: 'SLUICE_PASSTHROUGH', doc: 'proxy models of unlimited routes' },
   statusPublic: { kind: 'bool', env: 'SLUICE_STATUS_PUBLIC', doc: '/status readable without a token' },
+  maxInflight: {
+    kind: 'int',
+    env: 'SLUICE_MAX_INFLIGHT',
+    min: 0,
+    max: 100_000,
+    doc: 'concurrent upstream calls at most (0 = no cap)',
+  },
+  paused: { kind: 'bool', env: 'SLUICE_PAUSED', doc: 'stop granting (admin pause/resume)' },
+  draining: {
+    kind: 'bool',
+    env: 'SLUICE_DRAINING',
+    doc: 'refuse new requests while the queue empties (admin drain)',
+  },
   retreatPreset: {
     kind: 'enum',
     env: 'SLUICE_RETREAT_PRESET',
@@ -243,6 +275,27 @@ export const CONFIG_FIELDS: { readonly [K in keyof GatewayConfig]: FieldSpec } =
     min: 1,
     max: 100_000,
     doc: 'outcomes needed per step',
+  },
+  retreatProbeTarget: {
+    kind: 'number',
+    env: 'SLUICE_RETREAT_PROBE_TARGET',
+    min: 0.5,
+    max: 1,
+    doc: 'probe: cut to this fraction of the accepted rate',
+  },
+  retreatProbeGrowth: {
+    kind: 'number',
+    env: 'SLUICE_RETREAT_PROBE_GROWTH',
+    min: 0.01,
+    max: 1,
+    doc: 'probe: rate added per probe step, as a fraction',
+  },
+  retreatProbeHoldFactor: {
+    kind: 'number',
+    env: 'SLUICE_RETREAT_PROBE_HOLD_FACTOR',
+    min: 1,
+    max: 10,
+    doc: 'probe: longest hold between probes, in recover windows',
   },
 };
 

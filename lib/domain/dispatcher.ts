@@ -1,7 +1,9 @@
 // Domain use case: the singleton dispatcher — grants queued tickets in priority order under the bucket.
 import type { TokenBucket } from './bucket.js';
 import type { Clock } from './clock.js';
+import type { GatewayConfig } from './config.js';
 import type { ConfigService } from './config-service.js';
+import { type ConsumeAttempt, deriveBucket } from './gcra.js';
 import type { LeaseStore, OutcomeStore, ReceivedMessage, TicketQueue, TicketStore } from './ports.js';
 import { PRIORITIES, type Priority } from './priority.js';
 import type { RetreatRecord } from './retreat.js';
@@ -27,6 +29,8 @@ export interface DispatcherDeps {
   wakeSuccessor: () => Promise<void>;
   owner: string;
   log: DispatcherLog;
+  /** The per-agent quota bucket of `agent` (a TokenBucket over its own item). */
+  agentBucket: (agent: string) => { bucket: TokenBucket; key: string };
   /** After each retreat evaluation (metrics: effective rate, state). */
   onRetreat?: (record: RetreatRecord, stepped: boolean) => void;
 }
@@ -65,6 +69,10 @@ const VISIBILITY_S = 30;
 const EXTEND_AFTER_MS = 20_000;
 /** Longest sleep between two looks at the lease, retreat and arrivals. */
 const MAX_NAP_MS = 1_000;
+/** Burst of a per-agent quota bucket (as the main bucket: small, so the window limit holds). */
+const AGENT_BURST = 2;
+/** Pause before trying again when max_inflight calls are running. */
+const INFLIGHT_NAP_MS = 100;
 
 interface Buffered extends ReceivedMessage {
   receivedAt: number;
@@ -90,6 +98,7 @@ export class Dispatcher {
   private readonly t: DispatcherTimings;
   private readonly buffers = new Map<Priority, Buffered[]>(PRIORITIES.map((p) => [p, []]));
   private arrival: (() => void) | undefined;
+  private effectiveRpm = 0;
   private lastArrivalAt = 0;
 
   constructor(
@@ -144,6 +153,7 @@ export class Dispatcher {
         if (now - lastEval >= config.retreatEvalIntervalMs) {
           this.d.bucket.setReserve({ fraction: config.reserveFraction, forNormal: config.reserveForNormal });
           const { record, stepped } = await this.d.retreat.evaluate(config);
+          this.effectiveRpm = record.effectiveRpm;
           this.d.onRetreat?.(record, stepped);
           lastEval = now;
         }
@@ -179,7 +189,13 @@ export class Dispatcher {
           }
           continue;
         }
-        await this.serve(head, config.lowPriorityTimeoutMs, config.requestTimeoutMs, summary);
+        if (config.paused) {
+          // Paused by an operator: tickets keep waiting (deadlines still expire them), nothing is granted.
+          await this.expireDue(now, summary);
+          await this.waitForArrival(MAX_NAP_MS);
+          continue;
+        }
+        await this.serve(head, config, summary);
       }
     } finally {
       stop.abort();
@@ -266,12 +282,8 @@ export class Dispatcher {
    * Grant, expire, refuse or wait for the head ticket. No read first: the message carries the deadline and
    * the grant transaction's condition (queued, same attempt) tells whether the ticket still wants a token.
    */
-  private async serve(
-    m: Buffered,
-    lowTimeoutMs: number,
-    requestTimeoutMs: number,
-    summary: RunSummary,
-  ): Promise<void> {
+  private async serve(m: Buffered, config: GatewayConfig, summary: RunSummary): Promise<void> {
+    const { lowPriorityTimeoutMs: lowTimeoutMs, requestTimeoutMs } = config;
     const { tickets, bucket, clock, outcomes } = this.d;
     const msg = m.message;
     const now = clock.now();
@@ -294,12 +306,25 @@ export class Dispatcher {
       await this.waitForArrival(Math.min(plan.waitMs, msg.deadline - now, MAX_NAP_MS));
       return;
     }
-    const res = await tickets.grant({ id: msg.ticketId, attempt: msg.attempt }, plan.attempt, {
-      grantedAt: now,
-      claimBy: Math.min(now + this.t.claimWindowMs, msg.deadline + requestTimeoutMs),
-    });
+    const quota = await this.agentQuota(msg);
+    if (quota && 'waitMs' in quota) {
+      // The agent is over its own quota: refuse this ticket now instead of stalling everyone behind it.
+      if (await this.end(msg, 'rejected', 'agent_quota', now, quota.waitMs)) summary.rejected++;
+      await this.finishMessage(m);
+      return;
+    }
+    const res = await tickets.grant(
+      { id: msg.ticketId, attempt: msg.attempt },
+      plan.attempt,
+      { grantedAt: now, claimBy: Math.min(now + this.t.claimWindowMs, msg.deadline + requestTimeoutMs) },
+      {
+        maxInflight: config.maxInflight,
+        ...(quota ? { agentQuota: { bucketKey: quota.key, attempt: quota.attempt } } : {}),
+      },
+    );
     if (res.kind === 'granted') {
       bucket.spent(plan.attempt);
+      if (quota) quota.bucket.spent(quota.attempt);
       summary.granted++;
       await outcomes.record(now, {
         counts: { granted: 1 },
@@ -309,10 +334,42 @@ export class Dispatcher {
     } else if (res.kind === 'bucket_conflict') {
       bucket.conflicted(res.current);
       if (!res.current) await bucket.refresh();
+    } else if (res.kind === 'agent_quota') {
+      quota?.bucket.conflicted(res.current);
+    } else if (res.kind === 'inflight_full') {
+      // max_inflight upstream calls are running: wait for one to finish (no token was spent).
+      await this.waitForArrival(INFLIGHT_NAP_MS);
     } else {
       // Abandoned, expired, granted already (duplicate delivery), requeued under a newer attempt, or missing.
       if (!res.current) this.d.log.warn('message for a missing ticket', { ticketId: msg.ticketId });
       summary.skipped++;
+      await this.finishMessage(m);
+    }
+  }
+
+  /**
+   * The agent's quota write for this grant, or how long the agent must wait; undefined when it has no quota.
+   * Its limit is the lower of quota_rpm and quota_share × the effective rate; window-safe like the main bucket.
+   */
+  private async agentQuota(
+    msg: TicketMessage,
+  ): Promise<{ bucket: TokenBucket; key: string; attempt: ConsumeAttempt } | { waitMs: number } | undefined> {
+    const limits = [
+      msg.quotaRpm,
+      msg.quotaShare !== undefined && this.effectiveRpm > 0 ? msg.quotaShare * this.effectiveRpm : undefined,
+    ].filter((x): x is number => x !== undefined && x > 0);
+    if (limits.length === 0) return undefined;
+    const { bucket, key } = this.d.agentBucket(msg.agent);
+    await bucket.configure(deriveBucket(Math.min(...limits), 60_000, AGENT_BURST));
+    const plan = bucket.plan('urgent');
+    return 'waitMs' in plan ? { waitMs: plan.waitMs } : { bucket, key, attempt: plan.attempt };
+  }
+
+  /** While paused: buffered tickets whose deadline came are expired rather than kept. */
+  private async expireDue(now: number, summary: RunSummary): Promise<void> {
+    for (const m of [...this.buffers.values()].flat()) {
+      if (m.message.deadline > now + this.t.grantMarginMs) continue;
+      if (await this.end(m.message, 'expired', 'deadline', now)) summary.expired++;
       await this.finishMessage(m);
     }
   }
@@ -323,12 +380,17 @@ export class Dispatcher {
     to: 'expired' | 'rejected',
     reason: string,
     now: number,
+    retryAfterMs?: number,
   ): Promise<boolean> {
     const res = await this.d.tickets.transition(
       msg.ticketId,
       'queued',
       to,
-      { finishedAt: now, reason },
+      {
+        finishedAt: now,
+        reason,
+        ...(retryAfterMs !== undefined ? { retryAfterMs: Math.ceil(retryAfterMs) } : {}),
+      },
       { attempt: msg.attempt },
     );
     if (!('ticket' in res)) return false;

@@ -107,3 +107,11 @@ export class AdmissionFullError extends Error {
     this.name = 'AdmissionFullError';
   }
 }
+
+/** An Idempotency-Key already maps to a ticket (its id, when the store returned it). */
+export class IdempotencyConflictError extends Error {
+  constructor(readonly ticketId: string | undefined) {
+    super('idempotency key in use');
+    this.name = 'IdempotencyConflictError';
+  }
+}

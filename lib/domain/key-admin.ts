@@ -15,10 +15,20 @@ export class KeyAdmin {
   ) {}
 
   /** Issues a key for `agent`; returns the key (print it once) and the stored record. */
-  async create(agent: string, maxPriority: string = 'high'): Promise<{ key: string; record: AgentKey }> {
+  async create(
+    agent: string,
+    maxPriority: string = 'high',
+    quota: { rpm?: number; share?: number } = {},
+  ): Promise<{ key: string; record: AgentKey }> {
     if (!AGENT_NAME.test(agent)) throw new ValidationError('agent must be 1-64 of [A-Za-z0-9._-]', 'agent');
-    if (!isPriority(maxPriority))
+    if (!isPriority(maxPriority)) {
       throw new ValidationError('max priority must be urgent, high, normal or low', 'max-priority');
+    }
+    if (quota.rpm !== undefined && !(quota.rpm > 0))
+      throw new ValidationError('quota rpm must be > 0', 'quota-rpm');
+    if (quota.share !== undefined && !(quota.share > 0 && quota.share <= 1)) {
+      throw new ValidationError('quota share must be in (0, 1]', 'quota-share');
+    }
     const key = formatKey(this.random(32));
     const record: AgentKey = {
       keyHash: hashKey(key),
@@ -26,9 +36,33 @@ export class KeyAdmin {
       maxPriority: maxPriority as Priority,
       enabled: true,
       createdAt: this.clock.now(),
+      ...(quota.rpm !== undefined ? { quotaRpm: quota.rpm } : {}),
+      ...(quota.share !== undefined ? { quotaShare: quota.share } : {}),
     };
     await this.store.put(record);
     return { key, record };
+  }
+
+  /**
+   * Rotation: a new key with the same priority cap and quota; the agent's current keys keep working for
+   * `overlapMs` and then expire, so agents can switch without downtime.
+   */
+  async rotate(
+    agent: string,
+    overlapMs: number,
+  ): Promise<{ key: string; record: AgentKey; expiring: number }> {
+    const now = this.clock.now();
+    const current = (await this.list(agent)).filter(
+      (k) => k.enabled && (k.expiresAt === undefined || k.expiresAt > now),
+    );
+    if (current.length === 0) throw new ValidationError(`no active keys for agent ${agent}`, 'agent');
+    const newest = current.reduce((a, b) => (a.createdAt >= b.createdAt ? a : b));
+    const issued = await this.create(agent, newest.maxPriority, {
+      ...(newest.quotaRpm !== undefined ? { rpm: newest.quotaRpm } : {}),
+      ...(newest.quotaShare !== undefined ? { share: newest.quotaShare } : {}),
+    });
+    for (const k of current) await this.store.setExpiry(k.keyHash, now + overlapMs);
+    return { ...issued, expiring: current.length };
   }
 
   /** Keys of one agent (or all), never the keys themselves. */

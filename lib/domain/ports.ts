@@ -23,7 +23,11 @@ export interface BucketStore {
 export type GrantOutcome =
   | { kind: 'granted' }
   | { kind: 'bucket_conflict'; current: BucketState | undefined }
-  | { kind: 'ticket_conflict'; current: Ticket | undefined };
+  | { kind: 'ticket_conflict'; current: Ticket | undefined }
+  /** max_inflight reached: nothing written. */
+  | { kind: 'inflight_full'; inflight: number }
+  /** The agent's own quota bucket had no token: nothing written. */
+  | { kind: 'agent_quota'; current: BucketState | undefined };
 
 export interface CreateTicketOptions {
   queueMaxSize: number;
@@ -31,6 +35,12 @@ export interface CreateTicketOptions {
   replace?: Pick<Ticket, 'id' | 'attempt'>;
   /** passthrough: the ticket skips the admission counter (it does not wait in the queue). */
   bypassAdmission?: boolean;
+  /**
+   * Idempotency-Key (`agent#key`): mapped to this ticket until `untilMs`; `replaceTicketId` takes over a key
+   * whose earlier ticket ended without an answer.
+   * @throws IdempotencyConflictError when the key maps to another live ticket
+   */
+  idempotency?: { key: string; untilMs: number; replaceTicketId?: string };
 }
 
 /** Tickets plus the admission counter they move. */
@@ -43,13 +53,14 @@ export interface TicketStore {
   create(ticket: Ticket, opts: CreateTicketOptions): Promise<void>;
   get(id: string): Promise<Ticket | undefined>;
   /**
-   * Atomically consumes a token and flips `queued → granted` (attempt must match); the admission counter drops.
-   * Idempotent under SDK retries (client request token = ticket#attempt).
+   * Atomically consumes a token and flips `queued → granted` (attempt must match); the admission counter drops
+   * and the in-flight counter rises (refused at `maxInflight`). Idempotent under SDK retries (client request token).
    */
   grant(
     ticket: Pick<Ticket, 'id' | 'attempt'>,
     attempt: ConsumeAttempt,
     patch: TicketPatch,
+    opts?: { maxInflight?: number; agentQuota?: { bucketKey: string; attempt: ConsumeAttempt } },
   ): Promise<GrantOutcome>;
   /**
    * Conditional move `from → to` (and attempt, when given). Leaving `queued` decrements the counter;
@@ -73,7 +84,9 @@ export interface TicketStore {
   ): Promise<Ticket[]>;
   /** Current value of the admission counter. */
   admissionCount(): Promise<number>;
-  /** Sets the counter to the true number of queued tickets (drift repair); returns it. */
+  /** Queued (admission) and in-flight (granted or claimed) counters. */
+  counts(): Promise<{ queued: number; inflight: number }>;
+  /** Sets both counters to the true numbers of queued and running tickets (drift repair); returns queued. */
   reconcileAdmission(): Promise<number>;
 }
 
@@ -111,6 +124,31 @@ export interface ConfigStore {
   history(limit: number): Promise<ConfigChange[]>;
 }
 
+/** One agent's share of a finished request (queueMs only when it was granted). */
+export interface AgentUsageEvent {
+  requests?: number;
+  tokens?: number;
+  /** 429s the agent received (upstream after requeues, its quota, the low-priority timeout). */
+  throttled?: number;
+  refused?: number;
+  queueMs?: number;
+}
+
+export interface AgentUsage {
+  agent: string;
+  requests: number;
+  tokens: number;
+  throttled: number;
+  refused: number;
+  avgQueueMs: number;
+}
+
+/** Per-agent usage counters with bounded cost (per slot, TTL; never metric dimensions). */
+export interface UsageStore {
+  record(agent: string, now: number, event: AgentUsageEvent): Promise<void>;
+  read(now: number, span: 'hour' | 'day'): Promise<AgentUsage[]>;
+}
+
 export interface AgentKey {
   keyHash: string;
   agent: string;
@@ -119,6 +157,12 @@ export interface AgentKey {
   createdAt: number;
   /** Rotation: the old key stops working after this time. */
   expiresAt?: number;
+  /** Requests per minute this agent may get at most. */
+  quotaRpm?: number;
+  /** Share (0–1] of the effective rate this agent may use at most. */
+  quotaShare?: number;
+  /** Last successful authentication (updated at most hourly). */
+  lastUsedAt?: number;
 }
 
 export interface KeyStore {
@@ -126,6 +170,10 @@ export interface KeyStore {
   put(key: AgentKey): Promise<void>;
   list(): Promise<AgentKey[]>;
   setEnabled(keyHash: string, enabled: boolean): Promise<void>;
+  /** Ends a key's validity at `at` (rotation overlap). */
+  setExpiry(keyHash: string, at: number): Promise<void>;
+  /** Records use, at most once per `everyMs` (a conditional write; false when skipped). */
+  touch(keyHash: string, now: number, everyMs: number): Promise<boolean>;
 }
 
 export interface LeaseState {

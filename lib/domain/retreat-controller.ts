@@ -3,27 +3,85 @@ import type { TokenBucket } from './bucket.js';
 import type { Clock } from './clock.js';
 import type { GatewayConfig } from './config.js';
 import { type BucketParams, deriveBucket } from './gcra.js';
-import { SLOT_MS, windowStats } from './outcomes.js';
+import {
+  type OutcomeEvent,
+  SLOT_MS,
+  type SlotCounters,
+  slotOf,
+  type WindowStats,
+  windowStats,
+} from './outcomes.js';
 import type { OutcomeStore, RetreatStore } from './ports.js';
 import {
   baseRpmOf,
   evaluateRetreat,
+  evaluatesOnOutcome,
   initialRetreat,
+  type OutcomeMark,
   type RetreatRecord,
+  type RetreatState,
   rebaseRetreat,
   resetRetreat,
 } from './retreat.js';
 
-/** Bucket parameters for the effective rate: the window limit shrinks with the rate, the burst with it. */
+/**
+ * Bucket parameters for the effective rate: the window limit shrinks with the rate, the burst with it.
+ * The probe preset paces strictly (burst 1) while below base: its rate sits at the upstream's limit, where a
+ * refilled burst would be the call too many.
+ */
 export const bucketParamsFor = (
-  record: Pick<RetreatRecord, 'effectiveRpm'>,
+  record: Pick<RetreatRecord, 'effectiveRpm'> & { state?: RetreatState },
   config: GatewayConfig,
 ): BucketParams =>
   deriveBucket(
     (record.effectiveRpm * config.upstreamWindowMs) / 60_000,
     config.upstreamWindowMs,
-    config.bucketBurst,
+    config.retreatPreset === 'probe' && record.state !== undefined && record.state !== 'normal'
+      ? 1
+      : config.bucketBurst,
   );
+
+/** Upstream answers in one slot (what a mark subtracts). */
+const slotStats = (s: SlotCounters): WindowStats => ({
+  total: s.counts.ok + s.counts.throttled + s.counts.capacity + s.counts.upstreamError,
+  throttled: s.counts.throttled,
+  capacity: s.counts.capacity,
+});
+
+/**
+ * Upstream answers since `mark` (exactly: the marked slot's earlier counts are subtracted), but none before
+ * `fromSlot`. Without a mark, everything from `fromSlot` on.
+ */
+export const statsSinceMark = (
+  slots: readonly SlotCounters[],
+  mark: OutcomeMark | undefined,
+  fromSlot: number,
+): WindowStats => {
+  const out: WindowStats = { total: 0, throttled: 0, capacity: 0 };
+  const start = Math.max(fromSlot, mark?.slot ?? fromSlot);
+  for (const s of slots) {
+    if (s.slot < start) continue;
+    const st = slotStats(s);
+    const minus = mark && s.slot === mark.slot ? mark : undefined;
+    out.total += Math.max(0, st.total - (minus?.total ?? 0));
+    out.throttled += Math.max(0, st.throttled - (minus?.throttled ?? 0));
+    out.capacity += Math.max(0, st.capacity - (minus?.capacity ?? 0));
+  }
+  return out;
+};
+
+/**
+ * Calls the upstream accepted per minute since `from` (a slot start): grants minus 429s, counted when granted,
+ * so a long generation does not delay the count the way completions would.
+ */
+export const acceptedRpmSince = (slots: readonly SlotCounters[], from: number, now: number): number => {
+  let accepted = 0;
+  for (const s of slots) {
+    if (s.slot < from) continue;
+    accepted += s.counts.granted - s.counts.throttled - s.counts.capacity;
+  }
+  return (Math.max(0, accepted) * 60_000) / Math.max(1, now - from);
+};
 
 export interface RetreatControllerDeps {
   retreat: RetreatStore;
@@ -60,25 +118,32 @@ export class RetreatController {
     const { retreat, outcomes, bucket, clock } = this.deps;
     const record = await this.load(config);
     const now = clock.now();
-    const span = Math.max(config.retreatWindowMs, config.recoverWindowMs);
+    const span = Math.max(config.retreatWindowMs, config.recoverWindowMs, config.upstreamWindowMs);
     const slots = await outcomes.read(now - span - SLOT_MS, now);
     // "Since the last step" starts at the first slot wholly after it, so 429s that caused it are not recounted.
     const stepSlotEnd = Math.ceil((record.lastStepAt + 1) / SLOT_MS) * SLOT_MS;
+    const current = slots.find((s) => s.slot === slotOf(now));
     const next = evaluateRetreat(
       record,
       {
         window: windowStats(slots, now - config.retreatWindowMs, now + SLOT_MS),
         recoverWindow: windowStats(slots, now - config.recoverWindowMs, now + SLOT_MS),
         sinceStep: windowStats(slots, stepSlotEnd, now + SLOT_MS),
+        sinceMark: statsSinceMark(slots, record.mark, slotOf(now - config.retreatWindowMs)),
+        acceptedRpm: acceptedRpmSince(slots, slotOf(now - config.upstreamWindowMs), now),
+        seen: {
+          slot: slotOf(now),
+          ...(current ? slotStats(current) : { total: 0, throttled: 0, capacity: 0 }),
+        },
       },
       now,
       config,
     );
     const stepped = next !== record && (await retreat.put(next, record.version));
     // Lost the race: another evaluator stepped; follow what it wrote, never our stale view.
-    const current = stepped ? next : next === record ? record : await this.load(config);
-    await bucket.configure(bucketParamsFor(current, config));
-    return { record: current, stepped };
+    const latest = stepped ? next : next === record ? record : await this.load(config);
+    await bucket.configure(bucketParamsFor(latest, config));
+    return { record: latest, stepped };
   }
 
   /** Operator reset to base rate (seed `reset_to_base`). */
@@ -93,5 +158,39 @@ export class RetreatController {
       }
     }
     throw new Error('retreat reset kept conflicting');
+  }
+}
+
+/**
+ * The ingress's outcome store: records as usual, then evaluates retreat at once when the preset asks for it
+ * (seed: after every upstream response; probe: after a 429). Evaluations of one container run one after
+ * another, so each response of the seed preset is judged on its own, as the seed did.
+ */
+export class OutcomeTriggeredRetreat implements OutcomeStore {
+  private queue: Promise<unknown> = Promise.resolve();
+
+  constructor(
+    private readonly inner: OutcomeStore,
+    private readonly controller: Pick<RetreatController, 'evaluate'>,
+    private readonly config: () => Promise<GatewayConfig>,
+    private readonly onError: (err: Error) => void = () => {},
+  ) {}
+
+  async record(now: number, event: OutcomeEvent): Promise<void> {
+    await this.inner.record(now, event);
+    try {
+      const config = await this.config();
+      if (!evaluatesOnOutcome(config.retreatPreset, event.counts)) return;
+      const run = this.queue.then(() => this.controller.evaluate(config));
+      this.queue = run.catch(() => undefined);
+      await run;
+    } catch (err) {
+      // The outcome is recorded; the dispatcher's timer evaluates again within seconds.
+      this.onError(err as Error);
+    }
+  }
+
+  read(fromMs: number, toMs: number): Promise<SlotCounters[]> {
+    return this.inner.read(fromMs, toMs);
   }
 }

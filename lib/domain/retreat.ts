@@ -1,6 +1,6 @@
-// Domain: the retreat state machine (seed ADR-009), as a pure function of (record, outcome stats, now).
-import type { GatewayConfig } from './config.js';
-import { throttleRate, type WindowStats } from './outcomes.js';
+// Domain: the retreat state machine (seed ADR-009 and the probing policy), as a pure function of (record, outcome stats, now).
+import type { GatewayConfig, RetreatPreset } from './config.js';
+import { type CounterName, throttleRate, type WindowStats } from './outcomes.js';
 
 export const RETREAT_STATES = ['normal', 'retreat', 'recover'] as const;
 export type RetreatState = (typeof RETREAT_STATES)[number];
@@ -15,6 +15,12 @@ export interface RetreatTransition {
   reason: string;
 }
 
+/** Upstream outcomes already counted in one outcome slot when a step was taken (the probe preset judges only later ones). */
+export interface OutcomeMark extends WindowStats {
+  /** Start of the slot these counts belong to. */
+  slot: number;
+}
+
 /** Stored once per bucket; updated only with a version condition so two evaluators never both step. */
 export interface RetreatRecord {
   state: RetreatState;
@@ -27,6 +33,12 @@ export interface RetreatRecord {
   version: number;
   /** Latest first, at most MAX_TRANSITIONS. */
   transitions: RetreatTransition[];
+  /** Outcomes of the current slot seen at the last step. */
+  mark?: OutcomeMark;
+  /** probe: the upstream's limit as estimated at the last cut (accepted calls per minute). */
+  limitRpm?: number;
+  /** probe: quiet time the next probe waits for (grows after a failed probe). */
+  holdMs?: number;
 }
 
 export const MAX_TRANSITIONS = 20;
@@ -44,6 +56,9 @@ export type RetreatParams = Pick<
   | 'recoverStepRpm'
   | 'retreatStepIntervalMs'
   | 'retreatMinSample'
+  | 'retreatProbeTarget'
+  | 'retreatProbeGrowth'
+  | 'retreatProbeHoldFactor'
 >;
 
 /** Outcome stats the evaluator needs, all ending at `now`. */
@@ -52,9 +67,20 @@ export interface RetreatInputs {
   window: WindowStats;
   /** Over the last recover window. */
   recoverWindow: WindowStats;
-  /** Since the last step (sluice preset judges only these, so the same 429s are not counted twice). */
+  /** Since the last step, from the first slot wholly after it (sluice preset: the same 429s are not counted twice). */
   sinceStep: WindowStats;
+  /** Exactly the outcomes since the last step (its mark subtracted), within the retreat window (probe preset). */
+  sinceMark?: WindowStats;
+  /** Calls the upstream accepted (granted minus 429s) per minute over about the last upstream window (probe preset). */
+  acceptedRpm?: number;
+  /** Outcomes of the current slot seen by this evaluation: stored as the mark when it steps. */
+  seen?: OutcomeMark;
 }
+
+/** probe: a cut takes at least this much off the rate (the 429s say the current rate is too high)… */
+export const PROBE_MIN_CUT = 0.95;
+/** …and at most this much: an estimate taken while the upstream still drains an old window can be far too low. */
+export const PROBE_MAX_CUT = 0.5;
 
 export const baseRpmOf = (c: Pick<GatewayConfig, 'upstreamLimit' | 'upstreamWindowMs'>): number =>
   (c.upstreamLimit * 60_000) / c.upstreamWindowMs;
@@ -81,13 +107,38 @@ export const rebaseRetreat = (r: RetreatRecord, baseRpm: number): RetreatRecord 
 };
 
 /**
- * One evaluation. Differences from the seed (which ran this after every upstream response, so its steps
- * followed traffic): at most one step per `retreatStepIntervalMs`; the sluice preset judges only outcomes
- * since the last step and needs `retreatMinSample` of them; capacity errors are not read as rate limits.
- * The `seed` preset keeps the seed's judgement (whole sliding window, any sample, capacity counted as 429).
+ * Whether an upstream outcome should be judged at once, besides the dispatcher's timer: the seed evaluated
+ * after every upstream response (its steps follow traffic); the probe preset reacts to a 429 before the
+ * next grant; the sluice preset waits for the timer.
+ */
+export const evaluatesOnOutcome = (
+  preset: RetreatPreset,
+  counts: Partial<Record<CounterName, number>>,
+): boolean => {
+  if (preset === 'seed') {
+    return !!(counts.ok || counts.throttled || counts.capacity || counts.upstreamError);
+  }
+  return preset === 'probe' && !!counts.throttled;
+};
+
+/**
+ * One evaluation.
+ * - `sluice`: the seed's thresholds, but at most one step per `retreatStepIntervalMs`, judging only outcomes
+ *   since the last step (at least `retreatMinSample` of them); capacity errors are not read as rate limits.
+ * - `seed`: the seed's judgement (whole sliding window, any sample, capacity counted as 429, no step interval);
+ *   run after every upstream response, as the seed did.
+ * - `probe`: see {@link evaluateProbe}.
  * @returns the same object when nothing changes.
  */
 export const evaluateRetreat = (
+  r: RetreatRecord,
+  inputs: RetreatInputs,
+  now: number,
+  p: RetreatParams,
+): RetreatRecord => (p.retreatPreset === 'probe' ? evaluateProbe : evaluateAdr009)(r, inputs, now, p);
+
+/** The seed's ADR-009 machine (`seed` preset) and its time-paced variant (`sluice` preset). */
+const evaluateAdr009 = (
   r: RetreatRecord,
   inputs: RetreatInputs,
   now: number,
@@ -99,36 +150,118 @@ export const evaluateRetreat = (
   const rate = throttleRate(judged, seed);
   const canStep = now - r.lastStepAt >= (seed ? 0 : p.retreatStepIntervalMs);
   const cut = () => Math.max(p.retreatFloorRpm, r.effectiveRpm * p.retreatFactor);
+  const step = (to: RetreatState, rpm: number, rate: number, reason: string) =>
+    move(r, to, rpm, now, rate, reason, inputs.seen);
 
   switch (r.state) {
     case 'normal':
       if (enough && canStep && rate >= p.retreatThreshold) {
-        return move(r, 'retreat', cut(), now, rate, `429 rate ${pct(rate)} ≥ ${pct(p.retreatThreshold)}`);
+        return step('retreat', cut(), rate, `429 rate ${pct(rate)} ≥ ${pct(p.retreatThreshold)}`);
       }
       return r;
     case 'retreat': {
       if (enough && canStep && rate >= p.retreatAgainThreshold && r.effectiveRpm > p.retreatFloorRpm) {
-        return move(r, 'retreat', cut(), now, rate, `still ${pct(rate)} ≥ ${pct(p.retreatAgainThreshold)}`);
+        return step('retreat', cut(), rate, `still ${pct(rate)} ≥ ${pct(p.retreatAgainThreshold)}`);
       }
       const quiet = throttleRate(inputs.recoverWindow, seed);
       // The seed measures quiet time from entering RETREAT; we measure it from the last cut.
       const quietSince = seed ? r.since : r.lastStepAt;
       if (quiet < p.recoverThreshold && now - quietSince >= p.recoverWindowMs) {
         const rpm = Math.min(r.baseRpm, r.effectiveRpm + p.recoverStepRpm);
-        return move(r, rpm >= r.baseRpm ? 'normal' : 'recover', rpm, now, quiet, `quiet ${pct(quiet)}`);
+        return step(rpm >= r.baseRpm ? 'normal' : 'recover', rpm, quiet, `quiet ${pct(quiet)}`);
       }
       return r;
     }
     case 'recover': {
       const recent = throttleRate(seed ? inputs.window : inputs.sinceStep, seed);
       if (enough && recent >= p.retreatThreshold) {
-        return move(r, 'retreat', cut(), now, recent, `429 rate ${pct(recent)} during recovery`);
+        return step('retreat', cut(), recent, `429 rate ${pct(recent)} during recovery`);
       }
-      if (r.effectiveRpm >= r.baseRpm) return move(r, 'normal', r.baseRpm, now, recent, 'back at base');
+      if (r.effectiveRpm >= r.baseRpm) return step('normal', r.baseRpm, recent, 'back at base');
       if (!canStep) return r;
       const rpm = Math.min(r.baseRpm, r.effectiveRpm + p.recoverStepRpm);
-      return move(r, rpm >= r.baseRpm ? 'normal' : 'recover', rpm, now, recent, `+${p.recoverStepRpm} rpm`);
+      return step(rpm >= r.baseRpm ? 'normal' : 'recover', rpm, recent, `+${p.recoverStepRpm} rpm`);
     }
+  }
+};
+
+/**
+ * The `probe` preset: cut to what the upstream was seen to accept, hold there, probe upward now and then.
+ * - Cut (429 rate since the last step ≥ `retreatThreshold`, enough sample, step interval passed): to
+ *   `acceptedRpm × retreatProbeTarget`, taking at least 5 % and at most half off. Under a sliding-window limit
+ *   the calls accepted in the last window never exceed the hidden limit and equal it while saturated, so the
+ *   rate lands at the limit instead of a blind ×0.75 below it.
+ * - Hold: no probe until the rate has been quiet (429 rate since the last step < `recoverThreshold`) for the hold
+ *   time: `recoverWindowMs`, stretched by `retreatProbeHoldFactor` after a failed probe, so probes cost at
+ *   most about one 429 per hold.
+ * - Probe (RECOVER): grow by `retreatProbeGrowth` of the rate (at least `recoverStepRpm`) per step interval, up
+ *   to base; a single 429 since the last step ends the probe at once (no step interval, no minimum sample).
+ * Capacity errors (worker concurrency) are never read as rate limits.
+ */
+export const evaluateProbe = (
+  r: RetreatRecord,
+  inputs: RetreatInputs,
+  now: number,
+  p: RetreatParams,
+): RetreatRecord => {
+  const since = inputs.sinceMark ?? inputs.sinceStep;
+  const rate = throttleRate(since);
+  const enough = since.total >= p.retreatMinSample;
+  const canStep = now - r.lastStepAt >= p.retreatStepIntervalMs;
+  const hold = r.holdMs ?? p.recoverWindowMs;
+  const maxHold = p.recoverWindowMs * p.retreatProbeHoldFactor;
+
+  const cut = (reason: string, holdMs: number): RetreatRecord => {
+    const accepted = inputs.acceptedRpm ?? r.effectiveRpm * (1 - rate);
+    const target = accepted * p.retreatProbeTarget;
+    const rpm = Math.max(
+      p.retreatFloorRpm,
+      Math.min(r.effectiveRpm * PROBE_MIN_CUT, Math.max(r.effectiveRpm * PROBE_MAX_CUT, target)),
+    );
+    const next = move(
+      r,
+      'retreat',
+      rpm,
+      now,
+      rate,
+      `${reason}; upstream accepted ${accepted.toFixed(1)} rpm`,
+      inputs.seen,
+    );
+    return { ...next, limitRpm: accepted, holdMs };
+  };
+  const grow = (): RetreatRecord => {
+    const rpm = Math.min(
+      r.baseRpm,
+      r.effectiveRpm + Math.max(p.recoverStepRpm, r.effectiveRpm * p.retreatProbeGrowth),
+    );
+    return move(
+      r,
+      rpm >= r.baseRpm ? 'normal' : 'recover',
+      rpm,
+      now,
+      rate,
+      `probe ${rpm.toFixed(1)} rpm`,
+      inputs.seen,
+    );
+  };
+
+  switch (r.state) {
+    case 'normal':
+      if (enough && canStep && rate >= p.retreatThreshold) {
+        return cut(`429 rate ${pct(rate)} ≥ ${pct(p.retreatThreshold)}`, p.recoverWindowMs);
+      }
+      return r;
+    case 'retreat':
+      if (enough && canStep && rate >= p.retreatThreshold && r.effectiveRpm > p.retreatFloorRpm) {
+        return cut(`still ${pct(rate)} ≥ ${pct(p.retreatThreshold)}`, hold);
+      }
+      if (now - r.lastStepAt >= hold && rate < p.recoverThreshold) return grow();
+      return r;
+    case 'recover':
+      if (since.throttled > 0) {
+        return cut(`probe refused (${since.throttled} × 429)`, Math.min(maxHold, hold * 2));
+      }
+      return canStep ? grow() : r;
   }
 };
 
@@ -141,15 +274,22 @@ const move = (
   now: number,
   rate: number,
   reason: string,
+  mark?: OutcomeMark,
 ): RetreatRecord => {
   const t: RetreatTransition = { at: now, from: r.state, to, rpm, rate, reason };
+  // Back at base, what the probe preset learned about the limit no longer holds.
+  const { mark: _mark, limitRpm, holdMs, ...rest } = r;
+  const keep = to !== 'normal';
   return {
-    ...r,
+    ...rest,
     state: to,
     effectiveRpm: rpm,
     since: to === r.state ? r.since : now,
     lastStepAt: now,
     version: r.version + 1,
     transitions: [t, ...r.transitions].slice(0, MAX_TRANSITIONS),
+    ...(keep && limitRpm !== undefined ? { limitRpm } : {}),
+    ...(keep && holdMs !== undefined ? { holdMs } : {}),
+    ...(mark ? { mark } : {}),
   };
 };

@@ -71,6 +71,13 @@ export interface Ticket {
   upstreamStatus?: number;
   /** Tokens the upstream reported (usage.total_tokens). */
   totalTokens?: number;
+  /** When refused: how long the agent should wait (its own quota, low-priority timeout). */
+  retryAfterMs?: number;
+  /** The agent's Idempotency-Key, if it sent one. */
+  idempotencyKey?: string;
+  /** The agent's quota at admission (from its key). */
+  quotaRpm?: number;
+  quotaShare?: number;
 }
 
 /** Fields a transition may set besides the status. */
@@ -96,4 +103,7 @@ export interface TicketMessage {
   agent: string;
   enqueuedAt: number;
   deadline: number;
+  /** The agent's quota, carried so the dispatcher needs no key lookup. */
+  quotaRpm?: number;
+  quotaShare?: number;
 }

@@ -48,7 +48,6 @@ export const TICKETS_TABLE: TableDef = {
 export const KEYS_TABLE: TableDef = {
   id: 'keys',
   partitionKey: { name: 'keyHash', type: 'S' },
-  ttlAttribute: 'expiresAt',
   indexes: [],
 };
 
@@ -59,7 +58,7 @@ export interface QueueDef {
   /** Logical id; physical names get a prefix. */
   id: string;
   dlqId: string;
-  /** Receives before a message goes to its DLQ (poison messages). */
+  /** Receives before a message goes to its DLQ (poison messages); each dispatcher hand-over adds one. */
   maxReceiveCount: number;
   /** Long enough for the dispatcher to buffer a message and extend it while it waits. */
   visibilityTimeoutSeconds: number;
@@ -69,7 +68,7 @@ const queueDef = (priority: Priority): QueueDef => ({
   priority,
   id: `queue-${priority}`,
   dlqId: `queue-${priority}-dlq`,
-  maxReceiveCount: 5,
+  maxReceiveCount: 20,
   visibilityTimeoutSeconds: 30,
 });
 

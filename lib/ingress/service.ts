@@ -1,5 +1,5 @@
 // Ingress application layer: one agent request end to end — authenticate, route, admit, wait, call, stream, record.
-import type { Admission } from '../domain/admission.js';
+import { type Admission, idempotentRetry } from '../domain/admission.js';
 import type { KeyAuthenticator } from '../domain/auth.js';
 import type { TokenBucket } from '../domain/bucket.js';
 import type { Clock } from '../domain/clock.js';
@@ -250,12 +250,32 @@ export class IngressService {
       );
       return channel.reply;
     }
+    const idempotencyKey = req.headers['idempotency-key'];
+    if (idempotencyKey !== undefined && !/^[\x21-\x7e]{1,255}$/.test(idempotencyKey)) {
+      throw new ValidationError(
+        'Idempotency-Key must be 1-255 printable ASCII characters.',
+        'Idempotency-Key',
+        'invalid_idempotency_key',
+      );
+    }
+    if (config.draining) {
+      throw new UnavailableError('The gateway is draining for maintenance; retry later.', 60_000, 'draining');
+    }
     const now = this.d.clock.now();
     const waitCap = stream ? config.streamMaxWaitMs : config.maxWaitMs;
     const deadline =
       now + Math.max(0, Math.min(waitCap, req.remainingMs - config.requestTimeoutMs - FUNCTION_MARGIN_MS));
     const { ticket, passthrough } = await this.d.admission.admit(
-      { agent: key.agent, priority, model: body?.model ?? req.path, stream, deadline },
+      {
+        ...(idempotencyKey ? { idempotencyKey } : {}),
+        agent: key.agent,
+        priority,
+        model: body?.model ?? req.path,
+        stream,
+        deadline,
+        ...(key.quotaRpm !== undefined ? { quotaRpm: key.quotaRpm } : {}),
+        ...(key.quotaShare !== undefined ? { quotaShare: key.quotaShare } : {}),
+      },
       config,
     );
     const channel = new ReplyChannel();
@@ -338,9 +358,13 @@ export class IngressService {
       const now = clock.now();
       const claimed = await admission.claim(granted, now + config.requestTimeoutMs + FUNCTION_MARGIN_MS);
       if (!claimed) {
+        // Another request with the same Idempotency-Key claimed it first, or the sweep ended it.
+        const current = await admission.lookup(granted.id);
         await this.deliverError(
           channel,
-          new UnavailableError('The grant expired before it could be used; retry.', 1_000, 'grant_lost'),
+          current?.status === 'claimed' || current?.status === 'completed'
+            ? (idempotentRetry(current) as GatewayError)
+            : new UnavailableError('The grant expired before it could be used; retry.', 1_000, 'grant_lost'),
           headers,
         );
         return;
@@ -526,7 +550,6 @@ export class IngressService {
     priority: Priority,
     started: number,
   ): Promise<'done'> {
-    const { clock, admission } = this.d;
     const out = { ...headers, ...passResponseHeaders(res.headers) };
     const isSse = (res.headers.get('content-type') ?? '').includes('text/event-stream');
     const watcher = new SseWatcher();

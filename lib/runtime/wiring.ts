@@ -11,6 +11,7 @@ import { DynamoLeaseStore } from '../adapters/dynamo/lease-store.js';
 import { DynamoOutcomeStore } from '../adapters/dynamo/outcome-store.js';
 import { DynamoRetreatStore } from '../adapters/dynamo/retreat-store.js';
 import { DynamoTicketStore } from '../adapters/dynamo/ticket-store.js';
+import { DynamoUsageStore } from '../adapters/dynamo/usage-store.js';
 import { SqsTicketQueue } from '../adapters/sqs/ticket-queue.js';
 import { TokenBucket } from '../domain/bucket.js';
 import { type Clock, systemClock } from '../domain/clock.js';
@@ -55,7 +56,26 @@ export const makeStores = (
   });
   const outcomes = new DynamoOutcomeStore(clients.dynamo, env.stateTable);
   const retreatStore = new DynamoRetreatStore(clients.dynamo, env.stateTable, env.bucketKey);
+  // Per-agent quota buckets: the same GCRA item shape, one per agent, kept for the container's life.
+  const agentBuckets = new Map<string, { bucket: TokenBucket; key: string }>();
+  const agentBucket = (agent: string) => {
+    let hit = agentBuckets.get(agent);
+    if (!hit) {
+      const key = `agent#${agent}`;
+      hit = {
+        key,
+        bucket: new TokenBucket(new DynamoBucketStore(clients.dynamo, env.stateTable, key), clock, {
+          fraction: 0,
+          forNormal: false,
+        }),
+      };
+      if (agentBuckets.size > 10_000) agentBuckets.clear();
+      agentBuckets.set(agent, hit);
+    }
+    return hit;
+  };
   return {
+    agentBucket,
     clock,
     bucket,
     outcomes,
@@ -68,6 +88,7 @@ export const makeStores = (
     queue: new SqsTicketQueue(clients.sqs, env.queueUrls),
     lease: new DynamoLeaseStore(clients.dynamo, env.stateTable),
     keys: new DynamoKeyStore(clients.dynamo, env.keysTable),
+    usage: new DynamoUsageStore(clients.dynamo, env.stateTable),
     configStore: new DynamoConfigStore(clients.dynamo, env.stateTable),
     config: new ConfigService(new DynamoConfigStore(clients.dynamo, env.stateTable), clock, defaults),
     retreat: new RetreatController({ retreat: retreatStore, outcomes, bucket, clock }),

@@ -73,7 +73,11 @@ export class StatusAccess {
     try {
       return await Promise.all([this.d.adminToken(), this.d.viewerToken()]);
     } catch {
-      throw new UnavailableError('Access tokens cannot be read right now; retry shortly.', 1_000, 'auth_unavailable');
+      throw new UnavailableError(
+        'Access tokens cannot be read right now; retry shortly.',
+        1_000,
+        'auth_unavailable',
+      );
     }
   }
 }

@@ -50,7 +50,10 @@ export class AdminService {
   /** The current config (fresh, not from the cache), field metadata and recent changes. */
   async getConfig(): Promise<AdminConfigView> {
     this.d.config.invalidate();
-    const [current, history] = await Promise.all([this.d.config.current(), this.d.history.history(HISTORY_LISTED)]);
+    const [current, history] = await Promise.all([
+      this.d.config.current(),
+      this.d.history.history(HISTORY_LISTED),
+    ]);
     return {
       version: current.version,
       updatedAt: current.updatedAt,
@@ -77,7 +80,9 @@ export class AdminService {
     if (Object.keys(patch).length === 0) {
       throw new ValidationError('The patch is empty; name at least one config field.', null, 'empty_patch');
     }
-    const { value, changes } = await this.d.config.update(patch, by, (next, prev) => this.checkLive(next, prev));
+    const { value, changes } = await this.d.config.update(patch, by, (next, prev) =>
+      this.checkLive(next, prev),
+    );
     return { version: value.version, changes: changes.map(changeView), config: externalConfig(value.config) };
   }
 

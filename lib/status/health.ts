@@ -57,8 +57,6 @@ const describe = (err: unknown): string => (err instanceof Error ? err.message :
 export class Readiness {
   private upstreamResult: UpstreamResult | undefined;
   private upstreamPending: Promise<UpstreamResult> | undefined;
-  /** Upstream probes actually sent (tests). */
-  upstreamProbes = 0;
 
   constructor(private readonly d: ReadinessDeps) {}
 
@@ -89,7 +87,6 @@ export class Readiness {
 
   private async probeUpstream(): Promise<UpstreamResult> {
     const checkedAt = this.d.clock.now();
-    this.upstreamProbes++;
     let status: number | undefined;
     const result = await this.timed(async (signal) => {
       status = (await this.d.upstream(signal)).status;

@@ -12,8 +12,6 @@ import type { Clock } from '../domain/clock.js';
 export class Memo<T> {
   private value: { data: T; at: number } | undefined;
   private pending: Promise<T> | undefined;
-  /** Builds started (tests and metrics). */
-  builds = 0;
 
   /**
    * @param build produces a fresh value
@@ -30,7 +28,6 @@ export class Memo<T> {
     const now = this.clock.now();
     if (this.value && now - this.value.at < this.maxAgeMs) return this.value.data;
     if (this.pending) return this.pending;
-    this.builds++;
     const started = now;
     this.pending = this.build()
       .then((data) => {

@@ -192,9 +192,10 @@ export class SnapshotBuilder {
     const series = Object.fromEntries(
       COUNTERS.map((c) => [c, t.map((slot) => bySlot.get(slot)?.counts[c] ?? 0)]),
     ) as Record<CounterName, number[]>;
-    const sums = Object.fromEntries(
-      COUNTERS.map((c) => [c, series[c].reduce((a, b) => a + b, 0)]),
-    ) as Record<CounterName, number>;
+    const sums = Object.fromEntries(COUNTERS.map((c) => [c, series[c].reduce((a, b) => a + b, 0)])) as Record<
+      CounterName,
+      number
+    >;
     const inWindow = slots.filter((s) => s.slot >= firstSlot);
     const queueWait = percentiles(inWindow, 'queueWait');
     const upstream = percentiles(inWindow, 'upstream');
@@ -231,7 +232,10 @@ export class SnapshotBuilder {
         maxSize: config.queueMaxSize,
         policy: config.queueFullPolicy,
         byPriority: Object.fromEntries(
-          PRIORITIES.map((p, i) => [p, { waiting: depths[i]?.visible ?? 0, buffered: depths[i]?.inFlight ?? 0 }]),
+          PRIORITIES.map((p, i) => [
+            p,
+            { waiting: depths[i]?.visible ?? 0, buffered: depths[i]?.inFlight ?? 0 },
+          ]),
         ) as Record<Priority, { waiting: number; buffered: number }>,
         inFlight: {
           granted: granted.length,
@@ -250,9 +254,10 @@ export class SnapshotBuilder {
       },
       latency: {
         windowMs: THROUGHPUT_WINDOW_MS,
-        queueWait: Object.fromEntries(
-          PRIORITIES.map((p) => [p, percentileView(queueWait[p])]),
-        ) as Record<Priority, PercentileView>,
+        queueWait: Object.fromEntries(PRIORITIES.map((p) => [p, percentileView(queueWait[p])])) as Record<
+          Priority,
+          PercentileView
+        >,
         upstream: Object.fromEntries(PRIORITIES.map((p) => [p, percentileView(upstream[p])])) as Record<
           Priority,
           PercentileView
@@ -290,6 +295,8 @@ export class SnapshotBuilder {
     if (cutoff > this.settledUpTo) this.settledUpTo = cutoff;
     for (const slot of this.settled.keys()) if (slot < from) this.settled.delete(slot);
     const recent = fresh.filter((s) => s.slot >= cutoff);
-    return [...this.settled.values(), ...recent].filter((s) => s.slot >= from).sort((a, b) => a.slot - b.slot);
+    return [...this.settled.values(), ...recent]
+      .filter((s) => s.slot >= from)
+      .sort((a, b) => a.slot - b.slot);
   }
 }

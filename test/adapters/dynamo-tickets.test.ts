@@ -18,10 +18,10 @@ import type { ConsumeAttempt } from '../../lib/domain/gcra.js';
 import {
   canTransition,
   TICKET_STATUSES,
-  TRANSITIONS,
   type Ticket,
   type TicketPatch,
   type TicketStatus,
+  TRANSITIONS,
 } from '../../lib/domain/tickets.js';
 import { type TestResources, testResources } from '../support/aws.js';
 
@@ -91,7 +91,8 @@ const mustMove = async (
   attempt?: number,
 ): Promise<Ticket> => {
   const out = await tickets.transition(id, from, to, patch, attempt === undefined ? {} : { attempt });
-  if (!('ticket' in out)) throw new Error(`could not move ${id} ${from} → ${to}: ${JSON.stringify(out.conflict)}`);
+  if (!('ticket' in out))
+    throw new Error(`could not move ${id} ${from} → ${to}: ${JSON.stringify(out.conflict)}`);
   return out.ticket;
 };
 
@@ -112,7 +113,10 @@ const ticketIn = async (status: TicketStatus): Promise<Ticket> => {
       if (g.kind !== 'granted') throw new Error(`grant failed: ${g.kind}`);
       if (status === 'granted') return (await tickets.get(t.id))!;
       if (status === 'failed') return mustMove(t.id, 'granted', 'failed', end);
-      const claimed = await mustMove(t.id, 'granted', 'claimed', { claimedAt: clock.now(), claimBy: clock.now() + 60_000 });
+      const claimed = await mustMove(t.id, 'granted', 'claimed', {
+        claimedAt: clock.now(),
+        claimBy: clock.now() + 60_000,
+      });
       if (status === 'claimed') return claimed;
       if (status === 'completed') return mustMove(t.id, 'claimed', 'completed', end);
       throw new Error(`unreachable status ${status}`);
@@ -164,7 +168,9 @@ describe('create: admission counter and ticket in one transaction', () => {
     const base = await tickets.admissionCount();
 
     // Act
-    const err = await tickets.create({ ...t, agent: 'someone-else' }, { queueMaxSize: 1_000_000 }).catch((e: unknown) => e);
+    const err = await tickets
+      .create({ ...t, agent: 'someone-else' }, { queueMaxSize: 1_000_000 })
+      .catch((e: unknown) => e);
 
     // Assess
     expect(err).toBeInstanceOf(Error);
@@ -176,7 +182,9 @@ describe('create: admission counter and ticket in one transaction', () => {
   // existing id within 10 minutes fails with the SDK's raw IdempotentParameterMismatchException, not ConflictError.
   it.fails('a second, different create of the same id is a ConflictError', async () => {
     const t = await created();
-    const err = await tickets.create({ ...t, agent: 'someone-else' }, { queueMaxSize: 1_000_000 }).catch((e: unknown) => e);
+    const err = await tickets
+      .create({ ...t, agent: 'someone-else' }, { queueMaxSize: 1_000_000 })
+      .catch((e: unknown) => e);
     expect(err).toBeInstanceOf(ConflictError);
   });
 
@@ -187,7 +195,10 @@ describe('create: admission counter and ticket in one transaction', () => {
     const newcomer = newTicket({ priority: 'high' });
 
     // Act
-    await tickets.create(newcomer, { queueMaxSize: full, replace: { id: victim.id, attempt: victim.attempt } });
+    await tickets.create(newcomer, {
+      queueMaxSize: full,
+      replace: { id: victim.id, attempt: victim.attempt },
+    });
 
     // Assess
     expect(await tickets.get(victim.id)).toMatchObject({ status: 'dropped', reason: 'dropped_for_newer' });
@@ -277,7 +288,8 @@ describe('grant: token and queued → granted in one transaction', () => {
 
     // Assess
     expect(stale.kind).toBe('ticket_conflict');
-    if (stale.kind === 'ticket_conflict') expect(stale.current).toMatchObject({ status: 'queued', attempt: 1 });
+    if (stale.kind === 'ticket_conflict')
+      expect(stale.current).toMatchObject({ status: 'queued', attempt: 1 });
     expect(tatAfterStale).toBe(tatBefore);
     expect(current).toEqual({ kind: 'granted' });
     expect(await tickets.get(t.id)).toMatchObject({ status: 'granted', attempt: 1 });
@@ -312,10 +324,17 @@ describe('transition', () => {
     TRANSITIONS[from]
       // queued → granted happens only in grant(), with a token.
       .filter((to) => !(from === 'queued' && to === 'granted'))
-      .map((to): [TicketStatus, TicketStatus, number] => [from, to, from === 'queued' ? -1 : to === 'queued' ? 1 : 0]),
+      .map((to): [TicketStatus, TicketStatus, number] => [
+        from,
+        to,
+        from === 'queued' ? -1 : to === 'queued' ? 1 : 0,
+      ]),
   );
   const illegal: [TicketStatus, TicketStatus][] = TICKET_STATUSES.flatMap((from) =>
-    TICKET_STATUSES.filter((to) => !canTransition(from, to)).map((to): [TicketStatus, TicketStatus] => [from, to]),
+    TICKET_STATUSES.filter((to) => !canTransition(from, to)).map((to): [TicketStatus, TicketStatus] => [
+      from,
+      to,
+    ]),
   );
 
   it.each(TICKET_STATUSES)('a ticket can be driven to %s through legal moves', async (status) => {
@@ -333,7 +352,13 @@ describe('transition', () => {
     const base = await tickets.admissionCount();
 
     // Act
-    const out = await tickets.transition(t.id, from, to, { finishedAt: clock.now(), reason: 'test' }, { attempt: t.attempt });
+    const out = await tickets.transition(
+      t.id,
+      from,
+      to,
+      { finishedAt: clock.now(), reason: 'test' },
+      { attempt: t.attempt },
+    );
 
     // Assess
     expect('ticket' in out && out.ticket.status).toBe(to);
@@ -363,7 +388,13 @@ describe('transition', () => {
     const base = await tickets.admissionCount();
 
     // Act
-    const out = await tickets.transition(t.id, from, to, { finishedAt: clock.now(), reason: 'test' }, { attempt: t.attempt });
+    const out = await tickets.transition(
+      t.id,
+      from,
+      to,
+      { finishedAt: clock.now(), reason: 'test' },
+      { attempt: t.attempt },
+    );
 
     // Assess
     expect(out).toEqual({ conflict: expect.objectContaining({ id: t.id, status: from }) });
@@ -395,10 +426,18 @@ describe('transition', () => {
     const base = await tickets.admissionCount();
 
     // Act
-    const out = await tickets.transition(t.id, 'claimed', 'queued', { reason: 'upstream_429' }, { attempt: 0 });
+    const out = await tickets.transition(
+      t.id,
+      'claimed',
+      'queued',
+      { reason: 'upstream_429' },
+      { attempt: 0 },
+    );
 
     // Assess
-    expect(out).toEqual({ ticket: expect.objectContaining({ status: 'queued', attempt: 1, enqueuedAt: 42 }) });
+    expect(out).toEqual({
+      ticket: expect.objectContaining({ status: 'queued', attempt: 1, enqueuedAt: 42 }),
+    });
     expect(await tickets.admissionCount()).toBe(base + 1);
     expect((await tickets.oldestQueued('low'))?.id).toBe(t.id);
     expect((await tickets.listPhase('queued#low', 43, 10)).map((x) => x.id)).toContain(t.id);
@@ -413,7 +452,13 @@ describe('transition', () => {
     const base = await tickets.admissionCount();
 
     // Act
-    const out = await tickets.transition(t.id, 'claimed', 'queued', { reason: 'late duplicate' }, { attempt: 0 });
+    const out = await tickets.transition(
+      t.id,
+      'claimed',
+      'queued',
+      { reason: 'late duplicate' },
+      { attempt: 0 },
+    );
 
     // Assess
     expect(out).toEqual({ conflict: expect.objectContaining({ status: 'claimed', attempt: 1 }) });
@@ -475,7 +520,10 @@ describe('phase index and reconcile', () => {
 
 describe('SDK errors an emulator cannot produce (aws-sdk-client-mock)', () => {
   // A client of its own, so the emulator-backed tests above keep their real client.
-  const client = new DynamoDBClient({ region: 'us-east-1', credentials: { accessKeyId: 'x', secretAccessKey: 'x' } });
+  const client = new DynamoDBClient({
+    region: 'us-east-1',
+    credentials: { accessKeyId: 'x', secretAccessKey: 'x' },
+  });
   const ddb = mockClient(client);
   const store = new DynamoTicketStore(client, { ticketsTable: 'tickets', stateTable: 'state' });
 
@@ -508,19 +556,22 @@ describe('SDK errors an emulator cannot produce (aws-sdk-client-mock)', () => {
   ];
   const rows = calls.flatMap(([call, fn]) => reasons.map(([why, codes]) => [call, why, fn, codes] as const));
 
-  it.each(rows)('%s rethrows a cancellation for %s instead of reading it as a conflict', async (_c, _w, fn, codes) => {
-    // Prepare
-    const err = cancelled([...codes]);
-    ddb.on(TransactWriteItemsCommand).rejects(err);
+  it.each(rows)(
+    '%s rethrows a cancellation for %s instead of reading it as a conflict',
+    async (_c, _w, fn, codes) => {
+      // Prepare
+      const err = cancelled([...codes]);
+      ddb.on(TransactWriteItemsCommand).rejects(err);
 
-    // Act
-    const thrown = await fn(store).then(
-      () => undefined,
-      (error: unknown) => error,
-    );
+      // Act
+      const thrown = await fn(store).then(
+        () => undefined,
+        (error: unknown) => error,
+      );
 
-    // Assess
-    expect(thrown).toBe(err);
-    expect(ddb.commandCalls(TransactWriteItemsCommand)).toHaveLength(1);
-  });
+      // Assess
+      expect(thrown).toBe(err);
+      expect(ddb.commandCalls(TransactWriteItemsCommand)).toHaveLength(1);
+    },
+  );
 });

@@ -1,8 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import {
-  type BucketState,
   applyAttempt,
   availableTokens,
+  type BucketState,
   deriveBucket,
   holdTat,
   planConsume,
@@ -65,9 +65,12 @@ describe('priority reserve', () => {
     ['low', 4, 0.5, false, 2],
     ['low', 2, 0.5, false, 1],
     ['low', 1, 0.9, false, 1],
-  ] as const)('%s with burst %i, reserve %d (normal too: %s) → %i', (p, burst, fraction, forNormal, expected) => {
-    expect(priorityBurst(burst, p, { fraction, forNormal })).toBe(expected);
-  });
+  ] as const)(
+    '%s with burst %i, reserve %d (normal too: %s) → %i',
+    (p, burst, fraction, forNormal, expected) => {
+      expect(priorityBurst(burst, p, { fraction, forNormal })).toBe(expected);
+    },
+  );
 });
 
 describe('rate changes and holds', () => {

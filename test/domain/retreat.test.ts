@@ -1,13 +1,27 @@
 import { describe, expect, it } from 'vitest';
-import { MemoryBucketStore, MemoryOutcomeStore, MemoryRetreatStore } from '../../lib/adapters/memory/stores.js';
+import {
+  MemoryBucketStore,
+  MemoryOutcomeStore,
+  MemoryRetreatStore,
+} from '../../lib/adapters/memory/stores.js';
 import { TokenBucket } from '../../lib/domain/bucket.js';
 import { FakeClock } from '../../lib/domain/clock.js';
 import { DEFAULT_CONFIG, type GatewayConfig } from '../../lib/domain/config.js';
 import type { WindowStats } from '../../lib/domain/outcomes.js';
-import { evaluateRetreat, initialRetreat, type RetreatInputs, resetRetreat } from '../../lib/domain/retreat.js';
+import {
+  evaluateRetreat,
+  initialRetreat,
+  type RetreatInputs,
+  type RetreatRecord,
+  resetRetreat,
+} from '../../lib/domain/retreat.js';
 import { bucketParamsFor, RetreatController } from '../../lib/domain/retreat-controller.js';
 
-const stats = (total: number, throttled: number, capacity = 0): WindowStats => ({ total, throttled, capacity });
+const stats = (total: number, throttled: number, capacity = 0): WindowStats => ({
+  total,
+  throttled,
+  capacity,
+});
 const same = (s: WindowStats): RetreatInputs => ({ window: s, recoverWindow: s, sinceStep: s });
 const cfg: GatewayConfig = { ...DEFAULT_CONFIG };
 
@@ -33,7 +47,11 @@ describe('evaluateRetreat (sluice preset)', () => {
     // 5 s later, still storming: too soon for another step.
     expect(evaluateRetreat(r, same(stats(20, 10)), t0 + 25_000, cfg)).toBe(r);
     // 10 s later but no outcomes since the step: the old 429s are not counted again.
-    const quiet: RetreatInputs = { window: stats(20, 10), recoverWindow: stats(20, 10), sinceStep: stats(0, 0) };
+    const quiet: RetreatInputs = {
+      window: stats(20, 10),
+      recoverWindow: stats(20, 10),
+      sinceStep: stats(0, 0),
+    };
     expect(evaluateRetreat(r, quiet, t0 + 30_000, cfg)).toBe(r);
     // Fresh 429s since the step (≥ 10 %) → another cut.
     r = evaluateRetreat(r, { ...quiet, sinceStep: stats(10, 2) }, t0 + 30_000, cfg);
@@ -41,7 +59,7 @@ describe('evaluateRetreat (sluice preset)', () => {
   });
 
   it('never goes below the floor', () => {
-    let r = { ...initialRetreat(40, t0), state: 'retreat' as const, effectiveRpm: 6 };
+    let r: RetreatRecord = { ...initialRetreat(40, t0), state: 'retreat', effectiveRpm: 6 };
     r = evaluateRetreat(r, same(stats(20, 20)), t0 + 20_000, cfg);
     expect(r.effectiveRpm).toBe(5);
     expect(evaluateRetreat(r, same(stats(20, 20)), t0 + 40_000, cfg)).toBe(r);
@@ -98,7 +116,12 @@ describe('RetreatController', () => {
     const retreat = new MemoryRetreatStore();
     const store = new MemoryBucketStore();
     const mk = () =>
-      new RetreatController({ retreat, outcomes, bucket: new TokenBucket(store, clock, { fraction: 0.5, forNormal: false }), clock });
+      new RetreatController({
+        retreat,
+        outcomes,
+        bucket: new TokenBucket(store, clock, { fraction: 0.5, forNormal: false }),
+        clock,
+      });
     const [a, b] = [mk(), mk()];
     await a.load(cfg);
     clock.advance(20_000);

@@ -25,30 +25,46 @@ const chat = (signal?: AbortSignal, stream = false) =>
   fetch(`${system.url}/v1/chat/completions`, {
     method: 'POST',
     headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
-    body: JSON.stringify({ model: 'meta/llama-3.1-8b-instruct', stream, messages: [{ role: 'user', content: 'x' }] }),
+    body: JSON.stringify({
+      model: 'meta/llama-3.1-8b-instruct',
+      stream,
+      messages: [{ role: 'user', content: 'x' }],
+    }),
     ...(signal ? { signal } : {}),
   });
 
 describe('agent disconnect while queued', () => {
-  it.each([false, true])('abandons the ticket and spends no token (stream: %s)', async (stream) => {
-    // Take the token that is free now, so the next request has to queue.
-    await (await chat()).text();
-    const callsBefore = system.upstream!.calls.length;
-    const ac = new AbortController();
-    const pending = chat(ac.signal, stream).catch((e: unknown) => e);
-    const ticket = await eventually(async () => {
-      const all = await auditTickets(system);
-      return all.tickets.find((t) => t.status === 'queued');
-    }, 10_000, 50);
-    ac.abort();
-    await pending;
-    const ended = await eventually(async () => {
-      const t = await system.stores.tickets.get(ticket.id);
-      return t && t.status !== 'queued' ? t : undefined;
-    }, 15_000, 100);
-    expect(ended).toMatchObject({ status: 'abandoned', reason: 'client_disconnected' });
-    // Wait past the next token: nothing reaches the upstream on behalf of the leaver.
-    await new Promise((r) => setTimeout(r, 6_000));
-    expect(system.upstream!.calls.length).toBe(callsBefore);
-  }, 60_000);
+  it.each([false, true])(
+    'abandons the ticket and spends no token (stream: %s)',
+    async (stream) => {
+      // Take the token that is free now, so the next request has to queue.
+      await (await chat()).text();
+      const callsBefore = system.upstream!.calls.length;
+      const ac = new AbortController();
+      const pending = chat(ac.signal, stream).catch((e: unknown) => e);
+      const ticket = await eventually(
+        async () => {
+          const all = await auditTickets(system);
+          return all.tickets.find((t) => t.status === 'queued');
+        },
+        10_000,
+        50,
+      );
+      ac.abort();
+      await pending;
+      const ended = await eventually(
+        async () => {
+          const t = await system.stores.tickets.get(ticket.id);
+          return t && t.status !== 'queued' ? t : undefined;
+        },
+        15_000,
+        100,
+      );
+      expect(ended).toMatchObject({ status: 'abandoned', reason: 'client_disconnected' });
+      // Wait past the next token: nothing reaches the upstream on behalf of the leaver.
+      await new Promise((r) => setTimeout(r, 6_000));
+      expect(system.upstream!.calls.length).toBe(callsBefore);
+    },
+    60_000,
+  );
 });

@@ -14,7 +14,12 @@ const results: { at: number; ok: boolean }[] = [];
 beforeAll(async () => {
   // Base: 30 calls per 3 s (600 rpm). Hidden upstream limit: 8 per 3 s. Windows compressed 20×.
   system = await startTestSystem('e2e-retreat', {
-    fakeUpstream: { tokenDelayMs: 5, firstByteDelayMs: 5, limit: { requests: 8, windowMs: 3_000 }, maxConcurrency: null },
+    fakeUpstream: {
+      tokenDelayMs: 5,
+      firstByteDelayMs: 5,
+      limit: { requests: 8, windowMs: 3_000 },
+      maxConcurrency: null,
+    },
     env: {
       SLUICE_UPSTREAM_LIMIT: '30',
       SLUICE_UPSTREAM_WINDOW_S: '3',
@@ -39,7 +44,10 @@ beforeAll(async () => {
         sent++;
         const ok = await client.chat.completions
           .create({ model: 'meta/llama-3.1-8b-instruct', messages: [{ role: 'user', content: 'x' }] })
-          .then(() => true, () => false);
+          .then(
+            () => true,
+            () => false,
+          );
         results.push({ at: Date.now(), ok });
       }
     })();
@@ -48,7 +56,11 @@ beforeAll(async () => {
 
 afterAll(async () => {
   stopLoad = true;
-  await eventually(async () => ((await auditTickets(system)).open.length === 0 ? true : undefined), 60_000, 250);
+  await eventually(
+    async () => ((await auditTickets(system)).open.length === 0 ? true : undefined),
+    60_000,
+    250,
+  );
   const audit = await auditTickets(system);
   expect(audit.stuck).toEqual([]);
   expect(audit.total).toBe(sent);
@@ -57,15 +69,22 @@ afterAll(async () => {
 
 const upstream429Rate = (fromMs: number) => {
   const calls = system.upstream!.calls.filter((c) => c.at >= fromMs && c.path.includes('chat'));
-  return { total: calls.length, rate: calls.length ? calls.filter((c) => c.kind === 'rate_limited').length / calls.length : 0 };
+  return {
+    total: calls.length,
+    rate: calls.length ? calls.filter((c) => c.kind === 'rate_limited').length / calls.length : 0,
+  };
 };
 
 describe('retreat end to end', () => {
   it('enters RETREAT under a hidden limit, sheds 429s, and recovers when the limit lifts', async () => {
-    const retreated = await eventually(async () => {
-      const r = await system.stores.retreatStore.get();
-      return r && r.state === 'retreat' && r.effectiveRpm < 600 ? r : undefined;
-    }, 60_000, 200);
+    const retreated = await eventually(
+      async () => {
+        const r = await system.stores.retreatStore.get();
+        return r && r.state === 'retreat' && r.effectiveRpm < 600 ? r : undefined;
+      },
+      60_000,
+      200,
+    );
     expect(retreated.transitions[0]).toMatchObject({ from: 'normal', to: 'retreat' });
     const early = upstream429Rate(0);
     // Let the lower rate settle, then measure the 429 rate again: it must have fallen.
@@ -78,10 +97,16 @@ describe('retreat end to end', () => {
     expect(late.rate).toBeLessThan(early.rate);
 
     system.upstream!.setLimit(null);
-    const recovered = await eventually(async () => {
-      const r = await system.stores.retreatStore.get();
-      return r?.state === 'normal' && r.effectiveRpm === 600 ? r : undefined;
-    }, 90_000, 250);
-    expect(recovered.transitions.some((t) => t.to === 'recover' || (t.from === 'retreat' && t.to === 'normal'))).toBe(true);
+    const recovered = await eventually(
+      async () => {
+        const r = await system.stores.retreatStore.get();
+        return r?.state === 'normal' && r.effectiveRpm === 600 ? r : undefined;
+      },
+      90_000,
+      250,
+    );
+    expect(
+      recovered.transitions.some((t) => t.to === 'recover' || (t.from === 'retreat' && t.to === 'normal')),
+    ).toBe(true);
   }, 180_000);
 });

@@ -107,7 +107,9 @@ describe('DynamoDB Local', () => {
 
   it('queries the sparse byPhase index', async () => {
     const put = (id: string, extra: Record<string, { S: string } | { N: string }>) =>
-      res.dynamo.send(new PutItemCommand({ TableName: res.names.ticketsTable, Item: { id: { S: id }, ...extra } }));
+      res.dynamo.send(
+        new PutItemCommand({ TableName: res.names.ticketsTable, Item: { id: { S: id }, ...extra } }),
+      );
     await put('t1', { phase: { S: 'queued' }, phaseAt: { N: '200' } });
     await put('t2', { phase: { S: 'queued' }, phaseAt: { N: '100' } });
     await put('t3', {}); // terminal: no phase, not in the index
@@ -145,7 +147,9 @@ describe('DynamoDB Local', () => {
 
   it('cancels a transaction whose condition fails and reports the item in CancellationReasons', async () => {
     const key = { pk: { S: 'counter#a' }, sk: { S: 'counter' } };
-    await res.dynamo.send(new PutItemCommand({ TableName: res.names.stateTable, Item: { ...key, n: { N: '3' } } }));
+    await res.dynamo.send(
+      new PutItemCommand({ TableName: res.names.stateTable, Item: { ...key, n: { N: '3' } } }),
+    );
     const err = await rejectionOf(() =>
       res.dynamo.send(
         new TransactWriteItemsCommand({
@@ -206,7 +210,9 @@ describe('fauxqs', () => {
     await res.sqs.send(new SendMessageCommand({ QueueUrl: queueUrl, MessageBody: `hello ${priority}` }));
     const message = await receiveOne(queueUrl);
     expect(message?.Body).toBe(`hello ${priority}`);
-    await res.sqs.send(new DeleteMessageCommand({ QueueUrl: queueUrl, ReceiptHandle: message?.ReceiptHandle }));
+    await res.sqs.send(
+      new DeleteMessageCommand({ QueueUrl: queueUrl, ReceiptHandle: message?.ReceiptHandle }),
+    );
     expect(await receiveOne(queueUrl)).toBeUndefined();
   });
 

@@ -8,7 +8,7 @@ import {
 } from '@aws-sdk/client-dynamodb';
 import { marshall } from '@aws-sdk/util-dynamodb';
 import type { AgentKey, KeyStore } from '../../domain/ports.js';
-import { type Item, plain, s } from './common.js';
+import { conditionFailure, type Item, plain, s } from './common.js';
 
 export class DynamoKeyStore implements KeyStore {
   constructor(
@@ -44,6 +44,37 @@ export class DynamoKeyStore implements KeyStore {
       start = res.LastEvaluatedKey;
     } while (start);
     return out.sort((a, b) => a.agent.localeCompare(b.agent) || a.createdAt - b.createdAt);
+  }
+
+  async setExpiry(keyHash: string, at: number): Promise<void> {
+    await this.client.send(
+      new UpdateItemCommand({
+        TableName: this.table,
+        Key: { keyHash: s(keyHash) },
+        UpdateExpression: 'SET expiresAt = :at',
+        ConditionExpression: 'attribute_exists(keyHash)',
+        ExpressionAttributeValues: { ':at': { N: String(at) } },
+      }),
+    );
+  }
+
+  async touch(keyHash: string, now: number, everyMs: number): Promise<boolean> {
+    try {
+      await this.client.send(
+        new UpdateItemCommand({
+          TableName: this.table,
+          Key: { keyHash: s(keyHash) },
+          UpdateExpression: 'SET lastUsedAt = :now',
+          ConditionExpression:
+            'attribute_exists(keyHash) AND (attribute_not_exists(lastUsedAt) OR lastUsedAt < :before)',
+          ExpressionAttributeValues: { ':now': { N: String(now) }, ':before': { N: String(now - everyMs) } },
+        }),
+      );
+      return true;
+    } catch (err) {
+      conditionFailure(err);
+      return false;
+    }
   }
 
   async setEnabled(keyHash: string, enabled: boolean): Promise<void> {

@@ -10,7 +10,7 @@ import {
   UpdateItemCommand,
 } from '@aws-sdk/client-dynamodb';
 import { marshall } from '@aws-sdk/util-dynamodb';
-import { AdmissionFullError, ConflictError } from '../../domain/errors.js';
+import { AdmissionFullError, ConflictError, IdempotencyConflictError } from '../../domain/errors.js';
 import type { ConsumeAttempt } from '../../domain/gcra.js';
 import type { CreateTicketOptions, GrantOutcome, TicketStore } from '../../domain/ports.js';
 import { PRIORITIES, type Priority } from '../../domain/priority.js';
@@ -87,28 +87,56 @@ export class DynamoTicketStore implements TicketStore {
     };
   }
 
-  private admission(delta: number, max?: number): TransactWriteItem {
+  /**
+   * One update of the counter item: `queued` (admission) and `inflight` (granted or claimed tickets), each
+   * optionally capped. A cap's condition failing returns the old item (ALL_OLD).
+   */
+  private counters(
+    delta: { queued?: number; inflight?: number },
+    caps: { queued?: number; inflight?: number } = {},
+  ): TransactWriteItem {
+    const sets: string[] = [];
+    const conds: string[] = [];
+    const values: Item = { ':zero': n(0) };
+    for (const name of ['queued', 'inflight'] as const) {
+      const d = delta[name];
+      if (d) {
+        sets.push(`${name} = if_not_exists(${name}, :zero) + :d_${name}`);
+        values[`:d_${name}`] = n(d);
+      }
+      const cap = caps[name];
+      if (cap !== undefined && cap > 0) {
+        conds.push(`(attribute_not_exists(${name}) OR ${name} < :max_${name})`);
+        values[`:max_${name}`] = n(cap);
+      }
+    }
     return {
       Update: {
         TableName: this.tables.stateTable,
         Key: ADMISSION_KEY,
-        UpdateExpression: 'SET queued = if_not_exists(queued, :zero) + :d',
-        ...(max !== undefined
-          ? { ConditionExpression: 'attribute_not_exists(queued) OR queued < :max' }
+        UpdateExpression: `SET ${sets.join(', ')}`,
+        ExpressionAttributeValues: values,
+        ...(conds.length
+          ? {
+              ConditionExpression: conds.join(' AND '),
+              ReturnValuesOnConditionCheckFailure: 'ALL_OLD' as const,
+            }
           : {}),
-        ExpressionAttributeValues: {
-          ':zero': n(0),
-          ':d': n(delta),
-          ...(max !== undefined ? { ':max': n(max) } : {}),
-        },
-        ...(max !== undefined ? { ReturnValuesOnConditionCheckFailure: 'ALL_OLD' as const } : {}),
       },
     };
   }
 
   async create(ticket: Ticket, opts: CreateTicketOptions): Promise<void> {
     if (opts.bypassAdmission) {
-      await this.client.send(new PutItemCommand(this.ticketPut(ticket).Put!));
+      // Not queued; a passthrough grant still counts as in flight.
+      if (ticket.status === 'granted') {
+        await this.client.send(
+          new TransactWriteItemsCommand({
+            TransactItems: [this.ticketPut(ticket), this.counters({ inflight: 1 })],
+            ClientRequestToken: requestToken('create', ticket.id),
+          }),
+        );
+      } else await this.client.send(new PutItemCommand(this.ticketPut(ticket).Put!));
       return;
     }
     const items: TransactWriteItem[] = opts.replace
@@ -117,13 +145,36 @@ export class DynamoTicketStore implements TicketStore {
             opts.replace.id,
             'queued',
             'dropped',
-            { reason: 'dropped_for_newer' },
+            { reason: 'dropped_for_newer', finishedAt: ticket.enqueuedAt },
             ticket.enqueuedAt,
             opts.replace.attempt,
           ),
           this.ticketPut(ticket),
         ]
-      : [this.admission(1, opts.queueMaxSize), this.ticketPut(ticket)];
+      : [this.counters({ queued: 1 }, { queued: opts.queueMaxSize }), this.ticketPut(ticket)];
+    const idem = opts.idempotency;
+    if (idem) {
+      // The key → ticket mapping is written with the ticket: a second request with the same key never queues twice.
+      items.push({
+        Put: {
+          TableName: this.tables.stateTable,
+          Item: {
+            ...stateKey('idem', idem.key),
+            ticketId: s(ticket.id),
+            until: n(idem.untilMs),
+            expiresAt: n(Math.ceil(idem.untilMs / 1000)),
+          },
+          ConditionExpression: idem.replaceTicketId
+            ? 'ticketId = :old'
+            : 'attribute_not_exists(pk) OR #until < :now',
+          ExpressionAttributeNames: idem.replaceTicketId ? undefined : { '#until': 'until' },
+          ExpressionAttributeValues: idem.replaceTicketId
+            ? { ':old': s(idem.replaceTicketId) }
+            : { ':now': n(ticket.enqueuedAt) },
+          ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
+        },
+      });
+    }
     try {
       await this.client.send(
         new TransactWriteItemsCommand({
@@ -132,7 +183,12 @@ export class DynamoTicketStore implements TicketStore {
         }),
       );
     } catch (err) {
-      const [first] = cancellation(err);
+      const reasons = cancellation(err);
+      const [first] = reasons;
+      const idemReason = idem ? reasons[2] : undefined;
+      if (idemReason?.failed) {
+        throw new IdempotencyConflictError(plain<{ ticketId?: string }>(idemReason.item)?.ticketId);
+      }
       if (first?.failed && opts.replace) throw new ConflictError('ticket to drop is no longer queued');
       if (first?.failed)
         throw new AdmissionFullError(plain<{ queued?: number }>(first.item)?.queued ?? opts.queueMaxSize);
@@ -204,6 +260,7 @@ export class DynamoTicketStore implements TicketStore {
     ticket: Pick<Ticket, 'id' | 'attempt'>,
     attempt: ConsumeAttempt,
     patch: TicketPatch,
+    opts: { maxInflight?: number; agentQuota?: { bucketKey: string; attempt: ConsumeAttempt } } = {},
   ): Promise<GrantOutcome> {
     const consume = consumeUpdate(attempt);
     const items: TransactWriteItem[] = [
@@ -216,8 +273,19 @@ export class DynamoTicketStore implements TicketStore {
         },
       },
       this.transitionUpdate(ticket.id, 'queued', 'granted', patch, attempt.now, ticket.attempt),
-      this.admission(-1),
+      this.counters({ queued: -1, inflight: 1 }, { inflight: opts.maxInflight ?? 0 }),
     ];
+    if (opts.agentQuota) {
+      // The agent's own bucket spends in the same transaction, so a quota token is never spent without a grant.
+      items.push({
+        Update: {
+          TableName: this.tables.stateTable,
+          Key: stateKey('bucket', opts.agentQuota.bucketKey),
+          ...consumeUpdate(opts.agentQuota.attempt),
+          ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
+        },
+      });
+    }
     try {
       await this.client.send(
         new TransactWriteItemsCommand({
@@ -227,8 +295,16 @@ export class DynamoTicketStore implements TicketStore {
       );
       return { kind: 'granted' };
     } catch (err) {
-      const [bucket, tk] = cancellation(err);
+      const [bucket, tk, counters, agent] = cancellation(err);
       if (tk?.failed) return { kind: 'ticket_conflict', current: ticketFromItem(tk.item) };
+      if (counters?.failed) {
+        return {
+          kind: 'inflight_full',
+          inflight: plain<{ inflight?: number }>(counters.item)?.inflight ?? 0,
+        };
+      }
+      if (agent?.failed && !bucket?.failed)
+        return { kind: 'agent_quota', current: bucketStateFromItem(agent.item) };
       return { kind: 'bucket_conflict', current: bucketStateFromItem(bucket?.item) };
     }
   }
@@ -257,10 +333,14 @@ export class DynamoTicketStore implements TicketStore {
       current?.priority,
       current?.enqueuedAt,
     );
-    const countDelta =
-      from === 'queued' && to !== 'queued' ? -1 : to === 'queued' && from !== 'queued' ? 1 : 0;
+    const running = (s: TicketStatus) => s === 'granted' || s === 'claimed';
+    const delta = {
+      queued: from === 'queued' && to !== 'queued' ? -1 : to === 'queued' && from !== 'queued' ? 1 : 0,
+      inflight: running(from) && !running(to) ? -1 : 0,
+    };
+    const counted = delta.queued !== 0 || delta.inflight !== 0;
     try {
-      if (countDelta === 0) {
+      if (!counted) {
         const res = await this.client.send(
           new UpdateItemCommand({ ...update.Update!, ReturnValues: 'ALL_NEW' }),
         );
@@ -268,14 +348,14 @@ export class DynamoTicketStore implements TicketStore {
       }
       await this.client.send(
         new TransactWriteItemsCommand({
-          TransactItems: [update, this.admission(countDelta)],
+          TransactItems: [update, this.counters(delta)],
           ClientRequestToken: requestToken('move', PROCESS_ID, id, from, to, opts.attempt ?? '', ++tries),
         }),
       );
       const ticket = await this.get(id);
       return ticket ? { ticket } : { conflict: undefined };
     } catch (err) {
-      if (countDelta === 0) return { conflict: ticketFromItem(conditionFailure(err).item) };
+      if (!counted) return { conflict: ticketFromItem(conditionFailure(err).item) };
       const [first] = cancellation(err);
       return { conflict: ticketFromItem(first?.item) };
     }
@@ -304,15 +384,20 @@ export class DynamoTicketStore implements TicketStore {
   }
 
   async admissionCount(): Promise<number> {
+    return (await this.counts()).queued;
+  }
+
+  async counts(): Promise<{ queued: number; inflight: number }> {
     const res = await this.client.send(
       new GetItemCommand({ TableName: this.tables.stateTable, Key: ADMISSION_KEY, ConsistentRead: true }),
     );
-    return plain<{ queued?: number }>(res.Item)?.queued ?? 0;
+    const p = plain<{ queued?: number; inflight?: number }>(res.Item);
+    return { queued: p?.queued ?? 0, inflight: p?.inflight ?? 0 };
   }
 
   async reconcileAdmission(): Promise<number> {
-    let total = 0;
-    for (const p of PRIORITIES) {
+    const count = async (phase: string) => {
+      let total = 0;
       let start: Item | undefined;
       do {
         const res = await this.client.send(
@@ -320,7 +405,7 @@ export class DynamoTicketStore implements TicketStore {
             TableName: this.tables.ticketsTable,
             IndexName: 'byPhase',
             KeyConditionExpression: 'phase = :p',
-            ExpressionAttributeValues: { ':p': s(`queued#${p}`) },
+            ExpressionAttributeValues: { ':p': s(phase) },
             Select: 'COUNT',
             ExclusiveStartKey: start,
           }),
@@ -328,15 +413,19 @@ export class DynamoTicketStore implements TicketStore {
         total += res.Count ?? 0;
         start = res.LastEvaluatedKey;
       } while (start);
-    }
+      return total;
+    };
+    let queued = 0;
+    for (const p of PRIORITIES) queued += await count(`queued#${p}`);
+    const inflight = (await count('granted')) + (await count('claimed'));
     await this.client.send(
       new UpdateItemCommand({
         TableName: this.tables.stateTable,
         Key: ADMISSION_KEY,
-        UpdateExpression: 'SET queued = :q',
-        ExpressionAttributeValues: { ':q': n(total) },
+        UpdateExpression: 'SET queued = :q, inflight = :i',
+        ExpressionAttributeValues: { ':q': n(queued), ':i': n(inflight) },
       }),
     );
-    return total;
+    return queued;
   }
 }

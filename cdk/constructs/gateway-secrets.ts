@@ -1,0 +1,91 @@
+// CDK construct (stateful): the upstream API key and the admin/viewer tokens in Secrets Manager; functions get ARNs, never values.
+import { SecretValue } from 'aws-cdk-lib';
+import { type ISecret, Secret } from 'aws-cdk-lib/aws-secretsmanager';
+import { Construct } from 'constructs';
+import { acknowledgeNagRule } from '../nag.js';
+import type { SluiceFunction } from './sluice-function.js';
+
+/**
+ * What the created upstream-key secret holds until an operator puts the real key. It is constant on purpose:
+ * CloudFormation only rewrites the value when the template's value changes, so redeploys keep the real key.
+ */
+export const UPSTREAM_KEY_PLACEHOLDER = 'PLACEHOLDER-put-the-upstream-api-key-here';
+
+/** A complete secret ARN ends in the 6-character suffix Secrets Manager adds to the name. */
+const COMPLETE_SECRET_ARN = /:secret:.+-[A-Za-z0-9]{6}$/;
+
+export interface GatewaySecretsProps {
+  /** Use this existing secret for the upstream key (plain string value) instead of creating one. */
+  upstreamKeySecretArn?: string;
+}
+
+const GENERATED_TOKEN = { passwordLength: 48, excludePunctuation: true, includeSpace: false };
+
+/**
+ * The upstream key (created with a placeholder, or imported by ARN) and two generated tokens: admin (config
+ * API) and viewer (read-only /status). Each `bind*` method sets the variable with the secret's ARN and grants
+ * read on that secret only; functions read values at run time through Powertools Parameters.
+ */
+export class GatewaySecrets extends Construct {
+  readonly upstreamKey: ISecret;
+  /** False when the key secret was imported: nothing to fill in after deploy. */
+  readonly upstreamKeyCreated: boolean;
+  readonly adminToken: Secret;
+  readonly viewerToken: Secret;
+
+  constructor(scope: Construct, id: string, props: GatewaySecretsProps = {}) {
+    super(scope, id);
+    const arn = props.upstreamKeySecretArn;
+    if (arn) {
+      this.upstreamKey = COMPLETE_SECRET_ARN.test(arn)
+        ? Secret.fromSecretCompleteArn(this, 'UpstreamKey', arn)
+        : Secret.fromSecretPartialArn(this, 'UpstreamKey', arn);
+      this.upstreamKeyCreated = false;
+    } else {
+      const created = new Secret(this, 'UpstreamKey', {
+        description: 'sluice: API key of the rate-limited upstream (put the real key after deploy)',
+        secretStringValue: SecretValue.unsafePlainText(UPSTREAM_KEY_PLACEHOLDER),
+      });
+      acknowledgeNagRule(
+        created,
+        'AwsSolutions-SMG4',
+        'A third-party API key: it is rotated at the provider, then put here; functions re-read it within 5 minutes.',
+      );
+      this.upstreamKey = created;
+      this.upstreamKeyCreated = true;
+    }
+    this.adminToken = new Secret(this, 'AdminToken', {
+      description: 'sluice: admin token for /admin/config',
+      generateSecretString: GENERATED_TOKEN,
+    });
+    this.viewerToken = new Secret(this, 'ViewerToken', {
+      description: 'sluice: read-only token for /status and the dashboard',
+      generateSecretString: GENERATED_TOKEN,
+    });
+    for (const token of [this.adminToken, this.viewerToken]) {
+      acknowledgeNagRule(
+        token,
+        'AwsSolutions-SMG4',
+        'A bearer token people paste into the dashboard; rotation needs no Lambda: put a new value and it applies within 5 minutes.',
+      );
+    }
+  }
+
+  /** `SLUICE_UPSTREAM_KEY_SECRET` + read on the upstream key. */
+  bindUpstreamKey(fn: SluiceFunction): void {
+    fn.addEnvironment('SLUICE_UPSTREAM_KEY_SECRET', this.upstreamKey.secretArn);
+    this.upstreamKey.grantRead(fn);
+  }
+
+  /** `SLUICE_ADMIN_TOKEN_SECRET` + read on the admin token. */
+  bindAdminToken(fn: SluiceFunction): void {
+    fn.addEnvironment('SLUICE_ADMIN_TOKEN_SECRET', this.adminToken.secretArn);
+    this.adminToken.grantRead(fn);
+  }
+
+  /** `SLUICE_VIEWER_TOKEN_SECRET` + read on the viewer token. */
+  bindViewerToken(fn: SluiceFunction): void {
+    fn.addEnvironment('SLUICE_VIEWER_TOKEN_SECRET', this.viewerToken.secretArn);
+    this.viewerToken.grantRead(fn);
+  }
+}

@@ -1,0 +1,112 @@
+// CDK construct (stateful): the DynamoDB tables from lib/infra/definitions.ts, and how functions get at them.
+import { RemovalPolicy } from 'aws-cdk-lib';
+import { AttributeType, BillingMode, Table, TableEncryption } from 'aws-cdk-lib/aws-dynamodb';
+import { Grant, type IGrantable } from 'aws-cdk-lib/aws-iam';
+import { Construct } from 'constructs';
+import { type AttributeDef, TABLES, type TableDef } from '../../lib/infra/definitions.js';
+import type { SluiceFunction } from './sluice-function.js';
+
+export type TableId = TableDef['id'];
+export type TableAccess = 'read' | 'readWrite';
+
+/** Item-level reads. Queries on an index also need the index ARN, granted alongside. */
+export const DYNAMODB_READ_ACTIONS = [
+  'dynamodb:GetItem',
+  'dynamodb:BatchGetItem',
+  'dynamodb:Query',
+  'dynamodb:Scan',
+  'dynamodb:ConditionCheckItem',
+  'dynamodb:DescribeTable',
+] as const;
+
+/**
+ * Item-level writes. TransactWriteItems has no IAM action of its own: each item in a transaction is
+ * authorised as its PutItem / UpdateItem / DeleteItem / ConditionCheckItem.
+ */
+export const DYNAMODB_WRITE_ACTIONS = [
+  'dynamodb:PutItem',
+  'dynamodb:UpdateItem',
+  'dynamodb:DeleteItem',
+  'dynamodb:BatchWriteItem',
+] as const;
+
+/** The environment variable that carries each table's name (lib/runtime/env.ts). */
+const TABLE_ENV: Record<TableId, string> = {
+  state: 'SLUICE_STATE_TABLE',
+  tickets: 'SLUICE_TICKETS_TABLE',
+  keys: 'SLUICE_KEYS_TABLE',
+};
+
+const attribute = (def: AttributeDef) => ({
+  name: def.name,
+  type: def.type === 'S' ? AttributeType.STRING : AttributeType.NUMBER,
+});
+
+export interface StateTablesProps {
+  /** Deletion protection on, and the tables kept when the stack is deleted. */
+  deletionProtection: boolean;
+}
+
+/**
+ * The state, tickets and keys tables: on demand, point-in-time recovery, TTL where defined, deletion protection.
+ * `bind` is the only way functions reach them: it sets the table-name variables and grants item access on
+ * exactly the tables (and indexes) asked for.
+ */
+export class StateTables extends Construct {
+  readonly tables: Readonly<Record<TableId, Table>>;
+  private readonly defs: Readonly<Record<TableId, TableDef>>;
+
+  constructor(scope: Construct, id: string, props: StateTablesProps) {
+    super(scope, id);
+    const tables = {} as Record<TableId, Table>;
+    const defs = {} as Record<TableId, TableDef>;
+    for (const def of TABLES) {
+      const table = new Table(this, `${def.id[0]?.toUpperCase()}${def.id.slice(1)}Table`, {
+        partitionKey: attribute(def.partitionKey),
+        ...(def.sortKey ? { sortKey: attribute(def.sortKey) } : {}),
+        ...(def.ttlAttribute ? { timeToLiveAttribute: def.ttlAttribute } : {}),
+        billingMode: BillingMode.PAY_PER_REQUEST,
+        pointInTimeRecoverySpecification: { pointInTimeRecoveryEnabled: true },
+        // Encrypted at rest with the AWS-owned key: no KMS calls, no key grants.
+        encryption: TableEncryption.DEFAULT,
+        deletionProtection: props.deletionProtection,
+        removalPolicy: props.deletionProtection ? RemovalPolicy.RETAIN : RemovalPolicy.DESTROY,
+      });
+      for (const index of def.indexes) {
+        table.addGlobalSecondaryIndex({
+          indexName: index.name,
+          partitionKey: attribute(index.partitionKey),
+          ...(index.sortKey ? { sortKey: attribute(index.sortKey) } : {}),
+        });
+      }
+      tables[def.id] = table;
+      defs[def.id] = def;
+    }
+    this.tables = tables;
+    this.defs = defs;
+  }
+
+  /**
+   * Gives a function the names of all tables (its environment contract needs them) and item access to the
+   * ones in `access`; tables left out are not granted at all.
+   * @example tables.bind(ingress, { state: 'readWrite', tickets: 'readWrite', keys: 'read' })
+   */
+  bind(fn: SluiceFunction, access: Partial<Record<TableId, TableAccess>>): void {
+    for (const [tableId, table] of Object.entries(this.tables) as [TableId, Table][]) {
+      fn.addEnvironment(TABLE_ENV[tableId], table.tableName);
+      const level = access[tableId];
+      if (level) this.grantItems(fn, tableId, level);
+    }
+  }
+
+  private grantItems(grantee: IGrantable, tableId: TableId, level: TableAccess): Grant {
+    const table = this.tables[tableId];
+    const actions: string[] = [
+      ...DYNAMODB_READ_ACTIONS,
+      ...(level === 'readWrite' ? DYNAMODB_WRITE_ACTIONS : []),
+    ];
+    // Named indexes rather than `index/*`: no wildcard resource to acknowledge.
+    const indexArns = this.defs[tableId].indexes.map((index) => `${table.tableArn}/index/${index.name}`);
+    return Grant.addToPrincipal({ grantee, actions, resourceArns: [table.tableArn, ...indexArns] });
+  }
+}

@@ -1,0 +1,136 @@
+// Dashboard: the admin panel — loads the current config when opened, applies changes to the rate, queue size
+// and queue-full policy, shows the server's answer (or its validation error), resets retreat.
+import type { AdminConfigView } from '../../lib/status/admin.js';
+import { type Api, ApiError } from './api.js';
+import { fmtNum, fmtValue } from './format.js';
+import { $ } from './render.js';
+
+const NUMBER_FIELDS = ['upstream_limit', 'queue_max_size'] as const;
+const POLICY = 'queue_full_policy';
+
+export class AdminPanel {
+  private loaded: AdminConfigView | undefined;
+
+  constructor(
+    private readonly api: Api,
+    /** Called after a change, so the page refreshes at once. */
+    private readonly changed: () => void,
+  ) {
+    $<HTMLFormElement>('admin-form').addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      void this.apply();
+    });
+    $('retreat-reset').addEventListener('click', () => void this.resetRetreat());
+  }
+
+  /** Shows the panel and loads the current config into the form. */
+  async open(): Promise<void> {
+    $('admin').hidden = false;
+    try {
+      this.fill(await this.api.config());
+    } catch (err) {
+      this.say('error', `Could not load the config: ${(err as Error).message}`);
+    }
+  }
+
+  close(): void {
+    $('admin').hidden = true;
+    this.loaded = undefined;
+  }
+
+  private fill(view: AdminConfigView): void {
+    this.loaded = view;
+    for (const name of NUMBER_FIELDS) {
+      const input = $<HTMLInputElement>(`cfg-${name}`);
+      input.value = String(view.config[name] ?? '');
+      const field = view.fields.find((f) => f.name === name);
+      if (field?.min !== undefined) input.min = String(field.min);
+      if (field?.max !== undefined) input.max = String(field.max);
+    }
+    const select = $<HTMLSelectElement>(`cfg-${POLICY}`);
+    const values = view.fields.find((f) => f.name === POLICY)?.values ?? [];
+    select.replaceChildren(
+      ...values.map((v) => {
+        const option = document.createElement('option');
+        option.value = v;
+        option.textContent = v;
+        return option;
+      }),
+    );
+    select.value = String(view.config[POLICY] ?? '');
+    $('window-hint').textContent = `calls per ${fmtNum(Number(view.config.upstream_window_s))} s`;
+    $('admin-version').textContent = `config v${view.version}, last changed by ${view.updatedBy}`;
+  }
+
+  /** The fields that differ from the loaded config, as the user typed them (the server validates). */
+  private patch(): Record<string, unknown> {
+    const out: Record<string, unknown> = {};
+    const current = this.loaded?.config ?? {};
+    for (const name of NUMBER_FIELDS) {
+      const raw = $<HTMLInputElement>(`cfg-${name}`).value.trim();
+      const value = raw === '' ? raw : Number(raw);
+      if (value !== current[name]) out[name] = value;
+    }
+    const policy = $<HTMLSelectElement>(`cfg-${POLICY}`).value;
+    if (policy !== current[POLICY]) out[POLICY] = policy;
+    return out;
+  }
+
+  private async apply(): Promise<void> {
+    this.clearInvalid();
+    const patch = this.patch();
+    if (Object.keys(patch).length === 0) {
+      this.say('ok', 'Nothing to apply: the form matches the current config.');
+      return;
+    }
+    await this.busy(async () => {
+      try {
+        const res = await this.api.patchConfig(patch);
+        const what = res.changes.map((c) => `${c.field} ${fmtValue(c.from)} → ${fmtValue(c.to)}`).join(', ');
+        this.say(
+          'ok',
+          `Applied (config v${res.version}): ${what || 'no change'}. Live within 2 s everywhere.`,
+        );
+        this.fill(await this.api.config());
+        this.changed();
+      } catch (err) {
+        if (err instanceof ApiError && err.param) {
+          document.getElementById(`cfg-${err.param}`)?.classList.add('invalid');
+        }
+        this.say('error', `Refused: ${(err as Error).message}`);
+      }
+    });
+  }
+
+  private async resetRetreat(): Promise<void> {
+    await this.busy(async () => {
+      try {
+        const { retreat } = await this.api.resetRetreat();
+        this.say('ok', `Retreat reset: ${retreat.state} at ${fmtNum(retreat.effectiveRpm)} rpm.`);
+        this.changed();
+      } catch (err) {
+        this.say('error', `Reset failed: ${(err as Error).message}`);
+      }
+    });
+  }
+
+  private async busy(fn: () => Promise<void>): Promise<void> {
+    const buttons = [$<HTMLButtonElement>('apply'), $<HTMLButtonElement>('retreat-reset')];
+    for (const b of buttons) b.disabled = true;
+    try {
+      await fn();
+    } finally {
+      for (const b of buttons) b.disabled = false;
+    }
+  }
+
+  private clearInvalid(): void {
+    for (const el of document.querySelectorAll('#admin .invalid')) el.classList.remove('invalid');
+  }
+
+  private say(kind: 'ok' | 'error', text: string): void {
+    const el = $('admin-message');
+    el.className = `message ${kind}`;
+    el.textContent = text;
+  }
+}

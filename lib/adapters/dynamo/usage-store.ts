@@ -1,0 +1,94 @@
+// Adapter: per-agent usage counters — one state-table item per 10-minute slot and per hour, agents as attributes.
+import { type DynamoDBClient, QueryCommand, UpdateItemCommand } from '@aws-sdk/client-dynamodb';
+import type { AgentUsage, AgentUsageEvent, UsageStore } from '../../domain/ports.js';
+import { type Item, n, plain, s, stateKey, ttlFrom } from './common.js';
+
+const MINUTE_SLOT_MS = 10 * 60_000;
+const HOUR_SLOT_MS = 3_600_000;
+const FIELDS = ['requests', 'tokens', 'throttled', 'refused', 'queueMs', 'granted'] as const;
+const pad = (t: number) => String(t).padStart(15, '0');
+
+/**
+ * Bounded cost: two ADD writes per finished request, items expire by TTL, and the number of items read is
+ * fixed (6 for the last hour, 24 for the last day) whatever the number of agents.
+ */
+export class DynamoUsageStore implements UsageStore {
+  constructor(
+    private readonly client: DynamoDBClient,
+    private readonly table: string,
+  ) {}
+
+  async record(agent: string, now: number, e: AgentUsageEvent): Promise<void> {
+    const adds: string[] = [];
+    const names: Record<string, string> = {};
+    const values: Item = { ':exp': n(ttlFrom(now, 2 * 24 * 3600)) };
+    for (const f of FIELDS) {
+      const v = f === 'granted' ? (e.queueMs !== undefined ? 1 : 0) : (e[f] ?? 0);
+      if (!v) continue;
+      names[`#${f}`] = `${agent}|${f}`;
+      values[`:${f}`] = n(Math.round(v));
+      adds.push(`#${f} :${f}`);
+    }
+    if (adds.length === 0) return;
+    const write = (sk: string) =>
+      this.client.send(
+        new UpdateItemCommand({
+          TableName: this.table,
+          Key: stateKey('usage', sk),
+          UpdateExpression: `ADD ${adds.join(', ')} SET expiresAt = if_not_exists(expiresAt, :exp)`,
+          ExpressionAttributeNames: names,
+          ExpressionAttributeValues: values,
+        }),
+      );
+    await Promise.all([
+      write(`m#${pad(Math.floor(now / MINUTE_SLOT_MS) * MINUTE_SLOT_MS)}`),
+      write(`h#${pad(Math.floor(now / HOUR_SLOT_MS) * HOUR_SLOT_MS)}`),
+    ]);
+  }
+
+  async read(now: number, span: 'hour' | 'day'): Promise<AgentUsage[]> {
+    const [prefix, slotMs, count] = span === 'hour' ? ['m#', MINUTE_SLOT_MS, 6] : ['h#', HOUR_SLOT_MS, 24];
+    const last = Math.floor(now / slotMs) * slotMs;
+    const res = await this.client.send(
+      new QueryCommand({
+        TableName: this.table,
+        KeyConditionExpression: 'pk = :pk AND sk BETWEEN :a AND :b',
+        ExpressionAttributeValues: {
+          ':pk': s('usage'),
+          ':a': s(`${prefix}${pad(last - (count - 1) * slotMs)}`),
+          ':b': s(`${prefix}${pad(last)}`),
+        },
+      }),
+    );
+    const byAgent = new Map<string, Record<(typeof FIELDS)[number], number>>();
+    for (const item of res.Items ?? []) {
+      for (const [attr, value] of Object.entries(plain<Record<string, unknown>>(item) ?? {})) {
+        const bar = attr.lastIndexOf('|');
+        if (bar < 0 || typeof value !== 'number') continue;
+        const agent = attr.slice(0, bar);
+        const field = attr.slice(bar + 1) as (typeof FIELDS)[number];
+        if (!FIELDS.includes(field)) continue;
+        const row = byAgent.get(agent) ?? {
+          requests: 0,
+          tokens: 0,
+          throttled: 0,
+          refused: 0,
+          queueMs: 0,
+          granted: 0,
+        };
+        row[field] += value;
+        byAgent.set(agent, row);
+      }
+    }
+    return [...byAgent.entries()]
+      .map(([agent, r]) => ({
+        agent,
+        requests: r.requests,
+        tokens: r.tokens,
+        throttled: r.throttled,
+        refused: r.refused,
+        avgQueueMs: r.granted ? Math.round(r.queueMs / r.granted) : 0,
+      }))
+      .sort((a, b) => b.requests - a.requests || a.agent.localeCompare(b.agent));
+  }
+}

@@ -1,0 +1,250 @@
+// Admin API end to end through the local runtime (status function, DynamoDB Local, fauxqs, real dispatcher):
+// auth, every field's validation, the queue-depth rule, the success path and how fast the change spreads.
+import OpenAI from 'openai';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CONFIG_FIELDS, CONFIG_KEYS, externalName, type GatewayConfig } from '../../lib/domain/config.js';
+import { CONFIG_CACHE_MS } from '../../lib/domain/config-service.js';
+import { deriveBucket } from '../../lib/domain/gcra.js';
+import type { Ticket } from '../../lib/domain/tickets.js';
+import type { AdminConfigView, ConfigUpdateView } from '../../lib/status/admin.js';
+import type { StatusSnapshot } from '../../lib/status/snapshot.js';
+import type { LocalSystem } from '../../local/runtime.js';
+import { eventually } from '../support/system.js';
+import { ADMIN_TOKEN, call, type ErrorJson, startStatusSystem, VIEWER_TOKEN } from './support.js';
+
+let system: LocalSystem;
+let agentKey: string;
+
+beforeAll(async () => {
+  system = await startStatusSystem('status-admin', { fakeUpstream: { limit: null } });
+  agentKey = await system.createKey('agent-admin-test', 'urgent');
+});
+
+afterAll(async () => {
+  await system?.stop();
+});
+
+const patch = (body: unknown, token = ADMIN_TOKEN) =>
+  call<ConfigUpdateView & ErrorJson>(system, 'PATCH', '/admin/config', { token, body });
+const getConfig = (token = ADMIN_TOKEN) =>
+  call<AdminConfigView & ErrorJson>(system, 'GET', '/admin/config', { token });
+const status = () => call<StatusSnapshot>(system, 'GET', '/status', { token: VIEWER_TOKEN });
+
+/** Values each kind of field must refuse, with what the message must say. */
+const invalidValues = (key: keyof GatewayConfig): [unknown, RegExp][] => {
+  const spec = CONFIG_FIELDS[key];
+  const scale = spec.seconds ? 1000 : 1;
+  switch (spec.kind) {
+    case 'int':
+      return [
+        [1.5, /must be an integer/],
+        [(spec.min ?? 0) / scale - 1, /must be between/],
+      ];
+    case 'number':
+      return [
+        ['fast', /must be a number/],
+        [(spec.max ?? 0) / scale + 1, /must be between/],
+      ];
+    case 'bool':
+      return [['maybe', /must be a boolean/]];
+    case 'enum':
+      return [['sometimes', /must be one of/]];
+  }
+};
+
+const INVALID_ROWS = CONFIG_KEYS.flatMap((key) =>
+  invalidValues(key).map(([value, message]) => [externalName(key), value, message] as const),
+);
+
+describe('admin API auth', () => {
+  it('answers 401 without a token or with an unknown one, 403 for viewer and agent tokens', async () => {
+    for (const [token, code] of [
+      [undefined, 401],
+      ['wrong-token', 401],
+      [VIEWER_TOKEN, 403],
+      [() => agentKey, 403],
+    ] as const) {
+      const t = typeof token === 'function' ? token() : token;
+      const get = await call<ErrorJson>(system, 'GET', '/admin/config', t ? { token: t } : {});
+      const change = await call<ErrorJson>(system, 'PATCH', '/admin/config', {
+        ...(t ? { token: t } : {}),
+        body: { queue_max_size: 10 },
+      });
+      const reset = await call<ErrorJson>(system, 'POST', '/admin/retreat/reset', t ? { token: t } : {});
+      for (const res of [get, change, reset]) {
+        expect(res.status).toBe(code);
+        expect(res.json.error.type).toBe(code === 401 ? 'authentication_error' : 'permission_error');
+      }
+    }
+    // The refused PATCHes changed nothing.
+    expect((await getConfig()).json.config.queue_max_size).toBe(500);
+  });
+
+  it('lets an agent key read /status but nothing else', async () => {
+    expect((await call(system, 'GET', '/status', { token: agentKey })).status).toBe(200);
+  });
+});
+
+describe('PATCH /admin/config validation', () => {
+  it(`covers every config field (${CONFIG_KEYS.length})`, () => {
+    expect(new Set(INVALID_ROWS.map(([name]) => name)).size).toBe(CONFIG_KEYS.length);
+  });
+
+  it.each(INVALID_ROWS)('refuses %s = %j with a 400 naming it', async (name, value, message) => {
+    const res = await patch({ [name]: value });
+    expect(res.status).toBe(400);
+    expect(res.json.error).toEqual({
+      message: expect.stringMatching(message),
+      type: 'invalid_request_error',
+      param: name,
+      code: 'invalid_value',
+    });
+  });
+
+  it.each([
+    ['a burst as large as the limit', { bucket_burst: 40 }, 'bucket_burst'],
+    ['a retreat floor above the limit', { retreat_floor_rpm: 41 }, 'retreat_floor_rpm'],
+    [
+      'a retreat-again threshold below the retreat threshold',
+      { retreat_again_threshold: 0.01 },
+      'retreat_again_threshold',
+    ],
+    ["the seed's field name", { rate_rpm: 60 }, 'rate_rpm'],
+    ['one bad field among good ones', { queue_max_size: 100, upstream_limit: -1 }, 'upstream_limit'],
+  ])('refuses %s', async (_what, body, param) => {
+    const res = await patch(body);
+    expect(res.status).toBe(400);
+    expect(res.json.error.param).toBe(param);
+  });
+
+  it('wrote nothing for any refused patch', async () => {
+    const res = await getConfig();
+    expect(res.json.version).toBe(1);
+    expect(res.json.history).toEqual([]);
+  });
+});
+
+describe('queue_max_size and the current queue depth', () => {
+  it('may not go below the requests queued now (seed set_max_size)', async () => {
+    const now = Date.now();
+    const queued: Ticket[] = ['d1', 'd2', 'd3'].map((id) => ({
+      id: `${id}-${now}`,
+      agent: 'depth-test',
+      priority: 'low',
+      model: 'meta/llama-3.1-8b-instruct',
+      stream: false,
+      status: 'queued',
+      attempt: 0,
+      enqueuedAt: now,
+      deadline: now + 120_000,
+    }));
+    for (const t of queued) await system.stores.tickets.create(t, { queueMaxSize: 500 });
+    try {
+      const refused = await patch({ queue_max_size: 2 });
+      expect(refused.status).toBe(400);
+      expect(refused.json.error).toMatchObject({ param: 'queue_max_size', code: 'below_queue_depth' });
+      expect(refused.json.error.message).toMatch(/below the 3 requests queued now/);
+      const ok = await patch({ queue_max_size: 3 });
+      expect(ok.status).toBe(200);
+      expect(ok.json.changes).toEqual([
+        expect.objectContaining({ field: 'queue_max_size', from: 500, to: 3 }),
+      ]);
+    } finally {
+      for (const t of queued) {
+        await system.stores.tickets.transition(t.id, 'queued', 'expired', { finishedAt: Date.now() });
+      }
+    }
+    // Growing is always allowed.
+    expect((await patch({ queue_max_size: 500 })).status).toBe(200);
+  });
+});
+
+describe('a successful change', () => {
+  it('is applied, recorded (who, when, old → new), shown by /status and seen by the dispatcher within 2 s', async () => {
+    const dispatcherConfig = system.stores.config; // the dispatcher's own cached view
+    expect((await dispatcherConfig.config()).upstreamLimit).toBe(40);
+    const before = (await getConfig()).json.version;
+
+    const sent = Date.now();
+    const res = await patch({
+      upstream_limit: 60,
+      queue_full_policy: 'drop_lowest',
+      low_priority_timeout_s: 5,
+    });
+    expect(res.status).toBe(200);
+    expect(res.json.version).toBe(before + 1);
+    expect(res.json.changes).toEqual([
+      { at: expect.any(Number), by: 'admin', field: 'upstream_limit', from: 40, to: 60 },
+      { at: expect.any(Number), by: 'admin', field: 'queue_full_policy', from: 'reject', to: 'drop_lowest' },
+      { at: expect.any(Number), by: 'admin', field: 'low_priority_timeout_s', from: 2, to: 5 },
+    ]);
+    expect(res.json.config).toMatchObject({
+      upstream_limit: 60,
+      queue_full_policy: 'drop_lowest',
+      low_priority_timeout_s: 5,
+    });
+
+    const view = (await getConfig()).json;
+    expect(view.config.upstream_limit).toBe(60);
+    expect(
+      view.history
+        .slice(0, 3)
+        .map((c) => c.field)
+        .sort(),
+    ).toEqual(['low_priority_timeout_s', 'queue_full_policy', 'upstream_limit']);
+    expect(view.fields.find((f) => f.name === 'upstream_limit')).toMatchObject({ kind: 'int', min: 1 });
+
+    const snapshot = (await status()).json;
+    expect(snapshot.configVersion).toBe(before + 1);
+    expect(snapshot.limits).toMatchObject({ upstreamLimit: 60, queueFullPolicy: 'drop_lowest' });
+    expect(snapshot.retreat.baseRpm).toBe(60);
+    expect(snapshot.configChanges[0]).toMatchObject({ by: 'admin' });
+
+    // The stated bound: the dispatcher's config cache is at most CONFIG_CACHE_MS old.
+    const wait = sent + CONFIG_CACHE_MS + 50 - Date.now();
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    expect((await dispatcherConfig.config()).upstreamLimit).toBe(60);
+  });
+
+  it('reaches the bucket: the next dispatcher run grants at the new rate', async () => {
+    const client = new OpenAI({ baseURL: `${system.url}/v1`, apiKey: agentKey, maxRetries: 0 });
+    const reply = await client.chat.completions.create({
+      model: 'meta/llama-3.1-8b-instruct',
+      messages: [{ role: 'user', content: 'hi' }],
+    });
+    expect(reply.choices[0]?.message.content).toMatch(/^tok0/);
+    const expected = deriveBucket(60, 60_000, 2).intervalMs;
+    const snapshot = await eventually(
+      async () => {
+        const s = (await status()).json;
+        return s.bucket.intervalMs === expected ? s : undefined;
+      },
+      30_000,
+      250,
+    );
+    expect(snapshot.bucket.rpm).toBeCloseTo(60_000 / expected, 1);
+  });
+
+  it('resets retreat to the base rate', async () => {
+    const res = await call<{ retreat: StatusSnapshot['retreat'] }>(system, 'POST', '/admin/retreat/reset', {
+      token: ADMIN_TOKEN,
+    });
+    expect(res.status).toBe(200);
+    expect(res.json.retreat).toMatchObject({ state: 'normal', effectiveRpm: 60, baseRpm: 60 });
+    expect(res.json.retreat.transitions[0]).toMatchObject({ reason: 'reset by admin' });
+  });
+});
+
+describe('health endpoints', () => {
+  it('are open, and readiness probes the upstream once however often it is asked', async () => {
+    expect((await call(system, 'GET', '/health')).status).toBe(200);
+    const modelCalls = () => system.upstream!.calls.filter((c) => c.path === '/v1/models').length;
+    const before = modelCalls();
+    for (let i = 0; i < 5; i++) {
+      const res = await call<{ ready: boolean }>(system, 'GET', '/health/ready');
+      expect(res.status).toBe(200);
+      expect(res.json.ready).toBe(true);
+    }
+    expect(modelCalls() - before).toBe(1);
+  });
+});

@@ -1,0 +1,252 @@
+// The dashboard in a real browser (Debian's Chromium via playwright-core) against the local runtime while a
+// known load runs through the real API: tiles show the load's counts, charts fill, queue bars move, the admin
+// panel changes the rate, and the page says so when the backend goes away.
+
+import { existsSync } from 'node:fs';
+import { copyFile, mkdir } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import OpenAI from 'openai';
+import { type Browser, chromium, type Page } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { buildDashboard } from '../../dashboard/build.js';
+import { PRIORITIES, type Priority } from '../../lib/domain/priority.js';
+import type { StatusSnapshot } from '../../lib/status/snapshot.js';
+import type { LocalSystem } from '../../local/runtime.js';
+import { allTickets, countByStatus } from '../support/system.js';
+import { ADMIN_TOKEN, call, startStatusSystem, VIEWER_TOKEN } from './support.js';
+
+const CHROMIUM = '/usr/bin/chromium';
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const SCREENSHOT = join(ROOT, 'test-artifacts', 'dashboard.png');
+const README_SHOT = join(ROOT, 'docs', 'dashboard.png');
+/** The load: this many chat completions per priority, all at once. */
+const PER_PRIORITY = 3;
+const LOAD = PER_PRIORITY * PRIORITIES.length;
+/** A second, smaller load that is still queued when the screenshot is taken. */
+const WAVE = 8;
+
+let system: LocalSystem | undefined;
+let browser: Browser | undefined;
+let page: Page;
+let agentKey: string;
+
+const tileValue = (name: string) => page.locator(`[data-testid="tile-${name}"] .value`).textContent();
+const isVisible = (testId: string) => page.locator(`[data-testid="${testId}"]`).isVisible();
+const poll = { timeout: 40_000, interval: 250 };
+
+/** Samples the queue bars and the title in the page every 150 ms (what a person watching would see). */
+const startSampling = () =>
+  page.evaluate(() => {
+    const w = globalThis as unknown as { samples: { bars: number[]; height: string[]; title: string }[] };
+    w.samples = [];
+    setInterval(() => {
+      const bars = [...document.querySelectorAll<HTMLElement>('.bar')];
+      w.samples.push({
+        bars: bars.map((b) => Number(b.dataset.count ?? 0)),
+        height: bars.map((b) => getComputedStyle(b).height),
+        title: document.title,
+      });
+    }, 150);
+  });
+
+const samples = () =>
+  page.evaluate(
+    () =>
+      (globalThis as unknown as { samples: { bars: number[]; height: string[]; title: string }[] }).samples,
+  );
+
+beforeAll(async () => {
+  // Fail, never skip: CI installs Chromium (.ci/run); a missing browser is a broken environment.
+  if (!existsSync(CHROMIUM)) {
+    throw new Error(`Chromium not found at ${CHROMIUM}: apt-get install -y chromium`);
+  }
+  await buildDashboard();
+  system = await startStatusSystem('status-dashboard', {
+    // No hidden upstream limit: every request of the load succeeds, so the counts are exact.
+    fakeUpstream: { limit: null, firstByteDelayMs: 20, tokenDelayMs: 10 },
+    // LOW waits in line like the rest instead of being refused after 2 s (the default timeout).
+    env: { SLUICE_LOW_TIMEOUT_S: '600' },
+  });
+  agentKey = await system.createKey('dashboard-load', 'urgent');
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      '--no-first-run',
+    ],
+  });
+  page = await browser.newPage({ viewport: { width: 1440, height: 1000 }, deviceScaleFactor: 1 });
+}, 120_000);
+
+afterAll(async () => {
+  await browser?.close();
+  await system?.stop();
+});
+
+describe('dashboard in Chromium', () => {
+  it('asks for a token, keeps it in sessionStorage only, and hides the admin panel from a viewer', async () => {
+    await page.goto(`${system!.url}/`);
+    await expect.poll(() => isVisible('token-dialog'), poll).toBe(true);
+    await page.fill('#token-input', 'not-the-token');
+    await page.click('#token-submit');
+    await expect.poll(() => page.locator('#token-error').textContent(), poll).toMatch(/Token refused/);
+    await page.fill('#token-input', VIEWER_TOKEN);
+    await page.click('#token-submit');
+    await expect.poll(() => page.locator('[data-testid="connection"]').textContent(), poll).toBe('live');
+    expect(await isVisible('token-dialog')).toBe(false);
+    expect(await page.locator('[data-testid="role"]').textContent()).toBe('read only');
+    expect(await isVisible('admin')).toBe(false);
+    expect(await tileValue('requests')).toBe('0');
+    const stored = await page.evaluate(() => ({
+      session: sessionStorage.getItem('sluice.token'),
+      local: Object.keys(localStorage).length,
+      cookies: document.cookie,
+    }));
+    expect(stored).toEqual({ session: VIEWER_TOKEN, local: 0, cookies: '' });
+  });
+
+  it('signs in as admin and loads the current config into the admin panel', async () => {
+    await page.click('#change-token');
+    await page.fill('#token-input', ADMIN_TOKEN);
+    await page.click('#token-submit');
+    await expect.poll(() => isVisible('admin'), poll).toBe(true);
+    await expect.poll(() => page.inputValue('#cfg-upstream_limit'), poll).toBe('40');
+    expect(await page.inputValue('#cfg-queue_max_size')).toBe('500');
+    expect(await page.inputValue('#cfg-queue_full_policy')).toBe('reject');
+    expect(await page.locator('[data-testid="role"]').textContent()).toBe('admin');
+  });
+
+  it(`shows the counts of a load of ${LOAD} requests, fills the charts and moves the queue bars`, async () => {
+    await startSampling();
+    const client = new OpenAI({
+      baseURL: `${system!.url}/v1`,
+      apiKey: agentKey,
+      maxRetries: 0,
+      timeout: 120_000,
+    });
+    const load = PRIORITIES.flatMap((priority: Priority) =>
+      Array.from({ length: PER_PRIORITY }, (_, i) =>
+        client.chat.completions.create(
+          { model: 'meta/llama-3.1-8b-instruct', messages: [{ role: 'user', content: `${priority} ${i}` }] },
+          { headers: { 'X-Priority': priority } },
+        ),
+      ),
+    );
+    const replies = await Promise.all(load);
+    expect(replies.every((r) => r.choices[0]?.message.content?.startsWith('tok0'))).toBe(true);
+
+    // Tiles: exactly what the load produced.
+    await expect.poll(() => tileValue('requests'), poll).toBe(String(LOAD));
+    await expect.poll(() => tileValue('ok'), poll).toBe(String(LOAD));
+    expect(await tileValue('granted')).toBe(String(LOAD));
+    expect(await tileValue('refused')).toBe('0');
+    expect(await tileValue('429')).toBe('0 %');
+    expect(await tileValue('retreat')).toBe('normal');
+    expect(await tileValue('rate')).toBe('40 / 40');
+    await expect.poll(() => tileValue('queue'), poll).toBe('0');
+    expect(await page.title()).toBe('0 queued · sluice');
+
+    // Latency table: every priority waited in the queue PER_PRIORITY times.
+    for (const p of PRIORITIES) {
+      const n = await page.locator(`#latency-body tr[data-priority="${p}"] td`).nth(1).textContent();
+      expect(n).toBe(String(PER_PRIORITY));
+    }
+
+    // Queue bars moved: the sampled depth rose above zero (the bucket lets 2 through, then one per ~1.6 s)
+    // and came back to zero; their rendered height followed; the title counted the queue meanwhile.
+    const seen = await samples();
+    const peak = Math.max(...seen.map((s) => s.bars.reduce((a, b) => a + b, 0)));
+    expect(peak).toBeGreaterThan(0);
+    expect(seen.at(-1)?.bars).toEqual([0, 0, 0, 0]);
+    const heights = new Set(seen.flatMap((s) => s.height));
+    expect(heights.size).toBeGreaterThan(2);
+    expect(seen.some((s) => /^[1-9]\d* queued · sluice$/.test(s.title))).toBe(true);
+
+    // Charts filled: throughput slots with traffic, rate points from the polls, both drawn on canvas.
+    expect(
+      Number(await page.getAttribute('[data-testid="chart-throughput"]', 'data-points')),
+    ).toBeGreaterThan(0);
+    expect(Number(await page.getAttribute('[data-testid="chart-rate"]', 'data-points'))).toBeGreaterThan(5);
+    expect(await page.locator('[data-testid="chart-throughput"] canvas').count()).toBe(1);
+    expect(await page.locator('[data-testid="chart-rate"] canvas').count()).toBe(1);
+    await expect.poll(() => page.locator('#gauge-text').textContent(), poll).toMatch(/^[0-2](\.\d)? \/ 2$/);
+
+    // Every request ended completed (the ticket audit).
+    const tickets = await allTickets(system!);
+    expect(countByStatus(tickets)).toEqual({ completed: LOAD });
+  }, 180_000);
+
+  it('changes the rate from the admin panel, shows validation errors, and /status reflects the change', async () => {
+    await page.fill('#cfg-queue_max_size', '0');
+    await page.click('#apply');
+    await expect
+      .poll(() => page.locator('#admin-message').textContent(), poll)
+      .toMatch(/Refused: queue_max_size must be between 1 and 1000000/);
+    expect(await page.getAttribute('#cfg-queue_max_size', 'class')).toContain('invalid');
+
+    await page.fill('#cfg-queue_max_size', '500');
+    await page.fill('#cfg-upstream_limit', '60');
+    await page.click('#apply');
+    await expect
+      .poll(() => page.locator('#admin-message').textContent(), poll)
+      .toMatch(/Applied \(config v2\): upstream_limit 40 → 60/);
+    const snapshot = (await call<StatusSnapshot>(system!, 'GET', '/status', { token: VIEWER_TOKEN })).json;
+    expect(snapshot.limits.upstreamLimit).toBe(60);
+    expect(snapshot.retreat.baseRpm).toBe(60);
+    await expect.poll(() => tileValue('rate'), poll).toBe('60 / 60');
+    await expect
+      .poll(() => page.locator('[data-testid="changes"]').textContent(), poll)
+      .toMatch(/upstream_limit\s*40 → 60\s*by admin/);
+  });
+
+  it('saves a screenshot for the README while a second wave waits in the queue', async () => {
+    const client = new OpenAI({
+      baseURL: `${system!.url}/v1`,
+      apiKey: agentKey,
+      maxRetries: 0,
+      timeout: 120_000,
+    });
+    const wave = Array.from({ length: WAVE }, (_, i) =>
+      client.chat.completions.create(
+        { model: 'meta/llama-3.1-8b-instruct', messages: [{ role: 'user', content: `wave ${i}` }] },
+        { headers: { 'X-Priority': PRIORITIES[i % PRIORITIES.length]! } },
+      ),
+    );
+    // At 60 rpm the bucket lets 2 through, then one a second: the rest is visibly queued for a while.
+    await expect.poll(async () => Number(await tileValue('queue')), poll).toBeGreaterThanOrEqual(2);
+    await mkdir(dirname(SCREENSHOT), { recursive: true });
+    await page.evaluate(() => window.scrollTo(0, 0));
+    await page.screenshot({ path: SCREENSHOT, fullPage: true });
+    await mkdir(dirname(README_SHOT), { recursive: true });
+    await copyFile(SCREENSHOT, README_SHOT);
+    await Promise.all(wave);
+    await expect.poll(() => tileValue('requests'), poll).toBe(String(LOAD + WAVE));
+    expect(countByStatus(await allTickets(system!))).toEqual({ completed: LOAD + WAVE });
+  }, 120_000);
+
+  it('shows the disconnected overlay after 5 s without a successful poll, and recovers by itself', async () => {
+    expect(await isVisible('overlay')).toBe(false);
+    await page.route('**/status', (route) => route.abort('connectionrefused'));
+    await expect.poll(() => isVisible('overlay'), poll).toBe(true);
+    // Not before 5 s after the last good poll (same machine, same clock).
+    const lastOk = Number(await page.getAttribute('[data-testid="connection"]', 'data-last-ok'));
+    expect(Date.now() - lastOk).toBeGreaterThanOrEqual(5_000);
+    expect(await page.locator('[data-testid="connection"]').textContent()).toBe('disconnected');
+    await page.unroute('**/status');
+    await expect.poll(() => isVisible('overlay'), poll).toBe(false);
+    expect(await page.locator('[data-testid="connection"]').textContent()).toBe('live');
+  });
+
+  it('shows the overlay when the backend stops', async () => {
+    await system!.stop();
+    system = undefined;
+    await expect.poll(() => isVisible('overlay'), poll).toBe(true);
+    expect(await page.locator('#overlay-detail').textContent()).toMatch(/No answer from the gateway since/);
+  });
+});

@@ -1,0 +1,105 @@
+// Readiness on a fake clock: the upstream is probed at most once per interval (shared by concurrent calls),
+// failures and slow dependencies are reported per check, never thrown.
+import { describe, expect, it } from 'vitest';
+import { FakeClock } from '../../lib/domain/clock.js';
+import { Readiness, type ReadinessDeps } from '../../lib/status/health.js';
+
+const setup = (over: Partial<ReadinessDeps> = {}) => {
+  const clock = new FakeClock();
+  let probes = 0;
+  const readiness = new Readiness({
+    dynamodb: async () => undefined,
+    sqs: async () => undefined,
+    upstream: async () => {
+      probes++;
+      return { status: 200 };
+    },
+    clock,
+    ...over,
+  });
+  return { clock, readiness, probes: () => probes };
+};
+
+describe('Readiness', () => {
+  it('probes the upstream at most once a minute and reuses the answer', async () => {
+    const { clock, readiness, probes } = setup();
+    for (let i = 0; i < 5; i++) {
+      expect((await readiness.check()).ready).toBe(true);
+      clock.advance(10_000);
+    }
+    expect(probes()).toBe(1);
+    clock.advance(10_000); // 60 s after the first probe
+    const report = await readiness.check();
+    expect(probes()).toBe(2);
+    expect(report.checks.upstream).toMatchObject({ ok: true, status: 200, checkedAt: clock.now() });
+  });
+
+  it('shares one upstream probe between concurrent readiness calls', async () => {
+    let release: () => void = () => undefined;
+    let probes = 0;
+    const { readiness } = setup({
+      upstream: async () => {
+        probes++;
+        await new Promise<void>((r) => {
+          release = r;
+        });
+        return { status: 200 };
+      },
+    });
+    const all = Promise.all([readiness.check(), readiness.check(), readiness.check()]);
+    await new Promise((r) => setTimeout(r, 10));
+    release();
+    expect((await all).every((r) => r.ready)).toBe(true);
+    expect(probes).toBe(1);
+  });
+
+  it.each([
+    ['an upstream 5xx', { upstream: async () => ({ status: 502 }) }, 'upstream', /answered 502/],
+    [
+      'an unreachable upstream',
+      {
+        upstream: async () => {
+          throw new TypeError('fetch failed');
+        },
+      },
+      'upstream',
+      /fetch failed/,
+    ],
+    [
+      'a failing DynamoDB',
+      {
+        dynamodb: async () => {
+          throw new Error('ResourceNotFoundException');
+        },
+      },
+      'dynamodb',
+      /ResourceNotFound/,
+    ],
+    [
+      'a hanging SQS',
+      { sqs: () => new Promise<void>(() => undefined), timeoutMs: 50 },
+      'sqs',
+      /within 50 ms/,
+    ],
+  ] as const)('is not ready on %s, and says which check failed', async (_what, over, check, message) => {
+    const { readiness } = setup(over as Partial<ReadinessDeps>);
+    const report = await readiness.check();
+    expect(report.ready).toBe(false);
+    expect(report.checks[check].ok).toBe(false);
+    expect(report.checks[check].error).toMatch(message);
+  });
+
+  it('caches a failed upstream answer too (readiness never hammers the upstream)', async () => {
+    let probes = 0;
+    const { clock, readiness } = setup({
+      upstream: async () => {
+        probes++;
+        return { status: 503 };
+      },
+    });
+    await readiness.check();
+    clock.advance(30_000);
+    expect((await readiness.check()).checks.upstream.ok).toBe(false);
+    expect(probes).toBe(1);
+  });
+});
