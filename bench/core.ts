@@ -1,6 +1,7 @@
 // Bench: the admission core on DynamoDB Local — grants/s, conditional-write conflicts per grant, window conformance.
 import { randomUUID } from 'node:crypto';
 import { mkdir, writeFile } from 'node:fs/promises';
+import { loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
@@ -141,7 +142,6 @@ const stallMonitor = () => {
   }, tick);
   return { stop: () => clearInterval(timer), stalls: () => stalls };
 };
-};
 
 /** Most times (ascending) in any half-open window (t − windowMs, t]. */
 export const maxInWindow = (times: readonly number[], windowMs: number): number => {
@@ -166,6 +166,8 @@ export interface CoreBenchOptions {
 export interface CoreBenchResult {
   name: 'core';
   machine: ReturnType<typeof machine>;
+  /** 1-minute load average at the start and the end: other work on the machine skews grants/s. */
+  loadAverage: { start: number; end: number };
   throughput: {
     consumers: 1;
     params: BucketParams;
@@ -212,6 +214,7 @@ export async function runCoreBench(opts: CoreBenchOptions = {}): Promise<CoreBen
   const log = opts.log ?? console.log;
   const scale = opts.timeScale ?? 1;
   const ms = (base: number) => Math.max(1_000, Math.round(base * scale));
+  const loadStart = round(loadavg()[0] ?? 0, 2);
   log('core: starting DynamoDB Local and fauxqs');
   const emulators = await startEmulators();
   try {
@@ -288,6 +291,7 @@ export async function runCoreBench(opts: CoreBenchOptions = {}): Promise<CoreBen
     const result: Omit<CoreBenchResult, 'markdown'> = {
       name: 'core',
       machine: machine(),
+      loadAverage: { start: loadStart, end: round(loadavg()[0] ?? 0, 2) },
       throughput,
       conflicts: { params: paced, seconds: ms(8_000) / 1000, rows },
       conformance,
@@ -312,7 +316,8 @@ const toMarkdown = (r: Omit<CoreBenchResult, 'markdown'>, scale: number): string
   const lines = [
     '# Bench: admission core (GCRA bucket on DynamoDB Local)',
     '',
-    `Machine: ${m.cpu}, ${m.cores} cores, Node ${m.node}, ${m.date}${scale === 1 ? '' : ` — durations ×${scale}`}.`,
+    `Machine: ${m.cpu}, ${m.cores} cores, Node ${m.node}, ${m.date}${scale === 1 ? '' : ` — durations ×${scale}`}; ` +
+      `load average ${r.loadAverage.start} → ${r.loadAverage.end} (other work on the machine lowers grants/s).`,
     'Each consumer has its own SDK client and TokenBucket; refused consumers sleep the reported wait (+0–3 ms).',
     '',
     '| measurement | consumers | bucket | duration | grants | grants/s | writes | conflicts/grant | result |',

@@ -13,6 +13,8 @@ export interface BenchOptions {
 /** Registered benches, run in this order by default. Add yours with one line. */
 export const BENCHES: Record<string, (opts: BenchOptions) => Promise<BenchResult>> = {
   core: runCoreBench,
+  fleet: (o) => import('./fleet.js').then((m) => m.runFleetBench(o)),
+  retreat: (o) => import('./retreat.js').then((m) => m.runRetreatBench(o)),
 };
 
 const main = async (argv: readonly string[]): Promise<number> => {

@@ -55,6 +55,8 @@ export const binPanels = (opts: {
   binMs: number;
   limitPerBin: number;
   limitLabel: string;
+  /** A limit that changes over time: [from ms, per bin] steps (overrides `limitPerBin` for the line). */
+  limitSteps?: readonly (readonly [number, number])[];
   /** Panel y axis is capped here (bars above are clipped and marked); default: largest bar. */
   yCap?: number;
 }): string => {
@@ -114,8 +116,14 @@ export const binPanels = (opts: {
       if (a + r > max)
         body.push(text(x + w / 2, y0 - 1, '▲', `text-anchor="middle" fill="${REFUSED}" font-size="8"`));
     }
+    const steps = opts.limitSteps ?? [[0, opts.limitPerBin] as const];
+    const tx = (t: number) => left + (Math.min(t, bins * opts.binMs) * plotW) / (bins * opts.binMs);
+    const pts = steps.flatMap(([t, v], j) => {
+      const end = steps[j + 1]?.[0] ?? bins * opts.binMs;
+      return [`${f(tx(t))},${f(y(v))}`, `${f(tx(end))},${f(y(v))}`];
+    });
     body.push(
-      `<line x1="${left}" y1="${f(y(opts.limitPerBin))}" x2="${left + plotW}" y2="${f(y(opts.limitPerBin))}" stroke="${LIMIT}" stroke-width="1.5" stroke-dasharray="6 3"/>`,
+      `<polyline points="${pts.join(' ')}" fill="none" stroke="${LIMIT}" stroke-width="1.5" stroke-dasharray="6 3"/>`,
       `<line x1="${left}" y1="${f(y(0))}" x2="${left + plotW}" y2="${f(y(0))}" stroke="#999"/>`,
     );
     const minutes = (bins * opts.binMs) / 60_000;

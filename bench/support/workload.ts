@@ -74,23 +74,29 @@ export interface WorkloadRun {
   clock: SimClock;
 }
 
-/**
- * Runs a workload against one setup. Requests still running at the end are aborted and marked `cut`.
- * @param onTick called about every `tickMs` real ms with the records so far (progress line).
- */
+export interface RunOptions {
+  /** Called about every `tickMs` real ms with the records so far (progress line). */
+  onTick?: (records: readonly RequestRecord[], clock: SimClock) => void;
+  /** @default 5000 */
+  tickMs?: number;
+  /** Share a modelled clock with other runs (side-by-side runs). @default a new clock started now */
+  clock?: SimClock;
+}
+
+/** Runs a workload against one setup. Requests still running at the end are aborted and marked `cut`. */
 export const runWorkload = async (
   w: Workload,
   send: Send,
   scale: TimeScale,
-  onTick?: (records: readonly RequestRecord[], clock: SimClock) => void,
-  tickMs = 5_000,
+  opts: RunOptions = {},
 ): Promise<WorkloadRun> => {
+  const { onTick, tickMs = 5_000 } = opts;
   const priorities = agentPriorities(w.agents);
   const records: RequestRecord[] = [];
   const stop = new AbortController();
-  const clock = simClock(scale);
+  const clock = opts.clock ?? simClock(scale);
   const ticker = onTick ? setInterval(() => onTick(records, clock), tickMs) : undefined;
-  const endTimer = setTimeout(() => stop.abort(), scale.real(w.durationMs));
+  const endTimer = setTimeout(() => stop.abort(), scale.real(w.durationMs - clock.now()));
   const inFlight = new Set<Promise<void>>();
 
   const one = async (agent: number, n: number, stream: boolean): Promise<void> => {

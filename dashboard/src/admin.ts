@@ -7,6 +7,8 @@ import { $ } from './render.js';
 
 const NUMBER_FIELDS = ['upstream_limit', 'queue_max_size'] as const;
 const POLICY = 'queue_full_policy';
+/** The top-agents table refreshes this often while the admin panel is open. */
+const USAGE_EVERY_MS = 10_000;
 
 export class AdminPanel {
   private loaded: AdminConfigView | undefined;
@@ -21,9 +23,14 @@ export class AdminPanel {
       void this.apply();
     });
     $('retreat-reset').addEventListener('click', () => void this.resetRetreat());
+    for (const mode of ['pause', 'drain', 'resume'] as const) {
+      $(`mode-${mode}`).addEventListener('click', () => void this.setMode(mode));
+    }
   }
 
-  /** Shows the panel and loads the current config into the form. */
+  private usageTimer: ReturnType<typeof setInterval> | undefined;
+
+  /** Shows the panel, loads the current config into the form and keeps the top-agents table fresh. */
   async open(): Promise<void> {
     $('admin').hidden = false;
     try {
@@ -31,11 +38,63 @@ export class AdminPanel {
     } catch (err) {
       this.say('error', `Could not load the config: ${(err as Error).message}`);
     }
+    await this.loadUsage();
+    clearInterval(this.usageTimer);
+    this.usageTimer = setInterval(() => void this.loadUsage(), USAGE_EVERY_MS);
   }
 
   close(): void {
     $('admin').hidden = true;
     this.loaded = undefined;
+    clearInterval(this.usageTimer);
+  }
+
+  /** Top agents by requests over the last hour, with their day totals. */
+  private async loadUsage(): Promise<void> {
+    try {
+      const usage = await this.api.usage();
+      const day = new Map(usage.day.map((u) => [u.agent, u]));
+      const rows = usage.hour.length ? usage.hour : usage.day;
+      $('agents-body').replaceChildren(
+        ...rows.slice(0, 10).map((u) => {
+          const d = day.get(u.agent);
+          const tr = document.createElement('tr');
+          const hour = usage.hour.includes(u);
+          for (const text of [
+            u.agent,
+            hour ? fmtNum(u.requests) : '0',
+            hour ? fmtNum(u.tokens) : '0',
+            hour ? fmtNum(u.throttled) : '0',
+            hour ? `${fmtNum(u.avgQueueMs)} ms` : '—',
+            fmtNum(d?.requests ?? 0),
+            fmtNum(d?.tokens ?? 0),
+          ]) {
+            const td = document.createElement('td');
+            td.textContent = text;
+            tr.append(td);
+          }
+          return tr;
+        }),
+      );
+    } catch (err) {
+      this.say('error', `Could not load usage: ${(err as Error).message}`);
+    }
+  }
+
+  private async setMode(mode: 'pause' | 'drain' | 'resume'): Promise<void> {
+    await this.busy(async () => {
+      try {
+        const res = await this.api.setMode(mode);
+        this.say(
+          'ok',
+          `${mode === 'pause' ? 'Paused' : mode === 'drain' ? 'Draining' : 'Resumed'} (config v${res.version}).`,
+        );
+        this.fill(await this.api.config());
+        this.changed();
+      } catch (err) {
+        this.say('error', `${mode} failed: ${(err as Error).message}`);
+      }
+    });
   }
 
   private fill(view: AdminConfigView): void {
@@ -115,7 +174,9 @@ export class AdminPanel {
   }
 
   private async busy(fn: () => Promise<void>): Promise<void> {
-    const buttons = [$<HTMLButtonElement>('apply'), $<HTMLButtonElement>('retreat-reset')];
+    const buttons = ['apply', 'retreat-reset', 'mode-pause', 'mode-drain', 'mode-resume'].map((id) =>
+      $<HTMLButtonElement>(id),
+    );
     for (const b of buttons) b.disabled = true;
     try {
       await fn();

@@ -1,6 +1,6 @@
 // Dashboard: the gateway's HTTP API as the page uses it — status, admin config, retreat reset — with
 // OpenAI-shaped errors surfaced as ApiError.
-import type { AdminConfigView, ConfigUpdateView } from '../../lib/status/admin.js';
+import type { AdminConfigView, ConfigUpdateView, UsageView } from '../../lib/status/admin.js';
 import type { StatusSnapshot } from '../../lib/status/snapshot.js';
 import type { RetreatView } from '../../lib/status/views.js';
 
@@ -54,6 +54,14 @@ export class Api {
 
   patchConfig(patch: Record<string, unknown>): Promise<ConfigUpdateView> {
     return this.request<ConfigUpdateView>('PATCH', '/admin/config', patch);
+  }
+
+  setMode(mode: 'pause' | 'resume' | 'drain'): Promise<ConfigUpdateView> {
+    return this.request<ConfigUpdateView>('POST', `/admin/${mode}`);
+  }
+
+  usage(): Promise<UsageView> {
+    return this.request<UsageView>('GET', '/admin/usage');
   }
 
   resetRetreat(): Promise<{ retreat: RetreatView }> {

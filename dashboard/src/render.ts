@@ -87,6 +87,16 @@ export const renderSnapshot = (s: StatusSnapshot): void => {
     s.queue.total >= s.queue.maxSize ? 'bad' : undefined,
   );
 
+  const c = s.cost;
+  tile(
+    'cost',
+    `$${c.usdPerHour.toPrecision(2)}/h`,
+    `${fmtNum(c.waitingSeconds)} s waited · ${fmtNum(c.gbSeconds)} GB-s at ${fmtInt(c.memoryMb)} MB`,
+  );
+  const mode = $('mode');
+  mode.hidden = !s.mode.paused && !s.mode.draining;
+  mode.textContent = s.mode.paused ? 'PAUSED' : s.mode.draining ? 'DRAINING' : '';
+
   // Token gauge: fill level of the burst, continuous (the next token grows in).
   const b = s.bucket;
   const share = b.burst > 0 ? b.level / b.burst : 0;
@@ -115,7 +125,7 @@ export const renderSnapshot = (s: StatusSnapshot): void => {
   $('queue-title').textContent = `Queue by priority — ${fmtInt(s.queue.total)} waiting`;
   const f = s.queue.inFlight;
   $('inflight').textContent =
-    `Upstream calls in progress: ${fmtInt(f.calling)}${f.capped ? '+' : ''} · granted, not yet claimed: ${fmtInt(f.granted)}`;
+    `Upstream calls in progress: ${fmtInt(f.calling)}${f.capped ? '+' : ''} · granted, not yet claimed: ${fmtInt(f.granted)} · in flight ${fmtInt(f.counter)}${f.max > 0 ? ` of max ${fmtInt(f.max)}` : ''}`;
 
   // Latency table.
   $('latency-body').replaceChildren(
@@ -179,7 +189,7 @@ export const renderSnapshot = (s: StatusSnapshot): void => {
   const pill = $('dispatcher');
   pill.textContent = `dispatcher ${d.state}`;
   pill.className = `pill ${d.state === 'running' ? 'pill-ok' : ''}`;
-  pill.title = `${d.state} since ${fmtTime(d.observedSince)} (as seen by this status function)`;
+  pill.title = `${d.state} since ${fmtTime(d.since ?? d.observedSince)}`;
   document.title = `${fmtInt(s.queue.total)} queued · sluice`;
 };
 

@@ -169,8 +169,39 @@ export const makeStatusHandler = (deps: StatusDeps, obs: { logger?: Logger; metr
     }),
   );
 
+  for (const mode of ['pause', 'resume', 'drain'] as const) {
+    app.post(
+      `/admin/${mode}`,
+      route(`admin_${mode}`, async (ctx) => {
+        await deps.access.admin(authorization(ctx));
+        const result = await deps.admin.setMode(mode, 'admin');
+        deps.snapshots.invalidate();
+        logger.info(`gateway ${mode}`, { version: result.version, changes: result.changes });
+        return jsonReply(200, result, NO_STORE);
+      }),
+    );
+  }
+
+  app.get(
+    '/admin/usage',
+    route('admin_usage', async (ctx) => {
+      await deps.access.admin(authorization(ctx));
+      return jsonReply(200, await deps.admin.usage(), NO_STORE);
+    }),
+  );
+
   const notFound = route('not_found', async (ctx) => {
-    const known = ['/status', '/health', '/health/ready', '/admin/config', '/admin/retreat/reset'];
+    const known = [
+      '/status',
+      '/health',
+      '/health/ready',
+      '/admin/config',
+      '/admin/retreat/reset',
+      '/admin/pause',
+      '/admin/resume',
+      '/admin/drain',
+      '/admin/usage',
+    ];
     const path = new URL(ctx.req.url).pathname;
     if (known.includes(path)) {
       throw new GatewayError(
@@ -212,6 +243,7 @@ export const buildStatusDeps = (processEnv: Record<string, string | undefined> =
     config: stores.config,
     configHistory: stores.configStore,
     clock,
+    ingressMemoryMb: env.ingressMemoryMb,
   });
   const limited = [...env.upstreams.values()].find((u) => u.limited);
   if (!limited) throw new Error('no limited upstream configured');
@@ -223,6 +255,7 @@ export const buildStatusDeps = (processEnv: Record<string, string | undefined> =
       viewerToken: optionalToken(env.viewerTokenSecret, env.viewerTokenValue, 'viewer token'),
     }),
     admin: new AdminService({
+      usage: stores.usage,
       config: stores.config,
       history: stores.configStore,
       tickets: stores.tickets,

@@ -175,6 +175,7 @@ export class Admission {
         'queue_full',
       );
     if (config.queueFullPolicy === 'reject') {
+      await this.d.outcomes.record(this.d.clock.now(), { counts: { refused: 1 } });
       this.use(ticket.agent, { requests: 1, refused: 1 });
       throw full();
     }
@@ -194,6 +195,8 @@ export class Admission {
           throw err;
         }
       }
+      await this.d.outcomes.record(this.d.clock.now(), { counts: { refused: 1 } });
+      this.use(ticket.agent, { requests: 1, refused: 1 });
       throw full();
     }
     // passthrough: not queued, but it still takes a token (the upstream limit holds whatever the policy).

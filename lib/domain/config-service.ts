@@ -1,6 +1,13 @@
 // Domain use case: read the shared config through a short cache; change it with validation and history.
 import type { Clock } from './clock.js';
-import { applyConfigPatch, CONFIG_KEYS, externalName, type GatewayConfig, validateConfig } from './config.js';
+import {
+  applyConfigPatch,
+  CONFIG_KEYS,
+  externalConfig,
+  externalName,
+  type GatewayConfig,
+  validateConfig,
+} from './config.js';
 import type { ConfigChange, ConfigStore, VersionedConfig } from './ports.js';
 
 /** Other functions see a change within this long (the cache age bound). */
@@ -67,12 +74,14 @@ export class ConfigService {
       const next = applyConfigPatch(prev.config, patch);
       await check?.(next, prev.config);
       const now = this.clock.now();
+      // Recorded in the admin API's own names and units (seconds for `*_s` fields).
+      const [before, after] = [externalConfig(prev.config), externalConfig(next)];
       const changes: ConfigChange[] = CONFIG_KEYS.filter((k) => next[k] !== prev.config[k]).map((k) => ({
         at: now,
         by,
         field: externalName(k),
-        from: prev.config[k],
-        to: next[k],
+        from: before[externalName(k)],
+        to: after[externalName(k)],
       }));
       if (changes.length === 0) return { value: prev, changes };
       const value: VersionedConfig = {

@@ -38,6 +38,8 @@ export interface SlotCounters {
   slot: number;
   counts: Record<CounterName, number>;
   hist: Record<HistogramName, Record<Priority, number[]>>;
+  /** Sum of the observed latencies (ms) per histogram and priority: waiting time billed, mean latencies. */
+  sums: Record<HistogramName, Record<Priority, number>>;
 }
 
 /** What one call site records at once (one write). */
@@ -55,6 +57,9 @@ export const emptySlot = (slot: number): SlotCounters => ({
       Object.fromEntries(PRIORITIES.map((p) => [p, new Array(LATENCY_BOUNDS_MS.length + 1).fill(0)])),
     ]),
   ) as SlotCounters['hist'],
+  sums: Object.fromEntries(
+    HISTOGRAMS.map((h) => [h, Object.fromEntries(PRIORITIES.map((p) => [p, 0]))]),
+  ) as SlotCounters['sums'],
 });
 
 /** Upstream answers in a span: what retreat judges. Capacity errors are counted apart from 429s. */

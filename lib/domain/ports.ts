@@ -180,6 +180,9 @@ export interface LeaseState {
   owner?: string;
   expiresAt?: number;
   rings: number;
+  /** When the current (or last) owner took the lease, and when it was last released. */
+  acquiredAt?: number;
+  releasedAt?: number;
 }
 
 /** The dispatcher singleton's lease and doorbell. */

@@ -70,6 +70,22 @@ export const statsSinceMark = (
   return out;
 };
 
+/** Grants per minute since the last step (exactly, from its mark); undefined without a mark. */
+export const grantedRpmSinceMark = (
+  slots: readonly SlotCounters[],
+  mark: OutcomeMark | undefined,
+  lastStepAt: number,
+  now: number,
+): number | undefined => {
+  if (!mark || now <= lastStepAt) return undefined;
+  let granted = 0;
+  for (const s of slots) {
+    if (s.slot < mark.slot) continue;
+    granted += s.counts.granted - (s.slot === mark.slot ? mark.granted : 0);
+  }
+  return (Math.max(0, granted) * 60_000) / (now - lastStepAt);
+};
+
 /**
  * Calls the upstream accepted per minute since `from` (a slot start): grants minus 429s, counted when granted,
  * so a long generation does not delay the count the way completions would.
@@ -131,9 +147,11 @@ export class RetreatController {
         sinceStep: windowStats(slots, stepSlotEnd, now + SLOT_MS),
         sinceMark: statsSinceMark(slots, record.mark, slotOf(now - config.retreatWindowMs)),
         acceptedRpm: acceptedRpmSince(slots, slotOf(now - config.upstreamWindowMs), now),
+        grantedRpm: grantedRpmSinceMark(slots, record.mark, record.lastStepAt, now),
         seen: {
           slot: slotOf(now),
           ...(current ? slotStats(current) : { total: 0, throttled: 0, capacity: 0 }),
+          granted: current?.counts.granted ?? 0,
         },
       },
       now,
@@ -152,6 +170,8 @@ export class RetreatController {
     for (let i = 0; i < 5; i++) {
       const record = await this.load(config);
       const next = resetRetreat(record, clock.now(), `reset by ${by}`);
+      // Already at base: nothing to record.
+      if (next === record) return record;
       if (await retreat.put(next, record.version)) {
         await bucket.configure(bucketParamsFor(next, config));
         return next;

@@ -15,10 +15,11 @@ export interface RetreatTransition {
   reason: string;
 }
 
-/** Upstream outcomes already counted in one outcome slot when a step was taken (the probe preset judges only later ones). */
+/** Counts already in one outcome slot when a step was taken (the probe preset judges only later ones). */
 export interface OutcomeMark extends WindowStats {
   /** Start of the slot these counts belong to. */
   slot: number;
+  granted: number;
 }
 
 /** Stored once per bucket; updated only with a version condition so two evaluators never both step. */
@@ -39,6 +40,8 @@ export interface RetreatRecord {
   limitRpm?: number;
   /** probe: quiet time the next probe waits for (grows after a failed probe). */
   holdMs?: number;
+  /** probe: the quiet rate the current probe started from (a refused probe returns at least here). */
+  holdRpm?: number;
 }
 
 export const MAX_TRANSITIONS = 20;
@@ -59,6 +62,7 @@ export type RetreatParams = Pick<
   | 'retreatProbeTarget'
   | 'retreatProbeGrowth'
   | 'retreatProbeHoldFactor'
+  | 'upstreamWindowMs'
 >;
 
 /** Outcome stats the evaluator needs, all ending at `now`. */
@@ -73,6 +77,8 @@ export interface RetreatInputs {
   sinceMark?: WindowStats;
   /** Calls the upstream accepted (granted minus 429s) per minute over about the last upstream window (probe preset). */
   acceptedRpm?: number;
+  /** Grants per minute since the last step (probe preset: is the rate in use?). */
+  grantedRpm?: number;
   /** Outcomes of the current slot seen by this evaluation: stored as the mark when it steps. */
   seen?: OutcomeMark;
 }
@@ -81,6 +87,8 @@ export interface RetreatInputs {
 export const PROBE_MIN_CUT = 0.95;
 /** …and at most this much: an estimate taken while the upstream still drains an old window can be far too low. */
 export const PROBE_MAX_CUT = 0.5;
+/** probe: grow only while grants reach this share of the rate (a rate nobody uses proves nothing). */
+export const PROBE_MIN_USE = 0.75;
 
 export const baseRpmOf = (c: Pick<GatewayConfig, 'upstreamLimit' | 'upstreamWindowMs'>): number =>
   (c.upstreamLimit * 60_000) / c.upstreamWindowMs;
@@ -97,7 +105,7 @@ export const initialRetreat = (baseRpm: number, now: number): RetreatRecord => (
 
 /** Back to base (seed `reset_to_base`), e.g. by an operator. */
 export const resetRetreat = (r: RetreatRecord, now: number, reason = 'manual reset'): RetreatRecord =>
-  move(r, 'normal', r.baseRpm, now, 0, reason);
+  r.state === 'normal' && r.effectiveRpm === r.baseRpm ? r : move(r, 'normal', r.baseRpm, now, 0, reason);
 
 /** A new base rate (config change): the effective rate keeps its ratio to base, never above it. */
 export const rebaseRetreat = (r: RetreatRecord, baseRpm: number): RetreatRecord => {
@@ -187,15 +195,19 @@ const evaluateAdr009 = (
 
 /**
  * The `probe` preset: cut to what the upstream was seen to accept, hold there, probe upward now and then.
- * - Cut (429 rate since the last step ≥ `retreatThreshold`, enough sample, step interval passed): to
- *   `acceptedRpm × retreatProbeTarget`, taking at least 5 % and at most half off. Under a sliding-window limit
- *   the calls accepted in the last window never exceed the hidden limit and equal it while saturated, so the
- *   rate lands at the limit instead of a blind ×0.75 below it.
- * - Hold: no probe until the rate has been quiet (429 rate since the last step < `recoverThreshold`) for the hold
- *   time: `recoverWindowMs`, stretched by `retreatProbeHoldFactor` after a failed probe, so probes cost at
- *   most about one 429 per hold.
- * - Probe (RECOVER): grow by `retreatProbeGrowth` of the rate (at least `recoverStepRpm`) per step interval, up
- *   to base; a single 429 since the last step ends the probe at once (no step interval, no minimum sample).
+ * - Cut (429 rate since the last step ≥ `retreatThreshold`, enough sample, step interval passed): to the
+ *   accepted rate × `retreatProbeTarget`, taking at least 5 % and at most half off. Under a sliding-window
+ *   limit the calls accepted in the last window never exceed the hidden limit and equal it while saturated,
+ *   so the rate lands at the limit instead of a blind ×0.75 below it. While below base the bucket paces
+ *   strictly (burst 1), so the rate can sit at the limit.
+ * - Hold: no probe until the rate has been quiet (429 rate since the last step < `recoverThreshold`) for the
+ *   hold time: `recoverWindowMs`, doubled after a failed probe up to `retreatProbeHoldFactor` recover windows,
+ *   so a probe into a still-tight upstream costs about one 429 per hold.
+ * - Probe (RECOVER): one step of `retreatProbeGrowth` (at least `recoverStepRpm`), held for a whole upstream
+ *   window — if the limit has not moved, the window fills within it and a 429 says so — then a step per step
+ *   interval up to base, but only while the rate is in use (grants ≥ 75 % of it): an unused rate proves
+ *   nothing. A single 429 ends the probe at once (no step interval, no minimum sample), back to the quiet
+ *   level or to what the upstream accepted, whichever is higher.
  * Capacity errors (worker concurrency) are never read as rate limits.
  */
 export const evaluateProbe = (
@@ -209,59 +221,65 @@ export const evaluateProbe = (
   const enough = since.total >= p.retreatMinSample;
   const canStep = now - r.lastStepAt >= p.retreatStepIntervalMs;
   const hold = r.holdMs ?? p.recoverWindowMs;
-  const maxHold = p.recoverWindowMs * p.retreatProbeHoldFactor;
-
-  const cut = (reason: string, holdMs: number): RetreatRecord => {
-    const accepted = inputs.acceptedRpm ?? r.effectiveRpm * (1 - rate);
-    const target = accepted * p.retreatProbeTarget;
-    const rpm = Math.max(
-      p.retreatFloorRpm,
-      Math.min(r.effectiveRpm * PROBE_MIN_CUT, Math.max(r.effectiveRpm * PROBE_MAX_CUT, target)),
+  const accepted = inputs.acceptedRpm ?? r.effectiveRpm * (1 - rate);
+  const estimate = () =>
+    Math.min(
+      r.effectiveRpm * PROBE_MIN_CUT,
+      Math.max(r.effectiveRpm * PROBE_MAX_CUT, accepted * p.retreatProbeTarget),
     );
+  const retreat = (rpm: number, reason: string, holdMs: number): RetreatRecord => {
     const next = move(
       r,
       'retreat',
-      rpm,
+      Math.max(p.retreatFloorRpm, rpm),
       now,
       rate,
       `${reason}; upstream accepted ${accepted.toFixed(1)} rpm`,
       inputs.seen,
     );
-    return { ...next, limitRpm: accepted, holdMs };
+    const { holdRpm: _quiet, ...rest } = next;
+    return { ...rest, limitRpm: accepted, holdMs };
   };
-  const grow = (): RetreatRecord => {
+  const grow = (reason: string): RetreatRecord => {
     const rpm = Math.min(
       r.baseRpm,
       r.effectiveRpm + Math.max(p.recoverStepRpm, r.effectiveRpm * p.retreatProbeGrowth),
     );
-    return move(
-      r,
-      rpm >= r.baseRpm ? 'normal' : 'recover',
-      rpm,
-      now,
-      rate,
-      `probe ${rpm.toFixed(1)} rpm`,
-      inputs.seen,
-    );
+    return move(r, rpm >= r.baseRpm ? 'normal' : 'recover', rpm, now, rate, reason, inputs.seen);
   };
 
   switch (r.state) {
     case 'normal':
       if (enough && canStep && rate >= p.retreatThreshold) {
-        return cut(`429 rate ${pct(rate)} ≥ ${pct(p.retreatThreshold)}`, p.recoverWindowMs);
+        return retreat(estimate(), `429 rate ${pct(rate)} ≥ ${pct(p.retreatThreshold)}`, p.recoverWindowMs);
       }
       return r;
     case 'retreat':
       if (enough && canStep && rate >= p.retreatThreshold && r.effectiveRpm > p.retreatFloorRpm) {
-        return cut(`still ${pct(rate)} ≥ ${pct(p.retreatThreshold)}`, hold);
+        return retreat(estimate(), `still ${pct(rate)} ≥ ${pct(p.retreatThreshold)}`, hold);
       }
-      if (now - r.lastStepAt >= hold && rate < p.recoverThreshold) return grow();
+      if (now - r.lastStepAt >= hold && rate < p.recoverThreshold) {
+        return {
+          ...grow(`quiet ${pct(rate)} for ${Math.round(hold / 1000)} s: probe`),
+          holdRpm: r.effectiveRpm,
+        };
+      }
       return r;
-    case 'recover':
+    case 'recover': {
       if (since.throttled > 0) {
-        return cut(`probe refused (${since.throttled} × 429)`, Math.min(maxHold, hold * 2));
+        return retreat(
+          Math.max(r.holdRpm ?? 0, estimate()),
+          `probe refused (${since.throttled} × 429)`,
+          Math.min(p.recoverWindowMs * p.retreatProbeHoldFactor, hold * 2),
+        );
       }
-      return canStep ? grow() : r;
+      // The first probe level is held for a whole window: only a full window can show the old limit again.
+      const first = r.since === r.lastStepAt;
+      if (now - r.lastStepAt < (first ? p.upstreamWindowMs : p.retreatStepIntervalMs)) return r;
+      const used = inputs.grantedRpm ?? r.effectiveRpm;
+      if (used < PROBE_MIN_USE * r.effectiveRpm) return r;
+      return grow(`no 429 at ${r.effectiveRpm.toFixed(1)} rpm: probe`);
+    }
   }
 };
 
@@ -278,7 +296,7 @@ const move = (
 ): RetreatRecord => {
   const t: RetreatTransition = { at: now, from: r.state, to, rpm, rate, reason };
   // Back at base, what the probe preset learned about the limit no longer holds.
-  const { mark: _mark, limitRpm, holdMs, ...rest } = r;
+  const { mark: _mark, limitRpm, holdMs, holdRpm, ...rest } = r;
   const keep = to !== 'normal';
   return {
     ...rest,
@@ -290,6 +308,7 @@ const move = (
     transitions: [t, ...r.transitions].slice(0, MAX_TRANSITIONS),
     ...(keep && limitRpm !== undefined ? { limitRpm } : {}),
     ...(keep && holdMs !== undefined ? { holdMs } : {}),
+    ...(keep && holdRpm !== undefined ? { holdRpm } : {}),
     ...(mark ? { mark } : {}),
   };
 };

@@ -24,6 +24,8 @@ export interface RuntimeEnv {
   viewerTokenSecret?: string;
   viewerTokenValue?: string;
   bucketKey: string;
+  /** The ingress function's memory (MB): what a waiting request costs per second. */
+  ingressMemoryMb: number;
   /** CORS: the dashboard's origin ('*' never used with credentials; unset = no CORS headers). */
   allowedOrigin?: string;
 }
@@ -72,6 +74,7 @@ export const readRuntimeEnv = (env: Record<string, string | undefined>): Runtime
     ...(env.SLUICE_VIEWER_TOKEN_SECRET ? { viewerTokenSecret: env.SLUICE_VIEWER_TOKEN_SECRET } : {}),
     ...(env.SLUICE_VIEWER_TOKEN ? { viewerTokenValue: env.SLUICE_VIEWER_TOKEN } : {}),
     bucketKey: env.SLUICE_BUCKET_KEY ?? 'default',
+    ingressMemoryMb: Number(env.SLUICE_INGRESS_MEMORY_MB ?? 512),
     ...(env.SLUICE_ALLOWED_ORIGIN ? { allowedOrigin: env.SLUICE_ALLOWED_ORIGIN } : {}),
   };
 };

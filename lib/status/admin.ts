@@ -3,7 +3,7 @@ import type { Clock } from '../domain/clock.js';
 import { externalConfig, type GatewayConfig } from '../domain/config.js';
 import type { ConfigService } from '../domain/config-service.js';
 import { ValidationError } from '../domain/errors.js';
-import type { ConfigStore, TicketStore } from '../domain/ports.js';
+import type { AgentUsage, ConfigStore, TicketStore, UsageStore } from '../domain/ports.js';
 import type { RetreatController } from '../domain/retreat-controller.js';
 import {
   type ConfigChangeView,
@@ -36,7 +36,17 @@ export interface ConfigUpdateView {
   config: Record<string, number | string | boolean>;
 }
 
+/** What `GET /admin/usage` answers: per-agent usage, most requests first (no keys, agent names only). */
+export interface UsageView {
+  at: number;
+  hour: AgentUsage[];
+  day: AgentUsage[];
+}
+
+export type OperatorMode = 'pause' | 'resume' | 'drain';
+
 export interface AdminDeps {
+  usage: Pick<UsageStore, 'read'>;
   config: Pick<ConfigService, 'current' | 'update' | 'invalidate'>;
   history: Pick<ConfigStore, 'history'>;
   tickets: Pick<TicketStore, 'admissionCount'>;
@@ -84,6 +94,28 @@ export class AdminService {
       this.checkLive(next, prev),
     );
     return { version: value.version, changes: changes.map(changeView), config: externalConfig(value.config) };
+  }
+
+  /**
+   * Pause stops granting (queued tickets wait, new ones queue); drain refuses new requests with 503 while the
+   * queue empties; resume clears both. Recorded in the config history like any change.
+   */
+  async setMode(mode: OperatorMode, by: string): Promise<ConfigUpdateView> {
+    const patch =
+      mode === 'pause'
+        ? { paused: true }
+        : mode === 'drain'
+          ? { draining: true }
+          : { paused: false, draining: false };
+    const { value, changes } = await this.d.config.update(patch, by);
+    return { version: value.version, changes: changes.map(changeView), config: externalConfig(value.config) };
+  }
+
+  /** Per-agent usage over the last hour and day (admin only: agent names are operational data). */
+  async usage(limit = 50): Promise<UsageView> {
+    const now = this.d.clock.now();
+    const [hour, day] = await Promise.all([this.d.usage.read(now, 'hour'), this.d.usage.read(now, 'day')]);
+    return { at: now, hour: hour.slice(0, limit), day: day.slice(0, limit) };
   }
 
   /** Back to the base rate now (seed `reset_to_base`); the bucket follows at once. */

@@ -37,6 +37,8 @@ export const SETTLE_MS = 15_000;
 export const IN_FLIGHT_LIMIT = 100;
 /** Config changes listed. */
 export const CHANGES_LISTED = 10;
+/** Lambda price per GB-second on ARM (us-east-1), for the cost of ingress functions waiting in the queue. */
+export const LAMBDA_USD_PER_GB_SECOND = 0.0000133334;
 
 /** Percentiles of one histogram for one priority; values are bucket upper bounds (ms), null without samples. */
 export interface PercentileView {
@@ -80,7 +82,21 @@ export interface StatusSnapshot {
     /** Per priority from SQS (approximate): waiting in the queue, and held by the dispatcher's buffers. */
     byPriority: Record<Priority, { waiting: number; buffered: number }>;
     /** Granted tickets not yet claimed, and claimed ones (upstream calls in progress). */
-    inFlight: { granted: number; calling: number; capped: boolean };
+    inFlight: { granted: number; calling: number; capped: boolean; counter: number; max: number };
+  };
+  /** Operator switches (admin pause/resume/drain). */
+  mode: { paused: boolean; draining: boolean };
+  /**
+   * What waiting costs: ingress functions are billed while they wait for a grant. Over the throughput window:
+   * summed queue wait, × the ingress memory size = GB-seconds, × the ARM Lambda price.
+   */
+  cost: {
+    windowMs: number;
+    waitingSeconds: number;
+    memoryMb: number;
+    gbSeconds: number;
+    usd: number;
+    usdPerHour: number;
   };
   throughput: {
     slotMs: number;
@@ -100,8 +116,10 @@ export interface StatusSnapshot {
     state: 'running' | 'idle';
     /** Lease expiry while running. */
     expiresAt: number | null;
-    /** When this status container first saw the current state (the lease item keeps no start time). */
+    /** When this status container first saw the current state. */
     observedSince: number;
+    /** When the lease was last taken (running) or released (idle), from the lease item. */
+    since: number | null;
   };
   limits: Pick<
     GatewayConfig,
@@ -122,13 +140,15 @@ export interface StatusSnapshot {
 export interface SnapshotSources {
   bucket: Pick<BucketStore, 'get'>;
   retreat: Pick<RetreatStore, 'get'>;
-  tickets: Pick<TicketStore, 'admissionCount' | 'listPhase'>;
+  tickets: Pick<TicketStore, 'admissionCount' | 'listPhase' | 'counts'>;
   queue: Pick<TicketQueue, 'depth'>;
   lease: Pick<LeaseStore, 'get'>;
   outcomes: Pick<OutcomeStore, 'read'>;
   config: { current(): Promise<VersionedConfig> };
   configHistory: Pick<ConfigStore, 'history'>;
   clock: Clock;
+  /** The ingress function's memory size (MB), for the waiting cost. */
+  ingressMemoryMb: number;
 }
 
 const round = (x: number, digits = 2): number => {
@@ -168,10 +188,10 @@ export class SnapshotBuilder {
     const versioned = await this.s.config.current();
     const config = versioned.config;
     const span = Math.max(THROUGHPUT_WINDOW_MS, config.retreatWindowMs + SLOT_MS);
-    const [bucket, record, admitted, depths, lease, slots, granted, calling, history] = await Promise.all([
+    const [bucket, record, counters, depths, lease, slots, granted, calling, history] = await Promise.all([
       this.s.bucket.get(),
       this.s.retreat.get(),
-      this.s.tickets.admissionCount(),
+      this.s.tickets.counts(),
       Promise.all(PRIORITIES.map((p) => this.s.queue.depth(p))),
       this.s.lease.get(),
       this.readSlots(now, span),
@@ -228,7 +248,7 @@ export class SnapshotBuilder {
         window,
       },
       queue: {
-        total: admitted,
+        total: counters.queued,
         maxSize: config.queueMaxSize,
         policy: config.queueFullPolicy,
         byPriority: Object.fromEntries(
@@ -241,8 +261,12 @@ export class SnapshotBuilder {
           granted: granted.length,
           calling: calling.length,
           capped: granted.length >= IN_FLIGHT_LIMIT || calling.length >= IN_FLIGHT_LIMIT,
+          counter: counters.inflight,
+          max: config.maxInflight,
         },
       },
+      mode: { paused: config.paused, draining: config.draining },
+      cost: this.cost(inWindow),
       throughput: {
         slotMs: SLOT_MS,
         t,
@@ -267,6 +291,7 @@ export class SnapshotBuilder {
         state: leaseState,
         expiresAt: running ? (lease.expiresAt ?? null) : null,
         observedSince: this.lease.since,
+        since: (running ? lease.acquiredAt : lease.releasedAt) ?? null,
       },
       limits: {
         upstreamLimit: config.upstreamLimit,
@@ -279,6 +304,24 @@ export class SnapshotBuilder {
         statusPublic: config.statusPublic,
       },
       configChanges: history.map(changeView),
+    };
+  }
+
+  private cost(slots: readonly SlotCounters[]): StatusSnapshot['cost'] {
+    const waitingMs = slots.reduce(
+      (sum, s) => sum + PRIORITIES.reduce((a, p) => a + s.sums.queueWait[p], 0),
+      0,
+    );
+    const waitingSeconds = waitingMs / 1000;
+    const gbSeconds = (waitingSeconds * this.s.ingressMemoryMb) / 1024;
+    const usd = gbSeconds * LAMBDA_USD_PER_GB_SECOND;
+    return {
+      windowMs: THROUGHPUT_WINDOW_MS,
+      waitingSeconds: round(waitingSeconds, 1),
+      memoryMb: this.s.ingressMemoryMb,
+      gbSeconds: round(gbSeconds, 2),
+      usd: round(usd, 6),
+      usdPerHour: round((usd * 3_600_000) / THROUGHPUT_WINDOW_MS, 5),
     };
   }
 

@@ -1,5 +1,5 @@
 // Status application layer: the JSON views the status API and the dashboard share (no secrets in any of them).
-import { CONFIG_FIELDS, CONFIG_KEYS, externalName, type GatewayConfig } from '../domain/config.js';
+import { CONFIG_FIELDS, CONFIG_KEYS, externalName } from '../domain/config.js';
 import type { ConfigChange } from '../domain/ports.js';
 import type { RetreatRecord, RetreatState, RetreatTransition } from '../domain/retreat.js';
 
@@ -12,18 +12,14 @@ export interface ConfigChangeView {
   to: unknown;
 }
 
-const keyByExternalName = new Map<string, keyof GatewayConfig>(CONFIG_KEYS.map((k) => [externalName(k), k]));
-
-/**
- * Converts a stored change to its external form. The history stores internal values (milliseconds) under the
- * external name (`*_s`), so seconds fields are scaled back here.
- */
-export const changeView = (c: ConfigChange): ConfigChangeView => {
-  const key = keyByExternalName.get(c.field);
-  const seconds = key !== undefined && CONFIG_FIELDS[key].seconds === true;
-  const scale = (v: unknown): unknown => (seconds && typeof v === 'number' ? v / 1000 : v);
-  return { at: c.at, by: c.by, field: c.field, from: scale(c.from), to: scale(c.to) };
-};
+/** History entries are stored in the admin API's names and units already (seconds for `*_s`). */
+export const changeView = (c: ConfigChange): ConfigChangeView => ({
+  at: c.at,
+  by: c.by,
+  field: c.field,
+  from: c.from,
+  to: c.to,
+});
 
 /** The retreat record without its bookkeeping fields. */
 export interface RetreatView {

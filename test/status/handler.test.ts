@@ -84,6 +84,18 @@ const world = (opts: { allowedOrigin?: string; config?: Partial<GatewayConfig> }
       viewerToken: async () => VIEWER_TOKEN,
     }),
     admin: new AdminService({
+      usage: {
+        read: async (_now, span) => [
+          {
+            agent: 'agent-a',
+            requests: span === 'hour' ? 3 : 30,
+            tokens: 60,
+            throttled: 1,
+            refused: 0,
+            avgQueueMs: 250,
+          },
+        ],
+      },
       config,
       history: store,
       tickets: { admissionCount: async () => 0 },
@@ -251,6 +263,10 @@ describe('admin routes', () => {
     ['GET', '/admin/config', undefined],
     ['PATCH', '/admin/config', '{"queue_max_size": 10}'],
     ['POST', '/admin/retreat/reset', undefined],
+    ['POST', '/admin/pause', undefined],
+    ['POST', '/admin/resume', undefined],
+    ['POST', '/admin/drain', undefined],
+    ['GET', '/admin/usage', undefined],
   ])(
     '%s %s: 401 without or with an unknown token, 403 for viewer and agent tokens',
     async (method, path, body) => {
@@ -276,6 +292,38 @@ describe('admin routes', () => {
     const res = await invoke(world(), event('PATCH', '/admin/config', { token: ADMIN_TOKEN, body }));
     expect(res.status).toBe(400);
     expectOpenAiError(res.json, 'invalid_request_error', code);
+  });
+});
+
+describe('operator modes and usage', () => {
+  it.each([
+    ['pause', { paused: true, draining: false }],
+    ['drain', { paused: false, draining: true }],
+  ] as const)('POST /admin/%s sets the switch, records it, and resume clears it', async (mode, expected) => {
+    const w = world();
+    const res = await invoke(w, event('POST', `/admin/${mode}`, { token: ADMIN_TOKEN }));
+    expect(res.status).toBe(200);
+    expect(res.json.config).toMatchObject(expected);
+    const changes = res.json.changes as { field: string; from: unknown; to: unknown; by: string }[];
+    expect(changes).toEqual([
+      expect.objectContaining({
+        field: mode === 'pause' ? 'paused' : 'draining',
+        from: false,
+        to: true,
+        by: 'admin',
+      }),
+    ]);
+    const resumed = await invoke(w, event('POST', '/admin/resume', { token: ADMIN_TOKEN }));
+    expect(resumed.json.config).toMatchObject({ paused: false, draining: false });
+  });
+
+  it('GET /admin/usage lists per-agent usage for the last hour and day, admin only', async () => {
+    const res = await invoke(world(), event('GET', '/admin/usage', { token: ADMIN_TOKEN }));
+    expect(res.status).toBe(200);
+    expect(res.json).toMatchObject({
+      hour: [{ agent: 'agent-a', requests: 3, tokens: 60, throttled: 1, avgQueueMs: 250 }],
+      day: [{ agent: 'agent-a', requests: 30 }],
+    });
   });
 });
 

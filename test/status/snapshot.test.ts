@@ -43,6 +43,7 @@ const sources = (overrides: Partial<SnapshotSources> = {}): SnapshotSources => (
   outcomes: stores.outcomes,
   config: stores.config,
   configHistory: stores.configStore,
+  ingressMemoryMb: 512,
   clock,
   ...overrides,
 });

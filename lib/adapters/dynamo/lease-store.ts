@@ -4,9 +4,17 @@ import type { LeaseState, LeaseStore } from '../../domain/ports.js';
 import { conditionFailure, type Item, n, plain, s, stateKey } from './common.js';
 
 const toLease = (item: Item | undefined): LeaseState => {
-  const p = plain<{ owner?: string; leaseUntil?: number; rings?: number }>(item);
+  const p = plain<{
+    owner?: string;
+    leaseUntil?: number;
+    rings?: number;
+    acquiredAt?: number;
+    releasedAt?: number;
+  }>(item);
   return {
     rings: p?.rings ?? 0,
+    ...(p?.acquiredAt !== undefined ? { acquiredAt: p.acquiredAt } : {}),
+    ...(p?.releasedAt !== undefined ? { releasedAt: p.releasedAt } : {}),
     ...(p?.owner !== undefined ? { owner: p.owner } : {}),
     ...(p?.leaseUntil !== undefined ? { expiresAt: p.leaseUntil } : {}),
   };
@@ -33,7 +41,8 @@ export class DynamoLeaseStore implements LeaseStore {
         new UpdateItemCommand({
           TableName: this.table,
           Key: this.key,
-          UpdateExpression: 'SET #o = :o, leaseUntil = :until, rings = if_not_exists(rings, :zero)',
+          UpdateExpression:
+            'SET #o = :o, leaseUntil = :until, rings = if_not_exists(rings, :zero), acquiredAt = :now',
           ConditionExpression: 'attribute_not_exists(#o) OR leaseUntil < :now OR #o = :o',
           ExpressionAttributeNames: { '#o': 'owner' },
           ExpressionAttributeValues: {
@@ -77,10 +86,10 @@ export class DynamoLeaseStore implements LeaseStore {
         new UpdateItemCommand({
           TableName: this.table,
           Key: this.key,
-          UpdateExpression: 'REMOVE #o, leaseUntil',
+          UpdateExpression: 'REMOVE #o, leaseUntil SET releasedAt = :now',
           ConditionExpression: '#o = :o AND rings = :seen',
           ExpressionAttributeNames: { '#o': 'owner' },
-          ExpressionAttributeValues: { ':o': s(owner), ':seen': n(seenRings) },
+          ExpressionAttributeValues: { ':o': s(owner), ':seen': n(seenRings), ':now': n(Date.now()) },
         }),
       );
       return true;

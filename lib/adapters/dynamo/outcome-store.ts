@@ -29,20 +29,23 @@ export class DynamoOutcomeStore implements OutcomeStore {
   ) {}
 
   async record(now: number, event: OutcomeEvent): Promise<void> {
-    const adds: string[] = [];
-    const values: Item = {};
-    const names: Record<string, string> = {};
-    // Names go through placeholders: some counters (e.g. capacity) are DynamoDB reserved words.
-    const add = (attr: string, by: number) => {
-      const i = adds.length;
-      adds.push(`#a${i} :v${i}`);
-      names[`#a${i}`] = attr;
-      values[`:v${i}`] = n(by);
-    };
+    // Merged per attribute first: one UpdateExpression may not name the same path twice.
+    const totals = new Map<string, number>();
+    const add = (attr: string, by: number) => totals.set(attr, (totals.get(attr) ?? 0) + by);
     for (const [name, by] of Object.entries(event.counts)) if (by) add(name, by);
     for (const l of event.latencies ?? []) {
       add(histAttr(l.name, l.priority, latencyBucket(l.ms)), 1);
       add(`sum_${l.name}_${l.priority}`, Math.round(l.ms));
+    }
+    const adds: string[] = [];
+    const values: Item = {};
+    // Names go through placeholders: some counters (e.g. capacity) are DynamoDB reserved words.
+    const names: Record<string, string> = {};
+    for (const [attr, by] of totals) {
+      const i = adds.length;
+      adds.push(`#a${i} :v${i}`);
+      names[`#a${i}`] = attr;
+      values[`:v${i}`] = n(by);
     }
     if (adds.length === 0) return;
     values[':exp'] = n(ttlFrom(now, SLOT_TTL_S));
@@ -88,6 +91,7 @@ const toSlot = (item: Item): SlotCounters => {
   for (const h of HISTOGRAMS) {
     for (const pr of PRIORITIES) {
       slot.hist[h][pr] = slot.hist[h][pr].map((_, i) => Number(p[histAttr(h, pr, i)] ?? 0));
+      slot.sums[h][pr] = Number(p[`sum_${h}_${pr}`] ?? 0);
     }
   }
   return slot;

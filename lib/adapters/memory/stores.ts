@@ -51,6 +51,7 @@ export class MemoryOutcomeStore implements OutcomeStore {
       const row = slot.hist[l.name][l.priority];
       const i = latencyBucket(l.ms);
       row[i] = (row[i] ?? 0) + 1;
+      slot.sums[l.name][l.priority] += Math.round(l.ms);
     }
     this.slots.set(key, slot);
   }

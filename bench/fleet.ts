@@ -1,0 +1,357 @@
+// Bench `fleet`: M agents with a priority mix against a simulated NVIDIA-like upstream, the same workload run in
+// turn straight to the upstream, with client-side AWS adaptive limiting, with a shared Bottleneck limiter on
+// Redis, and through sluice — at heavy and moderate overload and with open-loop bursts.
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { DEFAULT_CONFIG } from '../lib/domain/config.js';
+import { PRIORITIES, type Priority } from '../lib/domain/priority.js';
+import { startEmulators } from '../lib/local/emulators.js';
+import { callsPerBin, type RunMetrics, runMetrics, tagCalls } from './support/analysis.js';
+import { type RedisServer, startRedis } from './support/redis.js';
+import {
+  adaptiveSetup,
+  bottleneckSetup,
+  directSetup,
+  type Setup,
+  type SetupContext,
+  sluiceEnv,
+  sluiceSetup,
+} from './support/setups.js';
+import { timeScale } from './support/sim.js';
+import { machine, round } from './support/stats.js';
+import { binPanels, latencyBars } from './support/svg.js';
+import { agentPriorities, burstyArrivals, runWorkload, type Workload } from './support/workload.js';
+
+const RESULTS = 'bench/results';
+
+/** Bench knobs from the environment (the `npm run bench` runner passes only names). */
+const knob = (name: string, fallback: number): number => {
+  const raw = process.env[name];
+  const n = raw === undefined || raw === '' ? Number.NaN : Number(raw);
+  return Number.isFinite(n) && n > 0 ? n : fallback;
+};
+
+/** The modelled upstream: NVIDIA-like, 40 calls per sliding minute, worker cap, 429 without Retry-After. */
+export const UPSTREAM_MODEL = {
+  limit: { requests: 40, windowMs: 60_000 },
+  maxConcurrency: 32,
+  firstByteDelayMs: 1_000,
+  tokenDelayMs: 250,
+  tokensPerResponse: 12,
+  retryAfterSeconds: null,
+} as const;
+
+/** Modelled time of one answer with no queueing (first byte + tokens). */
+export const SERVICE_MS =
+  UPSTREAM_MODEL.firstByteDelayMs + UPSTREAM_MODEL.tokenDelayMs * (UPSTREAM_MODEL.tokensPerResponse - 1);
+
+interface Scenario {
+  name: string;
+  title: string;
+  description: string;
+  /** Offered load without queueing, requests per modelled minute. */
+  offeredRpm: number;
+  workload: Workload;
+}
+
+const scenarios = (agents: number, durationMs: number, seed: number): Scenario[] => {
+  const limitRpm = (UPSTREAM_MODEL.limit.requests * 60_000) / UPSTREAM_MODEL.limit.windowMs;
+  const heavyThink = 1_000;
+  // Closed loop at 1.5× the limit: M / (think + service) = 1.5 · limit.
+  const moderateThink = (agents * 60_000) / (1.5 * limitRpm) - SERVICE_MS;
+  const base = { agents, durationMs, streamFraction: 0.5, seed };
+  return [
+    {
+      name: 'heavy',
+      title: 'Heavy overload',
+      description: `closed loop, think time uniform 0–${heavyThink / 1000} s`,
+      offeredRpm: round((agents * 60_000) / (heavyThink / 2 + SERVICE_MS), 0),
+      workload: { ...base, kind: 'closed', thinkMs: (rng) => rng.uniform(0, heavyThink) },
+    },
+    {
+      name: 'moderate',
+      title: 'Moderate overload',
+      description: `closed loop, think time exponential, mean ${round(moderateThink / 1000, 1)} s`,
+      offeredRpm: round(1.5 * limitRpm, 0),
+      workload: { ...base, kind: 'closed', thinkMs: (rng) => rng.exponential(moderateThink) },
+    },
+    {
+      name: 'bursty',
+      title: 'Open loop with bursts',
+      description: `open loop: Poisson ${0.75 * limitRpm} rpm plus a burst of ${0.75 * limitRpm} requests within 2 s every minute`,
+      offeredRpm: round(1.5 * limitRpm, 0),
+      workload: {
+        ...base,
+        kind: 'open',
+        arrivals: burstyArrivals({
+          agents,
+          durationMs,
+          rpm: 0.75 * limitRpm,
+          burst: { size: 0.75 * limitRpm, everyMs: 60_000, spreadMs: 2_000 },
+          seed,
+        }),
+      },
+    },
+  ];
+};
+
+interface SetupResult {
+  setup: string;
+  label: string;
+  skipped?: string;
+  metrics?: RunMetrics;
+  /** Calls per 10 s (modelled): accepted and 429. */
+  bins?: { binMs: number; accepted: number[]; refused: number[] };
+}
+
+export interface FleetResult {
+  machine: ReturnType<typeof machine>;
+  timeScale: { factor: number; note: string };
+  settings: Record<string, unknown>;
+  scenarios: {
+    name: string;
+    title: string;
+    description: string;
+    offeredRpm: number;
+    results: SetupResult[];
+  }[];
+  wallSeconds: number;
+}
+
+export const runFleetBench = async (opts: { log: (line: string) => void }): Promise<{ markdown: string }> => {
+  const log = opts.log;
+  const started = Date.now();
+  const scale = timeScale(knob('SLUICE_BENCH_SCALE', 10));
+  const agents = Math.round(knob('SLUICE_BENCH_AGENTS', 40));
+  const durationMs = knob('SLUICE_BENCH_DURATION_S', 300) * 1000;
+  const seed = Math.round(knob('SLUICE_BENCH_SEED', 42));
+  const inversionBoundMs = 5_000;
+  const only = (process.env.SLUICE_BENCH_SETUPS ?? '').split(',').filter(Boolean);
+  const onlyScenarios = (process.env.SLUICE_BENCH_SCENARIOS ?? '').split(',').filter(Boolean);
+  const limit = UPSTREAM_MODEL.limit;
+  const limitRpm = (limit.requests * 60_000) / limit.windowMs;
+  process.env.POWERTOOLS_LOG_LEVEL ??= 'ERROR';
+  process.env.LOG_LEVEL ??= 'ERROR';
+
+  const setups: Setup[] = [
+    directSetup,
+    adaptiveSetup('default'),
+    adaptiveSetup('fair'),
+    bottleneckSetup,
+    sluiceSetup(DEFAULT_CONFIG.retreatPreset),
+  ].filter((s) => only.length === 0 || only.includes(s.name));
+  const plan = scenarios(agents, durationMs, seed).filter(
+    (s) => onlyScenarios.length === 0 || onlyScenarios.includes(s.name),
+  );
+  log(
+    `fleet: ${plan.length} scenarios × ${setups.length} setups, ${durationMs / 1000} s modelled each, time scale ${scale.factor}× (≈ ${Math.ceil((plan.length * setups.length * scale.real(durationMs)) / 60_000)} min)`,
+  );
+
+  const emulators = await startEmulators();
+  const redisStart = await startRedis();
+  const redis: RedisServer | undefined = 'missing' in redisStart ? undefined : redisStart;
+  if ('missing' in redisStart) log(`fleet: ${redisStart.missing}; the Bottleneck setup is skipped`);
+  const priorities = agentPriorities(agents);
+  const result: FleetResult = {
+    machine: machine(),
+    timeScale: {
+      factor: scale.factor,
+      note: `Everything runs ${scale.factor}× faster than the modelled world: the upstream allows ${limit.requests} calls per ${scale.real(limit.windowMs) / 1000} s real, think times, backoffs and sluice's windows are divided by ${scale.factor}. All times and rates below are modelled.`,
+    },
+    settings: {
+      upstream: {
+        simulator: 'local/fake-upstream.ts startFakeUpstream',
+        hiddenLimit: `${limit.requests} calls per sliding ${limit.windowMs / 1000} s (rate-limited calls do not count)`,
+        maxConcurrency: UPSTREAM_MODEL.maxConcurrency,
+        answer: `first byte ${UPSTREAM_MODEL.firstByteDelayMs / 1000} s, ${UPSTREAM_MODEL.tokensPerResponse} tokens × ${UPSTREAM_MODEL.tokenDelayMs / 1000} s`,
+        on429:
+          'NVIDIA body {"status":429,"title":"Too Many Requests"}, no Retry-After; worker cap: ResourceExhausted 429',
+      },
+      workload: {
+        agents,
+        priorities: Object.fromEntries(PRIORITIES.map((p) => [p, priorities.filter((x) => x === p).length])),
+        streaming: '50 % of requests (seeded)',
+        seed,
+        durationSeconds: durationMs / 1000,
+        steadyStateFrom: `${limit.windowMs / 1000} s (the first window is excluded from goodput and latency)`,
+        inversionBoundSeconds: inversionBoundMs / 1000,
+      },
+      setups: Object.fromEntries(setups.map((s) => [s.name, { label: s.label, ...s.settings }])),
+      sluiceEnv: sluiceEnv(scale, limit, DEFAULT_CONFIG.retreatPreset),
+      redis: redis ? `redis-server ${redis.version}, --save '' --appendonly no` : 'missing',
+    },
+    scenarios: [],
+    wallSeconds: 0,
+  };
+  try {
+    for (const [si, sc] of plan.entries()) {
+      const results: SetupResult[] = [];
+      for (const [i, setup] of setups.entries()) {
+        const skipped = setup.unavailable?.({ redis });
+        if (skipped) {
+          results.push({ setup: setup.name, label: setup.label, skipped });
+          continue;
+        }
+        const ctx: SetupContext = {
+          scale,
+          priorities,
+          limit,
+          upstream: {
+            limit: { requests: limit.requests, windowMs: scale.real(limit.windowMs) },
+            maxConcurrency: UPSTREAM_MODEL.maxConcurrency,
+            firstByteDelayMs: scale.real(UPSTREAM_MODEL.firstByteDelayMs),
+            tokenDelayMs: scale.real(UPSTREAM_MODEL.tokenDelayMs),
+            tokensPerResponse: UPSTREAM_MODEL.tokensPerResponse,
+            retryAfterSeconds: null,
+          },
+          emulators,
+          redis,
+          runId: `${sc.name}-${setup.name}-${Date.now().toString(36)}`,
+        };
+        const running = await setup.start(ctx);
+        const where = `fleet [${si + 1}/${plan.length} ${sc.name}] ${setup.name} (${i + 1}/${setups.length})`;
+        try {
+          const run = await runWorkload(sc.workload, running.send, scale, {
+            onTick: (records, clock) => {
+              const calls = running.upstream.calls;
+              const refused = calls.filter((c) => c.kind === 'rate_limited' || c.kind === 'capacity').length;
+              log(
+                `${where}: ${Math.round(clock.now() / 1000)}/${durationMs / 1000} s · ${records.filter((r) => r.ok).length} ok · ${records.filter((r) => r.end !== undefined && !r.ok).length} failed · upstream ${calls.length} calls, ${refused} × 429`,
+              );
+            },
+          });
+          const calls = tagCalls(running.upstream.calls, run.clock);
+          const metrics = runMetrics({
+            records: run.records,
+            calls,
+            durationMs,
+            windowMs: limit.windowMs,
+            limitRpm,
+            inversionBoundMs,
+          });
+          results.push({
+            setup: setup.name,
+            label: setup.label,
+            metrics,
+            bins: callsPerBin(calls, 10_000, durationMs),
+          });
+          log(
+            `${where}: goodput ${metrics.goodputRpm} rpm (${metrics.goodputPctOfLimit} %), 429s ${metrics.upstream429} (${metrics.upstream429Pct} %), failed ${metrics.failed}, inversions ${metrics.inversions}, max ${metrics.maxCallsIn60s} calls/60 s`,
+          );
+        } finally {
+          await running.stop();
+        }
+      }
+      result.scenarios.push({ ...sc, results });
+      writeCharts(result.scenarios.at(-1) as FleetResult['scenarios'][number], limit);
+    }
+  } finally {
+    await redis?.stop();
+    await emulators.stop();
+  }
+  result.wallSeconds = Math.round((Date.now() - started) / 1000);
+  mkdirSync(RESULTS, { recursive: true });
+  writeFileSync(`${RESULTS}/fleet.json`, `${JSON.stringify(result, null, 2)}\n`);
+  const markdown = fleetMarkdown(result);
+  writeFileSync(`${RESULTS}/fleet.md`, `${markdown}\n`);
+  return { markdown };
+};
+
+const writeCharts = (sc: FleetResult['scenarios'][number], limit: { requests: number; windowMs: number }) => {
+  mkdirSync(RESULTS, { recursive: true });
+  const ran = sc.results.filter((r) => r.metrics && r.bins);
+  const perBin = (limit.requests * 10_000) / limit.windowMs;
+  writeFileSync(
+    `${RESULTS}/fleet-${sc.name}-calls.svg`,
+    binPanels({
+      title: `${sc.title} (${sc.description}): upstream calls per 10 s`,
+      binMs: 10_000,
+      limitPerBin: perBin,
+      limitLabel: `hidden limit ${limit.requests}/min = ${round(perBin, 1)} per 10 s`,
+      yCap: perBin * 6,
+      panels: ran.map((r) => ({
+        title: r.label,
+        subtitle: `goodput ${r.metrics?.goodputRpm} rpm · ${r.metrics?.upstream429} × 429 (${r.metrics?.upstream429Pct} %) · ${r.metrics?.failed} failed at agent`,
+        accepted: r.bins?.accepted ?? [],
+        refused: r.bins?.refused ?? [],
+      })),
+    }),
+  );
+  writeFileSync(
+    `${RESULTS}/fleet-${sc.name}-latency.svg`,
+    latencyBars({
+      title: `${sc.title}: end-to-end latency of completed requests per priority (steady state)`,
+      groups: PRIORITIES,
+      series: ran.map((r) => ({ name: r.setup, values: r.metrics?.latency ?? {} })),
+    }),
+  );
+};
+
+const lat = (m: RunMetrics, p: Priority) => {
+  const l = m.latency[p];
+  return l.n === 0 ? '–' : `${l.p50} / ${l.p95} / ${l.p99}`;
+};
+
+export const fleetMarkdown = (r: FleetResult): string => {
+  const s = r.settings as {
+    upstream: Record<string, unknown>;
+    workload: {
+      agents: number;
+      priorities: Record<string, number>;
+      durationSeconds: number;
+      seed: number;
+      inversionBoundSeconds: number;
+    };
+    setups: Record<string, { label: string } & Record<string, unknown>>;
+  };
+  const lines = [
+    `## Fleet: ${s.workload.agents} agents sharing one 40 rpm key`,
+    '',
+    `${r.machine.date.slice(0, 10)} · ${r.machine.cores} cores, ${r.machine.cpu}, ${r.machine.memoryGiB} GiB · node ${r.machine.node} · wall ${Math.round(r.wallSeconds / 60)} min`,
+    '',
+    `**Time scale ${r.timeScale.factor}×.** ${r.timeScale.note}`,
+    '',
+    `Upstream: ${s.upstream.hiddenLimit}; worker cap ${s.upstream.maxConcurrency} concurrent calls; answer ${s.upstream.answer}; 429s carry no Retry-After. Agents: ${Object.entries(
+      s.workload.priorities,
+    )
+      .map(([p, n]) => `${n} ${p}`)
+      .join(
+        ', ',
+      )}; half the requests stream; seed ${s.workload.seed}; ${s.workload.durationSeconds} s per run, goodput and latency from the second minute on; 429s, failures and inversions over the whole run. An inversion is an upstream call admitted for a lower priority while a higher-priority request had waited more than ${s.workload.inversionBoundSeconds} s.`,
+    '',
+  ];
+  for (const sc of r.scenarios) {
+    lines.push(
+      `### ${sc.title} — ${sc.description} (offered ≈ ${sc.offeredRpm} rpm, ${round(sc.offeredRpm / 40, 1)}× the limit)`,
+      '',
+      '| setup | goodput rpm (% of 40) | upstream calls | 429s (% of calls) | failed at agent | max calls in 60 s (sent / accepted) | inversions | latency s p50 / p95 / p99: urgent | high | normal | low |',
+      '|---|---|---|---|---|---|---|---|---|---|---|',
+    );
+    for (const x of sc.results) {
+      if (!x.metrics) {
+        lines.push(`| ${x.label} | skipped: ${x.skipped} | | | | | | | | | |`);
+        continue;
+      }
+      const m = x.metrics;
+      lines.push(
+        `| ${x.label} | ${m.goodputRpm} (${m.goodputPctOfLimit} %) | ${m.upstreamCalls} | ${m.upstream429} (${m.upstream429Pct} %) | ${m.failed} | ${m.maxCallsIn60s} / ${m.maxAcceptedIn60s} | ${m.inversions} | ${lat(m, 'urgent')} | ${lat(m, 'high')} | ${lat(m, 'normal')} | ${lat(m, 'low')} |`,
+      );
+    }
+    lines.push(
+      '',
+      `![calls per 10 s](fleet-${sc.name}-calls.svg)`,
+      '',
+      `![latency per priority](fleet-${sc.name}-latency.svg)`,
+      '',
+    );
+  }
+  lines.push('Settings of every setup (also in fleet.json):', '');
+  for (const [name, v] of Object.entries(s.setups)) {
+    const { label, ...rest } = v;
+    lines.push(
+      `- **${name}** — ${label}: ${Object.entries(rest)
+        .map(([k, x]) => `${k}: ${String(x)}`)
+        .join('; ')}`,
+    );
+  }
+  return lines.join('\n');
+};
