@@ -1,7 +1,7 @@
 // Domain use case (ingress side): admit a request as a ticket, wait for its grant, claim it, record its end.
 import type { TokenBucket } from './bucket.js';
 import type { Clock } from './clock.js';
-import type { GatewayConfig } from './config.js';
+import { DEFAULT_CONFIG, type GatewayConfig } from './config.js';
 import {
   AdmissionFullError,
   ConflictError,
@@ -109,6 +109,9 @@ export class Admission {
   /** Reads of waiting tickets, for the benchmark's calls-per-request figure. */
   readonly stats = { polls: 0 };
 
+  /** The upstream limit window as last seen in the config (refunds are allowed only within it). */
+  private windowMs = DEFAULT_CONFIG.upstreamWindowMs;
+
   constructor(private readonly d: AdmissionDeps) {}
 
   /**
@@ -121,6 +124,7 @@ export class Admission {
     config: GatewayConfig,
   ): Promise<{ ticket: Ticket; passthrough: boolean; attached?: boolean }> {
     const now = this.d.clock.now();
+    this.windowMs = config.upstreamWindowMs;
     const ticket: Ticket = {
       id: this.d.newId(),
       agent: req.agent,
@@ -404,7 +408,7 @@ export class Admission {
       { attempt: ticket.attempt },
     );
     if ('ticket' in res) {
-      await this.d.bucket.refund();
+      await this.d.bucket.refund(ticket.grantedAt ?? this.d.clock.now(), this.windowMs);
       await this.d.outcomes.record(this.d.clock.now(), { counts: { abandoned: 1 } });
     }
   }

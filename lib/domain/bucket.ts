@@ -50,7 +50,8 @@ export class TokenBucket {
         return state;
       }
       const now = this.clock.now();
-      const next: BucketState = { ...state, ...params, tat: rescaleTat(state.tat, now, state, params) };
+      const tat = rescaleTat(state.tat, now, state, params, state.holdUntil);
+      const next: BucketState = { ...state, ...params, ...(tat !== undefined ? { tat } : {}) };
       if (await this.store.compareAndSet(state, next)) {
         this.known = next;
         return next;
@@ -127,10 +128,13 @@ export class TokenBucket {
     return { granted: false, waitMs: this.known?.intervalMs ?? 1000 };
   }
 
-  /** Blocks all grants until `until` (upstream Retry-After); the bucket is empty, not full, when it ends. */
+  /**
+   * Blocks all grants until `until` (upstream Retry-After); the bucket is empty, not full, when it ends.
+   * Reads first: the cached state may lag other writers, and a skipped hold would let a burst through.
+   */
   async hold(until: number): Promise<void> {
     for (let i = 0; i < 10; i++) {
-      const state = this.known ?? (await this.refresh());
+      const state = await this.refresh();
       if (!state) return;
       const tat = holdTat(until, state);
       if (state.tat !== undefined && state.tat >= tat) return;
@@ -139,23 +143,28 @@ export class TokenBucket {
         this.known = next;
         return;
       }
-      await this.refresh();
     }
   }
 
-  /** Gives one token back for a grant that never reached the upstream. */
-  async refund(): Promise<void> {
+  /**
+   * Gives one token back for a grant that never reached the upstream. Only within the limit window of the
+   * grant: a token returned later would add a call to a window that never counted the refunded grant.
+   * @param grantedAt when the refunded grant was made
+   * @param windowMs the upstream limit window
+   */
+  async refund(grantedAt: number, windowMs: number): Promise<void> {
+    if (this.clock.now() - grantedAt >= windowMs) return;
     for (let i = 0; i < 10; i++) {
-      const state = this.known ?? (await this.refresh());
+      // Read first: a cached "full" may be stale while others spent the burst.
+      const state = await this.refresh();
       if (!state) return;
-      const tat = refundTat(state.tat, this.clock.now(), state.intervalMs);
+      const tat = refundTat(state.tat, this.clock.now(), state, state.holdUntil);
       if (tat === state.tat) return;
-      const next = { ...state, tat };
+      const next = { ...state, ...(tat !== undefined ? { tat } : {}) };
       if (await this.store.compareAndSet(state, next)) {
         this.known = next;
         return;
       }
-      await this.refresh();
     }
   }
 

@@ -24,7 +24,8 @@ export const systemClock: Clock = {
 
 /** A clock moved by hand, for table-driven tests. `sleep` advances it instantly. */
 export class FakeClock implements Clock {
-  constructor(private t = 1_700_000_000_000) {}
+  // Default in the future: DynamoDB Local really runs TTL, and items stamped in the past would vanish mid-test.
+  constructor(private t = 2_000_000_000_000) {}
   now(): number {
     return this.t;
   }

@@ -152,13 +152,15 @@ export class Dispatcher {
         }
         if (now - lastEval >= config.retreatEvalIntervalMs) {
           this.d.bucket.setReserve({ fraction: config.reserveFraction, forNormal: config.reserveForNormal });
+          // Re-read: refunds and holds by other functions move the bucket without telling us.
+          await this.d.bucket.refresh();
           const { record, stepped } = await this.d.retreat.evaluate(config);
           this.effectiveRpm = record.effectiveRpm;
           this.d.onRetreat?.(record, stepped);
           lastEval = now;
         }
         if (now - lastSweep >= this.t.sweepEveryMs) {
-          summary.swept += await this.sweep(now);
+          summary.swept += await this.sweep(now, config.upstreamWindowMs);
           lastSweep = now;
         }
         if (now - lastReconcile >= this.t.reconcileEveryMs) {
@@ -399,7 +401,7 @@ export class Dispatcher {
   }
 
   /** Grants nobody claimed (ingress lost) and calls nobody finished are ended; unclaimed tokens come back. */
-  private async sweep(now: number): Promise<number> {
+  private async sweep(now: number, windowMs: number): Promise<number> {
     const { tickets, bucket, outcomes } = this.d;
     let swept = 0;
     for (const t of await tickets.listPhase('granted', now, 25)) {
@@ -409,7 +411,7 @@ export class Dispatcher {
       });
       if ('ticket' in res) {
         swept++;
-        await bucket.refund();
+        await bucket.refund(t.grantedAt ?? now, windowMs);
         await outcomes.record(now, { counts: { abandoned: 1 } });
       }
     }

@@ -88,11 +88,19 @@ export const availableTokens = (state: BucketState, now: number, burstForPriorit
  * New tat when the parameters change: the backlog is rescaled so the tokens available stay the same
  * (a rate cut must not release a burst, a raise must not invent one).
  */
-export const rescaleTat = (tat: number | undefined, now: number, from: BucketParams, to: BucketParams) => {
+export const rescaleTat = (
+  tat: number | undefined,
+  now: number,
+  from: BucketParams,
+  to: BucketParams,
+  holdUntil?: number,
+): number | undefined => {
   if (tat === undefined || tat <= now) return tat;
   const backlogTokens = (tat - now) / from.intervalMs;
   // Keep the spent part of the burst spent: tokens in use = backlog; the same backlog at the new interval.
-  return now + Math.ceil(backlogTokens * to.intervalMs);
+  const rescaled = now + Math.ceil(backlogTokens * to.intervalMs);
+  // A hold the upstream asked for is a time, not a backlog: a faster rate must not shorten it.
+  return holdUntil !== undefined && holdUntil > now ? Math.max(rescaled, holdTat(holdUntil, to)) : rescaled;
 };
 
 /** tat that leaves the bucket empty until `until`: at `until` the best priority gets exactly one token. */
@@ -100,7 +108,16 @@ export const holdTat = (until: number, params: BucketParams): number =>
   until + (params.burst - 1) * params.intervalMs;
 
 /** tat after giving one token back (a grant that never reached the upstream). */
-export const refundTat = (tat: number | undefined, now: number, intervalMs: number): number | undefined => {
+export const refundTat = (
+  tat: number | undefined,
+  now: number,
+  params: BucketParams,
+  holdUntil?: number,
+): number | undefined => {
   if (tat === undefined || tat <= now) return tat;
-  return Math.max(now, tat - intervalMs);
+  const refunded = Math.max(now, tat - params.intervalMs);
+  // A refund during a hold must not end the hold early.
+  return holdUntil !== undefined && holdUntil > now
+    ? Math.max(refunded, holdTat(holdUntil, params))
+    : refunded;
 };

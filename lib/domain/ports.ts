@@ -63,7 +63,8 @@ export interface TicketStore {
     opts?: { maxInflight?: number; agentQuota?: { bucketKey: string; attempt: ConsumeAttempt } },
   ): Promise<GrantOutcome>;
   /**
-   * Conditional move `from → to` (and attempt, when given). Leaving `queued` decrements the counter;
+   * Conditional move `from → to` (and attempt, when given); only moves in TRANSITIONS, and never
+   * `queued → granted` (that spends a token: grant() only). Leaving `queued` decrements the counter;
    * entering `queued` (requeue) increments it and bumps the attempt.
    * @returns the updated ticket, or `{ conflict }` with the current one.
    */

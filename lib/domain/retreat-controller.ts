@@ -87,16 +87,22 @@ export const grantedRpmSinceMark = (
 };
 
 /**
- * Calls the upstream accepted per minute since `from` (a slot start): grants minus 429s, counted when granted,
- * so a long generation does not delay the count the way completions would.
+ * Calls the upstream accepted (grants minus 429s, counted when granted, so a long generation does not delay
+ * them) in the window (now − windowMs, now], per minute. The slot the window starts in counts pro rata.
  */
-export const acceptedRpmSince = (slots: readonly SlotCounters[], from: number, now: number): number => {
+export const acceptedRpmInWindow = (
+  slots: readonly SlotCounters[],
+  windowMs: number,
+  now: number,
+): number => {
+  const from = now - windowMs;
   let accepted = 0;
   for (const s of slots) {
-    if (s.slot < from) continue;
-    accepted += s.counts.granted - s.counts.throttled - s.counts.capacity;
+    if (s.slot + SLOT_MS <= from || s.slot > now) continue;
+    const share = s.slot < from ? (s.slot + SLOT_MS - from) / SLOT_MS : 1;
+    accepted += share * (s.counts.granted - s.counts.throttled - s.counts.capacity);
   }
-  return (Math.max(0, accepted) * 60_000) / Math.max(1, now - from);
+  return (Math.max(0, accepted) * 60_000) / windowMs;
 };
 
 export interface RetreatControllerDeps {
@@ -129,8 +135,12 @@ export class RetreatController {
   /**
    * One evaluation: at most one step, written only if nobody else stepped meanwhile (version condition),
    * then the bucket follows the effective rate (backlog rescaled, no burst released).
+   * @param trigger the dispatcher's timer, or an upstream outcome the ingress just recorded
    */
-  async evaluate(config: GatewayConfig): Promise<{ record: RetreatRecord; stepped: boolean }> {
+  async evaluate(
+    config: GatewayConfig,
+    trigger: 'timer' | 'outcome' = 'timer',
+  ): Promise<{ record: RetreatRecord; stepped: boolean }> {
     const { retreat, outcomes, bucket, clock } = this.deps;
     const record = await this.load(config);
     const now = clock.now();
@@ -146,13 +156,14 @@ export class RetreatController {
         recoverWindow: windowStats(slots, now - config.recoverWindowMs, now + SLOT_MS),
         sinceStep: windowStats(slots, stepSlotEnd, now + SLOT_MS),
         sinceMark: statsSinceMark(slots, record.mark, slotOf(now - config.retreatWindowMs)),
-        acceptedRpm: acceptedRpmSince(slots, slotOf(now - config.upstreamWindowMs), now),
+        acceptedRpm: acceptedRpmInWindow(slots, config.upstreamWindowMs, now),
         grantedRpm: grantedRpmSinceMark(slots, record.mark, record.lastStepAt, now),
         seen: {
           slot: slotOf(now),
           ...(current ? slotStats(current) : { total: 0, throttled: 0, capacity: 0 }),
           granted: current?.counts.granted ?? 0,
         },
+        trigger,
       },
       now,
       config,
@@ -201,7 +212,7 @@ export class OutcomeTriggeredRetreat implements OutcomeStore {
     try {
       const config = await this.config();
       if (!evaluatesOnOutcome(config.retreatPreset, event.counts)) return;
-      const run = this.queue.then(() => this.controller.evaluate(config));
+      const run = this.queue.then(() => this.controller.evaluate(config, 'outcome'));
       this.queue = run.catch(() => undefined);
       await run;
     } catch (err) {

@@ -75,12 +75,21 @@ export interface RetreatInputs {
   sinceStep: WindowStats;
   /** Exactly the outcomes since the last step (its mark subtracted), within the retreat window (probe preset). */
   sinceMark?: WindowStats;
-  /** Calls the upstream accepted (granted minus 429s) per minute over about the last upstream window (probe preset). */
+  /**
+   * Calls the upstream accepted (granted minus 429s) in about the last upstream window, as a rate per minute
+   * (probe preset). Taken right after a 429 it is the upstream's window count, i.e. its limit.
+   */
   acceptedRpm?: number;
   /** Grants per minute since the last step (probe preset: is the rate in use?). */
   grantedRpm?: number;
   /** Outcomes of the current slot seen by this evaluation: stored as the mark when it steps. */
   seen?: OutcomeMark;
+  /**
+   * What ran this evaluation: the dispatcher's timer, or an upstream outcome just recorded (the ingress).
+   * The probe preset cuts only right after a 429, when the accepted count says where the limit is.
+   * @default 'outcome'
+   */
+  trigger?: 'timer' | 'outcome';
 }
 
 /** probe: a cut takes at least this much off the rate (the 429s say the current rate is too high)… */
@@ -89,6 +98,8 @@ export const PROBE_MIN_CUT = 0.95;
 export const PROBE_MAX_CUT = 0.5;
 /** probe: grow only while grants reach this share of the rate (a rate nobody uses proves nothing). */
 export const PROBE_MIN_USE = 0.75;
+/** probe: the first probe level proves a higher limit once the upstream accepted this much more than the estimate. */
+export const PROBE_EVIDENCE = 1.05;
 
 export const baseRpmOf = (c: Pick<GatewayConfig, 'upstreamLimit' | 'upstreamWindowMs'>): number =>
   (c.upstreamLimit * 60_000) / c.upstreamWindowMs;
@@ -195,19 +206,20 @@ const evaluateAdr009 = (
 
 /**
  * The `probe` preset: cut to what the upstream was seen to accept, hold there, probe upward now and then.
- * - Cut (429 rate since the last step ≥ `retreatThreshold`, enough sample, step interval passed): to the
- *   accepted rate × `retreatProbeTarget`, taking at least 5 % and at most half off. Under a sliding-window
- *   limit the calls accepted in the last window never exceed the hidden limit and equal it while saturated,
- *   so the rate lands at the limit instead of a blind ×0.75 below it. While below base the bucket paces
- *   strictly (burst 1), so the rate can sit at the limit.
+ * - Cut (right after a 429; 429 rate since the last step ≥ `retreatThreshold`, enough sample, step interval
+ *   passed): to the accepted rate × `retreatProbeTarget`, taking at least 5 % and at most half off. Under a
+ *   sliding-window limit the upstream refuses a call exactly when its window holds `limit` calls, so the calls
+ *   accepted in the last window, counted at a 429, are the hidden limit: the rate lands there (from above
+ *   while old calls still drain) instead of a blind ×0.75 below it. Below base the bucket paces strictly
+ *   (burst 1), so the rate can sit at the limit.
  * - Hold: no probe until the rate has been quiet (429 rate since the last step < `recoverThreshold`) for the
- *   hold time: `recoverWindowMs`, doubled after a failed probe up to `retreatProbeHoldFactor` recover windows,
- *   so a probe into a still-tight upstream costs about one 429 per hold.
+ *   hold time: `recoverWindowMs`, doubled after a refused probe up to `retreatProbeHoldFactor` recover windows,
+ *   so probing a still-tight upstream costs about one 429 per hold.
  * - Probe (RECOVER): one step of `retreatProbeGrowth` (at least `recoverStepRpm`), held for a whole upstream
- *   window — if the limit has not moved, the window fills within it and a 429 says so — then a step per step
- *   interval up to base, but only while the rate is in use (grants ≥ 75 % of it): an unused rate proves
- *   nothing. A single 429 ends the probe at once (no step interval, no minimum sample), back to the quiet
- *   level or to what the upstream accepted, whichever is higher.
+ *   window: if the limit has not moved, the window fills within it and a 429 says so. Once the upstream has
+ *   accepted clearly more than the estimate (×1.05) the limit has moved: a step per step interval up to base,
+ *   while the rate is in use (grants ≥ 75 % of it; an unused rate proves nothing). A single 429 ends the
+ *   probe at once, back to the quiet level or to what the upstream accepted, whichever is higher.
  * Capacity errors (worker concurrency) are never read as rate limits.
  */
 export const evaluateProbe = (
@@ -220,6 +232,7 @@ export const evaluateProbe = (
   const rate = throttleRate(since);
   const enough = since.total >= p.retreatMinSample;
   const canStep = now - r.lastStepAt >= p.retreatStepIntervalMs;
+  const canCut = enough && canStep && rate >= p.retreatThreshold && inputs.trigger !== 'timer';
   const hold = r.holdMs ?? p.recoverWindowMs;
   const accepted = inputs.acceptedRpm ?? r.effectiveRpm * (1 - rate);
   const estimate = () =>
@@ -250,12 +263,12 @@ export const evaluateProbe = (
 
   switch (r.state) {
     case 'normal':
-      if (enough && canStep && rate >= p.retreatThreshold) {
+      if (canCut) {
         return retreat(estimate(), `429 rate ${pct(rate)} ≥ ${pct(p.retreatThreshold)}`, p.recoverWindowMs);
       }
       return r;
     case 'retreat':
-      if (enough && canStep && rate >= p.retreatThreshold && r.effectiveRpm > p.retreatFloorRpm) {
+      if (canCut && r.effectiveRpm > p.retreatFloorRpm) {
         return retreat(estimate(), `still ${pct(rate)} ≥ ${pct(p.retreatThreshold)}`, hold);
       }
       if (now - r.lastStepAt >= hold && rate < p.recoverThreshold) {
@@ -273,11 +286,12 @@ export const evaluateProbe = (
           Math.min(p.recoverWindowMs * p.retreatProbeHoldFactor, hold * 2),
         );
       }
-      // The first probe level is held for a whole window: only a full window can show the old limit again.
+      // The first probe level is held for a whole window (only a full window can show the old limit again)
+      // and until the upstream has visibly accepted more than the estimate.
       const first = r.since === r.lastStepAt;
       if (now - r.lastStepAt < (first ? p.upstreamWindowMs : p.retreatStepIntervalMs)) return r;
-      const used = inputs.grantedRpm ?? r.effectiveRpm;
-      if (used < PROBE_MIN_USE * r.effectiveRpm) return r;
+      if ((inputs.grantedRpm ?? r.effectiveRpm) < PROBE_MIN_USE * r.effectiveRpm) return r;
+      if (first && r.limitRpm !== undefined && accepted < r.limitRpm * PROBE_EVIDENCE) return r;
       return grow(`no 429 at ${r.effectiveRpm.toFixed(1)} rpm: probe`);
     }
   }

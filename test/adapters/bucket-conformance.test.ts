@@ -179,7 +179,7 @@ const play = async (
           trace.decisions.push(['refund', 'nothing recent to refund']);
           break;
         }
-        await bucket.refund();
+        await bucket.refund(clock.now(), Number.MAX_SAFE_INTEGER);
         trace.grants.pop();
         trace.decisions.push(['refund', bucket.state]);
         break;

@@ -178,9 +178,9 @@ describe('create: admission counter and ticket in one transaction', () => {
     expect((await tickets.get(t.id))?.agent).toBe('agent-a');
   });
 
-  // BUG (lib/adapters/dynamo/ticket-store.ts, create): the token is `create#id` only, so a different create of an
+  // Regression (lib/adapters/dynamo/ticket-store.ts, create, fixed): the token is `create#id` only, so a different create of an
   // existing id within 10 minutes fails with the SDK's raw IdempotentParameterMismatchException, not ConflictError.
-  it.fails('a second, different create of the same id is a ConflictError', async () => {
+  it('a second, different create of the same id is a ConflictError', async () => {
     const t = await created();
     const err = await tickets
       .create({ ...t, agent: 'someone-else' }, { queueMaxSize: 1_000_000 })
@@ -380,9 +380,9 @@ describe('transition', () => {
     expect(await tickets.admissionCount()).toBe(base);
   });
 
-  // BUG (lib/adapters/dynamo/ticket-store.ts, transition): the adapter only checks `status = from`, so a move that
-  // TRANSITIONS forbids goes through. Kept as `it.fails` until the canTransition guard lands; see the report.
-  it.fails.each(illegal)('illegal %s → %s is refused and the ticket stays put', async (from, to) => {
+  // Regression (lib/adapters/dynamo/ticket-store.ts, transition, fixed): the adapter only checks `status = from`, so a move that
+  // TRANSITIONS forbids goes through.
+  it.each(illegal)('illegal %s → %s is refused and the ticket stays put', async (from, to) => {
     // Prepare
     const t = await ticketIn(from);
     const base = await tickets.admissionCount();
@@ -402,9 +402,9 @@ describe('transition', () => {
     expect(await tickets.admissionCount()).toBe(base);
   });
 
-  // BUG (same place): `queued → granted` is legal only inside grant(); the plain transition hands out a grant
+  // Regression (same place, fixed): `queued → granted` is legal only inside grant(); the plain transition hands out a grant
   // without spending a token.
-  it.fails('queued → granted outside grant() is refused (no token was spent)', async () => {
+  it('queued → granted outside grant() is refused (no token was spent)', async () => {
     // Prepare
     const t = await created();
     const tatBefore = (await bucketStore.get())?.tat;

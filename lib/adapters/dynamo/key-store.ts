@@ -7,6 +7,7 @@ import {
   UpdateItemCommand,
 } from '@aws-sdk/client-dynamodb';
 import { marshall } from '@aws-sdk/util-dynamodb';
+import { ConflictError } from '../../domain/errors.js';
 import type { AgentKey, KeyStore } from '../../domain/ports.js';
 import { conditionFailure, type Item, plain, s } from './common.js';
 
@@ -24,13 +25,18 @@ export class DynamoKeyStore implements KeyStore {
   }
 
   async put(key: AgentKey): Promise<void> {
-    await this.client.send(
-      new PutItemCommand({
-        TableName: this.table,
-        Item: marshall(key, { removeUndefinedValues: true }),
-        ConditionExpression: 'attribute_not_exists(keyHash)',
-      }),
-    );
+    try {
+      await this.client.send(
+        new PutItemCommand({
+          TableName: this.table,
+          Item: marshall(key, { removeUndefinedValues: true }),
+          ConditionExpression: 'attribute_not_exists(keyHash)',
+        }),
+      );
+    } catch (err) {
+      conditionFailure(err);
+      throw new ConflictError('a key with this hash exists');
+    }
   }
 
   async list(): Promise<AgentKey[]> {
@@ -47,15 +53,20 @@ export class DynamoKeyStore implements KeyStore {
   }
 
   async setExpiry(keyHash: string, at: number): Promise<void> {
-    await this.client.send(
-      new UpdateItemCommand({
-        TableName: this.table,
-        Key: { keyHash: s(keyHash) },
-        UpdateExpression: 'SET expiresAt = :at',
-        ConditionExpression: 'attribute_exists(keyHash)',
-        ExpressionAttributeValues: { ':at': { N: String(at) } },
-      }),
-    );
+    try {
+      await this.client.send(
+        new UpdateItemCommand({
+          TableName: this.table,
+          Key: { keyHash: s(keyHash) },
+          UpdateExpression: 'SET expiresAt = :at',
+          ConditionExpression: 'attribute_exists(keyHash)',
+          ExpressionAttributeValues: { ':at': { N: String(at) } },
+        }),
+      );
+    } catch (err) {
+      conditionFailure(err);
+      throw new ConflictError('no such key');
+    }
   }
 
   async touch(keyHash: string, now: number, everyMs: number): Promise<boolean> {
@@ -78,14 +89,19 @@ export class DynamoKeyStore implements KeyStore {
   }
 
   async setEnabled(keyHash: string, enabled: boolean): Promise<void> {
-    await this.client.send(
-      new UpdateItemCommand({
-        TableName: this.table,
-        Key: { keyHash: s(keyHash) },
-        UpdateExpression: 'SET enabled = :e',
-        ConditionExpression: 'attribute_exists(keyHash)',
-        ExpressionAttributeValues: { ':e': { BOOL: enabled } },
-      }),
-    );
+    try {
+      await this.client.send(
+        new UpdateItemCommand({
+          TableName: this.table,
+          Key: { keyHash: s(keyHash) },
+          UpdateExpression: 'SET enabled = :e',
+          ConditionExpression: 'attribute_exists(keyHash)',
+          ExpressionAttributeValues: { ':e': { BOOL: enabled } },
+        }),
+      );
+    } catch (err) {
+      conditionFailure(err);
+      throw new ConflictError('no such key');
+    }
   }
 }

@@ -14,7 +14,13 @@ import { AdmissionFullError, ConflictError, IdempotencyConflictError } from '../
 import type { ConsumeAttempt } from '../../domain/gcra.js';
 import type { CreateTicketOptions, GrantOutcome, TicketStore } from '../../domain/ports.js';
 import { PRIORITIES, type Priority } from '../../domain/priority.js';
-import { isTerminal, type Ticket, type TicketPatch, type TicketStatus } from '../../domain/tickets.js';
+import {
+  canTransition,
+  isTerminal,
+  type Ticket,
+  type TicketPatch,
+  type TicketStatus,
+} from '../../domain/tickets.js';
 import { bucketStateFromItem, consumeUpdate } from './bucket-store.js';
 import {
   cancellation,
@@ -133,7 +139,7 @@ export class DynamoTicketStore implements TicketStore {
         await this.client.send(
           new TransactWriteItemsCommand({
             TransactItems: [this.ticketPut(ticket), this.counters({ inflight: 1 })],
-            ClientRequestToken: requestToken('create', ticket.id),
+            ClientRequestToken: requestToken('create', ticket.id, JSON.stringify(ticket)),
           }),
         );
       } else await this.client.send(new PutItemCommand(this.ticketPut(ticket).Put!));
@@ -179,7 +185,7 @@ export class DynamoTicketStore implements TicketStore {
       await this.client.send(
         new TransactWriteItemsCommand({
           TransactItems: items,
-          ClientRequestToken: requestToken('create', ticket.id),
+          ClientRequestToken: requestToken('create', ticket.id, JSON.stringify(ticket)),
         }),
       );
     } catch (err) {
@@ -316,6 +322,9 @@ export class DynamoTicketStore implements TicketStore {
     patch: TicketPatch,
     opts: { attempt?: number } = {},
   ): Promise<{ ticket: Ticket } | { conflict: Ticket | undefined }> {
+    // Only legal moves, and never a grant: that one spends a token, so it goes through grant() alone.
+    if (!canTransition(from, to) || (from === 'queued' && to === 'granted'))
+      return { conflict: await this.get(id) };
     const now = patch.finishedAt ?? patch.claimedAt ?? patch.grantedAt ?? Date.now();
     let current: Ticket | undefined;
     if (to === 'queued') {
