@@ -5,7 +5,7 @@ import { DashboardContent, DashboardHosting } from './constructs/dashboard-site.
 import { Dispatcher } from './constructs/dispatcher.js';
 import { GatewayApi } from './constructs/gateway-api.js';
 import { GatewaySecrets } from './constructs/gateway-secrets.js';
-import { Ingress } from './constructs/ingress.js';
+import { INGRESS_MEMORY_MB, Ingress } from './constructs/ingress.js';
 import { Observability } from './constructs/observability.js';
 import { PriorityQueues } from './constructs/priority-queues.js';
 import { StateTables } from './constructs/state-tables.js';
@@ -74,7 +74,11 @@ export class SluiceStack extends Stack {
       secrets: this.secrets,
       dispatcher: this.dispatcher,
     });
-    this.status = new StatusService(this, 'Status', { ...functionProps, secrets: this.secrets });
+    this.status = new StatusService(this, 'Status', {
+      ...functionProps,
+      secrets: this.secrets,
+      ingressMemoryMb: INGRESS_MEMORY_MB,
+    });
     this.api = new GatewayApi(this, 'Api', {
       ingress: this.ingress.fn,
       status: this.status.fn,

@@ -26,6 +26,8 @@ export interface IngressProps {
  * queue behind heartbeats and then stream a long completion.
  */
 export const INGRESS_TIMEOUT = Duration.minutes(15);
+/** Ingress memory (MB): also what a waiting request is billed at (the status cost figure). */
+export const INGRESS_MEMORY_MB = 512;
 
 /**
  * The ingress function with exactly its access: items of the state and tickets tables (tickets' phase index
@@ -44,14 +46,14 @@ export class Ingress extends Construct {
         'sluice ingress: OpenAI-compatible endpoint; queues, waits for a token, streams the upstream',
       timeout: INGRESS_TIMEOUT,
       // Mostly waiting, but TLS, JSON and streaming want more than the smallest CPU share.
-      memorySize: 512,
+      memorySize: INGRESS_MEMORY_MB,
       logRetention: props.logRetention,
       environment: {
         ...props.configEnvironment,
         ...(props.allowedOrigin ? { SLUICE_ALLOWED_ORIGIN: props.allowedOrigin } : {}),
       },
     });
-    props.tables.bind(this.fn, { state: 'readWrite', tickets: 'readWrite', keys: 'read' });
+    props.tables.bind(this.fn, { state: 'readWrite', tickets: 'readWrite', keys: 'readTouch' });
     props.queues.bindSender(this.fn);
     props.secrets.bindUpstreamKey(this.fn);
     props.dispatcher.bindDoorbell(this.fn);

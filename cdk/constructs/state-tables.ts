@@ -7,7 +7,8 @@ import { type AttributeDef, TABLES, type TableDef } from '../../lib/infra/defini
 import type { SluiceFunction } from './sluice-function.js';
 
 export type TableId = TableDef['id'];
-export type TableAccess = 'read' | 'readWrite';
+/** `readTouch`: reads plus UpdateItem (agent keys: `lastUsedAt`), no puts or deletes. */
+export type TableAccess = 'read' | 'readTouch' | 'readWrite';
 
 /** Item-level reads. Queries on an index also need the index ARN, granted alongside. */
 export const DYNAMODB_READ_ACTIONS = [
@@ -103,7 +104,11 @@ export class StateTables extends Construct {
     const table = this.tables[tableId];
     const actions: string[] = [
       ...DYNAMODB_READ_ACTIONS,
-      ...(level === 'readWrite' ? DYNAMODB_WRITE_ACTIONS : []),
+      ...(level === 'readWrite'
+        ? DYNAMODB_WRITE_ACTIONS
+        : level === 'readTouch'
+          ? ['dynamodb:UpdateItem']
+          : []),
     ];
     // Named indexes rather than `index/*`: no wildcard resource to acknowledge.
     const indexArns = this.defs[tableId].indexes.map((index) => `${table.tableArn}/index/${index.name}`);

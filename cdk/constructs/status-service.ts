@@ -16,13 +16,15 @@ export interface StatusServiceProps {
   configEnvironment: Record<string, string>;
   /** The dashboard's origin for CORS; none = no CORS headers. */
   allowedOrigin?: string;
+  /** The ingress function's memory (MB), for the waiting-cost figure. */
+  ingressMemoryMb: number;
   logRetention: RetentionDays;
 }
 
 /**
  * The status function with exactly its access: state items read and written (config changes, retreat reset),
- * tickets and keys read, queue depth (GetQueueAttributes) and nothing else on the queues, the admin and viewer
- * tokens, and the upstream key for the readiness probe.
+ * tickets read, keys read (and `lastUsedAt` touched), queue depth (GetQueueAttributes) and nothing else on the
+ * queues, and the admin and viewer tokens (the readiness probe calls the upstream's /v1/models without a key).
  */
 export class StatusService extends Construct {
   readonly fn: SluiceFunction;
@@ -40,12 +42,12 @@ export class StatusService extends Construct {
       environment: {
         ...props.configEnvironment,
         ...(props.allowedOrigin ? { SLUICE_ALLOWED_ORIGIN: props.allowedOrigin } : {}),
+        SLUICE_INGRESS_MEMORY_MB: String(props.ingressMemoryMb),
       },
     });
-    props.tables.bind(this.fn, { state: 'readWrite', tickets: 'read', keys: 'read' });
+    props.tables.bind(this.fn, { state: 'readWrite', tickets: 'read', keys: 'readTouch' });
     props.queues.bindDepthReader(this.fn);
     props.secrets.bindAdminToken(this.fn);
     props.secrets.bindViewerToken(this.fn);
-    props.secrets.bindUpstreamKey(this.fn);
   }
 }

@@ -6,6 +6,7 @@ import { PRIORITIES } from '../../lib/domain/priority.js';
 import { logicalId, permissionsOf, sluice } from './stack.js';
 
 const READ = [...DYNAMODB_READ_ACTIONS].sort();
+const READ_TOUCH = [...DYNAMODB_READ_ACTIONS, 'dynamodb:UpdateItem'].sort();
 const READ_WRITE = [...DYNAMODB_READ_ACTIONS, ...DYNAMODB_WRITE_ACTIONS].sort();
 const SECRET_READ = ['secretsmanager:DescribeSecret', 'secretsmanager:GetSecretValue'];
 const XRAY = ['xray:PutTelemetryRecords', 'xray:PutTraceSegments'];
@@ -25,13 +26,13 @@ const basics = (fn: SluiceFunction): Record<string, string[]> => ({
 });
 
 describe('function permissions, exactly', () => {
-  it('ingress: state and tickets items (with the phase index), keys read, send to the queues, upstream key, doorbell', () => {
+  it('ingress: state and tickets items (with the phase index), keys read and touched, send to the queues, upstream key, doorbell', () => {
     expect(permissions(stack.ingress.fn)).toEqual({
       ...basics(stack.ingress.fn),
       [arn(tables.state)]: READ_WRITE,
       [arn(tables.tickets)]: READ_WRITE,
       [ticketsIndex]: READ_WRITE,
-      [arn(tables.keys)]: READ,
+      [arn(tables.keys)]: READ_TOUCH,
       ...queues(['sqs:GetQueueAttributes', 'sqs:GetQueueUrl', 'sqs:SendMessage']),
       [ref(stack.secrets.upstreamKey)]: SECRET_READ,
       [arn(stack.dispatcher.fn)]: ['lambda:InvokeFunction'],
@@ -57,17 +58,16 @@ describe('function permissions, exactly', () => {
     });
   });
 
-  it('status: state items, tickets and keys read, queue depth only, the tokens and the upstream key', () => {
+  it('status: state items, tickets read, keys read and touched, queue depth only, the tokens (no upstream key)', () => {
     expect(permissions(stack.status.fn)).toEqual({
       ...basics(stack.status.fn),
       [arn(tables.state)]: READ_WRITE,
       [arn(tables.tickets)]: READ,
       [ticketsIndex]: READ,
-      [arn(tables.keys)]: READ,
+      [arn(tables.keys)]: READ_TOUCH,
       ...queues(['sqs:GetQueueAttributes']),
       [ref(stack.secrets.adminToken)]: SECRET_READ,
       [ref(stack.secrets.viewerToken)]: SECRET_READ,
-      [ref(stack.secrets.upstreamKey)]: SECRET_READ,
     });
   });
 });
