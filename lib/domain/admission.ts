@@ -99,7 +99,7 @@ export const idempotentRetry = (existing: Ticket | undefined): 'attach' | 'repla
 };
 
 /** Shortest and longest pause between two reads of a waiting ticket. */
-export const POLL_MIN_MS = 50;
+export const POLL_MIN_MS = 25;
 export const POLL_MAX_MS = 5_000;
 
 /** Time after which a grant must have been claimed (kept in step with the dispatcher's claim window). */
@@ -278,7 +278,7 @@ export class Admission {
       const pause =
         remaining > 0
           ? Math.min(POLL_MAX_MS, Math.max(POLL_MIN_MS, remaining / 2))
-          : Math.min(POLL_MIN_MS * 2 ** overdue, Math.max(POLL_MIN_MS, intervalMs / 2), POLL_MAX_MS);
+          : Math.min(POLL_MIN_MS * 1.5 ** overdue, Math.max(POLL_MIN_MS, intervalMs / 2), POLL_MAX_MS);
       hooks.onWaiting?.({ position: Math.ceil(remaining / intervalMs), etaMs: remaining });
       await clock.sleep(Math.min(pause, ticket.deadline - now), hooks.signal);
       if (hooks.signal?.aborted) continue;
@@ -308,7 +308,7 @@ export class Admission {
       'queued',
       to,
       { finishedAt: this.d.clock.now(), reason },
-      { attempt: ticket.attempt },
+      { attempt: ticket.attempt, known: ticket },
     );
     if ('ticket' in res) {
       await this.d.outcomes.record(this.d.clock.now(), { counts: { abandoned: 1 } });
@@ -424,7 +424,7 @@ export class Admission {
       'claimed',
       'queued',
       { reason },
-      { attempt: ticket.attempt },
+      { attempt: ticket.attempt, known: ticket },
     );
     if (!('ticket' in res)) return undefined;
     await this.d.outcomes.record(this.d.clock.now(), { counts: { requeued: 1 } });
@@ -456,7 +456,7 @@ export class Admission {
       from,
       to,
       { ...patch, reason, finishedAt: this.d.clock.now() },
-      { attempt: ticket.attempt },
+      { attempt: ticket.attempt, known: ticket },
     );
   }
 }

@@ -66,6 +66,7 @@ export interface TicketStore {
    * Conditional move `from → to` (and attempt, when given); only moves in TRANSITIONS, and never
    * `queued → granted` (that spends a token: grant() only). Leaving `queued` decrements the counter;
    * entering `queued` (requeue) increments it and bumps the attempt.
+   * `known`: the caller's current copy, so the store need not read the ticket back after a transaction.
    * @returns the updated ticket, or `{ conflict }` with the current one.
    */
   transition(
@@ -73,7 +74,7 @@ export interface TicketStore {
     from: TicketStatus,
     to: TicketStatus,
     patch: TicketPatch,
-    opts?: { attempt?: number },
+    opts?: { attempt?: number; known?: Ticket },
   ): Promise<{ ticket: Ticket } | { conflict: Ticket | undefined }>;
   /** Oldest queued ticket of a priority (drop_lowest picks its victim here). */
   oldestQueued(priority: Priority): Promise<Ticket | undefined>;

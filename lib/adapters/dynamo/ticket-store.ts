@@ -49,6 +49,9 @@ const ADMISSION_KEY = stateKey('admission', 'global');
 const PROCESS_ID = randomUUID();
 let tries = 0;
 
+const definedOnly = (patch: TicketPatch): TicketPatch =>
+  Object.fromEntries(Object.entries(patch).filter(([, v]) => v !== undefined)) as TicketPatch;
+
 /** Where a ticket sits in the sparse `byPhase` index (terminal tickets leave it). */
 const phaseOf = (t: Pick<Ticket, 'status' | 'priority' | 'enqueuedAt' | 'claimBy'>, now: number) => {
   switch (t.status) {
@@ -320,14 +323,14 @@ export class DynamoTicketStore implements TicketStore {
     from: TicketStatus,
     to: TicketStatus,
     patch: TicketPatch,
-    opts: { attempt?: number } = {},
+    opts: { attempt?: number; known?: Ticket } = {},
   ): Promise<{ ticket: Ticket } | { conflict: Ticket | undefined }> {
     // Only legal moves, and never a grant: that one spends a token, so it goes through grant() alone.
     if (!canTransition(from, to) || (from === 'queued' && to === 'granted'))
       return { conflict: await this.get(id) };
     const now = patch.finishedAt ?? patch.claimedAt ?? patch.grantedAt ?? Date.now();
-    let current: Ticket | undefined;
-    if (to === 'queued') {
+    let current: Ticket | undefined = opts.known;
+    if (to === 'queued' && !current) {
       // Requeue needs the priority and original enqueue time for the phase index.
       current = await this.get(id);
       if (!current || current.status !== from) return { conflict: current };
@@ -361,6 +364,11 @@ export class DynamoTicketStore implements TicketStore {
           ClientRequestToken: requestToken('move', PROCESS_ID, id, from, to, opts.attempt ?? '', ++tries),
         }),
       );
+      // The caller's copy plus what this write changed, when it gave one: no read after the write.
+      if (current) {
+        const attempt = to === 'queued' ? current.attempt + 1 : current.attempt;
+        return { ticket: { ...current, ...definedOnly(patch), status: to, attempt } };
+      }
       const ticket = await this.get(id);
       return ticket ? { ticket } : { conflict: undefined };
     } catch (err) {
