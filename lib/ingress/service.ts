@@ -624,20 +624,26 @@ export class IngressService {
   ): Promise<void> {
     if (!ticket) return;
     const { clock, admission } = this.d;
-    await this.d.outcomes
-      .record(clock.now(), {
-        counts: failure && failure !== 'client_disconnected' ? { upstreamError: 1 } : { ok: 1 },
-        latencies: [{ name: 'upstream', priority, ms: clock.now() - started }],
-      })
-      .catch(() => undefined);
     const patch = {
       upstreamStatus: status,
       ...(usage?.total_tokens !== undefined ? { totalTokens: usage.total_tokens } : {}),
     };
-    if (failure === 'client_disconnected')
-      await admission.finish(ticket, 'abandoned', { ...patch, reason: failure });
-    else if (failure) await admission.finish(ticket, 'failed', { ...patch, reason: failure });
-    else await admission.finish(ticket, 'completed', patch);
+    const end =
+      failure === 'client_disconnected'
+        ? admission.finish(ticket, 'abandoned', { ...patch, reason: failure })
+        : failure
+          ? admission.finish(ticket, 'failed', { ...patch, reason: failure })
+          : admission.finish(ticket, 'completed', patch);
+    // Independent writes, done together: the answer waits for both.
+    await Promise.all([
+      this.d.outcomes
+        .record(clock.now(), {
+          counts: failure && failure !== 'client_disconnected' ? { upstreamError: 1 } : { ok: 1 },
+          latencies: [{ name: 'upstream', priority, ms: clock.now() - started }],
+        })
+        .catch(() => undefined),
+      end,
+    ]);
   }
 
   /** An error as a JSON reply, or as an SSE error event if the stream already started. */
