@@ -13,8 +13,11 @@ export interface BenchOptions {
 /** Registered benches, run in this order by default. Add yours with one line. */
 export const BENCHES: Record<string, (opts: BenchOptions) => Promise<BenchResult>> = {
   core: runCoreBench,
+  controls: (o) => import('./controls.js').then((m) => m.runControlsBench(o)),
   path: (o) =>
-    import('./path.js').then(async (m) => ({ markdown: m.writePathResults(await m.runPathBench({ progress: o.log })) })),
+    import('./path.js').then(async (m) => ({
+      markdown: m.writePathResults(await m.runPathBench({ progress: o.log })),
+    })),
   fleet: (o) => import('./fleet.js').then((m) => m.runFleetBench(o)),
   retreat: (o) => import('./retreat.js').then((m) => m.runRetreatBench(o)),
 };

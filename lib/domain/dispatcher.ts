@@ -3,6 +3,7 @@ import type { TokenBucket } from './bucket.js';
 import type { Clock } from './clock.js';
 import type { GatewayConfig } from './config.js';
 import type { ConfigService } from './config-service.js';
+import { StoreUnavailableError } from './errors.js';
 import { type ConsumeAttempt, deriveBucket } from './gcra.js';
 import type { LeaseStore, OutcomeStore, ReceivedMessage, TicketQueue, TicketStore } from './ports.js';
 import { PRIORITIES, type Priority } from './priority.js';
@@ -71,6 +72,10 @@ const EXTEND_AFTER_MS = 20_000;
 const MAX_NAP_MS = 1_000;
 /** Burst of a per-agent quota bucket (as the main bucket: small, so the window limit holds). */
 const AGENT_BURST = 2;
+/** Pause before the next try when the state store failed after the SDK's retries. */
+const STORE_RETRY_MS = 500;
+/** A queued ticket this far past its deadline (and every possible wait) has no live request and no message. */
+const ORPHAN_GRACE_MS = 10_000;
 /** Pause before trying again when max_inflight calls are running. */
 const INFLIGHT_NAP_MS = 100;
 
@@ -137,80 +142,106 @@ export class Dispatcher {
     this.lastArrivalAt = clock.now();
     try {
       for (;;) {
-        if (signal?.aborted) {
-          summary.stopReason = 'aborted';
-          break;
-        }
-        const now = clock.now();
-        const config = await this.d.config.config();
-        if (now - leaseRenewedAt >= this.t.leaseMs / 3) {
-          if (!(await lease.renew(owner, now, this.t.leaseMs))) {
+        try {
+          if (signal?.aborted) {
+            summary.stopReason = 'aborted';
+            break;
+          }
+          const now = clock.now();
+          const config = await this.d.config.config();
+          if (now - leaseRenewedAt >= this.t.leaseMs / 3) {
+            if (!(await lease.renew(owner, now, this.t.leaseMs))) {
+              summary.stopReason = 'lease_lost';
+              break;
+            }
+            leaseRenewedAt = now;
+          }
+          if (now - lastEval >= config.retreatEvalIntervalMs) {
+            this.d.bucket.setReserve({
+              fraction: config.reserveFraction,
+              forNormal: config.reserveForNormal,
+            });
+            // Re-read: refunds and holds by other functions move the bucket without telling us.
+            await this.d.bucket.refresh();
+            const { record, stepped } = await this.d.retreat.evaluate(config);
+            this.effectiveRpm = record.effectiveRpm;
+            this.d.onRetreat?.(record, stepped);
+            lastEval = now;
+          }
+          if (now - lastSweep >= this.t.sweepEveryMs) {
+            summary.swept += await this.sweep(
+              now,
+              config.upstreamWindowMs,
+              Math.max(config.maxWaitMs, config.streamMaxWaitMs),
+            );
+            lastSweep = now;
+          }
+          if (now - lastReconcile >= this.t.reconcileEveryMs) {
+            await this.d.tickets.reconcileAdmission();
+            lastReconcile = now;
+          }
+          if (now >= deadline) {
+            summary.stopReason = 'time';
+            break;
+          }
+          await this.extendBuffered(now);
+          const head = this.head();
+          if (!head) {
+            if (now - this.lastArrivalAt < this.t.idleStopMs) {
+              await this.waitForArrival(Math.min(250, this.t.idleStopMs));
+              continue;
+            }
+            // Idle: give the lease up unless someone rang since we last looked.
+            const state = await lease.get();
+            if (state.rings !== seenRings) {
+              seenRings = state.rings;
+              this.lastArrivalAt = now;
+              continue;
+            }
+            if (await lease.release(owner, seenRings)) {
+              summary.stopReason = 'idle';
+              break;
+            }
+            continue;
+          }
+          if (config.paused) {
+            // Paused by an operator: tickets keep waiting (deadlines still expire them), nothing is granted.
+            await this.expireDue(now, summary);
+            await this.waitForArrival(MAX_NAP_MS);
+            continue;
+          }
+          await this.serve(head, config, summary);
+        } catch (err) {
+          if (!(err instanceof StoreUnavailableError)) throw err;
+          // The store failed after the SDK's retries: nothing is granted until it answers again (fail closed;
+          // every token is a conditional write there). A lease not renewed for its lifetime may be someone
+          // else's by now: stop rather than compete.
+          this.d.log.warn('store unavailable, pausing', { error: err.message });
+          if (clock.now() - leaseRenewedAt >= this.t.leaseMs) {
             summary.stopReason = 'lease_lost';
             break;
           }
-          leaseRenewedAt = now;
+          await clock.sleep(STORE_RETRY_MS, stop.signal);
         }
-        if (now - lastEval >= config.retreatEvalIntervalMs) {
-          this.d.bucket.setReserve({ fraction: config.reserveFraction, forNormal: config.reserveForNormal });
-          // Re-read: refunds and holds by other functions move the bucket without telling us.
-          await this.d.bucket.refresh();
-          const { record, stepped } = await this.d.retreat.evaluate(config);
-          this.effectiveRpm = record.effectiveRpm;
-          this.d.onRetreat?.(record, stepped);
-          lastEval = now;
-        }
-        if (now - lastSweep >= this.t.sweepEveryMs) {
-          summary.swept += await this.sweep(now, config.upstreamWindowMs);
-          lastSweep = now;
-        }
-        if (now - lastReconcile >= this.t.reconcileEveryMs) {
-          await this.d.tickets.reconcileAdmission();
-          lastReconcile = now;
-        }
-        if (now >= deadline) {
-          summary.stopReason = 'time';
-          break;
-        }
-        await this.extendBuffered(now);
-        const head = this.head();
-        if (!head) {
-          if (now - this.lastArrivalAt < this.t.idleStopMs) {
-            await this.waitForArrival(Math.min(250, this.t.idleStopMs));
-            continue;
-          }
-          // Idle: give the lease up unless someone rang since we last looked.
-          const state = await lease.get();
-          if (state.rings !== seenRings) {
-            seenRings = state.rings;
-            this.lastArrivalAt = now;
-            continue;
-          }
-          if (await lease.release(owner, seenRings)) {
-            summary.stopReason = 'idle';
-            break;
-          }
-          continue;
-        }
-        if (config.paused) {
-          // Paused by an operator: tickets keep waiting (deadlines still expire them), nothing is granted.
-          await this.expireDue(now, summary);
-          await this.waitForArrival(MAX_NAP_MS);
-          continue;
-        }
-        await this.serve(head, config, summary);
       }
     } finally {
       stop.abort();
       signal?.removeEventListener('abort', onAbort);
       await Promise.allSettled(pollers);
-      // Messages still buffered become visible again for the next run.
+      // Messages still buffered (including any the last polls brought) become visible again for the next run.
       await this.releaseBuffered();
     }
-    if (summary.stopReason !== 'idle') {
-      await this.handOver();
-    } else if (await this.queuesHaveWork()) {
-      // Checked after releasing: a message that arrived while we were stopping is not left waiting.
-      await this.d.wakeSuccessor();
+    try {
+      if (summary.stopReason !== 'idle') {
+        await this.handOver();
+      } else if (await this.queuesHaveWork()) {
+        // Checked after releasing: a message that arrived while we were stopping is not left waiting.
+        await this.d.wakeSuccessor();
+      }
+    } catch (err) {
+      // The lease then expires on its own and the schedule or the next doorbell starts a successor.
+      if (!(err instanceof StoreUnavailableError)) throw err;
+      this.d.log.warn('hand-over failed', { error: err.message });
     }
     return summary;
   }
@@ -224,11 +255,12 @@ export class Dispatcher {
         continue;
       }
       try {
+        // The long poll is never aborted: a receive cut short after SQS handed out messages would hide them for
+        // the visibility timeout. Stopping waits for it instead (at most pollWaitSeconds).
         const got = await this.d.queue.receive(
           priority,
           this.t.bufferSize - buf.length,
           this.t.pollWaitSeconds,
-          signal,
         );
         const now = this.d.clock.now();
         // Duplicate deliveries are buffered too: the grant's condition refuses the copy, which is then deleted.
@@ -328,10 +360,13 @@ export class Dispatcher {
       bucket.spent(plan.attempt);
       if (quota) quota.bucket.spent(quota.attempt);
       summary.granted++;
-      await outcomes.record(now, {
-        counts: { granted: 1 },
-        latencies: [{ name: 'queueWait', priority: msg.priority, ms: now - msg.enqueuedAt }],
-      });
+      // Bookkeeping only: a failed counter write must not keep the message (and the grant's flow) back.
+      await outcomes
+        .record(now, {
+          counts: { granted: 1 },
+          latencies: [{ name: 'queueWait', priority: msg.priority, ms: now - msg.enqueuedAt }],
+        })
+        .catch((err: Error) => this.d.log.warn('outcome not recorded', { error: err.message }));
       await this.finishMessage(m);
     } else if (res.kind === 'bucket_conflict') {
       bucket.conflicted(res.current);
@@ -401,9 +436,27 @@ export class Dispatcher {
   }
 
   /** Grants nobody claimed (ingress lost) and calls nobody finished are ended; unclaimed tokens come back. */
-  private async sweep(now: number, windowMs: number): Promise<number> {
+  private async sweep(now: number, windowMs: number, maxWaitMs: number): Promise<number> {
     const { tickets, bucket, outcomes } = this.d;
     let swept = 0;
+    // Queued tickets without a message (the create's answer was lost and the agent told to retry, the message
+    // went to the DLQ) would wait forever: once no request can still be waiting for them, they expire here.
+    for (const p of PRIORITIES) {
+      for (const t of await tickets.listPhase(`queued#${p}`, now - maxWaitMs - ORPHAN_GRACE_MS, 25)) {
+        if (t.deadline > now - ORPHAN_GRACE_MS) continue;
+        const res = await tickets.transition(
+          t.id,
+          'queued',
+          'expired',
+          { finishedAt: now, reason: 'deadline_no_message' },
+          { attempt: t.attempt },
+        );
+        if ('ticket' in res) {
+          swept++;
+          await outcomes.record(now, { counts: { expired: 1 } });
+        }
+      }
+    }
     for (const t of await tickets.listPhase('granted', now, 25)) {
       const res = await tickets.transition(t.id, 'granted', 'failed', {
         finishedAt: now,

@@ -1,14 +1,11 @@
 // Priority under saturation: the real dispatcher over DynamoDB Local and fauxqs, with empty receives and
 // duplicate deliveries injected, grants URGENT → HIGH → NORMAL → LOW with no inversion past the stated bound.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Admission } from '../../lib/domain/admission.js';
-import { Dispatcher, type DispatcherDeps } from '../../lib/domain/dispatcher.js';
 import type { ReceivedMessage, TicketQueue } from '../../lib/domain/ports.js';
 import { PRIORITIES, type Priority, priorityRank } from '../../lib/domain/priority.js';
 import type { Ticket } from '../../lib/domain/tickets.js';
-import { readRuntimeEnv } from '../../lib/runtime/env.js';
-import { makeClients, makeStores, type Stores } from '../../lib/runtime/wiring.js';
-import { type TestResources, testResources } from '../support/aws.js';
+import type { Stores } from '../../lib/runtime/wiring.js';
+import { dispatcherFor, storesFor } from '../support/stores.js';
 
 /** The stated bound: a higher-priority ticket visible this long is served before any lower one. */
 const INVERSION_BOUND_MS = 1_000;
@@ -42,39 +39,10 @@ class FlakyQueue implements TicketQueue {
   }
 }
 
-const envFor = (res: TestResources, extra: Record<string, string>) => ({
-  AWS_REGION: 'us-east-1',
-  AWS_ACCESS_KEY_ID: 'local',
-  AWS_SECRET_ACCESS_KEY: 'local',
-  SLUICE_STATE_TABLE: res.names.stateTable,
-  SLUICE_TICKETS_TABLE: res.names.ticketsTable,
-  SLUICE_KEYS_TABLE: res.names.keysTable,
-  SLUICE_QUEUE_URGENT_URL: res.names.queueUrls.urgent,
-  SLUICE_QUEUE_HIGH_URL: res.names.queueUrls.high,
-  SLUICE_QUEUE_NORMAL_URL: res.names.queueUrls.normal,
-  SLUICE_QUEUE_LOW_URL: res.names.queueUrls.low,
-  SLUICE_DYNAMODB_ENDPOINT: res.endpoints.dynamoEndpoint,
-  SLUICE_SQS_ENDPOINT: res.endpoints.sqsEndpoint,
-  ...extra,
-});
+const setup = (name: string, config: Record<string, string>) => storesFor(name, config);
 
-const quietLog = { info: () => {}, warn: () => {}, error: () => {} };
-
-const setup = async (name: string, extra: Record<string, string>) => {
-  const res = await testResources(name);
-  const processEnv = envFor(res, extra);
-  const env = readRuntimeEnv(processEnv);
-  const clients = makeClients(env);
-  const stores = makeStores(env, clients, processEnv);
-  await stores.config.seed();
-  const admission = new Admission({ ...stores, wakeDispatcher: async () => {} });
-  return { res, clients, stores, admission };
-};
-
-const dispatcherFor = (stores: Stores, queue: TicketQueue, owner: string) => {
-  const deps: DispatcherDeps = { ...stores, queue, wakeSuccessor: async () => {}, owner, log: quietLog };
-  return new Dispatcher(deps, { idleStopMs: 1_500, pollWaitSeconds: 1 });
-};
+const dispatcherForQueue = (stores: Stores, queue: TicketQueue, owner: string) =>
+  dispatcherFor(stores, { queue, owner });
 
 describe('dispatcher priority order under saturation', () => {
   let ctx: Awaited<ReturnType<typeof setup>>;
@@ -87,7 +55,7 @@ describe('dispatcher priority order under saturation', () => {
       SLUICE_LOW_TIMEOUT_S: '60',
     });
   });
-  afterAll(() => ctx?.res.close());
+  afterAll(() => ctx?.close());
 
   it('grants in priority order with no inversion, despite empty receives and duplicates', async () => {
     const { stores, admission } = ctx;
@@ -110,7 +78,7 @@ describe('dispatcher priority order under saturation', () => {
       }
     }
     const queue = new FlakyQueue(stores.queue);
-    const summary = await dispatcherFor(stores, queue, 'priority-test').run(Date.now() + 90_000);
+    const summary = await dispatcherForQueue(stores, queue, 'priority-test').run(Date.now() + 90_000);
     expect(summary.granted).toBe(created.length);
     expect(queue.empties).toBeGreaterThan(0);
     expect(queue.duplicates).toBeGreaterThan(0);
@@ -144,7 +112,7 @@ describe('low priority timeout under higher-priority load', () => {
       SLUICE_LOW_TIMEOUT_S: '0.2',
     });
   });
-  afterAll(() => ctx?.res.close());
+  afterAll(() => ctx?.close());
 
   it('refuses LOW tickets that cannot get a token within low_priority_timeout, grants the urgent ones', async () => {
     const { stores, admission } = ctx;
@@ -156,7 +124,7 @@ describe('low priority timeout under higher-priority load', () => {
       );
     const urgent = await Promise.all(Array.from({ length: 8 }, () => admit('urgent')));
     const low = await Promise.all(Array.from({ length: 4 }, () => admit('low')));
-    const summary = await dispatcherFor(stores, stores.queue, 'low-test').run(Date.now() + 60_000);
+    const summary = await dispatcherForQueue(stores, stores.queue, 'low-test').run(Date.now() + 60_000);
     const lows = await Promise.all(low.map((l) => stores.tickets.get(l.ticket.id)));
     const urgents = await Promise.all(urgent.map((u) => stores.tickets.get(u.ticket.id)));
     expect(urgents.every((t) => t?.status === 'granted')).toBe(true);

@@ -225,13 +225,27 @@ describe('a successful change', () => {
     expect(snapshot.bucket.rpm).toBeCloseTo(60_000 / expected, 1);
   });
 
-  it('resets retreat to the base rate', async () => {
+  it('resets retreat to the base rate (and records nothing when already there)', async () => {
+    // Put the record in RETREAT at a lower rate, as the dispatcher would.
+    const record = await system.stores.retreat.load(await system.stores.config.config());
+    await system.stores.retreatStore.put(
+      { ...record, state: 'retreat', effectiveRpm: 30, version: record.version + 1 },
+      record.version,
+    );
     const res = await call<{ retreat: StatusSnapshot['retreat'] }>(system, 'POST', '/admin/retreat/reset', {
       token: ADMIN_TOKEN,
     });
     expect(res.status).toBe(200);
     expect(res.json.retreat).toMatchObject({ state: 'normal', effectiveRpm: 60, baseRpm: 60 });
-    expect(res.json.retreat.transitions[0]).toMatchObject({ reason: 'reset by admin' });
+    expect(res.json.retreat.transitions[0]).toMatchObject({
+      from: 'retreat',
+      to: 'normal',
+      reason: 'reset by admin',
+    });
+    const again = await call<{ retreat: StatusSnapshot['retreat'] }>(system, 'POST', '/admin/retreat/reset', {
+      token: ADMIN_TOKEN,
+    });
+    expect(again.json.retreat.transitions).toHaveLength(res.json.retreat.transitions.length);
   });
 });
 

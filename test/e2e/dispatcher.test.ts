@@ -1,0 +1,149 @@
+// The dispatcher singleton on the real stores: one leader at a time, no double grant even without the lease,
+// no lost wake-up, and messages with nothing to do are deleted.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DynamoLeaseStore } from '../../lib/adapters/dynamo/lease-store.js';
+import { deriveBucket, windowAllowance } from '../../lib/domain/gcra.js';
+import type { LeaseStore, TicketQueue } from '../../lib/domain/ports.js';
+import type { Ticket } from '../../lib/domain/tickets.js';
+import { dispatcherFor, storesFor } from '../support/stores.js';
+
+const WINDOW_MS = 2_000;
+const LIMIT = 20;
+
+describe('dispatcher singleton', () => {
+  let ctx: Awaited<ReturnType<typeof storesFor>>;
+  beforeAll(async () => {
+    ctx = await storesFor('dispatcher', {
+      SLUICE_UPSTREAM_LIMIT: String(LIMIT),
+      SLUICE_UPSTREAM_WINDOW_S: String(WINDOW_MS / 1000),
+      SLUICE_BUCKET_BURST: '2',
+    });
+  });
+  afterAll(() => ctx?.close());
+
+  const admitMany = async (n: number): Promise<Ticket[]> => {
+    const config = await ctx.stores.config.config();
+    const out: Ticket[] = [];
+    for (let i = 0; i < n; i++) {
+      const { ticket } = await ctx.admission.admit(
+        {
+          agent: `a${i % 4}`,
+          priority: 'normal',
+          model: 'meta/x',
+          stream: false,
+          deadline: Date.now() + 120_000,
+        },
+        config,
+      );
+      out.push(ticket);
+    }
+    return out;
+  };
+
+  it('runs one leader at a time: a second run finds the lease taken', async () => {
+    await admitMany(3);
+    const [a, b] = await Promise.all([
+      dispatcherFor(ctx.stores, { owner: 'one' }).run(Date.now() + 30_000),
+      dispatcherFor(ctx.stores, { owner: 'two' }).run(Date.now() + 30_000),
+    ]);
+    expect([a.stopReason, b.stopReason].filter((r) => r === 'not_leader')).toHaveLength(1);
+    expect(a.granted + b.granted).toBe(3);
+  });
+
+  it('never grants a ticket twice nor overspends the bucket, even if two run without a shared lease', async () => {
+    const tickets = await admitMany(30);
+    // Misconfiguration: each dispatcher has its own lease item, so both run at once over the same queues.
+    const leaseOf = (name: string): LeaseStore =>
+      new DynamoLeaseStore(ctx.clients.dynamo, ctx.env.stateTable, name);
+    const [a, b] = await Promise.all([
+      dispatcherFor(ctx.stores, { owner: 'x', lease: leaseOf('rogue-x') }).run(Date.now() + 60_000),
+      dispatcherFor(ctx.stores, { owner: 'y', lease: leaseOf('rogue-y') }).run(Date.now() + 60_000),
+    ]);
+    expect(a.ran && b.ran).toBe(true);
+    expect(a.granted + b.granted).toBe(30);
+    const stored = await Promise.all(tickets.map((t) => ctx.stores.tickets.get(t.id)));
+    expect(stored.every((t) => t?.status === 'granted' && t.attempt === 0)).toBe(true);
+    // The grant times of both dispatchers together respect the window limit of the shared bucket.
+    const times = stored.map((t) => t!.grantedAt!).sort((x, y) => x - y);
+    const allowance = windowAllowance(deriveBucket(LIMIT, WINDOW_MS, 2), WINDOW_MS);
+    for (let i = 0; i < times.length; i++) {
+      const inWindow = times.filter((t) => t > times[i]! - WINDOW_MS && t <= times[i]!).length;
+      expect(inWindow).toBeLessThanOrEqual(allowance);
+    }
+    expect(await ctx.stores.tickets.admissionCount()).toBe(0);
+  });
+
+  it('wakes a successor when work arrived while it was stopping (no lost wake-up)', async () => {
+    let wakes = 0;
+    // The queue looks empty while the run works, then reports one visible message once it has stopped.
+    let stopped = false;
+    const queue: TicketQueue = {
+      send: (m) => ctx.stores.queue.send(m),
+      receive: (p, max, wait, signal) =>
+        stopped ? Promise.resolve([]) : ctx.stores.queue.receive(p, max, wait, signal),
+      delete: (p, r) => ctx.stores.queue.delete(p, r),
+      extend: (p, r, s) => ctx.stores.queue.extend(p, r, s),
+      depth: async () => (stopped ? { visible: 1, inFlight: 0 } : { visible: 0, inFlight: 0 }),
+    };
+    const release = ctx.stores.lease.release.bind(ctx.stores.lease);
+    const lease: LeaseStore = {
+      acquire: (o, n, t) => ctx.stores.lease.acquire(o, n, t),
+      renew: (o, n, t) => ctx.stores.lease.renew(o, n, t),
+      get: () => ctx.stores.lease.get(),
+      ring: () => ctx.stores.lease.ring(),
+      release: async (o, seen) => {
+        const ok = await release(o, seen);
+        if (ok) stopped = true;
+        return ok;
+      },
+    };
+    const summary = await dispatcherFor(ctx.stores, {
+      owner: 'waker',
+      queue,
+      lease,
+      wakeSuccessor: async () => {
+        wakes++;
+      },
+    }).run(Date.now() + 30_000);
+    expect(summary.stopReason).toBe('idle');
+    expect(wakes).toBe(1);
+  });
+
+  it('keeps working when the doorbell rang after it last looked (release refused)', async () => {
+    const owner = 'ringing';
+    const got = await ctx.stores.lease.acquire(owner, Date.now(), 15_000);
+    expect(got.acquired).toBe(true);
+    await ctx.stores.lease.ring();
+    expect(await ctx.stores.lease.release(owner, got.state.rings)).toBe(false);
+    const now = await ctx.stores.lease.get();
+    expect(await ctx.stores.lease.release(owner, now.rings)).toBe(true);
+  });
+
+  it('deletes messages whose ticket is terminal or missing, without spending a token', async () => {
+    const [t] = await admitMany(1);
+    await ctx.stores.tickets.transition(
+      t!.id,
+      'queued',
+      'abandoned',
+      { finishedAt: Date.now(), reason: 'test' },
+      { attempt: 0 },
+    );
+    await ctx.stores.queue.send({
+      ticketId: 'no-such-ticket',
+      attempt: 0,
+      priority: 'high',
+      agent: 'ghost',
+      enqueuedAt: Date.now(),
+      deadline: Date.now() + 60_000,
+    });
+    const before = (await ctx.stores.bucket.refresh())?.tat;
+    const summary = await dispatcherFor(ctx.stores, { owner: 'cleaner' }).run(Date.now() + 30_000);
+    expect(summary.granted).toBe(0);
+    expect(summary.skipped).toBe(2);
+    expect((await ctx.stores.bucket.refresh())?.tat).toBe(before);
+    const depths = await Promise.all(
+      (['urgent', 'high', 'normal', 'low'] as const).map((p) => ctx.stores.queue.depth(p)),
+    );
+    expect(depths.every((d) => d.visible === 0 && d.inFlight === 0)).toBe(true);
+  });
+});
