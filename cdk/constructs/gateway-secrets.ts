@@ -2,6 +2,7 @@
 import { SecretValue } from 'aws-cdk-lib';
 import { type ISecret, Secret } from 'aws-cdk-lib/aws-secretsmanager';
 import { Construct } from 'constructs';
+import { SECRET_PLACEHOLDER_PREFIX } from '../../lib/infra/definitions.js';
 import { acknowledgeNagRule } from '../nag.js';
 import type { SluiceFunction } from './sluice-function.js';
 
@@ -9,7 +10,7 @@ import type { SluiceFunction } from './sluice-function.js';
  * What the created upstream-key secret holds until an operator puts the real key. It is constant on purpose:
  * CloudFormation only rewrites the value when the template's value changes, so redeploys keep the real key.
  */
-export const UPSTREAM_KEY_PLACEHOLDER = 'PLACEHOLDER-put-the-upstream-api-key-here';
+export const UPSTREAM_KEY_PLACEHOLDER = `${SECRET_PLACEHOLDER_PREFIX}put-the-upstream-api-key-here`;
 
 /** A complete secret ARN ends in the 6-character suffix Secrets Manager adds to the name. */
 const COMPLETE_SECRET_ARN = /:secret:.+-[A-Za-z0-9]{6}$/;

@@ -8,6 +8,7 @@ import {
   GatewayError,
   IdempotencyConflictError,
   RateLimitedError,
+  StoreUnavailableError,
   UnavailableError,
 } from './errors.js';
 import type {
@@ -97,6 +98,14 @@ export const idempotentRetry = (existing: Ticket | undefined): 'attach' | 'repla
     `A request with this Idempotency-Key already reached the upstream (${outcome}, at ${when}); answers are not stored and a key is never spent twice. Use a new key for a new request.`,
   );
 };
+
+/** A fallback value for a read that failed because the store is unavailable; other errors still throw. */
+const unlessStoreDown =
+  <T>(fallback: T) =>
+  (err: unknown): T => {
+    if (err instanceof StoreUnavailableError) return fallback;
+    throw err;
+  };
 
 /** Shortest and longest pause between two reads of a waiting ticket. */
 export const POLL_MIN_MS = 25;
@@ -248,7 +257,19 @@ export class Admission {
       await this.end(ticket, 'queued', 'failed', 'enqueue_failed');
       throw new UnavailableError('Could not queue the request; retry shortly.', 1_000, 'queue_unavailable');
     }
-    await this.ring();
+    await this.ringQuietly();
+  }
+
+  /**
+   * The doorbell is best effort: the message is already queued, so a lost ring only delays the grant until the
+   * dispatcher's schedule wakes it. Failing the request here would leave a queued ticket nobody waits for.
+   */
+  private async ringQuietly(): Promise<void> {
+    try {
+      await this.ring();
+    } catch {
+      await this.d.wakeDispatcher().catch(() => undefined);
+    }
   }
 
   /** `ADD rings 1` on the lease; no live lease → wake the dispatcher (asynchronous invoke). */
@@ -265,7 +286,8 @@ export class Admission {
    */
   async wait(ticket: Ticket, intervalMs: number, hooks: WaitHooks = {}): Promise<WaitResult> {
     const { clock, tickets } = this.d;
-    const queued = await tickets.admissionCount();
+    // A store hiccup only blurs the estimate or delays a read: the ticket is still queued, keep waiting for it.
+    const queued = await tickets.admissionCount().catch(unlessStoreDown(0));
     const etaAt = clock.now() + Math.max(0, queued - 1) * intervalMs;
     // Far from the estimate: read at half the remaining time. Past it: back off from POLL_MIN_MS (the fast path
     // answers within a poll or two) up to half a token interval, so a long queue costs few reads.
@@ -283,7 +305,8 @@ export class Admission {
       await clock.sleep(Math.min(pause, ticket.deadline - now), hooks.signal);
       if (hooks.signal?.aborted) continue;
       this.stats.polls++;
-      const current = await tickets.get(ticket.id);
+      const current = await tickets.get(ticket.id).catch(unlessStoreDown(null));
+      if (current === null) continue;
       if (!current) return this.refused(ticket, 'failed', undefined);
       if (current.status === 'granted' && current.attempt === ticket.attempt)
         return { kind: 'granted', ticket: current };
@@ -434,7 +457,13 @@ export class Admission {
 
   /** Records the end of a claimed ticket (and the agent's usage). */
   async finish(ticket: Ticket, to: 'completed' | 'failed' | 'abandoned', patch: TicketPatch): Promise<void> {
-    await this.end(ticket, 'claimed', to, patch.reason ?? to, patch);
+    try {
+      await this.end(ticket, 'claimed', to, patch.reason ?? to, patch);
+    } catch (err) {
+      // The answer went (or goes) to the agent regardless; the claim sweep ends the ticket after its claimBy.
+      if (!(err instanceof StoreUnavailableError)) throw err;
+      return;
+    }
     const throttled = /^upstream_(throttled|capacity)$/.test(patch.reason ?? '') ? 1 : 0;
     this.use(ticket.agent, {
       requests: 1,

@@ -78,9 +78,9 @@ export interface GatewayConfig {
   retreatMinSample: number;
   /** probe: a cut aims at this fraction of the rate the upstream accepted. @default 1 */
   retreatProbeTarget: number;
-  /** probe: each probe step adds this fraction of the rate (at least `recoverStepRpm`). @default 0.15 */
+  /** probe: probe steps after the first add this fraction of the rate. @default 0.2 */
   retreatProbeGrowth: number;
-  /** probe: after a failed probe the hold doubles, up to this many recover windows. @default 1.5 */
+  /** probe: after a refused probe the hold doubles, up to this many recover windows. @default 1.25 */
   retreatProbeHoldFactor: number;
 }
 
@@ -117,8 +117,8 @@ export const DEFAULT_CONFIG: Readonly<GatewayConfig> = Object.freeze({
   retreatStepIntervalMs: 10_000,
   retreatMinSample: 8,
   retreatProbeTarget: 1,
-  retreatProbeGrowth: 0.15,
-  retreatProbeHoldFactor: 1.5,
+  retreatProbeGrowth: 0.2,
+  retreatProbeHoldFactor: 1.25,
 });
 
 type FieldKind = 'int' | 'number' | 'bool' | 'enum';

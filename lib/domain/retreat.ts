@@ -36,12 +36,20 @@ export interface RetreatRecord {
   transitions: RetreatTransition[];
   /** Outcomes of the current slot seen at the last step. */
   mark?: OutcomeMark;
-  /** probe: the upstream's limit as estimated at the last cut (accepted calls per minute). */
-  limitRpm?: number;
-  /** probe: quiet time the next probe waits for (grows after a failed probe). */
-  holdMs?: number;
-  /** probe: the quiet rate the current probe started from (a refused probe returns at least here). */
-  holdRpm?: number;
+  /** What the probe preset learned since it left base (absent at base). */
+  probe?: ProbeState;
+}
+
+/** The probe preset's memory between evaluations. */
+export interface ProbeState {
+  /** The upstream's limit as estimated at the last cut: calls it accepted in a window, per minute. */
+  limitRpm: number;
+  /** The highest rate known to be quiet: a refused probe returns here. */
+  quietRpm: number;
+  /** Quiet time the next probe waits for (grows after a refused probe). */
+  holdMs: number;
+  /** Steps of the current probe; 0 while holding. */
+  step: number;
 }
 
 export const MAX_TRANSITIONS = 20;
@@ -98,8 +106,6 @@ export const PROBE_MIN_CUT = 0.95;
 export const PROBE_MAX_CUT = 0.5;
 /** probe: grow only while grants reach this share of the rate (a rate nobody uses proves nothing). */
 export const PROBE_MIN_USE = 0.75;
-/** probe: the first probe level proves a higher limit once the upstream accepted this much more than the estimate. */
-export const PROBE_EVIDENCE = 1.05;
 
 export const baseRpmOf = (c: Pick<GatewayConfig, 'upstreamLimit' | 'upstreamWindowMs'>): number =>
   (c.upstreamLimit * 60_000) / c.upstreamWindowMs;
@@ -211,15 +217,16 @@ const evaluateAdr009 = (
  *   sliding-window limit the upstream refuses a call exactly when its window holds `limit` calls, so the calls
  *   accepted in the last window, counted at a 429, are the hidden limit: the rate lands there (from above
  *   while old calls still drain) instead of a blind ×0.75 below it. Below base the bucket paces strictly
- *   (burst 1), so the rate can sit at the limit.
+ *   (burst 1), so the rate can sit at the limit with one call of slack.
  * - Hold: no probe until the rate has been quiet (429 rate since the last step < `recoverThreshold`) for the
- *   hold time: `recoverWindowMs`, doubled after a refused probe up to `retreatProbeHoldFactor` recover windows,
- *   so probing a still-tight upstream costs about one 429 per hold.
- * - Probe (RECOVER): one step of `retreatProbeGrowth` (at least `recoverStepRpm`), held for a whole upstream
- *   window: if the limit has not moved, the window fills within it and a 429 says so. Once the upstream has
- *   accepted clearly more than the estimate (×1.05) the limit has moved: a step per step interval up to base,
- *   while the rate is in use (grants ≥ 75 % of it; an unused rate proves nothing). A single 429 ends the
- *   probe at once, back to the quiet level or to what the upstream accepted, whichever is higher.
+ *   hold time: `recoverWindowMs`, stretched after a refused probe up to `retreatProbeHoldFactor` recover
+ *   windows, so probing a still-tight upstream costs about one 429 per hold.
+ * - Probe (RECOVER): step 1 adds `recoverStepRpm` (two calls a window by default: one more than the slack)
+ *   and holds it for a whole upstream window — only a full window shows an unmoved limit, with a single 429.
+ *   If it stays quiet that rate is proven (the new quiet rate) and the limit may have lifted: step 2 adds
+ *   `retreatProbeGrowth` and holds half a window, later steps follow each step interval, up to base, while
+ *   the rate is in use (grants ≥ 75 % of it; an unused rate proves nothing). A single 429 ends the probe at
+ *   once: back to the quiet rate, or — past step 2 — to what the upstream accepted, if that is higher.
  * Capacity errors (worker concurrency) are never read as rate limits.
  */
 export const evaluateProbe = (
@@ -233,32 +240,33 @@ export const evaluateProbe = (
   const enough = since.total >= p.retreatMinSample;
   const canStep = now - r.lastStepAt >= p.retreatStepIntervalMs;
   const canCut = enough && canStep && rate >= p.retreatThreshold && inputs.trigger !== 'timer';
-  const hold = r.holdMs ?? p.recoverWindowMs;
   const accepted = inputs.acceptedRpm ?? r.effectiveRpm * (1 - rate);
+  const probe = r.probe;
+  const hold = probe?.holdMs ?? p.recoverWindowMs;
   const estimate = () =>
     Math.min(
       r.effectiveRpm * PROBE_MIN_CUT,
       Math.max(r.effectiveRpm * PROBE_MAX_CUT, accepted * p.retreatProbeTarget),
     );
-  const retreat = (rpm: number, reason: string, holdMs: number): RetreatRecord => {
+  const retreat = (target: number, reason: string, holdMs: number): RetreatRecord => {
+    const rpm = Math.max(p.retreatFloorRpm, target);
     const next = move(
       r,
       'retreat',
-      Math.max(p.retreatFloorRpm, rpm),
+      rpm,
       now,
       rate,
       `${reason}; upstream accepted ${accepted.toFixed(1)} rpm`,
       inputs.seen,
     );
-    const { holdRpm: _quiet, ...rest } = next;
-    return { ...rest, limitRpm: accepted, holdMs };
+    return { ...next, probe: { limitRpm: accepted, quietRpm: rpm, holdMs, step: 0 } };
   };
-  const grow = (reason: string): RetreatRecord => {
-    const rpm = Math.min(
-      r.baseRpm,
-      r.effectiveRpm + Math.max(p.recoverStepRpm, r.effectiveRpm * p.retreatProbeGrowth),
-    );
-    return move(r, rpm >= r.baseRpm ? 'normal' : 'recover', rpm, now, rate, reason, inputs.seen);
+  const step = (rpm: number, reason: string, quietRpm: number): RetreatRecord => {
+    const capped = Math.min(r.baseRpm, rpm);
+    const next = move(r, capped >= r.baseRpm ? 'normal' : 'recover', capped, now, rate, reason, inputs.seen);
+    return next.state === 'normal' || !probe
+      ? next
+      : { ...next, probe: { ...probe, quietRpm, step: probe.step + 1 } };
   };
 
   switch (r.state) {
@@ -272,27 +280,32 @@ export const evaluateProbe = (
         return retreat(estimate(), `still ${pct(rate)} ≥ ${pct(p.retreatThreshold)}`, hold);
       }
       if (now - r.lastStepAt >= hold && rate < p.recoverThreshold) {
-        return {
-          ...grow(`quiet ${pct(rate)} for ${Math.round(hold / 1000)} s: probe`),
-          holdRpm: r.effectiveRpm,
-        };
+        return step(
+          r.effectiveRpm + p.recoverStepRpm,
+          `quiet ${pct(rate)} for ${Math.round(hold / 1000)} s: probe`,
+          r.effectiveRpm,
+        );
       }
       return r;
     case 'recover': {
+      const n = probe?.step ?? 1;
+      const quiet = probe?.quietRpm ?? r.effectiveRpm;
       if (since.throttled > 0) {
         return retreat(
-          Math.max(r.holdRpm ?? 0, estimate()),
+          n <= 2 ? quiet : Math.max(quiet, estimate()),
           `probe refused (${since.throttled} × 429)`,
           Math.min(p.recoverWindowMs * p.retreatProbeHoldFactor, hold * 2),
         );
       }
-      // The first probe level is held for a whole window (only a full window can show the old limit again)
-      // and until the upstream has visibly accepted more than the estimate.
-      const first = r.since === r.lastStepAt;
-      if (now - r.lastStepAt < (first ? p.upstreamWindowMs : p.retreatStepIntervalMs)) return r;
+      // Step 1 is held a whole window (only a full window shows an unmoved limit), step 2 half of one.
+      const wait = n === 1 ? p.upstreamWindowMs : n === 2 ? p.upstreamWindowMs / 2 : p.retreatStepIntervalMs;
+      if (now - r.lastStepAt < wait) return r;
       if ((inputs.grantedRpm ?? r.effectiveRpm) < PROBE_MIN_USE * r.effectiveRpm) return r;
-      if (first && r.limitRpm !== undefined && accepted < r.limitRpm * PROBE_EVIDENCE) return r;
-      return grow(`no 429 at ${r.effectiveRpm.toFixed(1)} rpm: probe`);
+      return step(
+        r.effectiveRpm * (1 + p.retreatProbeGrowth),
+        `no 429 at ${r.effectiveRpm.toFixed(1)} rpm: probe`,
+        n === 1 ? r.effectiveRpm : quiet,
+      );
     }
   }
 };
@@ -310,8 +323,7 @@ const move = (
 ): RetreatRecord => {
   const t: RetreatTransition = { at: now, from: r.state, to, rpm, rate, reason };
   // Back at base, what the probe preset learned about the limit no longer holds.
-  const { mark: _mark, limitRpm, holdMs, holdRpm, ...rest } = r;
-  const keep = to !== 'normal';
+  const { mark: _mark, probe, ...rest } = r;
   return {
     ...rest,
     state: to,
@@ -320,9 +332,7 @@ const move = (
     lastStepAt: now,
     version: r.version + 1,
     transitions: [t, ...r.transitions].slice(0, MAX_TRANSITIONS),
-    ...(keep && limitRpm !== undefined ? { limitRpm } : {}),
-    ...(keep && holdMs !== undefined ? { holdMs } : {}),
-    ...(keep && holdRpm !== undefined ? { holdRpm } : {}),
+    ...(probe && to !== 'normal' ? { probe } : {}),
     ...(mark ? { mark } : {}),
   };
 };

@@ -86,3 +86,6 @@ export interface ResourceNames {
   keysTable: string;
   queueUrls: Record<Priority, string>;
 }
+
+/** Secrets created by the stack hold a value starting with this until an operator puts the real one. */
+export const SECRET_PLACEHOLDER_PREFIX = 'PLACEHOLDER-';

@@ -1,5 +1,10 @@
 // Ingress application layer: the HTTP reply shape, OpenAI-shaped errors and the headers every reply carries.
-import { GatewayError, type OpenAiErrorType } from '../domain/errors.js';
+import {
+  GatewayError,
+  type OpenAiErrorType,
+  StoreUnavailableError,
+  UnavailableError,
+} from '../domain/errors.js';
 
 /** What a route handler answers: a status, headers and a body that may stream. */
 export interface HttpReply {
@@ -12,16 +17,28 @@ export interface OpenAiErrorBody {
   error: { message: string; type: OpenAiErrorType; param: string | null; code: string };
 }
 
-/** Anything thrown becomes a GatewayError; unknown errors become a generic 500 without internals. */
+/** How long an agent is asked to wait when the state store failed (the SDK already retried for about a second). */
+export const STORE_RETRY_AFTER_MS = 2_000;
+
+/**
+ * Anything thrown becomes a GatewayError: a store that failed after its retries is a 503 `store_unavailable`
+ * with Retry-After (fail closed); unknown errors become a generic 500 without internals.
+ */
 export const asGatewayError = (err: unknown): GatewayError =>
   err instanceof GatewayError
     ? err
-    : new GatewayError(
-        500,
-        'server_error',
-        'internal_error',
-        'The gateway hit an internal error; it has been logged.',
-      );
+    : err instanceof StoreUnavailableError
+      ? new UnavailableError(
+          'The gateway cannot reach its state store right now; retry shortly.',
+          STORE_RETRY_AFTER_MS,
+          'store_unavailable',
+        )
+      : new GatewayError(
+          500,
+          'server_error',
+          'internal_error',
+          'The gateway hit an internal error; it has been logged.',
+        );
 
 export const errorBody = (e: GatewayError): OpenAiErrorBody => ({
   error: { message: e.message, type: e.type, param: e.param, code: e.code },

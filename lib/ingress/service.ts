@@ -8,6 +8,7 @@ import type { ConfigService } from '../domain/config-service.js';
 import {
   GatewayError,
   RateLimitedError,
+  StoreUnavailableError,
   UnavailableError,
   UpstreamError,
   ValidationError,
@@ -26,6 +27,7 @@ import {
   usageFromBody,
 } from '../domain/upstream.js';
 import {
+  asGatewayError,
   errorReply,
   formatReset,
   forwardRequestHeaders,
@@ -191,7 +193,8 @@ export class IngressService {
       this.d.telemetry.request(effective, String(reply.status));
       return reply;
     } catch (err) {
-      if (!(err instanceof GatewayError))
+      if (err instanceof StoreUnavailableError) this.d.log.warn('ingress failed', { error: err.message });
+      else if (!(err instanceof GatewayError))
         this.d.log.error('ingress failed', { error: (err as Error).message, stack: (err as Error).stack });
       const reply = errorReply(err, base);
       this.d.telemetry.request(priority, String(reply.status));
@@ -290,13 +293,16 @@ export class IngressService {
       channel,
       config,
     ).catch((err: unknown) => {
-      this.d.log.error('ticket handling failed', {
+      const storeDown = err instanceof StoreUnavailableError;
+      this.d.log[storeDown ? 'warn' : 'error']('ticket handling failed', {
         error: (err as Error).message,
-        stack: (err as Error).stack,
+        ...(storeDown ? {} : { stack: (err as Error).stack }),
       });
       void this.deliverError(
         channel,
-        new UnavailableError('The gateway failed while handling the request.', 1_000, 'internal_error'),
+        storeDown
+          ? asGatewayError(err)
+          : new UnavailableError('The gateway failed while handling the request.', 1_000, 'internal_error'),
         headers,
       );
     });

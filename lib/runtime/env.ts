@@ -28,11 +28,21 @@ export interface RuntimeEnv {
   ingressMemoryMb: number;
   /** CORS: the dashboard's origin ('*' never used with credentials; unset = no CORS headers). */
   allowedOrigin?: string;
+  /** Per-attempt timeout of DynamoDB, SQS and Lambda calls (a hung call fails and is retried). @default 5000 */
+  awsRequestTimeoutMs: number;
 }
 
 const need = (env: Record<string, string | undefined>, name: string): string => {
   const v = env[name];
   if (!v) throw new Error(`missing environment variable ${name}`);
+  return v;
+};
+
+const positive = (env: Record<string, string | undefined>, name: string, fallback: number): number => {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const v = Number(raw);
+  if (!Number.isFinite(v) || v <= 0) throw new Error(`${name} must be a positive number`);
   return v;
 };
 
@@ -76,5 +86,6 @@ export const readRuntimeEnv = (env: Record<string, string | undefined>): Runtime
     bucketKey: env.SLUICE_BUCKET_KEY ?? 'default',
     ingressMemoryMb: Number(env.SLUICE_INGRESS_MEMORY_MB ?? 512),
     ...(env.SLUICE_ALLOWED_ORIGIN ? { allowedOrigin: env.SLUICE_ALLOWED_ORIGIN } : {}),
+    awsRequestTimeoutMs: positive(env, 'SLUICE_AWS_REQUEST_TIMEOUT_MS', 5_000),
   };
 };

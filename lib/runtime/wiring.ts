@@ -17,7 +17,9 @@ import { TokenBucket } from '../domain/bucket.js';
 import { type Clock, systemClock } from '../domain/clock.js';
 import { configFromEnv } from '../domain/config.js';
 import { ConfigService } from '../domain/config-service.js';
+import { UnavailableError } from '../domain/errors.js';
 import { RetreatController } from '../domain/retreat-controller.js';
+import { SECRET_PLACEHOLDER_PREFIX } from '../infra/definitions.js';
 import type { RuntimeEnv } from './env.js';
 
 const LOCAL_CREDENTIALS = { accessKeyId: 'local', secretAccessKey: 'local' };
@@ -28,14 +30,32 @@ const MAX_ATTEMPTS = 3;
 export const makeClients = (env: RuntimeEnv) => {
   const local = (endpoint: string | undefined) =>
     endpoint ? { endpoint, credentials: LOCAL_CREDENTIALS } : {};
+  // Without a request timeout a hung call waits until the function dies; with it, the attempt fails and the
+  // SDK retries (SQS long polls set their own, longer timeout per call).
+  const requestHandler = {
+    connectionTimeout: Math.min(2_000, env.awsRequestTimeoutMs),
+    requestTimeout: env.awsRequestTimeoutMs,
+    throwOnRequestTimeout: true,
+  };
   return {
     dynamo: new DynamoDBClient({
       region: env.region,
       maxAttempts: MAX_ATTEMPTS,
+      requestHandler,
       ...local(env.dynamoEndpoint),
     }),
-    sqs: new SQSClient({ region: env.region, maxAttempts: MAX_ATTEMPTS, ...local(env.sqsEndpoint) }),
-    lambda: new LambdaClient({ region: env.region, maxAttempts: 2, ...local(env.lambdaEndpoint) }),
+    sqs: new SQSClient({
+      region: env.region,
+      maxAttempts: MAX_ATTEMPTS,
+      requestHandler,
+      ...local(env.sqsEndpoint),
+    }),
+    lambda: new LambdaClient({
+      region: env.region,
+      maxAttempts: 2,
+      requestHandler,
+      ...local(env.lambdaEndpoint),
+    }),
   };
 };
 
@@ -116,11 +136,15 @@ export const SECRET_MAX_AGE_S = 300;
 export const secretReader =
   (secretId: string | undefined, plainValue: string | undefined, what: string) =>
   async (): Promise<string> => {
+    // Not configured is the operator's to fix: a clear 503, not a generic 500 or an upstream 401.
+    const missing = (why: string) =>
+      new UnavailableError(`The gateway's ${what} ${why}; ask its operator.`, 60_000, 'not_configured');
     if (secretId) {
       const v = await getSecret(secretId, { maxAge: SECRET_MAX_AGE_S });
-      if (typeof v !== 'string' || v === '') throw new Error(`${what} secret is empty`);
+      if (typeof v !== 'string' || v === '') throw missing('is empty');
+      if (v.startsWith(SECRET_PLACEHOLDER_PREFIX)) throw missing('has not been set yet');
       return v;
     }
     if (plainValue) return plainValue;
-    throw new Error(`${what} is not configured`);
+    throw missing('is not configured');
   };

@@ -2,6 +2,7 @@
 import { type DynamoDBClient, GetItemCommand, UpdateItemCommand } from '@aws-sdk/client-dynamodb';
 import type { BucketParams, BucketState, ConsumeAttempt } from '../../domain/gcra.js';
 import type { BucketStore, ConsumeOutcome } from '../../domain/ports.js';
+import { translateStoreErrors } from '../aws-errors.js';
 import { conditionFailure, type Item, n, plain, stateKey } from './common.js';
 
 const toState = (item: Item | undefined): BucketState | undefined => {
@@ -55,6 +56,7 @@ export class DynamoBucketStore implements BucketStore {
     private readonly table: string,
     bucketKey = 'default',
   ) {
+    translateStoreErrors(client, 'DynamoDB');
     this.key = stateKey('bucket', bucketKey);
   }
 

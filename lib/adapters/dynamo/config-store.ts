@@ -8,6 +8,7 @@ import {
 } from '@aws-sdk/client-dynamodb';
 import { marshall } from '@aws-sdk/util-dynamodb';
 import type { ConfigChange, ConfigStore, VersionedConfig } from '../../domain/ports.js';
+import { translateStoreErrors } from '../aws-errors.js';
 import { cancellation, n, plain, requestToken, s, stateKey, ttlFrom } from './common.js';
 
 const CURRENT = stateKey('config', 'current');
@@ -17,7 +18,9 @@ export class DynamoConfigStore implements ConfigStore {
   constructor(
     private readonly client: DynamoDBClient,
     private readonly table: string,
-  ) {}
+  ) {
+    translateStoreErrors(client, 'DynamoDB');
+  }
 
   async get(): Promise<VersionedConfig | undefined> {
     const res = await this.client.send(

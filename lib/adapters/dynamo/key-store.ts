@@ -9,13 +9,16 @@ import {
 import { marshall } from '@aws-sdk/util-dynamodb';
 import { ConflictError } from '../../domain/errors.js';
 import type { AgentKey, KeyStore } from '../../domain/ports.js';
+import { translateStoreErrors } from '../aws-errors.js';
 import { conditionFailure, type Item, plain, s } from './common.js';
 
 export class DynamoKeyStore implements KeyStore {
   constructor(
     private readonly client: DynamoDBClient,
     private readonly table: string,
-  ) {}
+  ) {
+    translateStoreErrors(client, 'DynamoDB');
+  }
 
   async get(keyHash: string): Promise<AgentKey | undefined> {
     const res = await this.client.send(

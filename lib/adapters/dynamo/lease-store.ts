@@ -1,6 +1,7 @@
 // Adapter: the dispatcher's lease and doorbell (one state-table item).
 import { type DynamoDBClient, GetItemCommand, UpdateItemCommand } from '@aws-sdk/client-dynamodb';
 import type { LeaseState, LeaseStore } from '../../domain/ports.js';
+import { translateStoreErrors } from '../aws-errors.js';
 import { conditionFailure, type Item, n, plain, s, stateKey } from './common.js';
 
 const toLease = (item: Item | undefined): LeaseState => {
@@ -28,6 +29,7 @@ export class DynamoLeaseStore implements LeaseStore {
     private readonly table: string,
     name = 'dispatcher',
   ) {
+    translateStoreErrors(client, 'DynamoDB');
     this.key = stateKey('lease', name);
   }
 

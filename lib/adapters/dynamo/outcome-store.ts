@@ -12,6 +12,7 @@ import {
 } from '../../domain/outcomes.js';
 import type { OutcomeStore } from '../../domain/ports.js';
 import { PRIORITIES } from '../../domain/priority.js';
+import { translateStoreErrors } from '../aws-errors.js';
 import { type Item, n, plain, s, stateKey, ttlFrom } from './common.js';
 
 /** Sort key of a slot: fixed width so string order is time order. */
@@ -26,7 +27,9 @@ export class DynamoOutcomeStore implements OutcomeStore {
     private readonly client: DynamoDBClient,
     private readonly table: string,
     private readonly partition = 'outcomes',
-  ) {}
+  ) {
+    translateStoreErrors(client, 'DynamoDB');
+  }
 
   async record(now: number, event: OutcomeEvent): Promise<void> {
     // Merged per attribute first: one UpdateExpression may not name the same path twice.

@@ -3,6 +3,7 @@ import { type DynamoDBClient, GetItemCommand, PutItemCommand } from '@aws-sdk/cl
 import { marshall } from '@aws-sdk/util-dynamodb';
 import type { RetreatStore } from '../../domain/ports.js';
 import type { RetreatRecord } from '../../domain/retreat.js';
+import { translateStoreErrors } from '../aws-errors.js';
 import { conditionFailure, type Item, n, plain, stateKey } from './common.js';
 
 export class DynamoRetreatStore implements RetreatStore {
@@ -13,6 +14,7 @@ export class DynamoRetreatStore implements RetreatStore {
     private readonly table: string,
     bucketKey = 'default',
   ) {
+    translateStoreErrors(client, 'DynamoDB');
     this.key = stateKey('retreat', bucketKey);
   }
 

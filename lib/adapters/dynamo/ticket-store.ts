@@ -21,6 +21,7 @@ import {
   type TicketPatch,
   type TicketStatus,
 } from '../../domain/tickets.js';
+import { translateStoreErrors } from '../aws-errors.js';
 import { bucketStateFromItem, consumeUpdate } from './bucket-store.js';
 import {
   cancellation,
@@ -79,6 +80,7 @@ export class DynamoTicketStore implements TicketStore {
     private readonly client: DynamoDBClient,
     private readonly tables: TicketTables,
   ) {
+    translateStoreErrors(client, 'DynamoDB');
     this.bucketKey = stateKey('bucket', tables.bucketKey ?? 'default');
   }
 

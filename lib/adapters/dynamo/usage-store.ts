@@ -1,6 +1,7 @@
 // Adapter: per-agent usage counters — one state-table item per 10-minute slot and per hour, agents as attributes.
 import { type DynamoDBClient, QueryCommand, UpdateItemCommand } from '@aws-sdk/client-dynamodb';
 import type { AgentUsage, AgentUsageEvent, UsageStore } from '../../domain/ports.js';
+import { translateStoreErrors } from '../aws-errors.js';
 import { type Item, n, plain, s, stateKey, ttlFrom } from './common.js';
 
 const MINUTE_SLOT_MS = 10 * 60_000;
@@ -16,7 +17,9 @@ export class DynamoUsageStore implements UsageStore {
   constructor(
     private readonly client: DynamoDBClient,
     private readonly table: string,
-  ) {}
+  ) {
+    translateStoreErrors(client, 'DynamoDB');
+  }
 
   async record(agent: string, now: number, e: AgentUsageEvent): Promise<void> {
     const adds: string[] = [];

@@ -10,6 +10,7 @@ import {
 import type { ReceivedMessage, TicketQueue } from '../../domain/ports.js';
 import { isPriority, type Priority } from '../../domain/priority.js';
 import type { TicketMessage } from '../../domain/tickets.js';
+import { translateStoreErrors } from '../aws-errors.js';
 
 /** A message body that is not a ticket message: left for the redrive policy to move to the DLQ. */
 export class PoisonMessageError extends Error {}
@@ -39,7 +40,9 @@ export class SqsTicketQueue implements TicketQueue {
   constructor(
     private readonly client: SQSClient,
     private readonly urls: Record<Priority, string>,
-  ) {}
+  ) {
+    translateStoreErrors(client, 'SQS');
+  }
 
   async send(message: TicketMessage): Promise<void> {
     await this.client.send(
@@ -66,7 +69,8 @@ export class SqsTicketQueue implements TicketQueue {
         WaitTimeSeconds: waitSeconds,
         MessageSystemAttributeNames: ['ApproximateReceiveCount'],
       }),
-      signal ? { abortSignal: signal } : {},
+      // A long poll outlasts the client's default request timeout: give it the wait plus a margin.
+      { requestTimeout: (waitSeconds + 5) * 1000, ...(signal ? { abortSignal: signal } : {}) },
     );
     return (res.Messages ?? []).map((m) => {
       const receipt = m.ReceiptHandle ?? '';
@@ -86,6 +90,11 @@ export class SqsTicketQueue implements TicketQueue {
     signal?: AbortSignal,
   ): Promise<ReceivedMessage[]> {
     const all = await this.receiveRaw(priority, max, waitSeconds, signal);
+    // Poison is made visible again at once: each receive counts, so the redrive policy moves it to the DLQ
+    // after maxReceiveCount quick receives instead of maxReceiveCount visibility timeouts.
+    await Promise.allSettled(
+      all.filter((m) => 'poison' in m).map((m) => this.extend(priority, m.receipt, 0)),
+    );
     return all.filter((m): m is ReceivedMessage => 'message' in m);
   }
 
