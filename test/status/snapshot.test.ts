@@ -11,6 +11,7 @@ import { makeClients, makeStores, type Stores } from '../../lib/runtime/wiring.j
 import { Memo } from '../../lib/status/memo.js';
 import { SnapshotBuilder, type SnapshotSources } from '../../lib/status/snapshot.js';
 import { type TestResources, testResources } from '../support/aws.js';
+import { envFor } from '../support/stores.js';
 
 /** 5 s into a 10-second slot, so "now" is never on a slot edge. */
 const NOW = 1_800_000_005_000;
@@ -52,18 +53,7 @@ const record = (at: number, event: OutcomeEvent) => stores.outcomes.record(at, e
 
 beforeAll(async () => {
   res = await testResources('status-snapshot');
-  const env = readRuntimeEnv({
-    AWS_REGION: 'us-east-1',
-    SLUICE_STATE_TABLE: res.names.stateTable,
-    SLUICE_TICKETS_TABLE: res.names.ticketsTable,
-    SLUICE_KEYS_TABLE: res.names.keysTable,
-    SLUICE_QUEUE_URGENT_URL: res.names.queueUrls.urgent,
-    SLUICE_QUEUE_HIGH_URL: res.names.queueUrls.high,
-    SLUICE_QUEUE_NORMAL_URL: res.names.queueUrls.normal,
-    SLUICE_QUEUE_LOW_URL: res.names.queueUrls.low,
-    SLUICE_DYNAMODB_ENDPOINT: res.endpoints.dynamoEndpoint,
-    SLUICE_SQS_ENDPOINT: res.endpoints.sqsEndpoint,
-  });
+  const env = readRuntimeEnv(envFor(res));
   clients = makeClients(env);
   stores = makeStores(env, clients, {}, clock);
 
@@ -75,7 +65,6 @@ beforeAll(async () => {
 
   // Outcomes: one slot outside the 10-minute window, two inside, and the current slot.
   await record(NOW - 11 * MIN, { counts: { granted: 100, ok: 100 } });
-  // One latency per write of a histogram row: the store's ADD cannot name the same attribute twice.
   await record(NOW - 9 * MIN, { counts: { granted: 3, ok: 2, throttled: 1 } });
   for (const ms of [300, 300, 4_000]) {
     await record(NOW - 9 * MIN, { counts: {}, latencies: [{ name: 'queueWait', priority: 'normal', ms }] });
