@@ -2,10 +2,12 @@
 // turn straight to the upstream, with client-side AWS adaptive limiting, with a shared Bottleneck limiter on
 // Redis, and through sluice — at heavy and moderate overload and with open-loop bursts.
 import { mkdirSync, writeFileSync } from 'node:fs';
+import { loadavg } from 'node:os';
 import { DEFAULT_CONFIG } from '../lib/domain/config.js';
 import { PRIORITIES, type Priority } from '../lib/domain/priority.js';
 import { startEmulators } from '../lib/local/emulators.js';
 import { callsPerBin, type RunMetrics, runMetrics, tagCalls } from './support/analysis.js';
+import { codeVersion } from './support/code.js';
 import { type RedisServer, startRedis } from './support/redis.js';
 import {
   adaptiveSetup,
@@ -16,12 +18,14 @@ import {
   sluiceEnv,
   sluiceSetup,
 } from './support/setups.js';
-import { timeScale } from './support/sim.js';
+import { type TimeScale, timeScale } from './support/sim.js';
 import { machine, round } from './support/stats.js';
 import { binPanels, latencyBars } from './support/svg.js';
 import { agentPriorities, burstyArrivals, runWorkload, type Workload } from './support/workload.js';
 
 const RESULTS = 'bench/results';
+/** Scenarios where sluice runs a second time with less compression (SLUICE_BENCH_CHECK_SCALE). */
+const CHECKED = ['heavy', 'bursty'];
 
 /** Bench knobs from the environment (the `npm run bench` runner passes only names). */
 const knob = (name: string, fallback: number): number => {
@@ -104,7 +108,8 @@ interface SetupResult {
 }
 
 export interface FleetResult {
-  machine: ReturnType<typeof machine>;
+  machine: ReturnType<typeof machine> & { loadavg: number[] };
+  code: ReturnType<typeof codeVersion>;
   timeScale: { factor: number; note: string };
   settings: Record<string, unknown>;
   scenarios: {
@@ -122,7 +127,7 @@ export const runFleetBench = async (opts: { log: (line: string) => void }): Prom
   const started = Date.now();
   const scale = timeScale(knob('SLUICE_BENCH_SCALE', 10));
   const agents = Math.round(knob('SLUICE_BENCH_AGENTS', 40));
-  const durationMs = knob('SLUICE_BENCH_DURATION_S', 300) * 1000;
+  const durationMs = knob('SLUICE_BENCH_DURATION_S', 240) * 1000;
   const seed = Math.round(knob('SLUICE_BENCH_SEED', 42));
   const inversionBoundMs = 5_000;
   const only = (process.env.SLUICE_BENCH_SETUPS ?? '').split(',').filter(Boolean);
@@ -132,18 +137,21 @@ export const runFleetBench = async (opts: { log: (line: string) => void }): Prom
   process.env.POWERTOOLS_LOG_LEVEL ??= 'ERROR';
   process.env.LOG_LEVEL ??= 'ERROR';
 
+  const sluice = sluiceSetup(DEFAULT_CONFIG.retreatPreset);
   const setups: Setup[] = [
     directSetup,
     adaptiveSetup('default'),
     adaptiveSetup('fair'),
     bottleneckSetup,
-    sluiceSetup(DEFAULT_CONFIG.retreatPreset),
+    sluice,
   ].filter((s) => only.length === 0 || only.includes(s.name));
+  const checkFactor = knob('SLUICE_BENCH_CHECK_SCALE', 3);
+  const checkScale = checkFactor < scale.factor ? timeScale(checkFactor) : undefined;
   const plan = scenarios(agents, durationMs, seed).filter(
     (s) => onlyScenarios.length === 0 || onlyScenarios.includes(s.name),
   );
   log(
-    `fleet: ${plan.length} scenarios × ${setups.length} setups, ${durationMs / 1000} s modelled each, time scale ${scale.factor}× (≈ ${Math.ceil((plan.length * setups.length * scale.real(durationMs)) / 60_000)} min)`,
+    `fleet: ${plan.length} scenarios × ${setups.length} setups, ${durationMs / 1000} s modelled each at ${scale.factor}×${checkScale ? `, plus sluice at ${checkScale.factor}× in ${CHECKED.join(' and ')}` : ''} (≈ ${Math.ceil((plan.length * setups.length * scale.real(durationMs) + (checkScale ? CHECKED.length * checkScale.real(durationMs) : 0)) / 60_000)} min)`,
   );
 
   const emulators = await startEmulators();
@@ -152,7 +160,8 @@ export const runFleetBench = async (opts: { log: (line: string) => void }): Prom
   if ('missing' in redisStart) log(`fleet: ${redisStart.missing}; the Bottleneck setup is skipped`);
   const priorities = agentPriorities(agents);
   const result: FleetResult = {
-    machine: machine(),
+    machine: { ...machine(), loadavg: loadavg().map((x) => round(x, 2)) },
+    code: codeVersion(),
     timeScale: {
       factor: scale.factor,
       note: `Everything runs ${scale.factor}× faster than the modelled world: the upstream allows ${limit.requests} calls per ${scale.real(limit.windowMs) / 1000} s real, think times, backoffs and sluice's windows are divided by ${scale.factor}. All times and rates below are modelled.`,
@@ -183,63 +192,78 @@ export const runFleetBench = async (opts: { log: (line: string) => void }): Prom
     wallSeconds: 0,
   };
   try {
+    const runOne = async (
+      sc: Scenario,
+      setup: Setup,
+      runScale: TimeScale,
+      where: string,
+      label = setup.label,
+      name = setup.name,
+    ): Promise<SetupResult> => {
+      const skipped = setup.unavailable?.({ redis });
+      if (skipped) return { setup: name, label, skipped };
+      const ctx: SetupContext = {
+        scale: runScale,
+        priorities,
+        limit,
+        upstream: {
+          limit: { requests: limit.requests, windowMs: runScale.real(limit.windowMs) },
+          maxConcurrency: UPSTREAM_MODEL.maxConcurrency,
+          firstByteDelayMs: runScale.real(UPSTREAM_MODEL.firstByteDelayMs),
+          tokenDelayMs: runScale.real(UPSTREAM_MODEL.tokenDelayMs),
+          tokensPerResponse: UPSTREAM_MODEL.tokensPerResponse,
+          retryAfterSeconds: null,
+        },
+        emulators,
+        redis,
+        runId: `${sc.name}-${name}-${Date.now().toString(36)}`,
+      };
+      const running = await setup.start(ctx);
+      try {
+        const run = await runWorkload(sc.workload, running.send, runScale, {
+          onTick: (records, clock) => {
+            const calls = running.upstream.calls;
+            const refused = calls.filter((c) => c.kind === 'rate_limited' || c.kind === 'capacity').length;
+            log(
+              `${where}: ${Math.round(clock.now() / 1000)}/${durationMs / 1000} s · ${records.filter((r) => r.ok).length} ok · ${records.filter((r) => r.end !== undefined && !r.ok).length} failed · upstream ${calls.length} calls, ${refused} × 429`,
+            );
+          },
+        });
+        const calls = tagCalls(running.upstream.calls, run.clock);
+        const metrics = runMetrics({
+          records: run.records,
+          calls,
+          durationMs,
+          windowMs: limit.windowMs,
+          limitRpm,
+          inversionBoundMs,
+        });
+        log(
+          `${where}: goodput ${metrics.goodputRpm} rpm (${metrics.goodputPctOfLimit} %), 429s ${metrics.upstream429} (${metrics.upstream429Pct} %), failed ${metrics.failed}, inversions ${metrics.inversions}, max ${metrics.maxCallsIn60s} calls/60 s`,
+        );
+        return { setup: name, label, metrics, bins: callsPerBin(calls, 10_000, durationMs) };
+      } finally {
+        await running.stop();
+      }
+    };
     for (const [si, sc] of plan.entries()) {
       const results: SetupResult[] = [];
       for (const [i, setup] of setups.entries()) {
-        const skipped = setup.unavailable?.({ redis });
-        if (skipped) {
-          results.push({ setup: setup.name, label: setup.label, skipped });
-          continue;
-        }
-        const ctx: SetupContext = {
-          scale,
-          priorities,
-          limit,
-          upstream: {
-            limit: { requests: limit.requests, windowMs: scale.real(limit.windowMs) },
-            maxConcurrency: UPSTREAM_MODEL.maxConcurrency,
-            firstByteDelayMs: scale.real(UPSTREAM_MODEL.firstByteDelayMs),
-            tokenDelayMs: scale.real(UPSTREAM_MODEL.tokenDelayMs),
-            tokensPerResponse: UPSTREAM_MODEL.tokensPerResponse,
-            retryAfterSeconds: null,
-          },
-          emulators,
-          redis,
-          runId: `${sc.name}-${setup.name}-${Date.now().toString(36)}`,
-        };
-        const running = await setup.start(ctx);
         const where = `fleet [${si + 1}/${plan.length} ${sc.name}] ${setup.name} (${i + 1}/${setups.length})`;
-        try {
-          const run = await runWorkload(sc.workload, running.send, scale, {
-            onTick: (records, clock) => {
-              const calls = running.upstream.calls;
-              const refused = calls.filter((c) => c.kind === 'rate_limited' || c.kind === 'capacity').length;
-              log(
-                `${where}: ${Math.round(clock.now() / 1000)}/${durationMs / 1000} s · ${records.filter((r) => r.ok).length} ok · ${records.filter((r) => r.end !== undefined && !r.ok).length} failed · upstream ${calls.length} calls, ${refused} × 429`,
-              );
-            },
-          });
-          const calls = tagCalls(running.upstream.calls, run.clock);
-          const metrics = runMetrics({
-            records: run.records,
-            calls,
-            durationMs,
-            windowMs: limit.windowMs,
-            limitRpm,
-            inversionBoundMs,
-          });
-          results.push({
-            setup: setup.name,
-            label: setup.label,
-            metrics,
-            bins: callsPerBin(calls, 10_000, durationMs),
-          });
-          log(
-            `${where}: goodput ${metrics.goodputRpm} rpm (${metrics.goodputPctOfLimit} %), 429s ${metrics.upstream429} (${metrics.upstream429Pct} %), failed ${metrics.failed}, inversions ${metrics.inversions}, max ${metrics.maxCallsIn60s} calls/60 s`,
-          );
-        } finally {
-          await running.stop();
-        }
+        results.push(await runOne(sc, setup, scale, where));
+      }
+      // The same sluice run with less compression: what the time scale costs a system with real-time overheads.
+      if (checkScale && CHECKED.includes(sc.name) && setups.includes(sluice)) {
+        results.push(
+          await runOne(
+            sc,
+            sluice,
+            checkScale,
+            `fleet [${si + 1}/${plan.length} ${sc.name}] sluice at ${checkScale.factor}×`,
+            `${sluice.label}, at ${checkScale.factor}× instead of ${scale.factor}×`,
+            `sluice@${checkScale.factor}x`,
+          ),
+        );
       }
       result.scenarios.push({ ...sc, results });
       writeCharts(result.scenarios.at(-1) as FleetResult['scenarios'][number], limit);
@@ -306,7 +330,7 @@ export const fleetMarkdown = (r: FleetResult): string => {
   const lines = [
     `## Fleet: ${s.workload.agents} agents sharing one 40 rpm key`,
     '',
-    `${r.machine.date.slice(0, 10)} · ${r.machine.cores} cores, ${r.machine.cpu}, ${r.machine.memoryGiB} GiB · node ${r.machine.node} · wall ${Math.round(r.wallSeconds / 60)} min`,
+    `${r.machine.date.slice(0, 10)} · ${r.machine.cores} cores, ${r.machine.cpu}, ${r.machine.memoryGiB} GiB · node ${r.machine.node} · load average at start ${r.machine.loadavg.join(' / ')} · code ${r.code.commit}${r.code.dirty ? ' + uncommitted changes' : ''} · wall ${Math.round(r.wallSeconds / 60)} min`,
     '',
     `**Time scale ${r.timeScale.factor}×.** ${r.timeScale.note}`,
     '',

@@ -6,6 +6,7 @@ import { RETREAT_PRESETS } from '../lib/domain/config.js';
 import type { RetreatRecord } from '../lib/domain/retreat.js';
 import { startEmulators } from '../lib/local/emulators.js';
 import { callsPerBin, type TaggedCall, tagCalls } from './support/analysis.js';
+import { codeVersion } from './support/code.js';
 import { type RunningSetup, type SetupContext, sluiceEnv, sluiceSetup } from './support/setups.js';
 import { simClock, sleep, timeScale } from './support/sim.js';
 import { machine, round } from './support/stats.js';
@@ -66,6 +67,7 @@ export interface PresetResult {
 
 export interface RetreatBenchResult {
   machine: ReturnType<typeof machine> & { loadavg: number[] };
+  code: ReturnType<typeof codeVersion>;
   timeScale: { factor: number; note: string };
   settings: Record<string, unknown>;
   phases: RetreatPhases;
@@ -280,6 +282,7 @@ export const runRetreatBench = async (opts: {
   }
   const result: RetreatBenchResult = {
     machine: { ...machine(), loadavg: loadBefore.map((x) => round(x, 2)) },
+    code: codeVersion(),
     timeScale: {
       factor: scale.factor,
       note: `Runs ${scale.factor}× faster than the modelled world (windows, holds, think times divided by ${scale.factor}); sluice's outcome counters keep their fixed 10 s slots, which are ${10 * scale.factor} s modelled, so a higher scale distorts the slot-based presets more.`,
@@ -352,7 +355,7 @@ export const retreatMarkdown = (r: RetreatBenchResult): string => {
   return [
     `## Retreat: hidden limit ${r.phases.base} → ${r.phases.constrained} → ${r.phases.base} rpm`,
     '',
-    `${r.machine.date.slice(0, 10)} · ${r.machine.cores} cores, ${r.machine.cpu} · node ${r.machine.node} · load average at start ${r.machine.loadavg.join(' / ')} · wall ${Math.round(r.wallSeconds / 60)} min`,
+    `${r.machine.date.slice(0, 10)} · ${r.machine.cores} cores, ${r.machine.cpu} · node ${r.machine.node} · load average at start ${r.machine.loadavg.join(' / ')} · code ${r.code.commit}${r.code.dirty ? ' + uncommitted changes' : ''} · wall ${Math.round(r.wallSeconds / 60)} min`,
     '',
     `**Time scale ${r.timeScale.factor}×.** ${r.timeScale.note}`,
     '',

@@ -20,10 +20,13 @@ export const BENCHES: Record<string, (opts: BenchOptions) => Promise<BenchResult
     })),
   fleet: (o) => import('./fleet.js').then((m) => m.runFleetBench(o)),
   retreat: (o) => import('./retreat.js').then((m) => m.runRetreatBench(o)),
+  soak: (o) => import('./soak.js').then((m) => m.runSoakBench(o)),
 };
 
 const main = async (argv: readonly string[]): Promise<number> => {
-  const names = argv.length ? argv : Object.keys(BENCHES);
+  // `--name value` pairs are options for the benches (e.g. `soak --minutes 10`), not bench names.
+  const given = argv.filter((a, i) => !a.startsWith('--') && !argv[i - 1]?.startsWith('--'));
+  const names = given.length ? given : Object.keys(BENCHES);
   const unknown = names.filter((n) => !(n in BENCHES));
   if (unknown.length) {
     console.error(`unknown bench: ${unknown.join(', ')} (known: ${Object.keys(BENCHES).join(', ')})`);

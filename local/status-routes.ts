@@ -1,5 +1,8 @@
 // Local runtime: the status function (composed like its Lambda, in its own "container") and the dashboard's
 // static site with a generated config.json, as extra routes on the local API Gateway.
+// The shim first: Powertools' event handler reads the `awslambda` global once, when it is first imported, and the
+// ingress (streaming) shares that module; imported without the shim, its replies lose their status and headers.
+import './awslambda-shim.js';
 import { readFile } from 'node:fs/promises';
 import { extname, join, resolve, sep } from 'node:path';
 import type { APIGatewayProxyEvent, APIGatewayProxyResult } from 'aws-lambda';

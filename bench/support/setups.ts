@@ -222,7 +222,7 @@ export const sluiceEnv = (
 };
 
 /** 4. The whole local system (DynamoDB Local, fauxqs, real handlers), one key per agent. */
-export const sluiceSetup = (preset: string): Setup => ({
+export const sluiceSetup = (preset: string, extraEnv: Record<string, string> = {}): Setup => ({
   name: preset === 'sluice' ? 'sluice' : `sluice-${preset}`,
   label: `sluice (retreat preset ${preset})`,
   settings: {
@@ -242,7 +242,7 @@ export const sluiceSetup = (preset: string): Setup => ({
         upstreamUrl: `${upstream.url}/v1`,
         upstreamApiKey: UPSTREAM_KEY,
         scheduleMs: ctx.scale.real(60_000),
-        env: sluiceEnv(ctx.scale, ctx.limit, preset),
+        env: sluiceEnv(ctx.scale, ctx.limit, preset, extraEnv),
       });
     } catch (err) {
       await upstream.stop();

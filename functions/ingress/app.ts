@@ -6,7 +6,7 @@ import type { APIGatewayProxyEvent, Context } from 'aws-lambda';
 import { FetchUpstream } from '../../lib/adapters/upstream/fetch-upstream.js';
 import { Admission } from '../../lib/domain/admission.js';
 import { KeyAuthenticator } from '../../lib/domain/auth.js';
-import { GatewayError, NotFoundError } from '../../lib/domain/errors.js';
+import { GatewayError, NotFoundError, ValidationError } from '../../lib/domain/errors.js';
 import { OutcomeTriggeredRetreat } from '../../lib/domain/retreat-controller.js';
 import { errorReply } from '../../lib/ingress/http.js';
 import { type IngressDeps, IngressService } from '../../lib/ingress/service.js';
@@ -19,6 +19,16 @@ interface RequestScope {
   signal: AbortSignal;
   allowedOrigin: string | undefined;
 }
+
+/** The OpenAI endpoints routed here, with the one method each takes. */
+const ROUTED_METHODS: Record<string, string> = {
+  '/v1/chat/completions': 'POST',
+  '/v1/completions': 'POST',
+  '/v1/embeddings': 'POST',
+  '/v1/models': 'GET',
+};
+/** Methods the `/v1/*` catch-all forwards. */
+const FORWARDED_METHODS = new Set(['GET', 'POST']);
 
 /** The streaming wrapper hands the client-disconnect signal to the route via this request scope. */
 const scope = new AsyncLocalStorage<RequestScope>();
@@ -55,10 +65,32 @@ export const makeIngressHandler = (service: IngressService, opts: { allowedOrigi
         headers: corsHeaders(opts.allowedOrigin, event as APIGatewayProxyEvent),
       }),
   );
-  // Other /v1/* paths are forwarded as the seed's catch-all did (they spend the key, so they queue too).
+  // Other /v1/* paths are forwarded as the seed's catch-all did (they spend the key, so they queue too) — with
+  // GET or POST only; a routed endpoint with another method is refused before it could cost a token.
   app.notFound(async (_err, reqCtx) => {
     const ev = reqCtx.event as APIGatewayProxyEvent;
-    if (ev.path?.startsWith('/v1/')) return serve({ event: ev, context: reqCtx.context });
+    if (ev.path?.startsWith('/v1/')) {
+      const method = ev.httpMethod.toUpperCase();
+      if (method === 'OPTIONS')
+        return new Response(null, { status: 204, headers: corsHeaders(opts.allowedOrigin, ev) });
+      const path = ev.path.replace(/\/+$/, '');
+      const routed = ROUTED_METHODS[path] ?? (path.startsWith('/v1/models/') ? 'GET' : undefined);
+      if (routed === undefined && FORWARDED_METHODS.has(method))
+        return serve({ event: ev, context: reqCtx.context });
+      return toResponse(
+        errorReply(
+          new GatewayError(
+            405,
+            'invalid_request_error',
+            'method_not_allowed',
+            routed
+              ? `${method} is not allowed on ${path}; use ${routed}.`
+              : `${method} is not forwarded; only GET and POST reach the upstream.`,
+          ),
+          { 'x-request-id': reqCtx.context.awsRequestId },
+        ),
+      );
+    }
     return toResponse(
       errorReply(new NotFoundError(`No route ${ev.httpMethod} ${ev.path}.`), {
         'x-request-id': reqCtx.context.awsRequestId,
@@ -83,6 +115,20 @@ export const makeIngressHandler = (service: IngressService, opts: { allowedOrigi
   });
 
   return awslambda.streamifyResponse(async (event: unknown, responseStream, context: Context) => {
+    const ev = event as APIGatewayProxyEvent;
+    if ((ev.httpMethod === 'GET' || ev.httpMethod === 'HEAD') && ev.body) {
+      // The router's web Request cannot carry a GET body (it would throw, a 502): refuse it as the service would.
+      const reply = errorReply(
+        new ValidationError(`${ev.httpMethod} requests take no body.`, null, 'unexpected_body'),
+        { 'x-request-id': context.awsRequestId, ...corsHeaders(opts.allowedOrigin, ev) },
+      );
+      const out = awslambda.HttpResponseStream.from(responseStream, {
+        statusCode: reply.status,
+        headers: reply.headers,
+      });
+      out.end(reply.body as string);
+      return;
+    }
     const disconnected = new AbortController();
     // Locally the API Gateway adapter exposes a signal; in Lambda the stream closing early is the only hint.
     const local = (responseStream as { clientSignal?: AbortSignal }).clientSignal;
@@ -131,6 +177,7 @@ export const buildIngressService = (processEnv: Record<string, string | undefine
     upstreamKey: () => upstreamKey(),
     routes: env.routes,
     upstreams: env.upstreams,
+    maxBodyBytes: env.maxBodyBytes,
     clock: stores.clock,
     telemetry: {
       // Metrics are flushed per request: the stream outlives any `after` hook.

@@ -216,7 +216,12 @@ export const makeStatusHandler = (deps: StatusDeps, obs: { logger?: Logger; metr
   app.notFound((_err, ctx) => notFound(ctx));
 
   const handle = async (event: APIGatewayProxyEvent, context: Context): Promise<APIGatewayProxyResult> => {
-    const result = await app.resolve(event, context);
+    // A GET body means nothing here, and the router's web Request would throw on it (a 502): drop it.
+    const ev =
+      (event.httpMethod === 'GET' || event.httpMethod === 'HEAD') && event.body
+        ? { ...event, body: null }
+        : event;
+    const result = await app.resolve(ev, context);
     metrics.addMetric('requests', MetricUnit.Count, 1);
     return { ...result, headers: { ...result.headers, 'x-request-id': context.awsRequestId } };
   };

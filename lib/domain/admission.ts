@@ -11,6 +11,7 @@ import {
   StoreUnavailableError,
   UnavailableError,
 } from './errors.js';
+import { grantToCallMaxMs } from './gcra.js';
 import type {
   AgentUsageEvent,
   LeaseStore,
@@ -109,7 +110,14 @@ const unlessStoreDown =
 
 /** Shortest and longest pause between two reads of a waiting ticket. */
 export const POLL_MIN_MS = 25;
-export const POLL_MAX_MS = 5_000;
+/**
+ * Longest pause between two reads: bounds how late after its grant a ticket is seen, which must stay well below
+ * grantToCallMaxMs (a staler grant is requeued, not called). At most one read a second per waiting request;
+ * half the grant → call allowance for short limit windows.
+ */
+export const POLL_MAX_MS = 1_000;
+const pollMaxMs = (windowMs: number) =>
+  Math.max(POLL_MIN_MS, Math.min(POLL_MAX_MS, grantToCallMaxMs(windowMs) / 2));
 
 /** Time after which a grant must have been claimed (kept in step with the dispatcher's claim window). */
 const CLAIM_MARGIN_MS = 5_000;
@@ -288,10 +296,13 @@ export class Admission {
     const { clock, tickets } = this.d;
     // A store hiccup only blurs the estimate or delays a read: the ticket is still queued, keep waiting for it.
     const queued = await tickets.admissionCount().catch(unlessStoreDown(0));
-    const etaAt = clock.now() + Math.max(0, queued - 1) * intervalMs;
+    // URGENT and HIGH overtake most of the queue: the count says little about them, poll as if due.
+    const ahead = ticket.priority === 'urgent' || ticket.priority === 'high' ? 0 : Math.max(0, queued - 1);
+    const etaAt = clock.now() + ahead * intervalMs;
     // Far from the estimate: read at half the remaining time. Past it: back off from POLL_MIN_MS (the fast path
     // answers within a poll or two) up to half a token interval, so a long queue costs few reads.
     let overdue = 0;
+    const maxPause = pollMaxMs(this.windowMs);
     for (;;) {
       const now = clock.now();
       if (hooks.signal?.aborted) return this.giveUp(ticket, 'abandoned', 'client_disconnected');
@@ -299,8 +310,8 @@ export class Admission {
       const remaining = Math.max(0, etaAt - now);
       const pause =
         remaining > 0
-          ? Math.min(POLL_MAX_MS, Math.max(POLL_MIN_MS, remaining / 2))
-          : Math.min(POLL_MIN_MS * 1.5 ** overdue, Math.max(POLL_MIN_MS, intervalMs / 2), POLL_MAX_MS);
+          ? Math.min(maxPause, Math.max(POLL_MIN_MS, remaining / 2))
+          : Math.min(POLL_MIN_MS * 1.5 ** overdue, maxPause);
       hooks.onWaiting?.({ position: Math.ceil(remaining / intervalMs), etaMs: remaining });
       await clock.sleep(Math.min(pause, ticket.deadline - now), hooks.signal);
       if (hooks.signal?.aborted) continue;
@@ -308,7 +319,8 @@ export class Admission {
       const current = await tickets.get(ticket.id).catch(unlessStoreDown(null));
       if (current === null) continue;
       if (!current) return this.refused(ticket, 'failed', undefined);
-      if (current.status === 'granted' && current.attempt === ticket.attempt)
+      // A later attempt counts too: another waiter on the same ticket (Idempotency-Key) may have requeued it.
+      if (current.status === 'granted' && current.attempt >= ticket.attempt)
         return { kind: 'granted', ticket: current };
       if (current.status !== 'queued') return this.refused(ticket, current.status, current);
       if (clock.now() >= etaAt) overdue++;
@@ -339,7 +351,7 @@ export class Admission {
     }
     // It moved meanwhile: granted just in time is still a grant.
     const current = res.conflict;
-    if (current?.status === 'granted' && current.attempt === ticket.attempt) {
+    if (current?.status === 'granted' && current.attempt >= ticket.attempt) {
       if (reason === 'client_disconnected') {
         await this.abandonGrant(current, reason);
         return this.refused(ticket, 'abandoned', current);
@@ -450,6 +462,33 @@ export class Admission {
       { attempt: ticket.attempt, known: ticket },
     );
     if (!('ticket' in res)) return undefined;
+    await this.d.outcomes.record(this.d.clock.now(), { counts: { requeued: 1 } });
+    await this.enqueue(res.ticket);
+    return res.ticket;
+  }
+
+  /** True when a grant is too old to call on: calls must start within grantToCallMaxMs of their grant. */
+  isStale(ticket: Ticket): boolean {
+    // A quarter kept for the claim write and the connection that still come before the call reaches the upstream.
+    const limit = grantToCallMaxMs(this.windowMs) * 0.75;
+    return ticket.grantedAt !== undefined && this.d.clock.now() - ticket.grantedAt > limit;
+  }
+
+  /**
+   * A grant seen too late (a slow poll, a store hiccup): `granted → queued` at its original place (attempt + 1)
+   * and its token given back, instead of a call that could push a window of calls over the limit.
+   * @returns the requeued ticket, or undefined when it moved meanwhile.
+   */
+  async requeueStale(ticket: Ticket): Promise<Ticket | undefined> {
+    const res = await this.d.tickets.transition(
+      ticket.id,
+      'granted',
+      'queued',
+      { reason: 'grant_stale' },
+      { attempt: ticket.attempt, known: ticket },
+    );
+    if (!('ticket' in res)) return undefined;
+    await this.d.bucket.refund(ticket.grantedAt ?? this.d.clock.now(), this.windowMs);
     await this.d.outcomes.record(this.d.clock.now(), { counts: { requeued: 1 } });
     await this.enqueue(res.ticket);
     return res.ticket;

@@ -51,8 +51,8 @@ export interface GatewayConfig {
   paused: boolean;
   /** Refuse new requests with 503 while the queue empties (maintenance). @default false */
   draining: boolean;
-  // Retreat (ADR-009 defaults, evaluated on time rather than per response).
-  /** @default 'sluice' */
+  // Retreat (ADR-009 thresholds; the probe preset won the retreat bench, see docs/performance.md).
+  /** @default 'probe' */
   retreatPreset: RetreatPreset;
   /** @default 60000 */
   retreatWindowMs: number;
@@ -80,7 +80,7 @@ export interface GatewayConfig {
   retreatProbeTarget: number;
   /** probe: probe steps after the first add this fraction of the rate. @default 0.2 */
   retreatProbeGrowth: number;
-  /** probe: after a refused probe the hold doubles, up to this many recover windows. @default 1.25 */
+  /** probe: after a refused probe the hold doubles, up to this many recover windows. @default 1.5 */
   retreatProbeHoldFactor: number;
 }
 
@@ -104,7 +104,7 @@ export const DEFAULT_CONFIG: Readonly<GatewayConfig> = Object.freeze({
   maxInflight: 0,
   paused: false,
   draining: false,
-  retreatPreset: 'sluice',
+  retreatPreset: 'probe',
   retreatWindowMs: 60_000,
   retreatThreshold: 0.05,
   retreatAgainThreshold: 0.1,
@@ -118,7 +118,7 @@ export const DEFAULT_CONFIG: Readonly<GatewayConfig> = Object.freeze({
   retreatMinSample: 8,
   retreatProbeTarget: 1,
   retreatProbeGrowth: 0.2,
-  retreatProbeHoldFactor: 1.25,
+  retreatProbeHoldFactor: 1.5,
 });
 
 type FieldKind = 'int' | 'number' | 'bool' | 'enum';

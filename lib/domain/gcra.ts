@@ -15,17 +15,30 @@ export interface BucketState extends BucketParams {
   holdUntil?: number;
 }
 
+/** The longest grant → call delay allowed for a long window (a short one gets a tenth of itself). */
+export const GRANT_TO_CALL_MAX_MS = 2_000;
+
+/**
+ * How late after its grant a ticket's upstream call may start, for a limit window of `windowMs`: the ingress
+ * requeues (and refunds) an older grant instead of calling (Admission.isStale). Calls are shifted from their
+ * grants by 0…this, so a window of calls holds the grants of a window this much longer: the bucket is derived
+ * for that longer window (bucketParamsFor), and the limit holds for calls, not only for grants.
+ */
+export const grantToCallMaxMs = (windowMs: number): number =>
+  Math.min(GRANT_TO_CALL_MAX_MS, Math.floor(windowMs / 10));
+
 /**
  * Derives a window-safe bucket from an upstream limit of `limit` calls per `windowMs`:
- * burst + window / interval ≤ limit, so no window of that length ever sees more than `limit` grants
- * (the seed's burst 40 at 40 rpm let ~80 calls into the first minute).
- * The burst shrinks for small limits so most of the window's allowance stays paced.
+ * burst + (window + slack) / interval ≤ limit, so no window of that length ever sees more than `limit` grants
+ * — nor calls, when each call starts within `slackMs` of its grant (the seed's burst 40 at 40 rpm let ~80 calls
+ * into the first minute). The burst shrinks for small limits so most of the window's allowance stays paced.
+ * @param slackMs how late after its grant a call may start @default 0
  */
-export const deriveBucket = (limit: number, windowMs: number, burst: number): BucketParams => {
+export const deriveBucket = (limit: number, windowMs: number, burst: number, slackMs = 0): BucketParams => {
   const b = Math.max(1, Math.min(Math.floor(burst), Math.floor(limit / 4)));
   const paced = limit - b;
   // Rounded up: a slightly slower rate keeps the bound exact despite integer milliseconds.
-  const intervalMs = paced >= 1 ? Math.ceil(windowMs / paced) : windowMs + 1;
+  const intervalMs = paced >= 1 ? Math.ceil((windowMs + slackMs) / paced) : windowMs + slackMs + 1;
   return { intervalMs, burst: b };
 };
 

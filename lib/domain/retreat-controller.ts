@@ -2,7 +2,7 @@
 import type { TokenBucket } from './bucket.js';
 import type { Clock } from './clock.js';
 import type { GatewayConfig } from './config.js';
-import { type BucketParams, deriveBucket } from './gcra.js';
+import { type BucketParams, deriveBucket, grantToCallMaxMs } from './gcra.js';
 import {
   type OutcomeEvent,
   SLOT_MS,
@@ -39,6 +39,8 @@ export const bucketParamsFor = (
     config.retreatPreset === 'probe' && record.state !== undefined && record.state !== 'normal'
       ? 1
       : config.bucketBurst,
+    // Calls start up to this long after their grants: the limit must hold for windows of calls too.
+    grantToCallMaxMs(config.upstreamWindowMs),
   );
 
 /** Upstream answers in one slot (what a mark subtracts). */

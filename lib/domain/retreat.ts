@@ -48,7 +48,9 @@ export interface ProbeState {
   quietRpm: number;
   /** Quiet time the next probe waits for (grows after a refused probe). */
   holdMs: number;
-  /** Steps of the current probe; 0 while holding. */
+  /** The lowest rate refused since the cut: a one-call probe below it is skipped. */
+  ceilingRpm?: number;
+  /** The current probe: 0 holding, 1 one call more, 2 a first growth step, 3+ growing toward base. */
   step: number;
 }
 
@@ -104,6 +106,8 @@ export interface RetreatInputs {
 export const PROBE_MIN_CUT = 0.95;
 /** …and at most this much: an estimate taken while the upstream still drains an old window can be far too low. */
 export const PROBE_MAX_CUT = 0.5;
+/** probe: a cut needs at least this many 429s since the last step; a lone one is arrival jitter, not a limit. */
+export const PROBE_MIN_429S = 2;
 /** probe: grow only while grants reach this share of the rate (a rate nobody uses proves nothing). */
 export const PROBE_MIN_USE = 0.75;
 
@@ -212,21 +216,21 @@ const evaluateAdr009 = (
 
 /**
  * The `probe` preset: cut to what the upstream was seen to accept, hold there, probe upward now and then.
- * - Cut (right after a 429; 429 rate since the last step ≥ `retreatThreshold`, enough sample, step interval
- *   passed): to the accepted rate × `retreatProbeTarget`, taking at least 5 % and at most half off. Under a
- *   sliding-window limit the upstream refuses a call exactly when its window holds `limit` calls, so the calls
- *   accepted in the last window, counted at a 429, are the hidden limit: the rate lands there (from above
- *   while old calls still drain) instead of a blind ×0.75 below it. Below base the bucket paces strictly
- *   (burst 1), so the rate can sit at the limit with one call of slack.
+ * - Cut (right after a 429; 429 rate since the last step ≥ `retreatThreshold`, at least two 429s, enough
+ *   sample, step interval passed): to the accepted rate × `retreatProbeTarget`, taking at least 5 % and at
+ *   most half off. Under a sliding-window limit the upstream refuses a call exactly when its window holds
+ *   `limit` calls, so the calls accepted in the last window, counted at a 429, are the hidden limit: the rate
+ *   lands there (from above while old calls still drain) instead of a blind ×0.75 below it. Below base the
+ *   bucket paces strictly (burst 1), so the rate can sit at the limit with one call of slack.
  * - Hold: no probe until the rate has been quiet (429 rate since the last step < `recoverThreshold`) for the
- *   hold time: `recoverWindowMs`, stretched after a refused probe up to `retreatProbeHoldFactor` recover
- *   windows, so probing a still-tight upstream costs about one 429 per hold.
- * - Probe (RECOVER): step 1 adds `recoverStepRpm` (two calls a window by default: one more than the slack)
- *   and holds it for a whole upstream window — only a full window shows an unmoved limit, with a single 429.
- *   If it stays quiet that rate is proven (the new quiet rate) and the limit may have lifted: step 2 adds
- *   `retreatProbeGrowth` and holds half a window, later steps follow each step interval, up to base, while
- *   the rate is in use (grants ≥ 75 % of it; an unused rate proves nothing). A single 429 ends the probe at
- *   once: back to the quiet rate, or — past step 2 — to what the upstream accepted, if that is higher.
+ *   hold time: `recoverWindowMs`, doubled after a refused probe up to `retreatProbeHoldFactor` recover windows,
+ *   so probing a still-tight upstream costs about one 429 per hold.
+ * - Probe (RECOVER), in stages. 1: one call a window more, held for a whole upstream window (only a full
+ *   window shows the limit); quiet, it becomes the quiet rate — this corrects an estimate a call too low — and
+ *   is skipped once refused. 2: `retreatProbeGrowth` more, held half a window: refused unless the limit has
+ *   moved. 3+: the same growth each step interval up to base. Steps need the rate in use (grants ≥ 75 % of
+ *   it; an unused rate proves nothing). A single 429 ends a probe at once: back to the quiet rate, or — from
+ *   stage 3, where the limit evidently moved — to what the upstream accepted, if higher.
  * Capacity errors (worker concurrency) are never read as rate limits.
  */
 export const evaluateProbe = (
@@ -239,18 +243,30 @@ export const evaluateProbe = (
   const rate = throttleRate(since);
   const enough = since.total >= p.retreatMinSample;
   const canStep = now - r.lastStepAt >= p.retreatStepIntervalMs;
-  const canCut = enough && canStep && rate >= p.retreatThreshold && inputs.trigger !== 'timer';
+  const canCut =
+    enough &&
+    canStep &&
+    rate >= p.retreatThreshold &&
+    since.throttled >= PROBE_MIN_429S &&
+    inputs.trigger !== 'timer';
   const accepted = inputs.acceptedRpm ?? r.effectiveRpm * (1 - rate);
-  const probe = r.probe;
-  const hold = probe?.holdMs ?? p.recoverWindowMs;
+  const probe: ProbeState = r.probe ?? {
+    limitRpm: r.effectiveRpm,
+    quietRpm: r.effectiveRpm,
+    holdMs: p.recoverWindowMs,
+    step: r.state === 'recover' ? 3 : 0,
+  };
+  /** One more call per upstream window, in rpm. */
+  const callRpm = 60_000 / p.upstreamWindowMs;
+  const grow = (rpm: number) => rpm * (1 + p.retreatProbeGrowth);
   const estimate = () =>
     Math.min(
       r.effectiveRpm * PROBE_MIN_CUT,
       Math.max(r.effectiveRpm * PROBE_MAX_CUT, accepted * p.retreatProbeTarget),
     );
-  const retreat = (target: number, reason: string, holdMs: number): RetreatRecord => {
+  const retreat = (target: number, reason: string, next: Partial<ProbeState>): RetreatRecord => {
     const rpm = Math.max(p.retreatFloorRpm, target);
-    const next = move(
+    const moved = move(
       r,
       'retreat',
       rpm,
@@ -259,53 +275,61 @@ export const evaluateProbe = (
       `${reason}; upstream accepted ${accepted.toFixed(1)} rpm`,
       inputs.seen,
     );
-    return { ...next, probe: { limitRpm: accepted, quietRpm: rpm, holdMs, step: 0 } };
+    return {
+      ...moved,
+      probe: { limitRpm: accepted, holdMs: p.recoverWindowMs, ...next, quietRpm: rpm, step: 0 },
+    };
   };
-  const step = (rpm: number, reason: string, quietRpm: number): RetreatRecord => {
+  const step = (rpm: number, n: number, reason: string, quietRpm = probe.quietRpm): RetreatRecord => {
     const capped = Math.min(r.baseRpm, rpm);
-    const next = move(r, capped >= r.baseRpm ? 'normal' : 'recover', capped, now, rate, reason, inputs.seen);
-    return next.state === 'normal' || !probe
-      ? next
-      : { ...next, probe: { ...probe, quietRpm, step: probe.step + 1 } };
+    const moved = move(r, capped >= r.baseRpm ? 'normal' : 'recover', capped, now, rate, reason, inputs.seen);
+    return moved.state === 'normal' ? moved : { ...moved, probe: { ...probe, quietRpm, step: n } };
   };
 
   switch (r.state) {
     case 'normal':
-      if (canCut) {
-        return retreat(estimate(), `429 rate ${pct(rate)} ≥ ${pct(p.retreatThreshold)}`, p.recoverWindowMs);
-      }
+      if (canCut) return retreat(estimate(), `429 rate ${pct(rate)} ≥ ${pct(p.retreatThreshold)}`, {});
       return r;
-    case 'retreat':
+    case 'retreat': {
       if (canCut && r.effectiveRpm > p.retreatFloorRpm) {
-        return retreat(estimate(), `still ${pct(rate)} ≥ ${pct(p.retreatThreshold)}`, hold);
+        return retreat(estimate(), `still ${pct(rate)} ≥ ${pct(p.retreatThreshold)}`, {
+          holdMs: probe.holdMs,
+        });
       }
-      if (now - r.lastStepAt >= hold && rate < p.recoverThreshold) {
-        return step(
-          r.effectiveRpm + p.recoverStepRpm,
-          `quiet ${pct(rate)} for ${Math.round(hold / 1000)} s: probe`,
-          r.effectiveRpm,
-        );
-      }
-      return r;
+      if (now - r.lastStepAt < probe.holdMs || rate >= p.recoverThreshold) return r;
+      const reason = `quiet ${pct(rate)} for ${Math.round(probe.holdMs / 1000)} s: probe`;
+      const fine = r.effectiveRpm + callRpm;
+      return fine < (probe.ceilingRpm ?? Number.POSITIVE_INFINITY)
+        ? step(fine, 1, reason)
+        : step(grow(r.effectiveRpm), 2, reason);
+    }
     case 'recover': {
-      const n = probe?.step ?? 1;
-      const quiet = probe?.quietRpm ?? r.effectiveRpm;
       if (since.throttled > 0) {
-        return retreat(
-          n <= 2 ? quiet : Math.max(quiet, estimate()),
-          `probe refused (${since.throttled} × 429)`,
-          Math.min(p.recoverWindowMs * p.retreatProbeHoldFactor, hold * 2),
-        );
+        const refused = { holdMs: Math.min(p.recoverWindowMs * p.retreatProbeHoldFactor, probe.holdMs * 2) };
+        return probe.step <= 2
+          ? retreat(probe.quietRpm, `probe refused (${since.throttled} × 429)`, {
+              ...refused,
+              limitRpm: probe.limitRpm,
+              ceilingRpm: Math.min(probe.ceilingRpm ?? Number.POSITIVE_INFINITY, r.effectiveRpm),
+            })
+          : retreat(Math.max(probe.quietRpm, estimate()), `probe refused (${since.throttled} × 429)`, {
+              ...refused,
+              ceilingRpm: r.effectiveRpm,
+            });
       }
-      // Step 1 is held a whole window (only a full window shows an unmoved limit), step 2 half of one.
-      const wait = n === 1 ? p.upstreamWindowMs : n === 2 ? p.upstreamWindowMs / 2 : p.retreatStepIntervalMs;
+      const wait =
+        probe.step === 1
+          ? p.upstreamWindowMs
+          : probe.step === 2
+            ? p.upstreamWindowMs / 2
+            : p.retreatStepIntervalMs;
       if (now - r.lastStepAt < wait) return r;
       if ((inputs.grantedRpm ?? r.effectiveRpm) < PROBE_MIN_USE * r.effectiveRpm) return r;
-      return step(
-        r.effectiveRpm * (1 + p.retreatProbeGrowth),
-        `no 429 at ${r.effectiveRpm.toFixed(1)} rpm: probe`,
-        n === 1 ? r.effectiveRpm : quiet,
-      );
+      const reason = `no 429 at ${r.effectiveRpm.toFixed(1)} rpm: probe`;
+      // A quiet one-call probe is the new quiet rate; later steps are not (they were held too briefly).
+      return probe.step === 1
+        ? step(grow(r.effectiveRpm), 2, reason, r.effectiveRpm)
+        : step(grow(r.effectiveRpm), probe.step + 1, reason);
     }
   }
 };

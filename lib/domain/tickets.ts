@@ -29,11 +29,13 @@ export const isTerminal = (s: TicketStatus): s is TerminalStatus =>
 
 /**
  * Legal moves. `queued → granted` happens only in the grant transaction (with a token);
- * `claimed → queued` is the requeue after an upstream 429 before any byte reached the agent.
+ * `claimed → queued` is the requeue after an upstream 429 before any byte reached the agent;
+ * `queued → failed` ends a ticket whose queue message could not be sent (`enqueue_failed`);
+ * `granted → queued` requeues a grant its ingress found too late to use (older than GRANT_TO_CALL_MAX_MS).
  */
 export const TRANSITIONS: { readonly [S in TicketStatus]: readonly TicketStatus[] } = {
-  queued: ['granted', 'abandoned', 'expired', 'dropped', 'rejected'],
-  granted: ['claimed', 'failed', 'abandoned'],
+  queued: ['granted', 'abandoned', 'expired', 'dropped', 'rejected', 'failed'],
+  granted: ['claimed', 'failed', 'abandoned', 'queued'],
   claimed: ['completed', 'failed', 'abandoned', 'queued'],
   completed: [],
   failed: [],

@@ -75,6 +75,23 @@ export class SseWatcher {
   }
 }
 
+/**
+ * The message of an error a 200 JSON answer carries instead of a result (seed 003: errors embedded in 200s),
+ * or undefined for a normal answer.
+ */
+export const embeddedErrorFromBody = (body: string): string | undefined => {
+  try {
+    const v = JSON.parse(body) as { error?: unknown; choices?: unknown; data?: unknown } | null;
+    if (typeof v !== 'object' || v === null || v.error === undefined || v.error === null) return undefined;
+    if (v.choices !== undefined || v.data !== undefined) return undefined;
+    if (typeof v.error === 'string') return v.error;
+    const message = (v.error as { message?: unknown }).message;
+    return typeof message === 'string' ? message : 'error';
+  } catch {
+    return undefined;
+  }
+};
+
 /** Usage from a non-streaming JSON body. */
 export const usageFromBody = (body: string): Usage | undefined => {
   try {

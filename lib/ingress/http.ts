@@ -44,6 +44,50 @@ export const errorBody = (e: GatewayError): OpenAiErrorBody => ({
   error: { message: e.message, type: e.type, param: e.param, code: e.code },
 });
 
+const typeForStatus = (status: number): OpenAiErrorType =>
+  status === 401
+    ? 'authentication_error'
+    : status === 403
+      ? 'permission_error'
+      : status === 404
+        ? 'not_found_error'
+        : status === 429
+          ? 'rate_limit_error'
+          : 'invalid_request_error';
+
+/**
+ * An upstream error body in the OpenAI error shape: an OpenAI error is kept (missing fields filled in), anything
+ * else (problem+json, plain text) is wrapped, so agents always parse `{ error: { message, type, param, code } }`.
+ */
+export const asOpenAiErrorBody = (status: number, text: string): string => {
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch {
+    v = undefined;
+  }
+  const o = (typeof v === 'object' && v !== null ? v : {}) as Record<string, unknown>;
+  const e = (typeof o.error === 'object' && o.error !== null ? o.error : {}) as Record<string, unknown>;
+  const pick = (x: unknown) => (typeof x === 'string' && x.trim() ? x : undefined);
+  const message =
+    pick(e.message) ??
+    pick(o.error) ??
+    pick(o.detail) ??
+    pick(o.message) ??
+    pick(o.title) ??
+    (v === undefined ? pick(text.slice(0, 500)) : undefined) ??
+    `Upstream answered ${status}.`;
+  const body: OpenAiErrorBody = {
+    error: {
+      message,
+      type: (pick(e.type) as OpenAiErrorType | undefined) ?? typeForStatus(status),
+      param: pick(e.param) ?? null,
+      code: e.code !== undefined && e.code !== null ? String(e.code) : `upstream_${status}`,
+    },
+  };
+  return JSON.stringify(body);
+};
+
 /** `retry-after-ms` and `retry-after` (whole seconds, ≤ 60 so the openai client honours it). */
 export const retryHeaders = (retryAfterMs: number | undefined): Record<string, string> =>
   retryAfterMs === undefined

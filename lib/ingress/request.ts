@@ -1,5 +1,5 @@
 // Ingress application layer: validation of an agent's request body — clear 400s, nothing admitted on bad input.
-import { ValidationError } from '../domain/errors.js';
+import { GatewayError, ValidationError } from '../domain/errors.js';
 
 /** JSON deeper than this is refused before parsing (stack safety, no legitimate request needs it). */
 export const MAX_JSON_DEPTH = 64;
@@ -11,6 +11,24 @@ export interface ParsedBody {
   /** The exact bytes to forward (re-serialised only when the model id is rewritten). */
   raw: string;
 }
+
+/**
+ * Refuses a path that could walk the upstream URL out of its base path: `.`/`..` segments (percent-encoded too,
+ * which URL parsers resolve the same way) and backslashes. The host is never the agent's to choose anyway.
+ * @throws ValidationError (400 `invalid_path`)
+ */
+export const assertSafePath = (path: string): void => {
+  const pathname = path.split('?')[0] ?? '';
+  let decoded: string;
+  try {
+    decoded = decodeURIComponent(pathname);
+  } catch {
+    throw new ValidationError('Request path is not valid percent-encoding.', null, 'invalid_path');
+  }
+  if (decoded.includes('\\') || decoded.split('/').some((seg) => seg === '.' || seg === '..')) {
+    throw new ValidationError('Request path may not contain "." or ".." segments.', null, 'invalid_path');
+  }
+};
 
 /** Decodes the body as UTF-8, refusing invalid sequences. */
 export const decodeBody = (body: string | null, isBase64: boolean): string => {
@@ -42,7 +60,7 @@ const nestingDepth = (text: string): number => {
 /**
  * Validates a POST body for a model endpoint.
  * @param maxBytes configured maximum body size
- * @throws ValidationError (400/413 semantics carried by code) naming what is wrong
+ * @throws GatewayError 413 over `maxBytes`; ValidationError (400) naming what else is wrong
  */
 export const parseModelRequest = (
   contentType: string | undefined,
@@ -50,7 +68,12 @@ export const parseModelRequest = (
   maxBytes: number,
 ): ParsedBody => {
   if (Buffer.byteLength(text, 'utf8') > maxBytes) {
-    throw new ValidationError(`Request body exceeds ${maxBytes} bytes.`, null, 'payload_too_large');
+    throw new GatewayError(
+      413,
+      'invalid_request_error',
+      'payload_too_large',
+      `Request body exceeds ${maxBytes} bytes.`,
+    );
   }
   if (!text.trim())
     throw new ValidationError('Request body is empty; send a JSON object.', null, 'empty_body');

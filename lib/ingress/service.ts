@@ -21,6 +21,7 @@ import { type Route, resolveRoute, type UpstreamDef } from '../domain/routes.js'
 import type { Ticket } from '../domain/tickets.js';
 import {
   classifyUpstream,
+  embeddedErrorFromBody,
   parseRetryAfter,
   SseWatcher,
   type Usage,
@@ -28,6 +29,7 @@ import {
 } from '../domain/upstream.js';
 import {
   asGatewayError,
+  asOpenAiErrorBody,
   errorReply,
   formatReset,
   forwardRequestHeaders,
@@ -35,7 +37,7 @@ import {
   passResponseHeaders,
   sseError,
 } from './http.js';
-import { decodeBody, type ParsedBody, parseModelRequest, withModel } from './request.js';
+import { assertSafePath, decodeBody, type ParsedBody, parseModelRequest, withModel } from './request.js';
 import { UpstreamCallError, type UpstreamClient, type UpstreamResponse } from './upstream-port.js';
 
 /** A request as the router hands it over (headers lower-cased). */
@@ -209,6 +211,7 @@ export class IngressService {
     config: GatewayConfig,
     headers: Record<string, string>,
   ): Promise<HttpReply> {
+    assertSafePath(req.path);
     const isModels = req.method === 'GET' && /^\/v1\/models\/?(\?.*)?$/.test(req.path);
     if (isModels && this.modelsCache && this.d.clock.now() - this.modelsCache.at < MODELS_CACHE_MS) {
       return {
@@ -361,6 +364,15 @@ export class IngressService {
       }
       clearInterval(beat);
       beat = undefined;
+      if (!(passthrough && granted === first) && admission.isStale(granted)) {
+        // Seen too late to call on without risking the window limit: back to the queue at its place.
+        const requeued = await admission.requeueStale(granted);
+        if (requeued) {
+          ticket = requeued;
+          granted = undefined;
+          continue;
+        }
+      }
       const now = clock.now();
       const claimed = await admission.claim(granted, now + config.requestTimeoutMs + FUNCTION_MARGIN_MS);
       if (!claimed) {
@@ -499,17 +511,27 @@ export class IngressService {
         return 'done';
       }
       if (isError) {
+        // A 401 refuses the gateway's upstream key, not the agent's: the gateway's failure, not theirs.
+        const keyRefused = res.status === 401;
+        const failed = kind === 'upstream_error' || keyRefused;
         if (ticket) {
           await record({
-            counts: kind === 'upstream_error' ? { upstreamError: 1 } : { ok: 1 },
+            counts: failed ? { upstreamError: 1 } : { ok: 1 },
             latencies: [{ name: 'upstream', priority, ms: upstreamMs() }],
           });
-          await admission.finish(ticket, kind === 'upstream_error' ? 'failed' : 'completed', {
-            reason: kind === 'upstream_error' ? 'upstream_5xx' : 'upstream_client_error',
+          await admission.finish(ticket, failed ? 'failed' : 'completed', {
+            reason: keyRefused ? 'upstream_auth' : failed ? 'upstream_5xx' : 'upstream_client_error',
             upstreamStatus: res.status,
           });
         }
-        if (kind === 'upstream_error') {
+        if (keyRefused) {
+          this.d.log.error('upstream refused the gateway key', { status: res.status });
+          await this.deliverError(
+            channel,
+            new UpstreamError(502, 'The upstream refused the gateway’s credentials.', 'upstream_auth_failed'),
+            headers,
+          );
+        } else if (kind === 'upstream_error') {
           await this.deliverError(
             channel,
             new UpstreamError(
@@ -520,11 +542,11 @@ export class IngressService {
             headers,
           );
         } else if (!channel.committed) {
-          // The agent's own mistake as the upstream judged it: passed through unchanged.
+          // The agent's own mistake as the upstream judged it: its status, in the OpenAI error shape.
           channel.finish({
             status: res.status,
-            headers: { ...headers, ...passResponseHeaders(res.headers) },
-            body: errorText,
+            headers: { ...headers, ...passResponseHeaders(res.headers), 'content-type': 'application/json' },
+            body: asOpenAiErrorBody(res.status, errorText),
           });
         } else {
           await channel.write(
@@ -573,8 +595,21 @@ export class IngressService {
         this.d.log.warn('upstream body failed', { error: (err as Error).message });
       }
       usage = usageFromBody(text);
+      const embedded = failure ? undefined : embeddedErrorFromBody(text);
+      if (embedded !== undefined) failure = 'embedded_error';
       await recordEnd();
-      if (failure) {
+      if (embedded !== undefined) {
+        // A 200 that carries an error is not an answer: the agent gets an OpenAI-shaped 502, the ticket fails.
+        await this.deliverError(
+          channel,
+          new UpstreamError(
+            502,
+            `Upstream answered with an error: ${embedded.slice(0, 500)}`,
+            'upstream_error',
+          ),
+          headers,
+        );
+      } else if (failure) {
         await this.deliverError(
           channel,
           new UpstreamError(502, 'Upstream connection broke during the answer.', 'upstream_cut'),

@@ -30,6 +30,8 @@ export interface RuntimeEnv {
   allowedOrigin?: string;
   /** Per-attempt timeout of DynamoDB, SQS and Lambda calls (a hung call fails and is retried). @default 5000 */
   awsRequestTimeoutMs: number;
+  /** Largest request body the ingress accepts (413 above it). @default 6 MiB (Lambda's payload limit) */
+  maxBodyBytes: number;
 }
 
 const need = (env: Record<string, string | undefined>, name: string): string => {
@@ -87,5 +89,6 @@ export const readRuntimeEnv = (env: Record<string, string | undefined>): Runtime
     ingressMemoryMb: Number(env.SLUICE_INGRESS_MEMORY_MB ?? 512),
     ...(env.SLUICE_ALLOWED_ORIGIN ? { allowedOrigin: env.SLUICE_ALLOWED_ORIGIN } : {}),
     awsRequestTimeoutMs: positive(env, 'SLUICE_AWS_REQUEST_TIMEOUT_MS', 5_000),
+    maxBodyBytes: positive(env, 'SLUICE_MAX_BODY_BYTES', 6 * 1024 * 1024),
   };
 };

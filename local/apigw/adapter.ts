@@ -1,7 +1,13 @@
 // Local runtime: a small API Gateway REST API (Lambda proxy integration, response streaming) in front of Lambda handlers.
 import { isUtf8 } from 'node:buffer';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import {
+  createServer,
+  type IncomingMessage,
+  type Server,
+  type ServerResponse,
+  STATUS_CODES,
+} from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { APIGatewayProxyEvent, Context } from 'aws-lambda';
 import {
@@ -107,6 +113,28 @@ export async function startApiGateway(opts: ApiGatewayOptions): Promise<LocalApi
       else res.destroy();
     });
   });
+  // A request the HTTP parser refuses (bad header bytes, headers too large) never reaches a route: answer it
+  // as API Gateway would, with a gateway response in the OpenAI error shape, and close the connection.
+  server.on('clientError', (error: NodeJS.ErrnoException, socket) => {
+    if (!socket.writable || error.code === 'ECONNRESET') {
+      socket.destroy();
+      return;
+    }
+    const tooLarge = error.code === 'HPE_HEADER_OVERFLOW';
+    const status = tooLarge ? 431 : 400;
+    const body = JSON.stringify({
+      error: {
+        message: tooLarge ? 'Request headers too large' : 'Malformed HTTP request',
+        type: 'invalid_request_error',
+        param: null,
+        code: tooLarge ? 'headers_too_large' : 'bad_request',
+      },
+    });
+    socket.end(
+      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json\r\n` +
+        `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+    );
+  });
   const port = await listen(server, opts.port ?? 0, opts.host ?? '127.0.0.1');
   let stopped: Promise<void> | undefined;
   return { url: `http://127.0.0.1:${port}`, port, stop: () => (stopped ??= stopServer(server)) };
@@ -189,6 +217,11 @@ function matchRoute(
 async function handleRequest(gateway: Gateway, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const method = (req.method ?? 'GET').toUpperCase();
   const url = splitUrl(req.url ?? '/');
+  if (!API_GATEWAY_METHODS.has(method)) {
+    // API Gateway REST knows these methods only (`ANY` means them); anything else never reaches a Lambda.
+    sendGatewayError(res, 405, 'method_not_allowed', `Method ${method} is not supported`);
+    return;
+  }
   if (Number(req.headers['content-length'] ?? 0) > gateway.maxBodyBytes) {
     rejectTooLarge(req, res);
     return;
@@ -249,8 +282,11 @@ function rejectTooLarge(req: IncomingMessage, res: ServerResponse): void {
   req.resume();
 }
 
+const API_GATEWAY_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS']);
+
 const GATEWAY_ERRORS = {
   not_found: { message: 'Not found', type: 'invalid_request_error' },
+  method_not_allowed: { message: 'Method not allowed', type: 'invalid_request_error' },
   payload_too_large: { message: 'Request payload too large', type: 'invalid_request_error' },
   bad_gateway: { message: 'Internal server error', type: 'api_error' },
 } as const;

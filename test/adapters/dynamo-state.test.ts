@@ -75,7 +75,8 @@ describe('DynamoRetreatStore', () => {
 });
 
 describe('RetreatController with real stores', () => {
-  const config: GatewayConfig = { ...DEFAULT_CONFIG };
+  // The racing property is checked on the sluice preset, which steps on the timer (probe cuts only after a 429).
+  const config: GatewayConfig = { ...DEFAULT_CONFIG, retreatPreset: 'sluice' };
 
   /** One evaluator: its own client, bucket view and stores, as a second dispatcher or status function would be. */
   const evaluator = (

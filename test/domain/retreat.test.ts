@@ -23,7 +23,8 @@ const stats = (total: number, throttled: number, capacity = 0): WindowStats => (
   capacity,
 });
 const same = (s: WindowStats): RetreatInputs => ({ window: s, recoverWindow: s, sinceStep: s });
-const cfg: GatewayConfig = { ...DEFAULT_CONFIG };
+// These tables describe the ADR-009 machine with time-paced steps (the sluice preset), not the default preset.
+const cfg: GatewayConfig = { ...DEFAULT_CONFIG, retreatPreset: 'sluice' };
 
 describe('evaluateRetreat (sluice preset)', () => {
   const t0 = 1_000_000;

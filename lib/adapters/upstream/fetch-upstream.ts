@@ -13,6 +13,10 @@ export class FetchUpstream implements UpstreamClient {
     const timer = setTimeout(() => firstByte.abort(), req.firstByteTimeoutMs);
     const signals = [overall, firstByte.signal, ...(req.signal ? [req.signal] : [])];
     const url = `${req.baseUrl.replace(/\/+$/, '')}${req.path.startsWith('/v1/') && /\/v1\/?$/.test(req.baseUrl) ? req.path.slice(3) : req.path}`;
+    // The host is configuration, never the agent's: a path must not be able to change it.
+    if (new URL(url).origin !== new URL(req.baseUrl).origin) {
+      throw new UpstreamCallError('connection', 'request path would leave the configured upstream');
+    }
     try {
       const res = await fetch(url, {
         method: req.method,
