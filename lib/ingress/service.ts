@@ -378,6 +378,15 @@ export class IngressService {
       if (!claimed) {
         // Another request with the same Idempotency-Key claimed it first, or the sweep ended it.
         const current = await admission.lookup(granted.id);
+        if (
+          current?.status === 'queued' ||
+          (current?.status === 'granted' && current.attempt > granted.attempt)
+        ) {
+          // Another waiter on the same ticket requeued a grant it saw too late: wait for the next grant.
+          ticket = current;
+          granted = current.status === 'granted' ? current : undefined;
+          continue;
+        }
         await this.deliverError(
           channel,
           current?.status === 'claimed' || current?.status === 'completed'
