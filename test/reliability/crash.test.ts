@@ -15,6 +15,7 @@ import { isTerminal, type Ticket } from '../../lib/domain/tickets.js';
 import { readRuntimeEnv } from '../../lib/runtime/env.js';
 import { makeClients, makeStores, type Stores } from '../../lib/runtime/wiring.js';
 import { type TestResources, testResources, testSqsClient } from '../support/aws.js';
+import { envFor } from '../support/stores.js';
 import { report, sleep } from './support.js';
 
 const TIMINGS: Partial<DispatcherTimings> = {
@@ -59,21 +60,7 @@ interface Ctx {
 
 const setup = async (name: string, extra: Record<string, string>): Promise<Ctx> => {
   const res = await testResources(name);
-  const processEnv = {
-    AWS_REGION: 'us-east-1',
-    AWS_ACCESS_KEY_ID: 'local',
-    AWS_SECRET_ACCESS_KEY: 'local',
-    SLUICE_STATE_TABLE: res.names.stateTable,
-    SLUICE_TICKETS_TABLE: res.names.ticketsTable,
-    SLUICE_KEYS_TABLE: res.names.keysTable,
-    SLUICE_QUEUE_URGENT_URL: res.names.queueUrls.urgent,
-    SLUICE_QUEUE_HIGH_URL: res.names.queueUrls.high,
-    SLUICE_QUEUE_NORMAL_URL: res.names.queueUrls.normal,
-    SLUICE_QUEUE_LOW_URL: res.names.queueUrls.low,
-    SLUICE_DYNAMODB_ENDPOINT: res.endpoints.dynamoEndpoint,
-    SLUICE_SQS_ENDPOINT: res.endpoints.sqsEndpoint,
-    ...extra,
-  };
+  const processEnv = envFor(res, extra);
   const env = readRuntimeEnv(processEnv);
   const clients = makeClients(env);
   const stores = makeStores(env, clients, processEnv);

@@ -15,6 +15,7 @@ import type { TicketStore } from '../../lib/domain/ports.js';
 import { readRuntimeEnv } from '../../lib/runtime/env.js';
 import { makeClients, makeStores, type Stores } from '../../lib/runtime/wiring.js';
 import { type TestResources, testResources, testSqsClient } from '../support/aws.js';
+import { envFor } from '../support/stores.js';
 import { allTickets } from '../support/system.js';
 import { call, expectInvariants, type FaultySystem, report, sleep, startFaultySystem } from './support.js';
 
@@ -131,22 +132,7 @@ describe('odd messages, with the real adapters', () => {
 
   beforeAll(async () => {
     res = await testResources('rel-odd-messages');
-    const processEnv = {
-      AWS_REGION: 'us-east-1',
-      AWS_ACCESS_KEY_ID: 'local',
-      AWS_SECRET_ACCESS_KEY: 'local',
-      SLUICE_STATE_TABLE: res.names.stateTable,
-      SLUICE_TICKETS_TABLE: res.names.ticketsTable,
-      SLUICE_KEYS_TABLE: res.names.keysTable,
-      SLUICE_QUEUE_URGENT_URL: res.names.queueUrls.urgent,
-      SLUICE_QUEUE_HIGH_URL: res.names.queueUrls.high,
-      SLUICE_QUEUE_NORMAL_URL: res.names.queueUrls.normal,
-      SLUICE_QUEUE_LOW_URL: res.names.queueUrls.low,
-      SLUICE_DYNAMODB_ENDPOINT: res.endpoints.dynamoEndpoint,
-      SLUICE_SQS_ENDPOINT: res.endpoints.sqsEndpoint,
-      SLUICE_UPSTREAM_LIMIT: '600',
-      SLUICE_BUCKET_BURST: '5',
-    };
+    const processEnv = envFor(res, { SLUICE_UPSTREAM_LIMIT: '600', SLUICE_BUCKET_BURST: '5' });
     const env = readRuntimeEnv(processEnv);
     clients = makeClients(env);
     stores = makeStores(env, clients, processEnv);
