@@ -24,7 +24,8 @@ const benchTable = (name: string): string => {
 
 export const renderReadme = (text: string): string => {
   let out = replaceSection(text, 'config-table', configTable());
-  for (const name of ['core', 'path', 'controls']) out = replaceSection(out, `bench-${name}`, benchTable(name));
+  for (const name of ['core', 'path', 'controls'])
+    out = replaceSection(out, `bench-${name}`, benchTable(name));
   return out;
 };
 
