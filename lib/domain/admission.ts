@@ -97,6 +97,7 @@ export const idempotentRetry = (existing: Ticket | undefined): 'attach' | 'repla
     'invalid_request_error',
     existing.status === 'completed' ? 'idempotent_request_completed' : 'idempotent_request_used',
     `A request with this Idempotency-Key already reached the upstream (${outcome}, at ${when}); answers are not stored and a key is never spent twice. Use a new key for a new request.`,
+    { shouldRetry: false },
   );
 };
 
@@ -378,9 +379,12 @@ export class Admission {
     current: Ticket | undefined,
   ): Extract<WaitResult, { kind: 'refused' }> {
     const retryAfterMs = 30_000;
+    // Only a request sharing its ticket (Idempotency-Key) sees it claimed or already called on: it gets the 409
+    // that says so (`completed` included, when the other request finished before this one looked again).
+    const retry = current ? idempotentRetry(current) : undefined;
     const error =
-      status === 'claimed' || status === 'granted'
-        ? (idempotentRetry(current) as GatewayError)
+      retry instanceof GatewayError
+        ? retry
         : status === 'dropped'
           ? new UnavailableError(
               'Request dropped from a full queue for a more important one; retry later.',

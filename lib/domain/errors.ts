@@ -18,13 +18,15 @@ export class GatewayError extends Error {
   readonly param: string | null;
   /** Set when waiting helps: becomes `retry-after-ms` and `retry-after`. */
   readonly retryAfterMs: number | undefined;
+  /** `false` when a retry can never succeed (becomes `x-should-retry: false`, which the OpenAI SDKs obey). */
+  readonly shouldRetry: boolean | undefined;
 
   constructor(
     status: number,
     type: OpenAiErrorType,
     code: string,
     message: string,
-    opts: { param?: string | null; retryAfterMs?: number } = {},
+    opts: { param?: string | null; retryAfterMs?: number; shouldRetry?: boolean } = {},
   ) {
     super(message);
     this.name = new.target.name;
@@ -33,6 +35,7 @@ export class GatewayError extends Error {
     this.code = code;
     this.param = opts.param ?? null;
     this.retryAfterMs = opts.retryAfterMs;
+    this.shouldRetry = opts.shouldRetry;
   }
 }
 

@@ -88,12 +88,15 @@ export const asOpenAiErrorBody = (status: number, text: string): string => {
   return JSON.stringify(body);
 };
 
-/** `retry-after-ms` and `retry-after` (whole seconds, ≤ 60 so the openai client honours it). */
+/** Longest wait put in headers: the openai SDKs ignore larger values (the body may say more). */
+export const MAX_RETRY_HEADER_MS = 60_000;
+
+/** `retry-after-ms` and `retry-after` (both ≤ 60 s so the openai client honours them). */
 export const retryHeaders = (retryAfterMs: number | undefined): Record<string, string> =>
   retryAfterMs === undefined
     ? {}
     : {
-        'retry-after-ms': String(Math.max(0, Math.round(retryAfterMs))),
+        'retry-after-ms': String(Math.min(MAX_RETRY_HEADER_MS, Math.max(0, Math.round(retryAfterMs)))),
         'retry-after': String(Math.min(60, Math.max(1, Math.ceil(retryAfterMs / 1000)))),
       };
 
@@ -109,7 +112,11 @@ export const jsonReply = (
 
 export const errorReply = (err: unknown, headers: Record<string, string> = {}): HttpReply => {
   const e = asGatewayError(err);
-  return jsonReply(e.status, errorBody(e), { ...headers, ...retryHeaders(e.retryAfterMs) });
+  return jsonReply(e.status, errorBody(e), {
+    ...headers,
+    ...retryHeaders(e.retryAfterMs),
+    ...(e.shouldRetry === false ? { 'x-should-retry': 'false' } : {}),
+  });
 };
 
 /** An error inside an SSE stream that already started (after a heartbeat or mid-answer). */

@@ -127,6 +127,8 @@ describe('per-agent quotas, usage, pause and drain, idempotency', () => {
     await first.text();
     const again = await chat(system, key, { 'idempotency-key': 'job-1' });
     expect(again.status).toBe(409);
+    // The openai SDK retries a 409 unless told not to.
+    expect(again.headers.get('x-should-retry')).toBe('false');
     expect(((await again.json()) as { error: { code: string } }).error.code).toBe(
       'idempotent_request_completed',
     );
@@ -142,8 +144,14 @@ describe('per-agent quotas, usage, pause and drain, idempotency', () => {
     const b = chat(system, key, { 'idempotency-key': 'job-2' });
     await new Promise((r) => setTimeout(r, 500));
     await system.stores.config.update({ paused: false }, 'test');
-    const statuses = (await Promise.all([a, b])).map((r) => r.status).sort();
+    // Whichever waiter loses (it may find the ticket still running or already completed) gets the 409.
+    const replies = await Promise.all([a, b]);
+    const statuses = replies.map((r) => r.status).sort();
     expect(statuses).toEqual([200, 409]);
+    const loser = replies.find((r) => r.status === 409) as Response;
+    expect(((await loser.json()) as { error: { code: string } }).error.code).toMatch(
+      /^idempotency_key_in_use$|^idempotent_request_completed$/,
+    );
     expect(system.upstream!.calls.length - callsBefore).toBe(1);
     const bad = await chat(system, key, { 'idempotency-key': 'x'.repeat(300) });
     expect(bad.status).toBe(400);
