@@ -21,7 +21,13 @@ import type {
   UsageStore,
 } from './ports.js';
 import { type Priority, priorityRank } from './priority.js';
-import type { Ticket, TicketPatch, TicketStatus } from './tickets.js';
+import {
+  isGrantStale,
+  type Ticket,
+  type TicketPatch,
+  type TicketStatus,
+  waitAfterLostClaim,
+} from './tickets.js';
 
 export interface AdmissionDeps {
   tickets: TicketStore;
@@ -66,6 +72,35 @@ export interface WaitHooks {
   /** Called between polls while queued (streaming heartbeats). */
   onWaiting?: (info: { position: number; etaMs: number }) => void;
 }
+
+/** How fast grants come: the token interval (for the wait estimate) and the upstream limit window. */
+export interface GrantPace {
+  intervalMs: number;
+  /** Bounds how late a grant may be called on, and within which a token can be given back. */
+  windowMs: number;
+}
+
+export interface UntilClaimedOptions extends WaitHooks {
+  signal: AbortSignal;
+  /** The ticket was granted at admission (passthrough): no wait, and the first grant is never judged stale. */
+  passthrough: boolean;
+  /** The upstream limit window of the request's config. */
+  windowMs: number;
+  /** How long the call may run once claimed; the dispatcher's sweep ends the ticket after that. */
+  callBudgetMs: number;
+  /** The current token interval, read before each wait. */
+  intervalMs: () => Promise<number>;
+  /** Called when a wait for a grant starts and when it ends (streaming heartbeats run in between). */
+  onWaitStart?: () => void;
+  onWaitEnd?: () => void;
+}
+
+/** What the way from admission to a claimed grant ended with. */
+export type ClaimResult =
+  | { kind: 'claimed'; ticket: Ticket }
+  | { kind: 'refused'; error: GatewayError }
+  /** The agent left after the claim; the ticket was ended as abandoned. */
+  | { kind: 'gone' };
 
 /** How long after its deadline (and call) an Idempotency-Key keeps pointing at its ticket. */
 export const IDEMPOTENCY_WINDOW_MS = 10 * 60_000;
@@ -127,9 +162,6 @@ export class Admission {
   /** Reads of waiting tickets, for the benchmark's calls-per-request figure. */
   readonly stats = { polls: 0 };
 
-  /** The upstream limit window as last seen in the config (refunds are allowed only within it). */
-  private windowMs = DEFAULT_CONFIG.upstreamWindowMs;
-
   constructor(private readonly d: AdmissionDeps) {}
 
   /**
@@ -142,7 +174,6 @@ export class Admission {
     config: GatewayConfig,
   ): Promise<{ ticket: Ticket; passthrough: boolean; attached?: boolean }> {
     const now = this.d.clock.now();
-    this.windowMs = config.upstreamWindowMs;
     const ticket: Ticket = {
       id: this.d.newId(),
       agent: req.agent,
@@ -291,9 +322,10 @@ export class Admission {
   /**
    * Waits for the ticket to leave `queued`, with consistent reads on a schedule scaled to the estimated wait:
    * far from the grant it reads rarely, near it often. Abandons it at its deadline or on `signal`.
-   * @param intervalMs current token interval, for the estimate
+   * @param pace current token interval (for the estimate) and limit window
    */
-  async wait(ticket: Ticket, intervalMs: number, hooks: WaitHooks = {}): Promise<WaitResult> {
+  async wait(ticket: Ticket, pace: GrantPace, hooks: WaitHooks = {}): Promise<WaitResult> {
+    const { intervalMs, windowMs } = pace;
     const { clock, tickets } = this.d;
     // A store hiccup only blurs the estimate or delays a read: the ticket is still queued, keep waiting for it.
     const queued = await tickets.admissionCount().catch(unlessStoreDown(0));
@@ -303,11 +335,11 @@ export class Admission {
     // Far from the estimate: read at half the remaining time. Past it: back off from POLL_MIN_MS (the fast path
     // answers within a poll or two) up to half a token interval, so a long queue costs few reads.
     let overdue = 0;
-    const maxPause = pollMaxMs(this.windowMs);
+    const maxPause = pollMaxMs(windowMs);
     for (;;) {
       const now = clock.now();
-      if (hooks.signal?.aborted) return this.giveUp(ticket, 'abandoned', 'client_disconnected');
-      if (now >= ticket.deadline) return this.giveUp(ticket, 'abandoned', 'wait_exceeded');
+      if (hooks.signal?.aborted) return this.giveUp(ticket, 'client_disconnected', windowMs);
+      if (now >= ticket.deadline) return this.giveUp(ticket, 'wait_exceeded', windowMs);
       const remaining = Math.max(0, etaAt - now);
       const pause =
         remaining > 0
@@ -328,7 +360,8 @@ export class Admission {
     }
   }
 
-  private async giveUp(ticket: Ticket, to: 'abandoned', reason: string): Promise<WaitResult> {
+  private async giveUp(ticket: Ticket, reason: string, windowMs: number): Promise<WaitResult> {
+    const to = 'abandoned';
     if (reason === 'client_disconnected' && ticket.idempotencyKey) {
       // A retry with the same key may attach to it: leave it queued (its deadline, or the claim sweep with a
       // refund, ends it if nobody comes back).
@@ -354,7 +387,7 @@ export class Admission {
     const current = res.conflict;
     if (current?.status === 'granted' && current.attempt >= ticket.attempt) {
       if (reason === 'client_disconnected') {
-        await this.abandonGrant(current, reason);
+        await this.abandonGrant(current, reason, windowMs);
         return this.refused(ticket, 'abandoned', current);
       }
       return { kind: 'granted', ticket: current };
@@ -437,8 +470,15 @@ export class Admission {
     return this.d.tickets.get(id);
   }
 
-  /** A grant the agent will not use (gone before the call): end it and give the token back. */
-  async abandonGrant(ticket: Ticket, reason: string): Promise<void> {
+  /**
+   * A grant the agent will not use (gone before the call): end it and give the token back.
+   * @param windowMs the upstream limit window (a token is given back only within it)
+   */
+  async abandonGrant(
+    ticket: Ticket,
+    reason: string,
+    windowMs = DEFAULT_CONFIG.upstreamWindowMs,
+  ): Promise<void> {
     const res = await this.d.tickets.transition(
       ticket.id,
       'granted',
@@ -447,7 +487,7 @@ export class Admission {
       { attempt: ticket.attempt },
     );
     if ('ticket' in res) {
-      await this.d.bucket.refund(ticket.grantedAt ?? this.d.clock.now(), this.windowMs);
+      await this.d.bucket.refund(ticket.grantedAt ?? this.d.clock.now(), windowMs);
       await this.d.outcomes.record(this.d.clock.now(), { counts: { abandoned: 1 } });
     }
   }
@@ -471,11 +511,9 @@ export class Admission {
     return res.ticket;
   }
 
-  /** True when a grant is too old to call on: calls must start within grantToCallMaxMs of their grant. */
-  isStale(ticket: Ticket): boolean {
-    // A quarter kept for the claim write and the connection that still come before the call reaches the upstream.
-    const limit = grantToCallMaxMs(this.windowMs) * 0.75;
-    return ticket.grantedAt !== undefined && this.d.clock.now() - ticket.grantedAt > limit;
+  /** True when a grant is too old to call on (see isGrantStale). */
+  isStale(ticket: Ticket, windowMs = DEFAULT_CONFIG.upstreamWindowMs): boolean {
+    return isGrantStale(ticket, this.d.clock.now(), windowMs);
   }
 
   /**
@@ -483,7 +521,10 @@ export class Admission {
    * and its token given back, instead of a call that could push a window of calls over the limit.
    * @returns the requeued ticket, or undefined when it moved meanwhile.
    */
-  async requeueStale(ticket: Ticket): Promise<Ticket | undefined> {
+  async requeueStale(
+    ticket: Ticket,
+    windowMs = DEFAULT_CONFIG.upstreamWindowMs,
+  ): Promise<Ticket | undefined> {
     const res = await this.d.tickets.transition(
       ticket.id,
       'granted',
@@ -492,10 +533,67 @@ export class Admission {
       { attempt: ticket.attempt, known: ticket },
     );
     if (!('ticket' in res)) return undefined;
-    await this.d.bucket.refund(ticket.grantedAt ?? this.d.clock.now(), this.windowMs);
+    await this.d.bucket.refund(ticket.grantedAt ?? this.d.clock.now(), windowMs);
     await this.d.outcomes.record(this.d.clock.now(), { counts: { requeued: 1 } });
     await this.enqueue(res.ticket);
     return res.ticket;
+  }
+
+  /**
+   * From an admitted ticket to a claimed grant: waits for the grant, requeues one seen too late, and settles a
+   * claim lost to another request with the same Idempotency-Key (waits again, or refuses with its 409).
+   */
+  async untilClaimed(first: Ticket, o: UntilClaimedOptions): Promise<ClaimResult> {
+    let ticket = first;
+    let granted = o.passthrough ? first : undefined;
+    for (;;) {
+      if (!granted) {
+        o.onWaitStart?.();
+        const pace = { intervalMs: await o.intervalMs(), windowMs: o.windowMs };
+        const res = await this.wait(ticket, pace, {
+          signal: o.signal,
+          ...(o.onWaiting ? { onWaiting: o.onWaiting } : {}),
+        });
+        o.onWaitEnd?.();
+        if (res.kind === 'refused') return { kind: 'refused', error: res.error };
+        granted = res.ticket;
+      }
+      if (!(o.passthrough && granted === first) && this.isStale(granted, o.windowMs)) {
+        // Seen too late to call on without risking the window limit: back to the queue at its place.
+        const requeued = await this.requeueStale(granted, o.windowMs);
+        if (requeued) {
+          ticket = requeued;
+          granted = undefined;
+          continue;
+        }
+      }
+      const claimed = await this.claim(granted, this.d.clock.now() + o.callBudgetMs);
+      if (!claimed) {
+        const current = await this.lookup(granted.id);
+        const next = waitAfterLostClaim(granted, current);
+        if (next) {
+          ticket = next;
+          granted = next.status === 'granted' ? next : undefined;
+          continue;
+        }
+        return {
+          kind: 'refused',
+          error:
+            current?.status === 'claimed' || current?.status === 'completed'
+              ? (idempotentRetry(current) as GatewayError)
+              : new UnavailableError(
+                  'The grant expired before it could be used; retry.',
+                  1_000,
+                  'grant_lost',
+                ),
+        };
+      }
+      if (o.signal.aborted) {
+        await this.finish(claimed, 'abandoned', { reason: 'client_disconnected' });
+        return { kind: 'gone' };
+      }
+      return { kind: 'claimed', ticket: claimed };
+    }
   }
 
   /** Records the end of a claimed ticket (and the agent's usage). */

@@ -1,4 +1,5 @@
 // Domain: the ticket lifecycle — states, legal transitions and what each one means.
+import { grantToCallMaxMs } from './gcra.js';
 import type { Priority } from './priority.js';
 
 export const TICKET_STATUSES = [
@@ -109,3 +110,20 @@ export interface TicketMessage {
   quotaRpm?: number;
   quotaShare?: number;
 }
+
+/**
+ * True when a grant is too old to call on: calls must start within grantToCallMaxMs of their grant. A quarter
+ * of that is kept for the claim write and the connection that still come before the call reaches the upstream.
+ */
+export const isGrantStale = (ticket: Ticket, now: number, windowMs: number): boolean =>
+  ticket.grantedAt !== undefined && now - ticket.grantedAt > grantToCallMaxMs(windowMs) * 0.75;
+
+/**
+ * A claim of `granted` was refused and the ticket now reads `current`: when another waiter on the same ticket
+ * (Idempotency-Key) requeued a grant it saw too late, the ticket to wait on next; otherwise undefined (another
+ * request claimed it first, or the sweep ended it).
+ */
+export const waitAfterLostClaim = (granted: Ticket, current: Ticket | undefined): Ticket | undefined =>
+  current?.status === 'queued' || (current?.status === 'granted' && current.attempt > granted.attempt)
+    ? current
+    : undefined;

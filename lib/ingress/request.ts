@@ -1,5 +1,7 @@
-// Ingress application layer: validation of an agent's request body — clear 400s, nothing admitted on bad input.
+// Ingress application layer: parsing an agent's request (path, body, priority, Idempotency-Key) — clear 400s,
+// nothing admitted on bad input.
 import { GatewayError, ValidationError } from '../domain/errors.js';
+import { capPriority, PRIORITIES, type Priority, parsePriority } from '../domain/priority.js';
 
 /** JSON deeper than this is refused before parsing (stack safety, no legitimate request needs it). */
 export const MAX_JSON_DEPTH = 64;
@@ -110,3 +112,47 @@ export const parseModelRequest = (
 /** The body to send upstream with another model id (gateway prefix stripped). */
 export const withModel = (body: ParsedBody, model: string): string =>
   model === body.model ? body.raw : JSON.stringify({ ...body.json, model });
+
+/**
+ * The agent's X-Priority, capped at what its key allows.
+ * @returns the effective priority and the reply headers that say it (and any capping)
+ * @throws ValidationError (400 `invalid_priority`)
+ */
+export const requestPriority = (
+  header: string | undefined,
+  keyMax: Priority,
+): { priority: Priority; headers: Record<string, string> } => {
+  const requested = parsePriority(header);
+  if (requested === null) {
+    throw new ValidationError(
+      `X-Priority must be one of ${PRIORITIES.join(', ')} (case-insensitive).`,
+      'X-Priority',
+      'invalid_priority',
+    );
+  }
+  const priority = capPriority(requested ?? 'normal', keyMax);
+  return {
+    priority,
+    headers: {
+      'x-sluice-priority': priority,
+      ...(requested && priority !== requested
+        ? { 'x-sluice-priority-capped': `${requested}->${priority}` }
+        : {}),
+    },
+  };
+};
+
+/**
+ * The Idempotency-Key header, if any.
+ * @throws ValidationError (400 `invalid_idempotency_key`) unless 1-255 printable ASCII characters
+ */
+export const idempotencyKey = (header: string | undefined): string | undefined => {
+  if (header !== undefined && !/^[\x21-\x7e]{1,255}$/.test(header)) {
+    throw new ValidationError(
+      'Idempotency-Key must be 1-255 printable ASCII characters.',
+      'Idempotency-Key',
+      'invalid_idempotency_key',
+    );
+  }
+  return header;
+};

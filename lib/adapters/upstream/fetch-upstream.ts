@@ -4,7 +4,7 @@ import {
   type UpstreamClient,
   type UpstreamRequest,
   type UpstreamResponse,
-} from '../../ingress/upstream-port.js';
+} from '../../domain/upstream-port.js';
 
 export class FetchUpstream implements UpstreamClient {
   async call(req: UpstreamRequest): Promise<UpstreamResponse> {

@@ -1,4 +1,4 @@
-// Ingress port: calling an OpenAI-compatible upstream. The fetch adapter implements it.
+// Port: calling an OpenAI-compatible upstream. The fetch adapter implements it.
 
 export interface UpstreamRequest {
   baseUrl: string;

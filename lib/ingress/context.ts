@@ -1,0 +1,35 @@
+// Ingress: the request as the router hands it over, and the one context object a request carries through its path.
+import type { GatewayConfig } from '../domain/config.js';
+import type { Priority } from '../domain/priority.js';
+import type { UpstreamDef } from '../domain/routes.js';
+import type { ReplyChannel } from './reply-channel.js';
+
+/** A request as the router hands it over (headers lower-cased). */
+export interface IngressRequest {
+  requestId: string;
+  method: string;
+  /** Path with query string, e.g. `/v1/chat/completions`. */
+  path: string;
+  headers: Record<string, string | undefined>;
+  body: string | null;
+  isBase64Encoded: boolean;
+  /** Aborts when the agent disconnects (where the platform can tell). */
+  signal: AbortSignal;
+  /** Time left before the function is stopped. */
+  remainingMs: number;
+}
+
+/** Everything one routed request needs after parsing, built once by the ingress and passed along whole. */
+export interface RequestContext {
+  req: IngressRequest;
+  /** The config as read once for this request. */
+  config: GatewayConfig;
+  priority: Priority;
+  upstream: UpstreamDef;
+  /** The bytes to send upstream (model id rewritten), none for a GET. */
+  upstreamBody: string | undefined;
+  stream: boolean;
+  /** Headers every reply of this request carries (request id, priority). */
+  headers: Record<string, string>;
+  channel: ReplyChannel;
+}

@@ -1,0 +1,317 @@
+// Ingress: one upstream call and the relay of its answer to the agent; every result is counted and ends the
+// ticket through one outcome table.
+import type { Admission } from '../domain/admission.js';
+import type { TokenBucket } from '../domain/bucket.js';
+import type { Clock } from '../domain/clock.js';
+import { RateLimitedError, UpstreamError, ValidationError } from '../domain/errors.js';
+import type { CounterName } from '../domain/outcomes.js';
+import type { OutcomeStore } from '../domain/ports.js';
+import type { UpstreamDef } from '../domain/routes.js';
+import type { Ticket, TicketPatch } from '../domain/tickets.js';
+import {
+  classifyUpstream,
+  embeddedErrorFromBody,
+  parseRetryAfter,
+  SseWatcher,
+  type UpstreamOutcome,
+  type Usage,
+  usageFromBody,
+} from '../domain/upstream.js';
+import { UpstreamCallError, type UpstreamClient, type UpstreamResponse } from '../domain/upstream-port.js';
+import type { RequestContext } from './context.js';
+import { asOpenAiErrorBody, forwardRequestHeaders, passResponseHeaders, sseError } from './http.js';
+import { readLimited } from './reply-channel.js';
+
+const ERROR_BODY_LIMIT = 16_384;
+/** The longest Retry-After the bucket honours (5 min). */
+const HOLD_MAX_MS = 300_000;
+
+/**
+ * How each upstream result is counted in the outcome slots and which terminal state it gives the ticket.
+ * `count: undefined` records nothing (the agent left before any answer).
+ */
+const OUTCOMES = {
+  answered: { count: 'ok', end: 'completed' },
+  /** The agent's own mistake as the upstream judged it (4xx other than 401/429). */
+  refused_request: { count: 'ok', end: 'completed' },
+  /** The agent went away while the answer streamed. */
+  disconnected: { count: 'ok', end: 'abandoned' },
+  /** The agent went away before the upstream answered. */
+  gone_before_answer: { count: undefined, end: 'abandoned' },
+  /** No answer, a 5xx, a 401 on the gateway's key, a cut or an error inside a 200. */
+  failed: { count: 'upstreamError', end: 'failed' },
+  throttled: { count: 'throttled', end: 'failed' },
+  capacity: { count: 'capacity', end: 'failed' },
+} as const satisfies Record<
+  string,
+  { count: CounterName | undefined; end: 'completed' | 'failed' | 'abandoned' }
+>;
+type Outcome = keyof typeof OUTCOMES;
+
+export interface UpstreamRelayDeps {
+  upstream: UpstreamClient;
+  /** The limited upstream's key (Secrets Manager in AWS, env locally). Never logged. */
+  upstreamKey: (upstream: UpstreamDef) => Promise<string>;
+  admission: Admission;
+  outcomes: OutcomeStore;
+  bucket: TokenBucket;
+  clock: Clock;
+  telemetry: { upstream(kind: string, ms: number): void };
+  log: {
+    warn(msg: string, extra?: Record<string, unknown>): void;
+    error(msg: string, extra?: Record<string, unknown>): void;
+  };
+}
+
+/** One call in progress: what the outcome table needs besides the result. */
+interface Call {
+  ctx: RequestContext;
+  /** The claimed ticket; none for an unlimited passthrough (nothing recorded then). */
+  ticket: Ticket | undefined;
+  headers: Record<string, string>;
+  started: number;
+}
+
+export class UpstreamRelay {
+  constructor(private readonly d: UpstreamRelayDeps) {}
+
+  /**
+   * One upstream call and the relay of its answer. With a ticket, records its outcome and ends it;
+   * returns 'requeue' when a 429 / capacity error came before any byte and requeues remain.
+   * @param headers the reply headers for this attempt (rate-limit and queue headers included)
+   */
+  async callAndRelay(
+    ctx: RequestContext,
+    ticket: Ticket | undefined,
+    headers: Record<string, string>,
+  ): Promise<'done' | 'requeue'> {
+    const { req, channel, config } = ctx;
+    const call: Call = { ctx, ticket, headers, started: this.d.clock.now() };
+    const abort = new AbortController();
+    const onCancel = () => abort.abort();
+    req.signal.addEventListener('abort', onCancel, { once: true });
+    channel.cancelled.signal.addEventListener('abort', onCancel, { once: true });
+    try {
+      let res: UpstreamResponse;
+      try {
+        res = await this.d.upstream.call({
+          baseUrl: ctx.upstream.baseUrl,
+          path: req.path,
+          method: req.method,
+          headers: forwardRequestHeaders(req.headers),
+          ...(ctx.upstreamBody !== undefined ? { body: ctx.upstreamBody } : {}),
+          apiKey: await this.d.upstreamKey(ctx.upstream),
+          firstByteTimeoutMs: config.firstByteTimeoutMs,
+          timeoutMs: config.requestTimeoutMs,
+          signal: abort.signal,
+        });
+      } catch (err) {
+        await this.noAnswer(call, err);
+        return 'done';
+      }
+      const errorText = res.status >= 400 ? await readLimited(res.body, ERROR_BODY_LIMIT) : '';
+      const kind = classifyUpstream(res.status, errorText);
+      this.d.telemetry.upstream(kind, this.d.clock.now() - call.started);
+      if (res.status < 400) return await this.relay(call, res);
+      return await this.errorAnswer(call, res, kind, errorText);
+    } finally {
+      req.signal.removeEventListener('abort', onCancel);
+      channel.cancelled.signal.removeEventListener('abort', onCancel);
+    }
+  }
+
+  /** The call produced no response: the agent left, or the upstream was unreachable or too slow. */
+  private async noAnswer(call: Call, err: unknown): Promise<void> {
+    const e =
+      err instanceof UpstreamCallError ? err : new UpstreamCallError('connection', (err as Error).message);
+    this.d.telemetry.upstream(e.kind, this.d.clock.now() - call.started);
+    if (e.kind === 'aborted') {
+      await this.settle(call, 'gone_before_answer', { reason: 'client_disconnected' });
+      return;
+    }
+    await this.settle(call, 'failed', { reason: `upstream_${e.kind}` });
+    await call.ctx.channel.fail(
+      e.kind === 'connection'
+        ? new UpstreamError(502, `Upstream unreachable: ${e.message}`, 'upstream_connection')
+        : new UpstreamError(504, `Upstream timed out: ${e.message}`, `upstream_${e.kind}`),
+      call.headers,
+    );
+  }
+
+  /** A 4xx / 5xx answer: requeue a 429 / capacity refusal while allowed, else end the ticket and tell the agent. */
+  private async errorAnswer(
+    call: Call,
+    res: UpstreamResponse,
+    kind: UpstreamOutcome,
+    errorText: string,
+  ): Promise<'done' | 'requeue'> {
+    const { clock } = this.d;
+    const { ctx, ticket, headers } = call;
+    const { channel } = ctx;
+    if (ticket && (kind === 'throttled' || kind === 'capacity')) {
+      await this.count(call, kind);
+      const retryAfter = parseRetryAfter(res.headers.get('retry-after'), clock.now());
+      if (retryAfter !== undefined && retryAfter > 0)
+        await this.d.bucket.hold(clock.now() + Math.min(retryAfter, HOLD_MAX_MS));
+      // Nothing of the answer reached the agent yet (heartbeats are not answer bytes): try again later.
+      if (ticket.attempt < ctx.config.maxRequeues) return 'requeue';
+      await this.end(call, kind, { reason: `upstream_${kind}`, upstreamStatus: res.status });
+      await channel.fail(
+        new RateLimitedError(
+          kind === 'capacity'
+            ? 'Upstream is at capacity (worker concurrency limit); retried and still refused.'
+            : 'Upstream rate limited the request; retried and still refused.',
+          retryAfter ?? 10_000,
+          kind === 'capacity' ? 'upstream_capacity' : 'upstream_rate_limited',
+        ),
+        headers,
+      );
+      return 'done';
+    }
+    // A 401 refuses the gateway's upstream key, not the agent's: the gateway's failure, not theirs.
+    const keyRefused = res.status === 401;
+    const failed = kind === 'upstream_error' || keyRefused;
+    await this.settle(call, failed ? 'failed' : 'refused_request', {
+      reason: keyRefused ? 'upstream_auth' : failed ? 'upstream_5xx' : 'upstream_client_error',
+      upstreamStatus: res.status,
+    });
+    if (keyRefused) {
+      this.d.log.error('upstream refused the gateway key', { status: res.status });
+      await channel.fail(
+        new UpstreamError(502, 'The upstream refused the gateway’s credentials.', 'upstream_auth_failed'),
+        headers,
+      );
+    } else if (kind === 'upstream_error') {
+      await channel.fail(
+        new UpstreamError(502, `Upstream error ${res.status}: ${errorText.slice(0, 500)}`, 'upstream_error'),
+        headers,
+      );
+    } else if (!channel.committed) {
+      // The agent's own mistake as the upstream judged it: its status, in the OpenAI error shape.
+      channel.finish({
+        status: res.status,
+        headers: { ...headers, ...passResponseHeaders(res.headers), 'content-type': 'application/json' },
+        body: asOpenAiErrorBody(res.status, errorText),
+      });
+    } else {
+      await channel.write(
+        sseError(
+          new ValidationError(
+            `Upstream refused the request (${res.status}): ${errorText.slice(0, 500)}`,
+            null,
+            'upstream_client_error',
+          ),
+        ),
+      );
+      await channel.end();
+    }
+    return 'done';
+  }
+
+  /** Streams a 2xx answer through as it arrives, watching SSE for usage and embedded errors. */
+  private async relay(call: Call, res: UpstreamResponse): Promise<'done'> {
+    const { channel } = call.ctx;
+    const out = { ...call.headers, ...passResponseHeaders(res.headers) };
+    const isSse = (res.headers.get('content-type') ?? '').includes('text/event-stream');
+    let failure: 'client_disconnected' | 'upstream_cut' | 'embedded_error' | undefined;
+    // The outcome is recorded before the reply completes: once the agent has its answer the function may be frozen.
+    const recordEnd = (usage: Usage | undefined) =>
+      this.settle(
+        call,
+        failure === 'client_disconnected' ? 'disconnected' : failure ? 'failed' : 'answered',
+        {
+          ...(failure ? { reason: failure } : {}),
+          upstreamStatus: res.status,
+          ...(usage?.total_tokens !== undefined ? { totalTokens: usage.total_tokens } : {}),
+        },
+      );
+    if (!isSse) {
+      // A JSON answer is small; reading it whole lets us extract usage and send a proper content-length.
+      let text = '';
+      try {
+        text = await new Response(res.body).text();
+      } catch (err) {
+        failure = channel.cancelled.signal.aborted ? 'client_disconnected' : 'upstream_cut';
+        this.d.log.warn('upstream body failed', { error: (err as Error).message });
+      }
+      const embedded = failure ? undefined : embeddedErrorFromBody(text);
+      if (embedded !== undefined) failure = 'embedded_error';
+      await recordEnd(usageFromBody(text));
+      if (embedded !== undefined) {
+        // A 200 that carries an error is not an answer: the agent gets an OpenAI-shaped 502, the ticket fails.
+        await channel.fail(
+          new UpstreamError(
+            502,
+            `Upstream answered with an error: ${embedded.slice(0, 500)}`,
+            'upstream_error',
+          ),
+          call.headers,
+        );
+      } else if (failure) {
+        await channel.fail(
+          new UpstreamError(502, 'Upstream connection broke during the answer.', 'upstream_cut'),
+          call.headers,
+        );
+      } else if (!channel.committed) channel.finish({ status: res.status, headers: out, body: text });
+      else {
+        await channel.write(text);
+        await channel.end();
+      }
+      return 'done';
+    }
+    channel.commit(res.status, out);
+    const watcher = new SseWatcher();
+    const reader = res.body?.getReader();
+    try {
+      for (;;) {
+        if (!reader) break;
+        const { value, done } = await reader.read();
+        if (done) break;
+        watcher.push(value);
+        await channel.write(value);
+        if (channel.cancelled.signal.aborted) {
+          failure = 'client_disconnected';
+          await reader.cancel();
+          break;
+        }
+      }
+    } catch (err) {
+      failure = channel.cancelled.signal.aborted ? 'client_disconnected' : 'upstream_cut';
+      if (failure === 'upstream_cut')
+        this.d.log.warn('upstream stream cut', { error: (err as Error).message });
+    }
+    if (!failure && watcher.embeddedError) failure = 'embedded_error';
+    await recordEnd(watcher.usage);
+    if (failure === 'upstream_cut') {
+      await channel.write(
+        sseError(new UpstreamError(502, 'Upstream connection broke mid-stream.', 'upstream_cut')),
+      );
+    }
+    await channel.end();
+    return 'done';
+  }
+
+  /** Counts the outcome and ends the ticket as the table says (independent writes, done together). */
+  private async settle(call: Call, outcome: Outcome, patch: TicketPatch): Promise<void> {
+    await Promise.all([this.count(call, outcome), this.end(call, outcome, patch)]);
+  }
+
+  /** The outcome slot's counter and upstream latency (best effort: a lost count never fails the request). */
+  private async count(call: Call, outcome: Outcome): Promise<void> {
+    const { count } = OUTCOMES[outcome];
+    if (!call.ticket || count === undefined) return;
+    const now = this.d.clock.now();
+    await this.d.outcomes
+      .record(now, {
+        counts: { [count]: 1 },
+        latencies: [{ name: 'upstream', priority: call.ticket.priority, ms: now - call.started }],
+      })
+      .catch(() => undefined);
+  }
+
+  /** The ticket's terminal state (and the agent's usage). */
+  private async end(call: Call, outcome: Outcome, patch: TicketPatch): Promise<void> {
+    if (!call.ticket) return;
+    await this.d.admission.finish(call.ticket, OUTCOMES[outcome].end, patch);
+  }
+}
