@@ -9,7 +9,7 @@ import type { APIGatewayProxyEvent, APIGatewayProxyResult } from 'aws-lambda';
 import { DEFAULT_OUT_DIR } from '../dashboard/build.js';
 import { buildStatusDeps, makeStatusHandler } from '../functions/status/app.js';
 import { NotFoundError } from '../lib/domain/errors.js';
-import { errorReply } from '../lib/ingress/http.js';
+import { errorReply } from '../lib/http/reply.js';
 import type { Stores } from '../lib/runtime/wiring.js';
 import type { ApiRoute } from './apigw/adapter.js';
 

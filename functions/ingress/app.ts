@@ -8,7 +8,7 @@ import { Admission } from '../../lib/domain/admission.js';
 import { KeyAuthenticator } from '../../lib/domain/auth.js';
 import { GatewayError, NotFoundError, ValidationError } from '../../lib/domain/errors.js';
 import { OutcomeTriggeredRetreat } from '../../lib/domain/retreat-controller.js';
-import { errorReply } from '../../lib/ingress/http.js';
+import { errorReply } from '../../lib/http/reply.js';
 import { type IngressDeps, IngressService } from '../../lib/ingress/service.js';
 import { readRuntimeEnv } from '../../lib/runtime/env.js';
 import { dispatcherWaker, makeClients, makeStores, secretReader } from '../../lib/runtime/wiring.js';

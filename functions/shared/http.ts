@@ -1,6 +1,6 @@
 // Function support: turning HttpReply into a web Response and CORS headers for the dashboard's origin.
 import type { APIGatewayProxyEvent } from 'aws-lambda';
-import type { HttpReply } from '../../lib/ingress/http.js';
+import type { HttpReply } from '../../lib/http/reply.js';
 
 /** CORS for the dashboard's origin only (Lambda proxy integrations must send these themselves). */
 export const corsHeaders = (

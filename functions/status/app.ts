@@ -15,7 +15,7 @@ import type { Clock } from '../../lib/domain/clock.js';
 import type { ConfigService } from '../../lib/domain/config-service.js';
 import { GatewayError, NotFoundError, UnavailableError, ValidationError } from '../../lib/domain/errors.js';
 import { PRIORITIES } from '../../lib/domain/priority.js';
-import { errorBody, errorReply, type HttpReply, jsonReply, retryHeaders } from '../../lib/ingress/http.js';
+import { errorBody, errorReply, type HttpReply, jsonReply, retryHeaders } from '../../lib/http/reply.js';
 import { readRuntimeEnv } from '../../lib/runtime/env.js';
 import { makeClients, makeStores, secretReader } from '../../lib/runtime/wiring.js';
 import { StatusAccess, type TokenSource } from '../../lib/status/access.js';

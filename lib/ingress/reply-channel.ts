@@ -1,6 +1,6 @@
 // Ingress reply transport: one reply settled once (status and headers), then a byte stream the agent can cancel.
 import type { GatewayError } from '../domain/errors.js';
-import { errorReply, type HttpReply, sseError } from './http.js';
+import { errorReply, type HttpReply, sseError } from '../http/reply.js';
 
 /** How the reply is delivered: a promise settled once with status and headers, then a byte stream. */
 export class ReplyChannel {

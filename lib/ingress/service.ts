@@ -18,8 +18,8 @@ import { bucketParamsFor } from '../domain/retreat-controller.js';
 import { type Route, resolveRoute, type UpstreamDef } from '../domain/routes.js';
 import type { Ticket } from '../domain/tickets.js';
 import type { UpstreamClient } from '../domain/upstream-port.js';
+import { asGatewayError, errorReply, type HttpReply } from '../http/reply.js';
 import type { IngressRequest, RequestContext } from './context.js';
-import { asGatewayError, errorReply, formatReset, type HttpReply } from './http.js';
 import { ReplyChannel } from './reply-channel.js';
 import {
   assertSafePath,
@@ -30,6 +30,7 @@ import {
   requestPriority,
   withModel,
 } from './request.js';
+import { formatReset } from './upstream-http.js';
 import { UpstreamRelay } from './upstream-relay.js';
 
 export type { IngressRequest } from './context.js';

@@ -18,9 +18,10 @@ import {
   usageFromBody,
 } from '../domain/upstream.js';
 import { UpstreamCallError, type UpstreamClient, type UpstreamResponse } from '../domain/upstream-port.js';
+import { sseError } from '../http/reply.js';
 import type { RequestContext } from './context.js';
-import { asOpenAiErrorBody, forwardRequestHeaders, passResponseHeaders, sseError } from './http.js';
 import { readLimited } from './reply-channel.js';
+import { asOpenAiErrorBody, forwardRequestHeaders, passResponseHeaders } from './upstream-http.js';
 
 const ERROR_BODY_LIMIT = 16_384;
 /** The longest Retry-After the bucket honours (5 min). */
