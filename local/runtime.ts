@@ -4,14 +4,13 @@ import './awslambda-shim.js';
 import { randomBytes } from 'node:crypto';
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { SQSClient } from '@aws-sdk/client-sqs';
-import { makeDispatcherHandler } from '../functions/dispatcher/app.js';
-import { buildIngressService, makeIngressHandler } from '../functions/ingress/app.js';
+import { buildDispatcherDeps, makeDispatcherHandler } from '../functions/dispatcher/app.js';
+import { buildIngressDeps, makeIngressHandler } from '../functions/ingress/app.js';
 import type { DispatcherTimings } from '../lib/domain/dispatcher.js';
 import { KeyAdmin } from '../lib/domain/key-admin.js';
 import type { Priority } from '../lib/domain/priority.js';
 import { localAwsConfig, provisionResources, startEmulators } from '../lib/local/emulators.js';
-import { readRuntimeEnv } from '../lib/runtime/env.js';
-import { dispatcherWaker, makeClients, makeStores, type Stores } from '../lib/runtime/wiring.js';
+import type { Clients, Stores } from '../lib/runtime/wiring.js';
 import { type ApiRoute, type LocalApiGateway, startApiGateway } from './apigw/adapter.js';
 import { type FakeUpstream, type FakeUpstreamOptions, startFakeUpstream } from './fake-upstream.js';
 import { type LocalLambdaService, startLocalLambda } from './lambda-service.js';
@@ -132,31 +131,24 @@ export const startLocalSystem = async (opts: LocalSystemOptions = {}): Promise<L
       SLUICE_ADMIN_TOKEN: adminToken,
     };
 
-    const runtimeEnv = readRuntimeEnv(env);
-    const clients = makeClients(runtimeEnv);
-    stops.push(async () => {
+    // Each function composed as its Lambda entry composes it, each with its own clients ("container").
+    const destroy = (clients: Clients) => async () => {
       clients.dynamo.destroy();
       clients.sqs.destroy();
       clients.lambda.destroy();
-    });
-    const stores = makeStores(runtimeEnv, clients, env);
+    };
+    const dispatcher = buildDispatcherDeps(env);
+    stops.push(destroy(dispatcher.clients));
+    const { stores } = dispatcher;
     await stores.config.seed();
     lambdaRef.handler = makeDispatcherHandler({
-      stores,
-      wakeSuccessor: dispatcherWaker(runtimeEnv, clients),
+      ...dispatcher.deps,
       ...(opts.dispatcherTimings ? { timings: opts.dispatcherTimings } : {}),
     }) as unknown as (e: unknown, c: import('aws-lambda').Context) => Promise<unknown>;
 
-    const ingress = buildIngressService(env);
-    stops.push(async () => {
-      ingress.clients.dynamo.destroy();
-      ingress.clients.sqs.destroy();
-      ingress.clients.lambda.destroy();
-    });
-    const ingressHandler = makeIngressHandler(
-      ingress.service,
-      runtimeEnv.allowedOrigin ? { allowedOrigin: runtimeEnv.allowedOrigin } : {},
-    );
+    const ingress = buildIngressDeps(env);
+    stops.push(destroy(ingress.clients));
+    const ingressHandler = makeIngressHandler(ingress.deps);
     const extra = opts.extraRoutes ? await opts.extraRoutes({ env, stores }) : [];
     if (!Array.isArray(extra) && extra.stop) stops.push(extra.stop);
     const routes: ApiRoute[] = [

@@ -6,7 +6,8 @@ import middy from '@middy/core';
 import type { Context } from 'aws-lambda';
 import { Dispatcher, type DispatcherTimings, type RunSummary } from '../../lib/domain/dispatcher.js';
 import { RETREAT_STATES } from '../../lib/domain/retreat.js';
-import type { Stores } from '../../lib/runtime/wiring.js';
+import { readRuntimeEnv } from '../../lib/runtime/env.js';
+import { dispatcherWaker, makeClients, makeStores, type Stores } from '../../lib/runtime/wiring.js';
 import { makeLogger, makeMetrics } from '../shared/observability.js';
 
 /** Time kept free before the function's hard stop, to release the lease and hand over. */
@@ -61,4 +62,13 @@ export const makeDispatcherHandler = (deps: DispatcherHandlerDeps) => {
     return summary;
   };
   return middy(run).use(injectLambdaContext(logger)).use(logMetrics(metrics));
+};
+
+/** Composition root: clients and stores once per container; the env is validated at cold start. */
+export const buildDispatcherDeps = (processEnv: Record<string, string | undefined> = process.env) => {
+  const env = readRuntimeEnv(processEnv);
+  const clients = makeClients(env);
+  const stores = makeStores(env, clients, processEnv);
+  const deps: DispatcherHandlerDeps = { stores, wakeSuccessor: dispatcherWaker(env, clients) };
+  return { deps, env, clients, stores };
 };

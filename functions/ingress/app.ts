@@ -33,8 +33,16 @@ const FORWARDED_METHODS = new Set(['GET', 'POST']);
 /** The streaming wrapper hands the client-disconnect signal to the route via this request scope. */
 const scope = new AsyncLocalStorage<RequestScope>();
 
-/** Builds the ingress handler around a service; tests pass their own. */
-export const makeIngressHandler = (service: IngressService, opts: { allowedOrigin?: string } = {}) => {
+/** Everything the ingress handler needs, built once per container (or by a test). */
+export interface IngressHandlerDeps extends IngressDeps {
+  /** The dashboard's origin, answered in CORS headers. */
+  allowedOrigin?: string;
+}
+
+/** Builds the ingress handler from its deps (the Lambda entry and the local runtime alike). */
+export const makeIngressHandler = (deps: IngressHandlerDeps) => {
+  const service = new IngressService(deps);
+  const opts = { allowedOrigin: deps.allowedOrigin };
   const app = new Router();
   const serve = async ({ event, context }: { event: unknown; context: Context }) => {
     const ev = event as APIGatewayProxyEvent;
@@ -143,7 +151,7 @@ export const makeIngressHandler = (service: IngressService, opts: { allowedOrigi
 };
 
 /** Composition root: clients and stores once per container; config validated at cold start. */
-export const buildIngressService = (processEnv: Record<string, string | undefined> = process.env) => {
+export const buildIngressDeps = (processEnv: Record<string, string | undefined> = process.env) => {
   const env = readRuntimeEnv(processEnv);
   const clients = makeClients(env);
   const stores = makeStores(env, clients, processEnv);
@@ -161,7 +169,7 @@ export const buildIngressService = (processEnv: Record<string, string | undefine
     newId: stores.newId,
     usage: stores.usage,
   });
-  const deps: IngressDeps = {
+  const deps: IngressHandlerDeps = {
     auth: new KeyAuthenticator(stores.keys, stores.clock),
     config: stores.config,
     admission,
@@ -193,6 +201,7 @@ export const buildIngressService = (processEnv: Record<string, string | undefine
       },
     },
     log: { warn: (m, e) => logger.warn(m, e ?? {}), error: (m, e) => logger.error(m, e ?? {}) },
+    ...(env.allowedOrigin ? { allowedOrigin: env.allowedOrigin } : {}),
   };
-  return { service: new IngressService(deps), env, stores, admission, clients };
+  return { deps, env, stores, clients };
 };

@@ -1,8 +1,4 @@
 // Function entry (ingress): the Lambda handler, composed from the environment at cold start.
-import { buildIngressService, makeIngressHandler } from './app.js';
+import { buildIngressDeps, makeIngressHandler } from './app.js';
 
-const built = buildIngressService();
-export const handler = makeIngressHandler(
-  built.service,
-  built.env.allowedOrigin ? { allowedOrigin: built.env.allowedOrigin } : {},
-);
+export const handler = makeIngressHandler(buildIngressDeps().deps);

@@ -76,6 +76,7 @@ export const makeStores = (
   });
   const outcomes = new DynamoOutcomeStore(clients.dynamo, env.stateTable);
   const retreatStore = new DynamoRetreatStore(clients.dynamo, env.stateTable, env.bucketKey);
+  const configStore = new DynamoConfigStore(clients.dynamo, env.stateTable);
   // Per-agent quota buckets: the same GCRA item shape, one per agent, kept for the container's life.
   const agentBuckets = new Map<string, { bucket: TokenBucket; key: string }>();
   const agentBucket = (agent: string) => {
@@ -109,8 +110,8 @@ export const makeStores = (
     lease: new DynamoLeaseStore(clients.dynamo, env.stateTable),
     keys: new DynamoKeyStore(clients.dynamo, env.keysTable),
     usage: new DynamoUsageStore(clients.dynamo, env.stateTable),
-    configStore: new DynamoConfigStore(clients.dynamo, env.stateTable),
-    config: new ConfigService(new DynamoConfigStore(clients.dynamo, env.stateTable), clock, defaults),
+    configStore,
+    config: new ConfigService(configStore, clock, defaults),
     retreat: new RetreatController({ retreat: retreatStore, outcomes, bucket, clock }),
     newId: () => randomUUID(),
   };
