@@ -102,6 +102,9 @@ export class IngressService {
     headers: Record<string, string>,
   ): Promise<HttpReply> {
     const config = await this.d.config.config();
+    // The bucket's reserve is live config, read from the same cached config as every other field (as the
+    // dispatcher does): a PATCH of reserve_fraction reaches the passthrough policy and the rate headers too.
+    this.d.bucket.setReserve({ fraction: config.reserveFraction, forNormal: config.reserveForNormal });
     assertSafePath(req.path);
     const isModels = req.method === 'GET' && /^\/v1\/models\/?(\?.*)?$/.test(req.path);
     if (isModels && this.modelsCache && this.d.clock.now() - this.modelsCache.at < MODELS_CACHE_MS) {

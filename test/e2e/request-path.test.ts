@@ -51,6 +51,26 @@ describe('the request path with the openai client', () => {
     expect(call.headers.authorization).toBe('Bearer nvapi-local-simulated');
   });
 
+  it('honours a reserve_fraction change in the rate headers (live config, not frozen at cold start)', async () => {
+    queuedRequests += 1;
+    // Burst 5: LOW may spend 5 × (1 − reserve_fraction) of it; the default 0.5 leaves it at most 2.
+    await system.stores.config.update({ reserve_fraction: 0 }, 'test');
+    try {
+      // Past the ingress's config cache (2 s), and the bucket refilled.
+      await new Promise((r) => setTimeout(r, 2_500));
+      const res = await post(
+        '/v1/chat/completions',
+        JSON.stringify({ model: 'meta/llama-3.1-8b-instruct', messages: [{ role: 'user', content: 'hi' }] }),
+        { 'x-priority': 'low' },
+      );
+      expect(res.status).toBe(200);
+      await res.text();
+      expect(Number(res.headers.get('x-ratelimit-remaining-requests'))).toBeGreaterThanOrEqual(3);
+    } finally {
+      await system.stores.config.update({ reserve_fraction: 0.5 }, 'test');
+    }
+  });
+
   it('streams tokens incrementally, not in one chunk', async () => {
     queuedRequests++;
     const stream = await client.chat.completions.create({
