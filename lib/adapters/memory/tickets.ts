@@ -1,0 +1,268 @@
+// Adapter: in-memory tickets, queues and lease with the conditional semantics of the DynamoDB / SQS ones, so the
+// Admission and Dispatcher use cases can be table-tested on a fake clock (the emulator tests stay).
+import type { Clock } from '../../domain/clock.js';
+import { AdmissionFullError, ConflictError, IdempotencyConflictError } from '../../domain/errors.js';
+import { applyAttempt, type ConsumeAttempt } from '../../domain/gcra.js';
+import type {
+  CreateTicketOptions,
+  GrantOutcome,
+  LeaseState,
+  LeaseStore,
+  ReceivedMessage,
+  TicketQueue,
+  TicketStore,
+} from '../../domain/ports.js';
+import { PRIORITIES, type Priority } from '../../domain/priority.js';
+import {
+  canTransition,
+  isTerminal,
+  type Ticket,
+  type TicketMessage,
+  type TicketPatch,
+  type TicketStatus,
+} from '../../domain/tickets.js';
+import type { MemoryBucketStore } from './stores.js';
+
+const running = (s: TicketStatus) => s === 'granted' || s === 'claimed';
+const definedOnly = (patch: TicketPatch) =>
+  Object.fromEntries(Object.entries(patch).filter(([, v]) => v !== undefined)) as TicketPatch;
+
+/** Tickets, the admission / in-flight counters and the Idempotency-Key map, as one consistent store. */
+export class MemoryTicketStore implements TicketStore {
+  readonly tickets = new Map<string, Ticket>();
+  readonly counters = { queued: 0, inflight: 0 };
+  private readonly idem = new Map<string, { ticketId: string; until: number }>();
+
+  /** @param bucket the shared bucket item the grant transaction spends from */
+  constructor(private readonly bucket: MemoryBucketStore) {}
+
+  async create(ticket: Ticket, opts: CreateTicketOptions): Promise<void> {
+    if (this.tickets.has(ticket.id)) throw new ConflictError(`ticket ${ticket.id} exists`);
+    if (opts.bypassAdmission) {
+      if (ticket.status === 'granted') this.counters.inflight++;
+      this.tickets.set(ticket.id, { ...ticket });
+      return;
+    }
+    // All conditions first, then all writes: one transaction.
+    if (opts.replace) {
+      const victim = this.tickets.get(opts.replace.id);
+      if (victim?.status !== 'queued' || victim.attempt !== opts.replace.attempt)
+        throw new ConflictError('ticket to drop is no longer queued');
+    } else if (this.counters.queued >= opts.queueMaxSize) throw new AdmissionFullError(this.counters.queued);
+    const idem = opts.idempotency;
+    if (idem) {
+      const held = this.idem.get(idem.key);
+      const free = idem.replaceTicketId
+        ? held?.ticketId === idem.replaceTicketId
+        : !held || held.until < ticket.enqueuedAt;
+      if (!free) throw new IdempotencyConflictError(held?.ticketId);
+      this.idem.set(idem.key, { ticketId: ticket.id, until: idem.untilMs });
+    }
+    if (opts.replace) {
+      const victim = this.tickets.get(opts.replace.id)!;
+      this.tickets.set(victim.id, {
+        ...victim,
+        status: 'dropped',
+        reason: 'dropped_for_newer',
+        finishedAt: ticket.enqueuedAt,
+      });
+    } else this.counters.queued++;
+    this.tickets.set(ticket.id, { ...ticket });
+  }
+
+  async get(id: string): Promise<Ticket | undefined> {
+    const t = this.tickets.get(id);
+    return t && { ...t };
+  }
+
+  async grant(
+    ticket: Pick<Ticket, 'id' | 'attempt'>,
+    attempt: ConsumeAttempt,
+    patch: TicketPatch,
+    opts: { maxInflight?: number } = {},
+  ): Promise<GrantOutcome> {
+    const current = this.tickets.get(ticket.id);
+    const tat = applyAttempt(this.bucket.state, attempt);
+    if (current?.status !== 'queued' || current.attempt !== ticket.attempt)
+      return { kind: 'ticket_conflict', current: current && { ...current } };
+    if (opts.maxInflight && this.counters.inflight >= opts.maxInflight)
+      return { kind: 'inflight_full', inflight: this.counters.inflight };
+    if (tat === undefined || !this.bucket.state)
+      return { kind: 'bucket_conflict', current: this.bucket.state && { ...this.bucket.state } };
+    this.bucket.state = { ...this.bucket.state, tat };
+    this.tickets.set(ticket.id, { ...current, ...definedOnly(patch), status: 'granted' });
+    this.counters.queued--;
+    this.counters.inflight++;
+    return { kind: 'granted' };
+  }
+
+  async transition(
+    id: string,
+    from: TicketStatus,
+    to: TicketStatus,
+    patch: TicketPatch,
+    opts: { attempt?: number } = {},
+  ): Promise<{ ticket: Ticket } | { conflict: Ticket | undefined }> {
+    const current = this.tickets.get(id);
+    if (
+      !canTransition(from, to) ||
+      (from === 'queued' && to === 'granted') ||
+      current?.status !== from ||
+      (opts.attempt !== undefined && current.attempt !== opts.attempt)
+    )
+      return { conflict: current && { ...current } };
+    const next: Ticket = {
+      ...current,
+      ...definedOnly(patch),
+      status: to,
+      attempt: to === 'queued' ? current.attempt + 1 : current.attempt,
+    };
+    this.tickets.set(id, next);
+    if (from === 'queued' && to !== 'queued') this.counters.queued--;
+    if (to === 'queued' && from !== 'queued') this.counters.queued++;
+    if (running(from) && !running(to)) this.counters.inflight--;
+    return { ticket: { ...next } };
+  }
+
+  async oldestQueued(priority: Priority): Promise<Ticket | undefined> {
+    const [t] = await this.listPhase(`queued#${priority}`, Number.MAX_SAFE_INTEGER, 1);
+    return t;
+  }
+
+  async listPhase(phase: string, before: number, limit: number): Promise<Ticket[]> {
+    const phaseOf = (t: Ticket) =>
+      t.status === 'queued'
+        ? { phase: `queued#${t.priority}`, at: t.enqueuedAt }
+        : running(t.status)
+          ? { phase: t.status, at: t.claimBy ?? t.grantedAt ?? t.enqueuedAt }
+          : undefined;
+    return [...this.tickets.values()]
+      .map((t) => ({ t, p: phaseOf(t) }))
+      .filter(({ t, p }) => p?.phase === phase && p.at < before && !isTerminal(t.status))
+      .sort((a, b) => a.p!.at - b.p!.at)
+      .slice(0, limit)
+      .map(({ t }) => ({ ...t }));
+  }
+
+  async admissionCount(): Promise<number> {
+    return this.counters.queued;
+  }
+
+  async counts(): Promise<{ queued: number; inflight: number }> {
+    return { ...this.counters };
+  }
+
+  async reconcileAdmission(): Promise<number> {
+    const all = [...this.tickets.values()];
+    this.counters.queued = all.filter((t) => t.status === 'queued').length;
+    this.counters.inflight = all.filter((t) => running(t.status)).length;
+    return this.counters.queued;
+  }
+}
+
+/** The four priority queues: FIFO per priority, messages invisible while received until deleted or timed out. */
+export class MemoryTicketQueue implements TicketQueue {
+  private readonly queues = new Map<
+    Priority,
+    { message: TicketMessage; receipt: string; visibleAt: number; receiveCount: number }[]
+  >(PRIORITIES.map((p) => [p, []]));
+  private receipts = 0;
+
+  /** @param visibilityMs how long a received message stays invisible @default 30000 */
+  constructor(
+    private readonly clock: Clock,
+    private readonly visibilityMs = 30_000,
+  ) {}
+
+  async send(message: TicketMessage): Promise<void> {
+    this.queues.get(message.priority)!.push({ message, receipt: '', visibleAt: 0, receiveCount: 0 });
+  }
+
+  /**
+   * Returns what is visible now. An empty poll yields one real timer tick instead of a long poll (a fake
+   * clock does not move while it waits), so a poller never spins on microtasks alone.
+   */
+  async receive(priority: Priority, max: number): Promise<ReceivedMessage[]> {
+    const got = this.take(priority, max);
+    if (got.length > 0) return got;
+    await new Promise((r) => setTimeout(r, 1));
+    return this.take(priority, max);
+  }
+
+  private take(priority: Priority, max: number): ReceivedMessage[] {
+    const now = this.clock.now();
+    const out: ReceivedMessage[] = [];
+    for (const m of this.queues.get(priority)!) {
+      if (out.length >= max) break;
+      if (m.visibleAt > now) continue;
+      m.receipt = `r${++this.receipts}`;
+      m.visibleAt = now + this.visibilityMs;
+      m.receiveCount++;
+      out.push({ message: m.message, receipt: m.receipt, receiveCount: m.receiveCount });
+    }
+    return out;
+  }
+
+  async delete(priority: Priority, receipt: string): Promise<void> {
+    const q = this.queues.get(priority)!;
+    const i = q.findIndex((m) => m.receipt === receipt);
+    if (i >= 0) q.splice(i, 1);
+  }
+
+  async extend(priority: Priority, receipt: string, seconds: number): Promise<void> {
+    const m = this.queues.get(priority)!.find((x) => x.receipt === receipt);
+    if (m) m.visibleAt = this.clock.now() + seconds * 1000;
+  }
+
+  async depth(priority: Priority): Promise<{ visible: number; inFlight: number }> {
+    const now = this.clock.now();
+    const q = this.queues.get(priority)!;
+    const inFlight = q.filter((m) => m.visibleAt > now).length;
+    return { visible: q.length - inFlight, inFlight };
+  }
+}
+
+/** The dispatcher's lease and doorbell. */
+export class MemoryLeaseStore implements LeaseStore {
+  state: LeaseState = { rings: 0 };
+
+  constructor(private readonly clock: Clock) {}
+
+  async acquire(
+    owner: string,
+    now: number,
+    ttlMs: number,
+  ): Promise<{ acquired: boolean; state: LeaseState }> {
+    const s = this.state;
+    if (s.owner && s.owner !== owner && (s.expiresAt ?? 0) > now) return { acquired: false, state: { ...s } };
+    this.state = {
+      ...s,
+      owner,
+      expiresAt: now + ttlMs,
+      ...(s.owner === owner && (s.expiresAt ?? 0) > now ? {} : { acquiredAt: now }),
+    };
+    return { acquired: true, state: { ...this.state } };
+  }
+
+  async renew(owner: string, now: number, ttlMs: number): Promise<boolean> {
+    if (this.state.owner !== owner) return false;
+    this.state = { ...this.state, expiresAt: now + ttlMs };
+    return true;
+  }
+
+  async release(owner: string, seenRings: number): Promise<boolean> {
+    if (this.state.owner !== owner || this.state.rings !== seenRings) return false;
+    const { owner: _owner, expiresAt: _expiresAt, ...rest } = this.state;
+    this.state = { ...rest, releasedAt: this.clock.now() };
+    return true;
+  }
+
+  async ring(): Promise<LeaseState> {
+    this.state = { ...this.state, rings: this.state.rings + 1 };
+    return { ...this.state };
+  }
+
+  async get(): Promise<LeaseState> {
+    return { ...this.state };
+  }
+}
