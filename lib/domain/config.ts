@@ -19,6 +19,12 @@ export interface GatewayConfig {
   upstreamWindowMs: number;
   /** Grants the bucket may give back to back after idling; small, so burst + rate·window ≤ limit. @default 2 */
   bucketBurst: number;
+  /**
+   * Longest time from a grant to its upstream call (a staler grant is requeued and refunded): the bucket caps
+   * every window of upstream window + this, so the limit holds for calls. At most a tenth of the window.
+   * @default 1000
+   */
+  grantSlackMs: number;
   /** Part of the burst that LOW (and NORMAL when `reserveForNormal`) may not spend. @default 0.5 */
   reserveFraction: number;
   /** @default false */
@@ -88,6 +94,7 @@ export const DEFAULT_CONFIG: Readonly<GatewayConfig> = Object.freeze({
   upstreamLimit: 40,
   upstreamWindowMs: 60_000,
   bucketBurst: 2,
+  grantSlackMs: 1_000,
   reserveFraction: 0.5,
   reserveForNormal: false,
   queueMaxSize: 500,
@@ -159,6 +166,12 @@ export const CONFIG_FIELDS: { readonly [K in keyof GatewayConfig]: FieldSpec } =
     max: 10_000,
     doc: 'grants allowed back to back',
   },
+  grantSlackMs: ms(
+    'SLUICE_GRANT_SLACK_S',
+    0,
+    60_000,
+    'longest grant → upstream call delay (windows are capped at window + this)',
+  ),
   reserveFraction: {
     kind: 'number',
     env: 'SLUICE_RESERVE_FRACTION',

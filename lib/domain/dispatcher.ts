@@ -350,7 +350,11 @@ export class Dispatcher {
     const res = await tickets.grant(
       { id: msg.ticketId, attempt: msg.attempt },
       plan.attempt,
-      { grantedAt: now, claimBy: Math.min(now + this.t.claimWindowMs, msg.deadline + requestTimeoutMs) },
+      {
+        // The bucket logged the grant at the attempt's time: a refund finds it by this.
+        grantedAt: plan.attempt.now,
+        claimBy: Math.min(now + this.t.claimWindowMs, msg.deadline + requestTimeoutMs),
+      },
       {
         maxInflight: config.maxInflight,
         ...(quota ? { agentQuota: { bucketKey: quota.key, attempt: quota.attempt } } : {}),

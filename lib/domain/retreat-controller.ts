@@ -2,7 +2,7 @@
 import type { TokenBucket } from './bucket.js';
 import type { Clock } from './clock.js';
 import type { GatewayConfig } from './config.js';
-import { type BucketParams, deriveBucket, grantToCallMaxMs } from './gcra.js';
+import { type BucketParams, deriveAdmission, grantToCallMaxMs } from './gcra.js';
 import {
   type OutcomeEvent,
   SLOT_MS,
@@ -25,22 +25,24 @@ import {
 } from './retreat.js';
 
 /**
- * Bucket parameters for the effective rate: the window limit shrinks with the rate, the burst with it.
+ * Bucket parameters for the effective rate: the window limit shrinks with the rate, the burst with it
+ * (window-exact for limits up to LOG_MAX_ENTRIES, plain GCRA above).
  * The probe preset paces strictly (burst 1) while below base: its rate sits at the upstream's limit, where a
  * refilled burst would be the call too many.
  */
 export const bucketParamsFor = (
   record: Pick<RetreatRecord, 'effectiveRpm'> & { state?: RetreatState },
-  config: GatewayConfig,
+  config: Pick<GatewayConfig, 'upstreamWindowMs' | 'retreatPreset' | 'bucketBurst'> &
+    Partial<Pick<GatewayConfig, 'grantSlackMs'>>,
 ): BucketParams =>
-  deriveBucket(
+  deriveAdmission(
     (record.effectiveRpm * config.upstreamWindowMs) / 60_000,
     config.upstreamWindowMs,
     config.retreatPreset === 'probe' && record.state !== undefined && record.state !== 'normal'
       ? 1
       : config.bucketBurst,
     // Calls start up to this long after their grants: the limit must hold for windows of calls too.
-    grantToCallMaxMs(config.upstreamWindowMs),
+    grantToCallMaxMs(config.upstreamWindowMs, config.grantSlackMs),
   );
 
 /** Upstream answers in one slot (what a mark subtracts). */

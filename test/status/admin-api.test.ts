@@ -4,7 +4,7 @@ import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CONFIG_FIELDS, CONFIG_KEYS, externalName, type GatewayConfig } from '../../lib/domain/config.js';
 import { CONFIG_CACHE_MS } from '../../lib/domain/config-service.js';
-import { deriveBucket, GRANT_TO_CALL_MAX_MS } from '../../lib/domain/gcra.js';
+import { deriveAdmission, GRANT_TO_CALL_MAX_MS } from '../../lib/domain/gcra.js';
 import type { Ticket } from '../../lib/domain/tickets.js';
 import type { AdminConfigView, ConfigUpdateView } from '../../lib/status/admin.js';
 import type { StatusSnapshot } from '../../lib/status/snapshot.js';
@@ -213,7 +213,7 @@ describe('a successful change', () => {
       messages: [{ role: 'user', content: 'hi' }],
     });
     expect(reply.choices[0]?.message.content).toMatch(/^tok0/);
-    const expected = deriveBucket(60, 60_000, 2, GRANT_TO_CALL_MAX_MS).intervalMs;
+    const expected = deriveAdmission(60, 60_000, 2, GRANT_TO_CALL_MAX_MS).intervalMs;
     const snapshot = await eventually(
       async () => {
         const s = (await status()).json;
