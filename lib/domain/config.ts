@@ -33,7 +33,11 @@ export interface GatewayConfig {
   queueMaxSize: number;
   /** @default 'reject' */
   queueFullPolicy: QueueFullPolicy;
-  /** A LOW ticket that cannot get a token this long after the dispatcher first sees it is refused. @default 2000 */
+  /**
+   * A LOW ticket that cannot get a token this long after the dispatcher first sees it is refused. Four token
+   * intervals of the default key (1.5 s): a lone LOW request waits at most burst × interval (3 s) behind the
+   * grants just before it, so it is served whenever nothing more important waits. @default 6000
+   */
   lowPriorityTimeoutMs: number;
   /** Upstream call timeout (whole response). @default 120000 */
   requestTimeoutMs: number;
@@ -99,7 +103,7 @@ export const DEFAULT_CONFIG: Readonly<GatewayConfig> = Object.freeze({
   reserveForNormal: false,
   queueMaxSize: 500,
   queueFullPolicy: 'reject',
-  lowPriorityTimeoutMs: 2_000,
+  lowPriorityTimeoutMs: 6_000,
   requestTimeoutMs: 120_000,
   firstByteTimeoutMs: 30_000,
   maxWaitMs: 240_000,

@@ -135,3 +135,33 @@ describe('low priority timeout under higher-priority load', () => {
     expect(summary.rejected + summary.granted).toBe(12);
   });
 });
+
+describe('LOW on a nearly idle system (issue 15.4)', () => {
+  let ctx: Awaited<ReturnType<typeof setup>>;
+  beforeAll(async () => {
+    // The default key (40 per 60 s, burst 2) and the default low_priority_timeout.
+    ctx = await setup('lowidle', {});
+  });
+  afterAll(() => ctx?.close());
+
+  it('serves a LOW request when nothing more important waits and its wait fits the default timeout', async () => {
+    // Prepare: two urgent requests spend the burst just before one LOW request arrives; nothing else waits.
+    const { stores, admission } = ctx;
+    const config = await stores.config.config();
+    const admit = (priority: Priority) =>
+      admission.admit(
+        { agent: 'a', priority, model: 'meta/x', stream: false, deadline: Date.now() + 60_000 },
+        config,
+      );
+    const urgent = [await admit('urgent'), await admit('urgent')];
+    const low = await admit('low');
+
+    // Act
+    const summary = await dispatcherForQueue(stores, stores.queue, 'low-idle').run(Date.now() + 60_000);
+
+    // Assess: the LOW ticket waited for its slot (about two token intervals) instead of a 429.
+    const tickets = await Promise.all([...urgent, low].map((a) => stores.tickets.get(a.ticket.id)));
+    expect(tickets.map((t) => t?.status)).toEqual(['granted', 'granted', 'granted']);
+    expect(summary.rejected).toBe(0);
+  });
+});

@@ -176,7 +176,7 @@ describe('a successful change', () => {
     expect(res.json.changes).toEqual([
       { at: expect.any(Number), by: 'admin', field: 'upstream_limit', from: 40, to: 60 },
       { at: expect.any(Number), by: 'admin', field: 'queue_full_policy', from: 'reject', to: 'drop_lowest' },
-      { at: expect.any(Number), by: 'admin', field: 'low_priority_timeout_s', from: 2, to: 5 },
+      { at: expect.any(Number), by: 'admin', field: 'low_priority_timeout_s', from: 6, to: 5 },
     ]);
     expect(res.json.config).toMatchObject({
       upstream_limit: 60,
