@@ -49,6 +49,11 @@ const invalidValues = (key: keyof GatewayConfig): [unknown, RegExp][] => {
       return [['maybe', /must be a boolean/]];
     case 'enum':
       return [['sometimes', /must be one of/]];
+    case 'weights':
+      return [
+        ['8:4:2', /must be four integers/],
+        ['8:4:2:0', /must be four integers/],
+      ];
   }
 };
 
