@@ -186,9 +186,11 @@ export const CONFIG_FIELDS: { readonly [K in keyof GatewayConfig]: FieldSpec } =
     max: 10_000,
     doc: 'grants allowed back to back',
   },
+  // At least the ingress's own staleness bound (GRANT_TO_CALL_MAX_MS) until the ingress reads this value: a
+  // smaller slack here would let calls start later after their grants than the bucket assumed.
   grantSlackMs: ms(
     'SLUICE_GRANT_SLACK_S',
-    0,
+    1_000,
     60_000,
     'longest grant → upstream call delay (windows are capped at window + this)',
   ),

@@ -78,6 +78,8 @@ describe('priority policy fields', () => {
 describe('grant slack', () => {
   it('defaults to 1 s and is a config value (env in seconds)', () => {
     expect(DEFAULT_CONFIG.grantSlackMs).toBe(1_000);
-    expect(configFromEnv({ SLUICE_GRANT_SLACK_S: '0.5' }).grantSlackMs).toBe(500);
+    expect(configFromEnv({ SLUICE_GRANT_SLACK_S: '1.5' }).grantSlackMs).toBe(1_500);
+    // Below the ingress's own staleness bound it would be unsafe until the ingress reads it (phase 2).
+    expect(() => configFromEnv({ SLUICE_GRANT_SLACK_S: '0.5' })).toThrow(/between 1 and 60/);
   });
 });
