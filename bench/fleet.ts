@@ -127,7 +127,8 @@ export const runFleetBench = async (opts: { log: (line: string) => void }): Prom
   const started = Date.now();
   const scale = timeScale(knob('SLUICE_BENCH_SCALE', 10));
   const agents = Math.round(knob('SLUICE_BENCH_AGENTS', 40));
-  const durationMs = knob('SLUICE_BENCH_DURATION_S', 240) * 1000;
+  // Longer than max_wait_s + request_timeout_s: a request queued in vain must end (or count as unserved) within it.
+  const durationMs = knob('SLUICE_BENCH_DURATION_S', 360) * 1000;
   const seed = Math.round(knob('SLUICE_BENCH_SEED', 42));
   const inversionBoundMs = 5_000;
   const only = (process.env.SLUICE_BENCH_SETUPS ?? '').split(',').filter(Boolean);
@@ -239,7 +240,7 @@ export const runFleetBench = async (opts: { log: (line: string) => void }): Prom
           inversionBoundMs,
         });
         log(
-          `${where}: goodput ${metrics.goodputRpm} rpm (${metrics.goodputPctOfLimit} %), 429s ${metrics.upstream429} (${metrics.upstream429Pct} %), failed ${metrics.failed}, inversions ${metrics.inversions}, max ${metrics.maxCallsIn60s} calls/60 s`,
+          `${where}: goodput ${metrics.goodputRpm} rpm (${metrics.goodputPctOfLimit} %), 429s ${metrics.upstream429} (${metrics.upstream429Pct} %), failed ${metrics.failed}, unserved ${metrics.unserved} (${byPriority(metrics.unservedByPriority)}), inversions ${metrics.inversions}, max ${metrics.maxCallsIn60s} calls/60 s`,
         );
         return { setup: name, label, metrics, bins: callsPerBin(calls, 10_000, durationMs) };
       } finally {
@@ -310,6 +311,10 @@ const writeCharts = (sc: FleetResult['scenarios'][number], limit: { requests: nu
   );
 };
 
+/** `u / h / n / l` of a per-priority figure (older results without it show –). */
+const byPriority = (v: Record<Priority, number> | undefined) =>
+  v ? PRIORITIES.map((p) => v[p]).join(' / ') : '–';
+
 const lat = (m: RunMetrics, p: Priority) => {
   const l = m.latency[p];
   return l.n === 0 ? '–' : `${l.p50} / ${l.p95} / ${l.p99}`;
@@ -340,24 +345,24 @@ export const fleetMarkdown = (r: FleetResult): string => {
       .map(([p, n]) => `${n} ${p}`)
       .join(
         ', ',
-      )}; half the requests stream; seed ${s.workload.seed}; ${s.workload.durationSeconds} s per run, goodput and latency from the second minute on; 429s, failures and inversions over the whole run. An inversion is an upstream call admitted for a lower priority while a higher-priority request had waited more than ${s.workload.inversionBoundSeconds} s.`,
+      )}; half the requests stream; seed ${s.workload.seed}; ${s.workload.durationSeconds} s per run, goodput and latency from the second minute on; 429s, failures and inversions over the whole run; requests still waiting or running when a run ends are *unserved* (not successes, not hidden). An inversion is an upstream call admitted for a lower priority while a higher-priority request had waited more than ${s.workload.inversionBoundSeconds} s.`,
     '',
   ];
   for (const sc of r.scenarios) {
     lines.push(
       `### ${sc.title} — ${sc.description} (offered ≈ ${sc.offeredRpm} rpm, ${round(sc.offeredRpm / 40, 1)}× the limit)`,
       '',
-      '| setup | goodput rpm (% of 40) | upstream calls | 429s (% of calls) | failed at agent | max calls in 60 s (sent / accepted) | inversions | latency s p50 / p95 / p99: urgent | high | normal | low |',
-      '|---|---|---|---|---|---|---|---|---|---|---|',
+      '| setup | goodput rpm (% of the hidden 40) | completed per min u / h / n / l | upstream calls | 429s (% of calls) | failed at agent | unserved at the end u / h / n / l | agents served nothing u / h / n / l | max calls in 60 s (sent / accepted) | inversions | latency s p50 / p95 / p99: urgent | high | normal | low |',
+      '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
     );
     for (const x of sc.results) {
       if (!x.metrics) {
-        lines.push(`| ${x.label} | skipped: ${x.skipped} | | | | | | | | | |`);
+        lines.push(`| ${x.label} | skipped: ${x.skipped} | | | | | | | | | | | | |`);
         continue;
       }
       const m = x.metrics;
       lines.push(
-        `| ${x.label} | ${m.goodputRpm} (${m.goodputPctOfLimit} %) | ${m.upstreamCalls} | ${m.upstream429} (${m.upstream429Pct} %) | ${m.failed} | ${m.maxCallsIn60s} / ${m.maxAcceptedIn60s} | ${m.inversions} | ${lat(m, 'urgent')} | ${lat(m, 'high')} | ${lat(m, 'normal')} | ${lat(m, 'low')} |`,
+        `| ${x.label} | ${m.goodputRpm} (${m.goodputPctOfLimit} %) | ${byPriority(m.completedRpmByPriority)} | ${m.upstreamCalls} | ${m.upstream429} (${m.upstream429Pct} %) | ${m.failed} | ${m.unserved}: ${byPriority(m.unservedByPriority)} | ${byPriority(m.starvedAgentsByPriority)} | ${m.maxCallsIn60s} / ${m.maxAcceptedIn60s} | ${m.inversions} | ${lat(m, 'urgent')} | ${lat(m, 'high')} | ${lat(m, 'normal')} | ${lat(m, 'low')} |`,
       );
     }
     lines.push(

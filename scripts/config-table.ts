@@ -11,7 +11,9 @@ export const configTable = (): string => {
         ? spec.values?.join(' \\| ')
         : spec.kind === 'bool'
           ? 'true \\| false'
-          : `${(spec.min ?? 0) / (spec.seconds ? 1000 : 1)} – ${(spec.max ?? 0) / (spec.seconds ? 1000 : 1)}`;
+          : spec.kind === 'weights'
+            ? `u:h:n:l, each ${spec.min} – ${spec.max}`
+            : `${(spec.min ?? 0) / (spec.seconds ? 1000 : 1)} – ${(spec.max ?? 0) / (spec.seconds ? 1000 : 1)}`;
     return `| \`${externalName(k)}\` | \`${spec.env}\` | ${shown} | ${range} | ${spec.doc} |`;
   });
   return [

@@ -116,6 +116,13 @@ export interface RunMetrics {
   completed: number;
   /** Requests that failed at the agent (after the client's retries), whole run. */
   failed: number;
+  /** Requests still waiting or running when the run ended (nobody answered them within the run). */
+  unserved: number;
+  unservedByPriority: Record<Priority, number>;
+  /** Completed requests per modelled minute in steady state, per priority. */
+  completedRpmByPriority: Record<Priority, number>;
+  /** Agents that issued requests but completed none in the whole run, per priority. */
+  starvedAgentsByPriority: Record<Priority, number>;
   failedByPriority: Record<Priority, number>;
   failureKinds: Record<string, number>;
   upstreamCalls: number;
@@ -147,6 +154,11 @@ export const runMetrics = (opts: {
   const done = records.filter((r) => r.ok && steady(r.end));
   const goodputRpm = (done.length * 60_000) / (durationMs - windowMs);
   const failedRecs = records.filter((r) => !r.ok && !r.cut);
+  const unservedRecs = records.filter((r) => !r.ok && r.cut);
+  const perPriority = (f: (p: Priority) => number) =>
+    Object.fromEntries(PRIORITIES.map((p) => [p, f(p)])) as Record<Priority, number>;
+  const agentsOf = (p: Priority, recs: readonly RequestRecord[]) =>
+    new Set(recs.filter((r) => r.priority === p).map((r) => r.agent));
   const failedByPriority = Object.fromEntries(
     PRIORITIES.map((p) => [p, failedRecs.filter((r) => r.priority === p).length]),
   ) as Record<Priority, number>;
@@ -163,6 +175,18 @@ export const runMetrics = (opts: {
     completed: records.filter((r) => r.ok).length,
     failed: failedRecs.length,
     failedByPriority,
+    unserved: unservedRecs.length,
+    unservedByPriority: perPriority((p) => unservedRecs.filter((r) => r.priority === p).length),
+    completedRpmByPriority: perPriority((p) =>
+      round((done.filter((r) => r.priority === p).length * 60_000) / (durationMs - windowMs), 1),
+    ),
+    starvedAgentsByPriority: perPriority((p) => {
+      const served = agentsOf(
+        p,
+        records.filter((r) => r.ok),
+      );
+      return [...agentsOf(p, records)].filter((a) => !served.has(a)).length;
+    }),
     failureKinds,
     upstreamCalls: within.length,
     upstream429: n429,

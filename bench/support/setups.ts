@@ -4,6 +4,7 @@ import { DefaultRateLimiter, type DefaultRateLimiterOptions } from '@smithy/util
 import Bottleneck from 'bottleneck';
 import Redis from 'ioredis';
 import type OpenAI from 'openai';
+import { DEFAULT_CONFIG } from '../../lib/domain/config.js';
 import type { Priority } from '../../lib/domain/priority.js';
 import { type FakeUpstream, type FakeUpstreamOptions, startFakeUpstream } from '../../local/fake-upstream.js';
 import { type LocalSystem, startLocalSystem } from '../../local/runtime.js';
@@ -204,11 +205,12 @@ export const sluiceEnv = (
     LOG_LEVEL: 'ERROR',
     SLUICE_UPSTREAM_LIMIT: String(limit.requests),
     SLUICE_UPSTREAM_WINDOW_S: s(limit.windowMs),
-    SLUICE_LOW_TIMEOUT_S: s(2_000),
-    SLUICE_REQUEST_TIMEOUT_S: s(120_000),
-    SLUICE_FIRST_BYTE_TIMEOUT_S: s(30_000),
-    SLUICE_MAX_WAIT_S: s(240_000),
-    SLUICE_STREAM_MAX_WAIT_S: s(540_000),
+    // The defaults, scaled (a hand-copied value went stale when the defaults changed).
+    SLUICE_LOW_TIMEOUT_S: s(DEFAULT_CONFIG.lowPriorityTimeoutMs),
+    SLUICE_REQUEST_TIMEOUT_S: s(DEFAULT_CONFIG.requestTimeoutMs),
+    SLUICE_FIRST_BYTE_TIMEOUT_S: s(DEFAULT_CONFIG.firstByteTimeoutMs),
+    SLUICE_MAX_WAIT_S: s(DEFAULT_CONFIG.maxWaitMs),
+    SLUICE_STREAM_MAX_WAIT_S: s(DEFAULT_CONFIG.streamMaxWaitMs),
     SLUICE_HEARTBEAT_S: s(15_000),
     SLUICE_RETREAT_PRESET: preset,
     SLUICE_RETREAT_WINDOW_S: s(60_000),

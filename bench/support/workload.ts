@@ -37,7 +37,10 @@ export interface RequestRecord {
   ok: boolean;
   /** Why it failed at the agent (after the client's own retries). */
   error?: string;
-  /** Still running when the run ended: not counted. */
+  /**
+   * Still waiting in the queue or running when the run ended: *unserved* — counted per priority in every table
+   * (a request nobody answered within the run is no success, whatever it would have become later).
+   */
   cut: boolean;
 }
 
@@ -83,7 +86,7 @@ export interface RunOptions {
   clock?: SimClock;
 }
 
-/** Runs a workload against one setup. Requests still running at the end are aborted and marked `cut`. */
+/** Runs a workload against one setup. Requests still waiting or running at the end are aborted, marked `cut`. */
 export const runWorkload = async (
   w: Workload,
   send: Send,

@@ -2,6 +2,7 @@
 // learn the true state from a failed condition, never read first.
 import type { Clock } from './clock.js';
 import {
+  afterAttempt,
   availableTokens,
   type BucketParams,
   type BucketState,
@@ -10,8 +11,10 @@ import {
   holdTat,
   planConsume,
   priorityBurst,
+  refundLog,
   refundTat,
   rescaleTat,
+  sameParams,
 } from './gcra.js';
 import type { BucketStore } from './ports.js';
 import type { Priority } from './priority.js';
@@ -26,6 +29,15 @@ export interface BucketStats {
   writes: number;
   conflicts: number;
 }
+
+/**
+ * `next` as the successor of `expected`: a window-exact item moves one version further (its consumes are
+ * compare-and-sets on the version); a plain GCRA item needs none (every write there is conditioned on tat).
+ */
+const successor = (expected: BucketState, next: BucketState): BucketState =>
+  expected.window || next.window || expected.version !== undefined
+    ? { ...next, version: (expected.version ?? 0) + 1 }
+    : next;
 
 export class TokenBucket {
   private known: BucketState | undefined;
@@ -45,13 +57,21 @@ export class TokenBucket {
   async configure(params: BucketParams): Promise<BucketState> {
     let state = this.known ?? (await this.store.ensure(params));
     for (let i = 0; i < 10; i++) {
-      if (state.intervalMs === params.intervalMs && state.burst === params.burst) {
+      if (sameParams(state, params)) {
         this.known = state;
         return state;
       }
       const now = this.clock.now();
       const tat = rescaleTat(state.tat, now, state, params, state.holdUntil);
-      const next: BucketState = { ...state, ...params, ...(tat !== undefined ? { tat } : {}) };
+      // The log is kept across rate changes (grant times are facts the new limit is checked against); a bucket
+      // leaving window-exact mode drops it.
+      const { window: _window, log, ...rest } = state;
+      const next = successor(state, {
+        ...rest,
+        ...params,
+        ...(tat !== undefined ? { tat } : {}),
+        ...(params.window && log?.length ? { log } : {}),
+      });
       if (await this.store.compareAndSet(state, next)) {
         this.known = next;
         return next;
@@ -89,12 +109,7 @@ export class TokenBucket {
   spent(attempt: ConsumeAttempt, tat?: number): void {
     this.stats.writes++;
     // A busy write added one interval to the stored tat; if another writer moved it, the next condition fails and tells.
-    const next =
-      tat ??
-      (attempt.branch === 'idle'
-        ? attempt.newTat
-        : (this.known?.tat ?? attempt.now) + attempt.params.intervalMs);
-    this.known = { ...(this.known ?? attempt.params), ...attempt.params, tat: next };
+    this.known = afterAttempt(this.known, attempt, tat);
   }
 
   /** Record a lost condition and the state that made it fail. */
@@ -138,7 +153,7 @@ export class TokenBucket {
       if (!state) return;
       const tat = holdTat(until, state);
       if (state.tat !== undefined && state.tat >= tat) return;
-      const next = { ...state, tat, holdUntil: until };
+      const next = successor(state, { ...state, tat, holdUntil: until });
       if (await this.store.compareAndSet(state, next)) {
         this.known = next;
         return;
@@ -159,8 +174,16 @@ export class TokenBucket {
       const state = await this.refresh();
       if (!state) return;
       const tat = refundTat(state.tat, this.clock.now(), state, state.holdUntil);
-      if (tat === state.tat) return;
-      const next = { ...state, ...(tat !== undefined ? { tat } : {}) };
+      // Window-exact: the refunded grant also leaves the log, so the window has room for the call it never made.
+      const log = refundLog(state.log, grantedAt);
+      if (tat === state.tat && log === state.log) return;
+      const { log: _before, ...rest } = state;
+      const next = successor(state, {
+        ...rest,
+        ...(tat !== undefined ? { tat } : {}),
+        // An empty log is no log (the store keeps no empty blob).
+        ...(log?.length ? { log } : {}),
+      });
       if (await this.store.compareAndSet(state, next)) {
         this.known = next;
         return;

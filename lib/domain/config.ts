@@ -1,5 +1,11 @@
 // Domain: the gateway's run-time configuration — fields, defaults, validation and the derived bucket.
 import { ValidationError } from './errors.js';
+import {
+  DEFAULT_PRIORITY_WEIGHTS,
+  PRIORITY_POLICIES,
+  type PriorityPolicy,
+  parseWeights,
+} from './priority-policy.js';
 
 export const QUEUE_FULL_POLICIES = ['reject', 'drop_lowest', 'passthrough'] as const;
 export type QueueFullPolicy = (typeof QUEUE_FULL_POLICIES)[number];
@@ -19,6 +25,12 @@ export interface GatewayConfig {
   upstreamWindowMs: number;
   /** Grants the bucket may give back to back after idling; small, so burst + rate·window ≤ limit. @default 2 */
   bucketBurst: number;
+  /**
+   * Longest time from a grant to its upstream call (a staler grant is requeued and refunded): the bucket caps
+   * every window of upstream window + this, so the limit holds for calls. At most a tenth of the window.
+   * @default 1000
+   */
+  grantSlackMs: number;
   /** Part of the burst that LOW (and NORMAL when `reserveForNormal`) may not spend. @default 0.5 */
   reserveFraction: number;
   /** @default false */
@@ -27,13 +39,25 @@ export interface GatewayConfig {
   queueMaxSize: number;
   /** @default 'reject' */
   queueFullPolicy: QueueFullPolicy;
-  /** A LOW ticket that cannot get a token this long after the dispatcher first sees it is refused. @default 2000 */
+  /** `strict`: most important first (the seed); `weighted`: shares by `priorityWeights`. @default 'strict' */
+  priorityPolicy: PriorityPolicy;
+  /** Shares urgent:high:normal:low under the weighted policy (grants per round). @default '8:4:2:1' */
+  priorityWeights: string;
+  /**
+   * A LOW ticket that cannot get a token this long after the dispatcher first sees it is refused. Four token
+   * intervals of the default key (1.5 s): a lone LOW request waits at most burst × interval (3 s) behind the
+   * grants just before it, so it is served whenever nothing more important waits. @default 6000
+   */
   lowPriorityTimeoutMs: number;
   /** Upstream call timeout (whole response). @default 120000 */
   requestTimeoutMs: number;
   /** Upstream first-byte timeout. @default 30000 */
   firstByteTimeoutMs: number;
-  /** Longest queue wait of a non-streaming request (API Gateway drops idle connections at 5 min). @default 240000 */
+  /**
+   * Longest queue wait of a non-streaming request. It sends nothing while it waits nor while the upstream answers,
+   * and API Gateway drops a connection idle for 5 minutes: this plus `requestTimeoutMs` must fit under that
+   * (validated; see nonStreamingWaitCapMs). @default 170000
+   */
   maxWaitMs: number;
   /** Longest queue wait of a streaming request (kept alive by heartbeats). @default 540000 */
   streamMaxWaitMs: number;
@@ -88,14 +112,17 @@ export const DEFAULT_CONFIG: Readonly<GatewayConfig> = Object.freeze({
   upstreamLimit: 40,
   upstreamWindowMs: 60_000,
   bucketBurst: 2,
+  grantSlackMs: 1_000,
   reserveFraction: 0.5,
   reserveForNormal: false,
   queueMaxSize: 500,
   queueFullPolicy: 'reject',
-  lowPriorityTimeoutMs: 2_000,
+  priorityPolicy: 'strict',
+  priorityWeights: DEFAULT_PRIORITY_WEIGHTS,
+  lowPriorityTimeoutMs: 6_000,
   requestTimeoutMs: 120_000,
   firstByteTimeoutMs: 30_000,
-  maxWaitMs: 240_000,
+  maxWaitMs: 170_000,
   streamMaxWaitMs: 540_000,
   heartbeatMs: 15_000,
   maxRequeues: 2,
@@ -121,7 +148,7 @@ export const DEFAULT_CONFIG: Readonly<GatewayConfig> = Object.freeze({
   retreatProbeHoldFactor: 1.5,
 });
 
-type FieldKind = 'int' | 'number' | 'bool' | 'enum';
+type FieldKind = 'int' | 'number' | 'bool' | 'enum' | 'weights';
 interface FieldSpec {
   kind: FieldKind;
   env: string;
@@ -159,6 +186,14 @@ export const CONFIG_FIELDS: { readonly [K in keyof GatewayConfig]: FieldSpec } =
     max: 10_000,
     doc: 'grants allowed back to back',
   },
+  // At least the ingress's own staleness bound (GRANT_TO_CALL_MAX_MS) until the ingress reads this value: a
+  // smaller slack here would let calls start later after their grants than the bucket assumed.
+  grantSlackMs: ms(
+    'SLUICE_GRANT_SLACK_S',
+    1_000,
+    60_000,
+    'longest grant → upstream call delay (windows are capped at window + this)',
+  ),
   reserveFraction: {
     kind: 'number',
     env: 'SLUICE_RESERVE_FRACTION',
@@ -183,6 +218,19 @@ export const CONFIG_FIELDS: { readonly [K in keyof GatewayConfig]: FieldSpec } =
     env: 'SLUICE_QUEUE_FULL_POLICY',
     values: QUEUE_FULL_POLICIES,
     doc: 'what a full queue does',
+  },
+  priorityPolicy: {
+    kind: 'enum',
+    env: 'SLUICE_PRIORITY_POLICY',
+    values: PRIORITY_POLICIES,
+    doc: 'strict order, or weighted shares (deficit round-robin, work conserving)',
+  },
+  priorityWeights: {
+    kind: 'weights',
+    env: 'SLUICE_PRIORITY_WEIGHTS',
+    min: 1,
+    max: 1000,
+    doc: 'weighted policy: shares urgent:high:normal:low',
   },
   lowPriorityTimeoutMs: ms(
     'SLUICE_LOW_TIMEOUT_S',
@@ -316,6 +364,17 @@ const parseField = (key: keyof GatewayConfig, raw: unknown, source: string): Gat
     if (typeof raw === 'string' && /^(false|0|no|off)$/i.test(raw.trim())) return false;
     throw new ValidationError(`${name} must be a boolean`, name);
   }
+  if (spec.kind === 'weights') {
+    const text = Array.isArray(raw) ? raw.join(':') : typeof raw === 'string' ? raw : '';
+    const weights = parseWeights(text);
+    if (!weights) {
+      throw new ValidationError(
+        `${name} must be four integers from 1 to 1000 as urgent:high:normal:low, e.g. 8:4:2:1`,
+        name,
+      );
+    }
+    return Object.values(weights).join(':');
+  }
   if (spec.kind === 'enum') {
     if (typeof raw === 'string' && spec.values?.includes(raw.trim()))
       return raw.trim() as GatewayConfig[typeof key];
@@ -335,8 +394,31 @@ const parseField = (key: keyof GatewayConfig, raw: unknown, source: string): Gat
   return value;
 };
 
-/** Cross-field rules: the bucket must fit the window limit at every effective rate. */
+/** API Gateway drops a connection that sent nothing for this long. */
+export const API_GATEWAY_IDLE_MS = 300_000;
+/** Kept free of the idle cut for the claim, the key lookup and the upstream connection. */
+export const IDLE_CUT_MARGIN_MS = 5_000;
+
+/**
+ * Longest queue wait a non-streaming request can have so that its wait plus the upstream call (up to
+ * `requestTimeoutMs`) stays under API Gateway's idle cut. validateConfig keeps `maxWaitMs` within it; the
+ * ingress caps a non-streaming request's deadline with it (phase 2), so a config written before this rule
+ * still cannot send a request past the cut.
+ */
+export const nonStreamingWaitCapMs = (
+  config: Pick<GatewayConfig, 'maxWaitMs' | 'requestTimeoutMs'>,
+): number =>
+  Math.max(0, Math.min(config.maxWaitMs, API_GATEWAY_IDLE_MS - IDLE_CUT_MARGIN_MS - config.requestTimeoutMs));
+
+/** Cross-field rules: the bucket must fit the window limit at every effective rate; waits fit the platform. */
 export const validateConfig = (config: GatewayConfig): GatewayConfig => {
+  const idleBudgetMs = API_GATEWAY_IDLE_MS - IDLE_CUT_MARGIN_MS;
+  if (config.maxWaitMs + config.requestTimeoutMs > idleBudgetMs) {
+    throw new ValidationError(
+      `max_wait_s (${config.maxWaitMs / 1000}) + request_timeout_s (${config.requestTimeoutMs / 1000}) must not exceed ${idleBudgetMs / 1000}: a non-streaming request sends nothing while it waits and while the upstream answers, and API Gateway drops a connection idle for ${API_GATEWAY_IDLE_MS / 60_000} minutes`,
+      'max_wait_s',
+    );
+  }
   if (config.bucketBurst >= config.upstreamLimit) {
     throw new ValidationError(
       `bucket_burst (${config.bucketBurst}) must be below upstream_limit (${config.upstreamLimit}) so burst + rate × window stays within the limit`,

@@ -7,6 +7,7 @@ import { StoreUnavailableError } from './errors.js';
 import { type ConsumeAttempt, deriveBucket } from './gcra.js';
 import type { LeaseStore, OutcomeStore, ReceivedMessage, TicketQueue, TicketStore } from './ports.js';
 import { PRIORITIES, type Priority } from './priority.js';
+import { chargePriority, type DrrState, initialDrr, parseWeights, pickPriority } from './priority-policy.js';
 import type { RetreatRecord } from './retreat.js';
 import type { RetreatController } from './retreat-controller.js';
 import type { TicketMessage } from './tickets.js';
@@ -105,6 +106,8 @@ export class Dispatcher {
   private arrival: (() => void) | undefined;
   private effectiveRpm = 0;
   private lastArrivalAt = 0;
+  /** Weighted policy: whose turn it is and the credit left (kept across loops; a grant charges it). */
+  private drr: DrrState = initialDrr();
 
   constructor(
     private readonly d: DispatcherDeps,
@@ -185,7 +188,7 @@ export class Dispatcher {
             break;
           }
           await this.extendBuffered(now);
-          const head = this.head();
+          const head = this.head(config);
           if (!head) {
             if (now - this.lastArrivalAt < this.t.idleStopMs) {
               await this.waitForArrival(Math.min(250, this.t.idleStopMs));
@@ -285,15 +288,20 @@ export class Dispatcher {
     });
   }
 
-  /** Highest non-empty priority, oldest original enqueue time first (requeued tickets keep their place). */
-  private head(): Buffered | undefined {
-    for (const p of PRIORITIES) {
-      const buf = this.buffers.get(p)!;
-      if (buf.length === 0) continue;
-      buf.sort((a, b) => a.message.enqueuedAt - b.message.enqueuedAt);
-      return buf[0];
-    }
-    return undefined;
+  /**
+   * The ticket to serve next: the priority the policy picks among the non-empty buffers (strict: the highest;
+   * weighted: deficit round-robin), oldest original enqueue time first within it (requeued tickets keep their
+   * place).
+   */
+  private head(config: Pick<GatewayConfig, 'priorityPolicy' | 'priorityWeights'>): Buffered | undefined {
+    const nonEmpty = new Set(PRIORITIES.filter((p) => this.buffers.get(p)!.length > 0));
+    const weights = parseWeights(config.priorityWeights) ?? parseWeights('1:1:1:1')!;
+    const pick = pickPriority(config.priorityPolicy, weights, this.drr, nonEmpty);
+    if (!pick) return undefined;
+    this.drr = pick.state;
+    const buf = this.buffers.get(pick.priority)!;
+    buf.sort((a, b) => a.message.enqueuedAt - b.message.enqueuedAt);
+    return buf[0];
   }
 
   private drop(m: Buffered): void {
@@ -350,7 +358,11 @@ export class Dispatcher {
     const res = await tickets.grant(
       { id: msg.ticketId, attempt: msg.attempt },
       plan.attempt,
-      { grantedAt: now, claimBy: Math.min(now + this.t.claimWindowMs, msg.deadline + requestTimeoutMs) },
+      {
+        // The bucket logged the grant at the attempt's time: a refund finds it by this.
+        grantedAt: plan.attempt.now,
+        claimBy: Math.min(now + this.t.claimWindowMs, msg.deadline + requestTimeoutMs),
+      },
       {
         maxInflight: config.maxInflight,
         ...(quota ? { agentQuota: { bucketKey: quota.key, attempt: quota.attempt } } : {}),
@@ -358,6 +370,7 @@ export class Dispatcher {
     );
     if (res.kind === 'granted') {
       bucket.spent(plan.attempt);
+      this.drr = chargePriority(this.drr, msg.priority);
       if (quota) quota.bucket.spent(quota.attempt);
       summary.granted++;
       // Bookkeeping only: a failed counter write must not keep the message (and the grant's flow) back.

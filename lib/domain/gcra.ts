@@ -1,10 +1,21 @@
 // Domain: GCRA token bucket — pure math plus a store-agnostic bucket that spends tokens with conditional writes.
 import type { Priority } from './priority.js';
 
-/** Rate and burst of a bucket: one token per `intervalMs`, at most `burst` back to back. */
+/** The window cap of a window-exact bucket: fewer than `limit` grants in the last `windowMs` admit one more. */
+export interface WindowCap {
+  limit: number;
+  /** The upstream window plus the grant → call slack. */
+  windowMs: number;
+}
+
+/**
+ * Rate and burst of a bucket: one token per `intervalMs`, at most `burst` back to back. With `window`, the
+ * bucket also keeps a log of its recent grant times and caps every window exactly (window-exact admission).
+ */
 export interface BucketParams {
   intervalMs: number;
   burst: number;
+  window?: WindowCap;
 }
 
 /** What the store holds: the theoretical arrival time plus the parameters it was computed with. */
@@ -13,10 +24,21 @@ export interface BucketState extends BucketParams {
   tat?: number;
   /** When a hold (upstream Retry-After) ends; informational, the hold itself lives in `tat`. */
   holdUntil?: number;
+  /** Window-exact buckets: grant times (ms, ascending) younger than `window.windowMs`. */
+  log?: readonly number[];
+  /** Bumped by every write that is a compare-and-set (log consumes, configure, hold, refund). */
+  version?: number;
 }
 
+/**
+ * Largest window limit that keeps a grant log: 4 bytes per entry plus the item's other attributes stay within
+ * one DynamoDB write unit (1 KB) up to here. Above it the log would cost a second write unit per grant to win
+ * burst/limit (< 1 %) of the allowance, so plain GCRA takes over.
+ */
+export const LOG_MAX_ENTRIES = 240;
+
 /** The longest grant → call delay allowed for a long window (a short one gets a tenth of itself). */
-export const GRANT_TO_CALL_MAX_MS = 2_000;
+export const GRANT_TO_CALL_MAX_MS = 1_000;
 
 /**
  * How late after its grant a ticket's upstream call may start, for a limit window of `windowMs`: the ingress
@@ -24,8 +46,8 @@ export const GRANT_TO_CALL_MAX_MS = 2_000;
  * grants by 0…this, so a window of calls holds the grants of a window this much longer: the bucket is derived
  * for that longer window (bucketParamsFor), and the limit holds for calls, not only for grants.
  */
-export const grantToCallMaxMs = (windowMs: number): number =>
-  Math.min(GRANT_TO_CALL_MAX_MS, Math.floor(windowMs / 10));
+export const grantToCallMaxMs = (windowMs: number, slackMs = GRANT_TO_CALL_MAX_MS): number =>
+  Math.min(slackMs, Math.floor(windowMs / 10));
 
 /**
  * Derives a window-safe bucket from an upstream limit of `limit` calls per `windowMs`:
@@ -42,9 +64,57 @@ export const deriveBucket = (limit: number, windowMs: number, burst: number, sla
   return { intervalMs, burst: b };
 };
 
+/**
+ * Window-exact bucket for a limit of `limit` calls per `windowMs`: a log of grants caps every window of
+ * window + slack at ⌊limit⌋ grants, so the steady rate reaches limit per (window + slack); a GCRA spacing at the
+ * limit's own rate with a small burst keeps the grants spread (an upstream's worker cap is below its window
+ * limit). Falls back to deriveBucket above LOG_MAX_ENTRIES (and below one call per window).
+ * @param slackMs how late after its grant a call may start @default 0
+ */
+export const deriveAdmission = (
+  limit: number,
+  windowMs: number,
+  burst: number,
+  slackMs = 0,
+): BucketParams => {
+  const cap = Math.floor(limit + 1e-9);
+  if (cap < 1 || cap > LOG_MAX_ENTRIES) return deriveBucket(limit, windowMs, burst, slackMs);
+  const b = Math.max(1, Math.min(Math.floor(burst), Math.floor(cap / 4)));
+  return {
+    // Rounded down: the log caps the window, so the spacing must never be what holds the rate below the cap.
+    intervalMs: Math.max(1, Math.floor(windowMs / limit)),
+    burst: b,
+    window: { limit: cap, windowMs: windowMs + slackMs },
+  };
+};
+
 /** Most grants any window of `windowMs` can see under these params (the conformance bound). */
-export const windowAllowance = (p: BucketParams, windowMs: number): number =>
-  p.burst + Math.floor(windowMs / p.intervalMs);
+export const windowAllowance = (p: BucketParams, windowMs: number): number => {
+  const spaced = p.burst + Math.floor(windowMs / p.intervalMs);
+  if (!p.window) return spaced;
+  return Math.min(spaced, p.window.limit * Math.ceil(windowMs / p.window.windowMs));
+};
+
+/** True when two parameter sets describe the same bucket (a write conditioned on one fails on the other). */
+export const sameParams = (a: BucketParams, b: BucketParams): boolean =>
+  a.intervalMs === b.intervalMs &&
+  a.burst === b.burst &&
+  a.window?.limit === b.window?.limit &&
+  a.window?.windowMs === b.window?.windowMs;
+
+/** Just the parameters of a state (what a consume attempt is conditioned on). */
+export const paramsOf = (s: BucketParams): BucketParams => ({
+  intervalMs: s.intervalMs,
+  burst: s.burst,
+  ...(s.window ? { window: { limit: s.window.limit, windowMs: s.window.windowMs } } : {}),
+});
+
+/** Grants of the log that still count at `now` (younger than the capped window). */
+export const liveLog = (state: BucketState, now: number): number[] => {
+  if (!state.window) return [];
+  const from = now - state.window.windowMs;
+  return (state.log ?? []).filter((t) => t > from);
+};
 
 /** Burst a priority may spend: LOW (and NORMAL if asked) keep off the reserved last part. */
 export const priorityBurst = (
@@ -57,22 +127,82 @@ export const priorityBurst = (
   return Math.max(1, Math.floor(burst * (1 - reserve.fraction) + 1e-9));
 };
 
-/** A conditional consume the store can apply in one write (no read). */
+/** A conditional consume the store can apply in one write. */
 export type ConsumeAttempt =
-  /** Bucket full (tat missing or past): SET tat = newTat IF tat < now. */
+  /** Bucket full (tat missing or past): SET tat = newTat IF tat < now. No read needed. */
   | { branch: 'idle'; now: number; newTat: number; params: BucketParams }
-  /** Bucket partly spent: SET tat = tat + interval IF now ≤ tat ≤ maxTat. */
-  | { branch: 'busy'; now: number; maxTat: number; params: BucketParams };
+  /** Bucket partly spent: SET tat = tat + interval IF now ≤ tat ≤ maxTat. No read needed. */
+  | { branch: 'busy'; now: number; maxTat: number; params: BucketParams }
+  /**
+   * Window-exact bucket: SET tat = newTat, log = newLog, version = expectedVersion + 1 IF version =
+   * expectedVersion (compare-and-set on the state the plan was made from; a failed condition returns the item).
+   */
+  | {
+      branch: 'log';
+      now: number;
+      newTat: number;
+      newLog: readonly number[];
+      expectedVersion: number;
+      params: BucketParams;
+    };
 
 export type ConsumePlan = { attempt: ConsumeAttempt } | { waitMs: number };
 
+/** The spacing's answer: ok, or how long until this priority's burst allows a grant. */
+const spacingWait = (state: BucketState, now: number, burstForPriority: number): number => {
+  if (state.tat === undefined || state.tat < now) return 0;
+  const maxTat = now + (burstForPriority - 1) * state.intervalMs;
+  return state.tat <= maxTat ? 0 : state.tat - maxTat;
+};
+
+/**
+ * Slots of the window a priority may fill: a restricted priority keeps off as many slots as it keeps off the
+ * burst (burst − its burst), so the reserve for urgent/high holds in the window as in the spacing.
+ */
+export const windowLimitFor = (state: BucketParams, burstForPriority: number): number =>
+  state.window ? Math.max(1, state.window.limit - (state.burst - burstForPriority)) : Infinity;
+
+/** How long until the window log admits one more grant of this priority (0 = now). */
+const windowWait = (
+  state: BucketState,
+  live: readonly number[],
+  now: number,
+  burstForPriority: number,
+): number => {
+  if (!state.window) return 0;
+  const limit = windowLimitFor(state, burstForPriority);
+  if (live.length < limit) return 0;
+  // The grant that must leave the window before one more fits (entries count while younger than the window).
+  const leaving = live[live.length - limit] ?? now;
+  return Math.max(0, leaving + state.window.windowMs - now);
+};
+
 /**
  * Plans a consume from the last known state: which conditional write to try, or how long to wait.
- * `priorityBurst` is the burst this priority may use (≤ state.burst).
+ * `burstForPriority` is the burst this priority may use (≤ state.burst).
  */
 export const planConsume = (state: BucketState, now: number, burstForPriority: number): ConsumePlan => {
-  const params = { intervalMs: state.intervalMs, burst: state.burst };
+  const params = paramsOf(state);
   const T = state.intervalMs;
+  if (state.window) {
+    const live = liveLog(state, now);
+    const waitMs = Math.max(
+      spacingWait(state, now, burstForPriority),
+      windowWait(state, live, now, burstForPriority),
+    );
+    if (waitMs > 0) return { waitMs };
+    const newTat = state.tat === undefined || state.tat < now ? now + T : state.tat + T;
+    return {
+      attempt: {
+        branch: 'log',
+        now,
+        newTat,
+        newLog: [...live, now],
+        expectedVersion: state.version ?? 0,
+        params,
+      },
+    };
+  }
   if (state.tat === undefined || state.tat < now) {
     return { attempt: { branch: 'idle', now, newTat: now + T, params } };
   }
@@ -82,19 +212,64 @@ export const planConsume = (state: BucketState, now: number, burstForPriority: n
 };
 
 /** The tat after applying an attempt to a state, or undefined if its condition fails (for in-memory stores). */
-export const applyAttempt = (state: BucketState | undefined, a: ConsumeAttempt): number | undefined => {
-  if (!state || state.intervalMs !== a.params.intervalMs || state.burst !== a.params.burst) return undefined;
-  if (a.branch === 'idle') return state.tat === undefined || state.tat < a.now ? a.newTat : undefined;
+export const applyAttempt = (state: BucketState | undefined, a: ConsumeAttempt): number | undefined =>
+  applyConsume(state, a)?.tat;
+
+/** The state after applying an attempt, or undefined if its condition fails (for in-memory stores). */
+export const applyConsume = (state: BucketState | undefined, a: ConsumeAttempt): BucketState | undefined => {
+  if (!state || !sameParams(state, a.params)) return undefined;
+  if (a.branch === 'log') {
+    if ((state.version ?? 0) !== a.expectedVersion) return undefined;
+    return { ...state, tat: a.newTat, log: a.newLog, version: a.expectedVersion + 1 };
+  }
+  if (a.branch === 'idle') {
+    return state.tat === undefined || state.tat < a.now ? { ...state, tat: a.newTat } : undefined;
+  }
   return state.tat !== undefined && state.tat >= a.now && state.tat <= a.maxTat
-    ? state.tat + state.intervalMs
+    ? { ...state, tat: state.tat + state.intervalMs }
     : undefined;
+};
+
+/** The state a store holds after a successful attempt (when it did not return the item). */
+export const afterAttempt = (
+  known: BucketState | undefined,
+  a: ConsumeAttempt,
+  tat?: number,
+): BucketState => {
+  const base: BucketState = { ...(known ?? {}), ...a.params };
+  if (a.branch === 'log') return { ...base, tat: a.newTat, log: a.newLog, version: a.expectedVersion + 1 };
+  const next = tat ?? (a.branch === 'idle' ? a.newTat : (known?.tat ?? a.now) + a.params.intervalMs);
+  return { ...base, tat: next };
 };
 
 /** Tokens a priority could spend right now. */
 export const availableTokens = (state: BucketState, now: number, burstForPriority: number): number => {
-  if (state.tat === undefined || state.tat < now) return burstForPriority;
-  const spare = now + (burstForPriority - 1) * state.intervalMs - state.tat;
-  return spare < 0 ? 0 : Math.floor(spare / state.intervalMs) + 1;
+  let spaced: number;
+  if (state.tat === undefined || state.tat < now) spaced = burstForPriority;
+  else {
+    const spare = now + (burstForPriority - 1) * state.intervalMs - state.tat;
+    spaced = spare < 0 ? 0 : Math.floor(spare / state.intervalMs) + 1;
+  }
+  if (!state.window) return spaced;
+  return Math.min(spaced, Math.max(0, windowLimitFor(state, burstForPriority) - liveLog(state, now).length));
+};
+
+/**
+ * The log after giving back the grant made at `grantedAt`: its own entry (or, for grants recorded slightly
+ * apart, the nearest within `toleranceMs`) leaves the log. Unchanged when no entry is near enough.
+ */
+export const refundLog = (
+  log: readonly number[] | undefined,
+  grantedAt: number,
+  toleranceMs = 1_000,
+): readonly number[] | undefined => {
+  if (!log || log.length === 0) return log;
+  let best = -1;
+  for (let i = 0; i < log.length; i++) {
+    const d = Math.abs((log[i] ?? 0) - grantedAt);
+    if (d <= toleranceMs && (best < 0 || d < Math.abs((log[best] ?? 0) - grantedAt))) best = i;
+  }
+  return best < 0 ? log : [...log.slice(0, best), ...log.slice(best + 1)];
 };
 
 /**

@@ -2,7 +2,7 @@
 import type { TokenBucket } from './bucket.js';
 import type { Clock } from './clock.js';
 import type { GatewayConfig } from './config.js';
-import { type BucketParams, deriveBucket, grantToCallMaxMs } from './gcra.js';
+import { type BucketParams, deriveAdmission, grantToCallMaxMs } from './gcra.js';
 import {
   type OutcomeEvent,
   SLOT_MS,
@@ -18,29 +18,33 @@ import {
   evaluatesOnOutcome,
   initialRetreat,
   type OutcomeMark,
+  REFUSAL_STREAK_MS,
   type RetreatRecord,
   type RetreatState,
   rebaseRetreat,
+  refusalHoldMs,
   resetRetreat,
 } from './retreat.js';
 
 /**
- * Bucket parameters for the effective rate: the window limit shrinks with the rate, the burst with it.
+ * Bucket parameters for the effective rate: the window limit shrinks with the rate, the burst with it
+ * (window-exact for limits up to LOG_MAX_ENTRIES, plain GCRA above).
  * The probe preset paces strictly (burst 1) while below base: its rate sits at the upstream's limit, where a
  * refilled burst would be the call too many.
  */
 export const bucketParamsFor = (
   record: Pick<RetreatRecord, 'effectiveRpm'> & { state?: RetreatState },
-  config: GatewayConfig,
+  config: Pick<GatewayConfig, 'upstreamWindowMs' | 'retreatPreset' | 'bucketBurst'> &
+    Partial<Pick<GatewayConfig, 'grantSlackMs'>>,
 ): BucketParams =>
-  deriveBucket(
+  deriveAdmission(
     (record.effectiveRpm * config.upstreamWindowMs) / 60_000,
     config.upstreamWindowMs,
     config.retreatPreset === 'probe' && record.state !== undefined && record.state !== 'normal'
       ? 1
       : config.bucketBurst,
     // Calls start up to this long after their grants: the limit must hold for windows of calls too.
-    grantToCallMaxMs(config.upstreamWindowMs),
+    grantToCallMaxMs(config.upstreamWindowMs, config.grantSlackMs),
   );
 
 /** Upstream answers in one slot (what a mark subtracts). */
@@ -87,6 +91,27 @@ export const grantedRpmSinceMark = (
   }
   return (Math.max(0, granted) * 60_000) / (now - lastStepAt);
 };
+
+/**
+ * Grants per minute over the fixed recent window (now − windowMs, now] (probe preset: is the rate in use?).
+ * A fixed window, not "since the last step": after a quiet spell of minutes, an average since the step stays
+ * below the use threshold long after the fleet came back, and RECOVER never grows again.
+ * The slot the window starts in counts pro rata.
+ */
+export const grantedRpmInWindow = (slots: readonly SlotCounters[], windowMs: number, now: number): number => {
+  const from = now - windowMs;
+  let granted = 0;
+  for (const s of slots) {
+    if (s.slot + SLOT_MS <= from || s.slot > now) continue;
+    const share = s.slot < from ? (s.slot + SLOT_MS - from) / SLOT_MS : 1;
+    granted += share * s.counts.granted;
+  }
+  return (granted * 60_000) / windowMs;
+};
+
+/** The recent window RECOVER measures use over: half an upstream window, at least one step interval. */
+export const useWindowMs = (config: Pick<GatewayConfig, 'upstreamWindowMs' | 'retreatStepIntervalMs'>) =>
+  Math.max(config.retreatStepIntervalMs, config.upstreamWindowMs / 2, SLOT_MS);
 
 /**
  * Calls the upstream accepted (grants minus 429s, counted when granted, so a long generation does not delay
@@ -159,7 +184,12 @@ export class RetreatController {
         sinceStep: windowStats(slots, stepSlotEnd, now + SLOT_MS),
         sinceMark: statsSinceMark(slots, record.mark, slotOf(now - config.retreatWindowMs)),
         acceptedRpm: acceptedRpmInWindow(slots, config.upstreamWindowMs, now),
-        grantedRpm: grantedRpmSinceMark(slots, record.mark, record.lastStepAt, now),
+        // Over a fixed recent window, but never before the step: use at the old rate says nothing of the new.
+        grantedRpm: grantedRpmInWindow(
+          slots,
+          Math.max(1_000, Math.min(useWindowMs(config), now - record.lastStepAt)),
+          now,
+        ),
         seen: {
           slot: slotOf(now),
           ...(current ? slotStats(current) : { total: 0, throttled: 0, capacity: 0 }),
@@ -173,7 +203,13 @@ export class RetreatController {
     const stepped = next !== record && (await retreat.put(next, record.version));
     // Lost the race: another evaluator stepped; follow what it wrote, never our stale view.
     const latest = stepped ? next : next === record ? record : await this.load(config);
-    await bucket.configure(bucketParamsFor(latest, config));
+    const params = bucketParamsFor(latest, config);
+    await bucket.configure(params);
+    if (trigger === 'outcome' && config.retreatPreset === 'probe' && (current?.counts.throttled ?? 0) > 0) {
+      // Refused: one probe at a time until the upstream accepts again (NVIDIA sends no Retry-After).
+      const streak = windowStats(slots, now - REFUSAL_STREAK_MS, now + SLOT_MS).throttled;
+      await bucket.hold(now + refusalHoldMs(streak, params.intervalMs, config.upstreamWindowMs));
+    }
     return { record: latest, stepped };
   }
 

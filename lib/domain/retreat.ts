@@ -111,6 +111,20 @@ export const PROBE_MIN_429S = 2;
 /** probe: grow only while grants reach this share of the rate (a rate nobody uses proves nothing). */
 export const PROBE_MIN_USE = 0.75;
 
+/** probe: 429s this recent make a refusal streak (see refusalHoldMs). */
+export const REFUSAL_STREAK_MS = 20_000;
+
+/**
+ * probe: how long the bucket holds after a 429, so that while the upstream refuses, one probe at a time goes
+ * out rather than a full rate of calls. Under an unknown sliding window the upstream accepts again only when
+ * enough old calls have left it: the first probe follows one token interval later, and each further 429 of
+ * the streak doubles the gap (at most a quarter window), so a drop costs a handful of 429s, not a window's worth.
+ * @param streak 429s in the last REFUSAL_STREAK_MS, this one included
+ * @param intervalMs the bucket's token interval at the effective rate
+ */
+export const refusalHoldMs = (streak: number, intervalMs: number, windowMs: number): number =>
+  Math.min(windowMs / 4, intervalMs * 2 ** Math.max(0, Math.min(streak - 1, 10)));
+
 export const baseRpmOf = (c: Pick<GatewayConfig, 'upstreamLimit' | 'upstreamWindowMs'>): number =>
   (c.upstreamLimit * 60_000) / c.upstreamWindowMs;
 

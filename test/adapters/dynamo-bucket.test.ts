@@ -1,7 +1,7 @@
 // Adapter tests: DynamoBucketStore + TokenBucket on DynamoDB Local give the GCRA table's answers, rescale, hold, refund.
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DynamoBucketStore } from '../../lib/adapters/dynamo/bucket-store.js';
+import { DynamoBucketStore, decodeLog, encodeLog } from '../../lib/adapters/dynamo/bucket-store.js';
 import { TokenBucket } from '../../lib/domain/bucket.js';
 import { FakeClock } from '../../lib/domain/clock.js';
 import { type BucketParams, type BucketState, planConsume } from '../../lib/domain/gcra.js';
@@ -388,3 +388,119 @@ describe('refund()', () => {
     expect(await drain(other, 'urgent')).toBe(1);
   });
 });
+
+describe('window-exact bucket on DynamoDB Local (grant log in the item, one compare-and-set per grant)', () => {
+  // Same parameters as the table in test/domain/window-admission.test.ts: 4 per 1000 ms, spacing 250 ms, burst 2.
+  const params: BucketParams = { intervalMs: 250, burst: 2, window: { limit: 4, windowMs: 1_000 } };
+
+  /** A fresh item holding `params`, the log and the tat (seeded by compare-and-set, as configure() does). */
+  const windowStore = async (log: number[], tat?: number): Promise<DynamoBucketStore> => {
+    const store = new DynamoBucketStore(res.dynamo, res.names.stateTable, `bucket-log-${randomUUID()}`);
+    const created = await store.ensure(params);
+    const next = { ...params, log, version: 1, ...(tat !== undefined ? { tat } : {}) };
+    if (!(await store.compareAndSet(created, next))) throw new Error('could not seed the bucket item');
+    return store;
+  };
+
+  it.each([
+    // name, log, tat, now, priority → granted, stored log afterwards (or wait)
+    ['empty log', [], undefined, 10_000, 'urgent', [10_000], undefined],
+    ['old entries leave the log', [8_000, 9_000], 9_250, 10_000, 'urgent', [10_000], undefined],
+    ['window full', [9_200, 9_500, 9_750, 9_900], 9_000, 10_000, 'urgent', undefined, 200],
+    ['low keeps off the last slot', [9_200, 9_500, 9_750], 9_000, 10_000, 'low', undefined, 200],
+    [
+      'urgent takes it',
+      [9_200, 9_500, 9_750],
+      9_000,
+      10_000,
+      'urgent',
+      [9_200, 9_500, 9_750, 10_000],
+      undefined,
+    ],
+  ] as const)('%s', async (_name, log, tat, now, priority, expectedLog, waitMs) => {
+    // Prepare
+    const store = await windowStore([...log], tat);
+    const bucket = new TokenBucket(store, new FakeClock(now), RESERVE);
+    await bucket.refresh();
+
+    // Act
+    const result = await bucket.tryConsume(priority);
+
+    // Assess
+    const stored = await store.get();
+    if (expectedLog === undefined) {
+      expect(result).toEqual({ granted: false, waitMs });
+      expect(stored?.log).toEqual(log);
+      expect(stored?.version).toBe(1);
+    } else {
+      expect(result).toEqual({ granted: true });
+      expect(bucket.stats).toEqual({ writes: 1, conflicts: 0 });
+      expect(stored?.log).toEqual(expectedLog);
+      expect(stored?.version).toBe(2);
+      expect(bucket.state).toEqual(stored);
+    }
+  });
+
+  it('a consume planned on a stale log fails, learns the stored log (ALL_OLD) and waits', async () => {
+    // Prepare: this bucket saw an empty log; another writer filled the window meanwhile.
+    const store = await windowStore([]);
+    const clock = new FakeClock(10_000);
+    const stale = new TokenBucket(store, clock, RESERVE);
+    await stale.refresh();
+    const other = new TokenBucket(store, clock, RESERVE);
+    await other.refresh();
+    for (const at of [10_000, 10_250, 10_500, 10_750]) {
+      clock.set(at);
+      expect(await other.tryConsume('urgent')).toEqual({ granted: true });
+    }
+
+    // Act
+    const result = await stale.tryConsume('urgent');
+
+    // Assess: one lost condition, then the true log says the window is full until the first grant leaves it.
+    expect(result).toEqual({ granted: false, waitMs: 250 });
+    expect(stale.stats).toEqual({ writes: 1, conflicts: 1 });
+    expect((await store.get())?.log).toEqual([10_000, 10_250, 10_500, 10_750]);
+  });
+
+  it('a refund takes the grant out of the log; a rate change keeps the log; a hold still blocks', async () => {
+    // Prepare
+    const store = await windowStore([]);
+    const clock = new FakeClock(10_000);
+    const bucket = new TokenBucket(store, clock, RESERVE);
+    await bucket.refresh();
+    for (const at of [10_000, 10_250, 10_500, 10_750]) {
+      clock.set(at);
+      await bucket.tryConsume('urgent');
+    }
+
+    // Act + Assess: refund the grant of 10 250 → one slot free again once the spacing allows.
+    await bucket.refund(10_250, 60_000);
+    expect((await store.get())?.log).toEqual([10_000, 10_500, 10_750]);
+    clock.set(11_000);
+    expect(await bucket.tryConsume('urgent')).toEqual({ granted: true });
+
+    // A cut to 2 per window: the log stays (10 000 left it with the last grant), so the window is full.
+    const cut = { ...params, intervalMs: 500, window: { limit: 2, windowMs: 1_000 } };
+    const after = await bucket.configure(cut);
+    expect(after.log).toEqual([10_500, 10_750, 11_000]);
+    clock.set(11_200);
+    expect(await bucket.tryConsume('urgent')).toMatchObject({ granted: false });
+
+    // A hold until 20 000 blocks even when the log is empty by then.
+    await bucket.hold(20_000);
+    clock.set(19_999);
+    expect(await bucket.tryConsume('urgent')).toMatchObject({ granted: false });
+    clock.set(20_000);
+    expect(await bucket.tryConsume('urgent')).toEqual({ granted: true });
+  });
+
+  it('the log blob is 4 bytes per grant after an 8-byte base', () => {
+    const log = [T0_LOG, T0_LOG + 1, T0_LOG + 59_999];
+    const bytes = encodeLog(log);
+    expect(bytes.byteLength).toBe(8 + 4 * 3);
+    expect(decodeLog(bytes)).toEqual(log);
+  });
+});
+
+const T0_LOG = 1_700_000_000_123;

@@ -317,6 +317,34 @@ describe('grant: token and queued → granted in one transaction', () => {
     bucket.conflicted(out.current);
     expect(bucket.plan('urgent')).toEqual({ waitMs: stored!.tat! - (clock.now() + PARAMS.intervalMs) });
   });
+
+  it('window-exact bucket: the grant logs its time in the same transaction; a stale log is a bucket conflict', async () => {
+    // Prepare: a bucket item of its own in window-exact mode (2 per 10 s).
+    const bucketKey = `tickets-log-${randomUUID()}`;
+    const store = new DynamoBucketStore(res.dynamo, res.names.stateTable, bucketKey);
+    const logTickets = new DynamoTicketStore(res.dynamo, {
+      ticketsTable: res.names.ticketsTable,
+      stateTable: res.names.stateTable,
+      bucketKey,
+    });
+    const windowed = new TokenBucket(store, clock, RESERVE);
+    await windowed.configure({ intervalMs: 1000, burst: 1, window: { limit: 2, windowMs: 10_000 } });
+    const [a, b] = [await created(), await created()];
+    const first = windowed.plan('urgent');
+    if (!('attempt' in first)) throw new Error('expected an attempt');
+
+    // Act
+    const granted = await logTickets.grant(a, first.attempt, grantPatch());
+    // The same attempt again (planned on the version before the grant) must not spend a second slot.
+    const stale = await logTickets.grant(b, first.attempt, grantPatch());
+
+    // Assess
+    expect(granted).toEqual({ kind: 'granted' });
+    const stored = await store.get();
+    expect(stored).toMatchObject({ log: [first.attempt.now], version: 1 });
+    expect(stale).toEqual({ kind: 'bucket_conflict', current: stored });
+    expect((await tickets.get(b.id))?.status).toBe('queued');
+  });
 });
 
 describe('transition', () => {

@@ -1,6 +1,13 @@
 // The `probe` retreat policy as a pure function on a fake clock: table-driven steps, the outcome arithmetic the
 // controller feeds it, and a whole 40 → 20 → 40 episode against a simulated sliding-window upstream.
 import { describe, expect, it } from 'vitest';
+import {
+  MemoryBucketStore,
+  MemoryOutcomeStore,
+  MemoryRetreatStore,
+} from '../../lib/adapters/memory/stores.js';
+import { TokenBucket } from '../../lib/domain/bucket.js';
+import { FakeClock } from '../../lib/domain/clock.js';
 import { DEFAULT_CONFIG, type GatewayConfig } from '../../lib/domain/config.js';
 import {
   emptySlot,
@@ -14,14 +21,19 @@ import {
   evaluatesOnOutcome,
   initialRetreat,
   type ProbeState,
+  REFUSAL_STREAK_MS,
   type RetreatInputs,
   type RetreatRecord,
+  refusalHoldMs,
 } from '../../lib/domain/retreat.js';
 import {
   acceptedRpmInWindow,
   bucketParamsFor,
+  grantedRpmInWindow,
   grantedRpmSinceMark,
+  RetreatController,
   statsSinceMark,
+  useWindowMs,
 } from '../../lib/domain/retreat-controller.js';
 
 const cfg: GatewayConfig = { ...DEFAULT_CONFIG, retreatPreset: 'probe' };
@@ -330,7 +342,11 @@ const episode = (dropAt: number, liftAt: number, endAt: number) => {
         ),
         sinceMark: statsSinceMark(read, r.mark, windowFrom),
         acceptedRpm: acceptedRpmInWindow(read, cfg.upstreamWindowMs, now),
-        grantedRpm: grantedRpmSinceMark(read, r.mark, r.lastStepAt, now),
+        grantedRpm: grantedRpmInWindow(
+          read,
+          Math.max(1_000, Math.min(useWindowMs(cfg), now - r.lastStepAt)),
+          now,
+        ),
         seen: {
           slot: slotOf(now),
           total: current ? current.counts.ok + current.counts.throttled : 0,
@@ -365,6 +381,9 @@ const episode = (dropAt: number, liftAt: number, endAt: number) => {
       count(now, { throttled: 1 });
       refusedAt.push(now);
       evaluate(now, 'outcome');
+      // The controller's refusal hold: one probe at a time while the upstream refuses.
+      const streak = refusedAt.filter((t) => t > now - REFUSAL_STREAK_MS).length;
+      nextGrant = Math.max(nextGrant, now + refusalHoldMs(streak, 60_000 / r.effectiveRpm, 60_000));
     }
   }
   return { trace, refusedAt, accepted, final: r };
@@ -387,6 +406,12 @@ describe('probe policy over a 40 → 20 → 40 episode (fake time, sliding-windo
     expect((Math.max(...steady) - Math.min(...steady)) / 2 / mean).toBeLessThanOrEqual(0.15);
   });
 
+  it('during the drop, one probe at a time while refused: about half the 429s of a full rate of calls', () => {
+    // Without the refusal hold the bucket kept sending at ~36 rpm into a full window: 20 429s here.
+    const first = run.refusedAt.filter((t) => t >= drop && t < drop + 2 * MIN).length;
+    expect(first).toBeLessThanOrEqual(10);
+  });
+
   it('keeps the constrained 429 rate under 2 % and goodput ≥ 90 % of the limit', () => {
     const from = drop + 2 * MIN;
     const refused = run.refusedAt.filter((t) => t >= from && t < lift).length;
@@ -395,10 +420,69 @@ describe('probe policy over a 40 → 20 → 40 episode (fake time, sliding-windo
     expect(ok / ((lift - from) / MIN)).toBeGreaterThanOrEqual(18);
   });
 
-  it('is back at ≥ 90 % of base within 5 minutes of the lift', () => {
+  it('is back at ≥ 90 % of base within 3 minutes of the lift', () => {
     const back = run.trace.find(([t, v]) => t >= lift && v >= 36);
     expect(back).toBeDefined();
-    expect((back?.[0] ?? Number.POSITIVE_INFINITY) - lift).toBeLessThanOrEqual(5 * MIN);
+    expect((back?.[0] ?? Number.POSITIVE_INFINITY) - lift).toBeLessThanOrEqual(3 * MIN);
     expect(run.final).toMatchObject({ state: 'normal', effectiveRpm: 40 });
+  });
+});
+
+describe('probe RECOVER after a quiet spell (issue 11.4: use over a fixed recent window)', () => {
+  it('grows again once the rate is in use, however long the quiet spell before', async () => {
+    // Prepare: RECOVER at 24 rpm since a step 5 minutes ago; nobody used it for 4 minutes, then the fleet came
+    // back and used the whole rate for the last minute.
+    const clock = new FakeClock(T0 + 5 * 60_000);
+    const outcomes = new MemoryOutcomeStore();
+    const retreat = new MemoryRetreatStore();
+    const bucket = new TokenBucket(new MemoryBucketStore(), clock, { fraction: 0.5, forNormal: false });
+    const stepAt = T0;
+    retreat.record = {
+      ...at('recover', 24, { since: stepAt, lastStepAt: stepAt, version: 3 }),
+      mark: { slot: slotOf(stepAt), total: 0, throttled: 0, capacity: 0, granted: 0 },
+      probe: probeState({ step: 3, quietRpm: 20 }),
+    };
+    for (let t = T0 + 4 * 60_000; t < clock.now(); t += 2_500) {
+      await outcomes.record(t, { counts: { granted: 1, ok: 1 } });
+    }
+    const controller = new RetreatController({ retreat, outcomes, bucket, clock });
+
+    // Act
+    const { record, stepped } = await controller.evaluate(cfg);
+
+    // Assess: 24 rpm in use over the last half window → the next probe step (not stuck at 24 until a 429).
+    expect(stepped).toBe(true);
+    expect(record).toMatchObject({ state: 'recover' });
+    expect(record.effectiveRpm).toBeGreaterThan(24);
+  });
+});
+
+describe('probe: refusal hold (issue 11.4: one probe at a time while refused)', () => {
+  it.each([
+    // 429s in the streak, token interval → hold
+    [1, 1_500, 1_500],
+    [2, 1_500, 3_000],
+    [4, 1_500, 12_000],
+    [9, 1_500, 15_000],
+  ])('streak %i at interval %i ms → hold %i ms', (streak, interval, hold) => {
+    expect(refusalHoldMs(streak, interval, 60_000)).toBe(hold);
+  });
+
+  it('a 429 just recorded holds the bucket; a timer evaluation does not', async () => {
+    // Prepare
+    const clock = new FakeClock(T0);
+    const outcomes = new MemoryOutcomeStore();
+    const bucket = new TokenBucket(new MemoryBucketStore(), clock, { fraction: 0.5, forNormal: false });
+    const controller = new RetreatController({ retreat: new MemoryRetreatStore(), outcomes, bucket, clock });
+    await controller.evaluate(cfg, 'timer');
+    await outcomes.record(clock.now(), { counts: { granted: 1, throttled: 1 } });
+
+    // Act + Assess
+    await controller.evaluate(cfg, 'timer');
+    expect(bucket.available('urgent')).toBeGreaterThan(0);
+    await controller.evaluate(cfg, 'outcome');
+    expect(bucket.available('urgent')).toBe(0);
+    clock.advance(bucket.state!.intervalMs);
+    expect(bucket.available('urgent')).toBe(1);
   });
 });

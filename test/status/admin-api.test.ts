@@ -4,7 +4,7 @@ import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CONFIG_FIELDS, CONFIG_KEYS, externalName, type GatewayConfig } from '../../lib/domain/config.js';
 import { CONFIG_CACHE_MS } from '../../lib/domain/config-service.js';
-import { deriveBucket, GRANT_TO_CALL_MAX_MS } from '../../lib/domain/gcra.js';
+import { deriveAdmission, GRANT_TO_CALL_MAX_MS } from '../../lib/domain/gcra.js';
 import type { Ticket } from '../../lib/domain/tickets.js';
 import type { AdminConfigView, ConfigUpdateView } from '../../lib/status/admin.js';
 import type { StatusSnapshot } from '../../lib/status/snapshot.js';
@@ -49,6 +49,11 @@ const invalidValues = (key: keyof GatewayConfig): [unknown, RegExp][] => {
       return [['maybe', /must be a boolean/]];
     case 'enum':
       return [['sometimes', /must be one of/]];
+    case 'weights':
+      return [
+        ['8:4:2', /must be four integers/],
+        ['8:4:2:0', /must be four integers/],
+      ];
   }
 };
 
@@ -176,7 +181,7 @@ describe('a successful change', () => {
     expect(res.json.changes).toEqual([
       { at: expect.any(Number), by: 'admin', field: 'upstream_limit', from: 40, to: 60 },
       { at: expect.any(Number), by: 'admin', field: 'queue_full_policy', from: 'reject', to: 'drop_lowest' },
-      { at: expect.any(Number), by: 'admin', field: 'low_priority_timeout_s', from: 2, to: 5 },
+      { at: expect.any(Number), by: 'admin', field: 'low_priority_timeout_s', from: 6, to: 5 },
     ]);
     expect(res.json.config).toMatchObject({
       upstream_limit: 60,
@@ -213,7 +218,7 @@ describe('a successful change', () => {
       messages: [{ role: 'user', content: 'hi' }],
     });
     expect(reply.choices[0]?.message.content).toMatch(/^tok0/);
-    const expected = deriveBucket(60, 60_000, 2, GRANT_TO_CALL_MAX_MS).intervalMs;
+    const expected = deriveAdmission(60, 60_000, 2, GRANT_TO_CALL_MAX_MS).intervalMs;
     const snapshot = await eventually(
       async () => {
         const s = (await status()).json;

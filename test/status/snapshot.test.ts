@@ -217,7 +217,7 @@ describe('SnapshotBuilder', () => {
     expect(s.configChanges).toEqual(
       expect.arrayContaining([
         { at: NOW - MIN, by: 'tester', field: 'queue_max_size', from: 500, to: 50 },
-        { at: NOW - MIN, by: 'tester', field: 'low_priority_timeout_s', from: 2, to: 5 },
+        { at: NOW - MIN, by: 'tester', field: 'low_priority_timeout_s', from: 6, to: 5 },
       ]),
     );
     expect(s.configChanges).toHaveLength(2);

@@ -1,20 +1,80 @@
-// Adapter: the GCRA bucket item in the state table. Consume = one conditional UpdateItem, no read.
+// Adapter: the bucket item in the state table. A GCRA consume is one conditional UpdateItem with no read; a
+// window-exact consume is one compare-and-set of the tat, the grant log (a compact binary blob) and a version.
+import type { AttributeValue } from '@aws-sdk/client-dynamodb';
 import { type DynamoDBClient, GetItemCommand, UpdateItemCommand } from '@aws-sdk/client-dynamodb';
 import type { BucketParams, BucketState, ConsumeAttempt } from '../../domain/gcra.js';
 import type { BucketStore, ConsumeOutcome } from '../../domain/ports.js';
 import { translateStoreErrors } from '../aws-errors.js';
 import { conditionFailure, type Item, n, plain, stateKey } from './common.js';
 
+/**
+ * The grant log as bytes: a float64 base time, then one uint32 offset (ms) from it per grant — 4 bytes a
+ * grant (40 grants ≈ 170 bytes), where a DynamoDB list of numbers would cost several times that per write.
+ */
+export const encodeLog = (log: readonly number[]): Uint8Array => {
+  const bytes = new Uint8Array(8 + 4 * log.length);
+  const view = new DataView(bytes.buffer);
+  const base = log[0] ?? 0;
+  view.setFloat64(0, base);
+  log.forEach((t, i) => {
+    view.setUint32(8 + 4 * i, t - base);
+  });
+  return bytes;
+};
+
+export const decodeLog = (bytes: Uint8Array | undefined): number[] => {
+  if (!bytes || bytes.byteLength < 8) return [];
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const base = view.getFloat64(0);
+  const out: number[] = [];
+  for (let at = 8; at + 4 <= bytes.byteLength; at += 4) out.push(base + view.getUint32(at));
+  return out;
+};
+
+interface StoredBucket {
+  tat?: number;
+  intervalMs?: number;
+  burst?: number;
+  holdUntil?: number;
+  wLimit?: number;
+  wMs?: number;
+  grants?: Uint8Array;
+  ver?: number;
+}
+
 const toState = (item: Item | undefined): BucketState | undefined => {
-  const p = plain<{ tat?: number; intervalMs?: number; burst?: number; holdUntil?: number }>(item);
+  const p = plain<StoredBucket>(item);
   if (!p || p.intervalMs === undefined || p.burst === undefined) return undefined;
+  const windowed = p.wLimit !== undefined && p.wMs !== undefined;
   return {
     intervalMs: p.intervalMs,
     burst: p.burst,
+    ...(windowed ? { window: { limit: p.wLimit as number, windowMs: p.wMs as number } } : {}),
     ...(p.tat !== undefined ? { tat: p.tat } : {}),
     ...(p.holdUntil !== undefined ? { holdUntil: p.holdUntil } : {}),
+    ...(windowed && p.grants ? { log: decodeLog(p.grants) } : {}),
+    ...(p.ver !== undefined ? { version: p.ver } : {}),
   };
 };
+
+/** Condition that the stored parameters are `p` (names :T, :b, :L, :W with `prefix`). */
+const paramsCondition = (p: BucketParams, prefix: string, values: Item): string => {
+  values[`:${prefix}T`] = n(p.intervalMs);
+  values[`:${prefix}b`] = n(p.burst);
+  const base = `intervalMs = :${prefix}T AND burst = :${prefix}b`;
+  if (!p.window) return `${base} AND attribute_not_exists(wLimit)`;
+  values[`:${prefix}L`] = n(p.window.limit);
+  values[`:${prefix}W`] = n(p.window.windowMs);
+  return `${base} AND wLimit = :${prefix}L AND wMs = :${prefix}W`;
+};
+
+/** Condition that the stored version is `version` (0: never written by a compare-and-set). */
+const versionCondition = (version: number, values: Item): string => {
+  values[':ev'] = n(version);
+  return version === 0 ? '(attribute_not_exists(ver) OR ver = :ev)' : 'ver = :ev';
+};
+
+const logValue = (log: readonly number[]): AttributeValue => ({ B: encodeLog(log) });
 
 /**
  * The Update (expression, condition, values) that applies a consume attempt; shared by the plain consume
@@ -23,28 +83,32 @@ const toState = (item: Item | undefined): BucketState | undefined => {
 export const consumeUpdate = (
   a: ConsumeAttempt,
 ): { UpdateExpression: string; ConditionExpression: string; ExpressionAttributeValues: Item } => {
-  const params = 'intervalMs = :T AND burst = :b';
+  const values: Item = {};
+  const params = paramsCondition(a.params, '', values);
+  if (a.branch === 'log') {
+    values[':newTat'] = n(a.newTat);
+    values[':log'] = logValue(a.newLog);
+    values[':nv'] = n(a.expectedVersion + 1);
+    return {
+      UpdateExpression: 'SET tat = :newTat, grants = :log, ver = :nv',
+      ConditionExpression: `${params} AND ${versionCondition(a.expectedVersion, values)}`,
+      ExpressionAttributeValues: values,
+    };
+  }
+  values[':now'] = n(a.now);
   if (a.branch === 'idle') {
+    values[':newTat'] = n(a.newTat);
     return {
       UpdateExpression: 'SET tat = :newTat',
       ConditionExpression: `${params} AND (attribute_not_exists(tat) OR tat < :now)`,
-      ExpressionAttributeValues: {
-        ':T': n(a.params.intervalMs),
-        ':b': n(a.params.burst),
-        ':now': n(a.now),
-        ':newTat': n(a.newTat),
-      },
+      ExpressionAttributeValues: values,
     };
   }
+  values[':maxTat'] = n(a.maxTat);
   return {
     UpdateExpression: 'SET tat = tat + :T',
     ConditionExpression: `${params} AND tat BETWEEN :now AND :maxTat`,
-    ExpressionAttributeValues: {
-      ':T': n(a.params.intervalMs),
-      ':b': n(a.params.burst),
-      ':now': n(a.now),
-      ':maxTat': n(a.maxTat),
-    },
+    ExpressionAttributeValues: values,
   };
 };
 
@@ -68,18 +132,34 @@ export class DynamoBucketStore implements BucketStore {
   }
 
   async ensure(params: BucketParams): Promise<BucketState> {
-    const res = await this.client.send(
-      new UpdateItemCommand({
-        TableName: this.table,
-        Key: this.key,
-        UpdateExpression: 'SET intervalMs = if_not_exists(intervalMs, :T), burst = if_not_exists(burst, :b)',
-        ExpressionAttributeValues: { ':T': n(params.intervalMs), ':b': n(params.burst) },
-        ReturnValues: 'ALL_NEW',
-      }),
-    );
-    const state = toState(res.Attributes);
-    if (!state) throw new Error('bucket item incomplete after ensure');
-    return state;
+    const values: Item = { ':T': n(params.intervalMs), ':b': n(params.burst) };
+    const sets = ['intervalMs = :T', 'burst = :b'];
+    if (params.window) {
+      values[':L'] = n(params.window.limit);
+      values[':W'] = n(params.window.windowMs);
+      sets.push('wLimit = :L', 'wMs = :W');
+    }
+    try {
+      // Only a new item is written: an existing one keeps its state, and configure() moves it (compare-and-set).
+      const res = await this.client.send(
+        new UpdateItemCommand({
+          TableName: this.table,
+          Key: this.key,
+          UpdateExpression: `SET ${sets.join(', ')}`,
+          ConditionExpression: 'attribute_not_exists(intervalMs)',
+          ExpressionAttributeValues: values,
+          ReturnValues: 'ALL_NEW',
+          ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
+        }),
+      );
+      const state = toState(res.Attributes);
+      if (!state) throw new Error('bucket item incomplete after ensure');
+      return state;
+    } catch (err) {
+      const state = toState(conditionFailure(err).item);
+      if (!state) throw new Error('bucket item incomplete after ensure');
+      return state;
+    }
   }
 
   async consume(attempt: ConsumeAttempt): Promise<ConsumeOutcome> {
@@ -102,27 +182,35 @@ export class DynamoBucketStore implements BucketStore {
   }
 
   async compareAndSet(expected: BucketState, next: BucketState): Promise<boolean> {
+    const values: Item = { ':T': n(next.intervalMs), ':b': n(next.burst) };
     const sets = ['intervalMs = :T', 'burst = :b'];
-    const values: Item = {
-      ':T': n(next.intervalMs),
-      ':b': n(next.burst),
-      ':eT': n(expected.intervalMs),
-      ':eb': n(expected.burst),
-    };
     const removes: string[] = [];
-    if (next.tat !== undefined) {
-      sets.push('tat = :tat');
-      values[':tat'] = n(next.tat);
-    } else removes.push('tat');
+    const setOrRemove = (name: string, value: AttributeValue | undefined) => {
+      if (value === undefined) removes.push(name);
+      else {
+        sets.push(`${name} = :${name}`);
+        values[`:${name}`] = value;
+      }
+    };
+    setOrRemove('tat', next.tat !== undefined ? n(next.tat) : undefined);
+    setOrRemove('wLimit', next.window ? n(next.window.limit) : undefined);
+    setOrRemove('wMs', next.window ? n(next.window.windowMs) : undefined);
+    setOrRemove('grants', next.window && next.log?.length ? logValue(next.log) : undefined);
+    setOrRemove('ver', next.version !== undefined ? n(next.version) : undefined);
     if (next.holdUntil !== undefined) {
       sets.push('holdUntil = :h');
       values[':h'] = n(next.holdUntil);
     }
-    let cond = 'intervalMs = :eT AND burst = :eb AND ';
+    let cond = `${paramsCondition(expected, 'e', values)} AND `;
     if (expected.tat !== undefined) {
       cond += 'tat = :etat';
       values[':etat'] = n(expected.tat);
     } else cond += 'attribute_not_exists(tat)';
+    if (expected.version === undefined) cond += ' AND attribute_not_exists(ver)';
+    else {
+      cond += ' AND ver = :ever';
+      values[':ever'] = n(expected.version);
+    }
     try {
       await this.client.send(
         new UpdateItemCommand({

@@ -1,5 +1,11 @@
 // Adapter: in-memory stores with the same conditional semantics as the DynamoDB ones (unit tests, models).
-import { applyAttempt, type BucketParams, type BucketState, type ConsumeAttempt } from '../../domain/gcra.js';
+import {
+  applyConsume,
+  type BucketParams,
+  type BucketState,
+  type ConsumeAttempt,
+  sameParams,
+} from '../../domain/gcra.js';
 import {
   emptySlot,
   latencyBucket,
@@ -11,7 +17,7 @@ import type { BucketStore, ConsumeOutcome, OutcomeStore, RetreatStore } from '..
 import type { RetreatRecord } from '../../domain/retreat.js';
 
 const sameBucket = (a: BucketState | undefined, b: BucketState) =>
-  !!a && a.tat === b.tat && a.intervalMs === b.intervalMs && a.burst === b.burst;
+  !!a && a.tat === b.tat && sameParams(a, b) && a.version === b.version;
 
 export class MemoryBucketStore implements BucketStore {
   state: BucketState | undefined;
@@ -26,10 +32,10 @@ export class MemoryBucketStore implements BucketStore {
   }
 
   async consume(attempt: ConsumeAttempt): Promise<ConsumeOutcome> {
-    const tat = applyAttempt(this.state, attempt);
-    if (tat === undefined || !this.state) return { ok: false, current: this.state && { ...this.state } };
-    this.state = { ...this.state, tat };
-    return { ok: true, tat };
+    const next = applyConsume(this.state, attempt);
+    if (next?.tat === undefined) return { ok: false, current: this.state && { ...this.state } };
+    this.state = next;
+    return { ok: true, tat: next.tat };
   }
 
   async compareAndSet(expected: BucketState, next: BucketState): Promise<boolean> {
