@@ -32,6 +32,8 @@ export interface SluiceSettings {
   deletionProtection: boolean;
   /** Use this existing Secrets Manager secret for the upstream key instead of creating one. @default none */
   upstreamKeySecretArn?: string;
+  /** The open upstream's own key, an existing secret (`SLUICE_OPEN_UPSTREAM_KEY_SECRET`); none = no credential. @default none */
+  openUpstreamKeySecretArn?: string;
   /** Subscribe this address to the alarm topic (no topic without it). @default none */
   alarmEmail?: string;
   /** CORS origin when the dashboard is hosted elsewhere (ignored when `createDashboard`). @default none */
@@ -69,6 +71,7 @@ export const CONTEXT_KEYS = [
   'createDashboard',
   'deletionProtection',
   'upstreamKeySecretArn',
+  'openUpstreamKeySecretArn',
   'alarmEmail',
   'allowedOrigin',
   'retreatFloorAlarmMinutes',
@@ -175,6 +178,7 @@ export const settingsFromContext = (read: (key: ContextKey) => unknown): SluiceS
       createDashboard: bool('createDashboard', read('createDashboard')),
       deletionProtection: bool('deletionProtection', read('deletionProtection')),
       upstreamKeySecretArn: text('upstreamKeySecretArn', read('upstreamKeySecretArn')),
+      openUpstreamKeySecretArn: text('openUpstreamKeySecretArn', read('openUpstreamKeySecretArn')),
       alarmEmail: text('alarmEmail', read('alarmEmail')),
       allowedOrigin: httpsUrl('allowedOrigin', read('allowedOrigin')),
       retreatFloorAlarmMinutes: positiveInt('retreatFloorAlarmMinutes', read('retreatFloorAlarmMinutes')),
@@ -182,12 +186,13 @@ export const settingsFromContext = (read: (key: ContextKey) => unknown): SluiceS
       apiBurstLimit: positiveInt('apiBurstLimit', read('apiBurstLimit')),
     }),
   };
-  if (
-    settings.upstreamKeySecretArn &&
-    !/^arn:aws[\w-]*:secretsmanager:/.test(settings.upstreamKeySecretArn)
-  ) {
-    throw new SettingsError('upstreamKeySecretArn', 'must be a Secrets Manager secret ARN');
+  for (const name of ['upstreamKeySecretArn', 'openUpstreamKeySecretArn'] as const) {
+    const arn = settings[name];
+    if (arn && !/^arn:aws[\w-]*:secretsmanager:/.test(arn))
+      throw new SettingsError(name, 'must be a Secrets Manager secret ARN');
   }
+  if (settings.openUpstreamKeySecretArn && !settings.openUpstreamUrl)
+    throw new SettingsError('openUpstreamKeySecretArn', 'needs openUpstreamUrl');
   gatewayConfig(settings);
   return settings;
 };

@@ -54,6 +54,9 @@ export class SluiceStack extends Stack {
     this.queues = new PriorityQueues(this, 'Queues');
     this.secrets = new GatewaySecrets(this, 'Secrets', {
       ...(settings.upstreamKeySecretArn ? { upstreamKeySecretArn: settings.upstreamKeySecretArn } : {}),
+      ...(settings.openUpstreamKeySecretArn
+        ? { openUpstreamKeySecretArn: settings.openUpstreamKeySecretArn }
+        : {}),
     });
 
     // Stateless.

@@ -10,8 +10,9 @@ import { GatewayError, NotFoundError, ValidationError } from '../../lib/domain/e
 import { OutcomeTriggeredRetreat } from '../../lib/domain/retreat-controller.js';
 import { errorReply } from '../../lib/ingress/http.js';
 import { type IngressDeps, IngressService } from '../../lib/ingress/service.js';
+import { upstreamCredentials } from '../../lib/runtime/credentials.js';
 import { readRuntimeEnv } from '../../lib/runtime/env.js';
-import { dispatcherWaker, makeClients, makeStores, secretReader } from '../../lib/runtime/wiring.js';
+import { dispatcherWaker, makeClients, makeStores } from '../../lib/runtime/wiring.js';
 import { corsHeaders, lowerHeaders, pathWithQuery, toResponse } from '../shared/http.js';
 import { makeLogger, makeMetrics } from '../shared/observability.js';
 
@@ -149,7 +150,9 @@ export const buildIngressService = (processEnv: Record<string, string | undefine
   const stores = makeStores(env, clients, processEnv);
   const logger = makeLogger('ingress');
   const metrics = makeMetrics('ingress');
-  const upstreamKey = secretReader(env.upstreamKeySecret, env.upstreamKeyValue, 'upstream API key');
+  const upstreamKey = upstreamCredentials(env.upstreamCredentials, (upstream, e) =>
+    logger.error('reading an upstream key failed', { upstream, error: e.message }),
+  );
   const admission = new Admission({
     tickets: stores.tickets,
     queue: stores.queue,
@@ -174,7 +177,7 @@ export const buildIngressService = (processEnv: Record<string, string | undefine
       (e) => logger.warn('retreat evaluation after an outcome failed', { error: e.message }),
     ),
     upstream: new FetchUpstream(),
-    upstreamKey: () => upstreamKey(),
+    upstreamKey,
     routes: env.routes,
     upstreams: env.upstreams,
     maxBodyBytes: env.maxBodyBytes,

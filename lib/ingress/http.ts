@@ -1,10 +1,12 @@
 // Ingress application layer: the HTTP reply shape, OpenAI-shaped errors and the headers every reply carries.
+
 import {
   GatewayError,
   type OpenAiErrorType,
   StoreUnavailableError,
   UnavailableError,
 } from '../domain/errors.js';
+import { agentSafeErrorText } from '../domain/redact.js';
 
 /** What a route handler answers: a status, headers and a body that may stream. */
 export interface HttpReply {
@@ -79,7 +81,8 @@ export const asOpenAiErrorBody = (status: number, text: string): string => {
     `Upstream answered ${status}.`;
   const body: OpenAiErrorBody = {
     error: {
-      message,
+      // Upstream text may echo a credential (its own, or a proxy's): trimmed and redacted before an agent sees it.
+      message: agentSafeErrorText(message),
       type: (pick(e.type) as OpenAiErrorType | undefined) ?? typeForStatus(status),
       param: pick(e.param) ?? null,
       code: e.code !== undefined && e.code !== null ? String(e.code) : `upstream_${status}`,

@@ -7,15 +7,18 @@ import type { GatewayConfig } from '../domain/config.js';
 import type { ConfigService } from '../domain/config-service.js';
 import {
   GatewayError,
+  NotFoundError,
   RateLimitedError,
   StoreUnavailableError,
   UnavailableError,
   UpstreamError,
   ValidationError,
 } from '../domain/errors.js';
+import { isForwardedPath } from '../domain/forward-paths.js';
 import type { OutcomeEvent } from '../domain/outcomes.js';
 import type { AgentKey, OutcomeStore } from '../domain/ports.js';
 import { capPriority, PRIORITIES, type Priority, parsePriority } from '../domain/priority.js';
+import { agentSafeErrorText } from '../domain/redact.js';
 import { bucketParamsFor } from '../domain/retreat-controller.js';
 import { type Route, resolveRoute, type UpstreamDef } from '../domain/routes.js';
 import type { Ticket } from '../domain/tickets.js';
@@ -68,8 +71,8 @@ export interface IngressDeps {
   bucket: TokenBucket;
   outcomes: OutcomeStore;
   upstream: UpstreamClient;
-  /** The limited upstream's key (Secrets Manager in AWS, env locally). Never logged. */
-  upstreamKey: (upstream: UpstreamDef) => Promise<string>;
+  /** This upstream's own key (Secrets Manager in AWS, env locally), undefined for none. Never logged. */
+  upstreamKey: (upstream: UpstreamDef) => Promise<string | undefined>;
   routes: readonly Route[];
   upstreams: ReadonlyMap<string, UpstreamDef>;
   clock: Clock;
@@ -212,6 +215,8 @@ export class IngressService {
     headers: Record<string, string>,
   ): Promise<HttpReply> {
     assertSafePath(req.path);
+    if (!isForwardedPath(req.path, config.forwardPaths))
+      throw new NotFoundError(`No route ${req.method} ${req.path.split('?')[0]} (not in forward_paths).`);
     const isModels = req.method === 'GET' && /^\/v1\/models\/?(\?.*)?$/.test(req.path);
     if (isModels && this.modelsCache && this.d.clock.now() - this.modelsCache.at < MODELS_CACHE_MS) {
       return {
@@ -267,6 +272,8 @@ export class IngressService {
     if (config.draining) {
       throw new UnavailableError('The gateway is draining for maintenance; retry later.', 60_000, 'draining');
     }
+    // The key is resolved (and cached) before admission: a gateway that cannot call spends no token.
+    await this.d.upstreamKey(route.upstream);
     const now = this.d.clock.now();
     const waitCap = stream ? config.streamMaxWaitMs : config.maxWaitMs;
     const deadline =
@@ -456,18 +463,25 @@ export class IngressService {
     try {
       let res: UpstreamResponse;
       try {
+        const apiKey = await this.d.upstreamKey(upstream);
         res = await this.d.upstream.call({
           baseUrl: upstream.baseUrl,
           path: req.path,
           method: req.method,
           headers: forwardRequestHeaders(req.headers),
           ...(body !== undefined ? { body } : {}),
-          apiKey: await this.d.upstreamKey(upstream),
+          ...(apiKey ? { apiKey } : {}),
           firstByteTimeoutMs: config.firstByteTimeoutMs,
           timeoutMs: config.requestTimeoutMs,
           signal: abort.signal,
         });
       } catch (err) {
+        if (err instanceof GatewayError) {
+          // The credential could not be read (its own fixed 503), not an upstream failure.
+          if (ticket) await admission.finish(ticket, 'failed', { reason: err.code });
+          await this.deliverError(channel, err, headers);
+          return 'done';
+        }
         const e =
           err instanceof UpstreamCallError
             ? err
@@ -545,7 +559,7 @@ export class IngressService {
             channel,
             new UpstreamError(
               502,
-              `Upstream error ${res.status}: ${errorText.slice(0, 500)}`,
+              `Upstream error ${res.status}: ${agentSafeErrorText(errorText)}`,
               'upstream_error',
             ),
             headers,
@@ -561,7 +575,7 @@ export class IngressService {
           await channel.write(
             sseError(
               new ValidationError(
-                `Upstream refused the request (${res.status}): ${errorText.slice(0, 500)}`,
+                `Upstream refused the request (${res.status}): ${agentSafeErrorText(errorText)}`,
                 null,
                 'upstream_client_error',
               ),
@@ -613,7 +627,7 @@ export class IngressService {
           channel,
           new UpstreamError(
             502,
-            `Upstream answered with an error: ${embedded.slice(0, 500)}`,
+            `Upstream answered with an error: ${agentSafeErrorText(embedded)}`,
             'upstream_error',
           ),
           headers,

@@ -1,6 +1,6 @@
 // Status use case: the admin API — read and change the shared config (validated, recorded), reset retreat.
 import type { Clock } from '../domain/clock.js';
-import { externalConfig, type GatewayConfig } from '../domain/config.js';
+import { type ExternalConfigValue, externalConfig, type GatewayConfig } from '../domain/config.js';
 import type { ConfigService } from '../domain/config-service.js';
 import { ValidationError } from '../domain/errors.js';
 import type { AgentUsage, ConfigStore, TicketStore, UsageStore } from '../domain/ports.js';
@@ -23,7 +23,7 @@ export interface AdminConfigView {
   updatedAt: number;
   updatedBy: string;
   /** External names (snake_case) and units (seconds for `*_s`), exactly what PATCH accepts. */
-  config: Record<string, number | string | boolean>;
+  config: Record<string, ExternalConfigValue>;
   fields: ConfigFieldView[];
   /** Latest first. */
   history: ConfigChangeView[];
@@ -33,7 +33,7 @@ export interface AdminConfigView {
 export interface ConfigUpdateView {
   version: number;
   changes: ConfigChangeView[];
-  config: Record<string, number | string | boolean>;
+  config: Record<string, ExternalConfigValue>;
 }
 
 /** What `GET /admin/usage` answers: per-agent usage, most requests first (no keys, agent names only). */

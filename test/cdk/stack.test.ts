@@ -9,6 +9,7 @@ import { PRIORITY_QUEUES, TABLES } from '../../lib/infra/definitions.js';
 import { readRuntimeEnv } from '../../lib/runtime/env.js';
 import { flatten, lambdaFunctions, logicalId, sluice } from './stack.js';
 
+const OPEN_KEY_ARN = 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:open-key-XyZ123';
 const IMPORTED_KEY_ARN = 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:nvidia-key-AbCdEf';
 
 /** A function's environment with every intrinsic replaced by a stand-in string, as Lambda would see it. */
@@ -379,6 +380,28 @@ describe('secrets', () => {
     ).Variables;
     expect(variables.SLUICE_UPSTREAM_KEY_SECRET).toBe(IMPORTED_KEY_ARN);
     expect(JSON.stringify(template.toJSON())).not.toContain(UPSTREAM_KEY_PLACEHOLDER);
+  });
+
+  it.each([
+    ['without its own key, the open upstream gets none', undefined],
+    ['with its own key, the open upstream gets only that', OPEN_KEY_ARN],
+  ])('%s', (_name, openKeyArn) => {
+    // Prepare
+    const { stack, template } = sluice({
+      context: {
+        openUpstreamUrl: 'https://open.example/v1',
+        ...(openKeyArn ? { openUpstreamKeySecretArn: openKeyArn } : {}),
+      },
+    });
+
+    // Assess
+    const variables = (
+      lambdaFunctions(template)[logicalId(stack.ingress.fn)]!.Properties.Environment as {
+        Variables: Record<string, unknown>;
+      }
+    ).Variables;
+    expect(variables.SLUICE_OPEN_UPSTREAM_KEY_SECRET).toBe(openKeyArn);
+    expect(variables.SLUICE_UPSTREAM_KEY_SECRET).not.toBe(openKeyArn);
   });
 });
 

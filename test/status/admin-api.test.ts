@@ -49,6 +49,11 @@ const invalidValues = (key: keyof GatewayConfig): [unknown, RegExp][] => {
       return [['maybe', /must be a boolean/]];
     case 'enum':
       return [['sometimes', /must be one of/]];
+    case 'list':
+      return [
+        [42, /must be a list of paths/],
+        [['files', '../admin'], /is not a path below/],
+      ];
   }
 };
 

@@ -1,0 +1,135 @@
+// Pure pieces of the security hardening (issue 13): forward_paths matching and parsing, per-upstream
+// credential selection, redaction of upstream error text, the model length cap, retry-after caps in headers.
+import { describe, expect, it } from 'vitest';
+import { applyConfigPatch, configFromEnv, DEFAULT_CONFIG } from '../../lib/domain/config.js';
+import { RateLimitedError, UnavailableError } from '../../lib/domain/errors.js';
+import { isForwardedPath } from '../../lib/domain/forward-paths.js';
+import { agentSafeErrorText, redactKeyLike } from '../../lib/domain/redact.js';
+import { errorReply } from '../../lib/ingress/http.js';
+import { parseModelRequest } from '../../lib/ingress/request.js';
+import { upstreamCredentials } from '../../lib/runtime/credentials.js';
+import { readRuntimeEnv } from '../../lib/runtime/env.js';
+
+const BASE_ENV = {
+  SLUICE_STATE_TABLE: 's',
+  SLUICE_TICKETS_TABLE: 't',
+  SLUICE_KEYS_TABLE: 'k',
+  SLUICE_QUEUE_URGENT_URL: 'u',
+  SLUICE_QUEUE_HIGH_URL: 'h',
+  SLUICE_QUEUE_NORMAL_URL: 'n',
+  SLUICE_QUEUE_LOW_URL: 'l',
+};
+
+describe('forward_paths', () => {
+  it.each([
+    ['/v1/chat/completions', true],
+    ['/v1/chat/completions/', true],
+    ['/v1/chat/completions?stream=1', true],
+    ['/v1/completions', true],
+    ['/v1/embeddings', true],
+    ['/v1/models', true],
+    ['/v1/models/meta/llama-3.1-8b-instruct', true],
+    ['/v1/chat/completions/chatcmpl-1', false],
+    ['/v1/files', false],
+    ['/v1/files/file-1/content', false],
+    ['/v1/batches', false],
+    ['/v1/responses', false],
+    ['/v1/modelsX', false],
+    ['/v2/chat/completions', false],
+  ])('default list: %s → %s', (path, forwarded) => {
+    expect(isForwardedPath(path, DEFAULT_CONFIG.forwardPaths)).toBe(forwarded);
+  });
+
+  it('parses from env (comma-separated, /v1/ prefix optional) and from the admin API (array)', () => {
+    expect(configFromEnv({ SLUICE_FORWARD_PATHS: 'chat/completions, /v1/responses' }).forwardPaths).toEqual([
+      'chat/completions',
+      'responses',
+    ]);
+    expect(applyConfigPatch(DEFAULT_CONFIG, { forward_paths: ['embeddings'] }).forwardPaths).toEqual([
+      'embeddings',
+    ]);
+  });
+
+  it.each([
+    [['../admin']],
+    [['files/../../x']],
+    [['a b']],
+    [[1]],
+    [Array.from({ length: 33 }, (_, i) => `p${i}`)],
+  ])('refuses %j', (value) => {
+    expect(() => applyConfigPatch(DEFAULT_CONFIG, { forward_paths: value })).toThrow(/forward_paths/);
+  });
+});
+
+describe('per-upstream credentials', () => {
+  const limited = { name: 'limited', baseUrl: 'https://limited.example/v1', limited: true };
+  const open = { name: 'open', baseUrl: 'https://open.example/v1', limited: false };
+
+  it('an open upstream gets no credential by default, never the limited one', async () => {
+    const env = readRuntimeEnv({
+      ...BASE_ENV,
+      UPSTREAM_API_KEY: 'nvapi-L',
+      SLUICE_OPEN_UPSTREAM_URL: open.baseUrl,
+    });
+    const key = upstreamCredentials(env.upstreamCredentials);
+    expect(await key(limited)).toBe('nvapi-L');
+    expect(await key(open)).toBeUndefined();
+  });
+
+  it('an open upstream with its own key gets that key', async () => {
+    const env = readRuntimeEnv({
+      ...BASE_ENV,
+      UPSTREAM_API_KEY: 'nvapi-L',
+      SLUICE_OPEN_UPSTREAM_URL: open.baseUrl,
+      OPEN_UPSTREAM_API_KEY: 'open-O',
+    });
+    const key = upstreamCredentials(env.upstreamCredentials);
+    expect(await key(open)).toBe('open-O');
+    expect(await key(limited)).toBe('nvapi-L');
+  });
+
+  it('a limited upstream without a key is not_configured (503)', async () => {
+    const key = upstreamCredentials(new Map());
+    await expect(key(limited)).rejects.toMatchObject({ status: 503, code: 'not_configured' });
+  });
+});
+
+describe('upstream error text an agent sees', () => {
+  it.each([
+    'Authorization: Bearer abc.def-ghi',
+    'key nvapi-AbCdEf0123456789xyz rejected',
+    'sk-proj-abcdefghijklmnop0123',
+    'role arn:aws:iam::123456789012:role/sluice-ingress',
+    'AKIAIOSFODNN7EXAMPLE',
+    'token 0123456789abcdef0123456789abcdef0123',
+    'jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig',
+  ])('redacts %s', (text) => {
+    const out = redactKeyLike(text);
+    expect(out).toContain('[redacted]');
+    expect(out).not.toMatch(/abc\.def|nvapi-Ab|sk-proj-a|123456789012|AKIA|0123456789abcdef0123|eyJhbGci/);
+  });
+
+  it('keeps ordinary messages and trims long ones', () => {
+    expect(redactKeyLike("Model 'meta/llama-3.1-8b-instruct' not found")).toBe(
+      "Model 'meta/llama-3.1-8b-instruct' not found",
+    );
+    expect(agentSafeErrorText('x '.repeat(5_000)).length).toBeLessThanOrEqual(501);
+  });
+});
+
+describe('bounded inputs and outputs', () => {
+  it('model ids are capped at 256 characters', () => {
+    const body = (model: string) => JSON.stringify({ model, messages: [] });
+    expect(parseModelRequest('application/json', body('m'.repeat(256)), 1e6).model).toHaveLength(256);
+    expect(() => parseModelRequest('application/json', body('m'.repeat(257)), 1e6)).toThrow(/256/);
+  });
+
+  it.each([
+    new RateLimitedError('wait', 10 * 60_000, 'queue_wait_too_long'),
+    new UnavailableError('later', 3_600_000, 'draining'),
+  ])('retry-after-ms in headers is at most 60000 (%#)', (err) => {
+    const reply = errorReply(err, {});
+    expect(Number(reply.headers['retry-after-ms'])).toBe(60_000);
+    expect(Number(reply.headers['retry-after'])).toBeLessThanOrEqual(60);
+  });
+});
