@@ -27,6 +27,8 @@ export interface GatewayConfig {
   queueMaxSize: number;
   /** @default 'reject' */
   queueFullPolicy: QueueFullPolicy;
+  /** Queued tickets one agent may have (429 `agent_queue_full` above); 0 = a quarter of `queueMaxSize`. @default 0 */
+  maxQueuedPerAgent: number;
   /** A LOW ticket that cannot get a token this long after the dispatcher first sees it is refused. @default 2000 */
   lowPriorityTimeoutMs: number;
   /** Upstream call timeout (whole response). @default 120000 */
@@ -107,6 +109,7 @@ export const DEFAULT_CONFIG: Readonly<GatewayConfig> = Object.freeze({
   reserveForNormal: false,
   queueMaxSize: 500,
   queueFullPolicy: 'reject',
+  maxQueuedPerAgent: 0,
   lowPriorityTimeoutMs: 2_000,
   requestTimeoutMs: 120_000,
   firstByteTimeoutMs: 30_000,
@@ -205,6 +208,13 @@ export const CONFIG_FIELDS: { readonly [K in keyof GatewayConfig]: FieldSpec } =
     env: 'SLUICE_QUEUE_FULL_POLICY',
     values: QUEUE_FULL_POLICIES,
     doc: 'what a full queue does',
+  },
+  maxQueuedPerAgent: {
+    kind: 'int',
+    env: 'SLUICE_MAX_QUEUED_PER_AGENT',
+    min: 0,
+    max: 1_000_000,
+    doc: 'queued requests per agent at most (0 = a quarter of queue_max_size)',
   },
   lowPriorityTimeoutMs: ms(
     'SLUICE_LOW_TIMEOUT_S',
@@ -327,6 +337,10 @@ export const CONFIG_FIELDS: { readonly [K in keyof GatewayConfig]: FieldSpec } =
     doc: 'paths below /v1/ forwarded upstream (comma-separated; `x/*` covers below x); others 404',
   },
 };
+
+/** The per-agent queue cap in force: the configured one, or a quarter of the queue (at least 1). */
+export const agentQueueCap = (config: Pick<GatewayConfig, 'maxQueuedPerAgent' | 'queueMaxSize'>): number =>
+  config.maxQueuedPerAgent > 0 ? config.maxQueuedPerAgent : Math.max(1, Math.ceil(config.queueMaxSize / 4));
 
 export const CONFIG_KEYS = Object.keys(CONFIG_FIELDS) as (keyof GatewayConfig)[];
 

@@ -1,14 +1,18 @@
 // Pure pieces of the security hardening (issue 13): forward_paths matching and parsing, per-upstream
 // credential selection, redaction of upstream error text, the model length cap, retry-after caps in headers.
 import { describe, expect, it } from 'vitest';
+import { FakeClock } from '../../lib/domain/clock.js';
 import { applyConfigPatch, configFromEnv, DEFAULT_CONFIG } from '../../lib/domain/config.js';
 import { RateLimitedError, UnavailableError } from '../../lib/domain/errors.js';
 import { isForwardedPath } from '../../lib/domain/forward-paths.js';
+import { KeyAdmin } from '../../lib/domain/key-admin.js';
+import type { AgentKey, KeyStore } from '../../lib/domain/ports.js';
 import { agentSafeErrorText, redactKeyLike } from '../../lib/domain/redact.js';
 import { errorReply } from '../../lib/ingress/http.js';
 import { parseModelRequest } from '../../lib/ingress/request.js';
 import { upstreamCredentials } from '../../lib/runtime/credentials.js';
 import { readRuntimeEnv } from '../../lib/runtime/env.js';
+import { AdminService } from '../../lib/status/admin.js';
 
 const BASE_ENV = {
   SLUICE_STATE_TABLE: 's',
@@ -131,5 +135,87 @@ describe('bounded inputs and outputs', () => {
     const reply = errorReply(err, {});
     expect(Number(reply.headers['retry-after-ms'])).toBe(60_000);
     expect(Number(reply.headers['retry-after'])).toBeLessThanOrEqual(60);
+  });
+});
+
+/** A key store in memory: the key admin use case needs nothing more. */
+const memoryKeys = (): KeyStore & { all: Map<string, AgentKey> } => {
+  const all = new Map<string, AgentKey>();
+  return {
+    all,
+    get: async (h) => all.get(h),
+    put: async (k) => {
+      all.set(k.keyHash, k);
+    },
+    list: async () => [...all.values()],
+    setEnabled: async (h, enabled) => {
+      const k = all.get(h);
+      if (k) all.set(h, { ...k, enabled });
+    },
+    setExpiry: async (h, at) => {
+      const k = all.get(h);
+      if (k) all.set(h, { ...k, expiresAt: at });
+    },
+    touch: async () => true,
+  };
+};
+
+describe('key administration', () => {
+  let seed = 0;
+  const random = (n: number) => new Uint8Array(n).map(() => (seed = (seed * 31 + 7) % 251));
+
+  it('new keys default to max priority normal', async () => {
+    const admin = new KeyAdmin(memoryKeys(), new FakeClock(0), random);
+    expect((await admin.create('planner')).record.maxPriority).toBe('normal');
+  });
+
+  it('disable --key-id acts on that one key only; enable brings it back; rotate still works', async () => {
+    const store = memoryKeys();
+    const admin = new KeyAdmin(store, new FakeClock(0), random);
+    const first = await admin.create('planner');
+    const second = await admin.create('planner');
+    const id = first.record.keyHash.slice(0, 12);
+    expect((await admin.setEnabledById(id, false)).keyHash).toBe(first.record.keyHash);
+    expect(store.all.get(first.record.keyHash)?.enabled).toBe(false);
+    expect(store.all.get(second.record.keyHash)?.enabled).toBe(true);
+    await admin.setEnabledById(id.toUpperCase(), true);
+    expect(store.all.get(first.record.keyHash)?.enabled).toBe(true);
+    const rotated = await admin.rotate('planner', 1_000);
+    expect(rotated.expiring).toBe(2);
+  });
+
+  it.each([
+    ['abc', /at least 6 hex/],
+    ['zzzzzzzz', /at least 6 hex/],
+    ['ffffffffffff', /no key with id/],
+  ])('refuses key id %s', async (id, message) => {
+    const admin = new KeyAdmin(memoryKeys(), new FakeClock(0), random);
+    await admin.create('planner');
+    await expect(admin.setEnabledById(id, false)).rejects.toThrow(message);
+  });
+
+  it('refuses an ambiguous prefix', async () => {
+    const store = memoryKeys();
+    const admin = new KeyAdmin(store, new FakeClock(0), random);
+    await store.put({ keyHash: 'abcdef01', agent: 'a', maxPriority: 'low', enabled: true, createdAt: 0 });
+    await store.put({ keyHash: 'abcdef02', agent: 'b', maxPriority: 'low', enabled: true, createdAt: 0 });
+    await expect(admin.setEnabledById('abcdef', false)).rejects.toThrow(/2 keys match/);
+  });
+});
+
+describe('/admin/usage', () => {
+  it('lists each agent with queued tickets, most first', async () => {
+    const admin = new AdminService({
+      usage: { read: async () => [] },
+      config: {} as never,
+      history: {} as never,
+      tickets: { admissionCount: async () => 5, agentQueuedCounts: async () => ({ a: 1, b: 4, c: 0 }) },
+      retreat: {} as never,
+      clock: new FakeClock(0),
+    });
+    expect((await admin.usage()).queued).toEqual([
+      { agent: 'b', queued: 4 },
+      { agent: 'a', queued: 1 },
+    ]);
   });
 });
