@@ -1,11 +1,13 @@
 // Pure pieces of the security hardening (issue 13): forward_paths matching and parsing, per-upstream
 // credential selection, redaction of upstream error text, the model length cap, retry-after caps in headers.
 import { describe, expect, it } from 'vitest';
+import { hashKey, KeyAuthenticator, UNKNOWN_KEY_CACHE_MS } from '../../lib/domain/auth.js';
 import { FakeClock } from '../../lib/domain/clock.js';
 import { applyConfigPatch, configFromEnv, DEFAULT_CONFIG } from '../../lib/domain/config.js';
 import { RateLimitedError, UnavailableError } from '../../lib/domain/errors.js';
 import { isForwardedPath } from '../../lib/domain/forward-paths.js';
 import { KeyAdmin } from '../../lib/domain/key-admin.js';
+import { LruCache } from '../../lib/domain/lru.js';
 import type { AgentKey, KeyStore } from '../../lib/domain/ports.js';
 import { agentSafeErrorText, redactKeyLike } from '../../lib/domain/redact.js';
 import { errorReply } from '../../lib/ingress/http.js';
@@ -217,5 +219,53 @@ describe('/admin/usage', () => {
       { agent: 'b', queued: 4 },
       { agent: 'a', queued: 1 },
     ]);
+  });
+});
+
+describe('key cache', () => {
+  const counting = () => {
+    const store = memoryKeys();
+    const reads = new Map<string, number>();
+    const get = store.get;
+    store.get = async (h) => {
+      reads.set(h, (reads.get(h) ?? 0) + 1);
+      return get(h);
+    };
+    return { store, reads };
+  };
+  const keyOf = (i: number) => `sk-sluice-${i.toString(36).padStart(43, 'x')}`;
+
+  it('a flood of unknown keys never evicts a known one', async () => {
+    const { store, reads } = counting();
+    const clock = new FakeClock(0);
+    const real = keyOf(0);
+    await store.put({ keyHash: hashKey(real), agent: 'a', maxPriority: 'low', enabled: true, createdAt: 0 });
+    const auth = new KeyAuthenticator(store, clock);
+    await auth.authenticate(`Bearer ${real}`);
+    for (let i = 1; i <= 12_000; i++) await auth.authenticate(`Bearer ${keyOf(i)}`).catch(() => undefined);
+    await auth.authenticate(`Bearer ${real}`);
+    expect(reads.get(hashKey(real))).toBe(1);
+  });
+
+  it('remembers an unknown key only briefly (a new key works within 2 s)', async () => {
+    const { store, reads } = counting();
+    const clock = new FakeClock(0);
+    const auth = new KeyAuthenticator(store, clock);
+    const fresh = keyOf(7);
+    await expect(auth.authenticate(`Bearer ${fresh}`)).rejects.toThrow(/Unknown/);
+    await expect(auth.authenticate(`Bearer ${fresh}`)).rejects.toThrow(/Unknown/);
+    expect(reads.get(hashKey(fresh))).toBe(1);
+    await store.put({ keyHash: hashKey(fresh), agent: 'a', maxPriority: 'low', enabled: true, createdAt: 0 });
+    clock.advance(UNKNOWN_KEY_CACHE_MS);
+    expect((await auth.authenticate(`Bearer ${fresh}`)).agent).toBe('a');
+  });
+
+  it('keeps the most recently used known keys when full', async () => {
+    const cache = new LruCache<number>(2);
+    cache.set('a', 1);
+    cache.set('b', 2);
+    cache.get('a');
+    cache.set('c', 3);
+    expect([cache.get('a'), cache.get('b'), cache.get('c')]).toEqual([1, undefined, 3]);
   });
 });
