@@ -44,6 +44,10 @@ export interface SluiceSettings {
   apiRateLimit: number;
   /** API Gateway stage throttling: burst. @default 100 */
   apiBurstLimit: number;
+  /** An AWS WAF web ACL with a per-IP rate rule on the API (about $6/month + $0.60 per million requests). @default true */
+  waf: boolean;
+  /** The WAF rule's limit: requests per IP in any 5 minutes (≥ 10). @default 3000 */
+  wafRequestsPer5MinPerIp: number;
 }
 
 export const DEFAULT_SETTINGS: Readonly<SluiceSettings> = Object.freeze({
@@ -57,6 +61,8 @@ export const DEFAULT_SETTINGS: Readonly<SluiceSettings> = Object.freeze({
   retreatFloorAlarmMinutes: 15,
   apiRateLimit: 50,
   apiBurstLimit: 100,
+  waf: true,
+  wafRequestsPer5MinPerIp: 3_000,
 });
 
 /** Context keys the stack reads (all optional). */
@@ -77,6 +83,8 @@ export const CONTEXT_KEYS = [
   'retreatFloorAlarmMinutes',
   'apiRateLimit',
   'apiBurstLimit',
+  'waf',
+  'wafRequestsPer5MinPerIp',
 ] as const;
 export type ContextKey = (typeof CONTEXT_KEYS)[number];
 
@@ -184,8 +192,12 @@ export const settingsFromContext = (read: (key: ContextKey) => unknown): SluiceS
       retreatFloorAlarmMinutes: positiveInt('retreatFloorAlarmMinutes', read('retreatFloorAlarmMinutes')),
       apiRateLimit: positiveInt('apiRateLimit', read('apiRateLimit')),
       apiBurstLimit: positiveInt('apiBurstLimit', read('apiBurstLimit')),
+      waf: bool('waf', read('waf')),
+      wafRequestsPer5MinPerIp: positiveInt('wafRequestsPer5MinPerIp', read('wafRequestsPer5MinPerIp')),
     }),
   };
+  if (settings.wafRequestsPer5MinPerIp < 10)
+    throw new SettingsError('wafRequestsPer5MinPerIp', 'must be at least 10 (the AWS WAF minimum)');
   for (const name of ['upstreamKeySecretArn', 'openUpstreamKeySecretArn'] as const) {
     const arn = settings[name];
     if (arn && !/^arn:aws[\w-]*:secretsmanager:/.test(arn))

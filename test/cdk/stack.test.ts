@@ -405,6 +405,39 @@ describe('secrets', () => {
   });
 });
 
+describe('web application firewall', () => {
+  it('puts a per-IP rate-based web ACL on the API stage by default, and keeps the stage throttle', () => {
+    const { stack, template } = sluice();
+    template.resourceCountIs('AWS::WAFv2::WebACL', 1);
+    template.hasResourceProperties('AWS::WAFv2::WebACL', {
+      Scope: 'REGIONAL',
+      DefaultAction: { Allow: {} },
+      Rules: [
+        Match.objectLike({
+          Statement: { RateBasedStatement: { Limit: 3000, AggregateKeyType: 'IP' } },
+          Action: { Block: Match.objectLike({ CustomResponse: Match.objectLike({ ResponseCode: 429 }) }) },
+        }),
+      ],
+    });
+    template.resourceCountIs('AWS::WAFv2::WebACLAssociation', 1);
+    expect(stack.firewall).toBeDefined();
+    template.hasResourceProperties('AWS::ApiGateway::Stage', {
+      MethodSettings: Match.arrayWith([
+        Match.objectLike({ ThrottlingRateLimit: 50, ThrottlingBurstLimit: 100 }),
+      ]),
+    });
+  });
+
+  it('is off with waf=false, with the stage throttle still there', () => {
+    const { template } = sluice({ context: { waf: 'false' } });
+    template.resourceCountIs('AWS::WAFv2::WebACL', 0);
+    template.resourceCountIs('AWS::WAFv2::WebACLAssociation', 0);
+    template.hasResourceProperties('AWS::ApiGateway::Stage', {
+      MethodSettings: Match.arrayWith([Match.objectLike({ ThrottlingRateLimit: 50 })]),
+    });
+  });
+});
+
 describe('dashboard', () => {
   it('serves a private bucket through CloudFront with OAC, HTTPS and security headers', () => {
     const { template } = sluice();
