@@ -32,6 +32,8 @@ export interface SluiceSettings {
   deletionProtection: boolean;
   /** Use this existing Secrets Manager secret for the upstream key instead of creating one. @default none */
   upstreamKeySecretArn?: string;
+  /** The open upstream's own key, an existing secret (`SLUICE_OPEN_UPSTREAM_KEY_SECRET`); none = no credential. @default none */
+  openUpstreamKeySecretArn?: string;
   /** Subscribe this address to the alarm topic (no topic without it). @default none */
   alarmEmail?: string;
   /** CORS origin when the dashboard is hosted elsewhere (ignored when `createDashboard`). @default none */
@@ -42,6 +44,10 @@ export interface SluiceSettings {
   apiRateLimit: number;
   /** API Gateway stage throttling: burst. @default 100 */
   apiBurstLimit: number;
+  /** An AWS WAF web ACL with a per-IP rate rule on the API (about $6/month + $0.60 per million requests). @default true */
+  waf: boolean;
+  /** The WAF rule's limit: requests per IP in any 5 minutes (≥ 10). @default 3000 */
+  wafRequestsPer5MinPerIp: number;
 }
 
 export const DEFAULT_SETTINGS: Readonly<SluiceSettings> = Object.freeze({
@@ -55,6 +61,8 @@ export const DEFAULT_SETTINGS: Readonly<SluiceSettings> = Object.freeze({
   retreatFloorAlarmMinutes: 15,
   apiRateLimit: 50,
   apiBurstLimit: 100,
+  waf: true,
+  wafRequestsPer5MinPerIp: 3_000,
 });
 
 /** Context keys the stack reads (all optional). */
@@ -69,11 +77,14 @@ export const CONTEXT_KEYS = [
   'createDashboard',
   'deletionProtection',
   'upstreamKeySecretArn',
+  'openUpstreamKeySecretArn',
   'alarmEmail',
   'allowedOrigin',
   'retreatFloorAlarmMinutes',
   'apiRateLimit',
   'apiBurstLimit',
+  'waf',
+  'wafRequestsPer5MinPerIp',
 ] as const;
 export type ContextKey = (typeof CONTEXT_KEYS)[number];
 
@@ -175,19 +186,25 @@ export const settingsFromContext = (read: (key: ContextKey) => unknown): SluiceS
       createDashboard: bool('createDashboard', read('createDashboard')),
       deletionProtection: bool('deletionProtection', read('deletionProtection')),
       upstreamKeySecretArn: text('upstreamKeySecretArn', read('upstreamKeySecretArn')),
+      openUpstreamKeySecretArn: text('openUpstreamKeySecretArn', read('openUpstreamKeySecretArn')),
       alarmEmail: text('alarmEmail', read('alarmEmail')),
       allowedOrigin: httpsUrl('allowedOrigin', read('allowedOrigin')),
       retreatFloorAlarmMinutes: positiveInt('retreatFloorAlarmMinutes', read('retreatFloorAlarmMinutes')),
       apiRateLimit: positiveInt('apiRateLimit', read('apiRateLimit')),
       apiBurstLimit: positiveInt('apiBurstLimit', read('apiBurstLimit')),
+      waf: bool('waf', read('waf')),
+      wafRequestsPer5MinPerIp: positiveInt('wafRequestsPer5MinPerIp', read('wafRequestsPer5MinPerIp')),
     }),
   };
-  if (
-    settings.upstreamKeySecretArn &&
-    !/^arn:aws[\w-]*:secretsmanager:/.test(settings.upstreamKeySecretArn)
-  ) {
-    throw new SettingsError('upstreamKeySecretArn', 'must be a Secrets Manager secret ARN');
+  if (settings.wafRequestsPer5MinPerIp < 10)
+    throw new SettingsError('wafRequestsPer5MinPerIp', 'must be at least 10 (the AWS WAF minimum)');
+  for (const name of ['upstreamKeySecretArn', 'openUpstreamKeySecretArn'] as const) {
+    const arn = settings[name];
+    if (arn && !/^arn:aws[\w-]*:secretsmanager:/.test(arn))
+      throw new SettingsError(name, 'must be a Secrets Manager secret ARN');
   }
+  if (settings.openUpstreamKeySecretArn && !settings.openUpstreamUrl)
+    throw new SettingsError('openUpstreamKeySecretArn', 'needs openUpstreamUrl');
   gatewayConfig(settings);
   return settings;
 };

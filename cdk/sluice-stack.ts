@@ -1,6 +1,7 @@
 // CDK stack: the whole gateway — state, queues, secrets, functions, API, dashboard, observability — wired in one place.
 import { Aws, CfnOutput, Stack, type StackProps } from 'aws-cdk-lib';
 import type { Construct } from 'constructs';
+import { ApiFirewall } from './constructs/api-firewall.js';
 import { DashboardContent, DashboardHosting } from './constructs/dashboard-site.js';
 import { Dispatcher } from './constructs/dispatcher.js';
 import { GatewayApi } from './constructs/gateway-api.js';
@@ -10,6 +11,7 @@ import { Observability } from './constructs/observability.js';
 import { PriorityQueues } from './constructs/priority-queues.js';
 import { StateTables } from './constructs/state-tables.js';
 import { StatusService } from './constructs/status-service.js';
+import { acknowledgeNagRule } from './nag.js';
 import { gatewayConfig, gatewayConfigEnvironment, type SluiceSettings } from './settings.js';
 
 export interface SluiceStackProps extends StackProps {
@@ -29,6 +31,8 @@ export class SluiceStack extends Stack {
   readonly tables: StateTables;
   readonly queues: PriorityQueues;
   readonly secrets: GatewaySecrets;
+  /** The WAF web ACL on the API (unless the `waf` setting is off). */
+  readonly firewall: ApiFirewall | undefined;
   readonly dispatcher: Dispatcher;
   readonly ingress: Ingress;
   readonly status: StatusService;
@@ -54,6 +58,9 @@ export class SluiceStack extends Stack {
     this.queues = new PriorityQueues(this, 'Queues');
     this.secrets = new GatewaySecrets(this, 'Secrets', {
       ...(settings.upstreamKeySecretArn ? { upstreamKeySecretArn: settings.upstreamKeySecretArn } : {}),
+      ...(settings.openUpstreamKeySecretArn
+        ? { openUpstreamKeySecretArn: settings.openUpstreamKeySecretArn }
+        : {}),
     });
 
     // Stateless.
@@ -87,6 +94,19 @@ export class SluiceStack extends Stack {
       burstLimit: settings.apiBurstLimit,
       ...(allowedOrigin ? { allowedOrigin } : {}),
     });
+    this.firewall = settings.waf
+      ? new ApiFirewall(this, 'Firewall', {
+          api: this.api,
+          requestsPer5MinPerIp: settings.wafRequestsPer5MinPerIp,
+        })
+      : undefined;
+    if (!this.firewall) {
+      acknowledgeNagRule(
+        this.api.api.deploymentStage,
+        'AwsSolutions-APIG3',
+        'WAF turned off (waf=false): stage throttling and per-key admission control bound the load.',
+      );
+    }
     this.dashboardContent = this.dashboardHosting
       ? new DashboardContent(this, 'DashboardContent', {
           hosting: this.dashboardHosting,

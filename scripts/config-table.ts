@@ -5,15 +5,17 @@ export const configTable = (): string => {
   const rows = CONFIG_KEYS.map((k) => {
     const spec = CONFIG_FIELDS[k];
     const d = DEFAULT_CONFIG[k];
-    const shown = spec.seconds && typeof d === 'number' ? d / 1000 : d;
+    const shown = spec.seconds && typeof d === 'number' ? d / 1000 : Array.isArray(d) ? d.join(', ') : d;
     const range =
-      spec.kind === 'enum'
-        ? spec.values?.join(' \\| ')
-        : spec.kind === 'bool'
-          ? 'true \\| false'
-          : spec.kind === 'weights'
-            ? `u:h:n:l, each ${spec.min} – ${spec.max}`
-            : `${(spec.min ?? 0) / (spec.seconds ? 1000 : 1)} – ${(spec.max ?? 0) / (spec.seconds ? 1000 : 1)}`;
+      spec.kind === 'list'
+        ? `up to ${spec.max} paths`
+        : spec.kind === 'enum'
+          ? spec.values?.join(' \\| ')
+          : spec.kind === 'bool'
+            ? 'true \\| false'
+            : spec.kind === 'weights'
+              ? `u:h:n:l, each ${spec.min} – ${spec.max}`
+              : `${(spec.min ?? 0) / (spec.seconds ? 1000 : 1)} – ${(spec.max ?? 0) / (spec.seconds ? 1000 : 1)}`;
     return `| \`${externalName(k)}\` | \`${spec.env}\` | ${shown} | ${range} | ${spec.doc} |`;
   });
   return [

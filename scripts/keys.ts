@@ -9,10 +9,11 @@ import { GatewayError } from '../lib/domain/errors.js';
 import { KeyAdmin } from '../lib/domain/key-admin.js';
 
 const USAGE = `usage: npm run keys -- <create|rotate|list|enable|disable> [--agent NAME] [options]
-  create  --agent NAME [--max-priority urgent|high|normal|low] [--quota-rpm N] [--quota-share F]
+  create  --agent NAME [--max-priority urgent|high|normal|low (default normal)] [--quota-rpm N] [--quota-share F]
   rotate  --agent NAME [--overlap-hours H]   new key; the old ones keep working for H hours (default 24)
   list    [--agent NAME]                     never shows keys: agent, cap, quota, created, last used
-  enable | disable --agent NAME
+  enable | disable --key-id ID              one key (ID: the key_id prefix that list shows)
+  enable | disable --agent NAME              every key of the agent
 
 Targets the running local system (its .local/runtime.json), or AWS when SLUICE_KEYS_TABLE is set
 (with the usual AWS credentials and AWS_REGION). Keys are printed once and stored only as SHA-256 hashes.`;
@@ -45,6 +46,7 @@ const main = async (): Promise<number> => {
     allowPositionals: true,
     options: {
       agent: { type: 'string' },
+      'key-id': { type: 'string' },
       'max-priority': { type: 'string' },
       'quota-rpm': { type: 'string' },
       'quota-share': { type: 'string' },
@@ -63,7 +65,7 @@ const main = async (): Promise<number> => {
     switch (command) {
       case 'create': {
         if (!values.agent) throw new Error('create needs --agent NAME');
-        const { key, record } = await admin.create(values.agent, values['max-priority'] ?? 'high', {
+        const { key, record } = await admin.create(values.agent, values['max-priority'] ?? 'normal', {
           ...(values['quota-rpm'] ? { rpm: Number(values['quota-rpm']) } : {}),
           ...(values['quota-share'] ? { share: Number(values['quota-share']) } : {}),
         });
@@ -115,7 +117,15 @@ const main = async (): Promise<number> => {
       }
       case 'enable':
       case 'disable': {
-        if (!values.agent) throw new Error(`${command} needs --agent NAME`);
+        if (values['key-id'] !== undefined) {
+          if (values.agent) throw new Error(`${command} takes --key-id or --agent, not both`);
+          const k = await admin.setEnabledById(values['key-id'], command === 'enable');
+          console.log(
+            `${command}d key ${k.keyHash.slice(0, 12)} of ${k.agent} (cached lookups expire within 10 s)`,
+          );
+          return 0;
+        }
+        if (!values.agent) throw new Error(`${command} needs --key-id ID or --agent NAME`);
         const n = await admin.setEnabled(values.agent, command === 'enable');
         console.log(`${command}d ${n} key(s) of ${values.agent} (cached lookups expire within 10 s)`);
         return 0;

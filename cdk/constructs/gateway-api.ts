@@ -187,11 +187,6 @@ export class GatewayApi extends Construct {
       'AwsSolutions-APIG2',
       'Proxy integrations: bodies are validated by the functions, which answer in the OpenAI error shape.',
     );
-    acknowledgeNagRule(
-      this.api.deploymentStage,
-      'AwsSolutions-APIG3',
-      'No WAF by default (cost); stage throttling and per-key admission control bound the load. Attach a web ACL if exposed widely.',
-    );
     const cloudWatchRole = this.api.node.tryFindChild('CloudWatchRole');
     if (cloudWatchRole) {
       acknowledgeNagRule(

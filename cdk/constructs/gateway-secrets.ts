@@ -18,6 +18,8 @@ const COMPLETE_SECRET_ARN = /:secret:.+-[A-Za-z0-9]{6}$/;
 export interface GatewaySecretsProps {
   /** Use this existing secret for the upstream key (plain string value) instead of creating one. */
   upstreamKeySecretArn?: string;
+  /** The open upstream's own key (an existing secret); without it the open upstream gets no credential. */
+  openUpstreamKeySecretArn?: string;
 }
 
 const GENERATED_TOKEN = { passwordLength: 48, excludePunctuation: true, includeSpace: false };
@@ -31,16 +33,23 @@ export class GatewaySecrets extends Construct {
   readonly upstreamKey: ISecret;
   /** False when the key secret was imported: nothing to fill in after deploy. */
   readonly upstreamKeyCreated: boolean;
+  /** The open upstream's own key, when it has one: never the limited upstream's. */
+  readonly openUpstreamKey: ISecret | undefined;
   readonly adminToken: Secret;
   readonly viewerToken: Secret;
 
   constructor(scope: Construct, id: string, props: GatewaySecretsProps = {}) {
     super(scope, id);
+    const imported = (id: string, secretArn: string) =>
+      COMPLETE_SECRET_ARN.test(secretArn)
+        ? Secret.fromSecretCompleteArn(this, id, secretArn)
+        : Secret.fromSecretPartialArn(this, id, secretArn);
+    this.openUpstreamKey = props.openUpstreamKeySecretArn
+      ? imported('OpenUpstreamKey', props.openUpstreamKeySecretArn)
+      : undefined;
     const arn = props.upstreamKeySecretArn;
     if (arn) {
-      this.upstreamKey = COMPLETE_SECRET_ARN.test(arn)
-        ? Secret.fromSecretCompleteArn(this, 'UpstreamKey', arn)
-        : Secret.fromSecretPartialArn(this, 'UpstreamKey', arn);
+      this.upstreamKey = imported('UpstreamKey', arn);
       this.upstreamKeyCreated = false;
     } else {
       const created = new Secret(this, 'UpstreamKey', {
@@ -72,10 +81,14 @@ export class GatewaySecrets extends Construct {
     }
   }
 
-  /** `SLUICE_UPSTREAM_KEY_SECRET` + read on the upstream key. */
+  /** Each upstream's own key: `SLUICE_UPSTREAM_KEY_SECRET` (+ `SLUICE_OPEN_UPSTREAM_KEY_SECRET`) and read on each. */
   bindUpstreamKey(fn: SluiceFunction): void {
     fn.addEnvironment('SLUICE_UPSTREAM_KEY_SECRET', this.upstreamKey.secretArn);
     this.upstreamKey.grantRead(fn);
+    if (this.openUpstreamKey) {
+      fn.addEnvironment('SLUICE_OPEN_UPSTREAM_KEY_SECRET', this.openUpstreamKey.secretArn);
+      this.openUpstreamKey.grantRead(fn);
+    }
   }
 
   /** `SLUICE_ADMIN_TOKEN_SECRET` + read on the admin token. */

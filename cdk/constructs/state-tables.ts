@@ -1,35 +1,38 @@
 // CDK construct (stateful): the DynamoDB tables from lib/infra/definitions.ts, and how functions get at them.
 import { RemovalPolicy } from 'aws-cdk-lib';
 import { AttributeType, BillingMode, Table, TableEncryption } from 'aws-cdk-lib/aws-dynamodb';
-import { Grant, type IGrantable } from 'aws-cdk-lib/aws-iam';
+import { Grant, type IGrantable, PolicyStatement } from 'aws-cdk-lib/aws-iam';
 import { Construct } from 'constructs';
 import { type AttributeDef, TABLES, type TableDef } from '../../lib/infra/definitions.js';
 import type { SluiceFunction } from './sluice-function.js';
 
 export type TableId = TableDef['id'];
-/** `readTouch`: reads plus UpdateItem (agent keys: `lastUsedAt`), no puts or deletes. */
+/**
+ * `readTouch`: reads plus UpdateItem of `lastUsedAt` only (agent keys; a `dynamodb:Attributes` condition), no
+ * puts or deletes.
+ */
 export type TableAccess = 'read' | 'readTouch' | 'readWrite';
 
-/** Item-level reads. Queries on an index also need the index ARN, granted alongside. */
+/**
+ * Item-level reads the functions make. Queries on an index also need the index ARN, granted alongside. No Scan
+ * (only the keys CLI lists keys, with the operator's own credentials) and no batch reads.
+ */
 export const DYNAMODB_READ_ACTIONS = [
   'dynamodb:GetItem',
-  'dynamodb:BatchGetItem',
   'dynamodb:Query',
-  'dynamodb:Scan',
   'dynamodb:ConditionCheckItem',
   'dynamodb:DescribeTable',
 ] as const;
 
 /**
  * Item-level writes. TransactWriteItems has no IAM action of its own: each item in a transaction is
- * authorised as its PutItem / UpdateItem / DeleteItem / ConditionCheckItem.
+ * authorised as its PutItem / UpdateItem / DeleteItem / ConditionCheckItem. No function deletes an item
+ * (tickets, slots and idempotency records expire by TTL) or writes in batches.
  */
-export const DYNAMODB_WRITE_ACTIONS = [
-  'dynamodb:PutItem',
-  'dynamodb:UpdateItem',
-  'dynamodb:DeleteItem',
-  'dynamodb:BatchWriteItem',
-] as const;
+export const DYNAMODB_WRITE_ACTIONS = ['dynamodb:PutItem', 'dynamodb:UpdateItem'] as const;
+
+/** What `readTouch` may name in an UpdateItem: the key and the one attribute it sets. */
+export const TOUCH_ATTRIBUTES = ['keyHash', 'lastUsedAt'] as const;
 
 /** The environment variable that carries each table's name (lib/runtime/env.ts). */
 const TABLE_ENV: Record<TableId, string> = {
@@ -104,14 +107,24 @@ export class StateTables extends Construct {
     const table = this.tables[tableId];
     const actions: string[] = [
       ...DYNAMODB_READ_ACTIONS,
-      ...(level === 'readWrite'
-        ? DYNAMODB_WRITE_ACTIONS
-        : level === 'readTouch'
-          ? ['dynamodb:UpdateItem']
-          : []),
+      ...(level === 'readWrite' ? DYNAMODB_WRITE_ACTIONS : []),
     ];
     // Named indexes rather than `index/*`: no wildcard resource to acknowledge.
     const indexArns = this.defs[tableId].indexes.map((index) => `${table.tableArn}/index/${index.name}`);
-    return Grant.addToPrincipal({ grantee, actions, resourceArns: [table.tableArn, ...indexArns] });
+    const grant = Grant.addToPrincipal({ grantee, actions, resourceArns: [table.tableArn, ...indexArns] });
+    if (level === 'readTouch') {
+      // Recording use may set `lastUsedAt` and nothing else: not `enabled`, `maxPriority` or an expiry.
+      grantee.grantPrincipal.addToPrincipalPolicy(
+        new PolicyStatement({
+          actions: ['dynamodb:UpdateItem'],
+          resources: [table.tableArn],
+          conditions: {
+            'ForAllValues:StringEquals': { 'dynamodb:Attributes': [...TOUCH_ATTRIBUTES] },
+            StringEqualsIfExists: { 'dynamodb:ReturnValues': ['NONE', 'UPDATED_NEW'] },
+          },
+        }),
+      );
+    }
+    return grant;
   }
 }

@@ -10,8 +10,9 @@ import { GatewayError, NotFoundError, ValidationError } from '../../lib/domain/e
 import { OutcomeTriggeredRetreat } from '../../lib/domain/retreat-controller.js';
 import { errorReply } from '../../lib/http/reply.js';
 import { type IngressDeps, IngressService } from '../../lib/ingress/service.js';
+import { upstreamCredentials } from '../../lib/runtime/credentials.js';
 import { readRuntimeEnv } from '../../lib/runtime/env.js';
-import { dispatcherWaker, makeClients, makeStores, secretReader } from '../../lib/runtime/wiring.js';
+import { dispatcherWaker, makeClients, makeStores } from '../../lib/runtime/wiring.js';
 import { corsHeaders, lowerHeaders, pathWithQuery, toResponse } from '../shared/http.js';
 import { makeLogger, makeMetrics } from '../shared/observability.js';
 
@@ -157,7 +158,9 @@ export const buildIngressDeps = (processEnv: Record<string, string | undefined> 
   const stores = makeStores(env, clients, processEnv);
   const logger = makeLogger('ingress');
   const metrics = makeMetrics('ingress');
-  const upstreamKey = secretReader(env.upstreamKeySecret, env.upstreamKeyValue, 'upstream API key');
+  const upstreamKey = upstreamCredentials(env.upstreamCredentials, (upstream, e) =>
+    logger.error('reading an upstream key failed', { upstream, error: e.message }),
+  );
   const admission = new Admission({
     tickets: stores.tickets,
     queue: stores.queue,
@@ -182,7 +185,7 @@ export const buildIngressDeps = (processEnv: Record<string, string | undefined> 
       (e) => logger.warn('retreat evaluation after an outcome failed', { error: e.message }),
     ),
     upstream: new FetchUpstream(),
-    upstreamKey: () => upstreamKey(),
+    upstreamKey,
     routes: env.routes,
     upstreams: env.upstreams,
     maxBodyBytes: env.maxBodyBytes,

@@ -124,7 +124,7 @@ export const makeStatusHandler = (deps: StatusDeps, obs: { logger?: Logger; metr
       if (report.ready) return jsonReply(200, { status: 'ready', ...report }, NO_STORE);
       const failed = Object.entries(report.checks)
         .filter(([, c]) => !c.ok)
-        .map(([name, c]) => `${name}: ${c.error ?? 'failed'}`);
+        .map(([name, c]) => `${name}: ${c.error}`);
       const err = new UnavailableError(`Not ready (${failed.join('; ')}).`, 5_000, 'not_ready');
       // The OpenAI error shape, with the per-check detail next to it.
       return jsonReply(

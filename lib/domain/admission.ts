@@ -1,9 +1,10 @@
 // Domain use case (ingress side): admit a request as a ticket, wait for its grant, claim it, record its end.
 import type { TokenBucket } from './bucket.js';
 import type { Clock } from './clock.js';
-import { DEFAULT_CONFIG, type GatewayConfig } from './config.js';
+import { agentQueueCap, DEFAULT_CONFIG, type GatewayConfig } from './config.js';
 import {
   AdmissionFullError,
+  AgentQueueFullError,
   ConflictError,
   GatewayError,
   IdempotencyConflictError,
@@ -199,12 +200,14 @@ export class Admission {
       try {
         await this.d.tickets.create(ticket, {
           queueMaxSize: config.queueMaxSize,
+          maxQueuedPerAgent: agentQueueCap(config),
           ...(idem ? { idempotency: { ...idem, ...(replaceTicketId ? { replaceTicketId } : {}) } } : {}),
         });
         await this.enqueue(ticket);
         return { ticket, passthrough: false };
       } catch (err) {
         if (err instanceof AdmissionFullError) return this.whenFull(ticket, config);
+        if (err instanceof AgentQueueFullError) throw await this.agentFull(ticket, config);
         if (!(err instanceof IdempotencyConflictError)) throw err;
         const existing = err.ticketId ? await this.d.tickets.get(err.ticketId) : undefined;
         const decision = idempotentRetry(existing);
@@ -215,6 +218,17 @@ export class Admission {
       }
     }
     throw new UnavailableError('Idempotency-Key kept changing hands; retry.', 1_000, 'idempotency_conflict');
+  }
+
+  /** One agent may not hold more than its share of the queue: 429, never an eviction of others' tickets. */
+  private async agentFull(ticket: Ticket, config: GatewayConfig): Promise<GatewayError> {
+    await this.d.outcomes.record(this.d.clock.now(), { counts: { refused: 1 } });
+    this.use(ticket.agent, { requests: 1, refused: 1 });
+    return new RateLimitedError(
+      `This key already has ${agentQueueCap(config)} requests waiting (max_queued_per_agent); retry when some finish.`,
+      Math.min(60_000, Math.max(1_000, config.upstreamWindowMs / 4)),
+      'agent_queue_full',
+    );
   }
 
   private async whenFull(
@@ -239,12 +253,17 @@ export class Admission {
         const victim = await this.d.tickets.oldestQueued(p);
         if (!victim) continue;
         try {
-          await this.d.tickets.create(ticket, { queueMaxSize: config.queueMaxSize, replace: victim });
+          await this.d.tickets.create(ticket, {
+            queueMaxSize: config.queueMaxSize,
+            maxQueuedPerAgent: agentQueueCap(config),
+            replace: victim,
+          });
           await this.d.outcomes.record(this.d.clock.now(), { counts: { dropped: 1 } });
           await this.enqueue(ticket);
           return { ticket, passthrough: false };
         } catch (err) {
           if (err instanceof ConflictError) continue;
+          if (err instanceof AgentQueueFullError) throw await this.agentFull(ticket, config);
           throw err;
         }
       }

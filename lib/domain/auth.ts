@@ -2,6 +2,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { Clock } from './clock.js';
 import { AuthenticationError, PermissionError } from './errors.js';
+import { LruCache } from './lru.js';
 import type { AgentKey, KeyStore } from './ports.js';
 
 /** `sk-sluice-` + 43 base64url characters (32 random bytes). */
@@ -32,15 +33,38 @@ export const LAST_USED_EVERY_MS = 3_600_000;
 
 /** How long a key lookup is cached per container: a disabled key stops working within this. */
 export const KEY_CACHE_MS = 10_000;
+/** Known keys kept per container (least recently used dropped first). */
+export const KEY_CACHE_SIZE = 10_000;
+/** Unknown keys are remembered briefly and apart, so a flood of random keys never evicts real ones. */
+export const UNKNOWN_KEY_CACHE_MS = 2_000;
+export const UNKNOWN_KEY_CACHE_SIZE = 1_000;
 
 export class KeyAuthenticator {
-  private readonly cache = new Map<string, { key: AgentKey | undefined; at: number }>();
+  private readonly known = new LruCache<{ key: AgentKey; at: number }>(KEY_CACHE_SIZE);
+  private readonly unknown = new LruCache<number>(UNKNOWN_KEY_CACHE_SIZE);
 
   constructor(
     private readonly store: KeyStore,
     private readonly clock: Clock,
     private readonly cacheMs = KEY_CACHE_MS,
   ) {}
+
+  /** The key record for a hash: from the caches while fresh, else one read (its answer cached by kind). */
+  private async lookup(hash: string, now: number): Promise<AgentKey | undefined> {
+    const hit = this.known.get(hash);
+    if (hit && now - hit.at < this.cacheMs) return hit.key;
+    const missAt = this.unknown.get(hash);
+    if (missAt !== undefined && now - missAt < Math.min(this.cacheMs, UNKNOWN_KEY_CACHE_MS)) return undefined;
+    const key = await this.store.get(hash);
+    if (key) {
+      this.known.set(hash, { key, at: now });
+      this.unknown.delete(hash);
+    } else {
+      this.known.delete(hash);
+      this.unknown.set(hash, now);
+    }
+    return key;
+  }
 
   /**
    * @throws AuthenticationError (401) missing, malformed or unknown key; PermissionError (403) disabled or expired.
@@ -52,13 +76,7 @@ export class KeyAuthenticator {
     if (!KEY_PATTERN.test(token)) throw new AuthenticationError('Invalid API key format.');
     const hash = hashKey(token);
     const now = this.clock.now();
-    let hit = this.cache.get(hash);
-    if (!hit || now - hit.at >= this.cacheMs) {
-      hit = { key: await this.store.get(hash), at: now };
-      if (this.cache.size > 10_000) this.cache.clear();
-      this.cache.set(hash, hit);
-    }
-    const key = hit.key;
+    const key = await this.lookup(hash, now);
     if (!key) throw new AuthenticationError('Unknown API key.');
     if (!key.enabled) throw new PermissionError('This API key is disabled.', 'key_disabled');
     if (key.expiresAt !== undefined && key.expiresAt <= now) {

@@ -76,7 +76,9 @@ export class ConfigService {
       const now = this.clock.now();
       // Recorded in the admin API's own names and units (seconds for `*_s` fields).
       const [before, after] = [externalConfig(prev.config), externalConfig(next)];
-      const changes: ConfigChange[] = CONFIG_KEYS.filter((k) => next[k] !== prev.config[k]).map((k) => ({
+      const changes: ConfigChange[] = CONFIG_KEYS.filter(
+        (k) => JSON.stringify(next[k]) !== JSON.stringify(prev.config[k]),
+      ).map((k) => ({
         at: now,
         by,
         field: externalName(k),

@@ -39,6 +39,8 @@ export interface GatewayConfig {
   queueMaxSize: number;
   /** @default 'reject' */
   queueFullPolicy: QueueFullPolicy;
+  /** Queued tickets one agent may have (429 `agent_queue_full` above); 0 = a quarter of `queueMaxSize`. @default 0 */
+  maxQueuedPerAgent: number;
   /** `strict`: most important first (the seed); `weighted`: shares by `priorityWeights`. @default 'strict' */
   priorityPolicy: PriorityPolicy;
   /** Shares urgent:high:normal:low under the weighted policy (grants per round). @default '8:4:2:1' */
@@ -106,7 +108,22 @@ export interface GatewayConfig {
   retreatProbeGrowth: number;
   /** probe: after a refused probe the hold doubles, up to this many recover windows. @default 1.5 */
   retreatProbeHoldFactor: number;
+  /**
+   * Paths below `/v1/` the gateway forwards (exact; an entry ending in `/*` also covers what lies below it);
+   * anything else is 404. Files, batches or stored completions on an OpenAI-like upstream belong to whoever
+   * holds the key — every agent, through the gateway — so they stay out unless listed.
+   */
+  forwardPaths: readonly string[];
 }
+
+/** The OpenAI model endpoints: all an agent needs of a shared key. */
+export const DEFAULT_FORWARD_PATHS: readonly string[] = Object.freeze([
+  'chat/completions',
+  'completions',
+  'embeddings',
+  'models',
+  'models/*',
+]);
 
 export const DEFAULT_CONFIG: Readonly<GatewayConfig> = Object.freeze({
   upstreamLimit: 40,
@@ -119,6 +136,7 @@ export const DEFAULT_CONFIG: Readonly<GatewayConfig> = Object.freeze({
   queueFullPolicy: 'reject',
   priorityPolicy: 'strict',
   priorityWeights: DEFAULT_PRIORITY_WEIGHTS,
+  maxQueuedPerAgent: 0,
   lowPriorityTimeoutMs: 6_000,
   requestTimeoutMs: 120_000,
   firstByteTimeoutMs: 30_000,
@@ -146,9 +164,16 @@ export const DEFAULT_CONFIG: Readonly<GatewayConfig> = Object.freeze({
   retreatProbeTarget: 1,
   retreatProbeGrowth: 0.2,
   retreatProbeHoldFactor: 1.5,
+  forwardPaths: DEFAULT_FORWARD_PATHS,
 });
 
-type FieldKind = 'int' | 'number' | 'bool' | 'enum' | 'weights';
+type FieldKind = 'int' | 'number' | 'bool' | 'enum' | 'weights' | 'list';
+
+/** A value as the admin API shows it. */
+export type ExternalConfigValue = number | string | boolean | readonly string[];
+
+/** One `forward_paths` entry: path segments below /v1 (no dot segments), optionally ending in `/*`. */
+const FORWARD_PATH = /^(?!.*(^|\/)\.{1,2}(\/|$))[A-Za-z0-9._~-]+(\/[A-Za-z0-9._~-]+)*(\/\*)?$/;
 interface FieldSpec {
   kind: FieldKind;
   env: string;
@@ -231,6 +256,13 @@ export const CONFIG_FIELDS: { readonly [K in keyof GatewayConfig]: FieldSpec } =
     min: 1,
     max: 1000,
     doc: 'weighted policy: shares urgent:high:normal:low',
+  },
+  maxQueuedPerAgent: {
+    kind: 'int',
+    env: 'SLUICE_MAX_QUEUED_PER_AGENT',
+    min: 0,
+    max: 1_000_000,
+    doc: 'queued requests per agent at most (0 = a quarter of queue_max_size)',
   },
   lowPriorityTimeoutMs: ms(
     'SLUICE_LOW_TIMEOUT_S',
@@ -345,7 +377,18 @@ export const CONFIG_FIELDS: { readonly [K in keyof GatewayConfig]: FieldSpec } =
     max: 10,
     doc: 'probe: longest hold between probes, in recover windows',
   },
+  forwardPaths: {
+    kind: 'list',
+    env: 'SLUICE_FORWARD_PATHS',
+    min: 0,
+    max: 32,
+    doc: 'paths below /v1/ forwarded upstream (comma-separated; `x/*` covers below x); others 404',
+  },
 };
+
+/** The per-agent queue cap in force: the configured one, or a quarter of the queue (at least 1). */
+export const agentQueueCap = (config: Pick<GatewayConfig, 'maxQueuedPerAgent' | 'queueMaxSize'>): number =>
+  config.maxQueuedPerAgent > 0 ? config.maxQueuedPerAgent : Math.max(1, Math.ceil(config.queueMaxSize / 4));
 
 export const CONFIG_KEYS = Object.keys(CONFIG_FIELDS) as (keyof GatewayConfig)[];
 
@@ -374,6 +417,22 @@ const parseField = (key: keyof GatewayConfig, raw: unknown, source: string): Gat
       );
     }
     return Object.values(weights).join(':');
+  }
+  if (spec.kind === 'list') {
+    const list =
+      typeof raw === 'string'
+        ? raw.split(',')
+        : Array.isArray(raw) && raw.every((x) => typeof x === 'string')
+          ? (raw as string[])
+          : undefined;
+    // `/v1/embeddings`, `v1/embeddings` and `embeddings` name the same path.
+    const items = list?.map((x) => x.trim().replace(/^\/?(v1\/)?/, '')).filter((x) => x !== '');
+    if (!items) throw new ValidationError(`${name} must be a list of paths`, name);
+    const bad = items.find((x) => !FORWARD_PATH.test(x));
+    if (bad !== undefined) throw new ValidationError(`${name}: \`${bad}\` is not a path below /v1/`, name);
+    if (items.length > (spec.max ?? Infinity))
+      throw new ValidationError(`${name} takes at most ${spec.max} entries`, name);
+    return Object.freeze([...new Set(items)]) as GatewayConfig[typeof key];
   }
   if (spec.kind === 'enum') {
     if (typeof raw === 'string' && spec.values?.includes(raw.trim()))
@@ -472,8 +531,8 @@ export const configFromEnv = (
 };
 
 /** External (snake_case, seconds) view of a config, as the admin API returns it. */
-export const externalConfig = (config: GatewayConfig): Record<string, number | string | boolean> => {
-  const out: Record<string, number | string | boolean> = {};
+export const externalConfig = (config: GatewayConfig): Record<string, ExternalConfigValue> => {
+  const out: Record<string, ExternalConfigValue> = {};
   for (const key of CONFIG_KEYS) {
     const value = config[key];
     out[externalName(key)] = CONFIG_FIELDS[key].seconds && typeof value === 'number' ? value / 1000 : value;

@@ -111,6 +111,14 @@ export class AdmissionFullError extends Error {
   }
 }
 
+/** The agent already has `max_queued_per_agent` tickets queued: the ticket was not created. */
+export class AgentQueueFullError extends Error {
+  constructor(readonly count: number) {
+    super(`agent queue full (${count})`);
+    this.name = 'AgentQueueFullError';
+  }
+}
+
 /** An Idempotency-Key already maps to a ticket (its id, when the store returned it). */
 export class IdempotencyConflictError extends Error {
   constructor(readonly ticketId: string | undefined) {

@@ -17,7 +17,7 @@ export class KeyAdmin {
   /** Issues a key for `agent`; returns the key (print it once) and the stored record. */
   async create(
     agent: string,
-    maxPriority: string = 'high',
+    maxPriority: string = 'normal',
     quota: { rpm?: number; share?: number } = {},
   ): Promise<{ key: string; record: AgentKey }> {
     if (!AGENT_NAME.test(agent)) throw new ValidationError('agent must be 1-64 of [A-Za-z0-9._-]', 'agent');
@@ -69,6 +69,23 @@ export class KeyAdmin {
   async list(agent?: string): Promise<AgentKey[]> {
     const all = await this.store.list();
     return agent ? all.filter((k) => k.agent === agent) : all;
+  }
+
+  /**
+   * Enables or disables the one key whose id (the hash prefix `list` shows) starts with `keyId`.
+   * @throws ValidationError when no key or more than one matches (at least 6 characters needed)
+   */
+  async setEnabledById(keyId: string, enabled: boolean): Promise<AgentKey> {
+    const prefix = keyId.trim().toLowerCase();
+    if (!/^[0-9a-f]{6,64}$/.test(prefix))
+      throw new ValidationError('key id must be at least 6 hex characters (from `list`)', 'key-id');
+    const matches = (await this.store.list()).filter((k) => k.keyHash.startsWith(prefix));
+    if (matches.length === 0) throw new ValidationError(`no key with id ${prefix}`, 'key-id');
+    if (matches.length > 1)
+      throw new ValidationError(`${matches.length} keys match id ${prefix}; give more characters`, 'key-id');
+    const [key] = matches as [AgentKey];
+    await this.store.setEnabled(key.keyHash, enabled);
+    return { ...key, enabled };
   }
 
   /** Enables or disables every key of `agent`; returns how many changed. */

@@ -31,8 +31,10 @@ export type GrantOutcome =
 
 export interface CreateTicketOptions {
   queueMaxSize: number;
+  /** Queued tickets one agent may have (its counter moves in the same transaction); 0 or unset = no cap. */
+  maxQueuedPerAgent?: number;
   /** drop_lowest: this queued ticket is dropped in the same transaction (admission count unchanged). */
-  replace?: Pick<Ticket, 'id' | 'attempt'>;
+  replace?: Pick<Ticket, 'id' | 'attempt'> & { agent?: string };
   /** passthrough: the ticket skips the admission counter (it does not wait in the queue). */
   bypassAdmission?: boolean;
   /**
@@ -48,6 +50,7 @@ export interface TicketStore {
   /**
    * Creates a queued ticket and counts it, in one transaction.
    * @throws AdmissionFullError when the counter is at `queueMaxSize` (nothing written).
+   * @throws AgentQueueFullError when the agent's counter is at `maxQueuedPerAgent` (nothing written).
    * @throws ConflictError when `replace` is no longer queued.
    */
   create(ticket: Ticket, opts: CreateTicketOptions): Promise<void>;
@@ -57,7 +60,7 @@ export interface TicketStore {
    * and the in-flight counter rises (refused at `maxInflight`). Idempotent under SDK retries (client request token).
    */
   grant(
-    ticket: Pick<Ticket, 'id' | 'attempt'>,
+    ticket: Pick<Ticket, 'id' | 'attempt'> & { agent?: string },
     attempt: ConsumeAttempt,
     patch: TicketPatch,
     opts?: { maxInflight?: number; agentQuota?: { bucketKey: string; attempt: ConsumeAttempt } },
@@ -86,6 +89,8 @@ export interface TicketStore {
   ): Promise<Ticket[]>;
   /** Current value of the admission counter. */
   admissionCount(): Promise<number>;
+  /** Queued tickets per agent as the per-agent counters hold them (agents with none may be absent). */
+  agentQueuedCounts(): Promise<Record<string, number>>;
   /** Queued (admission) and in-flight (granted or claimed) counters. */
   counts(): Promise<{ queued: number; inflight: number }>;
   /** Sets both counters to the true numbers of queued and running tickets (drift repair); returns queued. */

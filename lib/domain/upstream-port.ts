@@ -7,7 +7,8 @@ export interface UpstreamRequest {
   method: string;
   headers: Record<string, string>;
   body?: string;
-  apiKey: string;
+  /** This upstream's own credential; unset = no `Authorization` header. */
+  apiKey?: string;
   firstByteTimeoutMs: number;
   timeoutMs: number;
   signal?: AbortSignal;

@@ -6,6 +6,9 @@ import { capPriority, PRIORITIES, type Priority, parsePriority } from '../domain
 /** JSON deeper than this is refused before parsing (stack safety, no legitimate request needs it). */
 export const MAX_JSON_DEPTH = 64;
 
+/** Longest model id accepted: it is stored on the ticket, so a huge one must not reach DynamoDB's item limit. */
+export const MAX_MODEL_LENGTH = 256;
+
 export interface ParsedBody {
   json: Record<string, unknown>;
   model: string;
@@ -99,6 +102,13 @@ export const parseModelRequest = (
   if (typeof obj.model !== 'string' || obj.model.trim() === '') {
     throw new ValidationError(
       '`model` is required and must be a non-empty string.',
+      'model',
+      'invalid_model',
+    );
+  }
+  if (obj.model.length > MAX_MODEL_LENGTH) {
+    throw new ValidationError(
+      `\`model\` is longer than ${MAX_MODEL_LENGTH} characters.`,
       'model',
       'invalid_model',
     );

@@ -7,11 +7,13 @@ import type { Clock } from '../domain/clock.js';
 import type { ConfigService } from '../domain/config-service.js';
 import {
   GatewayError,
+  NotFoundError,
   RateLimitedError,
   StoreUnavailableError,
   UnavailableError,
   ValidationError,
 } from '../domain/errors.js';
+import { isForwardedPath } from '../domain/forward-paths.js';
 import type { AgentKey, OutcomeStore } from '../domain/ports.js';
 import type { Priority } from '../domain/priority.js';
 import { bucketParamsFor } from '../domain/retreat-controller.js';
@@ -49,7 +51,8 @@ export interface IngressDeps {
   outcomes: OutcomeStore;
   upstream: UpstreamClient;
   /** The limited upstream's key (Secrets Manager in AWS, env locally). Never logged. */
-  upstreamKey: (upstream: UpstreamDef) => Promise<string>;
+  /** This upstream's own key (Secrets Manager in AWS, env locally), undefined for none. Never logged. */
+  upstreamKey: (upstream: UpstreamDef) => Promise<string | undefined>;
   routes: readonly Route[];
   upstreams: ReadonlyMap<string, UpstreamDef>;
   clock: Clock;
@@ -106,6 +109,8 @@ export class IngressService {
     // dispatcher does): a PATCH of reserve_fraction reaches the passthrough policy and the rate headers too.
     this.d.bucket.setReserve({ fraction: config.reserveFraction, forNormal: config.reserveForNormal });
     assertSafePath(req.path);
+    if (!isForwardedPath(req.path, config.forwardPaths))
+      throw new NotFoundError(`No route ${req.method} ${req.path.split('?')[0]} (not in forward_paths).`);
     const isModels = req.method === 'GET' && /^\/v1\/models\/?(\?.*)?$/.test(req.path);
     if (isModels && this.modelsCache && this.d.clock.now() - this.modelsCache.at < MODELS_CACHE_MS) {
       return {
@@ -152,6 +157,8 @@ export class IngressService {
     if (config.draining) {
       throw new UnavailableError('The gateway is draining for maintenance; retry later.', 60_000, 'draining');
     }
+    // The key is resolved (and cached) before admission: a gateway that cannot call spends no token.
+    await this.d.upstreamKey(route.upstream);
     const now = this.d.clock.now();
     const waitCap = ctx.stream ? config.streamMaxWaitMs : config.maxWaitMs;
     const deadline =

@@ -1,6 +1,7 @@
 // Ingress: HTTP details of relaying an OpenAI-compatible upstream — its error bodies in the OpenAI shape, the
 // headers passed each way and the rate-limit reset format.
 import type { OpenAiErrorType } from '../domain/errors.js';
+import { agentSafeErrorText } from '../domain/redact.js';
 import type { OpenAiErrorBody } from '../http/reply.js';
 
 const typeForStatus = (status: number): OpenAiErrorType =>
@@ -38,7 +39,8 @@ export const asOpenAiErrorBody = (status: number, text: string): string => {
     `Upstream answered ${status}.`;
   const body: OpenAiErrorBody = {
     error: {
-      message,
+      // Upstream text may echo a credential (its own, or a proxy's): trimmed and redacted before an agent sees it.
+      message: agentSafeErrorText(message),
       type: (pick(e.type) as OpenAiErrorType | undefined) ?? typeForStatus(status),
       param: pick(e.param) ?? null,
       code: e.code !== undefined && e.code !== null ? String(e.code) : `upstream_${status}`,

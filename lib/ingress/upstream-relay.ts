@@ -3,9 +3,10 @@
 import type { Admission } from '../domain/admission.js';
 import type { TokenBucket } from '../domain/bucket.js';
 import type { Clock } from '../domain/clock.js';
-import { RateLimitedError, UpstreamError, ValidationError } from '../domain/errors.js';
+import { GatewayError, RateLimitedError, UpstreamError, ValidationError } from '../domain/errors.js';
 import type { CounterName } from '../domain/outcomes.js';
 import type { OutcomeStore } from '../domain/ports.js';
+import { agentSafeErrorText } from '../domain/redact.js';
 import type { UpstreamDef } from '../domain/routes.js';
 import type { Ticket, TicketPatch } from '../domain/tickets.js';
 import {
@@ -41,6 +42,8 @@ const OUTCOMES = {
   gone_before_answer: { count: undefined, end: 'abandoned' },
   /** No answer, a 5xx, a 401 on the gateway's key, a cut or an error inside a 200. */
   failed: { count: 'upstreamError', end: 'failed' },
+  /** The gateway could not read this upstream's credential: no call was made (not the upstream's fault). */
+  no_credential: { count: undefined, end: 'failed' },
   throttled: { count: 'throttled', end: 'failed' },
   capacity: { count: 'capacity', end: 'failed' },
 } as const satisfies Record<
@@ -51,8 +54,8 @@ type Outcome = keyof typeof OUTCOMES;
 
 export interface UpstreamRelayDeps {
   upstream: UpstreamClient;
-  /** The limited upstream's key (Secrets Manager in AWS, env locally). Never logged. */
-  upstreamKey: (upstream: UpstreamDef) => Promise<string>;
+  /** This upstream's own key (Secrets Manager in AWS, env locally), undefined for none. Never logged. */
+  upstreamKey: (upstream: UpstreamDef) => Promise<string | undefined>;
   admission: Admission;
   outcomes: OutcomeStore;
   bucket: TokenBucket;
@@ -95,18 +98,25 @@ export class UpstreamRelay {
     try {
       let res: UpstreamResponse;
       try {
+        const apiKey = await this.d.upstreamKey(ctx.upstream);
         res = await this.d.upstream.call({
           baseUrl: ctx.upstream.baseUrl,
           path: req.path,
           method: req.method,
           headers: forwardRequestHeaders(req.headers),
           ...(ctx.upstreamBody !== undefined ? { body: ctx.upstreamBody } : {}),
-          apiKey: await this.d.upstreamKey(ctx.upstream),
+          ...(apiKey ? { apiKey } : {}),
           firstByteTimeoutMs: config.firstByteTimeoutMs,
           timeoutMs: config.requestTimeoutMs,
           signal: abort.signal,
         });
       } catch (err) {
+        if (err instanceof GatewayError) {
+          // The credential could not be read (its own fixed 503), not an upstream failure.
+          await this.settle(call, 'no_credential', { reason: err.code });
+          await ctx.channel.fail(err, headers);
+          return 'done';
+        }
         await this.noAnswer(call, err);
         return 'done';
       }
@@ -184,7 +194,11 @@ export class UpstreamRelay {
       );
     } else if (kind === 'upstream_error') {
       await channel.fail(
-        new UpstreamError(502, `Upstream error ${res.status}: ${errorText.slice(0, 500)}`, 'upstream_error'),
+        new UpstreamError(
+          502,
+          `Upstream error ${res.status}: ${agentSafeErrorText(errorText)}`,
+          'upstream_error',
+        ),
         headers,
       );
     } else if (!channel.committed) {
@@ -198,7 +212,7 @@ export class UpstreamRelay {
       await channel.write(
         sseError(
           new ValidationError(
-            `Upstream refused the request (${res.status}): ${errorText.slice(0, 500)}`,
+            `Upstream refused the request (${res.status}): ${agentSafeErrorText(errorText)}`,
             null,
             'upstream_client_error',
           ),
@@ -243,7 +257,7 @@ export class UpstreamRelay {
         await channel.fail(
           new UpstreamError(
             502,
-            `Upstream answered with an error: ${embedded.slice(0, 500)}`,
+            `Upstream answered with an error: ${agentSafeErrorText(embedded)}`,
             'upstream_error',
           ),
           call.headers,

@@ -1,6 +1,7 @@
 // Composition support: the environment contract of every function, validated once at cold start.
 import { PRIORITIES, type Priority } from '../domain/priority.js';
 import { defaultRoutes, parseRoutes, type Route, type UpstreamDef } from '../domain/routes.js';
+import type { CredentialSource } from './credentials.js';
 
 export interface RuntimeEnv {
   region: string;
@@ -18,6 +19,8 @@ export interface RuntimeEnv {
   /** Where the limited upstream's key comes from: a secret (AWS) or a plain env value (local only). */
   upstreamKeySecret?: string;
   upstreamKeyValue?: string;
+  /** Each upstream's own credential source by upstream name; an open upstream has none unless configured. */
+  upstreamCredentials: Map<string, CredentialSource>;
   adminTokenSecret?: string;
   adminTokenValue?: string;
   /** Read-only token for /status and the dashboard: a secret (AWS) or a plain env value (local only). */
@@ -66,6 +69,14 @@ export const readRuntimeEnv = (env: Record<string, string | undefined>): Runtime
   if (env.SLUICE_OPEN_UPSTREAM_URL) {
     upstreams.set('open', { name: 'open', baseUrl: env.SLUICE_OPEN_UPSTREAM_URL, limited: false });
   }
+  const upstreamCredentials = new Map<string, CredentialSource>();
+  const source = (secretId: string | undefined, value: string | undefined): CredentialSource | undefined =>
+    secretId || value ? { ...(secretId ? { secretId } : {}), ...(value ? { value } : {}) } : undefined;
+  const limitedKey = source(env.SLUICE_UPSTREAM_KEY_SECRET, env.UPSTREAM_API_KEY);
+  if (limitedKey) upstreamCredentials.set('limited', limitedKey);
+  // The open upstream gets a credential only when one is given for it: never the limited upstream's.
+  const openKey = source(env.SLUICE_OPEN_UPSTREAM_KEY_SECRET, env.OPEN_UPSTREAM_API_KEY);
+  if (openKey && upstreams.has('open')) upstreamCredentials.set('open', openKey);
   const routes = env.SLUICE_ROUTES ? parseRoutes(env.SLUICE_ROUTES) : defaultRoutes('limited');
   return {
     region: env.AWS_REGION ?? 'us-east-1',
@@ -81,6 +92,7 @@ export const readRuntimeEnv = (env: Record<string, string | undefined>): Runtime
     routes,
     ...(env.SLUICE_UPSTREAM_KEY_SECRET ? { upstreamKeySecret: env.SLUICE_UPSTREAM_KEY_SECRET } : {}),
     ...(env.UPSTREAM_API_KEY ? { upstreamKeyValue: env.UPSTREAM_API_KEY } : {}),
+    upstreamCredentials,
     ...(env.SLUICE_ADMIN_TOKEN_SECRET ? { adminTokenSecret: env.SLUICE_ADMIN_TOKEN_SECRET } : {}),
     ...(env.SLUICE_ADMIN_TOKEN ? { adminTokenValue: env.SLUICE_ADMIN_TOKEN } : {}),
     ...(env.SLUICE_VIEWER_TOKEN_SECRET ? { viewerTokenSecret: env.SLUICE_VIEWER_TOKEN_SECRET } : {}),

@@ -1,6 +1,6 @@
 // Status use case: the admin API — read and change the shared config (validated, recorded), reset retreat.
 import type { Clock } from '../domain/clock.js';
-import { externalConfig, type GatewayConfig } from '../domain/config.js';
+import { type ExternalConfigValue, externalConfig, type GatewayConfig } from '../domain/config.js';
 import type { ConfigService } from '../domain/config-service.js';
 import { ValidationError } from '../domain/errors.js';
 import type { AgentUsage, ConfigStore, TicketStore, UsageStore } from '../domain/ports.js';
@@ -23,7 +23,7 @@ export interface AdminConfigView {
   updatedAt: number;
   updatedBy: string;
   /** External names (snake_case) and units (seconds for `*_s`), exactly what PATCH accepts. */
-  config: Record<string, number | string | boolean>;
+  config: Record<string, ExternalConfigValue>;
   fields: ConfigFieldView[];
   /** Latest first. */
   history: ConfigChangeView[];
@@ -33,7 +33,7 @@ export interface AdminConfigView {
 export interface ConfigUpdateView {
   version: number;
   changes: ConfigChangeView[];
-  config: Record<string, number | string | boolean>;
+  config: Record<string, ExternalConfigValue>;
 }
 
 /** What `GET /admin/usage` answers: per-agent usage, most requests first (no keys, agent names only). */
@@ -41,6 +41,8 @@ export interface UsageView {
   at: number;
   hour: AgentUsage[];
   day: AgentUsage[];
+  /** Tickets each agent has queued now (against `max_queued_per_agent`), most first; agents with none left out. */
+  queued: { agent: string; queued: number }[];
 }
 
 export type OperatorMode = 'pause' | 'resume' | 'drain';
@@ -49,7 +51,7 @@ export interface AdminDeps {
   usage: Pick<UsageStore, 'read'>;
   config: Pick<ConfigService, 'current' | 'update' | 'invalidate'>;
   history: Pick<ConfigStore, 'history'>;
-  tickets: Pick<TicketStore, 'admissionCount'>;
+  tickets: Pick<TicketStore, 'admissionCount'> & Partial<Pick<TicketStore, 'agentQueuedCounts'>>;
   retreat: Pick<RetreatController, 'reset'>;
   clock: Clock;
 }
@@ -114,8 +116,17 @@ export class AdminService {
   /** Per-agent usage over the last hour and day (admin only: agent names are operational data). */
   async usage(limit = 50): Promise<UsageView> {
     const now = this.d.clock.now();
-    const [hour, day] = await Promise.all([this.d.usage.read(now, 'hour'), this.d.usage.read(now, 'day')]);
-    return { at: now, hour: hour.slice(0, limit), day: day.slice(0, limit) };
+    const [hour, day, counts] = await Promise.all([
+      this.d.usage.read(now, 'hour'),
+      this.d.usage.read(now, 'day'),
+      this.d.tickets.agentQueuedCounts?.() ?? Promise.resolve<Record<string, number>>({}),
+    ]);
+    const queued = Object.entries(counts)
+      .filter(([, n]) => n > 0)
+      .map(([agent, n]) => ({ agent, queued: n }))
+      .sort((a, b) => b.queued - a.queued)
+      .slice(0, limit);
+    return { at: now, hour: hour.slice(0, limit), day: day.slice(0, limit), queued };
   }
 
   /** Back to the base rate now (seed `reset_to_base`); the bucket follows at once. */

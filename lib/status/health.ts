@@ -11,7 +11,8 @@ export type UpstreamProbe = (signal: AbortSignal) => Promise<{ status: number }>
 export interface CheckResult {
   ok: boolean;
   ms: number;
-  error?: string;
+  /** `timeout` or `failed` — never the error's own text (AWS errors name accounts, roles, ARNs). */
+  error?: 'timeout' | 'failed';
 }
 
 export interface UpstreamResult extends CheckResult {
@@ -35,6 +36,10 @@ export interface ReadinessDeps {
   upstreamEveryMs?: number;
   /** Per check. @default 3000 */
   timeoutMs?: number;
+  /** A whole report is reused this long, so a flood of readiness calls costs one set of checks. @default 1000 */
+  reportEveryMs?: number;
+  /** Where a failed check's error goes (the logs), since the report does not carry it. */
+  onError?: (check: string, err: unknown) => void;
 }
 
 /** What `GET /health` answers: the process is up; nothing else is touched. */
@@ -52,26 +57,38 @@ export const liveness = (service: string, startedAt: number, now: number): Liven
   uptimeS: Math.round((now - startedAt) / 1000),
 });
 
-const describe = (err: unknown): string => (err instanceof Error ? err.message : String(err)).slice(0, 200);
+class CheckTimeout extends Error {}
 
 export class Readiness {
   private upstreamResult: UpstreamResult | undefined;
   private upstreamPending: Promise<UpstreamResult> | undefined;
+  private report: ReadinessReport | undefined;
+  private reportPending: Promise<ReadinessReport> | undefined;
 
   constructor(private readonly d: ReadinessDeps) {}
 
-  /** Runs the checks (the upstream one from cache when fresh). Never throws. */
+  /** The checks' report, reused for `reportEveryMs` (concurrent calls share one run). Never throws. */
   async check(): Promise<ReadinessReport> {
+    const every = this.d.reportEveryMs ?? 1_000;
+    if (this.report && this.d.clock.now() - this.report.at < every) return this.report;
+    this.reportPending ??= this.run().finally(() => {
+      this.reportPending = undefined;
+    });
+    return this.reportPending;
+  }
+
+  private async run(): Promise<ReadinessReport> {
     const [dynamodb, sqs, upstream] = await Promise.all([
-      this.timed(this.d.dynamodb),
-      this.timed(this.d.sqs),
+      this.timed('dynamodb', this.d.dynamodb),
+      this.timed('sqs', this.d.sqs),
       this.upstream(),
     ]);
-    return {
+    this.report = {
       ready: dynamodb.ok && sqs.ok && upstream.ok,
       at: this.d.clock.now(),
       checks: { dynamodb, sqs, upstream },
     };
+    return this.report;
   }
 
   private async upstream(): Promise<UpstreamResult> {
@@ -88,7 +105,7 @@ export class Readiness {
   private async probeUpstream(): Promise<UpstreamResult> {
     const checkedAt = this.d.clock.now();
     let status: number | undefined;
-    const result = await this.timed(async (signal) => {
+    const result = await this.timed('upstream', async (signal) => {
       status = (await this.d.upstream(signal)).status;
       if (status >= 500) throw new Error(`upstream answered ${status}`);
     });
@@ -96,7 +113,7 @@ export class Readiness {
     return this.upstreamResult;
   }
 
-  private async timed(check: Check): Promise<CheckResult> {
+  private async timed(name: string, check: Check): Promise<CheckResult> {
     const { clock } = this.d;
     const started = clock.now();
     const timeoutMs = this.d.timeoutMs ?? 3_000;
@@ -105,14 +122,19 @@ export class Readiness {
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {
         ac.abort();
-        reject(new Error(`no answer within ${timeoutMs} ms`));
+        reject(new CheckTimeout(`no answer within ${timeoutMs} ms`));
       }, timeoutMs);
     });
     try {
       await Promise.race([check(ac.signal), timeout]);
       return { ok: true, ms: clock.now() - started };
     } catch (err) {
-      return { ok: false, ms: clock.now() - started, error: describe(err) };
+      this.d.onError?.(name, err);
+      return {
+        ok: false,
+        ms: clock.now() - started,
+        error: err instanceof CheckTimeout ? 'timeout' : 'failed',
+      };
     } finally {
       clearTimeout(timer);
     }

@@ -573,9 +573,14 @@ describe('SDK errors an emulator cannot produce (aws-sdk-client-mock)', () => {
 
   const attempt: ConsumeAttempt = { branch: 'idle', now: 1000, newTat: 2000, params: PARAMS };
   const calls: [string, (s: DynamoTicketStore) => Promise<unknown>][] = [
-    ['grant', (s) => s.grant({ id: 'a', attempt: 0 }, attempt, { grantedAt: 1000 })],
+    // The agent is given, so the store needs no read of the ticket (the mock answers only the transaction).
+    ['grant', (s) => s.grant({ id: 'a', attempt: 0, agent: 'agent-a' }, attempt, { grantedAt: 1000 })],
     ['create', (s) => s.create(newTicket({ id: 'a' }), { queueMaxSize: 10 })],
-    ['transition queued → abandoned', (s) => s.transition('a', 'queued', 'abandoned', { finishedAt: 1000 })],
+    [
+      'transition queued → abandoned',
+      (s) =>
+        s.transition('a', 'queued', 'abandoned', { finishedAt: 1000 }, { known: newTicket({ id: 'a' }) }),
+    ],
   ];
   const reasons: [string, string[]][] = [
     ['a throttled item', ['None', 'ThrottlingError', 'None']],

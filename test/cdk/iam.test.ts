@@ -1,13 +1,13 @@
 // IAM tests (CDK Template): each function's permissions, exactly — least privilege, no wildcard actions on data.
 import { describe, expect, it } from 'vitest';
 import type { SluiceFunction } from '../../cdk/constructs/sluice-function.js';
-import { DYNAMODB_READ_ACTIONS, DYNAMODB_WRITE_ACTIONS } from '../../cdk/constructs/state-tables.js';
 import { PRIORITIES } from '../../lib/domain/priority.js';
-import { logicalId, permissionsOf, sluice } from './stack.js';
+import { flatten, logicalId, permissionsOf, sluice } from './stack.js';
 
-const READ = [...DYNAMODB_READ_ACTIONS].sort();
-const READ_TOUCH = [...DYNAMODB_READ_ACTIONS, 'dynamodb:UpdateItem'].sort();
-const READ_WRITE = [...DYNAMODB_READ_ACTIONS, ...DYNAMODB_WRITE_ACTIONS].sort();
+// Spelled out, not imported from the construct: a widened grant must fail here. No Scan, no batch, no delete.
+const READ = ['dynamodb:ConditionCheckItem', 'dynamodb:DescribeTable', 'dynamodb:GetItem', 'dynamodb:Query'];
+const READ_TOUCH = [...READ, 'dynamodb:UpdateItem'].sort();
+const READ_WRITE = [...READ, 'dynamodb:PutItem', 'dynamodb:UpdateItem'].sort();
 const SECRET_READ = ['secretsmanager:DescribeSecret', 'secretsmanager:GetSecretValue'];
 const XRAY = ['xray:PutTelemetryRecords', 'xray:PutTraceSegments'];
 const LOG_WRITE = ['logs:CreateLogStream', 'logs:PutLogEvents'];
@@ -69,6 +69,41 @@ describe('function permissions, exactly', () => {
       [ref(stack.secrets.adminToken)]: SECRET_READ,
       [ref(stack.secrets.viewerToken)]: SECRET_READ,
     });
+  });
+});
+
+describe('the keys table', () => {
+  /** Every Allow statement of a function's policies that names `action` on `resource`. */
+  const statementsFor = (fn: SluiceFunction, action: string, resource: string) =>
+    Object.values(template.findResources('AWS::IAM::Policy'))
+      .filter((p) =>
+        (p.Properties.Roles as unknown[]).some((r) => flatten(r) === `<${logicalId(fn.serviceRole)}>`),
+      )
+      .flatMap((p) => p.Properties.PolicyDocument.Statement as Record<string, unknown>[])
+      .filter(
+        (st) =>
+          [st.Action].flat().includes(action) && [st.Resource].flat().some((r) => flatten(r) === resource),
+      );
+
+  it.each([stack.ingress.fn, stack.status.fn].map((fn) => [fn.serviceName, fn] as const))(
+    '%s may update lastUsedAt on a key and nothing else',
+    (_name, fn) => {
+      expect(statementsFor(fn, 'dynamodb:UpdateItem', arn(tables.keys))).toEqual([
+        {
+          Effect: 'Allow',
+          Action: 'dynamodb:UpdateItem',
+          Resource: expect.anything(),
+          Condition: {
+            'ForAllValues:StringEquals': { 'dynamodb:Attributes': ['keyHash', 'lastUsedAt'] },
+            StringEqualsIfExists: { 'dynamodb:ReturnValues': ['NONE', 'UPDATED_NEW'] },
+          },
+        },
+      ]);
+    },
+  );
+
+  it('the dispatcher has no access to keys at all', () => {
+    expect(permissions(stack.dispatcher.fn)[arn(tables.keys)]).toBeUndefined();
   });
 });
 

@@ -9,6 +9,7 @@ import { PRIORITY_QUEUES, TABLES } from '../../lib/infra/definitions.js';
 import { readRuntimeEnv } from '../../lib/runtime/env.js';
 import { flatten, lambdaFunctions, logicalId, sluice } from './stack.js';
 
+const OPEN_KEY_ARN = 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:open-key-XyZ123';
 const IMPORTED_KEY_ARN = 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:nvidia-key-AbCdEf';
 
 /** A function's environment with every intrinsic replaced by a stand-in string, as Lambda would see it. */
@@ -379,6 +380,61 @@ describe('secrets', () => {
     ).Variables;
     expect(variables.SLUICE_UPSTREAM_KEY_SECRET).toBe(IMPORTED_KEY_ARN);
     expect(JSON.stringify(template.toJSON())).not.toContain(UPSTREAM_KEY_PLACEHOLDER);
+  });
+
+  it.each([
+    ['without its own key, the open upstream gets none', undefined],
+    ['with its own key, the open upstream gets only that', OPEN_KEY_ARN],
+  ])('%s', (_name, openKeyArn) => {
+    // Prepare
+    const { stack, template } = sluice({
+      context: {
+        openUpstreamUrl: 'https://open.example/v1',
+        ...(openKeyArn ? { openUpstreamKeySecretArn: openKeyArn } : {}),
+      },
+    });
+
+    // Assess
+    const variables = (
+      lambdaFunctions(template)[logicalId(stack.ingress.fn)]!.Properties.Environment as {
+        Variables: Record<string, unknown>;
+      }
+    ).Variables;
+    expect(variables.SLUICE_OPEN_UPSTREAM_KEY_SECRET).toBe(openKeyArn);
+    expect(variables.SLUICE_UPSTREAM_KEY_SECRET).not.toBe(openKeyArn);
+  });
+});
+
+describe('web application firewall', () => {
+  it('puts a per-IP rate-based web ACL on the API stage by default, and keeps the stage throttle', () => {
+    const { stack, template } = sluice();
+    template.resourceCountIs('AWS::WAFv2::WebACL', 1);
+    template.hasResourceProperties('AWS::WAFv2::WebACL', {
+      Scope: 'REGIONAL',
+      DefaultAction: { Allow: {} },
+      Rules: [
+        Match.objectLike({
+          Statement: { RateBasedStatement: { Limit: 3000, AggregateKeyType: 'IP' } },
+          Action: { Block: Match.objectLike({ CustomResponse: Match.objectLike({ ResponseCode: 429 }) }) },
+        }),
+      ],
+    });
+    template.resourceCountIs('AWS::WAFv2::WebACLAssociation', 1);
+    expect(stack.firewall).toBeDefined();
+    template.hasResourceProperties('AWS::ApiGateway::Stage', {
+      MethodSettings: Match.arrayWith([
+        Match.objectLike({ ThrottlingRateLimit: 50, ThrottlingBurstLimit: 100 }),
+      ]),
+    });
+  });
+
+  it('is off with waf=false, with the stage throttle still there', () => {
+    const { template } = sluice({ context: { waf: 'false' } });
+    template.resourceCountIs('AWS::WAFv2::WebACL', 0);
+    template.resourceCountIs('AWS::WAFv2::WebACLAssociation', 0);
+    template.hasResourceProperties('AWS::ApiGateway::Stage', {
+      MethodSettings: Match.arrayWith([Match.objectLike({ ThrottlingRateLimit: 50 })]),
+    });
   });
 });
 

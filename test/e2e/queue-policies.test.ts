@@ -21,7 +21,13 @@ describe('queue-full policies', () => {
   beforeAll(async () => {
     system = await startTestSystem('policies', {
       fakeUpstream: { tokenDelayMs: 5, firstByteDelayMs: 5, limit: null },
-      env: { SLUICE_UPSTREAM_LIMIT: '600', SLUICE_QUEUE_MAX: '2', SLUICE_PAUSED: 'true' },
+      // One agent fills the whole queue here: its own cap (max_queued_per_agent) set to the queue's size.
+      env: {
+        SLUICE_UPSTREAM_LIMIT: '600',
+        SLUICE_QUEUE_MAX: '2',
+        SLUICE_MAX_QUEUED_PER_AGENT: '2',
+        SLUICE_PAUSED: 'true',
+      },
     });
     key = await system.createKey('policy-agent', 'urgent');
   });

@@ -54,6 +54,11 @@ const invalidValues = (key: keyof GatewayConfig): [unknown, RegExp][] => {
         ['8:4:2', /must be four integers/],
         ['8:4:2:0', /must be four integers/],
       ];
+    case 'list':
+      return [
+        [42, /must be a list of paths/],
+        [['files', '../admin'], /is not a path below/],
+      ];
   }
 };
 

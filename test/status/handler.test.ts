@@ -349,9 +349,10 @@ describe('health', () => {
   });
 
   it.each([
-    ['DynamoDB is down', { dynamodb: false }, /dynamodb: connect ECONNREFUSED/],
-    ['SQS is down', { sqs: false }, /sqs: sqs down/],
-    ['the upstream answers 503', { upstreamStatus: 503 }, /upstream: upstream answered 503/],
+    // Check names and a fixed word only: the raw error (AWS text names accounts, roles, ARNs) stays out.
+    ['DynamoDB is down', { dynamodb: false }, /^Not ready \(dynamodb: failed\)\.$/],
+    ['SQS is down', { sqs: false }, /^Not ready \(sqs: failed\)\.$/],
+    ['the upstream answers 503', { upstreamStatus: 503 }, /^Not ready \(upstream: failed\)\.$/],
   ])('is not ready when %s: 503, OpenAI-shaped, with the checks', async (_what, broken, message) => {
     const w = world();
     Object.assign(w.faults, broken);
@@ -360,6 +361,7 @@ describe('health', () => {
     expectOpenAiError(res.json, 'server_error', 'not_ready');
     expect((res.json as unknown as ErrorJson).error.message).toMatch(message);
     expect(res.json).toMatchObject({ ready: false, checks: expect.any(Object) });
+    expect(JSON.stringify(res.json)).not.toMatch(/ECONNREFUSED|sqs down|answered 503/);
     expect(res.headers['retry-after']).toBe('5');
   });
 });

@@ -10,7 +10,12 @@ import {
   UpdateItemCommand,
 } from '@aws-sdk/client-dynamodb';
 import { marshall } from '@aws-sdk/util-dynamodb';
-import { AdmissionFullError, ConflictError, IdempotencyConflictError } from '../../domain/errors.js';
+import {
+  AdmissionFullError,
+  AgentQueueFullError,
+  ConflictError,
+  IdempotencyConflictError,
+} from '../../domain/errors.js';
 import type { ConsumeAttempt } from '../../domain/gcra.js';
 import type { CreateTicketOptions, GrantOutcome, TicketStore } from '../../domain/ports.js';
 import { PRIORITIES, type Priority } from '../../domain/priority.js';
@@ -42,6 +47,8 @@ export interface TicketTables {
 }
 
 const ADMISSION_KEY = stateKey('admission', 'global');
+/** Per-agent queued counters: one item per agent under this partition, moved with the global counter. */
+const AGENT_QUEUED_PK = 'agentq';
 
 /**
  * Distinguishes our own logical tries (per process, per try); an SDK retry resends the same command, hence the
@@ -137,6 +144,33 @@ export class DynamoTicketStore implements TicketStore {
     };
   }
 
+  /**
+   * The agent's queued counter, moved in the same transaction as the global one (so a ticket leaving `queued`
+   * decrements it exactly once); `cap` > 0 refuses an increment at the cap (ALL_OLD on failure).
+   */
+  private agentCounter(agent: string, delta: number, cap = 0): TransactWriteItem {
+    const limited = cap > 0 && delta > 0;
+    return {
+      Update: {
+        TableName: this.tables.stateTable,
+        Key: stateKey(AGENT_QUEUED_PK, agent),
+        UpdateExpression: 'SET queued = if_not_exists(queued, :zero) + :d',
+        ExpressionAttributeValues: { ':zero': n(0), ':d': n(delta), ...(limited ? { ':max': n(cap) } : {}) },
+        ...(limited
+          ? {
+              ConditionExpression: 'attribute_not_exists(queued) OR queued < :max',
+              ReturnValuesOnConditionCheckFailure: 'ALL_OLD' as const,
+            }
+          : {}),
+      },
+    };
+  }
+
+  /** The agent of a ticket the caller did not say (it never changes once the ticket exists). */
+  private async agentOf(id: string, known?: string): Promise<string | undefined> {
+    return known ?? (await this.get(id))?.agent;
+  }
+
   async create(ticket: Ticket, opts: CreateTicketOptions): Promise<void> {
     if (opts.bypassAdmission) {
       // Not queued; a passthrough grant still counts as in flight.
@@ -163,6 +197,16 @@ export class DynamoTicketStore implements TicketStore {
           this.ticketPut(ticket),
         ]
       : [this.counters({ queued: 1 }, { queued: opts.queueMaxSize }), this.ticketPut(ticket)];
+    const agentCap = opts.maxQueuedPerAgent ?? 0;
+    const victimAgent = opts.replace ? await this.agentOf(opts.replace.id, opts.replace.agent) : undefined;
+    // Replacing one of the agent's own tickets leaves its count unchanged (and one item per transaction).
+    const agentItems =
+      opts.replace && victimAgent === ticket.agent
+        ? []
+        : [
+            this.agentCounter(ticket.agent, 1, agentCap),
+            ...(victimAgent !== undefined ? [this.agentCounter(victimAgent, -1)] : []),
+          ];
     const idem = opts.idempotency;
     if (idem) {
       // The key → ticket mapping is written with the ticket: a second request with the same key never queues twice.
@@ -186,6 +230,8 @@ export class DynamoTicketStore implements TicketStore {
         },
       });
     }
+    const agentAt = items.length;
+    items.push(...agentItems);
     try {
       await this.client.send(
         new TransactWriteItemsCommand({
@@ -197,6 +243,11 @@ export class DynamoTicketStore implements TicketStore {
       const reasons = cancellation(err);
       const [first] = reasons;
       const idemReason = idem ? reasons[2] : undefined;
+      const agentReason = agentItems.length ? reasons[agentAt] : undefined;
+      // A full queue answers first (its policy decides); the agent's cap is next.
+      if (agentReason?.failed && !idemReason?.failed && !first?.failed) {
+        throw new AgentQueueFullError(plain<{ queued?: number }>(agentReason.item)?.queued ?? agentCap);
+      }
       if (idemReason?.failed) {
         throw new IdempotencyConflictError(plain<{ ticketId?: string }>(idemReason.item)?.ticketId);
       }
@@ -268,7 +319,7 @@ export class DynamoTicketStore implements TicketStore {
   }
 
   async grant(
-    ticket: Pick<Ticket, 'id' | 'attempt'>,
+    ticket: Pick<Ticket, 'id' | 'attempt'> & { agent?: string },
     attempt: ConsumeAttempt,
     patch: TicketPatch,
     opts: { maxInflight?: number; agentQuota?: { bucketKey: string; attempt: ConsumeAttempt } } = {},
@@ -297,6 +348,9 @@ export class DynamoTicketStore implements TicketStore {
         },
       });
     }
+    // Leaving `queued`: the agent's count drops with the global one (unconditional, appended last).
+    const agent = await this.agentOf(ticket.id, ticket.agent);
+    if (agent !== undefined) items.push(this.agentCounter(agent, -1));
     try {
       await this.client.send(
         new TransactWriteItemsCommand({
@@ -353,6 +407,7 @@ export class DynamoTicketStore implements TicketStore {
       inflight: running(from) && !running(to) ? -1 : 0,
     };
     const counted = delta.queued !== 0 || delta.inflight !== 0;
+    const agent = delta.queued !== 0 ? await this.agentOf(id, current?.agent) : undefined;
     try {
       if (!counted) {
         const res = await this.client.send(
@@ -362,7 +417,11 @@ export class DynamoTicketStore implements TicketStore {
       }
       await this.client.send(
         new TransactWriteItemsCommand({
-          TransactItems: [update, this.counters(delta)],
+          TransactItems: [
+            update,
+            this.counters(delta),
+            ...(agent !== undefined ? [this.agentCounter(agent, delta.queued)] : []),
+          ],
           ClientRequestToken: requestToken('move', PROCESS_ID, id, from, to, opts.attempt ?? '', ++tries),
         }),
       );
@@ -445,6 +504,69 @@ export class DynamoTicketStore implements TicketStore {
         ExpressionAttributeValues: { ':q': n(queued), ':i': n(inflight) },
       }),
     );
+    await this.reconcileAgents();
     return queued;
+  }
+
+  /** Per-agent queued counters set to the queued tickets each agent has (the same drift repair as the global one). */
+  private async reconcileAgents(): Promise<void> {
+    const actual = new Map<string, number>();
+    for (const p of PRIORITIES) {
+      let start: Item | undefined;
+      do {
+        const res = await this.client.send(
+          new QueryCommand({
+            TableName: this.tables.ticketsTable,
+            IndexName: 'byPhase',
+            KeyConditionExpression: 'phase = :p',
+            ExpressionAttributeValues: { ':p': s(`queued#${p}`) },
+            ProjectionExpression: '#agent',
+            ExpressionAttributeNames: { '#agent': 'agent' },
+            ExclusiveStartKey: start,
+          }),
+        );
+        for (const item of res.Items ?? []) {
+          const agent = item.agent?.S;
+          if (agent !== undefined) actual.set(agent, (actual.get(agent) ?? 0) + 1);
+        }
+        start = res.LastEvaluatedKey;
+      } while (start);
+    }
+    const stored = await this.agentQueuedCounts();
+    for (const agent of new Set([...actual.keys(), ...Object.keys(stored)])) {
+      const want = actual.get(agent) ?? 0;
+      if (stored[agent] === want) continue;
+      await this.client.send(
+        new UpdateItemCommand({
+          TableName: this.tables.stateTable,
+          Key: stateKey(AGENT_QUEUED_PK, agent),
+          UpdateExpression: 'SET queued = :q',
+          ExpressionAttributeValues: { ':q': n(want) },
+        }),
+      );
+    }
+  }
+
+  /** Queued tickets per agent, as the counters hold them (agents with none may be absent). */
+  async agentQueuedCounts(): Promise<Record<string, number>> {
+    const out: Record<string, number> = {};
+    let start: Item | undefined;
+    do {
+      const res = await this.client.send(
+        new QueryCommand({
+          TableName: this.tables.stateTable,
+          KeyConditionExpression: 'pk = :pk',
+          ExpressionAttributeValues: { ':pk': s(AGENT_QUEUED_PK) },
+          ConsistentRead: true,
+          ExclusiveStartKey: start,
+        }),
+      );
+      for (const item of res.Items ?? []) {
+        const p = plain<{ sk: string; queued?: number }>(item);
+        if (p) out[p.sk] = p.queued ?? 0;
+      }
+      start = res.LastEvaluatedKey;
+    } while (start);
+    return out;
   }
 }

@@ -1,7 +1,12 @@
 // Adapter: in-memory tickets, queues and lease with the conditional semantics of the DynamoDB / SQS ones, so the
 // Admission and Dispatcher use cases can be table-tested on a fake clock (the emulator tests stay).
 import type { Clock } from '../../domain/clock.js';
-import { AdmissionFullError, ConflictError, IdempotencyConflictError } from '../../domain/errors.js';
+import {
+  AdmissionFullError,
+  AgentQueueFullError,
+  ConflictError,
+  IdempotencyConflictError,
+} from '../../domain/errors.js';
 import { applyAttempt, type ConsumeAttempt } from '../../domain/gcra.js';
 import type {
   CreateTicketOptions,
@@ -31,6 +36,8 @@ const definedOnly = (patch: TicketPatch) =>
 export class MemoryTicketStore implements TicketStore {
   readonly tickets = new Map<string, Ticket>();
   readonly counters = { queued: 0, inflight: 0 };
+  /** Queued tickets per agent (the per-agent cap's counters). */
+  private readonly agentQueued = new Map<string, number>();
   private readonly idem = new Map<string, { ticketId: string; until: number }>();
 
   /** @param bucket the shared bucket item the grant transaction spends from */
@@ -49,6 +56,10 @@ export class MemoryTicketStore implements TicketStore {
       if (victim?.status !== 'queued' || victim.attempt !== opts.replace.attempt)
         throw new ConflictError('ticket to drop is no longer queued');
     } else if (this.counters.queued >= opts.queueMaxSize) throw new AdmissionFullError(this.counters.queued);
+    const victimAgent = opts.replace && this.tickets.get(opts.replace.id)?.agent;
+    const agentCap = opts.maxQueuedPerAgent ?? 0;
+    if (agentCap > 0 && victimAgent !== ticket.agent && this.queuedOf(ticket.agent) >= agentCap)
+      throw new AgentQueueFullError(this.queuedOf(ticket.agent));
     const idem = opts.idempotency;
     if (idem) {
       const held = this.idem.get(idem.key);
@@ -66,7 +77,9 @@ export class MemoryTicketStore implements TicketStore {
         reason: 'dropped_for_newer',
         finishedAt: ticket.enqueuedAt,
       });
+      this.moveAgent(victim.agent, -1);
     } else this.counters.queued++;
+    this.moveAgent(ticket.agent, 1);
     this.tickets.set(ticket.id, { ...ticket });
   }
 
@@ -92,6 +105,7 @@ export class MemoryTicketStore implements TicketStore {
     this.bucket.state = { ...this.bucket.state, tat };
     this.tickets.set(ticket.id, { ...current, ...definedOnly(patch), status: 'granted' });
     this.counters.queued--;
+    this.moveAgent(current.agent, -1);
     this.counters.inflight++;
     return { kind: 'granted' };
   }
@@ -118,8 +132,14 @@ export class MemoryTicketStore implements TicketStore {
       attempt: to === 'queued' ? current.attempt + 1 : current.attempt,
     };
     this.tickets.set(id, next);
-    if (from === 'queued' && to !== 'queued') this.counters.queued--;
-    if (to === 'queued' && from !== 'queued') this.counters.queued++;
+    if (from === 'queued' && to !== 'queued') {
+      this.counters.queued--;
+      this.moveAgent(current.agent, -1);
+    }
+    if (to === 'queued' && from !== 'queued') {
+      this.counters.queued++;
+      this.moveAgent(current.agent, 1);
+    }
     if (running(from) && !running(to)) this.counters.inflight--;
     return { ticket: { ...next } };
   }
@@ -148,6 +168,20 @@ export class MemoryTicketStore implements TicketStore {
     return this.counters.queued;
   }
 
+  async agentQueuedCounts(): Promise<Record<string, number>> {
+    return Object.fromEntries(this.agentQueued);
+  }
+
+  private queuedOf(agent: string): number {
+    return this.agentQueued.get(agent) ?? 0;
+  }
+
+  private moveAgent(agent: string, by: number): void {
+    const next = this.queuedOf(agent) + by;
+    if (next > 0) this.agentQueued.set(agent, next);
+    else this.agentQueued.delete(agent);
+  }
+
   async counts(): Promise<{ queued: number; inflight: number }> {
     return { ...this.counters };
   }
@@ -156,6 +190,8 @@ export class MemoryTicketStore implements TicketStore {
     const all = [...this.tickets.values()];
     this.counters.queued = all.filter((t) => t.status === 'queued').length;
     this.counters.inflight = all.filter((t) => running(t.status)).length;
+    this.agentQueued.clear();
+    for (const t of all) if (t.status === 'queued') this.moveAgent(t.agent, 1);
     return this.counters.queued;
   }
 }

@@ -20,7 +20,8 @@ export class FetchUpstream implements UpstreamClient {
     try {
       const res = await fetch(url, {
         method: req.method,
-        headers: { ...req.headers, authorization: `Bearer ${req.apiKey}` },
+        // Only this upstream's own key, and none for an upstream without one (never the agent's, never another's).
+        headers: { ...req.headers, ...(req.apiKey ? { authorization: `Bearer ${req.apiKey}` } : {}) },
         ...(req.body !== undefined ? { body: req.body } : {}),
         signal: AbortSignal.any(signals),
         redirect: 'manual',
