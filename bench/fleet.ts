@@ -139,12 +139,21 @@ export const runFleetBench = async (opts: { log: (line: string) => void }): Prom
   process.env.LOG_LEVEL ??= 'ERROR';
 
   const sluice = sluiceSetup(DEFAULT_CONFIG.retreatPreset);
+  // The same system with weighted priority shares (issue 11.3): no priority starves under sustained overload.
+  const weightedBase = sluiceSetup(DEFAULT_CONFIG.retreatPreset, { SLUICE_PRIORITY_POLICY: 'weighted' });
+  const weighted: Setup = {
+    ...weightedBase,
+    settings: { ...weightedBase.settings, priorityPolicy: `weighted ${DEFAULT_CONFIG.priorityWeights}` },
+    name: 'sluice-weighted',
+    label: `sluice, priority_policy weighted ${DEFAULT_CONFIG.priorityWeights}`,
+  };
   const setups: Setup[] = [
     directSetup,
     adaptiveSetup('default'),
     adaptiveSetup('fair'),
     bottleneckSetup,
     sluice,
+    weighted,
   ].filter((s) => only.length === 0 || only.includes(s.name));
   const checkFactor = knob('SLUICE_BENCH_CHECK_SCALE', 3);
   const checkScale = checkFactor < scale.factor ? timeScale(checkFactor) : undefined;
