@@ -5,8 +5,11 @@ import type { Clock } from '../domain/clock.js';
 /** One dependency check: resolves when healthy, throws (or times out) when not. */
 export type Check = (signal: AbortSignal) => Promise<void>;
 
-/** The upstream probe: one GET of the models list; any HTTP status below 500 means reachable. */
-export type UpstreamProbe = (signal: AbortSignal) => Promise<{ status: number }>;
+/**
+ * The upstream probe: one GET of the models list; any HTTP status below 500 means reachable, and a 401/403 to a
+ * probe that sent the API key means the key is wrong. `withKey: false` when no key was sent.
+ */
+export type UpstreamProbe = (signal: AbortSignal) => Promise<{ status: number; withKey?: boolean }>;
 
 export interface CheckResult {
   ok: boolean;
@@ -89,8 +92,15 @@ export class Readiness {
     const checkedAt = this.d.clock.now();
     let status: number | undefined;
     const result = await this.timed(async (signal) => {
-      status = (await this.d.upstream(signal)).status;
+      const answer = await this.d.upstream(signal);
+      status = answer.status;
       if (status >= 500) throw new Error(`upstream answered ${status}`);
+      // Reachable, but every call would fail the same way: the gateway is not ready to serve.
+      if ((status === 401 || status === 403) && answer.withKey !== false) {
+        throw new Error(
+          `upstream refused the API key (HTTP ${status}): check UPSTREAM_API_KEY or the upstream key secret`,
+        );
+      }
     });
     this.upstreamResult = { ...result, checkedAt, ...(status !== undefined ? { status } : {}) };
     return this.upstreamResult;
@@ -121,14 +131,21 @@ export class Readiness {
 
 /**
  * The upstream probe over fetch: Node's global fetch shares one connection pool per container (the same one
- * the ingress uses for upstream calls). No API key is sent: reachability is the question, and a keyless
- * `/v1/models` cannot count against the key's limit.
+ * the ingress uses for upstream calls). The API key is sent when there is one, so a wrong key (401/403) shows
+ * as not ready; `/v1/models` is no completion and the answer is cached, so this is one cheap call per interval.
  * @param baseUrl the upstream's OpenAI base URL, e.g. `https://integrate.api.nvidia.com/v1`
+ * @param apiKey the limited upstream's key, if this function has it (in AWS the status function does not: the
+ *   key stays with the ingress, and a keyless 401 only says the upstream is reachable)
  */
 export const fetchModelsProbe =
-  (baseUrl: string): UpstreamProbe =>
+  (baseUrl: string, apiKey: () => Promise<string | undefined> = async () => undefined): UpstreamProbe =>
   async (signal) => {
-    const res = await fetch(`${baseUrl.replace(/\/+$/, '')}/models`, { signal, redirect: 'manual' });
+    const key = await apiKey();
+    const res = await fetch(`${baseUrl.replace(/\/+$/, '')}/models`, {
+      signal,
+      redirect: 'manual',
+      ...(key ? { headers: { authorization: `Bearer ${key}` } } : {}),
+    });
     await res.body?.cancel();
-    return { status: res.status };
+    return { status: res.status, withKey: Boolean(key) };
   };

@@ -55,6 +55,19 @@ describe('Readiness', () => {
 
   it.each([
     ['an upstream 5xx', { upstream: async () => ({ status: 502 }) }, 'upstream', /answered 502/],
+    // A wrong key: reachable, but every call would fail.
+    [
+      'an upstream 401',
+      { upstream: async () => ({ status: 401 }) },
+      'upstream',
+      /refused the API key \(HTTP 401\)/,
+    ],
+    [
+      'an upstream 403',
+      { upstream: async () => ({ status: 403 }) },
+      'upstream',
+      /refused the API key \(HTTP 403\)/,
+    ],
     [
       'an unreachable upstream',
       {
@@ -87,6 +100,13 @@ describe('Readiness', () => {
     expect(report.ready).toBe(false);
     expect(report.checks[check].ok).toBe(false);
     expect(report.checks[check].error).toMatch(message);
+  });
+
+  it('is ready on a 401 to a probe that sent no key (the key is not checked then, only reachability)', async () => {
+    const { readiness } = setup({ upstream: async () => ({ status: 401, withKey: false }) });
+    const report = await readiness.check();
+    expect(report.ready).toBe(true);
+    expect(report.checks.upstream).toMatchObject({ ok: true, status: 401 });
   });
 
   it('caches a failed upstream answer too (readiness never hammers the upstream)', async () => {
