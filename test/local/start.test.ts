@@ -3,6 +3,7 @@
 // under load, a fresh start ends every old ticket in one terminal state without overspending the window.
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DynamoDBClient, ScanCommand } from '@aws-sdk/client-dynamodb';
@@ -248,4 +249,26 @@ describe('npm start over one data directory', { timeout: 300_000 }, () => {
     expect(next.stderr()).toMatch(/stopped in [\d.]+ s/);
     expect(next.stderr()).not.toMatch(/store unavailable|hand-over failed/);
   });
+});
+
+describe('npm start on a busy port', () => {
+  it('says which port is taken and how to choose another, without a stack', async () => {
+    const blocker = createServer();
+    const port = await findFreePort();
+    await new Promise<void>((resolve) => blocker.listen(port, '127.0.0.1', resolve));
+    try {
+      const res = spawnSync('npm', ['start'], {
+        cwd: ROOT,
+        env: { ...process.env, PORT: String(port), SLUICE_LOCAL_DIR: localDir },
+        encoding: 'utf8',
+        timeout: 60_000,
+      });
+      expect(res.status).toBe(1);
+      expect(res.stderr).toContain(`Port ${port} is already in use`);
+      expect(res.stderr).toContain(`PORT=${port + 1} npm start`);
+      expect(res.stderr).not.toMatch(/EADDRINUSE|\n\s+at /);
+    } finally {
+      blocker.close();
+    }
+  }, 90_000);
 });
