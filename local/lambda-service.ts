@@ -14,6 +14,8 @@ export interface LocalLambdaService {
   /** Resolves when no run is active or pending. */
   idle(): Promise<void>;
   runs: number;
+  /** Starts no more runs (invokes are still answered, and dropped) and resolves when the current one ended. */
+  quiesce(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -84,6 +86,10 @@ export const startLocalLambda = async (
     },
     async idle() {
       await Promise.all([...fns.values()].map((f) => f.running));
+    },
+    async quiesce() {
+      stopped = true;
+      await service.idle();
     },
     async stop() {
       stopped = true;

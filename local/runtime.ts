@@ -21,6 +21,11 @@ export interface LocalSystemOptions {
   host?: string;
   /** Use these running emulators instead of starting new ones (tests share one pair). */
   emulators?: { dynamoEndpoint: string; sqsEndpoint: string };
+  /**
+   * Keep DynamoDB Local's data (keys, config, tickets, bucket) in this directory, across restarts and crashes;
+   * unset = in memory. Only used when the emulators are started here.
+   */
+  dataDir?: string;
   /** Resource name prefix. @default 'sluice' */
   prefix?: string;
   /** An OpenAI-compatible upstream; unset = start the simulated one. */
@@ -75,7 +80,7 @@ export const startLocalSystem = async (opts: LocalSystemOptions = {}): Promise<L
   try {
     let emulators = opts.emulators;
     if (!emulators) {
-      const started = await startEmulators();
+      const started = await startEmulators(opts.dataDir === undefined ? {} : { dynamoDataDir: opts.dataDir });
       stops.push(() => started.stop());
       emulators = started;
     }
@@ -141,8 +146,11 @@ export const startLocalSystem = async (opts: LocalSystemOptions = {}): Promise<L
     stops.push(destroy(dispatcher.clients));
     const { stores } = dispatcher;
     await stores.config.seed();
+    // Stopping ends the dispatcher's run early: it releases its lease while the stores still answer.
+    const dispatcherStop = new AbortController();
     lambdaRef.handler = makeDispatcherHandler({
       ...dispatcher.deps,
+      stopSignal: dispatcherStop.signal,
       ...(opts.dispatcherTimings ? { timings: opts.dispatcherTimings } : {}),
     }) as unknown as (e: unknown, c: import('aws-lambda').Context) => Promise<unknown>;
 
@@ -161,6 +169,11 @@ export const startLocalSystem = async (opts: LocalSystemOptions = {}): Promise<L
       },
       ...(Array.isArray(extra) ? extra : extra.routes),
     ];
+    // Runs after the API stopped accepting and before anything the dispatcher uses goes away.
+    stops.push(async () => {
+      dispatcherStop.abort();
+      await lambda.quiesce();
+    });
     const api: LocalApiGateway = await startApiGateway({
       routes,
       host: opts.host ?? '127.0.0.1',
@@ -177,6 +190,9 @@ export const startLocalSystem = async (opts: LocalSystemOptions = {}): Promise<L
         : undefined;
     timer?.unref();
     stops.push(async () => clearInterval(timer));
+    // Over kept data, a previous run may have left tickets and a lease behind: a run now sweeps what it can, and
+    // the schedule finishes the rest once the old lease expired.
+    if (opts.dataDir !== undefined) lambda.invokeAsync(DISPATCHER, { source: 'start' });
 
     const keys = new KeyAdmin(stores.keys, stores.clock, (n) => randomBytes(n));
     return {

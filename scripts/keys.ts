@@ -1,6 +1,7 @@
 // CLI (`npm run keys -- …`): create, list, enable, disable agent keys in the local system or in AWS.
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { DynamoKeyStore } from '../lib/adapters/dynamo/key-store.js';
@@ -25,7 +26,7 @@ const target = (): { table: string; client: DynamoDBClient } => {
   }
   let local: { keysTable: string; dynamoEndpoint: string };
   try {
-    local = JSON.parse(readFileSync('.local/runtime.json', 'utf8'));
+    local = JSON.parse(readFileSync(join(process.env.SLUICE_LOCAL_DIR ?? '.local', 'runtime.json'), 'utf8'));
   } catch {
     throw new Error(
       'No local system found (.local/runtime.json). Start it with `npm start`, or set SLUICE_KEYS_TABLE for AWS.',

@@ -1,5 +1,6 @@
 // Regenerates the README's generated parts (`npm run readme`): the config table from CONFIG_FIELDS and the
-// benchmark tables from bench/results; a test checks the config table is current.
+// measured figures (benchmark tables, the fleet's heavy-overload table, the soak) from bench/results; the docs
+// test checks every generated part is current.
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { configTable } from './config-table.js';
 
@@ -22,10 +23,51 @@ const benchTable = (name: string): string => {
     .replace(/^(#+) /gm, (_m, h: string) => `${'#'.repeat(Math.min(6, h.length + 2))} `);
 };
 
+/** One scenario of bench/results/fleet.md (from its `### <title>` heading to its charts), demoted one level. */
+const fleetScenario = (title: string): string => {
+  const file = 'bench/results/fleet.md';
+  if (!existsSync(file)) return '_Run `npm run bench -- fleet` to produce this table._';
+  const text = readFileSync(file, 'utf8');
+  const start = text.indexOf(`### ${title}`);
+  if (start < 0) throw new Error(`${file} has no scenario "${title}"`);
+  const end = text.indexOf('\n![', start);
+  return `#${text.slice(start, end < 0 ? undefined : end).trim()}`;
+};
+
+interface SoakResult {
+  settings: { minutes: number; agents: number };
+  requests: { sent: number };
+  tickets: { total: number; open: number };
+  accounted: boolean;
+  upstream: { maxInWindow: number; limit: number; windowMs: number };
+  memory: { rssChangePct: number; idleAfter: { handles: number } };
+}
+
+/** The soak's headline figures, from bench/results/soak.json. */
+const soakFigures = (): string => {
+  const file = 'bench/results/soak.json';
+  if (!existsSync(file)) return '_Run `npm run bench -- soak` to produce these figures._';
+  const r = JSON.parse(readFileSync(file, 'utf8')) as SoakResult;
+  const n = (x: number) => x.toLocaleString('en-US');
+  const terminal =
+    r.accounted && r.tickets.open === 0
+      ? 'every one in exactly one terminal state'
+      : `${n(r.tickets.open)} still open`;
+  return (
+    `The soak (\`npm run bench -- soak\`, ${n(r.settings.agents)} agents for ${r.settings.minutes} minutes with ` +
+    `upstream fault bursts): ${n(r.requests.sent)} requests, ${n(r.tickets.total)} tickets, ${terminal}; at most ` +
+    `${n(r.upstream.maxInWindow)} upstream calls in any ${r.upstream.windowMs / 1000} s window for a limit of ` +
+    `${n(r.upstream.limit)}; RSS ${r.memory.rssChangePct >= 0 ? '+' : ''}${r.memory.rssChangePct} % from warm-up ` +
+    `to the end of the load (bound ±10 %), open handles back to ${r.memory.idleAfter.handles} after the drain.`
+  );
+};
+
 export const renderReadme = (text: string): string => {
   let out = replaceSection(text, 'config-table', configTable());
   for (const name of ['core', 'path', 'controls'])
     out = replaceSection(out, `bench-${name}`, benchTable(name));
+  out = replaceSection(out, 'bench-fleet-heavy', fleetScenario('Heavy overload'));
+  out = replaceSection(out, 'bench-soak', soakFigures());
   return out;
 };
 

@@ -10,6 +10,13 @@ export const fmtInt = (n: number): string => int.format(n);
 export const fmtNum = (n: number): string => one.format(n);
 
 /** 0.0412 → "4.1 %". */
+/** Dollars per hour, short enough for a tile: `$0.12/h`, `<$0.01/h`, `$0/h` (toPrecision gave `1.2e-7`). */
+export const fmtUsdPerHour = (usd: number): string => {
+  if (usd === 0) return '$0/h';
+  if (usd < 0.01) return '<$0.01/h';
+  return `$${usd < 100 ? usd.toFixed(2) : int.format(Math.round(usd))}/h`;
+};
+
 export const fmtPct = (ratio: number): string => `${one.format(ratio * 100)} %`;
 
 /** A latency bucket bound: 250 → "250 ms", 2500 → "2.5 s", null → "—". */

@@ -12,6 +12,17 @@ const POLL_MS = 1_000;
 /** Without a successful poll for this long the page says it is disconnected. */
 const LOST_AFTER_MS = 5_000;
 
+/**
+ * `#token=…` in the URL (what `npm start` prints) signs in: a fragment never reaches the server. The token moves to
+ * sessionStorage and leaves the address bar, so it is not kept in the history or shared with a copied link.
+ */
+const takeTokenFromFragment = (): void => {
+  const token = new URLSearchParams(location.hash.slice(1)).get('token');
+  if (!token) return;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  history.replaceState(null, '', `${location.pathname}${location.search}`);
+};
+
 class Dashboard {
   private readonly api: Api;
   private readonly admin: AdminPanel;
@@ -23,6 +34,7 @@ class Dashboard {
   private timer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(apiUrl: string) {
+    takeTokenFromFragment();
     this.api = new Api(apiUrl, sessionStorage.getItem(TOKEN_KEY) ?? undefined);
     this.admin = new AdminPanel(this.api, () => this.pollSoon());
     $<HTMLFormElement>('token-form').addEventListener('submit', (ev) => {

@@ -1,7 +1,7 @@
 // Dashboard: turns one status snapshot into the page — tiles, token gauge, queue bars, latency table,
 // transitions, config changes and the title.
 import type { StatusSnapshot } from '../../lib/status/snapshot.js';
-import { fmtAgo, fmtInt, fmtMs, fmtNum, fmtPct, fmtTime, fmtValue } from './format.js';
+import { fmtAgo, fmtInt, fmtMs, fmtNum, fmtPct, fmtTime, fmtUsdPerHour, fmtValue } from './format.js';
 
 const PRIORITIES = ['urgent', 'high', 'normal', 'low'] as const;
 
@@ -90,7 +90,7 @@ export const renderSnapshot = (s: StatusSnapshot): void => {
   const c = s.cost;
   tile(
     'cost',
-    `$${c.usdPerHour.toPrecision(2)}/h`,
+    fmtUsdPerHour(c.usdPerHour),
     `${fmtNum(c.waitingSeconds)} s waited · ${fmtNum(c.gbSeconds)} GB-s at ${fmtInt(c.memoryMb)} MB`,
   );
   const mode = $('mode');

@@ -17,6 +17,8 @@ export interface DispatcherHandlerDeps {
   stores: Stores;
   wakeSuccessor: () => Promise<void>;
   timings?: Partial<DispatcherTimings>;
+  /** Ends a run early, releasing the lease (the local runtime's clean stop). */
+  stopSignal?: AbortSignal;
 }
 
 export const makeDispatcherHandler = (deps: DispatcherHandlerDeps) => {
@@ -53,6 +55,7 @@ export const makeDispatcherHandler = (deps: DispatcherHandlerDeps) => {
     );
     const summary = await dispatcher.run(
       stores.clock.now() + context.getRemainingTimeInMillis() - STOP_MARGIN_MS,
+      deps.stopSignal,
     );
     metrics.addMetric('granted', MetricUnit.Count, summary.granted);
     metrics.addMetric('expired', MetricUnit.Count, summary.expired);

@@ -274,7 +274,10 @@ export const buildStatusDeps = (processEnv: Record<string, string | undefined> =
       sqs: async () => {
         await Promise.all(PRIORITIES.map((p) => stores.queue.depth(p)));
       },
-      upstream: fetchModelsProbe(limited.baseUrl),
+      upstream: fetchModelsProbe(
+        limited.baseUrl,
+        optionalToken(env.upstreamKeySecret, env.upstreamKeyValue, 'upstream API key'),
+      ),
       clock,
     }),
     config: stores.config,

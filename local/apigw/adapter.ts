@@ -733,7 +733,12 @@ function formatRequestTime(date: Date): string {
 /** Errors a streaming handler gets because the client left (its pipeline into the destroyed stream fails). */
 function isDisconnectFallout(error: unknown): boolean {
   const code = (error as { code?: unknown } | null)?.code;
-  return code === 'ERR_STREAM_PREMATURE_CLOSE' || code === 'ERR_STREAM_DESTROYED' || code === 'ABORT_ERR';
+  return (
+    code === 'ERR_STREAM_PREMATURE_CLOSE' ||
+    code === 'ERR_STREAM_DESTROYED' ||
+    code === 'ERR_STREAM_UNABLE_TO_PIPE' ||
+    code === 'ABORT_ERR'
+  );
 }
 
 function describeError(error: unknown): string {

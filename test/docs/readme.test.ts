@@ -1,8 +1,10 @@
-// The README stays true: its config table is the one CONFIG_FIELDS generates, and the commands it names exist.
+// The README stays true: its config table and measured figures are the generated ones, and the commands it names
+// exist.
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { CONFIG_FIELDS, CONFIG_KEYS } from '../../lib/domain/config.js';
 import { configTable } from '../../scripts/config-table.js';
+import { renderReadme } from '../../scripts/readme.js';
 
 const readme = readFileSync('README.md', 'utf8');
 const pkg = JSON.parse(readFileSync('package.json', 'utf8')) as { scripts: Record<string, string> };
@@ -11,6 +13,13 @@ describe('README', () => {
   it('lists every config field with its env var, as generated (run `npm run readme` after a change)', () => {
     expect(readme).toContain(configTable());
     for (const key of CONFIG_KEYS) expect(readme).toContain(CONFIG_FIELDS[key].env);
+  });
+
+  it('holds the measured figures bench/results holds, as generated (run `npm run readme` after a bench)', () => {
+    // The benchmark tables, the fleet's heavy-overload table and the soak figures are generated between markers.
+    for (const name of ['bench-core', 'bench-path', 'bench-controls', 'bench-fleet-heavy', 'bench-soak'])
+      expect(readme).toContain(`<!-- ${name}:start -->`);
+    expect(readme).toBe(renderReadme(readme));
   });
 
   it.each(['start', 'test', 'bench', 'keys', 'synth', 'deploy', 'typecheck', 'lint'])(

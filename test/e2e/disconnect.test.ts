@@ -61,8 +61,13 @@ describe('agent disconnect while queued', () => {
         100,
       );
       expect(ended).toMatchObject({ status: 'abandoned', reason: 'client_disconnected' });
-      // Wait past the next token: nothing reaches the upstream on behalf of the leaver.
-      await new Promise((r) => setTimeout(r, 6_000));
+      // Wait until the next token is free (and a little more), so a grant for the leaver could happen: the bucket
+      // must not move, the ticket must stay as it ended, and nothing reaches the upstream on its behalf.
+      const bucketBefore = await system.stores.bucket.refresh();
+      const nextTokenInMs = Math.max(0, (bucketBefore?.tat ?? 0) - Date.now());
+      await new Promise((r) => setTimeout(r, nextTokenInMs + 2_000));
+      expect(await system.stores.bucket.refresh()).toEqual(bucketBefore);
+      expect(await system.stores.tickets.get(ticket.id)).toEqual(ended);
       expect(system.upstream!.calls.length).toBe(callsBefore);
     },
     60_000,

@@ -2,7 +2,7 @@
 // no lost wake-up, and messages with nothing to do are deleted.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DynamoLeaseStore } from '../../lib/adapters/dynamo/lease-store.js';
-import type { LeaseStore, TicketQueue } from '../../lib/domain/ports.js';
+import type { LeaseStore, ReceivedMessage, TicketQueue } from '../../lib/domain/ports.js';
 import type { Ticket } from '../../lib/domain/tickets.js';
 import { dispatcherFor, storesFor } from '../support/stores.js';
 
@@ -49,16 +49,46 @@ describe('dispatcher singleton', () => {
     expect(a.granted + b.granted).toBe(3);
   });
 
-  it('never grants a ticket twice nor overspends the bucket, even if two run without a shared lease', async () => {
+  it('never grants a ticket twice nor overspends the bucket, even if two run without a shared lease and every message reaches both', async () => {
     const tickets = await admitMany(30);
     // Misconfiguration: each dispatcher has its own lease item, so both run at once over the same queues.
     const leaseOf = (name: string): LeaseStore =>
       new DynamoLeaseStore(ctx.clients.dynamo, ctx.env.stateTable, name);
+    // And SQS's at-least-once delivery at its worst: every message one dispatcher receives is delivered to the
+    // other as well (visibility would otherwise hide it), so only the grant's own conditions stop a double grant.
+    const copiesFor = { x: [] as ReceivedMessage[], y: [] as ReceivedMessage[] };
+    let duplicates = 0;
+    const duplicating = (self: 'x' | 'y', other: 'x' | 'y'): TicketQueue => ({
+      send: (m) => ctx.stores.queue.send(m),
+      delete: (p, r) => ctx.stores.queue.delete(p, r),
+      extend: (p, r, sec) => ctx.stores.queue.extend(p, r, sec),
+      depth: (p) => ctx.stores.queue.depth(p),
+      receive: async (p, max, wait, signal) => {
+        const mine = copiesFor[self].filter((m) => m.message.priority === p);
+        if (mine.length > 0) {
+          copiesFor[self] = copiesFor[self].filter((m) => m.message.priority !== p);
+          duplicates += mine.length;
+          return mine;
+        }
+        const got = await ctx.stores.queue.receive(p, max, wait, signal);
+        copiesFor[other].push(...got);
+        return got;
+      },
+    });
     const [a, b] = await Promise.all([
-      dispatcherFor(ctx.stores, { owner: 'x', lease: leaseOf('rogue-x') }).run(Date.now() + 60_000),
-      dispatcherFor(ctx.stores, { owner: 'y', lease: leaseOf('rogue-y') }).run(Date.now() + 60_000),
+      dispatcherFor(ctx.stores, {
+        owner: 'x',
+        lease: leaseOf('rogue-x'),
+        queue: duplicating('x', 'y'),
+      }).run(Date.now() + 60_000),
+      dispatcherFor(ctx.stores, {
+        owner: 'y',
+        lease: leaseOf('rogue-y'),
+        queue: duplicating('y', 'x'),
+      }).run(Date.now() + 60_000),
     ]);
     expect(a.ran && b.ran).toBe(true);
+    expect(duplicates).toBeGreaterThanOrEqual(15);
     expect(a.granted + b.granted).toBe(30);
     const stored = await Promise.all(tickets.map((t) => ctx.stores.tickets.get(t.id)));
     expect(stored.every((t) => t?.status === 'granted' && t.attempt === 0)).toBe(true);

@@ -75,7 +75,9 @@ describe('SQS failing under the running system', () => {
   });
 
   it('SendMessage delivered but its answer lost: 503, and the stray copies are skipped without a token', async () => {
+    const before = new Set((await allTickets(f.system)).map((t) => t.id));
     const calls = f.system.upstream!.calls.length;
+    const tatBefore = (await f.system.stores.bucket.refresh())?.tat;
     const remove = f.sqs.add({
       name: 'send-lost',
       match: (c) => c.action === 'SendMessage',
@@ -86,6 +88,13 @@ describe('SQS failing under the running system', () => {
     expect(reply.status).toBe(503);
     // The SDK's 3 attempts each left a message; the dispatcher meets a failed ticket three times.
     await sleep(3_000);
+    // Tokens come every 100 ms here: a grant of a stray copy would have moved the bucket and the ticket.
+    expect((await f.system.stores.bucket.refresh())?.tat).toBe(tatBefore);
+    const mine = (await allTickets(f.system)).filter((t) => !before.has(t.id));
+    expect(mine).toEqual([
+      expect.objectContaining({ status: 'failed', reason: 'enqueue_failed', attempt: 0 }),
+    ]);
+    expect(mine[0]?.grantedAt).toBeUndefined();
     expect(f.system.upstream!.calls.length).toBe(calls);
   });
 

@@ -241,12 +241,13 @@ describe('priority and keys', () => {
     await f.system.stores.keys.setEnabled(hashKey(keys.disabled), false);
     const disabledAt = Date.now();
     let status = 200;
-    while (status === 200 && Date.now() - disabledAt < KEY_CACHE_MS + 5_000) {
+    while (status === 200 && Date.now() - disabledAt < KEY_CACHE_MS + 8_000) {
       await sleep(250);
       status = (await call(f.system, keys.disabled, { path: '/v1/models', method: 'GET' })).status;
     }
     expect(status).toBe(403);
-    expect(Date.now() - disabledAt).toBeLessThanOrEqual(KEY_CACHE_MS + 1_000);
+    // The cache time plus a generous margin for a loaded machine (a cache that never expired still fails this).
+    expect(Date.now() - disabledAt).toBeLessThanOrEqual(KEY_CACHE_MS + 4_000);
   }, 30_000);
 
   it('keys are stored only as SHA-256 hashes: no table holds a key or a token in clear', async () => {

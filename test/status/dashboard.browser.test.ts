@@ -233,6 +233,32 @@ describe('dashboard in Chromium', () => {
     expect(countByStatus(await allTickets(system!))).toEqual({ completed: LOAD + WAVE });
   }, 120_000);
 
+  it('signs in from #token= in the URL (then drops it from the address) and every tile fits its grid at 1,400 px', async () => {
+    const other = await browser!.newPage({ viewport: { width: 1400, height: 900 }, deviceScaleFactor: 1 });
+    try {
+      await other.goto(`${system!.url}/#token=${VIEWER_TOKEN}`);
+      await expect.poll(() => other.locator('[data-testid="connection"]').textContent(), poll).toBe('live');
+      expect(await other.locator('[data-testid="token-dialog"]').isVisible()).toBe(false);
+      expect(await other.locator('[data-testid="role"]').textContent()).toBe('read only');
+      expect(await other.evaluate(() => location.hash)).toBe('');
+      // The load above gave the cost tile its longest figures.
+      await expect
+        .poll(() => other.locator('[data-testid="tile-cost"] .value').textContent(), poll)
+        .toMatch(/\$/);
+      const overflowing = await other.evaluate(() =>
+        [...document.querySelectorAll<HTMLElement>('.tiles, .tile, .tile .value, .tile .sub, .tile .label')]
+          .filter((el) => el.scrollWidth > el.clientWidth + 1)
+          .map(
+            (el) =>
+              `${el.closest('.tile')?.getAttribute('data-testid') ?? 'tiles'} ${el.className}: ${el.scrollWidth} > ${el.clientWidth}`,
+          ),
+      );
+      expect(overflowing).toEqual([]);
+    } finally {
+      await other.close();
+    }
+  });
+
   it('pauses and resumes from the admin panel and lists the load in the top-agents table', async () => {
     await page.click('#mode-pause');
     await expect.poll(() => page.locator('[data-testid="mode"]').textContent(), poll).toBe('PAUSED');

@@ -47,6 +47,8 @@ interface Faults {
   dynamodb: boolean;
   sqs: boolean;
   upstreamStatus: number;
+  /** Whether the probe sent the upstream's API key (the status function has it locally). */
+  upstreamWithKey: boolean;
   snapshotFails: boolean;
 }
 
@@ -58,7 +60,13 @@ interface World {
 const world = (opts: { allowedOrigin?: string; config?: Partial<GatewayConfig> } = {}): World => {
   const store = new MemoryConfigStore();
   const config = new ConfigService(store, clock, { ...DEFAULT_CONFIG, ...opts.config }, 0);
-  const faults: Faults = { dynamodb: true, sqs: true, upstreamStatus: 200, snapshotFails: false };
+  const faults: Faults = {
+    dynamodb: true,
+    sqs: true,
+    upstreamStatus: 200,
+    upstreamWithKey: true,
+    snapshotFails: false,
+  };
   const deps: StatusDeps = {
     snapshots: new Memo(
       async () => {
@@ -109,7 +117,7 @@ const world = (opts: { allowedOrigin?: string; config?: Partial<GatewayConfig> }
       sqs: async () => {
         if (!faults.sqs) throw new Error('sqs down');
       },
-      upstream: async () => ({ status: faults.upstreamStatus }),
+      upstream: async () => ({ status: faults.upstreamStatus, withKey: faults.upstreamWithKey }),
       clock,
       upstreamEveryMs: 0,
     }),
@@ -336,9 +344,10 @@ describe('health', () => {
     expect(res.json).toMatchObject({ status: 'ok', service: 'sluice-status', uptimeS: 42 });
   });
 
-  it('is ready when DynamoDB, SQS and the upstream answer (a 401 from the upstream still means reachable)', async () => {
+  it('is ready when DynamoDB, SQS and the upstream answer (a 401 to a probe without the key still means reachable)', async () => {
     const w = world();
     w.faults.upstreamStatus = 401;
+    w.faults.upstreamWithKey = false;
     const res = await invoke(w, event('GET', '/health/ready'));
     expect(res.status).toBe(200);
     expect(res.json).toMatchObject({
@@ -353,6 +362,16 @@ describe('health', () => {
     ['DynamoDB is down', { dynamodb: false }, /^Not ready \(dynamodb: failed\)\.$/],
     ['SQS is down', { sqs: false }, /^Not ready \(sqs: failed\)\.$/],
     ['the upstream answers 503', { upstreamStatus: 503 }, /^Not ready \(upstream: failed\)\.$/],
+    [
+      'the upstream refuses the key (401)',
+      { upstreamStatus: 401 },
+      /^Not ready \(upstream: wrong key \(HTTP 401\)\)\.$/,
+    ],
+    [
+      'the upstream refuses the key (403)',
+      { upstreamStatus: 403 },
+      /^Not ready \(upstream: wrong key \(HTTP 403\)\)\.$/,
+    ],
   ])('is not ready when %s: 503, OpenAI-shaped, with the checks', async (_what, broken, message) => {
     const w = world();
     Object.assign(w.faults, broken);

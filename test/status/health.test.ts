@@ -55,6 +55,9 @@ describe('Readiness', () => {
 
   it.each([
     ['an upstream 5xx', { upstream: async () => ({ status: 502 }) }, 'upstream', 'failed'],
+    // A wrong key: reachable, but every call would fail.
+    ['an upstream 401', { upstream: async () => ({ status: 401 }) }, 'upstream', 'wrong key (HTTP 401)'],
+    ['an upstream 403', { upstream: async () => ({ status: 403 }) }, 'upstream', 'wrong key (HTTP 403)'],
     [
       'an unreachable upstream',
       {
@@ -101,6 +104,13 @@ describe('Readiness', () => {
     clock.advance(1_000);
     await readiness.check();
     expect(runs).toBe(2);
+  });
+
+  it('is ready on a 401 to a probe that sent no key (the key is not checked then, only reachability)', async () => {
+    const { readiness } = setup({ upstream: async () => ({ status: 401, withKey: false }) });
+    const report = await readiness.check();
+    expect(report.ready).toBe(true);
+    expect(report.checks.upstream).toMatchObject({ ok: true, status: 401 });
   });
 
   it('caches a failed upstream answer too (readiness never hammers the upstream)', async () => {
