@@ -168,9 +168,13 @@ describe('Admission.untilClaimed', () => {
       stream: false,
       deadline: s.clock.now() + 1,
     };
+    // Three agents, so the per-agent cap (a quarter of the queue) is not what refuses.
     await s.admission.admit(req, config);
-    await s.admission.admit(req, config);
-    await expect(s.admission.admit(req, config)).rejects.toMatchObject({ status: 503, code: 'queue_full' });
+    await s.admission.admit({ ...req, agent: 'b' }, config);
+    await expect(s.admission.admit({ ...req, agent: 'c' }, config)).rejects.toMatchObject({
+      status: 503,
+      code: 'queue_full',
+    });
     expect(s.tickets.tickets.size).toBe(2);
   });
 });
