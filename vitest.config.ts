@@ -5,7 +5,8 @@ export default defineConfig({
   test: {
     globalSetup: ['test/setup/global-setup.ts'],
     include: ['test/**/*.test.ts'],
-    testTimeout: 30_000,
+    // Generous: CDK synths and real-time e2e tests run on loaded 2-core machines too.
+    testTimeout: 60_000,
     hookTimeout: 90_000,
     pool: 'forks',
   },
