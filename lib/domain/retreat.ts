@@ -178,10 +178,11 @@ export const evaluateRetreat = (
   inputs: RetreatInputs,
   now: number,
   p: RetreatParams,
-): RetreatRecord => (p.retreatPreset === 'probe' ? evaluateProbe : evaluateAdr009)(r, inputs, now, p);
+): RetreatRecord =>
+  (p.retreatPreset === 'probe' ? evaluateProbe : evaluateStepwiseRetreat)(r, inputs, now, p);
 
-/** The seed's ADR-009 machine (`seed` preset) and its time-paced variant (`sluice` preset). */
-const evaluateAdr009 = (
+/** Fixed-factor steps down and up (the seed's ADR-009 machine): `seed` preset, and its time-paced variant `sluice`. */
+const evaluateStepwiseRetreat = (
   r: RetreatRecord,
   inputs: RetreatInputs,
   now: number,

@@ -280,7 +280,8 @@ export class IngressService {
   private bucketReadAt = 0;
   private async refreshBucket(): Promise<void> {
     const now = this.d.clock.now();
-    if (now - this.bucketReadAt <= 1_000) return;
+    // An empty read (the bucket item not written yet) is never reused: it would report 0 remaining.
+    if (now - this.bucketReadAt <= 1_000 && this.d.bucket.state !== undefined) return;
     this.bucketReadAt = now;
     await this.d.bucket.refresh().catch(() => undefined);
   }
