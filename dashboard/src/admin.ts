@@ -6,7 +6,9 @@ import { fmtNum, fmtValue } from './format.js';
 import { $ } from './render.js';
 
 const NUMBER_FIELDS = ['upstream_limit', 'queue_max_size'] as const;
-const POLICY = 'queue_full_policy';
+/** Fields chosen from the values the server lists. */
+const CHOICE_FIELDS = ['queue_full_policy', 'priority_policy'] as const;
+const TEXT_FIELDS = ['priority_weights'] as const;
 /** The top-agents table refreshes this often while the admin panel is open. */
 const USAGE_EVERY_MS = 10_000;
 
@@ -106,17 +108,21 @@ export class AdminPanel {
       if (field?.min !== undefined) input.min = String(field.min);
       if (field?.max !== undefined) input.max = String(field.max);
     }
-    const select = $<HTMLSelectElement>(`cfg-${POLICY}`);
-    const values = view.fields.find((f) => f.name === POLICY)?.values ?? [];
-    select.replaceChildren(
-      ...values.map((v) => {
-        const option = document.createElement('option');
-        option.value = v;
-        option.textContent = v;
-        return option;
-      }),
-    );
-    select.value = String(view.config[POLICY] ?? '');
+    for (const name of CHOICE_FIELDS) {
+      const select = $<HTMLSelectElement>(`cfg-${name}`);
+      const values = view.fields.find((f) => f.name === name)?.values ?? [];
+      select.replaceChildren(
+        ...values.map((v) => {
+          const option = document.createElement('option');
+          option.value = v;
+          option.textContent = v;
+          return option;
+        }),
+      );
+      select.value = String(view.config[name] ?? '');
+    }
+    for (const name of TEXT_FIELDS)
+      $<HTMLInputElement>(`cfg-${name}`).value = String(view.config[name] ?? '');
     $('window-hint').textContent = `calls per ${fmtNum(Number(view.config.upstream_window_s))} s`;
     $('admin-version').textContent = `config v${view.version}, last changed by ${view.updatedBy}`;
   }
@@ -130,8 +136,10 @@ export class AdminPanel {
       const value = raw === '' ? raw : Number(raw);
       if (value !== current[name]) out[name] = value;
     }
-    const policy = $<HTMLSelectElement>(`cfg-${POLICY}`).value;
-    if (policy !== current[POLICY]) out[POLICY] = policy;
+    for (const name of [...CHOICE_FIELDS, ...TEXT_FIELDS]) {
+      const value = $<HTMLInputElement | HTMLSelectElement>(`cfg-${name}`).value.trim();
+      if (value !== current[name]) out[name] = value;
+    }
     return out;
   }
 

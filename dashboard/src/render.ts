@@ -83,7 +83,9 @@ export const renderSnapshot = (s: StatusSnapshot): void => {
   tile(
     'queue',
     fmtInt(s.queue.total),
-    `of ${fmtInt(s.queue.maxSize)} · policy ${s.queue.policy}`,
+    `of ${fmtInt(s.queue.maxSize)} · full: ${s.queue.policy} · order: ${
+      s.queue.order.policy === 'weighted' ? `weighted ${s.queue.order.weights}` : 'strict'
+    }`,
     s.queue.total >= s.queue.maxSize ? 'bad' : undefined,
   );
 

@@ -25,6 +25,7 @@ import type {
   VersionedConfig,
 } from '../domain/ports.js';
 import { PRIORITIES, type Priority } from '../domain/priority.js';
+import type { PriorityPolicy } from '../domain/priority-policy.js';
 import { baseRpmOf, initialRetreat, rebaseRetreat } from '../domain/retreat.js';
 import { bucketParamsFor } from '../domain/retreat-controller.js';
 import { type ConfigChangeView, changeView, type RetreatView, retreatView } from './views.js';
@@ -79,6 +80,8 @@ export interface StatusSnapshot {
     total: number;
     maxSize: number;
     policy: QueueFullPolicy;
+    /** How the dispatcher orders priorities: `strict`, or `weighted` shares (urgent:high:normal:low). */
+    order: { policy: PriorityPolicy; weights: string };
     /** Per priority from SQS (approximate): waiting in the queue, and held by the dispatcher's buffers. */
     byPriority: Record<Priority, { waiting: number; buffered: number }>;
     /** Granted tickets not yet claimed, and claimed ones (upstream calls in progress). */
@@ -251,6 +254,7 @@ export class SnapshotBuilder {
         total: counters.queued,
         maxSize: config.queueMaxSize,
         policy: config.queueFullPolicy,
+        order: { policy: config.priorityPolicy, weights: config.priorityWeights },
         byPriority: Object.fromEntries(
           PRIORITIES.map((p, i) => [
             p,

@@ -205,6 +205,29 @@ describe('dashboard in Chromium', () => {
       .toMatch(/upstream_limit\s*40 → 60\s*by admin/);
   });
 
+  it('switches the priority order to weighted from the admin panel and shows it on the queue tile', async () => {
+    await page.selectOption('#cfg-priority_policy', 'weighted');
+    await page.fill('#cfg-priority_weights', '8:4:2');
+    await page.click('#apply');
+    await expect
+      .poll(() => page.locator('#admin-message').textContent(), poll)
+      .toMatch(/Refused: priority_weights must be four integers/);
+    await page.fill('#cfg-priority_weights', '6:3:2:1');
+    await page.click('#apply');
+    await expect.poll(() => page.locator('#admin-message').textContent(), poll).toMatch(/Applied/);
+    const snapshot = (await call<StatusSnapshot>(system!, 'GET', '/status', { token: VIEWER_TOKEN })).json;
+    expect(snapshot.queue.order).toEqual({ policy: 'weighted', weights: '6:3:2:1' });
+    await expect
+      .poll(() => page.locator('[data-testid="tile-queue"]').textContent(), poll)
+      .toMatch(/order: weighted 6:3:2:1/);
+    // Back to the default, so the waves below queue in strict order.
+    await page.selectOption('#cfg-priority_policy', 'strict');
+    await page.click('#apply');
+    await expect
+      .poll(() => page.locator('[data-testid="tile-queue"]').textContent(), poll)
+      .toMatch(/order: strict/);
+  });
+
   it('saves a screenshot for the README while a second wave waits in the queue', async () => {
     const client = new OpenAI({
       baseURL: `${system!.url}/v1`,
