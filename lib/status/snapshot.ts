@@ -107,7 +107,7 @@ export interface StatusSnapshot {
     t: number[];
     /** One count per slot for every outcome counter. */
     series: Record<CounterName, number[]>;
-    /** Sums over the window; `requests` = granted + refused + expired + dropped + abandoned. */
+    /** Sums over the window; `requests` = granted − requeued + refused + expired + dropped + abandoned. */
     totals: Record<CounterName, number> & { requests: number };
   };
   latency: {
@@ -277,7 +277,9 @@ export class SnapshotBuilder {
         series,
         totals: {
           ...sums,
-          requests: sums.granted + sums.refused + sums.expired + sums.dropped + sums.abandoned,
+          // Each request once: a requeued ticket (upstream 429, or a grant too stale to call) is granted again.
+          requests:
+            sums.granted - sums.requeued + sums.refused + sums.expired + sums.dropped + sums.abandoned,
         },
       },
       latency: {

@@ -161,6 +161,7 @@ describe('SnapshotBuilder', () => {
       total: 3,
       maxSize: 50,
       policy: 'reject',
+      order: { policy: 'strict', weights: '8:4:2:1' },
       byPriority: {
         urgent: { waiting: 1, buffered: 1 },
         high: { waiting: 0, buffered: 0 },
