@@ -24,6 +24,8 @@ import { binPanels, latencyBars } from './support/svg.js';
 import { agentPriorities, burstyArrivals, runWorkload, type Workload } from './support/workload.js';
 
 const RESULTS = 'bench/results';
+/** Result files' name: `fleet` by default; e.g. `fleet-1x` keeps a real-time run beside the time-scaled one. */
+const NAME = process.env.SLUICE_BENCH_NAME ?? 'fleet';
 /** Scenarios where sluice runs a second time with less compression (SLUICE_BENCH_CHECK_SCALE). */
 const CHECKED = ['heavy'];
 
@@ -284,9 +286,9 @@ export const runFleetBench = async (opts: { log: (line: string) => void }): Prom
   }
   result.wallSeconds = Math.round((Date.now() - started) / 1000);
   mkdirSync(RESULTS, { recursive: true });
-  writeFileSync(`${RESULTS}/fleet.json`, `${JSON.stringify(result, null, 2)}\n`);
+  writeFileSync(`${RESULTS}/${NAME}.json`, `${JSON.stringify(result, null, 2)}\n`);
   const markdown = fleetMarkdown(result);
-  writeFileSync(`${RESULTS}/fleet.md`, `${markdown}\n`);
+  writeFileSync(`${RESULTS}/${NAME}.md`, `${markdown}\n`);
   return { markdown };
 };
 
@@ -295,7 +297,7 @@ const writeCharts = (sc: FleetResult['scenarios'][number], limit: { requests: nu
   const ran = sc.results.filter((r) => r.metrics && r.bins);
   const perBin = (limit.requests * 10_000) / limit.windowMs;
   writeFileSync(
-    `${RESULTS}/fleet-${sc.name}-calls.svg`,
+    `${RESULTS}/${NAME}-${sc.name}-calls.svg`,
     binPanels({
       title: `${sc.title} (${sc.description}): upstream calls per 10 s`,
       binMs: 10_000,
@@ -311,7 +313,7 @@ const writeCharts = (sc: FleetResult['scenarios'][number], limit: { requests: nu
     }),
   );
   writeFileSync(
-    `${RESULTS}/fleet-${sc.name}-latency.svg`,
+    `${RESULTS}/${NAME}-${sc.name}-latency.svg`,
     latencyBars({
       title: `${sc.title}: end-to-end latency of completed requests per priority (steady state)`,
       groups: PRIORITIES,
@@ -376,13 +378,13 @@ export const fleetMarkdown = (r: FleetResult): string => {
     }
     lines.push(
       '',
-      `![calls per 10 s](fleet-${sc.name}-calls.svg)`,
+      `![calls per 10 s](${NAME}-${sc.name}-calls.svg)`,
       '',
-      `![latency per priority](fleet-${sc.name}-latency.svg)`,
+      `![latency per priority](${NAME}-${sc.name}-latency.svg)`,
       '',
     );
   }
-  lines.push('Settings of every setup (also in fleet.json):', '');
+  lines.push(`Settings of every setup (also in ${NAME}.json):`, '');
   for (const [name, v] of Object.entries(s.setups)) {
     const { label, ...rest } = v;
     lines.push(

@@ -14,6 +14,8 @@ import { binPanels, PALETTE, traceChart } from './support/svg.js';
 import { agentPriorities, type RequestRecord, runWorkload } from './support/workload.js';
 
 const RESULTS = 'bench/results';
+/** Result files' name: `retreat` by default; e.g. `retreat-1x` keeps a real-time run beside the time-scaled one. */
+const NAME = process.env.SLUICE_BENCH_NAME ?? 'retreat';
 
 const knob = (name: string, fallback: number): number => {
   const raw = process.env[name];
@@ -305,7 +307,7 @@ export const runRetreatBench = async (opts: {
 
 const writeRetreatResults = (r: RetreatBenchResult) => {
   mkdirSync(RESULTS, { recursive: true });
-  writeFileSync(`${RESULTS}/retreat.json`, `${JSON.stringify(r, null, 2)}\n`);
+  writeFileSync(`${RESULTS}/${NAME}.json`, `${JSON.stringify(r, null, 2)}\n`);
   const { phases: ph } = r;
   const hidden: [number, number][] = [
     [0, ph.base],
@@ -314,7 +316,7 @@ const writeRetreatResults = (r: RetreatBenchResult) => {
     [ph.endAt, ph.base],
   ];
   writeFileSync(
-    `${RESULTS}/retreat-rate.svg`,
+    `${RESULTS}/${NAME}-rate.svg`,
     traceChart({
       title: `Effective rate per retreat preset while the upstream's hidden limit steps ${ph.base} → ${ph.constrained} → ${ph.base} rpm`,
       yLabel: 'rpm (modelled)',
@@ -332,7 +334,7 @@ const writeRetreatResults = (r: RetreatBenchResult) => {
     }),
   );
   writeFileSync(
-    `${RESULTS}/retreat-calls.svg`,
+    `${RESULTS}/${NAME}-calls.svg`,
     binPanels({
       title: `Upstream calls per 10 s per retreat preset (hidden limit ${ph.base} → ${ph.constrained} → ${ph.base})`,
       binMs: 10_000,
@@ -347,7 +349,7 @@ const writeRetreatResults = (r: RetreatBenchResult) => {
       })),
     }),
   );
-  writeFileSync(`${RESULTS}/retreat.md`, `${retreatMarkdown(r)}\n`);
+  writeFileSync(`${RESULTS}/${NAME}.md`, `${retreatMarkdown(r)}\n`);
 };
 
 export const retreatMarkdown = (r: RetreatBenchResult): string => {
@@ -368,8 +370,8 @@ export const retreatMarkdown = (r: RetreatBenchResult): string => {
         `| ${x.preset} | ${s(x.settleSeconds)} | ${x.transition429s} | ${x.constrained.goodputRpm} rpm (${x.constrained.goodputPctOfLimit} %) | ${x.constrained.upstream429} of ${x.constrained.calls} (${x.constrained.rate429Pct} %) | ${x.oscillation.min}–${x.oscillation.max} (±${x.oscillation.pct} %) | ${s(x.recoverSeconds)} | ${x.afterGoodputRpm} rpm | ${x.upstream429} of ${x.upstreamCalls} | ${x.failedAtAgent} |`,
     ),
     '',
-    '![effective rate per preset](retreat-rate.svg)',
+    `![effective rate per preset](${NAME}-rate.svg)`,
     '',
-    '![upstream calls per 10 s](retreat-calls.svg)',
+    `![upstream calls per 10 s](${NAME}-calls.svg)`,
   ].join('\n');
 };

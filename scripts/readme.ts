@@ -23,15 +23,33 @@ const benchTable = (name: string): string => {
     .replace(/^(#+) /gm, (_m, h: string) => `${'#'.repeat(Math.min(6, h.length + 2))} `);
 };
 
-/** One scenario of bench/results/fleet.md (from its `### <title>` heading to its charts), demoted one level. */
-const fleetScenario = (title: string): string => {
-  const file = 'bench/results/fleet.md';
-  if (!existsSync(file)) return '_Run `npm run bench -- fleet` to produce this table._';
+/**
+ * One scenario of a fleet result (from its `### <title>` heading to its charts), demoted one level.
+ * @param name the result's name: `fleet` (time-scaled, every setup) or `fleet-1x` (sluice at real time)
+ */
+const fleetScenario = (title: string, name = 'fleet'): string => {
+  const file = `bench/results/${name}.md`;
+  if (!existsSync(file))
+    return `_Run \`SLUICE_BENCH_NAME=${name} npm run bench -- fleet\` to produce this table._`;
   const text = readFileSync(file, 'utf8');
   const start = text.indexOf(`### ${title}`);
   if (start < 0) throw new Error(`${file} has no scenario "${title}"`);
   const end = text.indexOf('\n![', start);
-  return `#${text.slice(start, end < 0 ? undefined : end).trim()}`;
+  // The run's line (date, machine, load, code, wall time) goes with its table.
+  const run = text.split('\n').find((l) => /^\d{4}-\d{2}-\d{2} · /.test(l));
+  const table = `#${text.slice(start, end < 0 ? undefined : end).trim()}`;
+  return run ? `${run}\n\n${table}` : table;
+};
+
+/** The header line (date, machine, load, code) and the table of a retreat result, demoted one level. */
+const retreatTable = (name: string): string => {
+  const file = `bench/results/${name}.md`;
+  if (!existsSync(file))
+    return `_Run \`SLUICE_BENCH_NAME=${name} npm run bench -- retreat\` to produce this table._`;
+  const lines = readFileSync(file, 'utf8').split('\n');
+  const header = lines.find((l) => /^\d{4}-\d{2}-\d{2} · /.test(l)) ?? '';
+  const table = lines.filter((l) => l.startsWith('|'));
+  return [header, '', ...table].join('\n');
 };
 
 interface SoakResult {
@@ -67,6 +85,8 @@ export const renderReadme = (text: string): string => {
   for (const name of ['core', 'path', 'controls'])
     out = replaceSection(out, `bench-${name}`, benchTable(name));
   out = replaceSection(out, 'bench-fleet-heavy', fleetScenario('Heavy overload'));
+  out = replaceSection(out, 'bench-fleet-1x', fleetScenario('Heavy overload', 'fleet-1x'));
+  out = replaceSection(out, 'bench-retreat-1x', retreatTable('retreat-1x'));
   out = replaceSection(out, 'bench-soak', soakFigures());
   return out;
 };
