@@ -2,7 +2,7 @@
 // quota keeps a greedy agent within its limit while a polite agent is unaffected.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import OpenAI from 'openai';
-import { startEmulators } from '../lib/local/emulators.js';
+import { startEmulators } from '../local/emulators.js';
 import { type LocalSystem, startLocalSystem } from '../local/runtime.js';
 import type { BenchOptions, BenchResult } from './run.js';
 import { machine, round, summary } from './support/stats.js';

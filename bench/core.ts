@@ -12,7 +12,7 @@ import { systemClock } from '../lib/domain/clock.js';
 import { type BucketParams, type ConsumeAttempt, deriveBucket, windowAllowance } from '../lib/domain/gcra.js';
 import type { BucketStore, ConsumeOutcome } from '../lib/domain/ports.js';
 import type { Priority } from '../lib/domain/priority.js';
-import { localAwsConfig, provisionResources, startEmulators } from '../lib/local/emulators.js';
+import { localAwsConfig, provisionResources, startEmulators } from '../local/emulators.js';
 import { machine, round } from './support/stats.js';
 
 /** Every grant a run handed out, and what the conditional writes cost. */

@@ -5,7 +5,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { DEFAULT_CONFIG } from '../lib/domain/config.js';
 import { PRIORITIES, type Priority } from '../lib/domain/priority.js';
-import { startEmulators } from '../lib/local/emulators.js';
+import { startEmulators } from '../local/emulators.js';
 import { callsPerBin, type RunMetrics, runMetrics, tagCalls } from './support/analysis.js';
 import { codeVersion } from './support/code.js';
 import { type RedisServer, startRedis } from './support/redis.js';

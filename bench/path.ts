@@ -2,7 +2,7 @@
 // plus DynamoDB and SQS calls per request (counted by proxies in front of the emulators).
 import { mkdirSync, writeFileSync } from 'node:fs';
 import OpenAI from 'openai';
-import { startEmulators } from '../lib/local/emulators.js';
+import { startEmulators } from '../local/emulators.js';
 import { startFakeUpstream } from '../local/fake-upstream.js';
 import { type LocalSystem, startLocalSystem } from '../local/runtime.js';
 import { type CountingProxy, startCountingProxy } from './support/counting-proxy.js';

@@ -4,7 +4,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { RETREAT_PRESETS } from '../lib/domain/config.js';
 import type { RetreatRecord } from '../lib/domain/retreat.js';
-import { startEmulators } from '../lib/local/emulators.js';
+import { startEmulators } from '../local/emulators.js';
 import { callsPerBin, type TaggedCall, tagCalls } from './support/analysis.js';
 import { codeVersion } from './support/code.js';
 import { type RunningSetup, type SetupContext, sluiceEnv, sluiceSetup } from './support/setups.js';

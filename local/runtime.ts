@@ -9,9 +9,9 @@ import { buildIngressDeps, makeIngressHandler } from '../functions/ingress/app.j
 import type { DispatcherTimings } from '../lib/domain/dispatcher.js';
 import { KeyAdmin } from '../lib/domain/key-admin.js';
 import type { Priority } from '../lib/domain/priority.js';
-import { localAwsConfig, provisionResources, startEmulators } from '../lib/local/emulators.js';
 import type { Clients, Stores } from '../lib/runtime/wiring.js';
 import { type ApiRoute, type LocalApiGateway, startApiGateway } from './apigw/adapter.js';
+import { localAwsConfig, provisionResources, startEmulators } from './emulators.js';
 import { type FakeUpstream, type FakeUpstreamOptions, startFakeUpstream } from './fake-upstream.js';
 import { type LocalLambdaService, startLocalLambda } from './lambda-service.js';
 

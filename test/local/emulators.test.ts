@@ -1,4 +1,4 @@
-// Tests for lib/local/emulators.ts: the emulators support what sluice relies on, and provisioning matches definitions.
+// Tests for local/emulators.ts: the emulators support what sluice relies on, and provisioning matches definitions.
 import {
   ConditionalCheckFailedException,
   DescribeTableCommand,
@@ -25,7 +25,7 @@ import {
   createQueues,
   createTables,
   nonLoopbackAddresses,
-} from '../../lib/local/emulators.js';
+} from '../../local/emulators.js';
 import { type TestResources, testResources } from '../support/aws.js';
 
 let res: TestResources;

@@ -11,7 +11,7 @@ import { unmarshall } from '@aws-sdk/util-dynamodb';
 import { afterAll, describe, expect, it } from 'vitest';
 import { DynamoTicketStore } from '../../lib/adapters/dynamo/ticket-store.js';
 import { isTerminal, type Ticket } from '../../lib/domain/tickets.js';
-import { acceptsConnection, findFreePort, localAwsConfig } from '../../lib/local/emulators.js';
+import { acceptsConnection, findFreePort, localAwsConfig } from '../../local/emulators.js';
 import { eventually } from '../support/system.js';
 
 const ROOT = new URL('../..', import.meta.url).pathname;

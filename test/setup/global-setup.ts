@@ -1,6 +1,6 @@
 // Vitest globalSetup: starts DynamoDB Local and fauxqs once per test run and hands their endpoints to tests.
 import type { TestProject } from 'vitest/node';
-import { startEmulators } from '../../lib/local/emulators.js';
+import { startEmulators } from '../../local/emulators.js';
 
 /** Endpoints of the emulators shared by every test file of a run. */
 export interface EmulatorEndpoints {

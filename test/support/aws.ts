@@ -5,7 +5,7 @@ import { SQSClient } from '@aws-sdk/client-sqs';
 import { inject } from 'vitest';
 import type { Priority } from '../../lib/domain/priority.js';
 import type { ResourceNames } from '../../lib/infra/definitions.js';
-import { localAwsConfig, provisionResources } from '../../lib/local/emulators.js';
+import { localAwsConfig, provisionResources } from '../../local/emulators.js';
 import type { EmulatorEndpoints } from '../setup/global-setup.js';
 
 /** One test file's private resources in the shared emulators. */

@@ -18,14 +18,14 @@ import {
   waitUntilTableExists,
 } from '@aws-sdk/client-dynamodb';
 import { CreateQueueCommand, GetQueueAttributesCommand, type SQSClient } from '@aws-sdk/client-sqs';
-import { PRIORITIES, type Priority } from '../domain/priority.js';
+import { PRIORITIES, type Priority } from '../lib/domain/priority.js';
 import {
   PRIORITY_QUEUES,
   type QueueDef,
   type ResourceNames,
   TABLES,
   type TableDef,
-} from '../infra/definitions.js';
+} from '../lib/infra/definitions.js';
 
 /** A running emulator: where to point SDK clients, and how to shut it down. */
 export interface RunningEmulator {
