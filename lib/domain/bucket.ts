@@ -105,6 +105,15 @@ export class TokenBucket {
     return planConsume(this.known, this.clock.now(), this.burstFor(priority));
   }
 
+  /**
+   * The write that reserves the slot at `at` (≥ now): a grant whose call may start only then. The log and the
+   * spacing are judged at `at`, so a reservation holds every window exactly as a grant made at `at` would.
+   */
+  planAt(priority: Priority, at: number): ConsumePlan {
+    if (!this.known) throw new Error('bucket state unknown: call configure() or refresh() first');
+    return planConsume(this.known, Math.max(at, this.clock.now()), this.burstFor(priority));
+  }
+
   /** Record a successful write of `attempt` (`tat` when the store returned it). */
   spent(attempt: ConsumeAttempt, tat?: number): void {
     this.stats.writes++;

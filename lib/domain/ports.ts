@@ -27,7 +27,9 @@ export type GrantOutcome =
   /** max_inflight reached: nothing written. */
   | { kind: 'inflight_full'; inflight: number }
   /** The agent's own quota bucket had no token: nothing written. */
-  | { kind: 'agent_quota'; current: BucketState | undefined };
+  | { kind: 'agent_quota'; current: BucketState | undefined }
+  /** The config item says paused (checked in the grant's own transaction, never a cached read): nothing written. */
+  | { kind: 'paused' };
 
 export interface CreateTicketOptions {
   queueMaxSize: number;
@@ -57,7 +59,8 @@ export interface TicketStore {
   get(id: string): Promise<Ticket | undefined>;
   /**
    * Atomically consumes a token and flips `queued → granted` (attempt must match); the admission counter drops
-   * and the in-flight counter rises (refused at `maxInflight`). Idempotent under SDK retries (client request token).
+   * and the in-flight counter rises (refused at `maxInflight`), unless the stored config says paused.
+   * Idempotent under SDK retries (client request token).
    */
   grant(
     ticket: Pick<Ticket, 'id' | 'attempt'> & { agent?: string },
@@ -70,15 +73,16 @@ export interface TicketStore {
    * `queued → granted` (that spends a token: grant() only). Leaving `queued` decrements the counter;
    * entering `queued` (requeue) increments it and bumps the attempt.
    * `known`: the caller's current copy, so the store need not read the ticket back after a transaction.
-   * @returns the updated ticket, or `{ conflict }` with the current one.
+   * `unlessPaused`: the move also requires the stored config not to say paused (the claim: pause is exact).
+   * @returns the updated ticket, or `{ conflict }` with the current one (`paused` when only the pause refused).
    */
   transition(
     id: string,
     from: TicketStatus,
     to: TicketStatus,
     patch: TicketPatch,
-    opts?: { attempt?: number; known?: Ticket },
-  ): Promise<{ ticket: Ticket } | { conflict: Ticket | undefined }>;
+    opts?: { attempt?: number; known?: Ticket; unlessPaused?: boolean },
+  ): Promise<{ ticket: Ticket } | { conflict: Ticket | undefined; paused?: true }>;
   /** Oldest queued ticket of a priority (drop_lowest picks its victim here). */
   oldestQueued(priority: Priority): Promise<Ticket | undefined>;
   /** Tickets in a phase whose phase time is before `before` (granted: claimBy; queued: enqueuedAt). */
@@ -221,6 +225,11 @@ export interface TicketQueue {
     signal?: AbortSignal,
   ): Promise<ReceivedMessage[]>;
   delete(priority: Priority, receipt: string): Promise<void>;
+  /**
+   * Deletes up to 10 messages of one priority in one call (DeleteMessageBatch).
+   * @returns the receipts that were not deleted (to retry; a message never deleted only comes back)
+   */
+  deleteBatch(priority: Priority, receipts: readonly string[]): Promise<string[]>;
   extend(priority: Priority, receipt: string, seconds: number): Promise<void>;
   depth(priority: Priority): Promise<{ visible: number; inFlight: number }>;
 }

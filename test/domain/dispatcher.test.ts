@@ -37,11 +37,12 @@ const setup = async (config: Partial<GatewayConfig>) => {
   const clock = new FakeClock();
   const bucketStore = new MemoryBucketStore();
   const bucket = new TokenBucket(bucketStore, clock, { fraction: 0.5, forNormal: false });
-  const tickets = new MemoryTicketStore(bucketStore);
+  const configStore = new MemoryConfigStore();
+  // The grant and the claim read the stored flag (never the cached config), as the DynamoDB store does.
+  const tickets = new MemoryTicketStore(bucketStore, () => configStore.value?.config.paused === true);
   const queue = new MemoryTicketQueue(clock);
   const lease = new MemoryLeaseStore(clock);
   const outcomes = new MemoryOutcomeStore();
-  const configStore = new MemoryConfigStore();
   configStore.value = {
     config: { ...DEFAULT_CONFIG, ...config },
     version: 1,
@@ -76,7 +77,16 @@ const setup = async (config: Partial<GatewayConfig>) => {
       throw new Error('no agent quotas in these tests');
     },
   });
-  return { clock, tickets, queue, admission, dispatcher, config: await configService.config() };
+  return {
+    clock,
+    tickets,
+    queue,
+    admission,
+    dispatcher,
+    configStore,
+    bucketStore,
+    config: await configService.config(),
+  };
 };
 
 type Case = {
@@ -132,5 +142,116 @@ describe('Dispatcher.run', () => {
       .map((t) => t!.priority);
     expect(order).toEqual(granted);
     expect(await s.tickets.counts()).toEqual(left);
+  });
+});
+
+const admitAll = async (s: Awaited<ReturnType<typeof setup>>, priorities: Priority[], waitMs = 600_000) => {
+  const ids: string[] = [];
+  for (const priority of priorities) {
+    const { ticket } = await s.admission.admit(
+      { agent: 'a', priority, model: 'm', stream: false, deadline: s.clock.now() + waitMs },
+      s.config,
+    );
+    ids.push(ticket.id);
+    s.clock.advance(1);
+  }
+  return ids;
+};
+
+describe('Dispatcher: reservations, hopeless tickets, expired messages', () => {
+  it('reserves the next slot (grantedAt ahead of the write) instead of sleeping until it; spacing and window hold', async () => {
+    // 40 per 60 s, burst 2: after the burst every slot is 1.5 s apart; the grant is written up to one interval early.
+    const s = await setup({});
+    const ids = await admitAll(s, Array(8).fill('normal'));
+    const summary = await s.dispatcher.run(s.clock.now() + 10_000);
+    const granted = (await Promise.all(ids.map((id) => s.tickets.get(id))))
+      .filter((t) => t?.status === 'granted')
+      .map((t) => t!.grantedAt!)
+      .sort((a, b) => a - b);
+    expect(granted.length).toBeGreaterThanOrEqual(4);
+    expect(summary.reserved).toBeGreaterThanOrEqual(1);
+    const interval = s.bucketStore.state!.intervalMs;
+    // Burst 2: any three consecutive grants span at least one interval; the log holds every one of them.
+    for (let i = 2; i < granted.length; i++)
+      expect(granted[i]! - granted[i - 2]!).toBeGreaterThanOrEqual(interval);
+    expect(s.bucketStore.state!.log).toEqual(expect.arrayContaining(granted));
+  });
+
+  it.each<{
+    name: string;
+    config: Partial<GatewayConfig>;
+    admitted: Priority[];
+    waitMs: number;
+    refused: number;
+    reason: string;
+  }>([
+    {
+      // 4 per 60 s: one grant per 15 s. With a 40 s deadline the 4th ticket onward (≥ 45 s) can never be served.
+      name: 'tickets whose estimated wait exceeds their deadline are refused at once, not at the deadline',
+      config: { upstreamLimit: 4 },
+      admitted: Array(6).fill('normal'),
+      waitMs: 40_000,
+      refused: 3,
+      reason: 'wait_exceeds_deadline',
+    },
+    {
+      // 40 per 60 s, burst 2: the 7th and 8th LOW ticket are due 7.5 s and 9 s out, past the 6 s LOW timeout.
+      name: "LOW's token timeout applies to every LOW ticket, not only the head",
+      config: {},
+      admitted: Array(8).fill('low'),
+      waitMs: 600_000,
+      refused: 2,
+      reason: 'low_priority_timeout',
+    },
+  ])('$name', async ({ config, admitted, waitMs, refused, reason }) => {
+    const s = await setup(config);
+    const ids = await admitAll(s, admitted, waitMs);
+    const started = s.clock.now();
+    await s.dispatcher.run(started + 1_000);
+    const all = await Promise.all(ids.map((id) => s.tickets.get(id)));
+    const rejected = all.filter((t) => t?.status === 'rejected');
+    expect(rejected.map((t) => t!.reason)).toEqual(Array(refused).fill(reason));
+    // The newest ones (last in line) are refused, and well before any deadline.
+    expect(rejected.map((t) => t!.id)).toEqual(ids.slice(-refused));
+    for (const t of rejected) expect(t!.finishedAt! - started).toBeLessThan(5_000);
+    expect(rejected.every((t) => (t!.retryAfterMs ?? 0) > 0)).toBe(true);
+    expect((await s.tickets.counts()).queued).toBe(all.filter((t) => t?.status === 'queued').length);
+  });
+
+  it('a message long past its deadline is only deleted: no write to its (abandoned) ticket', async () => {
+    const s = await setup({});
+    const [id] = await admitAll(s, ['normal'], 1_000);
+    const before = await s.tickets.get(id!);
+    s.clock.advance(10_000);
+    await s.dispatcher.run(s.clock.now() + 1_000);
+    expect(await s.tickets.get(id!)).toEqual(before);
+    expect((await s.queue.depth('normal')).visible + (await s.queue.depth('normal')).inFlight).toBe(0);
+  });
+
+  it('a grant made before a pause is not claimed after it: requeued at its place, token refunded', async () => {
+    const s = await setup({});
+    const [id] = await admitAll(s, ['normal']);
+    await s.dispatcher.run(s.clock.now() + 500);
+    const granted = await s.tickets.get(id!);
+    expect(granted?.status).toBe('granted');
+    s.configStore.value = {
+      ...s.configStore.value!,
+      config: { ...s.configStore.value!.config, paused: true },
+    };
+    expect(await s.admission.claim(granted!, s.clock.now() + 60_000)).toBe('paused');
+    const signal = new AbortController().signal;
+    const res = await s.admission.untilClaimed(granted!, {
+      signal,
+      passthrough: false,
+      windowMs: 60_000,
+      callBudgetMs: 60_000,
+      intervalMs: async () => 1_500,
+    });
+    // Still paused: it waited (queued again) until its deadline instead of reaching the upstream.
+    expect(res.kind).toBe('refused');
+    const after = await s.tickets.get(id!);
+    expect(after?.claimedAt).toBeUndefined();
+    expect(after?.attempt).toBe(1);
+    expect(s.bucketStore.state!.log ?? []).not.toContain(granted!.grantedAt);
   });
 });

@@ -82,6 +82,7 @@ describe('dispatcher singleton', () => {
       receive: (p, max, wait, signal) =>
         stopped ? Promise.resolve([]) : ctx.stores.queue.receive(p, max, wait, signal),
       delete: (p, r) => ctx.stores.queue.delete(p, r),
+      deleteBatch: (p, r) => ctx.stores.queue.deleteBatch(p, r),
       extend: (p, r, s) => ctx.stores.queue.extend(p, r, s),
       depth: async () => (stopped ? { visible: 1, inFlight: 0 } : { visible: 0, inFlight: 0 }),
     };

@@ -29,6 +29,7 @@ import {
 import { translateStoreErrors } from '../aws-errors.js';
 import { bucketStateFromItem, consumeUpdate } from './bucket-store.js';
 import {
+  CONFIG_ITEM_KEY,
   cancellation,
   conditionFailure,
   type Item,
@@ -162,6 +163,22 @@ export class DynamoTicketStore implements TicketStore {
               ReturnValuesOnConditionCheckFailure: 'ALL_OLD' as const,
             }
           : {}),
+      },
+    };
+  }
+
+  /**
+   * Holds only while the stored config is not paused: read inside the transaction, so a pause is exact from the
+   * moment its write returns (no config cache in between). A missing item or flag means not paused.
+   */
+  private unpaused(): TransactWriteItem {
+    return {
+      ConditionCheck: {
+        TableName: this.tables.stateTable,
+        Key: CONFIG_ITEM_KEY,
+        ConditionExpression: 'attribute_not_exists(#cfg.#paused) OR #cfg.#paused = :false',
+        ExpressionAttributeNames: { '#cfg': 'config', '#paused': 'paused' },
+        ExpressionAttributeValues: { ':false': { BOOL: false } },
       },
     };
   }
@@ -351,6 +368,8 @@ export class DynamoTicketStore implements TicketStore {
     // Leaving `queued`: the agent's count drops with the global one (unconditional, appended last).
     const agent = await this.agentOf(ticket.id, ticket.agent);
     if (agent !== undefined) items.push(this.agentCounter(agent, -1));
+    const pausedAt = items.length;
+    items.push(this.unpaused());
     try {
       await this.client.send(
         new TransactWriteItemsCommand({
@@ -360,8 +379,10 @@ export class DynamoTicketStore implements TicketStore {
       );
       return { kind: 'granted' };
     } catch (err) {
-      const [bucket, tk, counters, agent] = cancellation(err);
+      const reasons = cancellation(err);
+      const [bucket, tk, counters, agent] = reasons;
       if (tk?.failed) return { kind: 'ticket_conflict', current: ticketFromItem(tk.item) };
+      if (reasons[pausedAt]?.failed) return { kind: 'paused' };
       if (counters?.failed) {
         return {
           kind: 'inflight_full',
@@ -379,8 +400,8 @@ export class DynamoTicketStore implements TicketStore {
     from: TicketStatus,
     to: TicketStatus,
     patch: TicketPatch,
-    opts: { attempt?: number; known?: Ticket } = {},
-  ): Promise<{ ticket: Ticket } | { conflict: Ticket | undefined }> {
+    opts: { attempt?: number; known?: Ticket; unlessPaused?: boolean } = {},
+  ): Promise<{ ticket: Ticket } | { conflict: Ticket | undefined; paused?: true }> {
     // Only legal moves, and never a grant: that one spends a token, so it goes through grant() alone.
     if (!canTransition(from, to) || (from === 'queued' && to === 'granted'))
       return { conflict: await this.get(id) };
@@ -409,6 +430,18 @@ export class DynamoTicketStore implements TicketStore {
     const counted = delta.queued !== 0 || delta.inflight !== 0;
     const agent = delta.queued !== 0 ? await this.agentOf(id, current?.agent) : undefined;
     try {
+      if (opts.unlessPaused && !counted) {
+        // The claim: the last store write before the upstream call, so it too must hold only while not paused.
+        await this.client.send(
+          new TransactWriteItemsCommand({
+            TransactItems: [update, this.unpaused()],
+            ClientRequestToken: requestToken('move', PROCESS_ID, id, from, to, opts.attempt ?? '', ++tries),
+          }),
+        );
+        if (current) return { ticket: { ...current, ...definedOnly(patch), status: to } };
+        const ticket = await this.get(id);
+        return ticket ? { ticket } : { conflict: undefined };
+      }
       if (!counted) {
         const res = await this.client.send(
           new UpdateItemCommand({ ...update.Update!, ReturnValues: 'ALL_NEW' }),
@@ -433,6 +466,14 @@ export class DynamoTicketStore implements TicketStore {
       const ticket = await this.get(id);
       return ticket ? { ticket } : { conflict: undefined };
     } catch (err) {
+      if (opts.unlessPaused && !counted) {
+        const [moved, pause] = cancellation(err);
+        if (moved?.failed) return { conflict: ticketFromItem(moved.item) };
+        return {
+          conflict: current ?? (await this.get(id)),
+          ...(pause?.failed ? { paused: true as const } : {}),
+        };
+      }
       if (!counted) return { conflict: ticketFromItem(conditionFailure(err).item) };
       const [first] = cancellation(err);
       return { conflict: ticketFromItem(first?.item) };
