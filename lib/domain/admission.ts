@@ -502,15 +502,20 @@ export class Admission {
    * `granted → claimed`: the ingress is starting the upstream call. After this the dispatcher's sweep
    * ends the ticket only once `mustFinishBy` has passed.
    */
-  async claim(ticket: Ticket, mustFinishBy: number): Promise<Ticket | 'paused' | undefined> {
+  async claim(
+    ticket: Ticket,
+    mustFinishBy: number,
+    unlessPaused = true,
+  ): Promise<Ticket | 'paused' | undefined> {
     // Conditioned on the stored config as well: after `POST /admin/pause` returns, no grant is claimed (and so
-    // none reaches the upstream), even one made just before.
+    // none reaches the upstream), even one made just before. A passthrough grant (queue full) is the admission's
+    // own and keeps its documented behaviour: it ignores pause.
     const res = await this.d.tickets.transition(
       ticket.id,
       'granted',
       'claimed',
       { claimedAt: this.d.clock.now(), claimBy: mustFinishBy },
-      { attempt: ticket.attempt, unlessPaused: true },
+      { attempt: ticket.attempt, unlessPaused },
     );
     if ('ticket' in res) return res.ticket;
     return res.paused ? 'paused' : undefined;
@@ -630,7 +635,7 @@ export class Admission {
           continue;
         }
       }
-      const claimed = await this.claim(granted, this.d.clock.now() + o.callBudgetMs);
+      const claimed = await this.claim(granted, this.d.clock.now() + o.callBudgetMs, judged);
       if (claimed === 'paused') {
         // Paused since the grant: the slot goes back and the ticket waits (at its place) for the resume.
         const requeued = await this.requeueStale(granted, o.windowMs, 'paused');
