@@ -587,10 +587,9 @@ export class Admission {
     windowMs = DEFAULT_CONFIG.upstreamWindowMs,
     reason = 'grant_stale',
   ): Promise<Ticket | undefined> {
-    // A claimed one (stale when re-checked right before the call) goes back the same way: it never called.
     const res = await this.d.tickets.transition(
       ticket.id,
-      ticket.status === 'claimed' ? 'claimed' : 'granted',
+      'granted',
       'queued',
       { reason },
       { attempt: ticket.attempt, known: ticket },
@@ -650,15 +649,6 @@ export class Admission {
         ticket = next;
         granted = next.status === 'granted' ? next : undefined;
         continue;
-      }
-      if (claimed && judged && this.isStale(claimed, o.windowMs, o.grantSlackMs, 1)) {
-        // Re-checked after the claim write, right before the call: older than the slack, it is not called on.
-        const requeued = await this.requeueStale(claimed, o.windowMs);
-        if (requeued) {
-          ticket = requeued;
-          granted = undefined;
-          continue;
-        }
       }
       if (!claimed) {
         const current = await this.lookup(granted.id);
