@@ -8,7 +8,7 @@ import { StoreUnavailableError } from './errors.js';
 import { type ConsumeAttempt, deriveBucket } from './gcra.js';
 import { estimateGrantTimes } from './grant-estimate.js';
 import type { LeaseStore, OutcomeStore, ReceivedMessage, TicketQueue, TicketStore } from './ports.js';
-import { PRIORITIES, type Priority } from './priority.js';
+import { PRIORITIES, type Priority, priorityRank } from './priority.js';
 import { chargePriority, type DrrState, initialDrr, parseWeights, pickPriority } from './priority-policy.js';
 import type { RetreatRecord } from './retreat.js';
 import type { RetreatController } from './retreat-controller.js';
@@ -95,6 +95,11 @@ const INFLIGHT_NAP_MS = 100;
  * (or died, and the sweep's orphan pass ends it). Its message is only deleted, with no write to the ticket.
  */
 const ABANDONED_AFTER_MS = 2_000;
+/**
+ * Most tickets granted in one transaction: each adds its ticket and at most one agent counter to the bucket,
+ * counter and pause items, well within DynamoDB's 100 items per transaction.
+ */
+const MAX_BATCH = 20;
 
 interface Buffered extends ReceivedMessage {
   /** Last receive or visibility extension. */
@@ -380,6 +385,7 @@ export class Dispatcher {
       return;
     }
     const slot = plan.attempt.now;
+    if (slot <= now && !hasQuota(msg) && (await this.serveMany(m, config, summary, now)) === 'served') return;
     const quota = await this.agentQuota(msg);
     if (quota && 'waitMs' in quota) {
       // The agent is over its own quota: refuse this ticket now instead of stalling everyone behind it.
@@ -429,6 +435,95 @@ export class Dispatcher {
       summary.skipped++;
       this.finishMessage(m);
     }
+  }
+
+  /**
+   * Several tickets in one transaction when the bucket has tokens for them now (plain GCRA: one write takes k
+   * tokens, exactly as k grants in a row would): the head and those next in the policy's order (strict: the
+   * global order; weighted: the head's priority, within its credit), up to the first one with a quota of its own.
+   * @returns 'single' when no batch applies (the caller grants the head alone)
+   */
+  private async serveMany(
+    head: Buffered,
+    config: GatewayConfig,
+    summary: RunSummary,
+    now: number,
+  ): Promise<'served' | 'single'> {
+    const { bucket, tickets } = this.d;
+    const priority = head.message.priority;
+    const pool =
+      config.priorityPolicy === 'strict'
+        ? [...this.buffers.values()].flat()
+        : [...this.buffers.get(priority)!];
+    pool.sort(
+      (a, b) =>
+        priorityRank(a.message.priority) - priorityRank(b.message.priority) ||
+        a.message.enqueuedAt - b.message.enqueuedAt,
+    );
+    const limit =
+      config.priorityPolicy === 'strict'
+        ? MAX_BATCH
+        : Math.max(1, Math.min(MAX_BATCH, Math.floor(this.drr.deficit[priority])));
+    const batch: Buffered[] = [head];
+    const seen = new Set([head.message.ticketId]);
+    for (const m of pool) {
+      if (batch.length >= limit) break;
+      if (seen.has(m.message.ticketId)) continue;
+      if (hasQuota(m.message)) break;
+      if (m.message.deadline <= now + this.t.grantMarginMs) continue;
+      seen.add(m.message.ticketId);
+      batch.push(m);
+    }
+    if (batch.length < 2) return 'single';
+    const many = bucket.planMany(
+      batch.map((m) => m.message.priority),
+      batch.length,
+    );
+    if (!many) return 'single';
+    const chosen = batch.slice(0, many.count);
+    const res = await tickets.grantBatch(
+      chosen.map((m) => ({
+        id: m.message.ticketId,
+        attempt: m.message.attempt,
+        agent: m.message.agent,
+        patch: {
+          grantedAt: now,
+          claimBy: Math.min(now + this.t.claimWindowMs, m.message.deadline + config.requestTimeoutMs),
+        },
+      })),
+      many.attempt,
+      { maxInflight: config.maxInflight },
+    );
+    if (res.kind === 'granted') {
+      bucket.spent(many.attempt);
+      for (const m of chosen) {
+        this.drr = chargePriority(this.drr, m.message.priority);
+        summary.granted++;
+        this.outcomes.record(now, {
+          counts: { granted: 1 },
+          latencies: [{ name: 'queueWait', priority: m.message.priority, ms: now - m.message.enqueuedAt }],
+        });
+        this.finishMessage(m);
+      }
+    } else if (res.kind === 'ticket_conflict') {
+      // Those tickets moved on (duplicates, ended, requeued): their messages go; the rest is tried again.
+      for (const i of res.indexes) {
+        const m = chosen[i];
+        if (!m) continue;
+        summary.skipped++;
+        this.finishMessage(m);
+      }
+    } else if (res.kind === 'bucket_conflict') {
+      bucket.conflicted(res.current);
+      if (!res.current) await bucket.refresh();
+    } else if (res.kind === 'paused') {
+      this.d.config.invalidate();
+      await this.waitForArrival(INFLIGHT_NAP_MS);
+    } else {
+      // In flight has no room for all of them: the head alone may still fit.
+      return 'single';
+    }
+    return 'served';
   }
 
   /**
@@ -607,3 +702,6 @@ export class Dispatcher {
     if (await this.queuesHaveWork()) await this.d.wakeSuccessor();
   }
 }
+
+/** A ticket whose agent has a quota of its own goes through the single grant (its quota bucket is in it). */
+const hasQuota = (m: TicketMessage): boolean => m.quotaRpm !== undefined || m.quotaShare !== undefined;

@@ -31,6 +31,19 @@ export type GrantOutcome =
   /** The config item says paused (checked in the grant's own transaction, never a cached read): nothing written. */
   | { kind: 'paused' };
 
+/** Batch grant outcome: as GrantOutcome, but a ticket conflict names the refused tickets (nothing written). */
+export type BatchGrantOutcome =
+  | Exclude<GrantOutcome, { kind: 'ticket_conflict' }>
+  | { kind: 'ticket_conflict'; indexes: number[] };
+
+/** One ticket of a batch grant, with its own patch (grantedAt, claimBy). */
+export interface BatchGrant {
+  id: string;
+  attempt: number;
+  agent: string;
+  patch: TicketPatch;
+}
+
 export interface CreateTicketOptions {
   queueMaxSize: number;
   /** Queued tickets one agent may have (its counter moves in the same transaction); 0 or unset = no cap. */
@@ -68,6 +81,16 @@ export interface TicketStore {
     patch: TicketPatch,
     opts?: { maxInflight?: number; agentQuota?: { bucketKey: string; attempt: ConsumeAttempt } },
   ): Promise<GrantOutcome>;
+  /**
+   * grant() for several tickets in one transaction: one bucket write taking `tickets.length` tokens, every
+   * ticket `queued → granted`, the counters moved by the total (in-flight capped so all fit under `maxInflight`),
+   * the stored paused flag checked. All or nothing.
+   */
+  grantBatch(
+    tickets: readonly BatchGrant[],
+    attempt: ConsumeAttempt,
+    opts?: { maxInflight?: number },
+  ): Promise<BatchGrantOutcome>;
   /**
    * Conditional move `from → to` (and attempt, when given); only moves in TRANSITIONS, and never
    * `queued → granted` (that spends a token: grant() only). Leaving `queued` decrements the counter;

@@ -325,6 +325,48 @@ describe('grant: token and queued → granted in one transaction', () => {
     expect('ticket' in claimed && claimed.ticket.status).toBe('claimed');
   });
 
+  it('grantBatch: one bucket write for k tokens, k tickets granted, counters moved by k; a conflict writes nothing', async () => {
+    // Prepare: two queued tickets (two agents) and one already granted; the bucket idle with burst 2.
+    const a = await created({ agent: 'agent-a' });
+    const b = await created({ agent: 'agent-b' });
+    const done = await ticketIn('granted');
+    clock.advance(PARAMS.intervalMs * PARAMS.burst + 1);
+    await bucket.refresh();
+    const many = bucket.planMany(['urgent', 'urgent'], 2)!;
+    expect(many.count).toBe(2);
+    const grants = [a, b, done].map((t) => ({
+      id: t.id,
+      attempt: t.attempt,
+      agent: t.agent,
+      patch: grantPatch(),
+    }));
+    const tatBefore = (await bucketStore.get())?.tat;
+    const base = await tickets.counts();
+
+    // Act
+    const refused = await tickets.grantBatch(grants, many.attempt);
+    const tatAfterRefused = (await bucketStore.get())?.tat;
+    const granted = await tickets.grantBatch(grants.slice(0, 2), many.attempt);
+
+    // Assess
+    expect(refused).toEqual({ kind: 'ticket_conflict', indexes: [2] });
+    expect(tatAfterRefused).toBe(tatBefore);
+    expect(granted).toEqual({ kind: 'granted' });
+    expect((await bucketStore.get())?.tat).toBe(many.attempt.now + 2 * PARAMS.intervalMs);
+    expect(await tickets.counts()).toEqual({ queued: base.queued - 2, inflight: base.inflight + 2 });
+    expect((await tickets.get(a.id))?.status).toBe('granted');
+    expect((await tickets.get(b.id))?.status).toBe('granted');
+    // The bucket is now spent: a second batch at the same time is a bucket conflict, nothing written.
+    const c = await created();
+    const d = await created();
+    const again = await tickets.grantBatch(
+      [c, d].map((t) => ({ id: t.id, attempt: t.attempt, agent: t.agent, patch: grantPatch() })),
+      many.attempt,
+    );
+    expect(again.kind).toBe('bucket_conflict');
+    expect((await tickets.get(c.id))?.status).toBe('queued');
+  });
+
   it('a grant with a stale attempt number is refused; the current attempt is granted', async () => {
     // Prepare: granted, claimed, requeued after an upstream 429 → attempt 1; a duplicate message still says 0.
     const t = await ticketIn('claimed');

@@ -255,3 +255,67 @@ describe('Dispatcher: reservations, hopeless tickets, expired messages', () => {
     expect(s.bucketStore.state!.log ?? []).not.toContain(granted!.grantedAt);
   });
 });
+
+describe('Dispatcher: several grants per transaction', () => {
+  it.each<{ name: string; config: Partial<GatewayConfig>; admitted: Priority[]; duplicates: number }>([
+    {
+      name: 'plain GCRA with tokens free: one write grants many, in priority order',
+      config: { upstreamLimit: 12_000, bucketBurst: 10 },
+      admitted: ['normal', 'low', 'urgent', 'normal', 'high', 'normal', 'normal', 'urgent'],
+      duplicates: 0,
+    },
+    {
+      name: 'duplicate deliveries: each ticket granted once, the copies skipped',
+      config: { upstreamLimit: 12_000, bucketBurst: 10 },
+      admitted: ['normal', 'normal', 'normal', 'normal', 'normal', 'normal'],
+      duplicates: 3,
+    },
+  ])('$name', async ({ config, admitted, duplicates }) => {
+    const s = await setup({ lowPriorityTimeoutMs: 60_000, ...config });
+    const writes = { single: 0, batch: 0, batched: 0 };
+    const grant = s.tickets.grant.bind(s.tickets);
+    const grantBatch = s.tickets.grantBatch.bind(s.tickets);
+    s.tickets.grant = (...a) => {
+      writes.single++;
+      return grant(...a);
+    };
+    s.tickets.grantBatch = async (batch, attempt, opts) => {
+      const res = await grantBatch(batch, attempt, opts);
+      writes.batch++;
+      if (res.kind === 'granted') writes.batched += batch.length;
+      return res;
+    };
+    const ids = await admitAll(s, admitted);
+    // A duplicate delivery is a second message for the same ticket and attempt.
+    for (const id of ids.slice(0, duplicates)) {
+      const t = (await s.tickets.get(id))!;
+      await s.queue.send({
+        ticketId: t.id,
+        attempt: t.attempt,
+        priority: t.priority,
+        agent: t.agent,
+        enqueuedAt: t.enqueuedAt,
+        deadline: t.deadline,
+      });
+    }
+    const summary = await s.dispatcher.run(s.clock.now() + 5_000);
+    const all = (await Promise.all(ids.map((id) => s.tickets.get(id)))).map((t) => t!);
+    expect(all.every((t) => t.status === 'granted')).toBe(true);
+    expect(summary.granted).toBe(admitted.length);
+    expect(writes.batched).toBeGreaterThanOrEqual(2);
+    expect(writes.batch + writes.single).toBeLessThan(admitted.length);
+    expect(await s.tickets.counts()).toEqual({ queued: 0, inflight: admitted.length });
+    // Priority order holds across batches: no ticket granted before a more important one.
+    const order = [...all].sort((a, b) => a.grantedAt! - b.grantedAt!);
+    for (let i = 1; i < order.length; i++) {
+      if (order[i]!.grantedAt === order[i - 1]!.grantedAt) continue;
+      expect(PRIORITY_RANK[order[i]!.priority]).toBeGreaterThanOrEqual(PRIORITY_RANK[order[i - 1]!.priority]);
+    }
+    // The bucket moved by exactly one interval per grant (the burst and spacing hold as for single grants).
+    const state = s.bucketStore.state!;
+    expect(state.window).toBeUndefined();
+    expect(state.tat! - Math.min(...all.map((t) => t.grantedAt!))).toBe(admitted.length * state.intervalMs);
+  });
+});
+
+const PRIORITY_RANK: Record<Priority, number> = { urgent: 0, high: 1, normal: 2, low: 3 };

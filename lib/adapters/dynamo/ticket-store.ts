@@ -17,7 +17,13 @@ import {
   IdempotencyConflictError,
 } from '../../domain/errors.js';
 import type { ConsumeAttempt } from '../../domain/gcra.js';
-import type { CreateTicketOptions, GrantOutcome, TicketStore } from '../../domain/ports.js';
+import type {
+  BatchGrant,
+  BatchGrantOutcome,
+  CreateTicketOptions,
+  GrantOutcome,
+  TicketStore,
+} from '../../domain/ports.js';
 import { PRIORITIES, type Priority } from '../../domain/priority.js';
 import {
   canTransition,
@@ -392,6 +398,60 @@ export class DynamoTicketStore implements TicketStore {
       if (agent?.failed && !bucket?.failed)
         return { kind: 'agent_quota', current: bucketStateFromItem(agent.item) };
       return { kind: 'bucket_conflict', current: bucketStateFromItem(bucket?.item) };
+    }
+  }
+
+  async grantBatch(
+    batch: readonly BatchGrant[],
+    attempt: ConsumeAttempt,
+    opts: { maxInflight?: number } = {},
+  ): Promise<BatchGrantOutcome> {
+    const k = batch.length;
+    // Each agent's counter once, with its total (an item may appear only once in a transaction).
+    const perAgent = new Map<string, number>();
+    for (const t of batch) perAgent.set(t.agent, (perAgent.get(t.agent) ?? 0) + 1);
+    const maxInflight = opts.maxInflight ?? 0;
+    const items: TransactWriteItem[] = [
+      {
+        Update: {
+          TableName: this.tables.stateTable,
+          Key: this.bucketKey,
+          ...consumeUpdate(attempt),
+          ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
+        },
+      },
+      ...batch.map((t) => this.transitionUpdate(t.id, 'queued', 'granted', t.patch, attempt.now, t.attempt)),
+      // In flight below max − k + 1 before: all k fit under max_inflight after.
+      this.counters({ queued: -k, inflight: k }, { inflight: maxInflight > 0 ? maxInflight - k + 1 : 0 }),
+      ...[...perAgent].map(([agent, n]) => this.agentCounter(agent, -n)),
+      this.unpaused(),
+    ];
+    const countersAt = 1 + k;
+    try {
+      await this.client.send(
+        new TransactWriteItemsCommand({
+          TransactItems: items,
+          ClientRequestToken: requestToken(
+            'grants',
+            PROCESS_ID,
+            ...batch.map((t) => `${t.id}#${t.attempt}`),
+            ++tries,
+          ),
+        }),
+      );
+      return { kind: 'granted' };
+    } catch (err) {
+      const reasons = cancellation(err);
+      const indexes = batch.map((_, i) => i).filter((i) => reasons[1 + i]?.failed);
+      if (indexes.length) return { kind: 'ticket_conflict', indexes };
+      if (reasons[items.length - 1]?.failed) return { kind: 'paused' };
+      const counters = reasons[countersAt];
+      if (counters?.failed)
+        return {
+          kind: 'inflight_full',
+          inflight: plain<{ inflight?: number }>(counters.item)?.inflight ?? 0,
+        };
+      return { kind: 'bucket_conflict', current: bucketStateFromItem(reasons[0]?.item) };
     }
   }
 

@@ -9,6 +9,8 @@ import {
 } from '../../domain/errors.js';
 import { applyConsume, type ConsumeAttempt } from '../../domain/gcra.js';
 import type {
+  BatchGrant,
+  BatchGrantOutcome,
   CreateTicketOptions,
   GrantOutcome,
   LeaseState,
@@ -114,6 +116,34 @@ export class MemoryTicketStore implements TicketStore {
     this.counters.queued--;
     this.moveAgent(current.agent, -1);
     this.counters.inflight++;
+    return { kind: 'granted' };
+  }
+
+  async grantBatch(
+    batch: readonly BatchGrant[],
+    attempt: ConsumeAttempt,
+    opts: { maxInflight?: number } = {},
+  ): Promise<BatchGrantOutcome> {
+    // All conditions first, then all writes: one transaction.
+    const indexes = batch
+      .map((t, i) => ({ t, i, current: this.tickets.get(t.id) }))
+      .filter(({ t, current }) => current?.status !== 'queued' || current.attempt !== t.attempt)
+      .map(({ i }) => i);
+    if (indexes.length) return { kind: 'ticket_conflict', indexes };
+    if (this.isPaused()) return { kind: 'paused' };
+    if (opts.maxInflight && this.counters.inflight + batch.length > opts.maxInflight)
+      return { kind: 'inflight_full', inflight: this.counters.inflight };
+    const next = applyConsume(this.bucket.state, attempt);
+    if (next === undefined || !this.bucket.state)
+      return { kind: 'bucket_conflict', current: this.bucket.state && { ...this.bucket.state } };
+    this.bucket.state = next;
+    for (const t of batch) {
+      const current = this.tickets.get(t.id)!;
+      this.tickets.set(t.id, { ...current, ...definedOnly(t.patch), status: 'granted' });
+      this.counters.queued--;
+      this.moveAgent(current.agent, -1);
+      this.counters.inflight++;
+    }
     return { kind: 'granted' };
   }
 
