@@ -460,10 +460,13 @@ export class Dispatcher {
         priorityRank(a.message.priority) - priorityRank(b.message.priority) ||
         a.message.enqueuedAt - b.message.enqueuedAt,
     );
-    const limit =
+    const limit = Math.min(
       config.priorityPolicy === 'strict'
         ? MAX_BATCH
-        : Math.max(1, Math.min(MAX_BATCH, Math.floor(this.drr.deficit[priority])));
+        : Math.max(1, Math.min(MAX_BATCH, Math.floor(this.drr.deficit[priority]))),
+      // All of a batch must fit under max_inflight.
+      config.maxInflight > 0 ? config.maxInflight : MAX_BATCH,
+    );
     const batch: Buffered[] = [head];
     const seen = new Set([head.message.ticketId]);
     for (const m of pool) {

@@ -411,6 +411,8 @@ export class DynamoTicketStore implements TicketStore {
     const perAgent = new Map<string, number>();
     for (const t of batch) perAgent.set(t.agent, (perAgent.get(t.agent) ?? 0) + 1);
     const maxInflight = opts.maxInflight ?? 0;
+    // More than max_inflight at once can never fit (and a cap ≤ 0 would read as no cap at all).
+    if (maxInflight > 0 && k > maxInflight) return { kind: 'inflight_full', inflight: 0 };
     const items: TransactWriteItem[] = [
       {
         Update: {
