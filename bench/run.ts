@@ -21,6 +21,7 @@ export const BENCHES: Record<string, (opts: BenchOptions) => Promise<BenchResult
   fleet: (o) => import('./fleet.js').then((m) => m.runFleetBench(o)),
   retreat: (o) => import('./retreat.js').then((m) => m.runRetreatBench(o)),
   soak: (o) => import('./soak.js').then((m) => m.runSoakBench(o)),
+  throughput: (o) => import('./throughput.js').then((m) => m.runThroughputBench(o)),
 };
 
 const main = async (argv: readonly string[]): Promise<number> => {

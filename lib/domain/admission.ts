@@ -12,7 +12,7 @@ import {
   StoreUnavailableError,
   UnavailableError,
 } from './errors.js';
-import { grantToCallMaxMs } from './gcra.js';
+import { GRANT_TO_CALL_MAX_MS, grantToCallMaxMs } from './gcra.js';
 import type {
   AgentUsageEvent,
   LeaseStore,
@@ -79,6 +79,8 @@ export interface GrantPace {
   intervalMs: number;
   /** Bounds how late a grant may be called on, and within which a token can be given back. */
   windowMs: number;
+  /** grant_slack_s: the longest grant → call delay the bucket allows for. @default GRANT_TO_CALL_MAX_MS */
+  grantSlackMs?: number;
 }
 
 export interface UntilClaimedOptions extends WaitHooks {
@@ -87,6 +89,8 @@ export interface UntilClaimedOptions extends WaitHooks {
   passthrough: boolean;
   /** The upstream limit window of the request's config. */
   windowMs: number;
+  /** grant_slack_s of the request's config: an older grant is requeued with a refund, never called on. */
+  grantSlackMs?: number;
   /** How long the call may run once claimed; the dispatcher's sweep ends the ticket after that. */
   callBudgetMs: number;
   /** The current token interval, read before each wait. */
@@ -149,12 +153,17 @@ const unlessStoreDown =
 export const POLL_MIN_MS = 25;
 /**
  * Longest pause between two reads: bounds how late after its grant a ticket is seen, which must stay well below
- * grantToCallMaxMs (a staler grant is requeued, not called). At most one read a second per waiting request;
- * half the grant → call allowance for short limit windows.
+ * the grant slack (a staler grant is requeued, not called). The dispatcher reserves slots up to one token
+ * interval ahead, so a ticket read this often near its turn usually sees its grant before its slot and sleeps
+ * exactly until it. At most one read a second per waiting request; half the slack for short limit windows.
  */
 export const POLL_MAX_MS = 1_000;
-const pollMaxMs = (windowMs: number) =>
-  Math.max(POLL_MIN_MS, Math.min(POLL_MAX_MS, grantToCallMaxMs(windowMs) / 2));
+const pollMaxMs = (windowMs: number, slackMs?: number) =>
+  Math.max(POLL_MIN_MS, Math.min(POLL_MAX_MS, grantSlackOf(windowMs, slackMs) / 2));
+
+/** How late after its slot a grant may still be called on: grant_slack_s, at most a tenth of the window. */
+const grantSlackOf = (windowMs: number, slackMs = GRANT_TO_CALL_MAX_MS) =>
+  grantToCallMaxMs(windowMs, slackMs);
 
 /** Time after which a grant must have been claimed (kept in step with the dispatcher's claim window). */
 const CLAIM_MARGIN_MS = 5_000;
@@ -344,7 +353,7 @@ export class Admission {
    * @param pace current token interval (for the estimate) and limit window
    */
   async wait(ticket: Ticket, pace: GrantPace, hooks: WaitHooks = {}): Promise<WaitResult> {
-    const { intervalMs, windowMs } = pace;
+    const { intervalMs, windowMs, grantSlackMs } = pace;
     const { clock, tickets } = this.d;
     // A store hiccup only blurs the estimate or delays a read: the ticket is still queued, keep waiting for it.
     const queued = await tickets.admissionCount().catch(unlessStoreDown(0));
@@ -354,7 +363,7 @@ export class Admission {
     // Far from the estimate: read at half the remaining time. Past it: back off from POLL_MIN_MS (the fast path
     // answers within a poll or two) up to half a token interval, so a long queue costs few reads.
     let overdue = 0;
-    const maxPause = pollMaxMs(windowMs);
+    const maxPause = pollMaxMs(windowMs, grantSlackMs);
     for (;;) {
       const now = clock.now();
       if (hooks.signal?.aborted) return this.giveUp(ticket, 'client_disconnected', windowMs);
@@ -373,10 +382,24 @@ export class Admission {
       if (!current) return this.refused(ticket, 'failed', undefined);
       // A later attempt counts too: another waiter on the same ticket (Idempotency-Key) may have requeued it.
       if (current.status === 'granted' && current.attempt >= ticket.attempt)
-        return { kind: 'granted', ticket: current };
+        return this.untilSlot(current, windowMs, hooks.signal);
       if (current.status !== 'queued') return this.refused(ticket, current.status, current);
       if (clock.now() >= etaAt) overdue++;
     }
+  }
+
+  /**
+   * A grant reserving a later slot (`grantedAt` ahead of now): sleep exactly until it, then it is the caller's to
+   * claim. No read in between: the slot is the dispatcher's promise. A client gone meanwhile gives it back.
+   */
+  private async untilSlot(granted: Ticket, windowMs: number, signal?: AbortSignal): Promise<WaitResult> {
+    const wait = (granted.grantedAt ?? 0) - this.d.clock.now();
+    if (wait > 0) await this.d.clock.sleep(wait, signal);
+    if (signal?.aborted) {
+      await this.abandonGrant(granted, 'client_disconnected', windowMs);
+      return this.refused(granted, 'abandoned', undefined);
+    }
+    return { kind: 'granted', ticket: granted };
   }
 
   private async giveUp(ticket: Ticket, reason: string, windowMs: number): Promise<WaitResult> {
@@ -409,7 +432,7 @@ export class Admission {
         await this.abandonGrant(current, reason, windowMs);
         return this.refused(ticket, 'abandoned', current);
       }
-      return { kind: 'granted', ticket: current };
+      return this.untilSlot(current, windowMs);
     }
     return this.refused(ticket, current?.status ?? 'failed', current);
   }
@@ -449,23 +472,29 @@ export class Admission {
                 current.retryAfterMs ?? 10_000,
                 'agent_quota_exceeded',
               )
-            : status === 'rejected' && current?.reason === 'low_priority_timeout'
+            : status === 'rejected' && current?.reason === 'wait_exceeds_deadline'
               ? new RateLimitedError(
-                  'Low-priority request refused: no slot within low_priority_timeout.',
-                  5_000,
-                  'low_priority_timeout',
+                  `Request refused while queued: its estimated wait (${Math.round((current.retryAfterMs ?? 0) / 1000)} s) now exceeds its deadline (rate cut or more important requests ahead); retry later.`,
+                  current.retryAfterMs ?? retryAfterMs,
+                  'queue_wait_exceeded',
                 )
-              : status === 'abandoned' || status === 'expired'
+              : status === 'rejected' && current?.reason === 'low_priority_timeout'
                 ? new RateLimitedError(
-                    `Request waited in the queue until its deadline (${Math.round((ticket.deadline - ticket.enqueuedAt) / 1000)} s) without a slot; retry later.`,
-                    retryAfterMs,
-                    'queue_wait_exceeded',
+                    'Low-priority request refused: no slot within low_priority_timeout.',
+                    5_000,
+                    'low_priority_timeout',
                   )
-                : new UnavailableError(
-                    `Request ended as ${status}${current?.reason ? ` (${current.reason})` : ''}.`,
-                    1_000,
-                    'ticket_failed',
-                  );
+                : status === 'abandoned' || status === 'expired'
+                  ? new RateLimitedError(
+                      `Request waited in the queue until its deadline (${Math.round((ticket.deadline - ticket.enqueuedAt) / 1000)} s) without a slot; retry later.`,
+                      retryAfterMs,
+                      'queue_wait_exceeded',
+                    )
+                  : new UnavailableError(
+                      `Request ended as ${status}${current?.reason ? ` (${current.reason})` : ''}.`,
+                      1_000,
+                      'ticket_failed',
+                    );
     return { kind: 'refused', status, ticket: current, error };
   }
 
@@ -473,15 +502,23 @@ export class Admission {
    * `granted → claimed`: the ingress is starting the upstream call. After this the dispatcher's sweep
    * ends the ticket only once `mustFinishBy` has passed.
    */
-  async claim(ticket: Ticket, mustFinishBy: number): Promise<Ticket | undefined> {
+  async claim(
+    ticket: Ticket,
+    mustFinishBy: number,
+    unlessPaused = true,
+  ): Promise<Ticket | 'paused' | undefined> {
+    // Conditioned on the stored config as well: after `POST /admin/pause` returns, no grant is claimed (and so
+    // none reaches the upstream), even one made just before. A passthrough grant (queue full) is the admission's
+    // own and keeps its documented behaviour: it ignores pause.
     const res = await this.d.tickets.transition(
       ticket.id,
       'granted',
       'claimed',
       { claimedAt: this.d.clock.now(), claimBy: mustFinishBy },
-      { attempt: ticket.attempt },
+      { attempt: ticket.attempt, unlessPaused },
     );
-    return 'ticket' in res ? res.ticket : undefined;
+    if ('ticket' in res) return res.ticket;
+    return res.paused ? 'paused' : undefined;
   }
 
   /** The ticket as stored now (consistent read). */
@@ -531,8 +568,13 @@ export class Admission {
   }
 
   /** True when a grant is too old to call on (see isGrantStale). */
-  isStale(ticket: Ticket, windowMs = DEFAULT_CONFIG.upstreamWindowMs): boolean {
-    return isGrantStale(ticket, this.d.clock.now(), windowMs);
+  isStale(
+    ticket: Ticket,
+    windowMs = DEFAULT_CONFIG.upstreamWindowMs,
+    slackMs?: number,
+    share?: number,
+  ): boolean {
+    return isGrantStale(ticket, this.d.clock.now(), windowMs, slackMs, share);
   }
 
   /**
@@ -543,12 +585,13 @@ export class Admission {
   async requeueStale(
     ticket: Ticket,
     windowMs = DEFAULT_CONFIG.upstreamWindowMs,
+    reason = 'grant_stale',
   ): Promise<Ticket | undefined> {
     const res = await this.d.tickets.transition(
       ticket.id,
       'granted',
       'queued',
-      { reason: 'grant_stale' },
+      { reason },
       { attempt: ticket.attempt, known: ticket },
     );
     if (!('ticket' in res)) return undefined;
@@ -568,7 +611,11 @@ export class Admission {
     for (;;) {
       if (!granted) {
         o.onWaitStart?.();
-        const pace = { intervalMs: await o.intervalMs(), windowMs: o.windowMs };
+        const pace = {
+          intervalMs: await o.intervalMs(),
+          windowMs: o.windowMs,
+          ...(o.grantSlackMs !== undefined ? { grantSlackMs: o.grantSlackMs } : {}),
+        };
         const res = await this.wait(ticket, pace, {
           signal: o.signal,
           ...(o.onWaiting ? { onWaiting: o.onWaiting } : {}),
@@ -577,7 +624,8 @@ export class Admission {
         if (res.kind === 'refused') return { kind: 'refused', error: res.error };
         granted = res.ticket;
       }
-      if (!(o.passthrough && granted === first) && this.isStale(granted, o.windowMs)) {
+      const judged = !(o.passthrough && granted === first);
+      if (judged && this.isStale(granted, o.windowMs, o.grantSlackMs)) {
         // Seen too late to call on without risking the window limit: back to the queue at its place.
         const requeued = await this.requeueStale(granted, o.windowMs);
         if (requeued) {
@@ -586,7 +634,22 @@ export class Admission {
           continue;
         }
       }
-      const claimed = await this.claim(granted, this.d.clock.now() + o.callBudgetMs);
+      const claimed = await this.claim(granted, this.d.clock.now() + o.callBudgetMs, judged);
+      if (claimed === 'paused') {
+        // Paused since the grant: the slot goes back and the ticket waits (at its place) for the resume.
+        const requeued = await this.requeueStale(granted, o.windowMs, 'paused');
+        if (requeued) {
+          ticket = requeued;
+          granted = undefined;
+          continue;
+        }
+        const current = await this.lookup(granted.id);
+        const next = waitAfterLostClaim(granted, current);
+        if (!next) return { kind: 'refused', error: this.grantLost() };
+        ticket = next;
+        granted = next.status === 'granted' ? next : undefined;
+        continue;
+      }
       if (!claimed) {
         const current = await this.lookup(granted.id);
         const next = waitAfterLostClaim(granted, current);
@@ -600,11 +663,7 @@ export class Admission {
           error:
             current?.status === 'claimed' || current?.status === 'completed'
               ? (idempotentRetry(current) as GatewayError)
-              : new UnavailableError(
-                  'The grant expired before it could be used; retry.',
-                  1_000,
-                  'grant_lost',
-                ),
+              : this.grantLost(),
         };
       }
       if (o.signal.aborted) {
@@ -613,6 +672,10 @@ export class Admission {
       }
       return { kind: 'claimed', ticket: claimed };
     }
+  }
+
+  private grantLost(): GatewayError {
+    return new UnavailableError('The grant expired before it could be used; retry.', 1_000, 'grant_lost');
   }
 
   /** Records the end of a claimed ticket (and the agent's usage). */

@@ -10,6 +10,7 @@ import {
   type ConsumePlan,
   holdTat,
   planConsume,
+  planConsumeMany,
   priorityBurst,
   refundLog,
   refundTat,
@@ -103,6 +104,28 @@ export class TokenBucket {
   plan(priority: Priority): ConsumePlan {
     if (!this.known) throw new Error('bucket state unknown: call configure() or refresh() first');
     return planConsume(this.known, this.clock.now(), this.burstFor(priority));
+  }
+
+  /**
+   * The write that reserves the slot at `at` (≥ now): a grant whose call may start only then. The log and the
+   * spacing are judged at `at`, so a reservation holds every window exactly as a grant made at `at` would.
+   */
+  planAt(priority: Priority, at: number): ConsumePlan {
+    if (!this.known) throw new Error('bucket state unknown: call configure() or refresh() first');
+    return planConsume(this.known, Math.max(at, this.clock.now()), this.burstFor(priority));
+  }
+
+  /**
+   * One write taking up to `max` tokens now for a batch of grants (plain GCRA only; see planConsumeMany).
+   * `priorities`: the batch's priorities — the smallest burst among them bounds it, so reserves hold.
+   */
+  planMany(
+    priorities: readonly Priority[],
+    max: number,
+  ): { attempt: ConsumeAttempt; count: number } | undefined {
+    if (!this.known) return undefined;
+    const burst = Math.min(...priorities.map((p) => this.burstFor(p)));
+    return planConsumeMany(this.known, this.clock.now(), burst, max);
   }
 
   /** Record a successful write of `attempt` (`tat` when the store returned it). */

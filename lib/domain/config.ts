@@ -211,8 +211,7 @@ export const CONFIG_FIELDS: { readonly [K in keyof GatewayConfig]: FieldSpec } =
     max: 10_000,
     doc: 'grants allowed back to back',
   },
-  // At least the ingress's own staleness bound (GRANT_TO_CALL_MAX_MS) until the ingress reads this value: a
-  // smaller slack here would let calls start later after their grants than the bucket assumed.
+  // The ingress requeues (with a refund) a grant older than this instead of calling, right before the call.
   grantSlackMs: ms(
     'SLUICE_GRANT_SLACK_S',
     1_000,

@@ -3,10 +3,12 @@ import type { TokenBucket } from './bucket.js';
 import type { Clock } from './clock.js';
 import type { GatewayConfig } from './config.js';
 import type { ConfigService } from './config-service.js';
+import { BufferedOutcomes, MessageDeletes } from './dispatch-backlog.js';
 import { StoreUnavailableError } from './errors.js';
 import { type ConsumeAttempt, deriveBucket } from './gcra.js';
+import { estimateGrantTimes } from './grant-estimate.js';
 import type { LeaseStore, OutcomeStore, ReceivedMessage, TicketQueue, TicketStore } from './ports.js';
-import { PRIORITIES, type Priority } from './priority.js';
+import { PRIORITIES, type Priority, priorityRank } from './priority.js';
 import { chargePriority, type DrrState, initialDrr, parseWeights, pickPriority } from './priority-policy.js';
 import type { RetreatRecord } from './retreat.js';
 import type { RetreatController } from './retreat-controller.js';
@@ -53,6 +55,13 @@ export interface DispatcherTimings {
   /** Sweep of unclaimed grants and dead calls, and admission reconcile. @default 5000 / 60000 */
   sweepEveryMs: number;
   reconcileEveryMs: number;
+  /**
+   * A grant may reserve a slot up to this far ahead (and at most one token interval): the ingress, told the
+   * slot, sleeps until it and calls, instead of polling for a grant it would see late. @default 2000
+   */
+  reserveAheadMs: number;
+  /** Queued deletes and outcome counters are flushed at least this often. @default 1000 */
+  flushEveryMs: number;
 }
 
 export const DEFAULT_TIMINGS: DispatcherTimings = {
@@ -64,6 +73,8 @@ export const DEFAULT_TIMINGS: DispatcherTimings = {
   claimWindowMs: 15_000,
   sweepEveryMs: 5_000,
   reconcileEveryMs: 60_000,
+  reserveAheadMs: 2_000,
+  flushEveryMs: 1_000,
 };
 
 /** Visibility a buffered message is given, and when it is extended. */
@@ -79,11 +90,22 @@ const STORE_RETRY_MS = 500;
 const ORPHAN_GRACE_MS = 10_000;
 /** Pause before trying again when max_inflight calls are running. */
 const INFLIGHT_NAP_MS = 100;
+/**
+ * A message this far past its deadline has no waiting request: the ingress abandoned the ticket at the deadline
+ * (or died, and the sweep's orphan pass ends it). Its message is only deleted, with no write to the ticket.
+ */
+const ABANDONED_AFTER_MS = 2_000;
+/**
+ * Most tickets granted in one transaction: each adds its ticket and at most one agent counter to the bucket,
+ * counter and pause items, well within DynamoDB's 100 items per transaction.
+ */
+const MAX_BATCH = 20;
 
 interface Buffered extends ReceivedMessage {
+  /** Last receive or visibility extension. */
   receivedAt: number;
-  /** When this message first became the head of its priority (LOW timeout counts from here). */
-  headSince?: number;
+  /** When this message was first buffered (LOW's token timeout counts from here). */
+  firstSeenAt: number;
 }
 
 export interface RunSummary {
@@ -93,6 +115,8 @@ export interface RunSummary {
   rejected: number;
   skipped: number;
   swept: number;
+  /** Grants that reserved a slot ahead of the write (startAt > the grant's write time). */
+  reserved: number;
   stopReason: 'idle' | 'time' | 'lease_lost' | 'not_leader' | 'aborted';
 }
 
@@ -108,12 +132,22 @@ export class Dispatcher {
   private lastArrivalAt = 0;
   /** Weighted policy: whose turn it is and the credit left (kept across loops; a grant charges it). */
   private drr: DrrState = initialDrr();
+  /** Deletes and counters off the grant's critical path (flushed in the background and before a run ends). */
+  private readonly deletes: MessageDeletes;
+  private readonly outcomes: BufferedOutcomes;
 
   constructor(
     private readonly d: DispatcherDeps,
     timings: Partial<DispatcherTimings> = {},
   ) {
     this.t = { ...DEFAULT_TIMINGS, ...timings };
+    this.deletes = new MessageDeletes(d.queue, d.log);
+    this.outcomes = new BufferedOutcomes(d.outcomes, d.log);
+  }
+
+  /** Calls the bookkeeping made (for the benchmark): delete batches and outcome slot writes. */
+  get bookkeeping(): { deleteBatches: number; outcomeWrites: number } {
+    return { deleteBatches: this.deletes.calls, outcomeWrites: this.outcomes.writes };
   }
 
   /**
@@ -128,6 +162,7 @@ export class Dispatcher {
       rejected: 0,
       skipped: 0,
       swept: 0,
+      reserved: 0,
       stopReason: 'idle',
     };
     const got = await lease.acquire(owner, clock.now(), this.t.leaseMs);
@@ -142,6 +177,7 @@ export class Dispatcher {
     let lastSweep = 0;
     let lastReconcile = clock.now();
     let lastEval = 0;
+    let lastFlush = clock.now();
     this.lastArrivalAt = clock.now();
     try {
       for (;;) {
@@ -187,7 +223,14 @@ export class Dispatcher {
             summary.stopReason = 'time';
             break;
           }
+          if (now - lastFlush >= this.t.flushEveryMs) {
+            void this.deletes.flush();
+            void this.outcomes.flush();
+            lastFlush = now;
+          }
           await this.extendBuffered(now);
+          await this.purgeExpired(now, summary);
+          if (!config.paused) await this.refuseHopeless(now, config, summary);
           const head = this.head(config);
           if (!head) {
             if (now - this.lastArrivalAt < this.t.idleStopMs) {
@@ -209,7 +252,6 @@ export class Dispatcher {
           }
           if (config.paused) {
             // Paused by an operator: tickets keep waiting (deadlines still expire them), nothing is granted.
-            await this.expireDue(now, summary);
             await this.waitForArrival(MAX_NAP_MS);
             continue;
           }
@@ -233,6 +275,8 @@ export class Dispatcher {
       await Promise.allSettled(pollers);
       // Messages still buffered (including any the last polls brought) become visible again for the next run.
       await this.releaseBuffered();
+      // Nothing of the bookkeeping is left behind: the handled messages' deletes and the counters go now.
+      await Promise.allSettled([this.deletes.flush(), this.outcomes.flush()]);
     }
     try {
       if (summary.stopReason !== 'idle') {
@@ -267,7 +311,7 @@ export class Dispatcher {
         );
         const now = this.d.clock.now();
         // Duplicate deliveries are buffered too: the grant's condition refuses the copy, which is then deleted.
-        for (const m of got) buf.push({ ...m, receivedAt: now });
+        for (const m of got) buf.push({ ...m, receivedAt: now, firstSeenAt: now });
         if (got.length > 0) {
           this.lastArrivalAt = now;
           this.arrival?.();
@@ -310,58 +354,52 @@ export class Dispatcher {
     if (i >= 0) buf.splice(i, 1);
   }
 
-  private async finishMessage(m: Buffered): Promise<void> {
+  /** Handled: out of the buffer at once, its delete batched (a lost delete only brings it back as a skip). */
+  private finishMessage(m: Buffered): void {
     this.drop(m);
-    try {
-      await this.d.queue.delete(m.message.priority, m.receipt);
-    } catch (err) {
-      // Left in the queue it comes back; the ticket is no longer queued then, so it is deleted next time.
-      this.d.log.warn('delete failed', { error: (err as Error).message });
-    }
+    this.deletes.add(m.message.priority, m.receipt);
   }
 
   /**
-   * Grant, expire, refuse or wait for the head ticket. No read first: the message carries the deadline and
-   * the grant transaction's condition (queued, same attempt) tells whether the ticket still wants a token.
+   * Grant, reserve, refuse or wait for the head ticket. No read first: the message carries the deadline and
+   * the grant transaction's condition (queued, same attempt, not paused) tells whether the ticket still wants a
+   * token. When the bucket's next slot for it is at most one interval (and reserveAheadMs) away, the grant
+   * reserves that slot (`grantedAt` = the slot): the ingress sleeps until then and calls.
    */
   private async serve(m: Buffered, config: GatewayConfig, summary: RunSummary): Promise<void> {
-    const { lowPriorityTimeoutMs: lowTimeoutMs, requestTimeoutMs } = config;
-    const { tickets, bucket, clock, outcomes } = this.d;
+    const { requestTimeoutMs } = config;
+    const { tickets, bucket, clock } = this.d;
     const msg = m.message;
     const now = clock.now();
-    if (msg.deadline <= now + this.t.grantMarginMs) {
-      if (await this.end(msg, 'expired', 'deadline', now)) summary.expired++;
-      await this.finishMessage(m);
-      return;
-    }
     if (!bucket.state) await bucket.refresh();
-    const plan = bucket.plan(msg.priority);
+    let plan = bucket.plan(msg.priority);
     if ('waitMs' in plan) {
-      m.headSince ??= now;
-      if (msg.priority === 'low' && now + plan.waitMs - m.headSince > lowTimeoutMs) {
-        // Seed behaviour: a LOW request that cannot get a token within low_priority_timeout is refused.
-        if (await this.end(msg, 'rejected', 'low_priority_timeout', now)) summary.rejected++;
-        await this.finishMessage(m);
-        return;
-      }
+      const ahead = Math.min(this.t.reserveAheadMs, bucket.state?.intervalMs ?? 0);
+      const slot = now + plan.waitMs;
+      if (plan.waitMs <= ahead && msg.deadline > slot + this.t.grantMarginMs)
+        plan = bucket.planAt(msg.priority, slot);
+    }
+    if ('waitMs' in plan) {
       // Sleep until the token is due, waking for arrivals (a higher priority may come) and housekeeping.
       await this.waitForArrival(Math.min(plan.waitMs, msg.deadline - now, MAX_NAP_MS));
       return;
     }
+    const slot = plan.attempt.now;
+    if (slot <= now && !hasQuota(msg) && (await this.serveMany(m, config, summary, now)) === 'served') return;
     const quota = await this.agentQuota(msg);
     if (quota && 'waitMs' in quota) {
       // The agent is over its own quota: refuse this ticket now instead of stalling everyone behind it.
       if (await this.end(msg, 'rejected', 'agent_quota', now, quota.waitMs)) summary.rejected++;
-      await this.finishMessage(m);
+      this.finishMessage(m);
       return;
     }
     const res = await tickets.grant(
-      { id: msg.ticketId, attempt: msg.attempt },
+      { id: msg.ticketId, attempt: msg.attempt, agent: msg.agent },
       plan.attempt,
       {
-        // The bucket logged the grant at the attempt's time: a refund finds it by this.
-        grantedAt: plan.attempt.now,
-        claimBy: Math.min(now + this.t.claimWindowMs, msg.deadline + requestTimeoutMs),
+        // The reserved slot: the call starts then, the bucket logged it then, and a refund finds it by this.
+        grantedAt: slot,
+        claimBy: Math.min(slot + this.t.claimWindowMs, msg.deadline + requestTimeoutMs),
       },
       {
         maxInflight: config.maxInflight,
@@ -373,14 +411,12 @@ export class Dispatcher {
       this.drr = chargePriority(this.drr, msg.priority);
       if (quota) quota.bucket.spent(quota.attempt);
       summary.granted++;
-      // Bookkeeping only: a failed counter write must not keep the message (and the grant's flow) back.
-      await outcomes
-        .record(now, {
-          counts: { granted: 1 },
-          latencies: [{ name: 'queueWait', priority: msg.priority, ms: now - msg.enqueuedAt }],
-        })
-        .catch((err: Error) => this.d.log.warn('outcome not recorded', { error: err.message }));
-      await this.finishMessage(m);
+      if (slot > now) summary.reserved++;
+      this.outcomes.record(now, {
+        counts: { granted: 1 },
+        latencies: [{ name: 'queueWait', priority: msg.priority, ms: slot - msg.enqueuedAt }],
+      });
+      this.finishMessage(m);
     } else if (res.kind === 'bucket_conflict') {
       bucket.conflicted(res.current);
       if (!res.current) await bucket.refresh();
@@ -389,38 +425,162 @@ export class Dispatcher {
     } else if (res.kind === 'inflight_full') {
       // max_inflight upstream calls are running: wait for one to finish (no token was spent).
       await this.waitForArrival(INFLIGHT_NAP_MS);
+    } else if (res.kind === 'paused') {
+      // Paused since the config was last read: read it again (fresh) and wait like any paused run.
+      this.d.config.invalidate();
+      await this.waitForArrival(INFLIGHT_NAP_MS);
     } else {
       // Abandoned, expired, granted already (duplicate delivery), requeued under a newer attempt, or missing.
       if (!res.current) this.d.log.warn('message for a missing ticket', { ticketId: msg.ticketId });
       summary.skipped++;
-      await this.finishMessage(m);
+      this.finishMessage(m);
     }
   }
 
   /**
-   * The agent's quota write for this grant, or how long the agent must wait; undefined when it has no quota.
-   * Its limit is the lower of quota_rpm and quota_share × the effective rate; window-safe like the main bucket.
+   * Several tickets in one transaction when the bucket has tokens for them now (plain GCRA: one write takes k
+   * tokens, exactly as k grants in a row would): the head and those next in the policy's order (strict: the
+   * global order; weighted: the head's priority, within its credit), up to the first one with a quota of its own.
+   * @returns 'single' when no batch applies (the caller grants the head alone)
    */
-  private async agentQuota(
-    msg: TicketMessage,
-  ): Promise<{ bucket: TokenBucket; key: string; attempt: ConsumeAttempt } | { waitMs: number } | undefined> {
-    const limits = [
-      msg.quotaRpm,
-      msg.quotaShare !== undefined && this.effectiveRpm > 0 ? msg.quotaShare * this.effectiveRpm : undefined,
-    ].filter((x): x is number => x !== undefined && x > 0);
-    if (limits.length === 0) return undefined;
-    const { bucket, key } = this.d.agentBucket(msg.agent);
-    await bucket.configure(deriveBucket(Math.min(...limits), 60_000, AGENT_BURST));
-    const plan = bucket.plan('urgent');
-    return 'waitMs' in plan ? { waitMs: plan.waitMs } : { bucket, key, attempt: plan.attempt };
+  private async serveMany(
+    head: Buffered,
+    config: GatewayConfig,
+    summary: RunSummary,
+    now: number,
+  ): Promise<'served' | 'single'> {
+    const { bucket, tickets } = this.d;
+    const priority = head.message.priority;
+    const pool =
+      config.priorityPolicy === 'strict'
+        ? [...this.buffers.values()].flat()
+        : [...this.buffers.get(priority)!];
+    pool.sort(
+      (a, b) =>
+        priorityRank(a.message.priority) - priorityRank(b.message.priority) ||
+        a.message.enqueuedAt - b.message.enqueuedAt,
+    );
+    const limit = Math.min(
+      config.priorityPolicy === 'strict'
+        ? MAX_BATCH
+        : Math.max(1, Math.min(MAX_BATCH, Math.floor(this.drr.deficit[priority]))),
+      // All of a batch must fit under max_inflight.
+      config.maxInflight > 0 ? config.maxInflight : MAX_BATCH,
+    );
+    const batch: Buffered[] = [head];
+    const seen = new Set([head.message.ticketId]);
+    for (const m of pool) {
+      if (batch.length >= limit) break;
+      if (seen.has(m.message.ticketId)) continue;
+      if (hasQuota(m.message)) break;
+      if (m.message.deadline <= now + this.t.grantMarginMs) continue;
+      seen.add(m.message.ticketId);
+      batch.push(m);
+    }
+    if (batch.length < 2) return 'single';
+    const many = bucket.planMany(
+      batch.map((m) => m.message.priority),
+      batch.length,
+    );
+    if (!many) return 'single';
+    const chosen = batch.slice(0, many.count);
+    const res = await tickets.grantBatch(
+      chosen.map((m) => ({
+        id: m.message.ticketId,
+        attempt: m.message.attempt,
+        agent: m.message.agent,
+        patch: {
+          grantedAt: now,
+          claimBy: Math.min(now + this.t.claimWindowMs, m.message.deadline + config.requestTimeoutMs),
+        },
+      })),
+      many.attempt,
+      { maxInflight: config.maxInflight },
+    );
+    if (res.kind === 'granted') {
+      bucket.spent(many.attempt);
+      for (const m of chosen) {
+        this.drr = chargePriority(this.drr, m.message.priority);
+        summary.granted++;
+        this.outcomes.record(now, {
+          counts: { granted: 1 },
+          latencies: [{ name: 'queueWait', priority: m.message.priority, ms: now - m.message.enqueuedAt }],
+        });
+        this.finishMessage(m);
+      }
+    } else if (res.kind === 'ticket_conflict') {
+      // Those tickets moved on (duplicates, ended, requeued): their messages go; the rest is tried again.
+      for (const i of res.indexes) {
+        const m = chosen[i];
+        if (!m) continue;
+        summary.skipped++;
+        this.finishMessage(m);
+      }
+    } else if (res.kind === 'bucket_conflict') {
+      bucket.conflicted(res.current);
+      if (!res.current) await bucket.refresh();
+    } else if (res.kind === 'paused') {
+      this.d.config.invalidate();
+      await this.waitForArrival(INFLIGHT_NAP_MS);
+    } else {
+      // In flight has no room for all of them: the head alone may still fit.
+      return 'single';
+    }
+    return 'served';
   }
 
-  /** While paused: buffered tickets whose deadline came are expired rather than kept. */
-  private async expireDue(now: number, summary: RunSummary): Promise<void> {
+  /**
+   * Buffered tickets whose deadline came (any priority, paused or not) are ended without waiting to be the head.
+   * One whose deadline passed long ago was abandoned by its ingress: its message is only deleted (batched), with
+   * no write to the ticket.
+   */
+  private async purgeExpired(now: number, summary: RunSummary): Promise<void> {
     for (const m of [...this.buffers.values()].flat()) {
       if (m.message.deadline > now + this.t.grantMarginMs) continue;
-      if (await this.end(m.message, 'expired', 'deadline', now)) summary.expired++;
-      await this.finishMessage(m);
+      if (m.message.deadline > now - ABANDONED_AFTER_MS) {
+        if (await this.end(m.message, 'expired', 'deadline', now)) summary.expired++;
+      }
+      this.finishMessage(m);
+    }
+  }
+
+  /**
+   * Refuses every buffered ticket that cannot be served in time: its estimated grant time (its place among the
+   * waiting ones at the current pace) lies past its deadline, or — LOW — further than low_priority_timeout from
+   * when it was first seen. Known as soon as a rate cut or a higher-priority arrival makes it so, not at the
+   * deadline.
+   */
+  private async refuseHopeless(now: number, config: GatewayConfig, summary: RunSummary): Promise<void> {
+    const { bucket } = this.d;
+    const state = bucket.state;
+    if (!state) return;
+    const all = [...this.buffers.values()].flat();
+    if (all.length === 0) return;
+    const first = bucket.plan('urgent');
+    const weights = parseWeights(config.priorityWeights) ?? parseWeights('1:1:1:1')!;
+    const due = estimateGrantTimes(
+      all.map((m) => m.message),
+      config.priorityPolicy,
+      weights,
+      {
+        now,
+        intervalMs: state.intervalMs,
+        headWaitMs: 'waitMs' in first ? first.waitMs : 0,
+        available: bucket.available('urgent'),
+      },
+    );
+    for (const [i, m] of all.entries()) {
+      const at = due[i] ?? now;
+      const msg = m.message;
+      const reason =
+        msg.priority === 'low' && at - m.firstSeenAt > config.lowPriorityTimeoutMs
+          ? 'low_priority_timeout'
+          : at > msg.deadline - this.t.grantMarginMs
+            ? 'wait_exceeds_deadline'
+            : undefined;
+      if (!reason) continue;
+      if (await this.end(msg, 'rejected', reason, now, at - now)) summary.rejected++;
+      this.finishMessage(m);
     }
   }
 
@@ -444,13 +604,32 @@ export class Dispatcher {
       { attempt: msg.attempt },
     );
     if (!('ticket' in res)) return false;
-    await this.d.outcomes.record(now, { counts: to === 'expired' ? { expired: 1 } : { refused: 1 } });
+    this.outcomes.record(now, { counts: to === 'expired' ? { expired: 1 } : { refused: 1 } });
     return true;
+  }
+
+  /**
+   * The agent's quota write for this grant, or how long the agent must wait; undefined when it has no quota.
+   * Its limit is the lower of quota_rpm and quota_share × the effective rate; window-safe like the main bucket.
+   */
+  private async agentQuota(
+    msg: TicketMessage,
+  ): Promise<{ bucket: TokenBucket; key: string; attempt: ConsumeAttempt } | { waitMs: number } | undefined> {
+    const limits = [
+      msg.quotaRpm,
+      msg.quotaShare !== undefined && this.effectiveRpm > 0 ? msg.quotaShare * this.effectiveRpm : undefined,
+    ].filter((x): x is number => x !== undefined && x > 0);
+    if (limits.length === 0) return undefined;
+    const { bucket, key } = this.d.agentBucket(msg.agent);
+    await bucket.configure(deriveBucket(Math.min(...limits), 60_000, AGENT_BURST));
+    const plan = bucket.plan('urgent');
+    return 'waitMs' in plan ? { waitMs: plan.waitMs } : { bucket, key, attempt: plan.attempt };
   }
 
   /** Grants nobody claimed (ingress lost) and calls nobody finished are ended; unclaimed tokens come back. */
   private async sweep(now: number, windowMs: number, maxWaitMs: number): Promise<number> {
-    const { tickets, bucket, outcomes } = this.d;
+    const { tickets, bucket } = this.d;
+    const { outcomes } = this;
     let swept = 0;
     // Queued tickets without a message (the create's answer was lost and the agent told to retry, the message
     // went to the DLQ) would wait forever: once no request can still be waiting for them, they expire here.
@@ -466,7 +645,7 @@ export class Dispatcher {
         );
         if ('ticket' in res) {
           swept++;
-          await outcomes.record(now, { counts: { expired: 1 } });
+          outcomes.record(now, { counts: { expired: 1 } });
         }
       }
     }
@@ -478,7 +657,7 @@ export class Dispatcher {
       if ('ticket' in res) {
         swept++;
         await bucket.refund(t.grantedAt ?? now, windowMs);
-        await outcomes.record(now, { counts: { abandoned: 1 } });
+        outcomes.record(now, { counts: { abandoned: 1 } });
       }
     }
     for (const t of await tickets.listPhase('claimed', now, 25)) {
@@ -526,3 +705,6 @@ export class Dispatcher {
     if (await this.queuesHaveWork()) await this.d.wakeSuccessor();
   }
 }
+
+/** A ticket whose agent has a quota of its own goes through the single grant (its quota bucket is in it). */
+const hasQuota = (m: TicketMessage): boolean => m.quotaRpm !== undefined || m.quotaShare !== undefined;

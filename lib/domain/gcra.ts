@@ -131,8 +131,11 @@ export const priorityBurst = (
 export type ConsumeAttempt =
   /** Bucket full (tat missing or past): SET tat = newTat IF tat < now. No read needed. */
   | { branch: 'idle'; now: number; newTat: number; params: BucketParams }
-  /** Bucket partly spent: SET tat = tat + interval IF now ≤ tat ≤ maxTat. No read needed. */
-  | { branch: 'busy'; now: number; maxTat: number; params: BucketParams }
+  /**
+   * Bucket partly spent: SET tat = tat + count × interval IF now ≤ tat ≤ maxTat. No read needed. `count` > 1
+   * takes several tokens at once (a batch of grants): maxTat then leaves room for all of them in the burst.
+   */
+  | { branch: 'busy'; now: number; maxTat: number; params: BucketParams; count?: number }
   /**
    * Window-exact bucket: SET tat = newTat, log = newLog, version = expectedVersion + 1 IF version =
    * expectedVersion (compare-and-set on the state the plan was made from; a failed condition returns the item).
@@ -226,7 +229,7 @@ export const applyConsume = (state: BucketState | undefined, a: ConsumeAttempt):
     return state.tat === undefined || state.tat < a.now ? { ...state, tat: a.newTat } : undefined;
   }
   return state.tat !== undefined && state.tat >= a.now && state.tat <= a.maxTat
-    ? { ...state, tat: state.tat + state.intervalMs }
+    ? { ...state, tat: state.tat + state.intervalMs * (a.count ?? 1) }
     : undefined;
 };
 
@@ -238,8 +241,33 @@ export const afterAttempt = (
 ): BucketState => {
   const base: BucketState = { ...(known ?? {}), ...a.params };
   if (a.branch === 'log') return { ...base, tat: a.newTat, log: a.newLog, version: a.expectedVersion + 1 };
-  const next = tat ?? (a.branch === 'idle' ? a.newTat : (known?.tat ?? a.now) + a.params.intervalMs);
+  const next =
+    tat ?? (a.branch === 'idle' ? a.newTat : (known?.tat ?? a.now) + a.params.intervalMs * (a.count ?? 1));
   return { ...base, tat: next };
+};
+
+/**
+ * One write that takes up to `max` tokens at `now` on a plain GCRA bucket — exactly what that many consumes in
+ * a row at `now` would do, so spacing and burst hold as for single grants. Undefined for a window-exact bucket
+ * (its log grants one slot per entry: single grants there) or when fewer than two tokens are free.
+ */
+export const planConsumeMany = (
+  state: BucketState,
+  now: number,
+  burstForPriority: number,
+  max: number,
+): { attempt: ConsumeAttempt; count: number } | undefined => {
+  if (state.window) return undefined;
+  const count = Math.min(max, availableTokens(state, now, burstForPriority));
+  if (count < 2) return undefined;
+  const T = state.intervalMs;
+  const params = paramsOf(state);
+  if (state.tat === undefined || state.tat < now)
+    return { attempt: { branch: 'idle', now, newTat: now + count * T, params }, count };
+  return {
+    attempt: { branch: 'busy', now, maxTat: now + (burstForPriority - count) * T, params, count },
+    count,
+  };
 };
 
 /** Tokens a priority could spend right now. */

@@ -27,7 +27,22 @@ export type GrantOutcome =
   /** max_inflight reached: nothing written. */
   | { kind: 'inflight_full'; inflight: number }
   /** The agent's own quota bucket had no token: nothing written. */
-  | { kind: 'agent_quota'; current: BucketState | undefined };
+  | { kind: 'agent_quota'; current: BucketState | undefined }
+  /** The config item says paused (checked in the grant's own transaction, never a cached read): nothing written. */
+  | { kind: 'paused' };
+
+/** Batch grant outcome: as GrantOutcome, but a ticket conflict names the refused tickets (nothing written). */
+export type BatchGrantOutcome =
+  | Exclude<GrantOutcome, { kind: 'ticket_conflict' }>
+  | { kind: 'ticket_conflict'; indexes: number[] };
+
+/** One ticket of a batch grant, with its own patch (grantedAt, claimBy). */
+export interface BatchGrant {
+  id: string;
+  attempt: number;
+  agent: string;
+  patch: TicketPatch;
+}
 
 export interface CreateTicketOptions {
   queueMaxSize: number;
@@ -57,7 +72,8 @@ export interface TicketStore {
   get(id: string): Promise<Ticket | undefined>;
   /**
    * Atomically consumes a token and flips `queued → granted` (attempt must match); the admission counter drops
-   * and the in-flight counter rises (refused at `maxInflight`). Idempotent under SDK retries (client request token).
+   * and the in-flight counter rises (refused at `maxInflight`), unless the stored config says paused.
+   * Idempotent under SDK retries (client request token).
    */
   grant(
     ticket: Pick<Ticket, 'id' | 'attempt'> & { agent?: string },
@@ -66,19 +82,30 @@ export interface TicketStore {
     opts?: { maxInflight?: number; agentQuota?: { bucketKey: string; attempt: ConsumeAttempt } },
   ): Promise<GrantOutcome>;
   /**
+   * grant() for several tickets in one transaction: one bucket write taking `tickets.length` tokens, every
+   * ticket `queued → granted`, the counters moved by the total (in-flight capped so all fit under `maxInflight`),
+   * the stored paused flag checked. All or nothing.
+   */
+  grantBatch(
+    tickets: readonly BatchGrant[],
+    attempt: ConsumeAttempt,
+    opts?: { maxInflight?: number },
+  ): Promise<BatchGrantOutcome>;
+  /**
    * Conditional move `from → to` (and attempt, when given); only moves in TRANSITIONS, and never
    * `queued → granted` (that spends a token: grant() only). Leaving `queued` decrements the counter;
    * entering `queued` (requeue) increments it and bumps the attempt.
    * `known`: the caller's current copy, so the store need not read the ticket back after a transaction.
-   * @returns the updated ticket, or `{ conflict }` with the current one.
+   * `unlessPaused`: the move also requires the stored config not to say paused (the claim: pause is exact).
+   * @returns the updated ticket, or `{ conflict }` with the current one (`paused` when only the pause refused).
    */
   transition(
     id: string,
     from: TicketStatus,
     to: TicketStatus,
     patch: TicketPatch,
-    opts?: { attempt?: number; known?: Ticket },
-  ): Promise<{ ticket: Ticket } | { conflict: Ticket | undefined }>;
+    opts?: { attempt?: number; known?: Ticket; unlessPaused?: boolean },
+  ): Promise<{ ticket: Ticket } | { conflict: Ticket | undefined; paused?: true }>;
   /** Oldest queued ticket of a priority (drop_lowest picks its victim here). */
   oldestQueued(priority: Priority): Promise<Ticket | undefined>;
   /** Tickets in a phase whose phase time is before `before` (granted: claimBy; queued: enqueuedAt). */
@@ -221,6 +248,11 @@ export interface TicketQueue {
     signal?: AbortSignal,
   ): Promise<ReceivedMessage[]>;
   delete(priority: Priority, receipt: string): Promise<void>;
+  /**
+   * Deletes up to 10 messages of one priority in one call (DeleteMessageBatch).
+   * @returns the receipts that were not deleted (to retry; a message never deleted only comes back)
+   */
+  deleteBatch(priority: Priority, receipts: readonly string[]): Promise<string[]>;
   extend(priority: Priority, receipt: string, seconds: number): Promise<void>;
   depth(priority: Priority): Promise<{ visible: number; inFlight: number }>;
 }

@@ -112,11 +112,19 @@ export interface TicketMessage {
 }
 
 /**
- * True when a grant is too old to call on: calls must start within grantToCallMaxMs of their grant. A quarter
- * of that is kept for the claim write and the connection that still come before the call reaches the upstream.
+ * True when a grant is too old to call on: calls must start within the grant slack (grant_slack_s, at most a
+ * tenth of the window) of their grant's slot. Before the claim, a quarter of it is kept for the claim write and
+ * the connection that still come before the call reaches the upstream (`share` 0.75); right before the call,
+ * all of it (`share` 1).
  */
-export const isGrantStale = (ticket: Ticket, now: number, windowMs: number): boolean =>
-  ticket.grantedAt !== undefined && now - ticket.grantedAt > grantToCallMaxMs(windowMs) * 0.75;
+export const isGrantStale = (
+  ticket: Ticket,
+  now: number,
+  windowMs: number,
+  slackMs?: number,
+  share = 0.75,
+): boolean =>
+  ticket.grantedAt !== undefined && now - ticket.grantedAt > grantToCallMaxMs(windowMs, slackMs) * share;
 
 /**
  * A claim of `granted` was refused and the ticket now reads `current`: when another waiter on the same ticket

@@ -208,6 +208,7 @@ export class IngressService {
         signal,
         passthrough: fromAdmission,
         windowMs: config.upstreamWindowMs,
+        grantSlackMs: config.grantSlackMs,
         callBudgetMs: config.requestTimeoutMs + FUNCTION_MARGIN_MS,
         intervalMs: () => this.intervalMs(ctx),
         onWaiting: heartbeat.onWaiting,

@@ -2,6 +2,7 @@
 import { randomUUID } from 'node:crypto';
 import {
   DynamoDBClient,
+  PutItemCommand,
   TransactionCanceledException,
   TransactWriteItemsCommand,
   UpdateItemCommand,
@@ -9,7 +10,7 @@ import {
 import { mockClient } from 'aws-sdk-client-mock';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { DynamoBucketStore } from '../../lib/adapters/dynamo/bucket-store.js';
-import { stateKey } from '../../lib/adapters/dynamo/common.js';
+import { CONFIG_ITEM_KEY, stateKey } from '../../lib/adapters/dynamo/common.js';
 import { DynamoTicketStore } from '../../lib/adapters/dynamo/ticket-store.js';
 import { TokenBucket } from '../../lib/domain/bucket.js';
 import { FakeClock } from '../../lib/domain/clock.js';
@@ -273,6 +274,97 @@ describe('grant: token and queued → granted in one transaction', () => {
     }
     expect((await bucketStore.get())?.tat).toBe(tatBefore);
     expect(await tickets.admissionCount()).toBe(base);
+  });
+
+  it('pause is read inside the transaction: while the stored config says paused, no grant and no claim', async () => {
+    // Prepare: one queued and one granted ticket; then the config record (not any cache) says paused.
+    const queued = await created();
+    const granted = await ticketIn('granted');
+    const setPaused = (paused: boolean) =>
+      res.dynamo.send(
+        new PutItemCommand({
+          TableName: res.names.stateTable,
+          Item: { ...CONFIG_ITEM_KEY, version: { N: '1' }, config: { M: { paused: { BOOL: paused } } } },
+        }),
+      );
+    await setPaused(true);
+    try {
+      const attempt = await freshAttempt();
+      const tatBefore = (await bucketStore.get())?.tat;
+      const base = await tickets.counts();
+
+      // Act
+      const grant = await tickets.grant(queued, attempt, grantPatch());
+      const claim = await tickets.transition(
+        granted.id,
+        'granted',
+        'claimed',
+        { claimedAt: clock.now(), claimBy: clock.now() + 60_000 },
+        { attempt: granted.attempt, unlessPaused: true },
+      );
+
+      // Assess: nothing written.
+      expect(grant).toEqual({ kind: 'paused' });
+      expect(claim).toMatchObject({ paused: true });
+      expect((await bucketStore.get())?.tat).toBe(tatBefore);
+      expect(await tickets.counts()).toEqual(base);
+      expect((await tickets.get(queued.id))?.status).toBe('queued');
+      expect((await tickets.get(granted.id))?.status).toBe('granted');
+    } finally {
+      await setPaused(false);
+    }
+    // Resumed: both go through.
+    expect(await tickets.grant(queued, await freshAttempt(), grantPatch())).toEqual({ kind: 'granted' });
+    const claimed = await tickets.transition(
+      granted.id,
+      'granted',
+      'claimed',
+      { claimedAt: clock.now(), claimBy: clock.now() + 60_000 },
+      { attempt: granted.attempt, unlessPaused: true },
+    );
+    expect('ticket' in claimed && claimed.ticket.status).toBe('claimed');
+  });
+
+  it('grantBatch: one bucket write for k tokens, k tickets granted, counters moved by k; a conflict writes nothing', async () => {
+    // Prepare: two queued tickets (two agents) and one already granted; the bucket idle with burst 2.
+    const a = await created({ agent: 'agent-a' });
+    const b = await created({ agent: 'agent-b' });
+    const done = await ticketIn('granted');
+    clock.advance(PARAMS.intervalMs * PARAMS.burst + 1);
+    await bucket.refresh();
+    const many = bucket.planMany(['urgent', 'urgent'], 2)!;
+    expect(many.count).toBe(2);
+    const grants = [a, b, done].map((t) => ({
+      id: t.id,
+      attempt: t.attempt,
+      agent: t.agent,
+      patch: grantPatch(),
+    }));
+    const tatBefore = (await bucketStore.get())?.tat;
+    const base = await tickets.counts();
+
+    // Act
+    const refused = await tickets.grantBatch(grants, many.attempt);
+    const tatAfterRefused = (await bucketStore.get())?.tat;
+    const granted = await tickets.grantBatch(grants.slice(0, 2), many.attempt);
+
+    // Assess
+    expect(refused).toEqual({ kind: 'ticket_conflict', indexes: [2] });
+    expect(tatAfterRefused).toBe(tatBefore);
+    expect(granted).toEqual({ kind: 'granted' });
+    expect((await bucketStore.get())?.tat).toBe(many.attempt.now + 2 * PARAMS.intervalMs);
+    expect(await tickets.counts()).toEqual({ queued: base.queued - 2, inflight: base.inflight + 2 });
+    expect((await tickets.get(a.id))?.status).toBe('granted');
+    expect((await tickets.get(b.id))?.status).toBe('granted');
+    // The bucket is now spent: a second batch at the same time is a bucket conflict, nothing written.
+    const c = await created();
+    const d = await created();
+    const again = await tickets.grantBatch(
+      [c, d].map((t) => ({ id: t.id, attempt: t.attempt, agent: t.agent, patch: grantPatch() })),
+      many.attempt,
+    );
+    expect(again.kind).toBe('bucket_conflict');
+    expect((await tickets.get(c.id))?.status).toBe('queued');
   });
 
   it('a grant with a stale attempt number is refused; the current attempt is granted', async () => {

@@ -37,11 +37,12 @@ const setup = async (config: Partial<GatewayConfig>) => {
   const clock = new FakeClock();
   const bucketStore = new MemoryBucketStore();
   const bucket = new TokenBucket(bucketStore, clock, { fraction: 0.5, forNormal: false });
-  const tickets = new MemoryTicketStore(bucketStore);
+  const configStore = new MemoryConfigStore();
+  // The grant and the claim read the stored flag (never the cached config), as the DynamoDB store does.
+  const tickets = new MemoryTicketStore(bucketStore, () => configStore.value?.config.paused === true);
   const queue = new MemoryTicketQueue(clock);
   const lease = new MemoryLeaseStore(clock);
   const outcomes = new MemoryOutcomeStore();
-  const configStore = new MemoryConfigStore();
   configStore.value = {
     config: { ...DEFAULT_CONFIG, ...config },
     version: 1,
@@ -76,7 +77,16 @@ const setup = async (config: Partial<GatewayConfig>) => {
       throw new Error('no agent quotas in these tests');
     },
   });
-  return { clock, tickets, queue, admission, dispatcher, config: await configService.config() };
+  return {
+    clock,
+    tickets,
+    queue,
+    admission,
+    dispatcher,
+    configStore,
+    bucketStore,
+    config: await configService.config(),
+  };
 };
 
 type Case = {
@@ -134,3 +144,178 @@ describe('Dispatcher.run', () => {
     expect(await s.tickets.counts()).toEqual(left);
   });
 });
+
+const admitAll = async (s: Awaited<ReturnType<typeof setup>>, priorities: Priority[], waitMs = 600_000) => {
+  const ids: string[] = [];
+  for (const priority of priorities) {
+    const { ticket } = await s.admission.admit(
+      { agent: 'a', priority, model: 'm', stream: false, deadline: s.clock.now() + waitMs },
+      s.config,
+    );
+    ids.push(ticket.id);
+    s.clock.advance(1);
+  }
+  return ids;
+};
+
+describe('Dispatcher: reservations, hopeless tickets, expired messages', () => {
+  it('reserves the next slot (grantedAt ahead of the write) instead of sleeping until it; spacing and window hold', async () => {
+    // 40 per 60 s, burst 2: after the burst every slot is 1.5 s apart; the grant is written up to one interval early.
+    const s = await setup({});
+    const ids = await admitAll(s, Array(8).fill('normal'));
+    const summary = await s.dispatcher.run(s.clock.now() + 10_000);
+    const granted = (await Promise.all(ids.map((id) => s.tickets.get(id))))
+      .filter((t) => t?.status === 'granted')
+      .map((t) => t!.grantedAt!)
+      .sort((a, b) => a - b);
+    expect(granted.length).toBeGreaterThanOrEqual(4);
+    expect(summary.reserved).toBeGreaterThanOrEqual(1);
+    const interval = s.bucketStore.state!.intervalMs;
+    // Burst 2: any three consecutive grants span at least one interval; the log holds every one of them.
+    for (let i = 2; i < granted.length; i++)
+      expect(granted[i]! - granted[i - 2]!).toBeGreaterThanOrEqual(interval);
+    expect(s.bucketStore.state!.log).toEqual(expect.arrayContaining(granted));
+  });
+
+  it.each<{
+    name: string;
+    config: Partial<GatewayConfig>;
+    admitted: Priority[];
+    waitMs: number;
+    refused: number;
+    reason: string;
+  }>([
+    {
+      // 4 per 60 s: one grant per 15 s. With a 40 s deadline the 4th ticket onward (≥ 45 s) can never be served.
+      name: 'tickets whose estimated wait exceeds their deadline are refused at once, not at the deadline',
+      config: { upstreamLimit: 4 },
+      admitted: Array(6).fill('normal'),
+      waitMs: 40_000,
+      refused: 3,
+      reason: 'wait_exceeds_deadline',
+    },
+    {
+      // 40 per 60 s, burst 2: the 7th and 8th LOW ticket are due 7.5 s and 9 s out, past the 6 s LOW timeout.
+      name: "LOW's token timeout applies to every LOW ticket, not only the head",
+      config: {},
+      admitted: Array(8).fill('low'),
+      waitMs: 600_000,
+      refused: 2,
+      reason: 'low_priority_timeout',
+    },
+  ])('$name', async ({ config, admitted, waitMs, refused, reason }) => {
+    const s = await setup(config);
+    const ids = await admitAll(s, admitted, waitMs);
+    const started = s.clock.now();
+    await s.dispatcher.run(started + 1_000);
+    const all = await Promise.all(ids.map((id) => s.tickets.get(id)));
+    const rejected = all.filter((t) => t?.status === 'rejected');
+    expect(rejected.map((t) => t!.reason)).toEqual(Array(refused).fill(reason));
+    // The newest ones (last in line) are refused, and well before any deadline.
+    expect(rejected.map((t) => t!.id)).toEqual(ids.slice(-refused));
+    for (const t of rejected) expect(t!.finishedAt! - started).toBeLessThan(5_000);
+    expect(rejected.every((t) => (t!.retryAfterMs ?? 0) > 0)).toBe(true);
+    expect((await s.tickets.counts()).queued).toBe(all.filter((t) => t?.status === 'queued').length);
+  });
+
+  it('a message long past its deadline is only deleted: no write to its (abandoned) ticket', async () => {
+    const s = await setup({});
+    const [id] = await admitAll(s, ['normal'], 1_000);
+    const before = await s.tickets.get(id!);
+    s.clock.advance(10_000);
+    await s.dispatcher.run(s.clock.now() + 1_000);
+    expect(await s.tickets.get(id!)).toEqual(before);
+    expect((await s.queue.depth('normal')).visible + (await s.queue.depth('normal')).inFlight).toBe(0);
+  });
+
+  it('a grant made before a pause is not claimed after it: requeued at its place, token refunded', async () => {
+    const s = await setup({});
+    const [id] = await admitAll(s, ['normal']);
+    await s.dispatcher.run(s.clock.now() + 500);
+    const granted = await s.tickets.get(id!);
+    expect(granted?.status).toBe('granted');
+    s.configStore.value = {
+      ...s.configStore.value!,
+      config: { ...s.configStore.value!.config, paused: true },
+    };
+    expect(await s.admission.claim(granted!, s.clock.now() + 60_000)).toBe('paused');
+    const signal = new AbortController().signal;
+    const res = await s.admission.untilClaimed(granted!, {
+      signal,
+      passthrough: false,
+      windowMs: 60_000,
+      callBudgetMs: 60_000,
+      intervalMs: async () => 1_500,
+    });
+    // Still paused: it waited (queued again) until its deadline instead of reaching the upstream.
+    expect(res.kind).toBe('refused');
+    const after = await s.tickets.get(id!);
+    expect(after?.claimedAt).toBeUndefined();
+    expect(after?.attempt).toBe(1);
+    expect(s.bucketStore.state!.log ?? []).not.toContain(granted!.grantedAt);
+  });
+});
+
+describe('Dispatcher: several grants per transaction', () => {
+  it.each<{ name: string; config: Partial<GatewayConfig>; admitted: Priority[]; duplicates: number }>([
+    {
+      name: 'plain GCRA with tokens free: one write grants many, in priority order',
+      config: { upstreamLimit: 12_000, bucketBurst: 10 },
+      admitted: ['normal', 'low', 'urgent', 'normal', 'high', 'normal', 'normal', 'urgent'],
+      duplicates: 0,
+    },
+    {
+      name: 'duplicate deliveries: each ticket granted once, the copies skipped',
+      config: { upstreamLimit: 12_000, bucketBurst: 10 },
+      admitted: ['normal', 'normal', 'normal', 'normal', 'normal', 'normal'],
+      duplicates: 3,
+    },
+  ])('$name', async ({ config, admitted, duplicates }) => {
+    const s = await setup({ lowPriorityTimeoutMs: 60_000, ...config });
+    const writes = { single: 0, batch: 0, batched: 0 };
+    const grant = s.tickets.grant.bind(s.tickets);
+    const grantBatch = s.tickets.grantBatch.bind(s.tickets);
+    s.tickets.grant = (...a) => {
+      writes.single++;
+      return grant(...a);
+    };
+    s.tickets.grantBatch = async (batch, attempt, opts) => {
+      const res = await grantBatch(batch, attempt, opts);
+      writes.batch++;
+      if (res.kind === 'granted') writes.batched += batch.length;
+      return res;
+    };
+    const ids = await admitAll(s, admitted);
+    // A duplicate delivery is a second message for the same ticket and attempt.
+    for (const id of ids.slice(0, duplicates)) {
+      const t = (await s.tickets.get(id))!;
+      await s.queue.send({
+        ticketId: t.id,
+        attempt: t.attempt,
+        priority: t.priority,
+        agent: t.agent,
+        enqueuedAt: t.enqueuedAt,
+        deadline: t.deadline,
+      });
+    }
+    const summary = await s.dispatcher.run(s.clock.now() + 5_000);
+    const all = (await Promise.all(ids.map((id) => s.tickets.get(id)))).map((t) => t!);
+    expect(all.every((t) => t.status === 'granted')).toBe(true);
+    expect(summary.granted).toBe(admitted.length);
+    expect(writes.batched).toBeGreaterThanOrEqual(2);
+    expect(writes.batch + writes.single).toBeLessThan(admitted.length);
+    expect(await s.tickets.counts()).toEqual({ queued: 0, inflight: admitted.length });
+    // Priority order holds across batches: no ticket granted before a more important one.
+    const order = [...all].sort((a, b) => a.grantedAt! - b.grantedAt!);
+    for (let i = 1; i < order.length; i++) {
+      if (order[i]!.grantedAt === order[i - 1]!.grantedAt) continue;
+      expect(PRIORITY_RANK[order[i]!.priority]).toBeGreaterThanOrEqual(PRIORITY_RANK[order[i - 1]!.priority]);
+    }
+    // The bucket moved by exactly one interval per grant (the burst and spacing hold as for single grants).
+    const state = s.bucketStore.state!;
+    expect(state.window).toBeUndefined();
+    expect(state.tat! - Math.min(...all.map((t) => t.grantedAt!))).toBe(admitted.length * state.intervalMs);
+  });
+});
+
+const PRIORITY_RANK: Record<Priority, number> = { urgent: 0, high: 1, normal: 2, low: 3 };

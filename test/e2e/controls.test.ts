@@ -2,6 +2,7 @@
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { LocalSystem } from '../../local/runtime.js';
+import { statusRoutes } from '../../local/status-routes.js';
 import { auditTickets, eventually, startTestSystem } from '../support/system.js';
 
 const MODEL = 'meta/llama-3.1-8b-instruct';
@@ -156,4 +157,48 @@ describe('per-agent quotas, usage, pause and drain, idempotency', () => {
     const bad = await chat(system, key, { 'idempotency-key': 'x'.repeat(300) });
     expect(bad.status).toBe(400);
   }, 60_000);
+});
+
+describe('pause is exact (issue 12)', () => {
+  let system: LocalSystem;
+  beforeAll(async () => {
+    system = await startTestSystem('ctl-pause-exact', {
+      fakeUpstream: { tokenDelayMs: 1, firstByteDelayMs: 1, limit: null },
+      // 10 grants/s: a steady stream of grants (and reservations one interval ahead) while the pause lands.
+      env: { SLUICE_UPSTREAM_LIMIT: '600', SLUICE_BUCKET_BURST: '2' },
+      extraRoutes: statusRoutes,
+    });
+  });
+  afterAll(async () => {
+    await system?.stop();
+  });
+
+  it('after POST /admin/pause returns, no request reaches the upstream (the grant and the claim check the stored flag)', async () => {
+    const key = await system.createKey('pause-exact', 'urgent');
+    const pending = Array.from({ length: 40 }, () => chat(system, key));
+    await eventually(async () => (system.upstream!.calls.length >= 5 ? true : undefined), 30_000, 20);
+    const res = await fetch(`${system.url}/admin/pause`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${system.adminToken}` },
+    });
+    expect(res.status).toBe(200);
+    const pausedAt = Date.now();
+    // Well past the config cache (2 s) and many grant intervals.
+    await new Promise((r) => setTimeout(r, 3_000));
+    const tickets = (await auditTickets(system)).tickets.filter((t) => t.agent === 'pause-exact');
+    // Every call the upstream saw belongs to a ticket claimed before the pause returned; none claimed since.
+    const claimedBefore = tickets.filter((t) => t.claimedAt !== undefined && t.claimedAt < pausedAt).length;
+    expect(tickets.filter((t) => t.claimedAt !== undefined && t.claimedAt >= pausedAt)).toEqual([]);
+    expect(system.upstream!.calls.length).toBe(claimedBefore);
+    expect(tickets.filter((t) => t.status === 'queued').length).toBeGreaterThan(0);
+
+    await fetch(`${system.url}/admin/resume`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${system.adminToken}` },
+    });
+    const replies = await Promise.all(pending);
+    expect(replies.every((r) => r.status === 200)).toBe(true);
+    await Promise.all(replies.map((r) => r.text()));
+    expect(system.upstream!.calls.length).toBe(40);
+  }, 90_000);
 });

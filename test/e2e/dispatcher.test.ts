@@ -112,6 +112,7 @@ describe('dispatcher singleton', () => {
       receive: (p, max, wait, signal) =>
         stopped ? Promise.resolve([]) : ctx.stores.queue.receive(p, max, wait, signal),
       delete: (p, r) => ctx.stores.queue.delete(p, r),
+      deleteBatch: (p, r) => ctx.stores.queue.deleteBatch(p, r),
       extend: (p, r, s) => ctx.stores.queue.extend(p, r, s),
       depth: async () => (stopped ? { visible: 1, inFlight: 0 } : { visible: 0, inFlight: 0 }),
     };
@@ -176,4 +177,69 @@ describe('dispatcher singleton', () => {
     );
     expect(depths.every((d) => d.visible === 0 && d.inFlight === 0)).toBe(true);
   });
+});
+
+describe('batched grants on the real stores (plain GCRA above the window log)', () => {
+  // 300 per 2 s: above LOG_MAX_ENTRIES, so the bucket is plain GCRA and the dispatcher grants in batches.
+  const BIG_LIMIT = 300;
+  let ctx: Awaited<ReturnType<typeof storesFor>>;
+  beforeAll(async () => {
+    ctx = await storesFor('dispatcher-batch', {
+      SLUICE_UPSTREAM_LIMIT: String(BIG_LIMIT),
+      SLUICE_UPSTREAM_WINDOW_S: String(WINDOW_MS / 1000),
+      SLUICE_BUCKET_BURST: '20',
+      SLUICE_QUEUE_MAX: '2000',
+    });
+  });
+  afterAll(() => ctx?.close());
+
+  it('never more than the limit in any window, never granted twice (two dispatchers, duplicate messages), every ticket granted once, counters agree', async () => {
+    const config = await ctx.stores.config.config();
+    const tickets: Ticket[] = [];
+    await Promise.all(
+      Array.from({ length: 8 }, async (_, w) => {
+        for (let i = 0; i < 60; i++) {
+          const { ticket } = await ctx.admission.admit(
+            {
+              agent: `b${(w * 60 + i) % 7}`,
+              priority: 'normal',
+              model: 'meta/x',
+              stream: false,
+              deadline: Date.now() + 120_000,
+            },
+            config,
+          );
+          tickets.push(ticket);
+          // Every tenth ticket is delivered twice.
+          if (i % 10 === 0)
+            await ctx.stores.queue.send({
+              ticketId: ticket.id,
+              attempt: ticket.attempt,
+              priority: ticket.priority,
+              agent: ticket.agent,
+              enqueuedAt: ticket.enqueuedAt,
+              deadline: ticket.deadline,
+            });
+        }
+      }),
+    );
+    const leaseOf = (name: string): LeaseStore =>
+      new DynamoLeaseStore(ctx.clients.dynamo, ctx.env.stateTable, name);
+    const [a, b] = await Promise.all([
+      dispatcherFor(ctx.stores, { owner: 'bx', lease: leaseOf('batch-x') }).run(Date.now() + 90_000),
+      dispatcherFor(ctx.stores, { owner: 'by', lease: leaseOf('batch-y') }).run(Date.now() + 90_000),
+    ]);
+    expect(a.granted + b.granted).toBe(tickets.length);
+    const stored = await Promise.all(tickets.map((t) => ctx.stores.tickets.get(t.id)));
+    expect(stored.every((t) => t?.status === 'granted' && t.attempt === 0)).toBe(true);
+    const times = stored.map((t) => t!.grantedAt!).sort((x, y) => x - y);
+    let most = 0;
+    for (let i = 0, j = 0; i < times.length; i++) {
+      while (times[j]! <= times[i]! - WINDOW_MS) j++;
+      most = Math.max(most, i - j + 1);
+    }
+    expect(most).toBeLessThanOrEqual(BIG_LIMIT);
+    expect(await ctx.stores.tickets.counts()).toEqual({ queued: 0, inflight: tickets.length });
+    expect(Object.values(await ctx.stores.tickets.agentQueuedCounts()).every((n) => n === 0)).toBe(true);
+  }, 180_000);
 });

@@ -18,6 +18,7 @@ class FlakyQueue implements TicketQueue {
   constructor(private readonly inner: TicketQueue) {}
   send = (m: Parameters<TicketQueue['send']>[0]) => this.inner.send(m);
   delete = (p: Priority, r: string) => this.inner.delete(p, r);
+  deleteBatch = (p: Priority, r: readonly string[]) => this.inner.deleteBatch(p, r);
   extend = (p: Priority, r: string, s: number) => this.inner.extend(p, r, s);
   depth = (p: Priority) => this.inner.depth(p);
   async receive(p: Priority, max: number, wait: number, signal?: AbortSignal): Promise<ReceivedMessage[]> {

@@ -97,6 +97,15 @@ const dispatcher = (ctx: Ctx, opts: { kill?: Kill; onGranted?: (id: string) => v
         }
         return out;
       },
+      // Batches (plain GCRA buckets) count each of their tickets; `onGranted` runs once the batch committed.
+      grantBatch: async (...args: Parameters<typeof inner.grantBatch>) => {
+        const out = await inner.grantBatch(...args);
+        if (out.kind === 'granted') {
+          for (const t of args[0]) ctx.grants.set(t.id, (ctx.grants.get(t.id) ?? 0) + 1);
+          for (const t of args[0]) opts.onGranted?.(t.id);
+        }
+        return out;
+      },
     }),
   );
   const deps: DispatcherDeps = {

@@ -163,6 +163,12 @@ describe('odd messages, with the real adapters', () => {
         if (out.kind === 'granted') granted.set(args[0].id, (granted.get(args[0].id) ?? 0) + 1);
         return out;
       },
+      // Batches (plain GCRA buckets) count each of their tickets.
+      grantBatch: async (...args: Parameters<TicketStore['grantBatch']>) => {
+        const out = await inner.grantBatch(...args);
+        if (out.kind === 'granted') for (const t of args[0]) granted.set(t.id, (granted.get(t.id) ?? 0) + 1);
+        return out;
+      },
     });
     const dispatcher = new Dispatcher(
       {

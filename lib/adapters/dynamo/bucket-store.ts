@@ -105,6 +105,15 @@ export const consumeUpdate = (
     };
   }
   values[':maxTat'] = n(a.maxTat);
+  if ((a.count ?? 1) > 1) {
+    // Several tokens in one write (a batch of grants): maxTat left room for all of them.
+    values[':step'] = n(a.params.intervalMs * (a.count ?? 1));
+    return {
+      UpdateExpression: 'SET tat = tat + :step',
+      ConditionExpression: `${params} AND tat BETWEEN :now AND :maxTat`,
+      ExpressionAttributeValues: values,
+    };
+  }
   return {
     UpdateExpression: 'SET tat = tat + :T',
     ConditionExpression: `${params} AND tat BETWEEN :now AND :maxTat`,

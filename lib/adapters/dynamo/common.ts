@@ -12,6 +12,9 @@ export type Item = Record<string, AttributeValue>;
 /** Key of an item in the state table. */
 export const stateKey = (pk: string, sk: string): Item => ({ pk: { S: pk }, sk: { S: sk } });
 
+/** The live config record (state table); grants and claims ConditionCheck its `paused` flag. */
+export const CONFIG_ITEM_KEY = stateKey('config', 'current');
+
 export const n = (value: number): AttributeValue => ({ N: String(value) });
 export const s = (value: string): AttributeValue => ({ S: value });
 

@@ -9,9 +9,9 @@ import {
 import { marshall } from '@aws-sdk/util-dynamodb';
 import type { ConfigChange, ConfigStore, VersionedConfig } from '../../domain/ports.js';
 import { translateStoreErrors } from '../aws-errors.js';
-import { cancellation, n, plain, requestToken, s, stateKey, ttlFrom } from './common.js';
+import { CONFIG_ITEM_KEY, cancellation, n, plain, requestToken, s, stateKey, ttlFrom } from './common.js';
 
-const CURRENT = stateKey('config', 'current');
+const CURRENT = CONFIG_ITEM_KEY;
 const HISTORY_TTL_S = 90 * 24 * 3600;
 
 export class DynamoConfigStore implements ConfigStore {

@@ -17,7 +17,13 @@ import {
   IdempotencyConflictError,
 } from '../../domain/errors.js';
 import type { ConsumeAttempt } from '../../domain/gcra.js';
-import type { CreateTicketOptions, GrantOutcome, TicketStore } from '../../domain/ports.js';
+import type {
+  BatchGrant,
+  BatchGrantOutcome,
+  CreateTicketOptions,
+  GrantOutcome,
+  TicketStore,
+} from '../../domain/ports.js';
 import { PRIORITIES, type Priority } from '../../domain/priority.js';
 import {
   canTransition,
@@ -29,6 +35,7 @@ import {
 import { translateStoreErrors } from '../aws-errors.js';
 import { bucketStateFromItem, consumeUpdate } from './bucket-store.js';
 import {
+  CONFIG_ITEM_KEY,
   cancellation,
   conditionFailure,
   type Item,
@@ -162,6 +169,22 @@ export class DynamoTicketStore implements TicketStore {
               ReturnValuesOnConditionCheckFailure: 'ALL_OLD' as const,
             }
           : {}),
+      },
+    };
+  }
+
+  /**
+   * Holds only while the stored config is not paused: read inside the transaction, so a pause is exact from the
+   * moment its write returns (no config cache in between). A missing item or flag means not paused.
+   */
+  private unpaused(): TransactWriteItem {
+    return {
+      ConditionCheck: {
+        TableName: this.tables.stateTable,
+        Key: CONFIG_ITEM_KEY,
+        ConditionExpression: 'attribute_not_exists(#cfg.#paused) OR #cfg.#paused = :false',
+        ExpressionAttributeNames: { '#cfg': 'config', '#paused': 'paused' },
+        ExpressionAttributeValues: { ':false': { BOOL: false } },
       },
     };
   }
@@ -351,6 +374,8 @@ export class DynamoTicketStore implements TicketStore {
     // Leaving `queued`: the agent's count drops with the global one (unconditional, appended last).
     const agent = await this.agentOf(ticket.id, ticket.agent);
     if (agent !== undefined) items.push(this.agentCounter(agent, -1));
+    const pausedAt = items.length;
+    items.push(this.unpaused());
     try {
       await this.client.send(
         new TransactWriteItemsCommand({
@@ -360,8 +385,10 @@ export class DynamoTicketStore implements TicketStore {
       );
       return { kind: 'granted' };
     } catch (err) {
-      const [bucket, tk, counters, agent] = cancellation(err);
+      const reasons = cancellation(err);
+      const [bucket, tk, counters, agent] = reasons;
       if (tk?.failed) return { kind: 'ticket_conflict', current: ticketFromItem(tk.item) };
+      if (reasons[pausedAt]?.failed) return { kind: 'paused' };
       if (counters?.failed) {
         return {
           kind: 'inflight_full',
@@ -374,13 +401,69 @@ export class DynamoTicketStore implements TicketStore {
     }
   }
 
+  async grantBatch(
+    batch: readonly BatchGrant[],
+    attempt: ConsumeAttempt,
+    opts: { maxInflight?: number } = {},
+  ): Promise<BatchGrantOutcome> {
+    const k = batch.length;
+    // Each agent's counter once, with its total (an item may appear only once in a transaction).
+    const perAgent = new Map<string, number>();
+    for (const t of batch) perAgent.set(t.agent, (perAgent.get(t.agent) ?? 0) + 1);
+    const maxInflight = opts.maxInflight ?? 0;
+    // More than max_inflight at once can never fit (and a cap ≤ 0 would read as no cap at all).
+    if (maxInflight > 0 && k > maxInflight) return { kind: 'inflight_full', inflight: 0 };
+    const items: TransactWriteItem[] = [
+      {
+        Update: {
+          TableName: this.tables.stateTable,
+          Key: this.bucketKey,
+          ...consumeUpdate(attempt),
+          ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
+        },
+      },
+      ...batch.map((t) => this.transitionUpdate(t.id, 'queued', 'granted', t.patch, attempt.now, t.attempt)),
+      // In flight below max − k + 1 before: all k fit under max_inflight after.
+      this.counters({ queued: -k, inflight: k }, { inflight: maxInflight > 0 ? maxInflight - k + 1 : 0 }),
+      ...[...perAgent].map(([agent, n]) => this.agentCounter(agent, -n)),
+      this.unpaused(),
+    ];
+    const countersAt = 1 + k;
+    try {
+      await this.client.send(
+        new TransactWriteItemsCommand({
+          TransactItems: items,
+          ClientRequestToken: requestToken(
+            'grants',
+            PROCESS_ID,
+            ...batch.map((t) => `${t.id}#${t.attempt}`),
+            ++tries,
+          ),
+        }),
+      );
+      return { kind: 'granted' };
+    } catch (err) {
+      const reasons = cancellation(err);
+      const indexes = batch.map((_, i) => i).filter((i) => reasons[1 + i]?.failed);
+      if (indexes.length) return { kind: 'ticket_conflict', indexes };
+      if (reasons[items.length - 1]?.failed) return { kind: 'paused' };
+      const counters = reasons[countersAt];
+      if (counters?.failed)
+        return {
+          kind: 'inflight_full',
+          inflight: plain<{ inflight?: number }>(counters.item)?.inflight ?? 0,
+        };
+      return { kind: 'bucket_conflict', current: bucketStateFromItem(reasons[0]?.item) };
+    }
+  }
+
   async transition(
     id: string,
     from: TicketStatus,
     to: TicketStatus,
     patch: TicketPatch,
-    opts: { attempt?: number; known?: Ticket } = {},
-  ): Promise<{ ticket: Ticket } | { conflict: Ticket | undefined }> {
+    opts: { attempt?: number; known?: Ticket; unlessPaused?: boolean } = {},
+  ): Promise<{ ticket: Ticket } | { conflict: Ticket | undefined; paused?: true }> {
     // Only legal moves, and never a grant: that one spends a token, so it goes through grant() alone.
     if (!canTransition(from, to) || (from === 'queued' && to === 'granted'))
       return { conflict: await this.get(id) };
@@ -409,6 +492,18 @@ export class DynamoTicketStore implements TicketStore {
     const counted = delta.queued !== 0 || delta.inflight !== 0;
     const agent = delta.queued !== 0 ? await this.agentOf(id, current?.agent) : undefined;
     try {
+      if (opts.unlessPaused && !counted) {
+        // The claim: the last store write before the upstream call, so it too must hold only while not paused.
+        await this.client.send(
+          new TransactWriteItemsCommand({
+            TransactItems: [update, this.unpaused()],
+            ClientRequestToken: requestToken('move', PROCESS_ID, id, from, to, opts.attempt ?? '', ++tries),
+          }),
+        );
+        if (current) return { ticket: { ...current, ...definedOnly(patch), status: to } };
+        const ticket = await this.get(id);
+        return ticket ? { ticket } : { conflict: undefined };
+      }
       if (!counted) {
         const res = await this.client.send(
           new UpdateItemCommand({ ...update.Update!, ReturnValues: 'ALL_NEW' }),
@@ -433,6 +528,14 @@ export class DynamoTicketStore implements TicketStore {
       const ticket = await this.get(id);
       return ticket ? { ticket } : { conflict: undefined };
     } catch (err) {
+      if (opts.unlessPaused && !counted) {
+        const [moved, pause] = cancellation(err);
+        if (moved?.failed) return { conflict: ticketFromItem(moved.item) };
+        return {
+          conflict: current ?? (await this.get(id)),
+          ...(pause?.failed ? { paused: true as const } : {}),
+        };
+      }
       if (!counted) return { conflict: ticketFromItem(conditionFailure(err).item) };
       const [first] = cancellation(err);
       return { conflict: ticketFromItem(first?.item) };

@@ -7,8 +7,10 @@ import {
   ConflictError,
   IdempotencyConflictError,
 } from '../../domain/errors.js';
-import { applyAttempt, type ConsumeAttempt } from '../../domain/gcra.js';
+import { applyConsume, type ConsumeAttempt } from '../../domain/gcra.js';
 import type {
+  BatchGrant,
+  BatchGrantOutcome,
   CreateTicketOptions,
   GrantOutcome,
   LeaseState,
@@ -40,8 +42,14 @@ export class MemoryTicketStore implements TicketStore {
   private readonly agentQueued = new Map<string, number>();
   private readonly idem = new Map<string, { ticketId: string; until: number }>();
 
-  /** @param bucket the shared bucket item the grant transaction spends from */
-  constructor(private readonly bucket: MemoryBucketStore) {}
+  /**
+   * @param bucket the shared bucket item the grant transaction spends from
+   * @param isPaused the stored config's paused flag (grants and claims check it, as the DynamoDB store does)
+   */
+  constructor(
+    private readonly bucket: MemoryBucketStore,
+    private readonly isPaused: () => boolean = () => false,
+  ) {}
 
   async create(ticket: Ticket, opts: CreateTicketOptions): Promise<void> {
     if (this.tickets.has(ticket.id)) throw new ConflictError(`ticket ${ticket.id} exists`);
@@ -95,18 +103,47 @@ export class MemoryTicketStore implements TicketStore {
     opts: { maxInflight?: number } = {},
   ): Promise<GrantOutcome> {
     const current = this.tickets.get(ticket.id);
-    const tat = applyAttempt(this.bucket.state, attempt);
+    const next = applyConsume(this.bucket.state, attempt);
     if (current?.status !== 'queued' || current.attempt !== ticket.attempt)
       return { kind: 'ticket_conflict', current: current && { ...current } };
+    if (this.isPaused()) return { kind: 'paused' };
     if (opts.maxInflight && this.counters.inflight >= opts.maxInflight)
       return { kind: 'inflight_full', inflight: this.counters.inflight };
-    if (tat === undefined || !this.bucket.state)
+    if (next === undefined || !this.bucket.state)
       return { kind: 'bucket_conflict', current: this.bucket.state && { ...this.bucket.state } };
-    this.bucket.state = { ...this.bucket.state, tat };
+    this.bucket.state = next;
     this.tickets.set(ticket.id, { ...current, ...definedOnly(patch), status: 'granted' });
     this.counters.queued--;
     this.moveAgent(current.agent, -1);
     this.counters.inflight++;
+    return { kind: 'granted' };
+  }
+
+  async grantBatch(
+    batch: readonly BatchGrant[],
+    attempt: ConsumeAttempt,
+    opts: { maxInflight?: number } = {},
+  ): Promise<BatchGrantOutcome> {
+    // All conditions first, then all writes: one transaction.
+    const indexes = batch
+      .map((t, i) => ({ t, i, current: this.tickets.get(t.id) }))
+      .filter(({ t, current }) => current?.status !== 'queued' || current.attempt !== t.attempt)
+      .map(({ i }) => i);
+    if (indexes.length) return { kind: 'ticket_conflict', indexes };
+    if (this.isPaused()) return { kind: 'paused' };
+    if (opts.maxInflight && this.counters.inflight + batch.length > opts.maxInflight)
+      return { kind: 'inflight_full', inflight: this.counters.inflight };
+    const next = applyConsume(this.bucket.state, attempt);
+    if (next === undefined || !this.bucket.state)
+      return { kind: 'bucket_conflict', current: this.bucket.state && { ...this.bucket.state } };
+    this.bucket.state = next;
+    for (const t of batch) {
+      const current = this.tickets.get(t.id)!;
+      this.tickets.set(t.id, { ...current, ...definedOnly(t.patch), status: 'granted' });
+      this.counters.queued--;
+      this.moveAgent(current.agent, -1);
+      this.counters.inflight++;
+    }
     return { kind: 'granted' };
   }
 
@@ -115,8 +152,8 @@ export class MemoryTicketStore implements TicketStore {
     from: TicketStatus,
     to: TicketStatus,
     patch: TicketPatch,
-    opts: { attempt?: number } = {},
-  ): Promise<{ ticket: Ticket } | { conflict: Ticket | undefined }> {
+    opts: { attempt?: number; unlessPaused?: boolean } = {},
+  ): Promise<{ ticket: Ticket } | { conflict: Ticket | undefined; paused?: true }> {
     const current = this.tickets.get(id);
     if (
       !canTransition(from, to) ||
@@ -125,6 +162,7 @@ export class MemoryTicketStore implements TicketStore {
       (opts.attempt !== undefined && current.attempt !== opts.attempt)
     )
       return { conflict: current && { ...current } };
+    if (opts.unlessPaused && this.isPaused()) return { conflict: { ...current }, paused: true };
     const next: Ticket = {
       ...current,
       ...definedOnly(patch),
@@ -243,6 +281,11 @@ export class MemoryTicketQueue implements TicketQueue {
     const q = this.queues.get(priority)!;
     const i = q.findIndex((m) => m.receipt === receipt);
     if (i >= 0) q.splice(i, 1);
+  }
+
+  async deleteBatch(priority: Priority, receipts: readonly string[]): Promise<string[]> {
+    for (const r of receipts) await this.delete(priority, r);
+    return [];
   }
 
   async extend(priority: Priority, receipt: string, seconds: number): Promise<void> {

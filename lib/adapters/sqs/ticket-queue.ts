@@ -1,6 +1,7 @@
 // Adapter: the four SQS priority queues carrying ticket messages.
 import {
   ChangeMessageVisibilityCommand,
+  DeleteMessageBatchCommand,
   DeleteMessageCommand,
   GetQueueAttributesCommand,
   ReceiveMessageCommand,
@@ -102,6 +103,17 @@ export class SqsTicketQueue implements TicketQueue {
     await this.client.send(
       new DeleteMessageCommand({ QueueUrl: this.urls[priority], ReceiptHandle: receipt }),
     );
+  }
+
+  async deleteBatch(priority: Priority, receipts: readonly string[]): Promise<string[]> {
+    if (receipts.length === 0) return [];
+    const res = await this.client.send(
+      new DeleteMessageBatchCommand({
+        QueueUrl: this.urls[priority],
+        Entries: receipts.map((ReceiptHandle, i) => ({ Id: String(i), ReceiptHandle })),
+      }),
+    );
+    return (res.Failed ?? []).map((f) => receipts[Number(f.Id)]).filter((r): r is string => r !== undefined);
   }
 
   async extend(priority: Priority, receipt: string, seconds: number): Promise<void> {

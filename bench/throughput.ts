@@ -1,0 +1,237 @@
+// Bench `throughput`: the full path (ingress → queue → dispatcher → upstream) at a 12,000 rpm limit with a fast
+// simulated upstream and enough closed-loop agents to saturate it: sustained grants/s, the most calls in any
+// window against the limit, grant slot → upstream send, DynamoDB/SQS calls per request, unserved requests.
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { type AttributeValue, DynamoDBClient, ScanCommand } from '@aws-sdk/client-dynamodb';
+import { unmarshall } from '@aws-sdk/util-dynamodb';
+import type { Ticket } from '../lib/domain/tickets.js';
+import { startEmulators } from '../lib/local/emulators.js';
+import { startFakeUpstream } from '../local/fake-upstream.js';
+import { startLocalSystem } from '../local/runtime.js';
+import type { BenchOptions, BenchResult } from './run.js';
+import { startCountingProxy } from './support/counting-proxy.js';
+import { machine, round, summary } from './support/stats.js';
+
+const MODEL = 'meta/llama-3.1-8b-instruct';
+/** 12,000 rpm expressed over a 10 s window (2,000 per 10 s): several whole windows fit in one run. */
+const LIMIT = 2_000;
+const WINDOW_MS = 10_000;
+
+const arg = (name: string, fallback: number): number => {
+  const i = process.argv.indexOf(`--${name}`);
+  const v = i >= 0 ? Number(process.argv[i + 1]) : Number.NaN;
+  return Number.isFinite(v) && v > 0 ? v : fallback;
+};
+
+const scanTickets = async (endpoint: string, table: string): Promise<Ticket[]> => {
+  const client = new DynamoDBClient({
+    endpoint,
+    region: 'us-east-1',
+    credentials: { accessKeyId: 'local', secretAccessKey: 'local' },
+  });
+  const out: Ticket[] = [];
+  let start: Record<string, AttributeValue> | undefined;
+  try {
+    do {
+      const res = await client.send(new ScanCommand({ TableName: table, ExclusiveStartKey: start }));
+      for (const item of res.Items ?? []) out.push(unmarshall(item) as Ticket);
+      start = res.LastEvaluatedKey;
+    } while (start);
+  } finally {
+    client.destroy();
+  }
+  return out;
+};
+
+export interface ThroughputResult {
+  machine: ReturnType<typeof machine>;
+  settings: Record<string, unknown>;
+  requests: number;
+  completed: number;
+  unserved: number;
+  refused: Record<string, number>;
+  grantsPerSecond: { sustained: number; bestSecond: number };
+  maxInWindow: number;
+  limitPerWindow: number;
+  overspend: number;
+  slotToSendMs: ReturnType<typeof summary>;
+  endToEndMs: ReturnType<typeof summary>;
+  callsPerRequest: { dynamodb: number; sqs: number; byAction: Record<string, number> };
+  ticketsByStatus: Record<string, number>;
+}
+
+export const runThroughputBench = async (o: BenchOptions): Promise<BenchResult> => {
+  const agents = arg('agents', 240);
+  const seconds = arg('seconds', 40);
+  const warmupS = 5;
+  const emulators = await startEmulators();
+  const dynamoProxy = await startCountingProxy(emulators.dynamoEndpoint);
+  const sqsProxy = await startCountingProxy(emulators.sqsEndpoint);
+  const upstream = await startFakeUpstream({
+    apiKey: 'bench-key',
+    limit: { requests: LIMIT, windowMs: WINDOW_MS },
+    maxConcurrency: null,
+    tokenDelayMs: 0,
+    firstByteDelayMs: 2,
+  });
+  const system = await startLocalSystem({
+    port: 0,
+    prefix: 'bench-tput',
+    emulators: { dynamoEndpoint: dynamoProxy.endpoint, sqsEndpoint: sqsProxy.endpoint },
+    upstreamUrl: `${upstream.url}/v1`,
+    upstreamApiKey: 'bench-key',
+    scheduleMs: 0,
+    env: {
+      POWERTOOLS_METRICS_DISABLED: 'true',
+      LOG_LEVEL: 'ERROR',
+      POWERTOOLS_LOG_LEVEL: 'ERROR',
+      SLUICE_UPSTREAM_LIMIT: String(LIMIT),
+      SLUICE_UPSTREAM_WINDOW_S: String(WINDOW_MS / 1000),
+      SLUICE_BUCKET_BURST: '20',
+      SLUICE_QUEUE_MAX: String(agents * 2),
+      SLUICE_MAX_INFLIGHT: '0',
+      SLUICE_MAX_WAIT_S: '30',
+    },
+  });
+  try {
+    o.log(`throughput: ${agents} agents for ${seconds} s at ${LIMIT} per ${WINDOW_MS / 1000} s`);
+    const keys = await Promise.all(
+      Array.from({ length: Math.min(agents, 20) }, (_, i) => system.createKey(`agent-${i}`, 'normal')),
+    );
+    dynamoProxy.reset();
+    sqsProxy.reset();
+    upstream.reset();
+    const started = Date.now();
+    const stopAt = started + seconds * 1000;
+    const latencies: number[] = [];
+    const refused: Record<string, number> = {};
+    let requests = 0;
+    let completed = 0;
+    await Promise.all(
+      Array.from({ length: agents }, async (_, a) => {
+        const key = keys[a % keys.length]!;
+        for (let seq = 0; Date.now() < stopAt; seq++) {
+          const id = `a${a}-${seq}`;
+          requests++;
+          const t0 = performance.now();
+          try {
+            const res = await fetch(`${system.url}/v1/chat/completions`, {
+              method: 'POST',
+              headers: {
+                authorization: `Bearer ${key}`,
+                'content-type': 'application/json',
+                'user-agent': id,
+                'idempotency-key': id,
+              },
+              body: JSON.stringify({ model: MODEL, messages: [{ role: 'user', content: 'x' }] }),
+            });
+            const text = await res.text();
+            if (res.status === 200) {
+              completed++;
+              latencies.push(performance.now() - t0);
+            } else {
+              const code =
+                (JSON.parse(text) as { error?: { code?: string } }).error?.code ?? String(res.status);
+              refused[code] = (refused[code] ?? 0) + 1;
+              await new Promise((r) => setTimeout(r, 200));
+            }
+          } catch {
+            refused.network = (refused.network ?? 0) + 1;
+          }
+        }
+      }),
+    );
+    const ended = Date.now();
+    await system.lambda.idle();
+    const tickets = await scanTickets(emulators.dynamoEndpoint, system.env.SLUICE_TICKETS_TABLE!);
+    const ticketsByStatus: Record<string, number> = {};
+    for (const t of tickets) ticketsByStatus[t.status] = (ticketsByStatus[t.status] ?? 0) + 1;
+    const byKey = new Map(tickets.map((t) => [t.idempotencyKey, t]));
+    const accepted = upstream.calls.filter((c) => c.status === 200);
+    const slotToSend: number[] = [];
+    for (const c of accepted) {
+      const t = byKey.get(String(c.headers['user-agent']));
+      if (t?.grantedAt !== undefined) slotToSend.push(c.at - t.grantedAt);
+    }
+    // Sustained: accepted calls per second after the warm-up, up to the end of the load.
+    const steady = accepted.filter((c) => c.at >= started + warmupS * 1000 && c.at < ended);
+    const perSecond = new Map<number, number>();
+    for (const c of steady)
+      perSecond.set(Math.floor(c.at / 1000), (perSecond.get(Math.floor(c.at / 1000)) ?? 0) + 1);
+    const dynamoCalls = dynamoProxy.total();
+    const byAction: Record<string, number> = {};
+    for (const [k, v] of [...dynamoProxy.counts.entries(), ...sqsProxy.counts.entries()].sort())
+      byAction[k] = round(v / Math.max(1, requests), 2);
+    const maxInWindow = upstream.maxInWindow(WINDOW_MS);
+    const result: ThroughputResult = {
+      machine: machine(),
+      settings: {
+        agents,
+        seconds,
+        limit: `${LIMIT} per ${WINDOW_MS / 1000} s (12,000 rpm)`,
+        upstream: { firstByteDelayMs: 2, tokenDelayMs: 0 },
+        burst: 20,
+      },
+      requests,
+      completed,
+      unserved: requests - completed,
+      refused,
+      grantsPerSecond: {
+        sustained: round(steady.length / Math.max(1, (ended - started) / 1000 - warmupS), 1),
+        bestSecond: Math.max(0, ...perSecond.values()),
+      },
+      maxInWindow,
+      limitPerWindow: LIMIT,
+      overspend: Math.max(0, maxInWindow - LIMIT),
+      slotToSendMs: summary(slotToSend),
+      endToEndMs: summary(latencies),
+      callsPerRequest: {
+        dynamodb: round(dynamoCalls / Math.max(1, requests), 2),
+        sqs: round(sqsProxy.total() / Math.max(1, requests), 2),
+        byAction,
+      },
+      ticketsByStatus,
+    };
+    return { markdown: writeThroughputResults(result) };
+  } finally {
+    await system.stop();
+    await upstream.stop();
+    await dynamoProxy.stop();
+    await sqsProxy.stop();
+    await emulators.stop();
+  }
+};
+
+export const throughputMarkdown = (r: ThroughputResult): string =>
+  [
+    `## Dispatcher throughput (${r.machine.date.slice(0, 10)}, ${r.machine.cores} cores, ${r.machine.cpu}, node ${r.machine.node})`,
+    '',
+    `Full path on the local emulators (DynamoDB Local, fauxqs), limit ${String(r.settings.limit)}, ${String(r.settings.agents)} closed-loop agents for ${String(r.settings.seconds)} s, simulated upstream answering in ~2 ms.`,
+    '',
+    '| measure | value |',
+    '|---|---|',
+    `| sustained grants/s (after 5 s warm-up) | ${r.grantsPerSecond.sustained} |`,
+    `| best second | ${r.grantsPerSecond.bestSecond} |`,
+    `| most calls in any ${r.limitPerWindow}-call window vs limit | ${r.maxInWindow} / ${r.limitPerWindow} (overspend ${r.overspend}) |`,
+    `| grant slot → upstream send p50 / p99 (ms) | ${r.slotToSendMs.p50} / ${r.slotToSendMs.p99} |`,
+    `| end to end p50 / p99 (ms) | ${r.endToEndMs.p50} / ${r.endToEndMs.p99} |`,
+    `| requests / completed / unserved | ${r.requests} / ${r.completed} / ${r.unserved} |`,
+    `| refused by code | ${
+      Object.entries(r.refused)
+        .map(([k, v]) => `${k} ${v}`)
+        .join(', ') || 'none'
+    } |`,
+    `| DynamoDB / SQS calls per request | ${r.callsPerRequest.dynamodb} / ${r.callsPerRequest.sqs} |`,
+    '',
+    `Calls per request by action: ${Object.entries(r.callsPerRequest.byAction)
+      .map(([k, v]) => `${k} ${v}`)
+      .join(', ')}.`,
+  ].join('\n');
+
+export const writeThroughputResults = (r: ThroughputResult): string => {
+  mkdirSync('bench/results', { recursive: true });
+  writeFileSync('bench/results/throughput.json', `${JSON.stringify(r, null, 2)}\n`);
+  const md = throughputMarkdown(r);
+  writeFileSync('bench/results/throughput.md', `${md}\n`);
+  return md;
+};
