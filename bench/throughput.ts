@@ -5,7 +5,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { type AttributeValue, DynamoDBClient, ScanCommand } from '@aws-sdk/client-dynamodb';
 import { unmarshall } from '@aws-sdk/util-dynamodb';
 import type { Ticket } from '../lib/domain/tickets.js';
-import { startEmulators } from '../lib/local/emulators.js';
+import { startEmulators } from '../local/emulators.js';
 import { startFakeUpstream } from '../local/fake-upstream.js';
 import { startLocalSystem } from '../local/runtime.js';
 import type { BenchOptions, BenchResult } from './run.js';

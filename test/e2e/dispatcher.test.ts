@@ -61,6 +61,7 @@ describe('dispatcher singleton', () => {
     const duplicating = (self: 'x' | 'y', other: 'x' | 'y'): TicketQueue => ({
       send: (m) => ctx.stores.queue.send(m),
       delete: (p, r) => ctx.stores.queue.delete(p, r),
+      deleteBatch: (p, r) => ctx.stores.queue.deleteBatch(p, r),
       extend: (p, r, sec) => ctx.stores.queue.extend(p, r, sec),
       depth: (p) => ctx.stores.queue.depth(p),
       receive: async (p, max, wait, signal) => {
