@@ -573,8 +573,13 @@ describe('SDK errors an emulator cannot produce (aws-sdk-client-mock)', () => {
 
   const attempt: ConsumeAttempt = { branch: 'idle', now: 1000, newTat: 2000, params: PARAMS };
   const calls: [string, (s: DynamoTicketStore) => Promise<unknown>][] = [
-    // The agent is given, so the store needs no read of the ticket (the mock answers only the transaction).
-    ['grant', (s) => s.grant({ id: 'a', attempt: 0, agent: 'agent-a' }, attempt, { grantedAt: 1000 })],
+    // The agent and priority are given, so the store needs no read of the ticket (the mock answers only the
+    // transaction).
+    [
+      'grant',
+      (s) =>
+        s.grant({ id: 'a', attempt: 0, agent: 'agent-a', priority: 'normal' }, attempt, { grantedAt: 1000 }),
+    ],
     ['create', (s) => s.create(newTicket({ id: 'a' }), { queueMaxSize: 10 })],
     [
       'transition queued → abandoned',

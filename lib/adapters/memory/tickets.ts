@@ -7,17 +7,19 @@ import {
   ConflictError,
   IdempotencyConflictError,
 } from '../../domain/errors.js';
-import { applyAttempt, type ConsumeAttempt } from '../../domain/gcra.js';
+import { applyAttempt, applyConsume, type ConsumeAttempt } from '../../domain/gcra.js';
 import type {
   CreateTicketOptions,
+  FastGrantOutcome,
   GrantOutcome,
   LeaseState,
   LeaseStore,
+  QueuedByPriority,
   ReceivedMessage,
   TicketQueue,
   TicketStore,
 } from '../../domain/ports.js';
-import { PRIORITIES, type Priority } from '../../domain/priority.js';
+import { PRIORITIES, type Priority, priorityRank } from '../../domain/priority.js';
 import {
   canTransition,
   isTerminal,
@@ -38,10 +40,18 @@ export class MemoryTicketStore implements TicketStore {
   readonly counters = { queued: 0, inflight: 0 };
   /** Queued tickets per agent (the per-agent cap's counters). */
   private readonly agentQueued = new Map<string, number>();
+  /** Queued tickets per priority (the fast path's condition). */
+  readonly priorityQueued: QueuedByPriority = { urgent: 0, high: 0, normal: 0, low: 0 };
   private readonly idem = new Map<string, { ticketId: string; until: number }>();
 
-  /** @param bucket the shared bucket item the grant transaction spends from */
-  constructor(private readonly bucket: MemoryBucketStore) {}
+  /**
+   * @param bucket the shared bucket item the grant transaction spends from
+   * @param paused the stored config's `paused` flag as the fast path's condition sees it
+   */
+  constructor(
+    private readonly bucket: MemoryBucketStore,
+    readonly paused: () => boolean = () => false,
+  ) {}
 
   async create(ticket: Ticket, opts: CreateTicketOptions): Promise<void> {
     if (this.tickets.has(ticket.id)) throw new ConflictError(`ticket ${ticket.id} exists`);
@@ -78,8 +88,10 @@ export class MemoryTicketStore implements TicketStore {
         finishedAt: ticket.enqueuedAt,
       });
       this.moveAgent(victim.agent, -1);
+      this.priorityQueued[victim.priority]--;
     } else this.counters.queued++;
     this.moveAgent(ticket.agent, 1);
+    this.priorityQueued[ticket.priority]++;
     this.tickets.set(ticket.id, { ...ticket });
   }
 
@@ -106,8 +118,35 @@ export class MemoryTicketStore implements TicketStore {
     this.tickets.set(ticket.id, { ...current, ...definedOnly(patch), status: 'granted' });
     this.counters.queued--;
     this.moveAgent(current.agent, -1);
+    this.priorityQueued[current.priority]--;
     this.counters.inflight++;
     return { kind: 'granted' };
+  }
+
+  async fastGrant(
+    ticket: Ticket,
+    attempt: ConsumeAttempt,
+    opts: { maxInflight: number },
+  ): Promise<FastGrantOutcome> {
+    if (this.tickets.has(ticket.id)) throw new ConflictError(`ticket ${ticket.id} exists`);
+    const next = applyConsume(this.bucket.state, attempt);
+    if (this.paused()) return { kind: 'paused' };
+    if (
+      PRIORITIES.some((p) => priorityRank(p) <= priorityRank(ticket.priority) && this.priorityQueued[p] > 0)
+    )
+      return { kind: 'queue_busy' };
+    if (opts.maxInflight > 0 && this.counters.inflight >= opts.maxInflight) return { kind: 'inflight_full' };
+    if (next?.tat === undefined)
+      return { kind: 'bucket_conflict', current: this.bucket.state && { ...this.bucket.state } };
+    // The whole successor state: a window-exact bucket logs the grant too.
+    this.bucket.state = next;
+    this.tickets.set(ticket.id, { ...ticket });
+    this.counters.inflight++;
+    return { kind: 'granted' };
+  }
+
+  async queuedByPriority(): Promise<QueuedByPriority> {
+    return { ...this.priorityQueued };
   }
 
   async transition(
@@ -135,10 +174,12 @@ export class MemoryTicketStore implements TicketStore {
     if (from === 'queued' && to !== 'queued') {
       this.counters.queued--;
       this.moveAgent(current.agent, -1);
+      this.priorityQueued[current.priority]--;
     }
     if (to === 'queued' && from !== 'queued') {
       this.counters.queued++;
       this.moveAgent(current.agent, 1);
+      this.priorityQueued[current.priority]++;
     }
     if (running(from) && !running(to)) this.counters.inflight--;
     return { ticket: { ...next } };
@@ -191,7 +232,12 @@ export class MemoryTicketStore implements TicketStore {
     this.counters.queued = all.filter((t) => t.status === 'queued').length;
     this.counters.inflight = all.filter((t) => running(t.status)).length;
     this.agentQueued.clear();
-    for (const t of all) if (t.status === 'queued') this.moveAgent(t.agent, 1);
+    for (const p of PRIORITIES) this.priorityQueued[p] = 0;
+    for (const t of all) {
+      if (t.status !== 'queued') continue;
+      this.moveAgent(t.agent, 1);
+      this.priorityQueued[t.priority]++;
+    }
     return this.counters.queued;
   }
 }
