@@ -193,7 +193,7 @@ export class Admission {
    */
   async admit(req: AdmitRequest, config: GatewayConfig): Promise<Admitted> {
     const now = this.d.clock.now();
-    const ticket: Ticket = {
+    let ticket: Ticket = {
       id: this.d.newId(),
       agent: req.agent,
       priority: req.priority,
@@ -217,8 +217,9 @@ export class Admission {
     // agent's quota bucket are written by the create and the dispatcher's grant.
     const plain = !req.idempotencyKey && req.quotaRpm === undefined && req.quotaShare === undefined;
     if (plain && req.callBudgetMs !== undefined) {
-      const claimed = await this.fastGrant(ticket, config, req.callBudgetMs);
-      if (claimed) return { ticket: claimed, passthrough: false, claimed: true };
+      const fast = await this.fastGrant(ticket, config, req.callBudgetMs);
+      if (fast === 'unknown') ticket = { ...ticket, id: this.d.newId() };
+      else if (fast) return { ticket: fast, passthrough: false, claimed: true };
     }
     if (plain) {
       const hopeless = await this.hopeless(ticket, config);
@@ -253,13 +254,14 @@ export class Admission {
    * Fast path: nothing waits at this priority or above and a token is free by the last known bucket state, so
    * one transaction spends the token and writes the ticket as claimed (conditioned on the per-priority queued
    * counters, max_inflight and the stored `paused` flag). Any refused condition sends it to the queue.
-   * @returns the claimed ticket, or undefined to queue it
+   * @returns the claimed ticket, undefined to queue it, or 'unknown' when the store failed (queue it under a new
+   *   id: should the transaction have gone through after all, the claim sweep ends that ticket)
    */
   private async fastGrant(
     ticket: Ticket,
     config: GatewayConfig,
     callBudgetMs: number,
-  ): Promise<Ticket | undefined> {
+  ): Promise<Ticket | undefined | 'unknown'> {
     const { bucket, clock } = this.d;
     if (config.paused) return undefined;
     // Read once per container; afterwards every write (or refused condition) tells the state.
@@ -276,7 +278,15 @@ export class Admission {
       claimedAt: now,
       claimBy: now + callBudgetMs,
     };
-    const res = await this.d.tickets.fastGrant(claimed, plan.attempt, { maxInflight: config.maxInflight });
+    let res: Awaited<ReturnType<TicketStore['fastGrant']>>;
+    try {
+      res = await this.d.tickets.fastGrant(claimed, plan.attempt, { maxInflight: config.maxInflight });
+    } catch (err) {
+      // Contention on the counter item or a hiccup: the queue is the way that copes with it.
+      if (!(err instanceof StoreUnavailableError)) throw err;
+      this.stats.fastFallback++;
+      return 'unknown';
+    }
     if (res.kind === 'granted') {
       bucket.spent(plan.attempt);
       this.stats.fastPath++;

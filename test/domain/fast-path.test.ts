@@ -6,15 +6,26 @@ import { Admission, type AdmitRequest } from '../../lib/domain/admission.js';
 import { TokenBucket } from '../../lib/domain/bucket.js';
 import { FakeClock } from '../../lib/domain/clock.js';
 import { DEFAULT_CONFIG, type GatewayConfig } from '../../lib/domain/config.js';
+import { StoreUnavailableError } from '../../lib/domain/errors.js';
 import type { Priority } from '../../lib/domain/priority.js';
 
 const PARAMS = { intervalMs: 1500, burst: 2 };
 const CONFIG: GatewayConfig = { ...DEFAULT_CONFIG, queueMaxSize: 1000, maxQueuedPerAgent: 1000 };
 
-const setup = async (opts: { storePaused?: boolean } = {}) => {
+/** A store whose fast-path transaction fails as DynamoDB does under contention (after the SDK's retries). */
+class ContendedStore extends MemoryTicketStore {
+  override async fastGrant(): Promise<never> {
+    throw new StoreUnavailableError('DynamoDB TransactWriteItems unavailable: TransactionCanceledException');
+  }
+}
+
+const setup = async (opts: { storePaused?: boolean; contended?: boolean } = {}) => {
   const clock = new FakeClock();
   const bucketStore = new MemoryBucketStore();
-  const tickets = new MemoryTicketStore(bucketStore, () => opts.storePaused ?? false);
+  const paused = () => opts.storePaused ?? false;
+  const tickets = opts.contended
+    ? new ContendedStore(bucketStore, paused)
+    : new MemoryTicketStore(bucketStore, paused);
   const queue = new MemoryTicketQueue(clock);
   const lease = new MemoryLeaseStore(clock);
   const outcomes = new MemoryOutcomeStore();
@@ -123,6 +134,22 @@ describe('fast path', () => {
     expect(s.admission.stats).toMatchObject({ fastPath: 0, fastFallback: 1 });
     expect(s.bucket.state?.tat).toBe(s.bucketStore.state?.tat);
     expect(await s.tickets.counts()).toEqual({ queued: 1, inflight: 0 });
+  });
+});
+
+describe('fast path under store contention', () => {
+  it('queues the request under a new ticket id instead of failing it', async () => {
+    // Prepare
+    const s = await setup({ contended: true });
+
+    // Act
+    const got = await s.admission.admit(s.request('urgent'), CONFIG);
+
+    // Assess: t1 was the fast attempt's id (its outcome unknown), t2 the queued ticket's
+    expect(got.claimed).toBeUndefined();
+    expect(got.ticket).toMatchObject({ id: 't2', status: 'queued' });
+    expect(await s.depth('urgent')).toBe(1);
+    expect(s.admission.stats).toMatchObject({ fastPath: 0, fastFallback: 1 });
   });
 });
 
