@@ -21,7 +21,7 @@ import type {
   TicketStore,
   UsageStore,
 } from './ports.js';
-import { type Priority, priorityRank } from './priority.js';
+import { PRIORITIES, type Priority, priorityRank } from './priority.js';
 import { parseWeights } from './priority-policy.js';
 import {
   isGrantStale,
@@ -172,6 +172,13 @@ export const POLL_MAX_MS = 1_000;
 const pollMaxMs = (windowMs: number) =>
   Math.max(POLL_MIN_MS, Math.min(POLL_MAX_MS, grantToCallMaxMs(windowMs) / 2));
 
+/**
+ * After the fast path was refused for anything but the bucket (something queued, max_inflight, paused), this
+ * container queues requests of that priority and below without trying it for this long: a refused attempt costs
+ * a transaction on the items the dispatcher's grants write, and under a backlog nearly every attempt is refused.
+ */
+export const FAST_PATH_BACKOFF_MS = 1_000;
+
 /** Time after which a grant must have been claimed (kept in step with the dispatcher's claim window). */
 const CLAIM_MARGIN_MS = 5_000;
 
@@ -181,6 +188,8 @@ export class Admission {
    * and those that tried it and were queued instead.
    */
   readonly stats = { polls: 0, fastPath: 0, fastFallback: 0 };
+  /** Until when this container skips the fast path, per priority (see FAST_PATH_BACKOFF_MS). */
+  private readonly fastPathOffUntil: Record<Priority, number> = { urgent: 0, high: 0, normal: 0, low: 0 };
 
   constructor(private readonly d: AdmissionDeps) {}
 
@@ -263,7 +272,7 @@ export class Admission {
     callBudgetMs: number,
   ): Promise<Ticket | undefined | 'unknown'> {
     const { bucket, clock } = this.d;
-    if (config.paused) return undefined;
+    if (config.paused || clock.now() < this.fastPathOffUntil[ticket.priority]) return undefined;
     // Read once per container; afterwards every write (or refused condition) tells the state.
     if (!bucket.state) await bucket.refresh();
     if (!bucket.state) return undefined;
@@ -293,6 +302,12 @@ export class Admission {
       return claimed;
     }
     if (res.kind === 'bucket_conflict') bucket.conflicted(res.current);
+    else {
+      // What refused it holds for this priority and every less important one too.
+      for (const p of PRIORITIES)
+        if (priorityRank(p) >= priorityRank(ticket.priority))
+          this.fastPathOffUntil[p] = Math.max(this.fastPathOffUntil[p], now + FAST_PATH_BACKOFF_MS);
+    }
     this.stats.fastFallback++;
     return undefined;
   }

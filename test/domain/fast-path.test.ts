@@ -2,7 +2,7 @@
 import { describe, expect, it } from 'vitest';
 import { MemoryBucketStore, MemoryOutcomeStore } from '../../lib/adapters/memory/stores.js';
 import { MemoryLeaseStore, MemoryTicketQueue, MemoryTicketStore } from '../../lib/adapters/memory/tickets.js';
-import { Admission, type AdmitRequest } from '../../lib/domain/admission.js';
+import { Admission, type AdmitRequest, FAST_PATH_BACKOFF_MS } from '../../lib/domain/admission.js';
 import { TokenBucket } from '../../lib/domain/bucket.js';
 import { FakeClock } from '../../lib/domain/clock.js';
 import { DEFAULT_CONFIG, type GatewayConfig } from '../../lib/domain/config.js';
@@ -134,6 +134,28 @@ describe('fast path', () => {
     expect(s.admission.stats).toMatchObject({ fastPath: 0, fastFallback: 1 });
     expect(s.bucket.state?.tat).toBe(s.bucketStore.state?.tat);
     expect(await s.tickets.counts()).toEqual({ queued: 1, inflight: 0 });
+  });
+});
+
+describe('fast path backoff', () => {
+  it('after a refusal for a busy queue, the container queues that priority and below without trying for a while', async () => {
+    // Prepare: an urgent ticket waits; a normal request is refused the fast path.
+    const s = await setup();
+    const { callBudgetMs: _none, ...queuedOnly } = s.request('urgent');
+    await s.admission.admit(queuedOnly, CONFIG);
+    await s.admission.admit(s.request('normal'), CONFIG);
+    expect(s.admission.stats.fastFallback).toBe(1);
+
+    // Act + Assess: low and normal skip the attempt (no transaction), high still tries
+    await s.admission.admit(s.request('low'), CONFIG);
+    await s.admission.admit(s.request('normal'), CONFIG);
+    expect(s.admission.stats.fastFallback).toBe(1);
+    await s.admission.admit(s.request('high'), CONFIG);
+    expect(s.admission.stats.fastFallback).toBe(2);
+    // Once the backoff is over, it tries again.
+    s.clock.advance(FAST_PATH_BACKOFF_MS);
+    await s.admission.admit(s.request('low'), CONFIG);
+    expect(s.admission.stats.fastFallback).toBe(3);
   });
 });
 
