@@ -1,8 +1,11 @@
 // Bench `path`: the gateway's overhead against calling the simulated upstream directly — fast path and queued —
 // plus DynamoDB and SQS calls per request (counted by proxies in front of the emulators).
 import { mkdirSync, writeFileSync } from 'node:fs';
+import { DynamoDBClient, ScanCommand } from '@aws-sdk/client-dynamodb';
+import { unmarshall } from '@aws-sdk/util-dynamodb';
 import OpenAI from 'openai';
-import { startEmulators } from '../local/emulators.js';
+import type { Ticket } from '../lib/domain/tickets.js';
+import { localAwsConfig, startEmulators } from '../local/emulators.js';
 import { startFakeUpstream } from '../local/fake-upstream.js';
 import { type LocalSystem, startLocalSystem } from '../local/runtime.js';
 import { type CountingProxy, startCountingProxy } from './support/counting-proxy.js';
@@ -36,6 +39,30 @@ const timeStream = async (client: OpenAI): Promise<StreamTiming> => {
     last = now;
   }
   return { ttfb, gaps, total: performance.now() - t0 };
+};
+
+/**
+ * Tickets of a system granted on the fast path: claimed within a few ms of admission (a queued ticket needs a
+ * queue message, a dispatcher grant and the ingress's read first).
+ */
+const fastPathTickets = async (
+  dynamoEndpoint: string,
+  table: string,
+): Promise<{ fast: number; total: number }> => {
+  const client = new DynamoDBClient(localAwsConfig(dynamoEndpoint));
+  const tickets: Ticket[] = [];
+  try {
+    let start: Record<string, import('@aws-sdk/client-dynamodb').AttributeValue> | undefined;
+    do {
+      const res = await client.send(new ScanCommand({ TableName: table, ExclusiveStartKey: start }));
+      for (const item of res.Items ?? []) tickets.push(unmarshall(item) as Ticket);
+      start = res.LastEvaluatedKey;
+    } while (start);
+  } finally {
+    client.destroy();
+  }
+  const fast = tickets.filter((t) => t.claimedAt !== undefined && t.claimedAt - t.enqueuedAt <= 5).length;
+  return { fast, total: tickets.length };
 };
 
 const sequential = async <T>(n: number, fn: () => Promise<T>): Promise<T[]> => {
@@ -73,7 +100,11 @@ export interface PathBenchResult {
     latency: ReturnType<typeof summary>;
     failed: number;
     rateRpm: number;
+    /** Requests of the queued run granted on the fast path anyway (the bucket had a token, nothing waited). */
+    fastPath: number;
   };
+  /** Requests of the fast-path run that took the fast path (all of them, when it works). */
+  fastPathRun: { fast: number; total: number };
 }
 
 export const runPathBench = async (
@@ -131,6 +162,7 @@ export const runPathBench = async (
     const gwChat = await sequential(n, () => timeChat(fastClient));
     const fastCalls = { dynamodb: perRequest(dynamoProxy, n), sqs: perRequest(sqsProxy, n) };
     const gwStream = await sequential(n / 2, () => timeStream(fastClient));
+    const fastPathRun = await fastPathTickets(emulators.dynamoEndpoint, fast.env.SLUICE_TICKETS_TABLE!);
 
     progress('path: gateway queued (30 agents, 10 grants/s)');
     const rateRpm = 600;
@@ -160,6 +192,7 @@ export const runPathBench = async (
     await queued.lambda.idle();
     const requests = agents * perAgent;
     const queuedCalls = { dynamodb: perRequest(dynamoProxy, requests), sqs: perRequest(sqsProxy, requests) };
+    const queuedTickets = await fastPathTickets(emulators.dynamoEndpoint, queued.env.SLUICE_TICKETS_TABLE!);
 
     const d = summary(directChat);
     const g = summary(gwChat);
@@ -178,7 +211,15 @@ export const runPathBench = async (
         },
       },
       callsPerRequest: { fastPath: fastCalls, queued: queuedCalls },
-      queued: { agents, requests, latency: summary(latencies), failed, rateRpm },
+      queued: {
+        agents,
+        requests,
+        latency: summary(latencies),
+        failed,
+        rateRpm,
+        fastPath: queuedTickets.fast,
+      },
+      fastPathRun,
     };
   } finally {
     for (const s of systems) await s.stop();
@@ -209,14 +250,14 @@ export const pathMarkdown = (r: PathBenchResult): string => {
     row('gateway, inter-chunk gap', r.streaming.gateway.gaps),
     row(`gateway queued (${r.queued.agents} agents, ${r.queued.rateRpm} rpm)`, r.queued.latency),
     '',
-    `Added latency, fast path: p50 ${r.nonStreaming.addedP50} ms, p99 ${r.nonStreaming.addedP99} ms. Queued run: ${r.queued.requests} requests, ${r.queued.failed} failed.`,
+    `Added latency, fast path: p50 ${r.nonStreaming.addedP50} ms, p99 ${r.nonStreaming.addedP99} ms; added time to first byte p50 ${round(r.streaming.gateway.ttfb.p50 - r.streaming.direct.ttfb.p50)} ms, inter-chunk gap p50 ${round(r.streaming.gateway.gaps.p50 - r.streaming.direct.gaps.p50)} ms. Fast-path run: ${r.fastPathRun.fast} of ${r.fastPathRun.total} requests granted on the fast path. Queued run: ${r.queued.requests} requests, ${r.queued.failed} failed, ${r.queued.fastPath} granted on the fast path (a token free and nothing waiting), the rest through the queue.`,
     '',
     '| calls per request | DynamoDB | SQS |',
     '|---|---|---|',
     `| fast path | ${calls(r.callsPerRequest.fastPath.dynamodb)} | ${calls(r.callsPerRequest.fastPath.sqs)} |`,
     `| queued | ${calls(r.callsPerRequest.queued.dynamodb)} | ${calls(r.callsPerRequest.queued.sqs)} |`,
     '',
-    'DynamoDB and SQS calls include the dispatcher (grants, lease renewals, long polls while it runs) divided over the requests.',
+    'Fast path: the ingress grants itself (one transaction) and never wakes the dispatcher. Queued: DynamoDB and SQS calls include the dispatcher (grants, lease renewals, long polls while it runs) divided over the requests.',
   ].join('\n');
 };
 

@@ -21,7 +21,8 @@ import type {
   TicketStore,
   UsageStore,
 } from './ports.js';
-import { type Priority, priorityRank } from './priority.js';
+import { PRIORITIES, type Priority, priorityRank } from './priority.js';
+import { parseWeights } from './priority-policy.js';
 import {
   isGrantStale,
   type Ticket,
@@ -29,6 +30,7 @@ import {
   type TicketStatus,
   waitAfterLostClaim,
 } from './tickets.js';
+import { estimateWaitMs } from './wait-estimate.js';
 
 export interface AdmissionDeps {
   tickets: TicketStore;
@@ -56,6 +58,20 @@ export interface AdmitRequest {
   quotaShare?: number;
   /** The agent's Idempotency-Key header, if any. */
   idempotencyKey?: string;
+  /**
+   * How long the upstream call may run once claimed: given, the request may take the fast path (granted and
+   * claimed at admission when nothing more important waits).
+   */
+  callBudgetMs?: number;
+}
+
+/** What admission gave: a queued ticket, a passthrough grant, or (fast path) a ticket already claimed. */
+export interface Admitted {
+  ticket: Ticket;
+  passthrough: boolean;
+  attached?: boolean;
+  /** Fast path: the ticket is `claimed`; call the upstream now. */
+  claimed?: boolean;
 }
 
 /** What waiting ended with. */
@@ -165,26 +181,37 @@ const pollMaxMs = (windowMs: number, slackMs?: number) =>
 const grantSlackOf = (windowMs: number, slackMs = GRANT_TO_CALL_MAX_MS) =>
   grantToCallMaxMs(windowMs, slackMs);
 
+/**
+ * After the fast path was refused for anything but the bucket (something queued, max_inflight, paused), this
+ * container queues requests of that priority and below without trying it for this long: a refused attempt costs
+ * a transaction on the items the dispatcher's grants write, and under a backlog nearly every attempt is refused.
+ */
+export const FAST_PATH_BACKOFF_MS = 1_000;
+
 /** Time after which a grant must have been claimed (kept in step with the dispatcher's claim window). */
 const CLAIM_MARGIN_MS = 5_000;
 
 export class Admission {
-  /** Reads of waiting tickets, for the benchmark's calls-per-request figure. */
-  readonly stats = { polls: 0 };
+  /**
+   * Reads of waiting tickets, for the benchmark's calls-per-request figure; requests granted on the fast path,
+   * and those that tried it and were queued instead.
+   */
+  readonly stats = { polls: 0, fastPath: 0, fastFallback: 0 };
+  /** Until when this container skips the fast path, per priority (see FAST_PATH_BACKOFF_MS). */
+  private readonly fastPathOffUntil: Record<Priority, number> = { urgent: 0, high: 0, normal: 0, low: 0 };
 
   constructor(private readonly d: AdmissionDeps) {}
 
   /**
-   * Creates the ticket (counted for admission in the same transaction), applies the queue-full policy,
-   * sends the queue message and rings the doorbell.
+   * Grants the request at once when it can (the fast path); otherwise refuses it when its estimated wait
+   * exceeds its own, or creates the ticket (counted for admission in the same transaction), applies the
+   * queue-full policy, sends the queue message and rings the doorbell.
+   * @throws RateLimitedError (429 `queue_wait_exceeded`) when the estimated wait exceeds the request's.
    * @throws UnavailableError (503) when the queue is full under `reject` or nothing lower can be dropped.
    */
-  async admit(
-    req: AdmitRequest,
-    config: GatewayConfig,
-  ): Promise<{ ticket: Ticket; passthrough: boolean; attached?: boolean }> {
+  async admit(req: AdmitRequest, config: GatewayConfig): Promise<Admitted> {
     const now = this.d.clock.now();
-    const ticket: Ticket = {
+    let ticket: Ticket = {
       id: this.d.newId(),
       agent: req.agent,
       priority: req.priority,
@@ -204,6 +231,18 @@ export class Admission {
           untilMs: req.deadline + config.requestTimeoutMs + IDEMPOTENCY_WINDOW_MS,
         }
       : undefined;
+    // Requests sharing an Idempotency-Key or carrying a quota go through the queue: the key's mapping and the
+    // agent's quota bucket are written by the create and the dispatcher's grant.
+    const plain = !req.idempotencyKey && req.quotaRpm === undefined && req.quotaShare === undefined;
+    if (plain && req.callBudgetMs !== undefined) {
+      const fast = await this.fastGrant(ticket, config, req.callBudgetMs);
+      if (fast === 'unknown') ticket = { ...ticket, id: this.d.newId() };
+      else if (fast) return { ticket: fast, passthrough: false, claimed: true };
+    }
+    if (plain) {
+      const hopeless = await this.hopeless(ticket, config);
+      if (hopeless) throw hopeless;
+    }
     let replaceTicketId: string | undefined;
     for (let i = 0; i < 3; i++) {
       try {
@@ -227,6 +266,91 @@ export class Admission {
       }
     }
     throw new UnavailableError('Idempotency-Key kept changing hands; retry.', 1_000, 'idempotency_conflict');
+  }
+
+  /**
+   * Fast path: nothing waits at this priority or above and a token is free by the last known bucket state, so
+   * one transaction spends the token and writes the ticket as claimed (conditioned on the per-priority queued
+   * counters, max_inflight and the stored `paused` flag). Any refused condition sends it to the queue.
+   * @returns the claimed ticket, undefined to queue it, or 'unknown' when the store failed (queue it under a new
+   *   id: should the transaction have gone through after all, the claim sweep ends that ticket)
+   */
+  private async fastGrant(
+    ticket: Ticket,
+    config: GatewayConfig,
+    callBudgetMs: number,
+  ): Promise<Ticket | undefined | 'unknown'> {
+    const { bucket, clock } = this.d;
+    if (config.paused || clock.now() < this.fastPathOffUntil[ticket.priority]) return undefined;
+    // Read once per container; afterwards every write (or refused condition) tells the state.
+    if (!bucket.state) await bucket.refresh();
+    if (!bucket.state) return undefined;
+    const plan = bucket.plan(ticket.priority);
+    if ('waitMs' in plan) return undefined;
+    const now = clock.now();
+    const claimed: Ticket = {
+      ...ticket,
+      status: 'claimed',
+      // The bucket logs the grant at the attempt's time: a refund finds it by this.
+      grantedAt: plan.attempt.now,
+      claimedAt: now,
+      claimBy: now + callBudgetMs,
+    };
+    let res: Awaited<ReturnType<TicketStore['fastGrant']>>;
+    try {
+      res = await this.d.tickets.fastGrant(claimed, plan.attempt, { maxInflight: config.maxInflight });
+    } catch (err) {
+      // Contention on the counter item or a hiccup: the queue is the way that copes with it.
+      if (!(err instanceof StoreUnavailableError)) throw err;
+      this.stats.fastFallback++;
+      return 'unknown';
+    }
+    if (res.kind === 'granted') {
+      bucket.spent(plan.attempt);
+      this.stats.fastPath++;
+      return claimed;
+    }
+    if (res.kind === 'bucket_conflict') bucket.conflicted(res.current);
+    else {
+      // What refused it holds for this priority and every less important one too.
+      for (const p of PRIORITIES)
+        if (priorityRank(p) >= priorityRank(ticket.priority))
+          this.fastPathOffUntil[p] = Math.max(this.fastPathOffUntil[p], now + FAST_PATH_BACKOFF_MS);
+    }
+    this.stats.fastFallback++;
+    return undefined;
+  }
+
+  /**
+   * Fail fast: the refusal a request gets now when its estimated queue wait exceeds the time it can wait
+   * (what is queued at its priority and above, the effective interval, the tokens free now), else undefined.
+   * A store hiccup or an unknown bucket skips the check (the deadline still bounds the wait).
+   */
+  private async hopeless(ticket: Ticket, config: GatewayConfig): Promise<RateLimitedError | undefined> {
+    const { bucket, clock } = this.d;
+    const interval = bucket.state?.intervalMs;
+    if (interval === undefined) return undefined;
+    const queued = await this.d.tickets.queuedByPriority().catch(unlessStoreDown(undefined));
+    if (!queued) return undefined;
+    const estimateMs = estimateWaitMs({
+      priority: ticket.priority,
+      queued,
+      intervalMs: interval,
+      availableNow: bucket.available(ticket.priority),
+      policy: config.priorityPolicy,
+      weights: parseWeights(config.priorityWeights) ?? parseWeights('1:1:1:1')!,
+    });
+    const now = clock.now();
+    const canWaitMs = ticket.deadline - now;
+    if (estimateMs <= canWaitMs) return undefined;
+    await this.d.outcomes.record(now, { counts: { refused: 1 } }).catch(() => undefined);
+    this.use(ticket.agent, { requests: 1, refused: 1, throttled: 1 });
+    const s = (ms: number) => Math.ceil(ms / 1000);
+    return new RateLimitedError(
+      `Estimated queue wait ${s(estimateMs)} s exceeds this request's maximum wait (${s(canWaitMs)} s): refused now rather than at its deadline; retry after the indicated time.`,
+      estimateMs,
+      'queue_wait_exceeded',
+    );
   }
 
   /** One agent may not hold more than its share of the queue: 429, never an eviction of others' tickets. */

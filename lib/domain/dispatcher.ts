@@ -394,7 +394,7 @@ export class Dispatcher {
       return;
     }
     const res = await tickets.grant(
-      { id: msg.ticketId, attempt: msg.attempt, agent: msg.agent },
+      { id: msg.ticketId, attempt: msg.attempt, agent: msg.agent, priority: msg.priority },
       plan.attempt,
       {
         // The reserved slot: the call starts then, the bucket logged it then, and a refund finds it by this.
@@ -489,6 +489,7 @@ export class Dispatcher {
         id: m.message.ticketId,
         attempt: m.message.attempt,
         agent: m.message.agent,
+        priority: m.message.priority,
         patch: {
           grantedAt: now,
           claimBy: Math.min(now + this.t.claimWindowMs, m.message.deadline + config.requestTimeoutMs),

@@ -41,15 +41,30 @@ export interface BatchGrant {
   id: string;
   attempt: number;
   agent: string;
+  /** Its priority's queued counter moves with the grant. */
+  priority: Priority;
   patch: TicketPatch;
 }
+
+/** Fast-path grant outcome: the ticket was written as claimed, or the condition that refused it. */
+export type FastGrantOutcome =
+  | { kind: 'granted' }
+  | { kind: 'bucket_conflict'; current: BucketState | undefined }
+  /** Something waits at this priority or above (the dispatcher serves it first). */
+  | { kind: 'queue_busy' }
+  | { kind: 'inflight_full' }
+  /** An operator paused the gateway. */
+  | { kind: 'paused' };
+
+/** Queued tickets per priority, as the per-priority counters hold them. */
+export type QueuedByPriority = Record<Priority, number>;
 
 export interface CreateTicketOptions {
   queueMaxSize: number;
   /** Queued tickets one agent may have (its counter moves in the same transaction); 0 or unset = no cap. */
   maxQueuedPerAgent?: number;
   /** drop_lowest: this queued ticket is dropped in the same transaction (admission count unchanged). */
-  replace?: Pick<Ticket, 'id' | 'attempt'> & { agent?: string };
+  replace?: Pick<Ticket, 'id' | 'attempt'> & { agent?: string; priority?: Priority };
   /** passthrough: the ticket skips the admission counter (it does not wait in the queue). */
   bypassAdmission?: boolean;
   /**
@@ -76,7 +91,7 @@ export interface TicketStore {
    * Idempotent under SDK retries (client request token).
    */
   grant(
-    ticket: Pick<Ticket, 'id' | 'attempt'> & { agent?: string },
+    ticket: Pick<Ticket, 'id' | 'attempt'> & { agent?: string; priority?: Priority },
     attempt: ConsumeAttempt,
     patch: TicketPatch,
     opts?: { maxInflight?: number; agentQuota?: { bucketKey: string; attempt: ConsumeAttempt } },
@@ -106,6 +121,18 @@ export interface TicketStore {
     patch: TicketPatch,
     opts?: { attempt?: number; known?: Ticket; unlessPaused?: boolean },
   ): Promise<{ ticket: Ticket } | { conflict: Ticket | undefined; paused?: true }>;
+  /**
+   * Fast path: in one transaction, spends a token (`attempt`), writes the new ticket as already `claimed` and
+   * counts it in flight — only if nothing is queued at its priority or above, in-flight is below `maxInflight`
+   * (0 = no cap) and the stored config is not paused. Nothing is written otherwise.
+   */
+  fastGrant(
+    ticket: Ticket,
+    attempt: ConsumeAttempt,
+    opts: { maxInflight: number },
+  ): Promise<FastGrantOutcome>;
+  /** Queued tickets per priority (the counters moved with every ticket entering or leaving `queued`). */
+  queuedByPriority(): Promise<QueuedByPriority>;
   /** Oldest queued ticket of a priority (drop_lowest picks its victim here). */
   oldestQueued(priority: Priority): Promise<Ticket | undefined>;
   /** Tickets in a phase whose phase time is before `before` (granted: claimBy; queued: enqueuedAt). */
@@ -120,7 +147,10 @@ export interface TicketStore {
   agentQueuedCounts(): Promise<Record<string, number>>;
   /** Queued (admission) and in-flight (granted or claimed) counters. */
   counts(): Promise<{ queued: number; inflight: number }>;
-  /** Sets both counters to the true numbers of queued and running tickets (drift repair); returns queued. */
+  /**
+   * Sets the counters (global, per agent, per priority) to the true numbers of queued and running tickets
+   * (drift repair); returns queued.
+   */
   reconcileAdmission(): Promise<number>;
 }
 

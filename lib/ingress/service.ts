@@ -1,6 +1,6 @@
 // Ingress use case: one agent request end to end — parse into a request context, admit, wait for the claim,
 // relay the upstream's answer (lib/ingress/upstream-relay.ts), requeue on an early 429 while allowed.
-import type { Admission } from '../domain/admission.js';
+import type { Admission, Admitted } from '../domain/admission.js';
 import type { KeyAuthenticator } from '../domain/auth.js';
 import type { TokenBucket } from '../domain/bucket.js';
 import type { Clock } from '../domain/clock.js';
@@ -163,7 +163,7 @@ export class IngressService {
     const waitCap = ctx.stream ? config.streamMaxWaitMs : config.maxWaitMs;
     const deadline =
       now + Math.max(0, Math.min(waitCap, req.remainingMs - config.requestTimeoutMs - FUNCTION_MARGIN_MS));
-    const { ticket, passthrough } = await this.d.admission.admit(
+    const admitted = await this.d.admission.admit(
       {
         ...(idemKey ? { idempotencyKey: idemKey } : {}),
         agent: key.agent,
@@ -173,10 +173,11 @@ export class IngressService {
         deadline,
         ...(key.quotaRpm !== undefined ? { quotaRpm: key.quotaRpm } : {}),
         ...(key.quotaShare !== undefined ? { quotaShare: key.quotaShare } : {}),
+        callBudgetMs: config.requestTimeoutMs + FUNCTION_MARGIN_MS,
       },
       config,
     );
-    void this.serveTicket(ctx, ticket, passthrough).catch((err: unknown) => {
+    void this.serveTicket(ctx, admitted).catch((err: unknown) => {
       const storeDown = err instanceof StoreUnavailableError;
       this.d.log[storeDown ? 'warn' : 'error']('ticket handling failed', {
         error: (err as Error).message,
@@ -195,39 +196,45 @@ export class IngressService {
     return reply;
   }
 
-  /** Waits for the claim (with heartbeats for streams), calls upstream, requeues on 429 while allowed. */
-  private async serveTicket(ctx: RequestContext, admitted: Ticket, passthrough: boolean): Promise<void> {
+  /**
+   * Waits for the claim (with heartbeats for streams) unless the fast path claimed it at admission, calls
+   * upstream, requeues on 429 while allowed.
+   */
+  private async serveTicket(ctx: RequestContext, admitted: Admitted): Promise<void> {
     const { admission } = this.d;
     const { config, channel, headers } = ctx;
     const signal = AbortSignal.any([ctx.req.signal, channel.cancelled.signal]);
     const heartbeat = this.heartbeat(ctx);
-    let ticket = admitted;
-    let fromAdmission = passthrough;
+    let ticket = admitted.ticket;
+    let fromAdmission = admitted.passthrough;
+    let fastGrant = admitted.claimed === true;
     for (;;) {
-      const res = await admission.untilClaimed(ticket, {
-        signal,
-        passthrough: fromAdmission,
-        windowMs: config.upstreamWindowMs,
-        grantSlackMs: config.grantSlackMs,
-        callBudgetMs: config.requestTimeoutMs + FUNCTION_MARGIN_MS,
-        intervalMs: () => this.intervalMs(ctx),
-        onWaiting: heartbeat.onWaiting,
-        onWaitStart: heartbeat.start,
-        onWaitEnd: heartbeat.stop,
-      });
-      if (res.kind === 'gone') return;
-      if (res.kind === 'refused') {
-        await channel.fail(res.error, headers);
-        return;
+      let claimed: Ticket;
+      if (fastGrant) {
+        claimed = ticket;
+        // The fast grant's own write told this container the bucket's state: no read for the rate headers.
+        this.bucketReadAt = this.d.clock.now();
+      } else {
+        const res = await admission.untilClaimed(ticket, {
+          signal,
+          passthrough: fromAdmission,
+          grantSlackMs: config.grantSlackMs,
+          windowMs: config.upstreamWindowMs,
+          callBudgetMs: config.requestTimeoutMs + FUNCTION_MARGIN_MS,
+          intervalMs: () => this.intervalMs(ctx),
+          onWaiting: heartbeat.onWaiting,
+          onWaitStart: heartbeat.start,
+          onWaitEnd: heartbeat.stop,
+        });
+        if (res.kind === 'gone') return;
+        if (res.kind === 'refused') {
+          await channel.fail(res.error, headers);
+          return;
+        }
+        claimed = res.ticket;
       }
-      const claimed = res.ticket;
-      const queueMs = (claimed.grantedAt ?? this.d.clock.now()) - claimed.enqueuedAt;
-      const replyHeaders = {
-        ...headers,
-        ...(await this.rateHeaders(ctx, claimed.priority)),
-        'x-sluice-queue-ms': String(queueMs),
-      };
-      if ((await this.relay.callAndRelay(ctx, claimed, replyHeaders)) !== 'requeue') return;
+      const replyHeaders = await this.replyHeaders(ctx, claimed);
+      if ((await this.relay.callAndRelay(ctx, claimed, replyHeaders, { fastGrant })) !== 'requeue') return;
       const requeued = await admission.requeue(claimed, 'upstream_throttled');
       if (!requeued) {
         await channel.fail(
@@ -238,7 +245,18 @@ export class IngressService {
       }
       ticket = requeued;
       fromAdmission = false;
+      fastGrant = false;
     }
+  }
+
+  /** The reply headers of one attempt: the request's, the bucket's rate headers and the queue time. */
+  private async replyHeaders(ctx: RequestContext, claimed: Ticket): Promise<Record<string, string>> {
+    const queueMs = (claimed.grantedAt ?? this.d.clock.now()) - claimed.enqueuedAt;
+    return {
+      ...ctx.headers,
+      ...(await this.rateHeaders(ctx, claimed.priority)),
+      'x-sluice-queue-ms': String(Math.max(0, queueMs)),
+    };
   }
 
   /** SSE comments while a streaming request waits (they commit a 200 with the event-stream headers). */

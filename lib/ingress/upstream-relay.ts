@@ -74,6 +74,11 @@ interface Call {
   ticket: Ticket | undefined;
   headers: Record<string, string>;
   started: number;
+  /**
+   * Granted on the fast path: its `granted` count and (zero) queue wait are not recorded yet; they go with the
+   * first outcome count, so a fast-path request costs one outcome write.
+   */
+  grantUncounted: boolean;
 }
 
 export class UpstreamRelay {
@@ -83,14 +88,22 @@ export class UpstreamRelay {
    * One upstream call and the relay of its answer. With a ticket, records its outcome and ends it;
    * returns 'requeue' when a 429 / capacity error came before any byte and requeues remain.
    * @param headers the reply headers for this attempt (rate-limit and queue headers included)
+   * @param opts.fastGrant the ticket was granted on the fast path (its grant is counted with the outcome)
    */
   async callAndRelay(
     ctx: RequestContext,
     ticket: Ticket | undefined,
     headers: Record<string, string>,
+    opts: { fastGrant?: boolean } = {},
   ): Promise<'done' | 'requeue'> {
     const { req, channel, config } = ctx;
-    const call: Call = { ctx, ticket, headers, started: this.d.clock.now() };
+    const call: Call = {
+      ctx,
+      ticket,
+      headers,
+      started: this.d.clock.now(),
+      grantUncounted: ticket !== undefined && opts.fastGrant === true,
+    };
     const abort = new AbortController();
     const onCancel = () => abort.abort();
     req.signal.addEventListener('abort', onCancel, { once: true });
@@ -311,15 +324,26 @@ export class UpstreamRelay {
     await Promise.all([this.count(call, outcome), this.end(call, outcome, patch)]);
   }
 
-  /** The outcome slot's counter and upstream latency (best effort: a lost count never fails the request). */
+  /**
+   * The outcome slot's counter and upstream latency, with a fast-path grant not yet counted (best effort: a
+   * lost count never fails the request).
+   */
   private async count(call: Call, outcome: Outcome): Promise<void> {
     const { count } = OUTCOMES[outcome];
-    if (!call.ticket || count === undefined) return;
+    const { ticket } = call;
+    if (!ticket || (count === undefined && !call.grantUncounted)) return;
+    const grant = call.grantUncounted;
+    call.grantUncounted = false;
     const now = this.d.clock.now();
     await this.d.outcomes
       .record(now, {
-        counts: { [count]: 1 },
-        latencies: [{ name: 'upstream', priority: call.ticket.priority, ms: now - call.started }],
+        counts: { ...(count !== undefined ? { [count]: 1 } : {}), ...(grant ? { granted: 1 } : {}) },
+        latencies: [
+          ...(count !== undefined
+            ? [{ name: 'upstream' as const, priority: ticket.priority, ms: now - call.started }]
+            : []),
+          ...(grant ? [{ name: 'queueWait' as const, priority: ticket.priority, ms: 0 }] : []),
+        ],
       })
       .catch(() => undefined);
   }

@@ -338,10 +338,12 @@ describe('grant: token and queued → granted in one transaction', () => {
       id: t.id,
       attempt: t.attempt,
       agent: t.agent,
+      priority: t.priority,
       patch: grantPatch(),
     }));
     const tatBefore = (await bucketStore.get())?.tat;
     const base = await tickets.counts();
+    const queuedBefore = await tickets.queuedByPriority();
 
     // Act
     const refused = await tickets.grantBatch(grants, many.attempt);
@@ -354,13 +356,21 @@ describe('grant: token and queued → granted in one transaction', () => {
     expect(granted).toEqual({ kind: 'granted' });
     expect((await bucketStore.get())?.tat).toBe(many.attempt.now + 2 * PARAMS.intervalMs);
     expect(await tickets.counts()).toEqual({ queued: base.queued - 2, inflight: base.inflight + 2 });
+    // The priority's queued counter moves with the batch, as with single grants (the fast path reads it).
+    expect((await tickets.queuedByPriority())[a.priority]).toBe(queuedBefore[a.priority] - 2);
     expect((await tickets.get(a.id))?.status).toBe('granted');
     expect((await tickets.get(b.id))?.status).toBe('granted');
     // The bucket is now spent: a second batch at the same time is a bucket conflict, nothing written.
     const c = await created();
     const d = await created();
     const again = await tickets.grantBatch(
-      [c, d].map((t) => ({ id: t.id, attempt: t.attempt, agent: t.agent, patch: grantPatch() })),
+      [c, d].map((t) => ({
+        id: t.id,
+        attempt: t.attempt,
+        agent: t.agent,
+        priority: t.priority,
+        patch: grantPatch(),
+      })),
       many.attempt,
     );
     expect(again.kind).toBe('bucket_conflict');
@@ -665,8 +675,13 @@ describe('SDK errors an emulator cannot produce (aws-sdk-client-mock)', () => {
 
   const attempt: ConsumeAttempt = { branch: 'idle', now: 1000, newTat: 2000, params: PARAMS };
   const calls: [string, (s: DynamoTicketStore) => Promise<unknown>][] = [
-    // The agent is given, so the store needs no read of the ticket (the mock answers only the transaction).
-    ['grant', (s) => s.grant({ id: 'a', attempt: 0, agent: 'agent-a' }, attempt, { grantedAt: 1000 })],
+    // The agent and priority are given, so the store needs no read of the ticket (the mock answers only the
+    // transaction).
+    [
+      'grant',
+      (s) =>
+        s.grant({ id: 'a', attempt: 0, agent: 'agent-a', priority: 'normal' }, attempt, { grantedAt: 1000 }),
+    ],
     ['create', (s) => s.create(newTicket({ id: 'a' }), { queueMaxSize: 10 })],
     [
       'transition queued → abandoned',

@@ -160,7 +160,8 @@ describe('Admission.untilClaimed', () => {
 
   it('refuses a full queue under the reject policy, writing nothing', async () => {
     const s = setup();
-    const config = { ...DEFAULT_CONFIG, queueMaxSize: 2 };
+    // The agent may fill the queue (its own cap would answer first otherwise).
+    const config = { ...DEFAULT_CONFIG, queueMaxSize: 2, maxQueuedPerAgent: 2 };
     const req = {
       agent: 'a',
       priority: 'normal' as const,

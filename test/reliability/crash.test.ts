@@ -123,7 +123,7 @@ const dispatcher = (ctx: Ctx, opts: { kill?: Kill; onGranted?: (id: string) => v
   return new Dispatcher(deps, TIMINGS);
 };
 
-const admit = async (ctx: Ctx, priority: Priority = 'normal', waitMs = 30_000) => {
+const admit = async (ctx: Ctx, priority: Priority = 'normal', waitMs = 30_000, idempotencyKey?: string) => {
   const config = await ctx.stores.config.config();
   const { ticket } = await ctx.admission.admit(
     {
@@ -132,6 +132,7 @@ const admit = async (ctx: Ctx, priority: Priority = 'normal', waitMs = 30_000) =
       model: 'meta/x',
       stream: false,
       deadline: Date.now() + waitMs,
+      ...(idempotencyKey ? { idempotencyKey } : {}),
     },
     config,
   );
@@ -304,7 +305,13 @@ describe('ingress killed', () => {
   it('while its ticket is queued (the function timed out or froze): expired at the deadline, no token', async () => {
     // The claimed call above spent the only token for 20 s: the ticket cannot be granted before its deadline.
     const tatBefore = (await ctx.stores.bucket.refresh())!.tat!;
-    const t = await admit(ctx, 'urgent', 2_500);
+    // Fail fast refuses such a request at admission, writing nothing.
+    await expect(admit(ctx, 'urgent', 2_500)).rejects.toMatchObject({
+      status: 429,
+      code: 'queue_wait_exceeded',
+    });
+    // One that skips the estimate (an Idempotency-Key may attach to a waiting ticket) still queues: the crash case.
+    const t = await admit(ctx, 'urgent', 2_500, randomUUID());
     // Nobody waits for it. The dispatcher meets its message past the deadline.
     await sleep(3_000);
     await runUntil(ctx, async () => isTerminal((await ctx.stores.tickets.get(t.id))!.status), 10_000);

@@ -1,6 +1,7 @@
 // DynamoDB faults after a request was admitted: an ambiguous create (committed, answer lost), a failed claim, a
 // failed end-of-call record and failing counters. The agent gets a clear answer, no token is spent on work that
 // was not claimed, and every ticket still ends in a terminal state (the dispatcher's sweeps).
+import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type AwsCall, dynamoCalls } from '../../bench/support/fault-proxy.js';
 import { allTickets } from '../support/system.js';
@@ -34,7 +35,8 @@ describe('DynamoDB failing after admission', () => {
       fault: { kind: 'status', status: 500 },
       afterForward: true,
     });
-    const reply = await call(f.system, key).finally(remove);
+    // An Idempotency-Key keeps the request off the fast path (granted and claimed in one write at admission).
+    const reply = await call(f.system, key, { headers: { 'idempotency-key': randomUUID() } }).finally(remove);
     expect(reply.status).toBe(503);
     expect(reply.error?.code).toBe('store_unavailable');
     const orphan = (await allTickets(f.system)).find((t) => !before.has(t.id));
@@ -54,7 +56,8 @@ describe('DynamoDB failing after admission', () => {
       match: dynamoCalls.ticketMoveTo('claimed'),
       fault: { kind: 'status', status: 500 },
     });
-    const reply = await call(f.system, key).finally(remove);
+    // An Idempotency-Key keeps the request off the fast path (granted and claimed in one write at admission).
+    const reply = await call(f.system, key, { headers: { 'idempotency-key': randomUUID() } }).finally(remove);
     expect(reply.status).toBe(503);
     expect(reply.error?.code).toBe('store_unavailable');
     expect(f.system.upstream!.calls.length).toBe(callsBefore);

@@ -21,10 +21,12 @@ import type {
   BatchGrant,
   BatchGrantOutcome,
   CreateTicketOptions,
+  FastGrantOutcome,
   GrantOutcome,
+  QueuedByPriority,
   TicketStore,
 } from '../../domain/ports.js';
-import { PRIORITIES, type Priority } from '../../domain/priority.js';
+import { PRIORITIES, type Priority, priorityRank } from '../../domain/priority.js';
 import {
   canTransition,
   isTerminal,
@@ -56,6 +58,11 @@ export interface TicketTables {
 const ADMISSION_KEY = stateKey('admission', 'global');
 /** Per-agent queued counters: one item per agent under this partition, moved with the global counter. */
 const AGENT_QUEUED_PK = 'agentq';
+/**
+ * Per-priority queued counters: one item per priority under this partition (one Query reads all four), apart
+ * from the global admission counter so the fast path's checks do not land on that hot item.
+ */
+const PRIORITY_QUEUED_PK = 'queuedp';
 
 /**
  * Distinguishes our own logical tries (per process, per try); an SDK retry resends the same command, hence the
@@ -174,6 +181,33 @@ export class DynamoTicketStore implements TicketStore {
   }
 
   /**
+   * The priority's queued counter, moved in the same transaction as the global one (a ticket's priority never
+   * changes, so entering and leaving `queued` move the same item).
+   */
+  private priorityCounter(priority: Priority, delta: number): TransactWriteItem {
+    return {
+      Update: {
+        TableName: this.tables.stateTable,
+        Key: stateKey(PRIORITY_QUEUED_PK, priority),
+        UpdateExpression: 'SET queued = if_not_exists(queued, :zero) + :d',
+        ExpressionAttributeValues: { ':zero': n(0), ':d': n(delta) },
+      },
+    };
+  }
+
+  /** Condition that nothing is queued at `priority` (fast path: one check per priority at or above its own). */
+  private priorityIdle(priority: Priority): TransactWriteItem {
+    return {
+      ConditionCheck: {
+        TableName: this.tables.stateTable,
+        Key: stateKey(PRIORITY_QUEUED_PK, priority),
+        ConditionExpression: 'attribute_not_exists(queued) OR queued <= :zero',
+        ExpressionAttributeValues: { ':zero': n(0) },
+      },
+    };
+  }
+
+  /**
    * Holds only while the stored config is not paused: read inside the transaction, so a pause is exact from the
    * moment its write returns (no config cache in between). A missing item or flag means not paused.
    */
@@ -189,9 +223,17 @@ export class DynamoTicketStore implements TicketStore {
     };
   }
 
-  /** The agent of a ticket the caller did not say (it never changes once the ticket exists). */
-  private async agentOf(id: string, known?: string): Promise<string | undefined> {
-    return known ?? (await this.get(id))?.agent;
+  /** The agent and priority of a ticket, from what the caller knows or one read (neither ever changes). */
+  private async ownerOf(
+    id: string,
+    known?: { agent?: string | undefined; priority?: Priority | undefined },
+  ): Promise<{ agent?: string; priority?: Priority }> {
+    if (known?.agent !== undefined && known.priority !== undefined)
+      return { agent: known.agent, priority: known.priority };
+    const t = await this.get(id);
+    const agent = known?.agent ?? t?.agent;
+    const priority = known?.priority ?? t?.priority;
+    return { ...(agent !== undefined ? { agent } : {}), ...(priority !== undefined ? { priority } : {}) };
   }
 
   async create(ticket: Ticket, opts: CreateTicketOptions): Promise<void> {
@@ -221,7 +263,8 @@ export class DynamoTicketStore implements TicketStore {
         ]
       : [this.counters({ queued: 1 }, { queued: opts.queueMaxSize }), this.ticketPut(ticket)];
     const agentCap = opts.maxQueuedPerAgent ?? 0;
-    const victimAgent = opts.replace ? await this.agentOf(opts.replace.id, opts.replace.agent) : undefined;
+    const victim = opts.replace ? await this.ownerOf(opts.replace.id, opts.replace) : undefined;
+    const victimAgent = victim?.agent;
     // Replacing one of the agent's own tickets leaves its count unchanged (and one item per transaction).
     const agentItems =
       opts.replace && victimAgent === ticket.agent
@@ -229,6 +272,14 @@ export class DynamoTicketStore implements TicketStore {
         : [
             this.agentCounter(ticket.agent, 1, agentCap),
             ...(victimAgent !== undefined ? [this.agentCounter(victimAgent, -1)] : []),
+          ];
+    // The same for the priority counters: a victim of the same priority leaves its count unchanged.
+    const priorityItems =
+      victim && victim.priority === ticket.priority
+        ? []
+        : [
+            this.priorityCounter(ticket.priority, 1),
+            ...(victim?.priority !== undefined ? [this.priorityCounter(victim.priority, -1)] : []),
           ];
     const idem = opts.idempotency;
     if (idem) {
@@ -254,7 +305,7 @@ export class DynamoTicketStore implements TicketStore {
       });
     }
     const agentAt = items.length;
-    items.push(...agentItems);
+    items.push(...agentItems, ...priorityItems);
     try {
       await this.client.send(
         new TransactWriteItemsCommand({
@@ -342,7 +393,7 @@ export class DynamoTicketStore implements TicketStore {
   }
 
   async grant(
-    ticket: Pick<Ticket, 'id' | 'attempt'> & { agent?: string },
+    ticket: Pick<Ticket, 'id' | 'attempt'> & { agent?: string; priority?: Priority },
     attempt: ConsumeAttempt,
     patch: TicketPatch,
     opts: { maxInflight?: number; agentQuota?: { bucketKey: string; attempt: ConsumeAttempt } } = {},
@@ -371,9 +422,10 @@ export class DynamoTicketStore implements TicketStore {
         },
       });
     }
-    // Leaving `queued`: the agent's count drops with the global one (unconditional, appended last).
-    const agent = await this.agentOf(ticket.id, ticket.agent);
-    if (agent !== undefined) items.push(this.agentCounter(agent, -1));
+    // Leaving `queued`: the agent's and the priority's counts drop with the global one (unconditional, last).
+    const owner = await this.ownerOf(ticket.id, ticket);
+    if (owner.agent !== undefined) items.push(this.agentCounter(owner.agent, -1));
+    if (owner.priority !== undefined) items.push(this.priorityCounter(owner.priority, -1));
     const pausedAt = items.length;
     items.push(this.unpaused());
     try {
@@ -410,6 +462,8 @@ export class DynamoTicketStore implements TicketStore {
     // Each agent's counter once, with its total (an item may appear only once in a transaction).
     const perAgent = new Map<string, number>();
     for (const t of batch) perAgent.set(t.agent, (perAgent.get(t.agent) ?? 0) + 1);
+    const perPriority = new Map<Priority, number>();
+    for (const t of batch) perPriority.set(t.priority, (perPriority.get(t.priority) ?? 0) + 1);
     const maxInflight = opts.maxInflight ?? 0;
     // More than max_inflight at once can never fit (and a cap ≤ 0 would read as no cap at all).
     if (maxInflight > 0 && k > maxInflight) return { kind: 'inflight_full', inflight: 0 };
@@ -426,6 +480,7 @@ export class DynamoTicketStore implements TicketStore {
       // In flight below max − k + 1 before: all k fit under max_inflight after.
       this.counters({ queued: -k, inflight: k }, { inflight: maxInflight > 0 ? maxInflight - k + 1 : 0 }),
       ...[...perAgent].map(([agent, n]) => this.agentCounter(agent, -n)),
+      ...[...perPriority].map(([priority, n]) => this.priorityCounter(priority, -n)),
       this.unpaused(),
     ];
     const countersAt = 1 + k;
@@ -490,7 +545,7 @@ export class DynamoTicketStore implements TicketStore {
       inflight: running(from) && !running(to) ? -1 : 0,
     };
     const counted = delta.queued !== 0 || delta.inflight !== 0;
-    const agent = delta.queued !== 0 ? await this.agentOf(id, current?.agent) : undefined;
+    const owner = delta.queued !== 0 ? await this.ownerOf(id, current) : {};
     try {
       if (opts.unlessPaused && !counted) {
         // The claim: the last store write before the upstream call, so it too must hold only while not paused.
@@ -515,7 +570,8 @@ export class DynamoTicketStore implements TicketStore {
           TransactItems: [
             update,
             this.counters(delta),
-            ...(agent !== undefined ? [this.agentCounter(agent, delta.queued)] : []),
+            ...(owner.agent !== undefined ? [this.agentCounter(owner.agent, delta.queued)] : []),
+            ...(owner.priority !== undefined ? [this.priorityCounter(owner.priority, delta.queued)] : []),
           ],
           ClientRequestToken: requestToken('move', PROCESS_ID, id, from, to, opts.attempt ?? '', ++tries),
         }),
@@ -540,6 +596,62 @@ export class DynamoTicketStore implements TicketStore {
       const [first] = cancellation(err);
       return { conflict: ticketFromItem(first?.item) };
     }
+  }
+
+  async fastGrant(
+    ticket: Ticket,
+    attempt: ConsumeAttempt,
+    opts: { maxInflight: number },
+  ): Promise<FastGrantOutcome> {
+    const idle = PRIORITIES.filter((p) => priorityRank(p) <= priorityRank(ticket.priority));
+    // Order matters for reading the cancellation: bucket, ticket, in-flight, config, then the queued checks.
+    const items: TransactWriteItem[] = [
+      {
+        Update: {
+          TableName: this.tables.stateTable,
+          Key: this.bucketKey,
+          ...consumeUpdate(attempt),
+          ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
+        },
+      },
+      this.ticketPut(ticket),
+      this.counters({ inflight: 1 }, { inflight: opts.maxInflight }),
+      this.unpaused(),
+      ...idle.map((p) => this.priorityIdle(p)),
+    ];
+    try {
+      await this.client.send(
+        new TransactWriteItemsCommand({
+          TransactItems: items,
+          ClientRequestToken: requestToken('fast', ticket.id, JSON.stringify(ticket)),
+        }),
+      );
+      return { kind: 'granted' };
+    } catch (err) {
+      const [bucket, put, inflight, paused, ...queued] = cancellation(err);
+      if (paused?.failed) return { kind: 'paused' };
+      if (queued.some((r) => r?.failed)) return { kind: 'queue_busy' };
+      if (inflight?.failed) return { kind: 'inflight_full' };
+      if (put?.failed) throw new ConflictError(`ticket ${ticket.id} exists`);
+      return { kind: 'bucket_conflict', current: bucketStateFromItem(bucket?.item) };
+    }
+  }
+
+  async queuedByPriority(): Promise<QueuedByPriority> {
+    const res = await this.client.send(
+      new QueryCommand({
+        TableName: this.tables.stateTable,
+        KeyConditionExpression: 'pk = :pk',
+        ExpressionAttributeValues: { ':pk': s(PRIORITY_QUEUED_PK) },
+        ConsistentRead: true,
+      }),
+    );
+    const out: QueuedByPriority = { urgent: 0, high: 0, normal: 0, low: 0 };
+    for (const item of res.Items ?? []) {
+      const p = plain<{ sk: string; queued?: number }>(item);
+      if (p && (PRIORITIES as readonly string[]).includes(p.sk)) out[p.sk as Priority] = p.queued ?? 0;
+    }
+    return out;
   }
 
   async oldestQueued(priority: Priority): Promise<Ticket | undefined> {
@@ -597,7 +709,11 @@ export class DynamoTicketStore implements TicketStore {
       return total;
     };
     let queued = 0;
-    for (const p of PRIORITIES) queued += await count(`queued#${p}`);
+    const byPriority: Partial<QueuedByPriority> = {};
+    for (const p of PRIORITIES) {
+      byPriority[p] = await count(`queued#${p}`);
+      queued += byPriority[p];
+    }
     const inflight = (await count('granted')) + (await count('claimed'));
     await this.client.send(
       new UpdateItemCommand({
@@ -607,6 +723,16 @@ export class DynamoTicketStore implements TicketStore {
         ExpressionAttributeValues: { ':q': n(queued), ':i': n(inflight) },
       }),
     );
+    for (const p of PRIORITIES) {
+      await this.client.send(
+        new UpdateItemCommand({
+          TableName: this.tables.stateTable,
+          Key: stateKey(PRIORITY_QUEUED_PK, p),
+          UpdateExpression: 'SET queued = :q',
+          ExpressionAttributeValues: { ':q': n(byPriority[p] ?? 0) },
+        }),
+      );
+    }
     await this.reconcileAgents();
     return queued;
   }

@@ -5,13 +5,13 @@ import { translateStoreErrors } from '../aws-errors.js';
 import { type Item, n, plain, s, stateKey, ttlFrom } from './common.js';
 
 const MINUTE_SLOT_MS = 10 * 60_000;
-const HOUR_SLOT_MS = 3_600_000;
 const FIELDS = ['requests', 'tokens', 'throttled', 'refused', 'queueMs', 'granted'] as const;
 const pad = (t: number) => String(t).padStart(15, '0');
 
 /**
- * Bounded cost: two ADD writes per finished request, items expire by TTL, and the number of items read is
- * fixed (6 for the last hour, 24 for the last day) whatever the number of agents.
+ * Bounded cost: one ADD write per finished request (on the request path, so one only: the day's view sums the
+ * same 10-minute items), items expire by TTL, and the number of items read is fixed (6 for the last hour, 144
+ * for the last day) whatever the number of agents.
  */
 export class DynamoUsageStore implements UsageStore {
   constructor(
@@ -33,38 +33,40 @@ export class DynamoUsageStore implements UsageStore {
       adds.push(`#${f} :${f}`);
     }
     if (adds.length === 0) return;
-    const write = (sk: string) =>
-      this.client.send(
-        new UpdateItemCommand({
-          TableName: this.table,
-          Key: stateKey('usage', sk),
-          UpdateExpression: `ADD ${adds.join(', ')} SET expiresAt = if_not_exists(expiresAt, :exp)`,
-          ExpressionAttributeNames: names,
-          ExpressionAttributeValues: values,
-        }),
-      );
-    await Promise.all([
-      write(`m#${pad(Math.floor(now / MINUTE_SLOT_MS) * MINUTE_SLOT_MS)}`),
-      write(`h#${pad(Math.floor(now / HOUR_SLOT_MS) * HOUR_SLOT_MS)}`),
-    ]);
+    await this.client.send(
+      new UpdateItemCommand({
+        TableName: this.table,
+        Key: stateKey('usage', `m#${pad(Math.floor(now / MINUTE_SLOT_MS) * MINUTE_SLOT_MS)}`),
+        UpdateExpression: `ADD ${adds.join(', ')} SET expiresAt = if_not_exists(expiresAt, :exp)`,
+        ExpressionAttributeNames: names,
+        ExpressionAttributeValues: values,
+      }),
+    );
   }
 
   async read(now: number, span: 'hour' | 'day'): Promise<AgentUsage[]> {
-    const [prefix, slotMs, count] = span === 'hour' ? ['m#', MINUTE_SLOT_MS, 6] : ['h#', HOUR_SLOT_MS, 24];
-    const last = Math.floor(now / slotMs) * slotMs;
-    const res = await this.client.send(
-      new QueryCommand({
-        TableName: this.table,
-        KeyConditionExpression: 'pk = :pk AND sk BETWEEN :a AND :b',
-        ExpressionAttributeValues: {
-          ':pk': s('usage'),
-          ':a': s(`${prefix}${pad(last - (count - 1) * slotMs)}`),
-          ':b': s(`${prefix}${pad(last)}`),
-        },
-      }),
-    );
+    const count = span === 'hour' ? 6 : 144;
+    const last = Math.floor(now / MINUTE_SLOT_MS) * MINUTE_SLOT_MS;
+    const items: Item[] = [];
+    let start: Item | undefined;
+    do {
+      const res = await this.client.send(
+        new QueryCommand({
+          TableName: this.table,
+          KeyConditionExpression: 'pk = :pk AND sk BETWEEN :a AND :b',
+          ExpressionAttributeValues: {
+            ':pk': s('usage'),
+            ':a': s(`m#${pad(last - (count - 1) * MINUTE_SLOT_MS)}`),
+            ':b': s(`m#${pad(last)}`),
+          },
+          ExclusiveStartKey: start,
+        }),
+      );
+      items.push(...(res.Items ?? []));
+      start = res.LastEvaluatedKey;
+    } while (start);
     const byAgent = new Map<string, Record<(typeof FIELDS)[number], number>>();
-    for (const item of res.Items ?? []) {
+    for (const item of items) {
       for (const [attr, value] of Object.entries(plain<Record<string, unknown>>(item) ?? {})) {
         const bar = attr.lastIndexOf('|');
         if (bar < 0 || typeof value !== 'number') continue;

@@ -12,14 +12,16 @@ import type {
   BatchGrant,
   BatchGrantOutcome,
   CreateTicketOptions,
+  FastGrantOutcome,
   GrantOutcome,
   LeaseState,
   LeaseStore,
+  QueuedByPriority,
   ReceivedMessage,
   TicketQueue,
   TicketStore,
 } from '../../domain/ports.js';
-import { PRIORITIES, type Priority } from '../../domain/priority.js';
+import { PRIORITIES, type Priority, priorityRank } from '../../domain/priority.js';
 import {
   canTransition,
   isTerminal,
@@ -40,6 +42,8 @@ export class MemoryTicketStore implements TicketStore {
   readonly counters = { queued: 0, inflight: 0 };
   /** Queued tickets per agent (the per-agent cap's counters). */
   private readonly agentQueued = new Map<string, number>();
+  /** Queued tickets per priority (the fast path's condition). */
+  readonly priorityQueued: QueuedByPriority = { urgent: 0, high: 0, normal: 0, low: 0 };
   private readonly idem = new Map<string, { ticketId: string; until: number }>();
 
   /**
@@ -86,8 +90,10 @@ export class MemoryTicketStore implements TicketStore {
         finishedAt: ticket.enqueuedAt,
       });
       this.moveAgent(victim.agent, -1);
+      this.priorityQueued[victim.priority]--;
     } else this.counters.queued++;
     this.moveAgent(ticket.agent, 1);
+    this.priorityQueued[ticket.priority]++;
     this.tickets.set(ticket.id, { ...ticket });
   }
 
@@ -115,6 +121,7 @@ export class MemoryTicketStore implements TicketStore {
     this.tickets.set(ticket.id, { ...current, ...definedOnly(patch), status: 'granted' });
     this.counters.queued--;
     this.moveAgent(current.agent, -1);
+    this.priorityQueued[current.priority]--;
     this.counters.inflight++;
     return { kind: 'granted' };
   }
@@ -142,9 +149,36 @@ export class MemoryTicketStore implements TicketStore {
       this.tickets.set(t.id, { ...current, ...definedOnly(t.patch), status: 'granted' });
       this.counters.queued--;
       this.moveAgent(current.agent, -1);
+      this.priorityQueued[current.priority]--;
       this.counters.inflight++;
     }
     return { kind: 'granted' };
+  }
+
+  async fastGrant(
+    ticket: Ticket,
+    attempt: ConsumeAttempt,
+    opts: { maxInflight: number },
+  ): Promise<FastGrantOutcome> {
+    if (this.tickets.has(ticket.id)) throw new ConflictError(`ticket ${ticket.id} exists`);
+    const next = applyConsume(this.bucket.state, attempt);
+    if (this.isPaused()) return { kind: 'paused' };
+    if (
+      PRIORITIES.some((p) => priorityRank(p) <= priorityRank(ticket.priority) && this.priorityQueued[p] > 0)
+    )
+      return { kind: 'queue_busy' };
+    if (opts.maxInflight > 0 && this.counters.inflight >= opts.maxInflight) return { kind: 'inflight_full' };
+    if (next?.tat === undefined)
+      return { kind: 'bucket_conflict', current: this.bucket.state && { ...this.bucket.state } };
+    // The whole successor state: a window-exact bucket logs the grant too.
+    this.bucket.state = next;
+    this.tickets.set(ticket.id, { ...ticket });
+    this.counters.inflight++;
+    return { kind: 'granted' };
+  }
+
+  async queuedByPriority(): Promise<QueuedByPriority> {
+    return { ...this.priorityQueued };
   }
 
   async transition(
@@ -173,10 +207,12 @@ export class MemoryTicketStore implements TicketStore {
     if (from === 'queued' && to !== 'queued') {
       this.counters.queued--;
       this.moveAgent(current.agent, -1);
+      this.priorityQueued[current.priority]--;
     }
     if (to === 'queued' && from !== 'queued') {
       this.counters.queued++;
       this.moveAgent(current.agent, 1);
+      this.priorityQueued[current.priority]++;
     }
     if (running(from) && !running(to)) this.counters.inflight--;
     return { ticket: { ...next } };
@@ -229,7 +265,12 @@ export class MemoryTicketStore implements TicketStore {
     this.counters.queued = all.filter((t) => t.status === 'queued').length;
     this.counters.inflight = all.filter((t) => running(t.status)).length;
     this.agentQueued.clear();
-    for (const t of all) if (t.status === 'queued') this.moveAgent(t.agent, 1);
+    for (const p of PRIORITIES) this.priorityQueued[p] = 0;
+    for (const t of all) {
+      if (t.status !== 'queued') continue;
+      this.moveAgent(t.agent, 1);
+      this.priorityQueued[t.priority]++;
+    }
     return this.counters.queued;
   }
 }

@@ -1,0 +1,218 @@
+// Admission's fast path and fail-fast refusal on in-memory stores and a fake clock.
+import { describe, expect, it } from 'vitest';
+import { MemoryBucketStore, MemoryOutcomeStore } from '../../lib/adapters/memory/stores.js';
+import { MemoryLeaseStore, MemoryTicketQueue, MemoryTicketStore } from '../../lib/adapters/memory/tickets.js';
+import { Admission, type AdmitRequest, FAST_PATH_BACKOFF_MS } from '../../lib/domain/admission.js';
+import { TokenBucket } from '../../lib/domain/bucket.js';
+import { FakeClock } from '../../lib/domain/clock.js';
+import { DEFAULT_CONFIG, type GatewayConfig } from '../../lib/domain/config.js';
+import { StoreUnavailableError } from '../../lib/domain/errors.js';
+import type { Priority } from '../../lib/domain/priority.js';
+
+const PARAMS = { intervalMs: 1500, burst: 2 };
+const CONFIG: GatewayConfig = { ...DEFAULT_CONFIG, queueMaxSize: 1000, maxQueuedPerAgent: 1000 };
+
+/** A store whose fast-path transaction fails as DynamoDB does under contention (after the SDK's retries). */
+class ContendedStore extends MemoryTicketStore {
+  override async fastGrant(): Promise<never> {
+    throw new StoreUnavailableError('DynamoDB TransactWriteItems unavailable: TransactionCanceledException');
+  }
+}
+
+const setup = async (opts: { storePaused?: boolean; contended?: boolean } = {}) => {
+  const clock = new FakeClock();
+  const bucketStore = new MemoryBucketStore();
+  const paused = () => opts.storePaused ?? false;
+  const tickets = opts.contended
+    ? new ContendedStore(bucketStore, paused)
+    : new MemoryTicketStore(bucketStore, paused);
+  const queue = new MemoryTicketQueue(clock);
+  const lease = new MemoryLeaseStore(clock);
+  const outcomes = new MemoryOutcomeStore();
+  const bucket = new TokenBucket(bucketStore, clock, { fraction: 0, forNormal: false });
+  await bucket.configure(PARAMS);
+  let n = 0;
+  const admission = new Admission({
+    tickets,
+    queue,
+    lease,
+    outcomes,
+    bucket,
+    wakeDispatcher: async () => {},
+    clock,
+    newId: () => `t${++n}`,
+  });
+  const request = (priority: Priority, over: Partial<AdmitRequest> = {}): AdmitRequest => ({
+    agent: 'a',
+    priority,
+    model: 'm',
+    stream: false,
+    deadline: clock.now() + 170_000,
+    callBudgetMs: 65_000,
+    ...over,
+  });
+  const depth = async (p: Priority) => (await queue.depth(p)).visible;
+  return { clock, bucketStore, tickets, queue, lease, outcomes, bucket, admission, request, depth };
+};
+
+describe('fast path', () => {
+  it('when idle: claimed at admission in one store call, no queue message, no doorbell', async () => {
+    // Prepare
+    const s = await setup();
+
+    // Act
+    const got = await s.admission.admit(s.request('normal'), CONFIG);
+
+    // Assess
+    expect(got.claimed).toBe(true);
+    expect(got.ticket.status).toBe('claimed');
+    expect(s.tickets.tickets.get(got.ticket.id)).toMatchObject({
+      status: 'claimed',
+      claimBy: expect.any(Number),
+    });
+    expect(await s.tickets.counts()).toEqual({ queued: 0, inflight: 1 });
+    expect(await s.depth('normal')).toBe(0);
+    expect(s.lease.state.rings).toBe(0);
+    expect(s.admission.stats).toMatchObject({ fastPath: 1, fastFallback: 0 });
+    // Its end is recorded like any claimed ticket's.
+    await s.admission.finish(got.ticket, 'completed', { upstreamStatus: 200 });
+    expect(s.tickets.tickets.get(got.ticket.id)?.status).toBe('completed');
+    expect(await s.tickets.counts()).toEqual({ queued: 0, inflight: 0 });
+  });
+
+  it('not when something more important waits: the request queues behind it (urgent before low)', async () => {
+    // Prepare: an urgent ticket waits (queued without the fast path)
+    const s = await setup();
+    const { callBudgetMs: _none, ...queuedOnly } = s.request('urgent');
+    const urgent = await s.admission.admit(queuedOnly, CONFIG);
+    expect(urgent.claimed).toBeUndefined();
+
+    // Act
+    const low = await s.admission.admit(s.request('low'), CONFIG);
+
+    // Assess
+    expect(low.claimed).toBeUndefined();
+    expect(low.ticket.status).toBe('queued');
+    expect(await s.depth('low')).toBe(1);
+    expect(await s.tickets.queuedByPriority()).toEqual({ urgent: 1, high: 0, normal: 0, low: 1 });
+    expect(s.admission.stats.fastPath).toBe(0);
+  });
+
+  it.each([
+    ['the stored config is paused (the cached one is stale)', { storePaused: true }, CONFIG, 1],
+    ['the cached config says paused', {}, { ...CONFIG, paused: true }, 0],
+  ])('not when %s: queued, nothing spent', async (_name, opts, config, tried) => {
+    // Prepare
+    const s = await setup(opts);
+    const tat = s.bucketStore.state?.tat;
+
+    // Act
+    const got = await s.admission.admit(s.request('urgent'), config);
+
+    // Assess
+    expect(got.claimed).toBeUndefined();
+    expect(got.ticket.status).toBe('queued');
+    expect(s.bucketStore.state?.tat).toBe(tat);
+    expect(s.admission.stats).toMatchObject({ fastPath: 0, fastFallback: tried });
+  });
+
+  it('falls back to the queue on a bucket conflict, and learns the bucket state from it', async () => {
+    // Prepare: another writer (the dispatcher) spends the burst this container does not know about.
+    const s = await setup();
+    const other = new TokenBucket(s.bucketStore, s.clock, { fraction: 0, forNormal: false });
+    await other.refresh();
+    expect(await other.tryConsume('urgent')).toEqual({ granted: true });
+    expect(await other.tryConsume('urgent')).toEqual({ granted: true });
+
+    // Act
+    const got = await s.admission.admit(s.request('urgent'), CONFIG);
+
+    // Assess
+    expect(got.claimed).toBeUndefined();
+    expect(got.ticket.status).toBe('queued');
+    expect(await s.depth('urgent')).toBe(1);
+    expect(s.admission.stats).toMatchObject({ fastPath: 0, fastFallback: 1 });
+    expect(s.bucket.state?.tat).toBe(s.bucketStore.state?.tat);
+    expect(await s.tickets.counts()).toEqual({ queued: 1, inflight: 0 });
+  });
+});
+
+describe('fast path backoff', () => {
+  it('after a refusal for a busy queue, the container queues that priority and below without trying for a while', async () => {
+    // Prepare: an urgent ticket waits; a normal request is refused the fast path.
+    const s = await setup();
+    const { callBudgetMs: _none, ...queuedOnly } = s.request('urgent');
+    await s.admission.admit(queuedOnly, CONFIG);
+    await s.admission.admit(s.request('normal'), CONFIG);
+    expect(s.admission.stats.fastFallback).toBe(1);
+
+    // Act + Assess: low and normal skip the attempt (no transaction), high still tries
+    await s.admission.admit(s.request('low'), CONFIG);
+    await s.admission.admit(s.request('normal'), CONFIG);
+    expect(s.admission.stats.fastFallback).toBe(1);
+    await s.admission.admit(s.request('high'), CONFIG);
+    expect(s.admission.stats.fastFallback).toBe(2);
+    // Once the backoff is over, it tries again.
+    s.clock.advance(FAST_PATH_BACKOFF_MS);
+    await s.admission.admit(s.request('low'), CONFIG);
+    expect(s.admission.stats.fastFallback).toBe(3);
+  });
+});
+
+describe('fast path under store contention', () => {
+  it('queues the request under a new ticket id instead of failing it', async () => {
+    // Prepare
+    const s = await setup({ contended: true });
+
+    // Act
+    const got = await s.admission.admit(s.request('urgent'), CONFIG);
+
+    // Assess: t1 was the fast attempt's id (its outcome unknown), t2 the queued ticket's
+    expect(got.claimed).toBeUndefined();
+    expect(got.ticket).toMatchObject({ id: 't2', status: 'queued' });
+    expect(await s.depth('urgent')).toBe(1);
+    expect(s.admission.stats).toMatchObject({ fastPath: 0, fastFallback: 1 });
+  });
+});
+
+describe('fail fast at admission', () => {
+  it('refuses at once, writing nothing, when the estimated wait exceeds the request’s; a more important one is admitted', async () => {
+    // Prepare: 20 normal tickets wait (1.5 s apart, 2 tokens free: (20 + 1 − 2) × 1.5 s = 28.5 s ahead)
+    const s = await setup();
+    for (let i = 0; i < 20; i++) {
+      const { callBudgetMs: _none, ...queuedOnly } = s.request('normal');
+      await s.admission.admit(queuedOnly, CONFIG);
+    }
+    const before = s.tickets.tickets.size;
+
+    // Act
+    const refused = await s.admission
+      .admit(s.request('normal', { deadline: s.clock.now() + 10_000 }), CONFIG)
+      .then(
+        () => undefined,
+        (err: unknown) => err,
+      );
+    const urgent = await s.admission.admit(s.request('urgent', { deadline: s.clock.now() + 10_000 }), CONFIG);
+
+    // Assess
+    expect(refused).toMatchObject({ status: 429, code: 'queue_wait_exceeded', retryAfterMs: 28_500 });
+    expect((refused as Error).message).toMatch(
+      /Estimated queue wait 29 s exceeds this request's maximum wait \(10 s\)/,
+    );
+    expect(urgent.ticket.status).not.toBe('rejected');
+    expect(s.tickets.tickets.size).toBe(before + 1);
+    expect(await s.depth('normal')).toBe(20);
+    const refusedCount = [...s.outcomes.slots.values()].reduce((sum, slot) => sum + slot.counts.refused, 0);
+    expect(refusedCount).toBe(1);
+  });
+
+  it('admits when the estimate fits the wait', async () => {
+    const s = await setup();
+    for (let i = 0; i < 3; i++) {
+      const { callBudgetMs: _none, ...queuedOnly } = s.request('normal');
+      await s.admission.admit(queuedOnly, CONFIG);
+    }
+    const got = await s.admission.admit(s.request('normal', { deadline: s.clock.now() + 10_000 }), CONFIG);
+    expect(got.ticket.status).toBe('queued');
+  });
+});
