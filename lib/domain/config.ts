@@ -48,7 +48,8 @@ export interface GatewayConfig {
   /**
    * A LOW ticket that cannot get a token this long after the dispatcher first sees it is refused. Four token
    * intervals of the default key (1.5 s): a lone LOW request waits at most burst × interval (3 s) behind the
-   * grants just before it, so it is served whenever nothing more important waits. @default 6000
+   * grants just before it, so it is served whenever nothing more important waits. Strict order only: under
+   * `weighted` LOW has an assured share and waits for it like the other priorities. @default 6000
    */
   lowPriorityTimeoutMs: number;
   /** Upstream call timeout (whole response). @default 120000 */
@@ -267,7 +268,7 @@ export const CONFIG_FIELDS: { readonly [K in keyof GatewayConfig]: FieldSpec } =
     'SLUICE_LOW_TIMEOUT_S',
     0,
     3_600_000,
-    'low tickets refused after waiting this long for a token',
+    'low tickets refused after waiting this long for a token (strict order only)',
   ),
   requestTimeoutMs: ms('SLUICE_REQUEST_TIMEOUT_S', 1_000, 900_000, 'upstream call timeout'),
   firstByteTimeoutMs: ms('SLUICE_FIRST_BYTE_TIMEOUT_S', 500, 900_000, 'upstream first-byte timeout'),

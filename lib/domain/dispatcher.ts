@@ -574,7 +574,10 @@ export class Dispatcher {
       const at = due[i] ?? now;
       const msg = m.message;
       const reason =
-        msg.priority === 'low' && at - m.firstSeenAt > config.lowPriorityTimeoutMs
+        // Strict order only: under `weighted` LOW has an assured share and waits for it like the others.
+        config.priorityPolicy === 'strict' &&
+        msg.priority === 'low' &&
+        at - m.firstSeenAt > config.lowPriorityTimeoutMs
           ? 'low_priority_timeout'
           : at > msg.deadline - this.t.grantMarginMs
             ? 'wait_exceeds_deadline'

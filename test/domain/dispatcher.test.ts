@@ -203,6 +203,15 @@ describe('Dispatcher: reservations, hopeless tickets, expired messages', () => {
       refused: 2,
       reason: 'low_priority_timeout',
     },
+    {
+      // The same LOW tickets under weighted shares: LOW waits for its share (a 1.5 × 8 s wait fits the deadline).
+      name: 'under weighted priority LOW has a share: no LOW timeout',
+      config: { priorityPolicy: 'weighted' },
+      admitted: Array(8).fill('low'),
+      waitMs: 600_000,
+      refused: 0,
+      reason: 'low_priority_timeout',
+    },
   ])('$name', async ({ config, admitted, waitMs, refused, reason }) => {
     const s = await setup(config);
     const ids = await admitAll(s, admitted, waitMs);
@@ -212,7 +221,7 @@ describe('Dispatcher: reservations, hopeless tickets, expired messages', () => {
     const rejected = all.filter((t) => t?.status === 'rejected');
     expect(rejected.map((t) => t!.reason)).toEqual(Array(refused).fill(reason));
     // The newest ones (last in line) are refused, and well before any deadline.
-    expect(rejected.map((t) => t!.id)).toEqual(ids.slice(-refused));
+    expect(rejected.map((t) => t!.id)).toEqual(ids.slice(ids.length - refused));
     for (const t of rejected) expect(t!.finishedAt! - started).toBeLessThan(5_000);
     expect(rejected.every((t) => (t!.retryAfterMs ?? 0) > 0)).toBe(true);
     expect((await s.tickets.counts()).queued).toBe(all.filter((t) => t?.status === 'queued').length);
