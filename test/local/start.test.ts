@@ -223,8 +223,15 @@ describe('npm start over one data directory', { timeout: 300_000 }, () => {
     const load = Array.from({ length: 24 }, (_, i) =>
       chat(run.url, fleetKey, i % 2 === 0 ? 'high' : 'normal'),
     );
-    await eventually(async () => (await tickets(run.dynamoEndpoint)).length >= 6, 30_000, 200);
-    await new Promise((r) => setTimeout(r, 1_500));
+    // Killed while tickets are still queued (others granted, claimed or done by then).
+    await eventually(
+      async () => {
+        const all = await tickets(run.dynamoEndpoint);
+        return all.length >= 6 && all.some((t) => t.status === 'queued');
+      },
+      30_000,
+      100,
+    );
     process.kill(-(run.child.pid ?? 0), 'SIGKILL');
     await run.exited;
     await Promise.all(load);
