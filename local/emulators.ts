@@ -532,3 +532,22 @@ export const provisionResources = async (
   ]);
   return { ...tables, ...queues };
 };
+
+/** Where the functions find what {@link provisionResources} made: the environment each Lambda reads at cold start. */
+export const resourceEnvironment = (
+  names: LocalResourceNames,
+  endpoints: { dynamoEndpoint: string; sqsEndpoint: string },
+): Record<string, string> => ({
+  AWS_REGION: 'us-east-1',
+  AWS_ACCESS_KEY_ID: 'local',
+  AWS_SECRET_ACCESS_KEY: 'local',
+  SLUICE_STATE_TABLE: names.stateTable,
+  SLUICE_TICKETS_TABLE: names.ticketsTable,
+  SLUICE_KEYS_TABLE: names.keysTable,
+  SLUICE_QUEUE_URGENT_URL: names.queueUrls.urgent,
+  SLUICE_QUEUE_HIGH_URL: names.queueUrls.high,
+  SLUICE_QUEUE_NORMAL_URL: names.queueUrls.normal,
+  SLUICE_QUEUE_LOW_URL: names.queueUrls.low,
+  SLUICE_DYNAMODB_ENDPOINT: endpoints.dynamoEndpoint,
+  SLUICE_SQS_ENDPOINT: endpoints.sqsEndpoint,
+});

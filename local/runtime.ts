@@ -11,7 +11,7 @@ import { KeyAdmin } from '../lib/domain/key-admin.js';
 import type { Priority } from '../lib/domain/priority.js';
 import type { Clients, Stores } from '../lib/runtime/wiring.js';
 import { type ApiRoute, type LocalApiGateway, startApiGateway } from './apigw/adapter.js';
-import { localAwsConfig, provisionResources, startEmulators } from './emulators.js';
+import { localAwsConfig, provisionResources, resourceEnvironment, startEmulators } from './emulators.js';
 import { type FakeUpstream, type FakeUpstreamOptions, startFakeUpstream } from './fake-upstream.js';
 import { type LocalLambdaService, startLocalLambda } from './lambda-service.js';
 
@@ -117,18 +117,7 @@ export const startLocalSystem = async (opts: LocalSystemOptions = {}): Promise<L
     const adminToken = opts.adminToken ?? randomBytes(24).toString('base64url');
     const env: Record<string, string | undefined> = {
       ...opts.env,
-      AWS_REGION: 'us-east-1',
-      AWS_ACCESS_KEY_ID: 'local',
-      AWS_SECRET_ACCESS_KEY: 'local',
-      SLUICE_STATE_TABLE: names.stateTable,
-      SLUICE_TICKETS_TABLE: names.ticketsTable,
-      SLUICE_KEYS_TABLE: names.keysTable,
-      SLUICE_QUEUE_URGENT_URL: names.queueUrls.urgent,
-      SLUICE_QUEUE_HIGH_URL: names.queueUrls.high,
-      SLUICE_QUEUE_NORMAL_URL: names.queueUrls.normal,
-      SLUICE_QUEUE_LOW_URL: names.queueUrls.low,
-      SLUICE_DYNAMODB_ENDPOINT: emulators.dynamoEndpoint,
-      SLUICE_SQS_ENDPOINT: emulators.sqsEndpoint,
+      ...resourceEnvironment(names, emulators),
       SLUICE_LAMBDA_ENDPOINT: lambda.endpoint,
       SLUICE_DISPATCHER_FUNCTION: DISPATCHER,
       SLUICE_UPSTREAM_URL: upstreamUrl,

@@ -16,7 +16,7 @@ import { DynamoKeyStore } from '../../lib/adapters/dynamo/key-store.js';
 import { systemClock } from '../../lib/domain/clock.js';
 import { KeyAdmin } from '../../lib/domain/key-admin.js';
 import { type LocalApiGateway, startApiGateway } from '../../local/apigw/adapter.js';
-import { localAwsConfig, provisionResources } from '../../local/emulators.js';
+import { localAwsConfig, provisionResources, resourceEnvironment } from '../../local/emulators.js';
 import { type FakeUpstream, startFakeUpstream } from '../../local/fake-upstream.js';
 import { type LocalLambdaService, startLocalLambda } from '../../local/lambda-service.js';
 import { lambdaFunctions, logicalId, sluice } from '../cdk/stack.js';
@@ -72,21 +72,10 @@ beforeAll(async () => {
   });
   // A Lambda function reads its environment at cold start: the bundles are imported after it is set.
   Object.assign(process.env, {
-    AWS_REGION: 'us-east-1',
-    AWS_ACCESS_KEY_ID: 'local',
-    AWS_SECRET_ACCESS_KEY: 'local',
+    ...resourceEnvironment(names, emulators),
     POWERTOOLS_METRICS_DISABLED: 'true',
     POWERTOOLS_LOG_LEVEL: 'WARN',
     LOG_LEVEL: 'WARN',
-    SLUICE_STATE_TABLE: names.stateTable,
-    SLUICE_TICKETS_TABLE: names.ticketsTable,
-    SLUICE_KEYS_TABLE: names.keysTable,
-    SLUICE_QUEUE_URGENT_URL: names.queueUrls.urgent,
-    SLUICE_QUEUE_HIGH_URL: names.queueUrls.high,
-    SLUICE_QUEUE_NORMAL_URL: names.queueUrls.normal,
-    SLUICE_QUEUE_LOW_URL: names.queueUrls.low,
-    SLUICE_DYNAMODB_ENDPOINT: emulators.dynamoEndpoint,
-    SLUICE_SQS_ENDPOINT: emulators.sqsEndpoint,
     SLUICE_LAMBDA_ENDPOINT: lambda.endpoint,
     SLUICE_DISPATCHER_FUNCTION: DISPATCHER,
     SLUICE_UPSTREAM_URL: `${upstream.url}/v1`,
