@@ -5,16 +5,25 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { DynamoKeyStore } from '../lib/adapters/dynamo/key-store.js';
+import { parseBudgetLimit } from '../lib/domain/agent-budget.js';
 import { systemClock } from '../lib/domain/clock.js';
 import { GatewayError } from '../lib/domain/errors.js';
 import { KeyAdmin } from '../lib/domain/key-admin.js';
+import type { AgentKey } from '../lib/domain/ports.js';
 
-const USAGE = `usage: npm run keys -- <create|rotate|list|enable|disable> [--agent NAME] [options]
+const USAGE = `usage: npm run keys -- <create|rotate|list|budget|enable|disable> [--agent NAME] [options]
   create  --agent NAME [--max-priority urgent|high|normal|low (default normal)] [--quota-rpm N] [--quota-share F]
-  rotate  --agent NAME [--overlap-hours H]   new key; the old ones keep working for H hours (default 24)
-  list    [--agent NAME]                     never shows keys: agent, cap, quota, created, last used
+          [--budget-requests-day N] [--budget-tokens-day N]
+  rotate  --agent NAME [--overlap-hours H]   new key (same cap, quota, budgets); old ones work for H hours (default 24)
+  list    [--agent NAME]                     never shows keys: agent, cap, quota, budgets, created, last used
+  budget  --agent NAME | --key-id ID  [--budget-requests-day N|off] [--budget-tokens-day N|off]
+          sets (N) or clears (off) daily budgets on every key of the agent, or on one key; others stay
   enable | disable --key-id ID              one key (ID: the key_id prefix that list shows)
   enable | disable --agent NAME              every key of the agent
+
+Daily budgets count per agent (all its keys together) per UTC day: requests admitted, and the tokens the answers
+report (usage.total_tokens). At a limit the gateway answers 429 agent_budget_exceeded until 00:00 UTC; the
+tokens budget is checked before each request, so the request that crosses it may overshoot.
 
 Targets the running local system (its .local/runtime.json), or AWS when SLUICE_KEYS_TABLE is set
 (with the usual AWS credentials and AWS_REGION). Keys are printed once and stored only as SHA-256 hashes.`;
@@ -42,6 +51,15 @@ const target = (): { table: string; client: DynamoDBClient } => {
   };
 };
 
+/** `500 req/day, 1000000 tok/day`, or `-` for none. */
+const budgetText = (k: AgentKey): string =>
+  [
+    k.budgetRequestsDay ? `${k.budgetRequestsDay} req/day` : '',
+    k.budgetTokensDay ? `${k.budgetTokensDay} tok/day` : '',
+  ]
+    .filter(Boolean)
+    .join(', ') || '-';
+
 const main = async (): Promise<number> => {
   const { positionals, values } = parseArgs({
     allowPositionals: true,
@@ -52,6 +70,8 @@ const main = async (): Promise<number> => {
       'quota-rpm': { type: 'string' },
       'quota-share': { type: 'string' },
       'overlap-hours': { type: 'string' },
+      'budget-requests-day': { type: 'string' },
+      'budget-tokens-day': { type: 'string' },
       help: { type: 'boolean' },
     },
   });
@@ -60,18 +80,39 @@ const main = async (): Promise<number> => {
     console.log(USAGE);
     return command ? 0 : 2;
   }
+  // A budget flag: N sets it, off (or 0) clears it; left out = unchanged.
+  const budgetFlag = (name: 'budget-requests-day' | 'budget-tokens-day') => {
+    const v = values[name];
+    return v === undefined ? undefined : parseBudgetLimit(v, name);
+  };
+  const budget = {
+    ...(budgetFlag('budget-requests-day') !== undefined
+      ? { budgetRequestsDay: budgetFlag('budget-requests-day') }
+      : {}),
+    ...(budgetFlag('budget-tokens-day') !== undefined
+      ? { budgetTokensDay: budgetFlag('budget-tokens-day') }
+      : {}),
+  };
   const { table, client } = target();
   const admin = new KeyAdmin(new DynamoKeyStore(client, table), systemClock, (n) => randomBytes(n));
   try {
     switch (command) {
       case 'create': {
         if (!values.agent) throw new Error('create needs --agent NAME');
-        const { key, record } = await admin.create(values.agent, values['max-priority'] ?? 'normal', {
-          ...(values['quota-rpm'] ? { rpm: Number(values['quota-rpm']) } : {}),
-          ...(values['quota-share'] ? { share: Number(values['quota-share']) } : {}),
-        });
+        const { key, record } = await admin.create(
+          values.agent,
+          values['max-priority'] ?? 'normal',
+          {
+            ...(values['quota-rpm'] ? { rpm: Number(values['quota-rpm']) } : {}),
+            ...(values['quota-share'] ? { share: Number(values['quota-share']) } : {}),
+          },
+          {
+            ...(budget.budgetRequestsDay ? { budgetRequestsDay: budget.budgetRequestsDay } : {}),
+            ...(budget.budgetTokensDay ? { budgetTokensDay: budget.budgetTokensDay } : {}),
+          },
+        );
         console.error(
-          `created key for agent ${record.agent} (max priority ${record.maxPriority}); it is shown once:`,
+          `created key for agent ${record.agent} (max priority ${record.maxPriority}, budgets ${budgetText(record)}); it is shown once:`,
         );
         console.log(key);
         return 0;
@@ -87,13 +128,32 @@ const main = async (): Promise<number> => {
         console.log(key);
         return 0;
       }
+      case 'budget': {
+        if (!values.agent === !values['key-id']) throw new Error('budget takes --agent NAME or --key-id ID');
+        const changed = await admin.setBudget(
+          values.agent ? { agent: values.agent } : { keyId: values['key-id']! },
+          budget,
+        );
+        for (const k of changed)
+          console.log(`key ${k.keyHash.slice(0, 12)} of ${k.agent}: budgets ${budgetText(k)}`);
+        console.log('(cached key lookups expire within 10 s)');
+        return 0;
+      }
       case 'list': {
         const keys = await admin.list(values.agent);
         const iso = (t?: number) => (t === undefined ? '-' : new Date(t).toISOString());
         console.log(
-          ['agent', 'max_priority', 'enabled', 'quota', 'created', 'last_used', 'expires', 'key_id'].join(
-            '\t',
-          ),
+          [
+            'agent',
+            'max_priority',
+            'enabled',
+            'quota',
+            'budgets',
+            'created',
+            'last_used',
+            'expires',
+            'key_id',
+          ].join('\t'),
         );
         for (const k of keys) {
           const quota =
@@ -107,6 +167,7 @@ const main = async (): Promise<number> => {
               k.maxPriority,
               k.enabled,
               quota,
+              budgetText(k),
               iso(k.createdAt),
               iso(k.lastUsedAt),
               iso(k.expiresAt),

@@ -1,6 +1,6 @@
 // Dashboard: the admin panel — loads the current config when opened, applies changes to the rate, queue size
 // and queue-full policy, shows the server's answer (or its validation error), resets retreat.
-import type { AdminConfigView } from '../../lib/status/admin.js';
+import type { AdminConfigView, AgentBudgetView } from '../../lib/status/admin.js';
 import { type Api, ApiError } from './api.js';
 import { fmtNum, fmtValue } from './format.js';
 import { $ } from './render.js';
@@ -11,6 +11,18 @@ const CHOICE_FIELDS = ['queue_full_policy', 'priority_policy'] as const;
 const TEXT_FIELDS = ['priority_weights'] as const;
 /** The top-agents table refreshes this often while the admin panel is open. */
 const USAGE_EVERY_MS = 10_000;
+
+/** `3 of 500 req · 12k of 100k tok`, or `—` for an agent without a budget counted today. */
+const budgetLeft = (b: AgentBudgetView | undefined): string => {
+  if (!b) return '—';
+  const parts = [
+    b.requestsLimit !== undefined
+      ? `${fmtNum(b.requestsRemaining ?? 0)} of ${fmtNum(b.requestsLimit)} req`
+      : '',
+    b.tokensLimit !== undefined ? `${fmtNum(b.tokensRemaining ?? 0)} of ${fmtNum(b.tokensLimit)} tok` : '',
+  ].filter(Boolean);
+  return parts.join(' · ') || '—';
+};
 
 export class AdminPanel {
   private loaded: AdminConfigView | undefined;
@@ -56,6 +68,7 @@ export class AdminPanel {
     try {
       const usage = await this.api.usage();
       const day = new Map(usage.day.map((u) => [u.agent, u]));
+      const budgets = new Map((usage.budgets ?? []).map((b) => [b.agent, b]));
       const rows = usage.hour.length ? usage.hour : usage.day;
       $('agents-body').replaceChildren(
         ...rows.slice(0, 10).map((u) => {
@@ -70,6 +83,7 @@ export class AdminPanel {
             hour ? `${fmtNum(u.avgQueueMs)} ms` : '—',
             fmtNum(d?.requests ?? 0),
             fmtNum(d?.tokens ?? 0),
+            budgetLeft(budgets.get(u.agent)),
           ]) {
             const td = document.createElement('td');
             td.textContent = text;

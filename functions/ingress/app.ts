@@ -171,6 +171,7 @@ export const buildIngressDeps = (processEnv: Record<string, string | undefined> 
     clock: stores.clock,
     newId: stores.newId,
     usage: stores.usage,
+    budgets: stores.budgets,
   });
   const deps: IngressHandlerDeps = {
     auth: new KeyAuthenticator(stores.keys, stores.clock),

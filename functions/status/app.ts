@@ -261,6 +261,7 @@ export const buildStatusDeps = (processEnv: Record<string, string | undefined> =
     }),
     admin: new AdminService({
       usage: stores.usage,
+      budgets: stores.budgets,
       config: stores.config,
       history: stores.configStore,
       tickets: stores.tickets,

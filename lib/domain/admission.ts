@@ -1,4 +1,14 @@
 // Domain use case (ingress side): admit a request as a ticket, wait for its grant, claim it, record its end.
+import {
+  type AgentBudget,
+  type BudgetCharge,
+  BudgetExhaustedError,
+  type BudgetUsage,
+  budgetDay,
+  budgetExceeded,
+  checkBudget,
+  hasBudget,
+} from './agent-budget.js';
 import type { TokenBucket } from './bucket.js';
 import type { Clock } from './clock.js';
 import { agentQueueCap, DEFAULT_CONFIG, type GatewayConfig } from './config.js';
@@ -15,6 +25,7 @@ import {
 import { GRANT_TO_CALL_MAX_MS, grantToCallMaxMs } from './gcra.js';
 import type {
   AgentUsageEvent,
+  BudgetStore,
   LeaseStore,
   OutcomeStore,
   TicketQueue,
@@ -45,6 +56,8 @@ export interface AdmissionDeps {
   newId: () => string;
   /** Per-agent usage counters (optional: tests of the core leave it out). */
   usage?: UsageStore;
+  /** Per-agent day counts of budgeted agents (answers' tokens are added here). */
+  budgets?: Pick<BudgetStore, 'addTokens'>;
 }
 
 export interface AdmitRequest {
@@ -56,6 +69,8 @@ export interface AdmitRequest {
   deadline: number;
   quotaRpm?: number;
   quotaShare?: number;
+  /** The key's daily budgets: counted in the ticket's own write, refused at the limit (see agent-budget.ts). */
+  budget?: AgentBudget;
   /** The agent's Idempotency-Key header, if any. */
   idempotencyKey?: string;
   /**
@@ -211,6 +226,9 @@ export class Admission {
    */
   async admit(req: AdmitRequest, config: GatewayConfig): Promise<Admitted> {
     const now = this.d.clock.now();
+    const budget: BudgetCharge | undefined = hasBudget(req.budget)
+      ? { agent: req.agent, day: budgetDay(now), limits: req.budget }
+      : undefined;
     let ticket: Ticket = {
       id: this.d.newId(),
       agent: req.agent,
@@ -224,6 +242,7 @@ export class Admission {
       ...(req.quotaRpm !== undefined ? { quotaRpm: req.quotaRpm } : {}),
       ...(req.quotaShare !== undefined ? { quotaShare: req.quotaShare } : {}),
       ...(req.idempotencyKey ? { idempotencyKey: req.idempotencyKey } : {}),
+      ...(budget ? { budgetDay: budget.day } : {}),
     };
     const idem = req.idempotencyKey
       ? {
@@ -235,7 +254,7 @@ export class Admission {
     // agent's quota bucket are written by the create and the dispatcher's grant.
     const plain = !req.idempotencyKey && req.quotaRpm === undefined && req.quotaShare === undefined;
     if (plain && req.callBudgetMs !== undefined) {
-      const fast = await this.fastGrant(ticket, config, req.callBudgetMs);
+      const fast = await this.fastGrant(ticket, config, req.callBudgetMs, budget);
       if (fast === 'unknown') ticket = { ...ticket, id: this.d.newId() };
       else if (fast) return { ticket: fast, passthrough: false, claimed: true };
     }
@@ -250,11 +269,13 @@ export class Admission {
           queueMaxSize: config.queueMaxSize,
           maxQueuedPerAgent: agentQueueCap(config),
           ...(idem ? { idempotency: { ...idem, ...(replaceTicketId ? { replaceTicketId } : {}) } } : {}),
+          ...(budget ? { budget } : {}),
         });
         await this.enqueue(ticket);
         return { ticket, passthrough: false };
       } catch (err) {
-        if (err instanceof AdmissionFullError) return this.whenFull(ticket, config);
+        if (err instanceof BudgetExhaustedError) throw await this.overBudget(ticket, budget, err.used);
+        if (err instanceof AdmissionFullError) return this.whenFull(ticket, config, budget);
         if (err instanceof AgentQueueFullError) throw await this.agentFull(ticket, config);
         if (!(err instanceof IdempotencyConflictError)) throw err;
         const existing = err.ticketId ? await this.d.tickets.get(err.ticketId) : undefined;
@@ -279,6 +300,7 @@ export class Admission {
     ticket: Ticket,
     config: GatewayConfig,
     callBudgetMs: number,
+    budget?: BudgetCharge,
   ): Promise<Ticket | undefined | 'unknown'> {
     const { bucket, clock } = this.d;
     if (config.paused || clock.now() < this.fastPathOffUntil[ticket.priority]) return undefined;
@@ -298,7 +320,10 @@ export class Admission {
     };
     let res: Awaited<ReturnType<TicketStore['fastGrant']>>;
     try {
-      res = await this.d.tickets.fastGrant(claimed, plan.attempt, { maxInflight: config.maxInflight });
+      res = await this.d.tickets.fastGrant(claimed, plan.attempt, {
+        maxInflight: config.maxInflight,
+        ...(budget ? { budget } : {}),
+      });
     } catch (err) {
       // Contention on the counter item or a hiccup: the queue is the way that copes with it.
       if (!(err instanceof StoreUnavailableError)) throw err;
@@ -310,6 +335,7 @@ export class Admission {
       this.stats.fastPath++;
       return claimed;
     }
+    if (res.kind === 'budget_exceeded') throw await this.overBudget(ticket, budget, res.used);
     if (res.kind === 'bucket_conflict') bucket.conflicted(res.current);
     else {
       // What refused it holds for this priority and every less important one too.
@@ -364,9 +390,31 @@ export class Admission {
     );
   }
 
+  /**
+   * 429 `agent_budget_exceeded` for a charge the day item refused (nothing was written): counted as a refusal
+   * like the other admission refusals.
+   */
+  private async overBudget(
+    ticket: Ticket,
+    budget: BudgetCharge | undefined,
+    used: BudgetUsage,
+  ): Promise<GatewayError> {
+    const now = this.d.clock.now();
+    await this.d.outcomes.record(now, { counts: { refused: 1 } }).catch(() => undefined);
+    this.use(ticket.agent, { requests: 1, refused: 1, throttled: 1 });
+    const verdict = checkBudget(budget?.limits ?? {}, used);
+    // The store refused, so a limit was reached at that moment; should the figures not show it, name the requests.
+    const limit = budget?.limits.requestsPerDay ?? budget?.limits.tokensPerDay ?? 0;
+    return budgetExceeded(
+      verdict.ok ? { ok: false, which: 'requests', used: used.requests, limit } : verdict,
+      now,
+    );
+  }
+
   private async whenFull(
     ticket: Ticket,
     config: GatewayConfig,
+    budget?: BudgetCharge,
   ): Promise<{ ticket: Ticket; passthrough: boolean }> {
     const full = () =>
       new UnavailableError(
@@ -390,12 +438,14 @@ export class Admission {
             queueMaxSize: config.queueMaxSize,
             maxQueuedPerAgent: agentQueueCap(config),
             replace: victim,
+            ...(budget ? { budget } : {}),
           });
           await this.d.outcomes.record(this.d.clock.now(), { counts: { dropped: 1 } });
           await this.enqueue(ticket);
           return { ticket, passthrough: false };
         } catch (err) {
           if (err instanceof ConflictError) continue;
+          if (err instanceof BudgetExhaustedError) throw await this.overBudget(ticket, budget, err.used);
           if (err instanceof AgentQueueFullError) throw await this.agentFull(ticket, config);
           throw err;
         }
@@ -426,7 +476,18 @@ export class Admission {
       claimBy: now + CLAIM_MARGIN_MS,
       reason: 'passthrough',
     };
-    await this.d.tickets.create(granted, { queueMaxSize: config.queueMaxSize, bypassAdmission: true });
+    try {
+      await this.d.tickets.create(granted, {
+        queueMaxSize: config.queueMaxSize,
+        bypassAdmission: true,
+        ...(budget ? { budget } : {}),
+      });
+    } catch (err) {
+      if (!(err instanceof BudgetExhaustedError)) throw err;
+      // The budget ran out since the first write: the token goes back, the refusal spends nothing.
+      await this.d.bucket.refund(now, config.upstreamWindowMs);
+      throw await this.overBudget(ticket, budget, err.used);
+    }
     await this.d.outcomes.record(now, { counts: { granted: 1 } });
     return { ticket: granted, passthrough: true };
   }
@@ -812,6 +873,10 @@ export class Admission {
       return;
     }
     const throttled = /^upstream_(throttled|capacity)$/.test(patch.reason ?? '') ? 1 : 0;
+    if (ticket.budgetDay !== undefined && patch.totalTokens)
+      void this.d.budgets
+        ?.addTokens(ticket.agent, ticket.budgetDay, patch.totalTokens)
+        .catch(() => undefined);
     this.use(ticket.agent, {
       requests: 1,
       ...(patch.totalTokens !== undefined ? { tokens: patch.totalTokens } : {}),

@@ -7,6 +7,29 @@ import { isPriority, type Priority } from './priority.js';
 
 export const AGENT_NAME = /^[A-Za-z0-9._-]{1,64}$/;
 
+/** Daily budgets of a new key (see agent-budget.ts); unset = no limit. */
+export interface KeyBudget {
+  budgetRequestsDay?: number;
+  budgetTokensDay?: number;
+}
+
+/** A change of budgets: a number sets, null clears, unset leaves as is. */
+export interface KeyBudgetPatch {
+  budgetRequestsDay?: number | null;
+  budgetTokensDay?: number | null;
+}
+
+const checkBudget = (b: KeyBudgetPatch): void => {
+  for (const [field, param] of [
+    ['budgetRequestsDay', 'budget-requests-day'],
+    ['budgetTokensDay', 'budget-tokens-day'],
+  ] as const) {
+    const v = b[field];
+    if (v !== undefined && v !== null && !(Number.isSafeInteger(v) && v > 0))
+      throw new ValidationError(`${param} must be a whole number > 0`, param);
+  }
+};
+
 export class KeyAdmin {
   constructor(
     private readonly store: KeyStore,
@@ -19,6 +42,7 @@ export class KeyAdmin {
     agent: string,
     maxPriority: string = 'normal',
     quota: { rpm?: number; share?: number } = {},
+    budget: KeyBudget = {},
   ): Promise<{ key: string; record: AgentKey }> {
     if (!AGENT_NAME.test(agent)) throw new ValidationError('agent must be 1-64 of [A-Za-z0-9._-]', 'agent');
     if (!isPriority(maxPriority)) {
@@ -29,6 +53,7 @@ export class KeyAdmin {
     if (quota.share !== undefined && !(quota.share > 0 && quota.share <= 1)) {
       throw new ValidationError('quota share must be in (0, 1]', 'quota-share');
     }
+    checkBudget(budget);
     const key = formatKey(this.random(32));
     const record: AgentKey = {
       keyHash: hashKey(key),
@@ -38,6 +63,8 @@ export class KeyAdmin {
       createdAt: this.clock.now(),
       ...(quota.rpm !== undefined ? { quotaRpm: quota.rpm } : {}),
       ...(quota.share !== undefined ? { quotaShare: quota.share } : {}),
+      ...(budget.budgetRequestsDay ? { budgetRequestsDay: budget.budgetRequestsDay } : {}),
+      ...(budget.budgetTokensDay ? { budgetTokensDay: budget.budgetTokensDay } : {}),
     };
     await this.store.put(record);
     return { key, record };
@@ -57,10 +84,18 @@ export class KeyAdmin {
     );
     if (current.length === 0) throw new ValidationError(`no active keys for agent ${agent}`, 'agent');
     const newest = current.reduce((a, b) => (a.createdAt >= b.createdAt ? a : b));
-    const issued = await this.create(agent, newest.maxPriority, {
-      ...(newest.quotaRpm !== undefined ? { rpm: newest.quotaRpm } : {}),
-      ...(newest.quotaShare !== undefined ? { share: newest.quotaShare } : {}),
-    });
+    const issued = await this.create(
+      agent,
+      newest.maxPriority,
+      {
+        ...(newest.quotaRpm !== undefined ? { rpm: newest.quotaRpm } : {}),
+        ...(newest.quotaShare !== undefined ? { share: newest.quotaShare } : {}),
+      },
+      {
+        ...(newest.budgetRequestsDay !== undefined ? { budgetRequestsDay: newest.budgetRequestsDay } : {}),
+        ...(newest.budgetTokensDay !== undefined ? { budgetTokensDay: newest.budgetTokensDay } : {}),
+      },
+    );
     for (const k of current) await this.store.setExpiry(k.keyHash, now + overlapMs);
     return { ...issued, expiring: current.length };
   }
@@ -76,6 +111,48 @@ export class KeyAdmin {
    * @throws ValidationError when no key or more than one matches (at least 6 characters needed)
    */
   async setEnabledById(keyId: string, enabled: boolean): Promise<AgentKey> {
+    const key = await this.byId(keyId);
+    await this.store.setEnabled(key.keyHash, enabled);
+    return { ...key, enabled };
+  }
+
+  /**
+   * Sets (a number) or clears (null) the daily budgets of every key of `agent`, or of the one key `keyId` names;
+   * fields left out stay. Agents see the change within the key cache age (10 s).
+   * @returns the changed keys
+   */
+  async setBudget(
+    target: { agent: string } | { keyId: string },
+    budget: KeyBudgetPatch,
+  ): Promise<AgentKey[]> {
+    checkBudget(budget);
+    if (budget.budgetRequestsDay === undefined && budget.budgetTokensDay === undefined)
+      throw new ValidationError(
+        'name a budget to set or clear (--budget-requests-day, --budget-tokens-day)',
+        'budget',
+      );
+    const keys = 'agent' in target ? await this.list(target.agent) : [await this.byId(target.keyId)];
+    if (keys.length === 0)
+      throw new ValidationError(`no keys for agent ${'agent' in target ? target.agent : ''}`, 'agent');
+    const changed: AgentKey[] = [];
+    for (const k of keys) {
+      await this.store.setBudget(k.keyHash, budget);
+      const next: AgentKey = { ...k };
+      for (const field of ['budgetRequestsDay', 'budgetTokensDay'] as const) {
+        const v = budget[field];
+        if (v === null) delete next[field];
+        else if (v !== undefined) next[field] = v;
+      }
+      changed.push(next);
+    }
+    return changed;
+  }
+
+  /**
+   * The one key whose id (the hash prefix `list` shows) starts with `keyId`.
+   * @throws ValidationError when no key or more than one matches (at least 6 characters needed)
+   */
+  private async byId(keyId: string): Promise<AgentKey> {
     const prefix = keyId.trim().toLowerCase();
     if (!/^[0-9a-f]{6,64}$/.test(prefix))
       throw new ValidationError('key id must be at least 6 hex characters (from `list`)', 'key-id');
@@ -83,9 +160,7 @@ export class KeyAdmin {
     if (matches.length === 0) throw new ValidationError(`no key with id ${prefix}`, 'key-id');
     if (matches.length > 1)
       throw new ValidationError(`${matches.length} keys match id ${prefix}; give more characters`, 'key-id');
-    const [key] = matches as [AgentKey];
-    await this.store.setEnabled(key.keyHash, enabled);
-    return { ...key, enabled };
+    return matches[0] as AgentKey;
   }
 
   /** Enables or disables every key of `agent`; returns how many changed. */

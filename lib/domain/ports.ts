@@ -1,4 +1,5 @@
 // Domain ports: the stores and queues the use cases need. Adapters (DynamoDB, SQS, memory) implement them.
+import type { BudgetCharge, BudgetUsage } from './agent-budget.js';
 import type { GatewayConfig } from './config.js';
 import type { BucketParams, BucketState, ConsumeAttempt } from './gcra.js';
 import type { OutcomeEvent, SlotCounters } from './outcomes.js';
@@ -54,7 +55,9 @@ export type FastGrantOutcome =
   | { kind: 'queue_busy' }
   | { kind: 'inflight_full' }
   /** An operator paused the gateway. */
-  | { kind: 'paused' };
+  | { kind: 'paused' }
+  /** The agent's daily budget refused the charge (what its day item held). */
+  | { kind: 'budget_exceeded'; used: BudgetUsage };
 
 /** Queued tickets per priority, as the per-priority counters hold them. */
 export type QueuedByPriority = Record<Priority, number>;
@@ -73,6 +76,12 @@ export interface CreateTicketOptions {
    * @throws IdempotencyConflictError when the key maps to another live ticket
    */
   idempotency?: { key: string; untilMs: number; replaceTicketId?: string };
+  /**
+   * The agent's daily budget: one request counted on its day item in the same transaction, refused (nothing
+   * written) when a limit is reached.
+   * @throws BudgetExhaustedError with what the day item held
+   */
+  budget?: BudgetCharge;
 }
 
 /** Tickets plus the admission counter they move. */
@@ -129,7 +138,7 @@ export interface TicketStore {
   fastGrant(
     ticket: Ticket,
     attempt: ConsumeAttempt,
-    opts: { maxInflight: number },
+    opts: { maxInflight: number; budget?: BudgetCharge },
   ): Promise<FastGrantOutcome>;
   /** Queued tickets per priority (the counters moved with every ticket entering or leaving `queued`). */
   queuedByPriority(): Promise<QueuedByPriority>;
@@ -213,6 +222,22 @@ export interface UsageStore {
   read(now: number, span: 'hour' | 'day'): Promise<AgentUsage[]>;
 }
 
+/** Per-agent per-UTC-day counts for budgets (one item per agent and day, written only for agents with a budget). */
+export interface BudgetStore {
+  /** Adds an answer's tokens to the agent's day (the day it was admitted on). */
+  addTokens(agent: string, day: string, tokens: number): Promise<void>;
+  /** What one agent used on `day` (zeros when nothing was counted). */
+  used(agent: string, day: string): Promise<BudgetUsage>;
+  /** Every agent counted on `day`, with the limits in force at its last admitted request. */
+  day(day: string): Promise<BudgetDayRow[]>;
+}
+
+export interface BudgetDayRow extends BudgetUsage {
+  agent: string;
+  requestsLimit?: number;
+  tokensLimit?: number;
+}
+
 export interface AgentKey {
   keyHash: string;
   agent: string;
@@ -227,6 +252,9 @@ export interface AgentKey {
   quotaShare?: number;
   /** Last successful authentication (updated at most hourly). */
   lastUsedAt?: number;
+  /** Daily budgets (UTC day, shared by the agent's keys): requests admitted and answer tokens. */
+  budgetRequestsDay?: number;
+  budgetTokensDay?: number;
 }
 
 export interface KeyStore {
@@ -234,6 +262,11 @@ export interface KeyStore {
   put(key: AgentKey): Promise<void>;
   list(): Promise<AgentKey[]>;
   setEnabled(keyHash: string, enabled: boolean): Promise<void>;
+  /** Sets (a number) or clears (null) a key's daily budgets; fields left out stay as they are. */
+  setBudget(
+    keyHash: string,
+    budget: { budgetRequestsDay?: number | null; budgetTokensDay?: number | null },
+  ): Promise<void>;
   /** Ends a key's validity at `at` (rotation overlap). */
   setExpiry(keyHash: string, at: number): Promise<void>;
   /** Records use, at most once per `everyMs` (a conditional write; false when skipped). */

@@ -81,6 +81,8 @@ export interface Ticket {
   /** The agent's quota at admission (from its key). */
   quotaRpm?: number;
   quotaShare?: number;
+  /** The UTC day this request was counted on against its agent's budget (only when its key has one). */
+  budgetDay?: string;
 }
 
 /** Fields a transition may set besides the status. */

@@ -1,6 +1,7 @@
 // Ingress use case: one agent request end to end — parse into a request context, admit, wait for the claim,
 // relay the upstream's answer (lib/ingress/upstream-relay.ts), requeue on an early 429 while allowed.
 import type { Admission, Admitted } from '../domain/admission.js';
+import { budgetOf } from '../domain/agent-budget.js';
 import type { KeyAuthenticator } from '../domain/auth.js';
 import type { TokenBucket } from '../domain/bucket.js';
 import type { Clock } from '../domain/clock.js';
@@ -173,6 +174,7 @@ export class IngressService {
         deadline,
         ...(key.quotaRpm !== undefined ? { quotaRpm: key.quotaRpm } : {}),
         ...(key.quotaShare !== undefined ? { quotaShare: key.quotaShare } : {}),
+        ...budgetOf(key),
         callBudgetMs: config.requestTimeoutMs + FUNCTION_MARGIN_MS,
       },
       config,

@@ -5,6 +5,7 @@ import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { InvokeCommand, LambdaClient } from '@aws-sdk/client-lambda';
 import { SQSClient } from '@aws-sdk/client-sqs';
 import { DynamoBucketStore } from '../adapters/dynamo/bucket-store.js';
+import { DynamoBudgetStore } from '../adapters/dynamo/budget-store.js';
 import { DynamoConfigStore } from '../adapters/dynamo/config-store.js';
 import { DynamoKeyStore } from '../adapters/dynamo/key-store.js';
 import { DynamoLeaseStore } from '../adapters/dynamo/lease-store.js';
@@ -110,6 +111,7 @@ export const makeStores = (
     lease: new DynamoLeaseStore(clients.dynamo, env.stateTable),
     keys: new DynamoKeyStore(clients.dynamo, env.keysTable),
     usage: new DynamoUsageStore(clients.dynamo, env.stateTable),
+    budgets: new DynamoBudgetStore(clients.dynamo, env.stateTable),
     configStore,
     config: new ConfigService(configStore, clock, defaults),
     retreat: new RetreatController({ retreat: retreatStore, outcomes, bucket, clock }),

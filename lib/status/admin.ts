@@ -1,9 +1,10 @@
 // Status use case: the admin API — read and change the shared config (validated, recorded), reset retreat.
+import { budgetDay, budgetRemaining, budgetResetAt } from '../domain/agent-budget.js';
 import type { Clock } from '../domain/clock.js';
 import { type ExternalConfigValue, externalConfig, type GatewayConfig } from '../domain/config.js';
 import type { ConfigService } from '../domain/config-service.js';
 import { ValidationError } from '../domain/errors.js';
-import type { AgentUsage, ConfigStore, TicketStore, UsageStore } from '../domain/ports.js';
+import type { AgentUsage, BudgetStore, ConfigStore, TicketStore, UsageStore } from '../domain/ports.js';
 import type { RetreatController } from '../domain/retreat-controller.js';
 import {
   type ConfigChangeView,
@@ -43,6 +44,25 @@ export interface UsageView {
   day: AgentUsage[];
   /** Tickets each agent has queued now (against `max_queued_per_agent`), most first; agents with none left out. */
   queued: { agent: string; queued: number }[];
+  /**
+   * Today's (UTC) daily budgets of the agents counted today (only agents whose key has a budget are counted):
+   * used, the limits in force at the agent's last admitted request, what remains, and the reset. Most used first.
+   */
+  budgets: AgentBudgetView[];
+}
+
+export interface AgentBudgetView {
+  agent: string;
+  /** The UTC day, `YYYY-MM-DD`. */
+  day: string;
+  requests: number;
+  tokens: number;
+  requestsLimit?: number;
+  tokensLimit?: number;
+  requestsRemaining?: number;
+  tokensRemaining?: number;
+  /** Next UTC midnight (ms since the epoch). */
+  resetsAt: number;
 }
 
 export type OperatorMode = 'pause' | 'resume' | 'drain';
@@ -52,6 +72,8 @@ export interface AdminDeps {
   config: Pick<ConfigService, 'current' | 'update' | 'invalidate'>;
   history: Pick<ConfigStore, 'history'>;
   tickets: Pick<TicketStore, 'admissionCount'> & Partial<Pick<TicketStore, 'agentQueuedCounts'>>;
+  /** Per-agent day counts of budgeted agents (left out: no budgets shown). */
+  budgets?: Pick<BudgetStore, 'day'>;
   retreat: Pick<RetreatController, 'reset'>;
   clock: Clock;
 }
@@ -116,17 +138,36 @@ export class AdminService {
   /** Per-agent usage over the last hour and day (admin only: agent names are operational data). */
   async usage(limit = 50): Promise<UsageView> {
     const now = this.d.clock.now();
-    const [hour, day, counts] = await Promise.all([
+    const today = budgetDay(now);
+    const [hour, day, counts, budgetRows] = await Promise.all([
       this.d.usage.read(now, 'hour'),
       this.d.usage.read(now, 'day'),
       this.d.tickets.agentQueuedCounts?.() ?? Promise.resolve<Record<string, number>>({}),
+      this.d.budgets?.day(today) ?? Promise.resolve([]),
     ]);
+    const budgets = budgetRows
+      .map((r): AgentBudgetView => {
+        const limits = {
+          ...(r.requestsLimit !== undefined ? { requestsPerDay: r.requestsLimit } : {}),
+          ...(r.tokensLimit !== undefined ? { tokensPerDay: r.tokensLimit } : {}),
+        };
+        const left = budgetRemaining(limits, r);
+        return {
+          ...r,
+          day: today,
+          ...(left.requests !== undefined ? { requestsRemaining: left.requests } : {}),
+          ...(left.tokens !== undefined ? { tokensRemaining: left.tokens } : {}),
+          resetsAt: budgetResetAt(now),
+        };
+      })
+      .sort((a, b) => b.requests - a.requests || a.agent.localeCompare(b.agent))
+      .slice(0, limit);
     const queued = Object.entries(counts)
       .filter(([, n]) => n > 0)
       .map(([agent, n]) => ({ agent, queued: n }))
       .sort((a, b) => b.queued - a.queued)
       .slice(0, limit);
-    return { at: now, hour: hour.slice(0, limit), day: day.slice(0, limit), queued };
+    return { at: now, hour: hour.slice(0, limit), day: day.slice(0, limit), queued, budgets };
   }
 
   /** Back to the base rate now (seed `reset_to_base`); the bucket follows at once. */

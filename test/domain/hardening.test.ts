@@ -158,6 +158,7 @@ const memoryKeys = (): KeyStore & { all: Map<string, AgentKey> } => {
       const k = all.get(h);
       if (k) all.set(h, { ...k, expiresAt: at });
     },
+    setBudget: async () => {},
     touch: async () => true,
   };
 };

@@ -1,12 +1,14 @@
 // Admin API end to end through the local runtime (status function, DynamoDB Local, fauxqs, real dispatcher):
 // auth, every field's validation, the queue-depth rule, the success path and how fast the change spreads.
+import { randomBytes } from 'node:crypto';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CONFIG_FIELDS, CONFIG_KEYS, externalName, type GatewayConfig } from '../../lib/domain/config.js';
 import { CONFIG_CACHE_MS } from '../../lib/domain/config-service.js';
 import { deriveAdmission, GRANT_TO_CALL_MAX_MS } from '../../lib/domain/gcra.js';
+import { KeyAdmin } from '../../lib/domain/key-admin.js';
 import type { Ticket } from '../../lib/domain/tickets.js';
-import type { AdminConfigView, ConfigUpdateView } from '../../lib/status/admin.js';
+import type { AdminConfigView, ConfigUpdateView, UsageView } from '../../lib/status/admin.js';
 import type { StatusSnapshot } from '../../lib/status/snapshot.js';
 import type { LocalSystem } from '../../local/runtime.js';
 import { eventually } from '../support/system.js';
@@ -270,5 +272,52 @@ describe('health endpoints', () => {
       expect(res.json.ready).toBe(true);
     }
     expect(modelCalls() - before).toBe(1);
+  });
+});
+
+describe('agent budgets through the gateway (issue 16.2)', () => {
+  it('refuses the request past the daily requests budget with 429 agent_budget_exceeded; /admin/usage shows it', async () => {
+    // Prepare: a key with 2 requests a day (set on the existing key, as `npm run keys -- budget` does)
+    const agent = 'agent-budget-test';
+    const key = await system.createKey(agent, 'normal');
+    const admin = new KeyAdmin(system.stores.keys, system.stores.clock, (n) => randomBytes(n));
+    await admin.setBudget({ agent }, { budgetRequestsDay: 2, budgetTokensDay: 1_000_000 });
+    const client = new OpenAI({ baseURL: `${system.url}/v1`, apiKey: key, maxRetries: 0 });
+    const ask = { model: 'meta/llama-3.1-8b-instruct', messages: [{ role: 'user' as const, content: 'hi' }] };
+    let tokens = 0;
+    for (let i = 0; i < 2; i++)
+      tokens += (await client.chat.completions.create(ask)).usage?.total_tokens ?? 0;
+    expect(tokens).toBeGreaterThan(0);
+
+    // Act
+    const refused = await call<ErrorJson>(system, 'POST', '/v1/chat/completions', { token: key, body: ask });
+
+    // Assess
+    expect(refused.status).toBe(429);
+    expect(refused.json.error).toMatchObject({ type: 'rate_limit_error', code: 'agent_budget_exceeded' });
+    expect(refused.json.error.message).toMatch(
+      /2 of 2 requests today.*resets at \d{4}-\d\d-\d\dT00:00:00\.000Z/,
+    );
+    const untilReset = Math.ceil((Date.now() + 1) / 86_400_000) * 86_400_000 - Date.now();
+    expect(Number(refused.headers.get('retry-after'))).toBeLessThanOrEqual(60);
+    expect(Number(refused.headers.get('retry-after-ms'))).toBeLessThanOrEqual(60_000);
+    if (untilReset > 61_000) expect(refused.headers.get('x-should-retry')).toBe('false');
+    const usage = await eventually(
+      async () => {
+        const view = (await call<UsageView>(system, 'GET', '/admin/usage', { token: ADMIN_TOKEN })).json;
+        const row = view.budgets.find((b) => b.agent === agent);
+        return row?.tokens === tokens ? row : undefined;
+      },
+      10_000,
+      100,
+    );
+    expect(usage).toMatchObject({
+      requests: 2,
+      requestsLimit: 2,
+      requestsRemaining: 0,
+      tokens,
+      tokensLimit: 1_000_000,
+      tokensRemaining: 1_000_000 - tokens,
+    });
   });
 });

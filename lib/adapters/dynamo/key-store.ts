@@ -72,6 +72,44 @@ export class DynamoKeyStore implements KeyStore {
     }
   }
 
+  async setBudget(
+    keyHash: string,
+    budget: { budgetRequestsDay?: number | null; budgetTokensDay?: number | null },
+  ): Promise<void> {
+    const sets: string[] = [];
+    const removes: string[] = [];
+    const values: Item = {};
+    for (const field of ['budgetRequestsDay', 'budgetTokensDay'] as const) {
+      const v = budget[field];
+      if (v === undefined) continue;
+      if (v === null) removes.push(field);
+      else {
+        sets.push(`${field} = :${field}`);
+        values[`:${field}`] = { N: String(v) };
+      }
+    }
+    if (!sets.length && !removes.length) return;
+    try {
+      await this.client.send(
+        new UpdateItemCommand({
+          TableName: this.table,
+          Key: { keyHash: s(keyHash) },
+          UpdateExpression: [
+            sets.length ? `SET ${sets.join(', ')}` : '',
+            removes.length ? `REMOVE ${removes.join(', ')}` : '',
+          ]
+            .filter(Boolean)
+            .join(' '),
+          ConditionExpression: 'attribute_exists(keyHash)',
+          ...(sets.length ? { ExpressionAttributeValues: values } : {}),
+        }),
+      );
+    } catch (err) {
+      conditionFailure(err);
+      throw new ConflictError('no such key');
+    }
+  }
+
   async touch(keyHash: string, now: number, everyMs: number): Promise<boolean> {
     try {
       await this.client.send(

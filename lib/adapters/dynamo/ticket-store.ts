@@ -10,6 +10,8 @@ import {
   UpdateItemCommand,
 } from '@aws-sdk/client-dynamodb';
 import { marshall } from '@aws-sdk/util-dynamodb';
+import type { BudgetCharge } from '../../domain/agent-budget.js';
+import { BudgetExhaustedError } from '../../domain/agent-budget.js';
 import {
   AdmissionFullError,
   AgentQueueFullError,
@@ -36,6 +38,7 @@ import {
 } from '../../domain/tickets.js';
 import { translateStoreErrors } from '../aws-errors.js';
 import { bucketStateFromItem, consumeUpdate } from './bucket-store.js';
+import { budgetChargeItem, budgetUsageOf } from './budget-store.js';
 import {
   CONFIG_ITEM_KEY,
   cancellation,
@@ -240,12 +243,20 @@ export class DynamoTicketStore implements TicketStore {
     if (opts.bypassAdmission) {
       // Not queued; a passthrough grant still counts as in flight.
       if (ticket.status === 'granted') {
-        await this.client.send(
-          new TransactWriteItemsCommand({
-            TransactItems: [this.ticketPut(ticket), this.counters({ inflight: 1 })],
-            ClientRequestToken: requestToken('create', ticket.id, JSON.stringify(ticket)),
-          }),
-        );
+        const budget = opts.budget ? [budgetChargeItem(this.tables.stateTable, opts.budget)] : [];
+        try {
+          await this.client.send(
+            new TransactWriteItemsCommand({
+              TransactItems: [this.ticketPut(ticket), this.counters({ inflight: 1 }), ...budget],
+              ClientRequestToken: requestToken('create', ticket.id, JSON.stringify(ticket)),
+            }),
+          );
+        } catch (err) {
+          // Only the budget's refusal is ours to name here; anything else is thrown as before.
+          const refused = budget.length ? cancellation(err)[2] : undefined;
+          if (refused?.failed) throw new BudgetExhaustedError(budgetUsageOf(refused.item));
+          throw err;
+        }
       } else await this.client.send(new PutItemCommand(this.ticketPut(ticket).Put!));
       return;
     }
@@ -306,6 +317,8 @@ export class DynamoTicketStore implements TicketStore {
     }
     const agentAt = items.length;
     items.push(...agentItems, ...priorityItems);
+    const budgetAt = items.length;
+    if (opts.budget) items.push(budgetChargeItem(this.tables.stateTable, opts.budget));
     try {
       await this.client.send(
         new TransactWriteItemsCommand({
@@ -318,6 +331,10 @@ export class DynamoTicketStore implements TicketStore {
       const [first] = reasons;
       const idemReason = idem ? reasons[2] : undefined;
       const agentReason = agentItems.length ? reasons[agentAt] : undefined;
+      const budgetReason = opts.budget ? reasons[budgetAt] : undefined;
+      // An Idempotency-Key's attach spends nothing, so it answers before the budget; the budget before the caps.
+      if (budgetReason?.failed && !idemReason?.failed)
+        throw new BudgetExhaustedError(budgetUsageOf(budgetReason.item));
       // A full queue answers first (its policy decides); the agent's cap is next.
       if (agentReason?.failed && !idemReason?.failed && !first?.failed) {
         throw new AgentQueueFullError(plain<{ queued?: number }>(agentReason.item)?.queued ?? agentCap);
@@ -601,7 +618,7 @@ export class DynamoTicketStore implements TicketStore {
   async fastGrant(
     ticket: Ticket,
     attempt: ConsumeAttempt,
-    opts: { maxInflight: number },
+    opts: { maxInflight: number; budget?: BudgetCharge },
   ): Promise<FastGrantOutcome> {
     const idle = PRIORITIES.filter((p) => priorityRank(p) <= priorityRank(ticket.priority));
     // Order matters for reading the cancellation: bucket, ticket, in-flight, config, then the queued checks.
@@ -618,6 +635,7 @@ export class DynamoTicketStore implements TicketStore {
       this.counters({ inflight: 1 }, { inflight: opts.maxInflight }),
       this.unpaused(),
       ...idle.map((p) => this.priorityIdle(p)),
+      ...(opts.budget ? [budgetChargeItem(this.tables.stateTable, opts.budget)] : []),
     ];
     try {
       await this.client.send(
@@ -628,7 +646,11 @@ export class DynamoTicketStore implements TicketStore {
       );
       return { kind: 'granted' };
     } catch (err) {
-      const [bucket, put, inflight, paused, ...queued] = cancellation(err);
+      const [bucket, put, inflight, paused, ...rest] = cancellation(err);
+      const queued = rest.slice(0, idle.length);
+      const budget = opts.budget ? rest[idle.length] : undefined;
+      // The budget refuses the request outright (the queue would refuse it too); anything else queues it.
+      if (budget?.failed) return { kind: 'budget_exceeded', used: budgetUsageOf(budget.item) };
       if (paused?.failed) return { kind: 'paused' };
       if (queued.some((r) => r?.failed)) return { kind: 'queue_busy' };
       if (inflight?.failed) return { kind: 'inflight_full' };

@@ -1,4 +1,6 @@
 // Adapter: in-memory stores with the same conditional semantics as the DynamoDB ones (unit tests, models).
+
+import type { BudgetCharge, BudgetUsage } from '../../domain/agent-budget.js';
 import {
   applyConsume,
   type BucketParams,
@@ -13,7 +15,14 @@ import {
   type SlotCounters,
   slotOf,
 } from '../../domain/outcomes.js';
-import type { BucketStore, ConsumeOutcome, OutcomeStore, RetreatStore } from '../../domain/ports.js';
+import type {
+  BucketStore,
+  BudgetDayRow,
+  BudgetStore,
+  ConsumeOutcome,
+  OutcomeStore,
+  RetreatStore,
+} from '../../domain/ports.js';
 import type { RetreatRecord } from '../../domain/retreat.js';
 
 const sameBucket = (a: BucketState | undefined, b: BucketState) =>
@@ -84,5 +93,60 @@ export class MemoryRetreatStore implements RetreatStore {
     }
     this.record = structuredClone(next);
     return true;
+  }
+}
+
+/** Per-agent day counts as the DynamoDB day items hold them; `charge` is the conditional ADD of a ticket write. */
+export class MemoryBudgetStore implements BudgetStore {
+  readonly days = new Map<string, BudgetDayRow>();
+
+  private row(agent: string, day: string): BudgetDayRow {
+    const key = `${day}#${agent}`;
+    let row = this.days.get(key);
+    if (!row) {
+      row = { agent, requests: 0, tokens: 0 };
+      this.days.set(key, row);
+    }
+    return row;
+  }
+
+  /**
+   * Counts one request unless a limit is reached (the caller's transaction then writes nothing).
+   * @returns undefined when counted, else what the day held
+   */
+  charge(c: BudgetCharge): BudgetUsage | undefined {
+    const refused = this.refuses(c);
+    if (refused) return refused;
+    const row = this.row(c.agent, c.day);
+    const { requestsPerDay, tokensPerDay } = c.limits;
+    row.requests++;
+    if (requestsPerDay !== undefined) row.requestsLimit = requestsPerDay;
+    else delete row.requestsLimit;
+    if (tokensPerDay !== undefined) row.tokensLimit = tokensPerDay;
+    else delete row.tokensLimit;
+    return undefined;
+  }
+
+  /** Would `charge` refuse? (checked with the other conditions before any write) */
+  refuses(c: BudgetCharge): BudgetUsage | undefined {
+    const row = this.days.get(`${c.day}#${c.agent}`) ?? { requests: 0, tokens: 0 };
+    const { requestsPerDay, tokensPerDay } = c.limits;
+    return (requestsPerDay !== undefined && row.requests >= requestsPerDay) ||
+      (tokensPerDay !== undefined && row.tokens >= tokensPerDay)
+      ? { requests: row.requests, tokens: row.tokens }
+      : undefined;
+  }
+
+  async addTokens(agent: string, day: string, tokens: number): Promise<void> {
+    if (tokens > 0) this.row(agent, day).tokens += Math.round(tokens);
+  }
+
+  async used(agent: string, day: string): Promise<BudgetUsage> {
+    const row = this.days.get(`${day}#${agent}`);
+    return { requests: row?.requests ?? 0, tokens: row?.tokens ?? 0 };
+  }
+
+  async day(day: string): Promise<BudgetDayRow[]> {
+    return [...this.days.entries()].filter(([k]) => k.startsWith(`${day}#`)).map(([, r]) => ({ ...r }));
   }
 }

@@ -1,5 +1,6 @@
 // Adapter: in-memory tickets, queues and lease with the conditional semantics of the DynamoDB / SQS ones, so the
 // Admission and Dispatcher use cases can be table-tested on a fake clock (the emulator tests stay).
+import { type BudgetCharge, BudgetExhaustedError } from '../../domain/agent-budget.js';
 import type { Clock } from '../../domain/clock.js';
 import {
   AdmissionFullError,
@@ -30,7 +31,7 @@ import {
   type TicketPatch,
   type TicketStatus,
 } from '../../domain/tickets.js';
-import type { MemoryBucketStore } from './stores.js';
+import { type MemoryBucketStore, MemoryBudgetStore } from './stores.js';
 
 const running = (s: TicketStatus) => s === 'granted' || s === 'claimed';
 const definedOnly = (patch: TicketPatch) =>
@@ -49,20 +50,34 @@ export class MemoryTicketStore implements TicketStore {
   /**
    * @param bucket the shared bucket item the grant transaction spends from
    * @param isPaused the stored config's paused flag (grants and claims check it, as the DynamoDB store does)
+   * @param budgets the agents' day counts a create or fast grant charges in the same (modelled) transaction
    */
   constructor(
     private readonly bucket: MemoryBucketStore,
     private readonly isPaused: () => boolean = () => false,
+    readonly budgets: MemoryBudgetStore = new MemoryBudgetStore(),
   ) {}
 
   async create(ticket: Ticket, opts: CreateTicketOptions): Promise<void> {
     if (this.tickets.has(ticket.id)) throw new ConflictError(`ticket ${ticket.id} exists`);
     if (opts.bypassAdmission) {
+      if (ticket.status === 'granted' && opts.budget) {
+        const refused = this.budgets.charge(opts.budget);
+        if (refused) throw new BudgetExhaustedError(refused);
+      }
       if (ticket.status === 'granted') this.counters.inflight++;
       this.tickets.set(ticket.id, { ...ticket });
       return;
     }
-    // All conditions first, then all writes: one transaction.
+    // All conditions first, then all writes: one transaction. An Idempotency-Key's attach answers before the budget.
+    const held = opts.idempotency && this.idem.get(opts.idempotency.key);
+    const attach =
+      !!opts.idempotency &&
+      !(opts.idempotency.replaceTicketId
+        ? held?.ticketId === opts.idempotency.replaceTicketId
+        : !held || held.until < ticket.enqueuedAt);
+    const overBudget = opts.budget && !attach ? this.budgets.refuses(opts.budget) : undefined;
+    if (overBudget) throw new BudgetExhaustedError(overBudget);
     if (opts.replace) {
       const victim = this.tickets.get(opts.replace.id);
       if (victim?.status !== 'queued' || victim.attempt !== opts.replace.attempt)
@@ -94,6 +109,7 @@ export class MemoryTicketStore implements TicketStore {
     } else this.counters.queued++;
     this.moveAgent(ticket.agent, 1);
     this.priorityQueued[ticket.priority]++;
+    if (opts.budget) this.budgets.charge(opts.budget);
     this.tickets.set(ticket.id, { ...ticket });
   }
 
@@ -158,10 +174,12 @@ export class MemoryTicketStore implements TicketStore {
   async fastGrant(
     ticket: Ticket,
     attempt: ConsumeAttempt,
-    opts: { maxInflight: number },
+    opts: { maxInflight: number; budget?: BudgetCharge },
   ): Promise<FastGrantOutcome> {
     if (this.tickets.has(ticket.id)) throw new ConflictError(`ticket ${ticket.id} exists`);
     const next = applyConsume(this.bucket.state, attempt);
+    const overBudget = opts.budget && this.budgets.refuses(opts.budget);
+    if (overBudget) return { kind: 'budget_exceeded', used: overBudget };
     if (this.isPaused()) return { kind: 'paused' };
     if (
       PRIORITIES.some((p) => priorityRank(p) <= priorityRank(ticket.priority) && this.priorityQueued[p] > 0)
@@ -172,6 +190,7 @@ export class MemoryTicketStore implements TicketStore {
       return { kind: 'bucket_conflict', current: this.bucket.state && { ...this.bucket.state } };
     // The whole successor state: a window-exact bucket logs the grant too.
     this.bucket.state = next;
+    if (opts.budget) this.budgets.charge(opts.budget);
     this.tickets.set(ticket.id, { ...ticket });
     this.counters.inflight++;
     return { kind: 'granted' };
