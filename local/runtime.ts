@@ -61,6 +61,8 @@ export interface LocalSystem {
   stores: Stores;
   lambda: LocalLambdaService;
   createKey(agent: string, maxPriority?: Priority, quota?: { rpm?: number; share?: number }): Promise<string>;
+  /** Resolves when every answered request's invocation has returned (its outcome recorded after the reply). */
+  settled(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -194,6 +196,7 @@ export const startLocalSystem = async (opts: LocalSystemOptions = {}): Promise<L
       lambda,
       createKey: async (agent, maxPriority = 'urgent', quota = {}) =>
         (await keys.create(agent, maxPriority, quota)).key,
+      settled: () => api.settled(),
       stop,
     };
   } catch (err) {

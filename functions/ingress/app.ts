@@ -19,6 +19,8 @@ import { makeLogger, makeMetrics } from '../shared/observability.js';
 interface RequestScope {
   signal: AbortSignal;
   allowedOrigin: string | undefined;
+  /** Work that must finish before the invocation ends (the ticket's terminal write after the reply). */
+  pending: Promise<unknown>[];
 }
 
 /** The OpenAI endpoints routed here, with the one method each takes. */
@@ -57,6 +59,7 @@ export const makeIngressHandler = (deps: IngressHandlerDeps) => {
       isBase64Encoded: ev.isBase64Encoded,
       signal: s?.signal ?? new AbortController().signal,
       remainingMs: context.getRemainingTimeInMillis(),
+      ...(s ? { waitUntil: (work: Promise<unknown>) => s.pending.push(work) } : {}),
     });
     return toResponse(reply, corsHeaders(s?.allowedOrigin, ev));
   };
@@ -145,9 +148,12 @@ export const makeIngressHandler = (deps: IngressHandlerDeps) => {
     responseStream.on('close', () => {
       if (!responseStream.writableFinished) disconnected.abort();
     });
-    await scope.run({ signal: disconnected.signal, allowedOrigin: opts.allowedOrigin }, () =>
+    const pending: Promise<unknown>[] = [];
+    await scope.run({ signal: disconnected.signal, allowedOrigin: opts.allowedOrigin, pending }, () =>
       app.resolveStream(event, context, { responseStream }),
     );
+    // The reply has ended; the invocation lasts until the outcome is recorded (Lambda freezes it on return).
+    await Promise.allSettled(pending);
   });
 };
 

@@ -370,7 +370,7 @@ export class Admission {
     const canWaitMs = ticket.deadline - now;
     if (estimateMs <= canWaitMs) return undefined;
     await this.d.outcomes.record(now, { counts: { refused: 1 } }).catch(() => undefined);
-    this.use(ticket.agent, { requests: 1, refused: 1, throttled: 1 });
+    void this.use(ticket.agent, { requests: 1, refused: 1, throttled: 1 });
     const s = (ms: number) => Math.ceil(ms / 1000);
     return new RateLimitedError(
       `Estimated queue wait ${s(estimateMs)} s exceeds this request's maximum wait (${s(canWaitMs)} s): refused now rather than at its deadline; retry after the indicated time.`,
@@ -382,7 +382,7 @@ export class Admission {
   /** One agent may not hold more than its share of the queue: 429, never an eviction of others' tickets. */
   private async agentFull(ticket: Ticket, config: GatewayConfig): Promise<GatewayError> {
     await this.d.outcomes.record(this.d.clock.now(), { counts: { refused: 1 } });
-    this.use(ticket.agent, { requests: 1, refused: 1 });
+    void this.use(ticket.agent, { requests: 1, refused: 1 });
     return new RateLimitedError(
       `This key already has ${agentQueueCap(config)} requests waiting (max_queued_per_agent); retry when some finish.`,
       Math.min(60_000, Math.max(1_000, config.upstreamWindowMs / 4)),
@@ -424,7 +424,7 @@ export class Admission {
       );
     if (config.queueFullPolicy === 'reject') {
       await this.d.outcomes.record(this.d.clock.now(), { counts: { refused: 1 } });
-      this.use(ticket.agent, { requests: 1, refused: 1 });
+      void this.use(ticket.agent, { requests: 1, refused: 1 });
       throw full();
     }
     if (config.queueFullPolicy === 'drop_lowest') {
@@ -451,7 +451,7 @@ export class Admission {
         }
       }
       await this.d.outcomes.record(this.d.clock.now(), { counts: { refused: 1 } });
-      this.use(ticket.agent, { requests: 1, refused: 1 });
+      void this.use(ticket.agent, { requests: 1, refused: 1 });
       throw full();
     }
     // passthrough: not queued, but it still takes a token (the upstream limit holds whatever the policy).
@@ -466,7 +466,7 @@ export class Admission {
         },
       );
       await this.d.outcomes.record(now, { counts: { refused: 1 } });
-      this.use(ticket.agent, { requests: 1, refused: 1, throttled: 1 });
+      void this.use(ticket.agent, { requests: 1, refused: 1, throttled: 1 });
       throw new RateLimitedError('Queue full and no token free for passthrough; retry later.', got.waitMs);
     }
     const granted: Ticket = {
@@ -622,14 +622,14 @@ export class Admission {
     return this.refused(ticket, current?.status ?? 'failed', current);
   }
 
-  /** Usage bookkeeping must never fail a request. */
-  private use(agent: string, e: AgentUsageEvent): void {
-    void this.d.usage?.record(agent, this.d.clock.now(), e).catch(() => undefined);
+  /** Usage bookkeeping must never fail a request (awaited where the invocation must outlast it). */
+  private use(agent: string, e: AgentUsageEvent): Promise<void> {
+    return this.d.usage?.record(agent, this.d.clock.now(), e).catch(() => undefined) ?? Promise.resolve();
   }
 
   private refused(ticket: Ticket, status: TicketStatus, current: Ticket | undefined): WaitResult {
     const result = this.refusal(ticket, status, current);
-    this.use(ticket.agent, { requests: 1, refused: 1, throttled: result.error.status === 429 ? 1 : 0 });
+    void this.use(ticket.agent, { requests: 1, refused: 1, throttled: result.error.status === 429 ? 1 : 0 });
     return result;
   }
 
@@ -873,16 +873,20 @@ export class Admission {
       return;
     }
     const throttled = /^upstream_(throttled|capacity)$/.test(patch.reason ?? '') ? 1 : 0;
-    if (ticket.budgetDay !== undefined && patch.totalTokens)
-      void this.d.budgets
-        ?.addTokens(ticket.agent, ticket.budgetDay, patch.totalTokens)
-        .catch(() => undefined);
-    this.use(ticket.agent, {
-      requests: 1,
-      ...(patch.totalTokens !== undefined ? { tokens: patch.totalTokens } : {}),
-      throttled,
-      ...(ticket.grantedAt !== undefined ? { queueMs: ticket.grantedAt - ticket.enqueuedAt } : {}),
-    });
+    // Written after the reply ended, before the invocation returns (the agent does not wait for it).
+    const budgetTokens =
+      ticket.budgetDay !== undefined && patch.totalTokens
+        ? this.d.budgets?.addTokens(ticket.agent, ticket.budgetDay, patch.totalTokens).catch(() => undefined)
+        : undefined;
+    await Promise.all([
+      budgetTokens,
+      this.use(ticket.agent, {
+        requests: 1,
+        ...(patch.totalTokens !== undefined ? { tokens: patch.totalTokens } : {}),
+        throttled,
+        ...(ticket.grantedAt !== undefined ? { queueMs: ticket.grantedAt - ticket.enqueuedAt } : {}),
+      }),
+    ]);
   }
 
   private async end(

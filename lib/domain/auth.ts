@@ -52,9 +52,26 @@ export class KeyAuthenticator {
   /** The key record for a hash: from the caches while fresh, else one read (its answer cached by kind). */
   private async lookup(hash: string, now: number): Promise<AgentKey | undefined> {
     const hit = this.known.get(hash);
-    if (hit && now - hit.at < this.cacheMs) return hit.key;
+    if (hit && now - hit.at < this.cacheMs) {
+      // In the last quarter of its age a known key is re-read in the background: a key in steady use never
+      // waits for the read, and a disabled key still stops working within `cacheMs`.
+      if (now - hit.at >= (this.cacheMs * 3) / 4 && !this.refreshing.has(hash)) {
+        this.refreshing.add(hash);
+        void this.read(hash, now)
+          .catch(() => undefined)
+          .finally(() => this.refreshing.delete(hash));
+      }
+      return hit.key;
+    }
     const missAt = this.unknown.get(hash);
     if (missAt !== undefined && now - missAt < Math.min(this.cacheMs, UNKNOWN_KEY_CACHE_MS)) return undefined;
+    return this.read(hash, now);
+  }
+
+  private readonly refreshing = new Set<string>();
+
+  /** One read of a key record, its answer cached by kind as of `now` (when the read started). */
+  private async read(hash: string, now: number): Promise<AgentKey | undefined> {
     const key = await this.store.get(hash);
     if (key) {
       this.known.set(hash, { key, at: now });

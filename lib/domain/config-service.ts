@@ -29,13 +29,35 @@ export class ConfigService {
   /** Current config, at most `cacheMs` old. */
   async current(): Promise<VersionedConfig> {
     const now = this.clock.now();
-    if (this.cached && now - this.cached.at < this.cacheMs) return this.cached.value;
+    if (this.cached && now - this.cached.at < this.cacheMs) {
+      // In the last quarter of its age the cache is refreshed in the background: a steady stream of requests
+      // never waits for the read, and what it returns is still at most `cacheMs` old.
+      if (now - this.cached.at >= (this.cacheMs * 3) / 4 && !this.refreshing) {
+        this.refreshing = this.read(now)
+          .catch(() => undefined)
+          .finally(() => {
+            this.refreshing = undefined;
+          });
+      }
+      return this.cached.value;
+    }
+    return this.read(now);
+  }
+
+  private refreshing: Promise<unknown> | undefined;
+  /** Bumped by every invalidation: a read started before it is not cached. */
+  private generation = 0;
+
+  /** One read of the stored config, cached as of `at` (when the read started, so it never looks fresher). */
+  private async read(at: number): Promise<VersionedConfig> {
+    const generation = this.generation;
     const stored = await this.store.get();
     // Fields added in a later version take their defaults until someone sets them.
     const value: VersionedConfig = stored
       ? { ...stored, config: { ...this.defaults, ...stored.config } }
       : { config: this.defaults, version: 0, updatedAt: 0, updatedBy: 'defaults' };
-    this.cached = { value, at: now };
+    // A write or invalidate() meanwhile wins over an older read.
+    if (generation === this.generation && (!this.cached || this.cached.at <= at)) this.cached = { value, at };
     return value;
   }
 
@@ -54,7 +76,7 @@ export class ConfigService {
       updatedBy: 'startup',
     };
     await this.store.put(value, undefined, []);
-    this.cached = undefined;
+    this.invalidate();
     return this.current();
   }
 
@@ -69,7 +91,7 @@ export class ConfigService {
     check?: (next: GatewayConfig, prev: GatewayConfig) => Promise<void>,
   ): Promise<{ value: VersionedConfig; changes: ConfigChange[] }> {
     for (let i = 0; i < 5; i++) {
-      this.cached = undefined;
+      this.invalidate();
       const prev = await this.current();
       const next = applyConfigPatch(prev.config, patch);
       await check?.(next, prev.config);
@@ -102,6 +124,7 @@ export class ConfigService {
 
   /** Forget the cache (tests, admin writes in the same container). */
   invalidate(): void {
+    this.generation++;
     this.cached = undefined;
   }
 }

@@ -17,6 +17,11 @@ export interface IngressRequest {
   signal: AbortSignal;
   /** Time left before the function is stopped. */
   remainingMs: number;
+  /**
+   * Keeps the invocation alive until `work` settles: the ticket's terminal write runs after the reply ended (the
+   * agent does not wait for it) but before the handler returns. Unset (tests), the work runs on its own.
+   */
+  waitUntil?: (work: Promise<unknown>) => void;
 }
 
 /** Everything one routed request needs after parsing, built once by the ingress and passed along whole. */

@@ -151,7 +151,7 @@ export class IngressService {
           'model_not_found',
         );
       }
-      void this.relay.callAndRelay(ctx, undefined, headers);
+      req.waitUntil?.(this.relay.callAndRelay(ctx, undefined, headers));
       return ctx.channel.reply;
     }
     const idemKey = idempotencyKey(req.headers['idempotency-key']);
@@ -179,7 +179,7 @@ export class IngressService {
       },
       config,
     );
-    void this.serveTicket(ctx, admitted).catch((err: unknown) => {
+    const served = this.serveTicket(ctx, admitted).catch((err: unknown) => {
       const storeDown = err instanceof StoreUnavailableError;
       this.d.log[storeDown ? 'warn' : 'error']('ticket handling failed', {
         error: (err as Error).message,
@@ -192,6 +192,7 @@ export class IngressService {
         headers,
       );
     });
+    req.waitUntil?.(served);
     const reply = await ctx.channel.reply;
     if (isModels && reply.status === 200 && typeof reply.body === 'string')
       this.modelsCache = { at: this.d.clock.now(), reply };

@@ -242,7 +242,6 @@ export class UpstreamRelay {
     const out = { ...call.headers, ...passResponseHeaders(res.headers) };
     const isSse = (res.headers.get('content-type') ?? '').includes('text/event-stream');
     let failure: 'client_disconnected' | 'upstream_cut' | 'embedded_error' | undefined;
-    // The outcome is recorded before the reply completes: once the agent has its answer the function may be frozen.
     const recordEnd = (usage: Usage | undefined) =>
       this.settle(
         call,
@@ -264,7 +263,9 @@ export class UpstreamRelay {
       }
       const embedded = failure ? undefined : embeddedErrorFromBody(text);
       if (embedded !== undefined) failure = 'embedded_error';
-      await recordEnd(usageFromBody(text));
+      // The answer goes out first; the outcome is written right after, before the invocation ends (the handler
+      // awaits this work, see IngressRequest.waitUntil), so the agent never waits for the bookkeeping.
+      const recorded = () => recordEnd(usageFromBody(text));
       if (embedded !== undefined) {
         // A 200 that carries an error is not an answer: the agent gets an OpenAI-shaped 502, the ticket fails.
         await channel.fail(
@@ -285,6 +286,7 @@ export class UpstreamRelay {
         await channel.write(text);
         await channel.end();
       }
+      await recorded();
       return 'done';
     }
     channel.commit(res.status, out);
@@ -309,13 +311,14 @@ export class UpstreamRelay {
         this.d.log.warn('upstream stream cut', { error: (err as Error).message });
     }
     if (!failure && watcher.embeddedError) failure = 'embedded_error';
-    await recordEnd(watcher.usage);
     if (failure === 'upstream_cut') {
       await channel.write(
         sseError(new UpstreamError(502, 'Upstream connection broke mid-stream.', 'upstream_cut')),
       );
     }
+    // The stream ends first; the outcome is written before the invocation ends (see IngressRequest.waitUntil).
     await channel.end();
+    await recordEnd(watcher.usage);
     return 'done';
   }
 

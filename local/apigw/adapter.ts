@@ -59,6 +59,12 @@ export interface LocalApiGateway {
   port: number;
   /** Stops listening and closes every connection (in-flight streams see a client disconnect). */
   stop(): Promise<void>;
+  /**
+   * Resolves when every invocation whose response has ended has also returned. A streaming handler may work on
+   * after its response ended (as in Lambda, where the invocation lasts until the handler returns): tests that
+   * read state right after a reply wait for that work here. Never waits for a response still in progress.
+   */
+  settled(): Promise<void>;
 }
 
 /** Content types whose bodies reach the handler base64-encoded even when they are valid UTF-8. */
@@ -89,6 +95,8 @@ interface CompiledRoute {
 }
 
 interface Gateway {
+  /** Invocations not yet returned, with their response side. */
+  running: Map<Promise<void>, Exchange>;
   routes: CompiledRoute[];
   apiId: string;
   stage: string;
@@ -137,11 +145,16 @@ export async function startApiGateway(opts: ApiGatewayOptions): Promise<LocalApi
   });
   const port = await listen(server, opts.port ?? 0, opts.host ?? '127.0.0.1');
   let stopped: Promise<void> | undefined;
-  return { url: `http://127.0.0.1:${port}`, port, stop: () => (stopped ??= stopServer(server)) };
+  const settled = async () => {
+    const tails = [...gateway.running].filter(([, exchange]) => exchange.ended).map(([p]) => p);
+    await Promise.allSettled(tails);
+  };
+  return { url: `http://127.0.0.1:${port}`, port, stop: () => (stopped ??= stopServer(server)), settled };
 }
 
 function createGateway(opts: ApiGatewayOptions): Gateway {
   return {
+    running: new Map(),
     routes: opts.routes.map(compileRoute),
     apiId: randomId(10),
     stage: opts.stage ?? 'local',
@@ -244,8 +257,15 @@ async function handleRequest(gateway: Gateway, req: IncomingMessage, res: Server
   const context = buildContext(route.functionName ?? 'sluice-local', gateway.region, timeoutMs);
   const exchange = new Exchange(res, requestId, `${method} ${url.path}`, gateway.log);
   exchange.startTimer(timeoutMs);
-  if (isStreamingHandler(route.handler)) await invokeStreaming(exchange, route.handler, event, context);
-  else await invokeBuffered(exchange, route.handler, event, context);
+  const invocation = isStreamingHandler(route.handler)
+    ? invokeStreaming(exchange, route.handler, event, context)
+    : invokeBuffered(exchange, route.handler, event, context);
+  gateway.running.set(invocation, exchange);
+  try {
+    await invocation;
+  } finally {
+    gateway.running.delete(invocation);
+  }
 }
 
 /** The request target as API Gateway sees it: the raw path (not normalised) and the parsed query. */
@@ -477,6 +497,11 @@ class Exchange {
   readonly #onAbandon: Array<(reason: string) => void> = [];
   #done = false;
   #clientGone = false;
+
+  /** The response is over (sent, failed or cut); the handler may still be running. */
+  get ended(): boolean {
+    return this.#done;
+  }
   #timer: NodeJS.Timeout | undefined;
 
   constructor(res: ServerResponse, requestId: string, label: string, log: (line: string) => void) {

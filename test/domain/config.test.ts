@@ -1,5 +1,6 @@
 // Domain tests: v2 config rules — waits that fit API Gateway's idle cut, the priority policy fields, the slack.
 import { describe, expect, it } from 'vitest';
+import { FakeClock } from '../../lib/domain/clock.js';
 import {
   API_GATEWAY_IDLE_MS,
   applyConfigPatch,
@@ -8,7 +9,9 @@ import {
   nonStreamingWaitCapMs,
   validateConfig,
 } from '../../lib/domain/config.js';
+import { CONFIG_CACHE_MS, ConfigService } from '../../lib/domain/config-service.js';
 import { ValidationError } from '../../lib/domain/errors.js';
+import type { VersionedConfig } from '../../lib/domain/ports.js';
 
 describe('a non-streaming wait plus the upstream call fits under the 5-minute idle cut', () => {
   it('the defaults fit', () => {
@@ -81,5 +84,76 @@ describe('grant slack', () => {
     expect(configFromEnv({ SLUICE_GRANT_SLACK_S: '1.5' }).grantSlackMs).toBe(1_500);
     // Below the ingress's own staleness bound it would be unsafe until the ingress reads it (phase 2).
     expect(() => configFromEnv({ SLUICE_GRANT_SLACK_S: '0.5' })).toThrow(/between 1 and 60/);
+  });
+});
+
+describe('config cache', () => {
+  /** A config store counting its reads; `hold` makes the next reads wait until released. */
+  const countingStore = (paused = false) => {
+    let stored: VersionedConfig = {
+      config: { ...DEFAULT_CONFIG, paused },
+      version: 1,
+      updatedAt: 0,
+      updatedBy: 't',
+    };
+    const held: (() => void)[] = [];
+    const store = {
+      reads: 0,
+      hold: false,
+      release: () => {
+        for (const r of held.splice(0)) r();
+      },
+      set: (config: VersionedConfig['config']) => {
+        stored = { ...stored, config, version: stored.version + 1 };
+      },
+      get: async () => {
+        store.reads++;
+        if (store.hold) await new Promise<void>((r) => held.push(r));
+        return stored;
+      },
+      put: async () => true,
+      history: async () => [],
+    };
+    return store;
+  };
+
+  it('requests in steady use never wait for a read after the first, and see a change within the cache age', async () => {
+    const store = countingStore();
+    const clock = new FakeClock(0);
+    const config = new ConfigService(store, clock, DEFAULT_CONFIG);
+    await config.config();
+    expect(store.reads).toBe(1);
+    // Late in the cache's life: answered from the cache while one read runs behind it.
+    store.hold = true;
+    clock.advance(CONFIG_CACHE_MS - 400);
+    store.set({ ...DEFAULT_CONFIG, paused: true });
+    expect((await config.config()).paused).toBe(false);
+    expect((await config.config()).paused).toBe(false);
+    expect(store.reads).toBe(2);
+    store.hold = false;
+    store.release();
+    await new Promise((r) => setImmediate(r));
+    // Past the first read's age: the refreshed value, no read on the request's path.
+    clock.advance(800);
+    expect((await config.config()).paused).toBe(true);
+    expect(store.reads).toBe(2);
+  });
+
+  it('an invalidation wins over a background read started before it', async () => {
+    const store = countingStore();
+    const clock = new FakeClock(0);
+    const config = new ConfigService(store, clock, DEFAULT_CONFIG);
+    await config.config();
+    store.hold = true;
+    clock.advance(CONFIG_CACHE_MS - 100);
+    await config.config();
+    config.invalidate();
+    store.hold = false;
+    store.set({ ...DEFAULT_CONFIG, paused: true });
+    const fresh = config.config();
+    store.release();
+    expect((await fresh).paused).toBe(true);
+    await new Promise((r) => setImmediate(r));
+    expect((await config.config()).paused).toBe(true);
   });
 });

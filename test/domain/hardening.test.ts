@@ -1,7 +1,7 @@
 // Pure pieces of the security hardening (issue 13): forward_paths matching and parsing, per-upstream
 // credential selection, redaction of upstream error text, the model length cap, retry-after caps in headers.
 import { describe, expect, it } from 'vitest';
-import { hashKey, KeyAuthenticator, UNKNOWN_KEY_CACHE_MS } from '../../lib/domain/auth.js';
+import { hashKey, KEY_CACHE_MS, KeyAuthenticator, UNKNOWN_KEY_CACHE_MS } from '../../lib/domain/auth.js';
 import { FakeClock } from '../../lib/domain/clock.js';
 import { applyConfigPatch, configFromEnv, DEFAULT_CONFIG } from '../../lib/domain/config.js';
 import { RateLimitedError, UnavailableError } from '../../lib/domain/errors.js';
@@ -268,5 +268,33 @@ describe('key cache', () => {
     cache.get('a');
     cache.set('c', 3);
     expect([cache.get('a'), cache.get('b'), cache.get('c')]).toEqual([1, undefined, 3]);
+  });
+
+  it('re-reads a key in steady use in the background: no request waits for the read after the first', async () => {
+    const { store, reads } = counting();
+    const clock = new FakeClock(0);
+    const key = keyOf(3);
+    await store.put({ keyHash: hashKey(key), agent: 'a', maxPriority: 'low', enabled: true, createdAt: 0 });
+    const auth = new KeyAuthenticator(store, clock);
+    await auth.authenticate(`Bearer ${key}`);
+    // Late in the cache's life: answered from the cache while one read runs behind it (held until released).
+    let release: (() => void) | undefined;
+    const counted = store.get;
+    store.get = (h) => new Promise((resolve) => (release = () => resolve(counted(h))));
+    clock.advance(KEY_CACHE_MS - 1_000);
+    expect((await auth.authenticate(`Bearer ${key}`)).agent).toBe('a');
+    expect((await auth.authenticate(`Bearer ${key}`)).agent).toBe('a');
+    store.get = counted;
+    release?.();
+    await new Promise((r) => setImmediate(r));
+    expect(reads.get(hashKey(key))).toBe(2);
+    // Past the first read's age the refreshed entry serves: no read on the request's path.
+    clock.advance(2_000);
+    expect((await auth.authenticate(`Bearer ${key}`)).agent).toBe('a');
+    expect(reads.get(hashKey(key))).toBe(2);
+    // A key disabled meanwhile still stops working within the cache's age.
+    await store.put({ keyHash: hashKey(key), agent: 'a', maxPriority: 'low', enabled: false, createdAt: 0 });
+    clock.advance(KEY_CACHE_MS);
+    await expect(auth.authenticate(`Bearer ${key}`)).rejects.toThrow(/disabled/);
   });
 });

@@ -51,7 +51,8 @@ describe('fast path on an idle gateway', () => {
     for (let i = 0; i < n; i++)
       await client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'x' }] });
 
-    // Assess
+    // Assess: each outcome is written right after its reply, before its invocation returns
+    await system.settled();
     expect(sqs.total()).toBe(0);
     expect(dynamo.counts.get('TransactWriteItems')).toBe(2 * n);
     // Fast grant, outcome, ticket end and the agent's usage; a config re-read every 2 s at most on top.

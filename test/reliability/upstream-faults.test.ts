@@ -40,6 +40,7 @@ afterAll(async () => {
 });
 
 const counters = async (): Promise<Record<CounterName, number>> => {
+  await system.settled();
   const slots = await system.stores.outcomes.read(Date.now() - 120_000, Date.now() + 10_000);
   const out = {} as Record<CounterName, number>;
   for (const s of slots)

@@ -22,8 +22,12 @@ export const startTestSystem = (name: string, opts: LocalSystemOptions = {}): Pr
     },
   });
 
-/** Every ticket of a system (consistent scan of its table). */
+/**
+ * Every ticket of a system (consistent scan of its table), once the requests already answered have recorded
+ * their outcome (written right after the reply, before the invocation returns).
+ */
 export const allTickets = async (system: LocalSystem): Promise<Ticket[]> => {
+  await system.settled();
   const client = testDynamoClient();
   const out: Ticket[] = [];
   let start: Record<string, import('@aws-sdk/client-dynamodb').AttributeValue> | undefined;
