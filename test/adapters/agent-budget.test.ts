@@ -126,6 +126,22 @@ describe('a refusal spends nothing', () => {
   });
 });
 
+describe('Idempotency-Key', () => {
+  it('a retry attaching to its own ticket is neither counted nor refused at the limit', async () => {
+    const agent = newAgent();
+    const budget = { requestsPerDay: 1 };
+    const admission = admissionFor();
+    const first = await admission.admit(request(agent, budget, { idempotencyKey: 'same' }), CONFIG);
+
+    const again = await admitRetrying(admission, request(agent, budget, { idempotencyKey: 'same' }));
+    const other = await admitRetrying(admission, request(agent, budget, { idempotencyKey: 'other' }));
+
+    expect(again.admitted).toMatchObject({ attached: true, ticket: { id: first.ticket.id } });
+    expect(other.refused).toMatchObject({ code: 'agent_budget_exceeded' });
+    expect(await used(agent)).toEqual({ requests: 1, tokens: 0 });
+  });
+});
+
 describe('tokens budget', () => {
   it('admits while under the limit, refuses once the answers reached it (the last answer overshoots)', async () => {
     // Prepare

@@ -19,6 +19,8 @@ import { TokenBucket } from '../../lib/domain/bucket.js';
 import { FakeClock } from '../../lib/domain/clock.js';
 import { DEFAULT_CONFIG, type GatewayConfig } from '../../lib/domain/config.js';
 import { GatewayError, ValidationError } from '../../lib/domain/errors.js';
+import { KeyAdmin } from '../../lib/domain/key-admin.js';
+import type { AgentKey, KeyStore } from '../../lib/domain/ports.js';
 import { errorReply } from '../../lib/http/reply.js';
 
 /** 2033-05-18T03:33:20Z: mid-day UTC. */
@@ -262,5 +264,122 @@ describe('admission with a budget', () => {
     await s.admission.admit(s.request({}, { callBudgetMs: 65_000 }), CONFIG);
     await s.admission.admit(s.request({}), CONFIG);
     expect(s.tickets.budgets.days.size).toBe(0);
+  });
+});
+
+describe('admission with a budget when the queue is full (passthrough)', () => {
+  it('the passthrough grant is counted; past the limit it is refused before any token is taken', async () => {
+    // Prepare: no room in the queue, so every request goes through the passthrough policy
+    const s = await setup();
+    const config: GatewayConfig = { ...CONFIG, queueMaxSize: 0, queueFullPolicy: 'passthrough' };
+    const budget = { requestsPerDay: 1 };
+    const first = await s.admission.admit(s.request(budget), config);
+    expect(first.passthrough).toBe(true);
+    const before = await s.state();
+    expect(before.used).toEqual({ requests: 1, tokens: 0 });
+
+    // Act
+    const err = await refusal(s.admission.admit(s.request(budget), config));
+
+    // Assess
+    expect(err).toMatchObject({ code: 'agent_budget_exceeded' });
+    expect(await s.state()).toEqual(before);
+  });
+});
+
+/** Agent keys in memory, with the budget update the DynamoDB store makes (null removes the field). */
+const memoryKeys = (): KeyStore & { all: Map<string, AgentKey> } => {
+  const all = new Map<string, AgentKey>();
+  const update = async (h: string, patch: Partial<AgentKey>) => {
+    const k = all.get(h);
+    if (k) all.set(h, { ...k, ...patch });
+  };
+  return {
+    all,
+    get: async (h) => all.get(h),
+    put: async (k) => {
+      all.set(k.keyHash, k);
+    },
+    list: async () => [...all.values()],
+    setEnabled: (h, enabled) => update(h, { enabled }),
+    setExpiry: (h, expiresAt) => update(h, { expiresAt }),
+    setBudget: async (h, budget) => {
+      const k = all.get(h);
+      if (!k) return;
+      const next: AgentKey = { ...k };
+      for (const f of ['budgetRequestsDay', 'budgetTokensDay'] as const) {
+        const v = budget[f];
+        if (v === null) delete next[f];
+        else if (v !== undefined) next[f] = v;
+      }
+      all.set(h, next);
+    },
+    touch: async () => true,
+  };
+};
+
+describe('budgets on agent keys', () => {
+  let seed = 0;
+  const random = (n: number) => new Uint8Array(n).map(() => (seed = (seed * 31 + 7) % 251));
+  const admin = () => {
+    const store = memoryKeys();
+    return { store, admin: new KeyAdmin(store, new FakeClock(T0), random) };
+  };
+
+  it('create stores them; rotate carries them to the new key', async () => {
+    const { admin: a } = admin();
+    const { record } = await a.create(
+      'planner',
+      'high',
+      {},
+      { budgetRequestsDay: 500, budgetTokensDay: 100_000 },
+    );
+    expect(record).toMatchObject({ budgetRequestsDay: 500, budgetTokensDay: 100_000 });
+    const rotated = await a.rotate('planner', 1_000);
+    expect(rotated.record).toMatchObject({ budgetRequestsDay: 500, budgetTokensDay: 100_000 });
+  });
+
+  it.each([
+    [{ budgetRequestsDay: 0 }, /budget-requests-day must be a whole number > 0/],
+    [{ budgetTokensDay: 1.5 }, /budget-tokens-day must be a whole number > 0/],
+    [{ budgetTokensDay: -3 }, /budget-tokens-day must be a whole number > 0/],
+  ])('create refuses %o', async (budget, message) => {
+    await expect(admin().admin.create('planner', 'normal', {}, budget)).rejects.toThrow(message);
+  });
+
+  it('setBudget by agent changes every key of the agent; null clears, a field left out stays', async () => {
+    const { store, admin: a } = admin();
+    const one = await a.create('planner', 'normal', {}, { budgetTokensDay: 9 });
+    const two = await a.create('planner');
+    const other = await a.create('coder');
+
+    const changed = await a.setBudget({ agent: 'planner' }, { budgetRequestsDay: 10 });
+    expect(changed).toHaveLength(2);
+    expect(store.all.get(one.record.keyHash)).toMatchObject({ budgetRequestsDay: 10, budgetTokensDay: 9 });
+    expect(store.all.get(two.record.keyHash)).toMatchObject({ budgetRequestsDay: 10 });
+    expect(store.all.get(other.record.keyHash)?.budgetRequestsDay).toBeUndefined();
+
+    await a.setBudget({ agent: 'planner' }, { budgetTokensDay: null });
+    expect(store.all.get(one.record.keyHash)).not.toHaveProperty('budgetTokensDay');
+    expect(budgetOf(store.all.get(one.record.keyHash)!)).toEqual({ budget: { requestsPerDay: 10 } });
+  });
+
+  it('setBudget by key id changes that key only', async () => {
+    const { store, admin: a } = admin();
+    const one = await a.create('planner');
+    const two = await a.create('planner');
+    await a.setBudget({ keyId: one.record.keyHash.slice(0, 12) }, { budgetRequestsDay: 3 });
+    expect(store.all.get(one.record.keyHash)?.budgetRequestsDay).toBe(3);
+    expect(store.all.get(two.record.keyHash)?.budgetRequestsDay).toBeUndefined();
+  });
+
+  it.each([
+    [{ agent: 'planner' }, {}, /name a budget/],
+    [{ agent: 'nobody' }, { budgetRequestsDay: 1 }, /no keys for agent nobody/],
+    [{ keyId: 'abc' }, { budgetRequestsDay: 1 }, /at least 6 hex/],
+  ])('setBudget refuses %o with %o', async (target, budget, message) => {
+    const { admin: a } = admin();
+    await a.create('planner');
+    await expect(a.setBudget(target, budget)).rejects.toThrow(message);
   });
 });
