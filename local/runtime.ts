@@ -123,6 +123,7 @@ export const startLocalSystem = async (opts: LocalSystemOptions = {}): Promise<L
       SLUICE_STATE_TABLE: names.stateTable,
       SLUICE_TICKETS_TABLE: names.ticketsTable,
       SLUICE_KEYS_TABLE: names.keysTable,
+      SLUICE_CACHE_TABLE: names.cacheTable,
       SLUICE_QUEUE_URGENT_URL: names.queueUrls.urgent,
       SLUICE_QUEUE_HIGH_URL: names.queueUrls.high,
       SLUICE_QUEUE_NORMAL_URL: names.queueUrls.normal,

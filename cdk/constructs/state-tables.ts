@@ -39,6 +39,7 @@ const TABLE_ENV: Record<TableId, string> = {
   state: 'SLUICE_STATE_TABLE',
   tickets: 'SLUICE_TICKETS_TABLE',
   keys: 'SLUICE_KEYS_TABLE',
+  cache: 'SLUICE_CACHE_TABLE',
 };
 
 const attribute = (def: AttributeDef) => ({

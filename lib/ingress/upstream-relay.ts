@@ -280,22 +280,35 @@ export class UpstreamRelay {
           new UpstreamError(502, 'Upstream connection broke during the answer.', 'upstream_cut'),
           call.headers,
         );
-      } else if (!channel.committed) channel.finish({ status: res.status, headers: out, body: text });
-      else {
-        await channel.write(text);
-        await channel.end();
+      } else {
+        // Stored (a response cache miss) before the agent has it: the function may be frozen after that.
+        await call.ctx.answerSink?.answer({ status: res.status, sse: false, text });
+        if (!channel.committed) channel.finish({ status: res.status, headers: out, body: text });
+        else {
+          await channel.write(text);
+          await channel.end();
+        }
       }
       return 'done';
     }
     channel.commit(res.status, out);
     const watcher = new SseWatcher();
     const reader = res.body?.getReader();
+    // The response cache's miss keeps the stream's text (bounded) to store the answer it stands for.
+    const sink = call.ctx.answerSink;
+    let captured: Uint8Array[] | undefined = sink ? [] : undefined;
+    let capturedBytes = 0;
     try {
       for (;;) {
         if (!reader) break;
         const { value, done } = await reader.read();
         if (done) break;
         watcher.push(value);
+        if (sink && captured) {
+          capturedBytes += value.byteLength;
+          if (capturedBytes > sink.maxBytes) captured = undefined;
+          else captured.push(value);
+        }
         await channel.write(value);
         if (channel.cancelled.signal.aborted) {
           failure = 'client_disconnected';
@@ -310,6 +323,8 @@ export class UpstreamRelay {
     }
     if (!failure && watcher.embeddedError) failure = 'embedded_error';
     await recordEnd(watcher.usage);
+    if (!failure && watcher.done && captured && sink)
+      await sink.answer({ status: res.status, sse: true, text: Buffer.concat(captured).toString('utf8') });
     if (failure === 'upstream_cut') {
       await channel.write(
         sseError(new UpstreamError(502, 'Upstream connection broke mid-stream.', 'upstream_cut')),
