@@ -11,6 +11,7 @@ import { KeyAdmin } from '../lib/domain/key-admin.js';
 
 const USAGE = `usage: npm run keys -- <create|rotate|list|enable|disable> [--agent NAME] [options]
   create  --agent NAME [--max-priority urgent|high|normal|low (default normal)] [--quota-rpm N] [--quota-share F]
+          [--cache-ttl-s N]  this agent's response cache default TTL (over the config's cache_ttl_s; 0 = off)
   rotate  --agent NAME [--overlap-hours H]   new key; the old ones keep working for H hours (default 24)
   list    [--agent NAME]                     never shows keys: agent, cap, quota, created, last used
   enable | disable --key-id ID              one key (ID: the key_id prefix that list shows)
@@ -52,6 +53,7 @@ const main = async (): Promise<number> => {
       'quota-rpm': { type: 'string' },
       'quota-share': { type: 'string' },
       'overlap-hours': { type: 'string' },
+      'cache-ttl-s': { type: 'string' },
       help: { type: 'boolean' },
     },
   });
@@ -66,10 +68,15 @@ const main = async (): Promise<number> => {
     switch (command) {
       case 'create': {
         if (!values.agent) throw new Error('create needs --agent NAME');
-        const { key, record } = await admin.create(values.agent, values['max-priority'] ?? 'normal', {
-          ...(values['quota-rpm'] ? { rpm: Number(values['quota-rpm']) } : {}),
-          ...(values['quota-share'] ? { share: Number(values['quota-share']) } : {}),
-        });
+        const { key, record } = await admin.create(
+          values.agent,
+          values['max-priority'] ?? 'normal',
+          {
+            ...(values['quota-rpm'] ? { rpm: Number(values['quota-rpm']) } : {}),
+            ...(values['quota-share'] ? { share: Number(values['quota-share']) } : {}),
+          },
+          values['cache-ttl-s'] !== undefined ? { ttlS: Number(values['cache-ttl-s']) } : {},
+        );
         console.error(
           `created key for agent ${record.agent} (max priority ${record.maxPriority}); it is shown once:`,
         );

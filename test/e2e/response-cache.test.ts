@@ -173,6 +173,18 @@ describe('response cache', () => {
     }
   });
 
+  it("an agent key's own cache_ttl_s opts its requests in without the header", async () => {
+    const keyC = await system.createKey('cache-agent-c', 'urgent', {}, { ttlS: 60 });
+    const calls = upstreamCalls();
+    const first = await post(chat('cache key default'), {}, keyC);
+    await first.text();
+    expect(first.headers.get('x-sluice-cache')).toBe('miss');
+    expect((await post(chat('cache key default'), {}, keyC)).headers.get('x-sluice-cache')).toBe('hit');
+    // Agent A has no default of its own and the config's is off: not cached for it.
+    expect((await post(chat('cache key default 2'), {}, keyA)).headers.get('x-sluice-cache')).toBeNull();
+    expect(upstreamCalls()).toBe(calls + 2);
+  });
+
   it('agents share entries by default; cache_scope agent isolates them', async () => {
     const shared = await post(chat('cache shared'), { 'x-sluice-cache': '60' }, keyA);
     await shared.text();
