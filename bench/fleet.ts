@@ -57,7 +57,14 @@ interface Scenario {
   /** Offered load without queueing, requests per modelled minute. */
   offeredRpm: number;
   workload: Workload;
+  /** Setups this scenario runs (by name); unset = every setup except those only some scenarios name. */
+  setups?: readonly string[];
 }
+
+/** Share of repeated prompts in the response cache's scenario (issue 16.1). */
+const REPEAT_FRACTION = 0.3;
+/** Setups that run only in the scenarios naming them. */
+const SCENARIO_ONLY_SETUPS = ['sluice-cache'];
 
 const scenarios = (agents: number, durationMs: number, seed: number): Scenario[] => {
   const limitRpm = (UPSTREAM_MODEL.limit.requests * 60_000) / UPSTREAM_MODEL.limit.windowMs;
@@ -96,6 +103,22 @@ const scenarios = (agents: number, durationMs: number, seed: number): Scenario[]
           seed,
         }),
       },
+    },
+    {
+      // The heavy overload with 30 % of the requests repeating one of 10 shared prompts: with the response cache
+      // on, completed requests per minute may exceed the key's limit while upstream calls stay at it.
+      name: 'repeated',
+      title: 'Heavy overload, 30 % repeated prompts',
+      description: `closed loop, think time uniform 0–${heavyThink / 1000} s; ${REPEAT_FRACTION * 100} % of requests repeat one of 10 prompts shared by all agents`,
+      offeredRpm: round((agents * 60_000) / (heavyThink / 2 + SERVICE_MS), 0),
+      workload: {
+        ...base,
+        kind: 'closed',
+        thinkMs: (rng) => rng.uniform(0, heavyThink),
+        repeatFraction: REPEAT_FRACTION,
+        repeatPool: 10,
+      },
+      setups: ['sluice-probe', 'sluice-cache'],
     },
   ];
 };
@@ -149,6 +172,17 @@ export const runFleetBench = async (opts: { log: (line: string) => void }): Prom
     name: 'sluice-weighted',
     label: `sluice, priority_policy weighted ${DEFAULT_CONFIG.priorityWeights}`,
   };
+  // The response cache on by config default for the whole run (a day, modelled): repeated prompts are answered
+  // from it, every other request stores its answer too (issue 16.1).
+  const cachedBase = sluiceSetup(DEFAULT_CONFIG.retreatPreset, {
+    SLUICE_CACHE_TTL_S: String(scale.real(86_400_000) / 1000),
+  });
+  const cached: Setup = {
+    ...cachedBase,
+    settings: { ...cachedBase.settings, responseCache: 'cache_ttl_s = a day (modelled), scope deployment' },
+    name: 'sluice-cache',
+    label: 'sluice, response cache on (cache_ttl_s)',
+  };
   const setups: Setup[] = [
     directSetup,
     adaptiveSetup('default'),
@@ -156,14 +190,18 @@ export const runFleetBench = async (opts: { log: (line: string) => void }): Prom
     bottleneckSetup,
     sluice,
     weighted,
+    cached,
   ].filter((s) => only.length === 0 || only.includes(s.name));
+  const setupsOf = (sc: Scenario) =>
+    setups.filter((s) => (sc.setups ? sc.setups.includes(s.name) : !SCENARIO_ONLY_SETUPS.includes(s.name)));
   const checkFactor = knob('SLUICE_BENCH_CHECK_SCALE', 3);
   const checkScale = checkFactor < scale.factor ? timeScale(checkFactor) : undefined;
   const plan = scenarios(agents, durationMs, seed).filter(
     (s) => onlyScenarios.length === 0 || onlyScenarios.includes(s.name),
   );
+  const runs = plan.reduce((n, sc) => n + setupsOf(sc).length, 0);
   log(
-    `fleet: ${plan.length} scenarios × ${setups.length} setups, ${durationMs / 1000} s modelled each at ${scale.factor}×${checkScale ? `, plus sluice at ${checkScale.factor}× in ${CHECKED.join(' and ')}` : ''} (≈ ${Math.ceil((plan.length * setups.length * scale.real(durationMs) + (checkScale ? CHECKED.length * checkScale.real(durationMs) : 0)) / 60_000)} min)`,
+    `fleet: ${plan.length} scenarios, ${runs} runs, ${durationMs / 1000} s modelled each at ${scale.factor}×${checkScale ? `, plus sluice at ${checkScale.factor}× in ${CHECKED.join(' and ')}` : ''} (≈ ${Math.ceil((runs * scale.real(durationMs) + (checkScale ? CHECKED.length * checkScale.real(durationMs) : 0)) / 60_000)} min)`,
   );
 
   const emulators = await startEmulators();
@@ -260,8 +298,9 @@ export const runFleetBench = async (opts: { log: (line: string) => void }): Prom
     };
     for (const [si, sc] of plan.entries()) {
       const results: SetupResult[] = [];
-      for (const [i, setup] of setups.entries()) {
-        const where = `fleet [${si + 1}/${plan.length} ${sc.name}] ${setup.name} (${i + 1}/${setups.length})`;
+      const own = setupsOf(sc);
+      for (const [i, setup] of own.entries()) {
+        const where = `fleet [${si + 1}/${plan.length} ${sc.name}] ${setup.name} (${i + 1}/${own.length})`;
         results.push(await runOne(sc, setup, scale, where));
       }
       // The same sluice run with less compression: what the time scale costs a system with real-time overheads.

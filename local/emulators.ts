@@ -62,7 +62,7 @@ export interface LocalAwsConfig {
 }
 
 /** Physical table names, as in {@link ResourceNames}. */
-export type TableNames = Pick<ResourceNames, 'stateTable' | 'ticketsTable' | 'keysTable'>;
+export type TableNames = Pick<ResourceNames, 'stateTable' | 'ticketsTable' | 'keysTable' | 'cacheTable'>;
 
 /** Queue URLs by priority, and the URL of each priority's dead-letter queue. */
 export interface QueueUrls {
@@ -396,6 +396,7 @@ const TABLE_NAME_KEYS: Record<TableDef['id'], keyof TableNames> = {
   state: 'stateTable',
   tickets: 'ticketsTable',
   keys: 'keysTable',
+  cache: 'cacheTable',
 };
 
 /** The `CreateTable` input for one definition: on-demand billing, every GSI projecting all attributes. */
@@ -467,11 +468,16 @@ export const createTables = async (client: DynamoDBClient, prefix: string): Prom
       names[TABLE_NAME_KEYS[def.id]] = tableName;
     }),
   );
-  const { stateTable, ticketsTable, keysTable } = names;
-  if (stateTable === undefined || ticketsTable === undefined || keysTable === undefined) {
-    throw new Error('TABLES must define the state, tickets and keys tables');
+  const { stateTable, ticketsTable, keysTable, cacheTable } = names;
+  if (
+    stateTable === undefined ||
+    ticketsTable === undefined ||
+    keysTable === undefined ||
+    cacheTable === undefined
+  ) {
+    throw new Error('TABLES must define the state, tickets, keys and cache tables');
   }
-  return { stateTable, ticketsTable, keysTable };
+  return { stateTable, ticketsTable, keysTable, cacheTable };
 };
 
 const createQueuePair = async (
@@ -544,6 +550,7 @@ export const resourceEnvironment = (
   SLUICE_STATE_TABLE: names.stateTable,
   SLUICE_TICKETS_TABLE: names.ticketsTable,
   SLUICE_KEYS_TABLE: names.keysTable,
+  SLUICE_CACHE_TABLE: names.cacheTable,
   SLUICE_QUEUE_URGENT_URL: names.queueUrls.urgent,
   SLUICE_QUEUE_HIGH_URL: names.queueUrls.high,
   SLUICE_QUEUE_NORMAL_URL: names.queueUrls.normal,

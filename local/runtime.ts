@@ -60,7 +60,12 @@ export interface LocalSystem {
   env: Record<string, string | undefined>;
   stores: Stores;
   lambda: LocalLambdaService;
-  createKey(agent: string, maxPriority?: Priority, quota?: { rpm?: number; share?: number }): Promise<string>;
+  createKey(
+    agent: string,
+    maxPriority?: Priority,
+    quota?: { rpm?: number; share?: number },
+    cache?: { ttlS?: number },
+  ): Promise<string>;
   /** Resolves when every answered request's invocation has returned (its outcome recorded after the reply). */
   settled(): Promise<void>;
   stop(): Promise<void>;
@@ -194,8 +199,8 @@ export const startLocalSystem = async (opts: LocalSystemOptions = {}): Promise<L
       env,
       stores,
       lambda,
-      createKey: async (agent, maxPriority = 'urgent', quota = {}) =>
-        (await keys.create(agent, maxPriority, quota)).key,
+      createKey: async (agent, maxPriority = 'urgent', quota = {}, cache = {}) =>
+        (await keys.create(agent, maxPriority, quota, {}, cache)).key,
       settled: () => api.settled(),
       stop,
     };

@@ -14,6 +14,7 @@ import type { AgentKey } from '../lib/domain/ports.js';
 const USAGE = `usage: npm run keys -- <create|rotate|list|budget|enable|disable> [--agent NAME] [options]
   create  --agent NAME [--max-priority urgent|high|normal|low (default normal)] [--quota-rpm N] [--quota-share F]
           [--budget-requests-day N] [--budget-tokens-day N]
+          [--cache-ttl-s N]  this agent's response cache default TTL (over the config's cache_ttl_s; 0 = off)
   rotate  --agent NAME [--overlap-hours H]   new key (same cap, quota, budgets); old ones work for H hours (default 24)
   list    [--agent NAME]                     never shows keys: agent, cap, quota, budgets, created, last used
   budget  --agent NAME | --key-id ID  [--budget-requests-day N|off] [--budget-tokens-day N|off]
@@ -72,6 +73,7 @@ const main = async (): Promise<number> => {
       'overlap-hours': { type: 'string' },
       'budget-requests-day': { type: 'string' },
       'budget-tokens-day': { type: 'string' },
+      'cache-ttl-s': { type: 'string' },
       help: { type: 'boolean' },
     },
   });
@@ -110,6 +112,7 @@ const main = async (): Promise<number> => {
             ...(budget.budgetRequestsDay ? { budgetRequestsDay: budget.budgetRequestsDay } : {}),
             ...(budget.budgetTokensDay ? { budgetTokensDay: budget.budgetTokensDay } : {}),
           },
+          values['cache-ttl-s'] !== undefined ? { ttlS: Number(values['cache-ttl-s']) } : {},
         );
         console.error(
           `created key for agent ${record.agent} (max priority ${record.maxPriority}, budgets ${budgetText(record)}); it is shown once:`,

@@ -50,6 +50,8 @@ export interface SendRequest {
   priority: Priority;
   stream: boolean;
   signal: AbortSignal;
+  /** The user message; unset = one of its own (`bench <id>`). Shared prompts repeat across agents. */
+  prompt?: string;
 }
 export type Send = (req: SendRequest) => Promise<void>;
 
@@ -59,6 +61,14 @@ interface WorkloadBase {
   durationMs: number;
   streamFraction: number;
   seed: number;
+  /**
+   * Share of requests that repeat a prompt: drawn from a pool of `repeatPool` prompts shared by every agent (the
+   * response cache's bench); the others are unique. Drawn from its own seeded stream, so think times and streaming
+   * stay those of the same workload without repeats. @default 0
+   */
+  repeatFraction?: number;
+  /** @default 10 */
+  repeatPool?: number;
 }
 export interface ClosedLoopWorkload extends WorkloadBase {
   kind: 'closed';
@@ -102,6 +112,17 @@ export const runWorkload = async (
   const endTimer = setTimeout(() => stop.abort(), scale.real(w.durationMs - clock.now()));
   const inFlight = new Set<Promise<void>>();
 
+  const promptRngs = new Map<number, Prng>();
+  const promptOf = (agent: number): string | undefined => {
+    if (!w.repeatFraction) return undefined;
+    let rng = promptRngs.get(agent);
+    if (!rng) {
+      rng = prng(w.seed * 104_729 + agent);
+      promptRngs.set(agent, rng);
+    }
+    return rng.chance(w.repeatFraction) ? `bench shared ${rng.int(w.repeatPool ?? 10)}` : undefined;
+  };
+
   const one = async (agent: number, n: number, stream: boolean): Promise<void> => {
     const rec: RequestRecord = {
       id: `${agent}-${n}`,
@@ -114,7 +135,15 @@ export const runWorkload = async (
     };
     records.push(rec);
     try {
-      await send({ id: rec.id, agent, priority: rec.priority, stream, signal: stop.signal });
+      const prompt = promptOf(agent);
+      await send({
+        id: rec.id,
+        agent,
+        priority: rec.priority,
+        stream,
+        signal: stop.signal,
+        ...(prompt !== undefined ? { prompt } : {}),
+      });
       rec.ok = true;
     } catch (err) {
       rec.error = errorKind(err);
@@ -240,7 +269,10 @@ export const benchClient = (opts: {
 /** One chat completion, streamed or not, tagged for the upstream; throws if the agent did not get an answer. */
 export const chatRequest = async (client: OpenAI, r: SendRequest): Promise<void> => {
   const headers = { 'User-Agent': benchUserAgent(r.id, r.priority), 'X-Priority': r.priority };
-  const body = { model: BENCH_MODEL, messages: [{ role: 'user' as const, content: `bench ${r.id}` }] };
+  const body = {
+    model: BENCH_MODEL,
+    messages: [{ role: 'user' as const, content: r.prompt ?? `bench ${r.id}` }],
+  };
   if (!r.stream) {
     await client.chat.completions.create(body, { headers, signal: r.signal });
     return;

@@ -53,7 +53,12 @@ export class Ingress extends Construct {
         ...(props.allowedOrigin ? { SLUICE_ALLOWED_ORIGIN: props.allowedOrigin } : {}),
       },
     });
-    props.tables.bind(this.fn, { state: 'readWrite', tickets: 'readWrite', keys: 'readTouch' });
+    props.tables.bind(this.fn, {
+      state: 'readWrite',
+      tickets: 'readWrite',
+      keys: 'readTouch',
+      cache: 'readWrite',
+    });
     props.queues.bindSender(this.fn);
     props.secrets.bindUpstreamKey(this.fn);
     props.dispatcher.bindDoorbell(this.fn);

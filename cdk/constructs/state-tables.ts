@@ -9,9 +9,13 @@ import type { SluiceFunction } from './sluice-function.js';
 export type TableId = TableDef['id'];
 /**
  * `readTouch`: reads plus UpdateItem of `lastUsedAt` only (agent keys; a `dynamodb:Attributes` condition), no
- * puts or deletes.
+ * puts or deletes. `purge`: Scan and BatchWriteItem only, to empty the table (the response cache's
+ * `DELETE /admin/cache`).
  */
-export type TableAccess = 'read' | 'readTouch' | 'readWrite';
+export type TableAccess = 'read' | 'readTouch' | 'readWrite' | 'purge';
+
+/** What `purge` allows: list the keys and delete them in batches; no item reads or writes otherwise. */
+export const DYNAMODB_PURGE_ACTIONS = ['dynamodb:Scan', 'dynamodb:BatchWriteItem'] as const;
 
 /**
  * Item-level reads the functions make. Queries on an index also need the index ARN, granted alongside. No Scan
@@ -39,6 +43,7 @@ const TABLE_ENV: Record<TableId, string> = {
   state: 'SLUICE_STATE_TABLE',
   tickets: 'SLUICE_TICKETS_TABLE',
   keys: 'SLUICE_KEYS_TABLE',
+  cache: 'SLUICE_CACHE_TABLE',
 };
 
 const attribute = (def: AttributeDef) => ({
@@ -105,10 +110,10 @@ export class StateTables extends Construct {
 
   private grantItems(grantee: IGrantable, tableId: TableId, level: TableAccess): Grant {
     const table = this.tables[tableId];
-    const actions: string[] = [
-      ...DYNAMODB_READ_ACTIONS,
-      ...(level === 'readWrite' ? DYNAMODB_WRITE_ACTIONS : []),
-    ];
+    const actions: string[] =
+      level === 'purge'
+        ? [...DYNAMODB_PURGE_ACTIONS]
+        : [...DYNAMODB_READ_ACTIONS, ...(level === 'readWrite' ? DYNAMODB_WRITE_ACTIONS : [])];
     // Named indexes rather than `index/*`: no wildcard resource to acknowledge.
     const indexArns = this.defs[tableId].indexes.map((index) => `${table.tableArn}/index/${index.name}`);
     const grant = Grant.addToPrincipal({ grantee, actions, resourceArns: [table.tableArn, ...indexArns] });

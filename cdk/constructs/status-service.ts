@@ -45,7 +45,8 @@ export class StatusService extends Construct {
         SLUICE_INGRESS_MEMORY_MB: String(props.ingressMemoryMb),
       },
     });
-    props.tables.bind(this.fn, { state: 'readWrite', tickets: 'read', keys: 'readTouch' });
+    // The cache only to empty it (DELETE /admin/cache): Scan and batch deletes, no item reads.
+    props.tables.bind(this.fn, { state: 'readWrite', tickets: 'read', keys: 'readTouch', cache: 'purge' });
     props.queues.bindDepthReader(this.fn);
     props.secrets.bindAdminToken(this.fn);
     props.secrets.bindViewerToken(this.fn);

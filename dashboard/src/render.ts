@@ -95,6 +95,16 @@ export const renderSnapshot = (s: StatusSnapshot): void => {
     fmtUsdPerHour(c.usdPerHour),
     `${fmtNum(c.waitingSeconds)} s waited · ${fmtNum(c.gbSeconds)} GB-s at ${fmtInt(c.memoryMb)} MB`,
   );
+  // Older status functions (before the response cache) send no cache figures.
+  const k = s.cache;
+  if (k) {
+    tile(
+      'cache',
+      fmtInt(k.hits),
+      `${fmtInt(k.misses)} misses · ${fmtPct(k.hitRate)} hit rate · saved ${fmtInt(k.tokensSaved)} tokens, ${fmtInt(Math.round(k.bytesSaved / 1024))} KiB`,
+      k.hits > 0 ? 'good' : undefined,
+    );
+  }
   const mode = $('mode');
   mode.hidden = !s.mode.paused && !s.mode.draining;
   mode.textContent = s.mode.paused ? 'PAUSED' : s.mode.draining ? 'DRAINING' : '';

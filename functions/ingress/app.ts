@@ -9,6 +9,7 @@ import { KeyAuthenticator } from '../../lib/domain/auth.js';
 import { GatewayError, NotFoundError, ValidationError } from '../../lib/domain/errors.js';
 import { OutcomeTriggeredRetreat } from '../../lib/domain/retreat-controller.js';
 import { errorReply } from '../../lib/http/reply.js';
+import { ResponseCache } from '../../lib/ingress/response-cache.js';
 import { type IngressDeps, IngressService } from '../../lib/ingress/service.js';
 import { upstreamCredentials } from '../../lib/runtime/credentials.js';
 import { readRuntimeEnv } from '../../lib/runtime/env.js';
@@ -212,6 +213,25 @@ export const buildIngressDeps = (processEnv: Record<string, string | undefined> 
     },
     log: { warn: (m, e) => logger.warn(m, e ?? {}), error: (m, e) => logger.error(m, e ?? {}) },
     ...(env.allowedOrigin ? { allowedOrigin: env.allowedOrigin } : {}),
+    ...(stores.responseCache
+      ? {
+          cache: new ResponseCache({
+            store: stores.responseCache,
+            clock: stores.clock,
+            outcomes: stores.outcomes,
+            telemetry: {
+              cache: (event, bytes) => {
+                metrics.addDimensions({ event });
+                metrics.addMetric('response_cache', MetricUnit.Count, 1);
+                if (bytes !== undefined && event === 'hit')
+                  metrics.addMetric('response_cache_bytes_saved', MetricUnit.Bytes, bytes);
+                metrics.publishStoredMetrics();
+              },
+            },
+            log: { warn: (m, e) => logger.warn(m, e ?? {}) },
+          }),
+        }
+      : {}),
   };
   return { deps, env, stores, clients };
 };

@@ -190,6 +190,14 @@ export const makeStatusHandler = (deps: StatusDeps, obs: { logger?: Logger; metr
     }),
   );
 
+  app.delete(
+    '/admin/cache',
+    route('admin_cache_purge', async (ctx) => {
+      await deps.access.admin(authorization(ctx));
+      return jsonReply(200, await deps.admin.purgeCache(), NO_STORE);
+    }),
+  );
+
   const notFound = route('not_found', async (ctx) => {
     const known = [
       '/status',
@@ -201,6 +209,7 @@ export const makeStatusHandler = (deps: StatusDeps, obs: { logger?: Logger; metr
       '/admin/resume',
       '/admin/drain',
       '/admin/usage',
+      '/admin/cache',
     ];
     const path = new URL(ctx.req.url).pathname;
     if (known.includes(path)) {
@@ -267,6 +276,7 @@ export const buildStatusDeps = (processEnv: Record<string, string | undefined> =
       tickets: stores.tickets,
       retreat: stores.retreat,
       clock,
+      ...(stores.responseCache ? { cache: stores.responseCache } : {}),
     }),
     readiness: new Readiness({
       dynamodb: async () => {

@@ -6,6 +6,7 @@ import {
   type PriorityPolicy,
   parseWeights,
 } from './priority-policy.js';
+import { CACHE_MAX_TTL_S, CACHE_SCOPES, type CacheScope } from './response-cache.js';
 
 export const QUEUE_FULL_POLICIES = ['reject', 'drop_lowest', 'passthrough'] as const;
 export type QueueFullPolicy = (typeof QUEUE_FULL_POLICIES)[number];
@@ -115,6 +116,13 @@ export interface GatewayConfig {
    * holds the key — every agent, through the gateway — so they stay out unless listed.
    */
   forwardPaths: readonly string[];
+  /**
+   * Response cache default TTL for requests without `X-Sluice-Cache` (an agent key's own `cache_ttl_s` wins);
+   * 0 = off. Sampled requests (`n > 1`, nonzero `temperature`) are cached only by the header. @default 0
+   */
+  cacheTtlMs: number;
+  /** Who shares cached answers: every agent of the deployment, or each agent only its own. @default 'deployment' */
+  cacheScope: CacheScope;
 }
 
 /** The OpenAI model endpoints: all an agent needs of a shared key. */
@@ -166,6 +174,8 @@ export const DEFAULT_CONFIG: Readonly<GatewayConfig> = Object.freeze({
   retreatProbeGrowth: 0.2,
   retreatProbeHoldFactor: 1.5,
   forwardPaths: DEFAULT_FORWARD_PATHS,
+  cacheTtlMs: 0,
+  cacheScope: 'deployment',
 });
 
 type FieldKind = 'int' | 'number' | 'bool' | 'enum' | 'weights' | 'list';
@@ -383,6 +393,20 @@ export const CONFIG_FIELDS: { readonly [K in keyof GatewayConfig]: FieldSpec } =
     min: 0,
     max: 32,
     doc: 'paths below /v1/ forwarded upstream (comma-separated; `x/*` covers below x); others 404',
+  },
+  cacheTtlMs: {
+    kind: 'int',
+    env: 'SLUICE_CACHE_TTL_S',
+    min: 0,
+    max: CACHE_MAX_TTL_S * 1000,
+    seconds: true,
+    doc: 'response cache TTL for requests without X-Sluice-Cache (0 = off; see Response cache)',
+  },
+  cacheScope: {
+    kind: 'enum',
+    env: 'SLUICE_CACHE_SCOPE',
+    values: CACHE_SCOPES,
+    doc: 'who shares cached answers: the whole deployment, or each agent alone',
   },
 };
 

@@ -4,6 +4,7 @@ import type { Clock } from './clock.js';
 import { ValidationError } from './errors.js';
 import type { AgentKey, KeyStore } from './ports.js';
 import { isPriority, type Priority } from './priority.js';
+import { CACHE_MAX_TTL_S } from './response-cache.js';
 
 export const AGENT_NAME = /^[A-Za-z0-9._-]{1,64}$/;
 
@@ -37,12 +38,16 @@ export class KeyAdmin {
     private readonly random: (n: number) => Uint8Array,
   ) {}
 
-  /** Issues a key for `agent`; returns the key (print it once) and the stored record. */
+  /**
+   * Issues a key for `agent`; returns the key (print it once) and the stored record.
+   * @param cache.ttlS the agent's own response cache default (s), over the config's `cache_ttl_s`; 0 = off
+   */
   async create(
     agent: string,
     maxPriority: string = 'normal',
     quota: { rpm?: number; share?: number } = {},
     budget: KeyBudget = {},
+    cache: { ttlS?: number } = {},
   ): Promise<{ key: string; record: AgentKey }> {
     if (!AGENT_NAME.test(agent)) throw new ValidationError('agent must be 1-64 of [A-Za-z0-9._-]', 'agent');
     if (!isPriority(maxPriority)) {
@@ -54,6 +59,15 @@ export class KeyAdmin {
       throw new ValidationError('quota share must be in (0, 1]', 'quota-share');
     }
     checkBudget(budget);
+    if (
+      cache.ttlS !== undefined &&
+      !(Number.isInteger(cache.ttlS) && cache.ttlS >= 0 && cache.ttlS <= CACHE_MAX_TTL_S)
+    ) {
+      throw new ValidationError(
+        `cache ttl must be whole seconds from 0 to ${CACHE_MAX_TTL_S}`,
+        'cache-ttl-s',
+      );
+    }
     const key = formatKey(this.random(32));
     const record: AgentKey = {
       keyHash: hashKey(key),
@@ -65,6 +79,7 @@ export class KeyAdmin {
       ...(quota.share !== undefined ? { quotaShare: quota.share } : {}),
       ...(budget.budgetRequestsDay ? { budgetRequestsDay: budget.budgetRequestsDay } : {}),
       ...(budget.budgetTokensDay ? { budgetTokensDay: budget.budgetTokensDay } : {}),
+      ...(cache.ttlS !== undefined ? { cacheTtlS: cache.ttlS } : {}),
     };
     await this.store.put(record);
     return { key, record };
@@ -95,6 +110,7 @@ export class KeyAdmin {
         ...(newest.budgetRequestsDay !== undefined ? { budgetRequestsDay: newest.budgetRequestsDay } : {}),
         ...(newest.budgetTokensDay !== undefined ? { budgetTokensDay: newest.budgetTokensDay } : {}),
       },
+      newest.cacheTtlS !== undefined ? { ttlS: newest.cacheTtlS } : {},
     );
     for (const k of current) await this.store.setExpiry(k.keyHash, now + overlapMs);
     return { ...issued, expiring: current.length };

@@ -4,7 +4,11 @@ import { PRIORITIES, type Priority } from './priority.js';
 export const SLOT_MS = 10_000;
 export const slotOf = (t: number): number => Math.floor(t / SLOT_MS) * SLOT_MS;
 
-/** Counted events. Upstream outcomes (ok/throttled/capacity/upstreamError) feed retreat; the rest the dashboard. */
+/**
+ * Counted events. Upstream outcomes (ok/throttled/capacity/upstreamError) feed retreat; the rest the dashboard.
+ * The response cache's: requests answered from it and those that fetched for it, with the bytes and upstream
+ * tokens the hits saved.
+ */
 export const COUNTERS = [
   'granted',
   'ok',
@@ -16,6 +20,10 @@ export const COUNTERS = [
   'expired',
   'dropped',
   'requeued',
+  'cacheHit',
+  'cacheMiss',
+  'cacheBytesSaved',
+  'cacheTokensSaved',
 ] as const;
 export type CounterName = (typeof COUNTERS)[number];
 

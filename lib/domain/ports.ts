@@ -4,6 +4,7 @@ import type { GatewayConfig } from './config.js';
 import type { BucketParams, BucketState, ConsumeAttempt } from './gcra.js';
 import type { OutcomeEvent, SlotCounters } from './outcomes.js';
 import type { Priority } from './priority.js';
+import type { CachedAnswer } from './response-cache.js';
 import type { RetreatRecord } from './retreat.js';
 import type { Ticket, TicketMessage, TicketPatch, TicketStatus } from './tickets.js';
 
@@ -255,6 +256,8 @@ export interface AgentKey {
   /** Daily budgets (UTC day, shared by the agent's keys): requests admitted and answer tokens. */
   budgetRequestsDay?: number;
   budgetTokensDay?: number;
+  /** This agent's response cache default TTL (s), over the config's `cache_ttl_s`; 0 = off for this agent. */
+  cacheTtlS?: number;
 }
 
 export interface KeyStore {
@@ -323,4 +326,32 @@ export interface TicketQueue {
 /** Asynchronous invoke of the dispatcher (the doorbell's second half). */
 export interface DispatcherInvoker {
   wake(): Promise<void>;
+}
+
+/** A cache entry as stored: an answer, or a pending mark held by the request that is fetching it. */
+export type CacheEntry =
+  | ({ kind: 'answer' } & CachedAnswer)
+  | { kind: 'pending'; owner: string; until: number };
+
+/**
+ * The response cache (lib/domain/response-cache.ts). Keys already carry their scope. Expired entries may still be
+ * stored (TTL deletes late): readers judge `expiresAt` / `until` themselves.
+ */
+export interface ResponseCacheStore {
+  get(key: string): Promise<CacheEntry | undefined>;
+  /**
+   * Marks the key pending for `owner` until `until`, only when it holds nothing live (no answer before its
+   * expiry, no other owner's mark before its `until`). The Idempotency-Key mapping's conditional put, for answers.
+   * @returns true when this owner holds the mark; otherwise the entry that refused it
+   */
+  claim(key: string, owner: string, until: number, now: number): Promise<true | CacheEntry | undefined>;
+  /**
+   * Stores an answer (replacing any mark).
+   * @returns 'too_large' (nothing written) when it does not fit the store's item limit
+   */
+  put(key: string, answer: CachedAnswer): Promise<'stored' | 'too_large'>;
+  /** Ends `owner`'s pending mark (the call gave no answer to store) so waiters stop waiting. */
+  release(key: string, owner: string, now: number): Promise<void>;
+  /** Deletes every entry; returns how many. */
+  purge(): Promise<number>;
 }

@@ -14,7 +14,7 @@ export interface IndexDef {
 
 export interface TableDef {
   /** Logical id; the physical name is `${prefix}-${id}` locally and CDK-generated in AWS. */
-  id: 'state' | 'tickets' | 'keys';
+  id: 'state' | 'tickets' | 'keys' | 'cache';
   partitionKey: AttributeDef;
   sortKey?: AttributeDef;
   ttlAttribute?: string;
@@ -51,7 +51,18 @@ export const KEYS_TABLE: TableDef = {
   indexes: [],
 };
 
-export const TABLES: readonly TableDef[] = [STATE_TABLE, TICKETS_TABLE, KEYS_TABLE];
+/**
+ * The response cache (lib/domain/response-cache.ts): one item per `<scope>#<hash>` key, an answer (gzip) or a
+ * pending mark; `expiresAt` (seconds) lets DynamoDB delete expired ones, readers judge exact expiry themselves.
+ */
+export const CACHE_TABLE: TableDef = {
+  id: 'cache',
+  partitionKey: { name: 'key', type: 'S' },
+  ttlAttribute: 'expiresAt',
+  indexes: [],
+};
+
+export const TABLES: readonly TableDef[] = [STATE_TABLE, TICKETS_TABLE, KEYS_TABLE, CACHE_TABLE];
 
 export interface QueueDef {
   priority: Priority;
@@ -84,6 +95,7 @@ export interface ResourceNames {
   stateTable: string;
   ticketsTable: string;
   keysTable: string;
+  cacheTable: string;
   queueUrls: Record<Priority, string>;
 }
 

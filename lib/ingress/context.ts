@@ -37,4 +37,13 @@ export interface RequestContext {
   /** Headers every reply of this request carries (request id, priority). */
   headers: Record<string, string>;
   channel: ReplyChannel;
+  /** Takes the complete answer of a 2xx call before the agent gets its end (the response cache's miss). */
+  answerSink?: AnswerSink;
+}
+
+/** Where a relayed answer goes besides the agent: called once per complete, unbroken answer, before it ends. */
+export interface AnswerSink {
+  /** Streams longer than this are not captured (nothing is passed). */
+  maxBytes: number;
+  answer(answer: { status: number; sse: boolean; text: string }): Promise<void>;
 }

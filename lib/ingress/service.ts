@@ -5,6 +5,7 @@ import { budgetOf } from '../domain/agent-budget.js';
 import type { KeyAuthenticator } from '../domain/auth.js';
 import type { TokenBucket } from '../domain/bucket.js';
 import type { Clock } from '../domain/clock.js';
+import { nonStreamingWaitCapMs } from '../domain/config.js';
 import type { ConfigService } from '../domain/config-service.js';
 import {
   GatewayError,
@@ -33,6 +34,7 @@ import {
   requestPriority,
   withModel,
 } from './request.js';
+import type { CacheFront, ResponseCache } from './response-cache.js';
 import { formatReset } from './upstream-http.js';
 import { UpstreamRelay } from './upstream-relay.js';
 
@@ -64,6 +66,8 @@ export interface IngressDeps {
   };
   /** Largest body accepted. @default 6 MiB (Lambda's request payload limit) */
   maxBodyBytes?: number;
+  /** The response cache; none = requests that opt in are served uncached. */
+  cache?: ResponseCache;
 }
 
 /** Time kept free at the end of the function for recording the outcome. */
@@ -158,6 +162,55 @@ export class IngressService {
     if (config.draining) {
       throw new UnavailableError('The gateway is draining for maintenance; retry later.', 60_000, 'draining');
     }
+    const cache = await this.cacheFront(ctx, key, body, route.model);
+    if (cache?.kind === 'hit') return cache.reply;
+    try {
+      return await this.admitAndServe(ctx, key, body, route, idemKey, cache, isModels);
+    } catch (err) {
+      await cache?.done();
+      throw err;
+    }
+  }
+
+  /**
+   * The response cache before admission (no ticket for a hit). A miss fetches for itself and for identical requests
+   * that wait on it meanwhile, at most as long as a non-streaming request may wait (they send nothing meanwhile).
+   */
+  private async cacheFront(
+    ctx: RequestContext,
+    key: AgentKey,
+    body: ParsedBody | undefined,
+    model: string,
+  ): Promise<Extract<CacheFront, { kind: 'miss' | 'hit' }> | undefined> {
+    if (!this.d.cache || !body) return undefined;
+    const { config, req } = ctx;
+    const now = this.d.clock.now();
+    const callMs = config.requestTimeoutMs + FUNCTION_MARGIN_MS;
+    const waitCap = ctx.stream ? config.streamMaxWaitMs : config.maxWaitMs;
+    const front = await this.d.cache.front(ctx, {
+      agent: key.agent,
+      keyTtlS: key.cacheTtlS,
+      body: body.json,
+      model,
+      waitUntil: now + Math.max(0, Math.min(nonStreamingWaitCapMs(config), req.remainingMs - callMs)),
+      holdUntil: now + Math.max(0, Math.min(req.remainingMs, waitCap + callMs)),
+    });
+    if (front.kind === 'bypass') return undefined;
+    if (front.kind === 'miss') ctx.answerSink = front.sink;
+    return front;
+  }
+
+  /** Admission and the ticket's service; the reply as soon as it starts. */
+  private async admitAndServe(
+    ctx: RequestContext,
+    key: AgentKey,
+    body: ParsedBody | undefined,
+    route: { upstream: UpstreamDef },
+    idemKey: string | undefined,
+    cache: Extract<CacheFront, { kind: 'miss' }> | undefined,
+    isModels: boolean,
+  ): Promise<HttpReply> {
+    const { req, config, priority, headers } = ctx;
     // The key is resolved (and cached) before admission: a gateway that cannot call spends no token.
     await this.d.upstreamKey(route.upstream);
     const now = this.d.clock.now();
@@ -179,19 +232,21 @@ export class IngressService {
       },
       config,
     );
-    const served = this.serveTicket(ctx, admitted).catch((err: unknown) => {
-      const storeDown = err instanceof StoreUnavailableError;
-      this.d.log[storeDown ? 'warn' : 'error']('ticket handling failed', {
-        error: (err as Error).message,
-        ...(storeDown ? {} : { stack: (err as Error).stack }),
-      });
-      void ctx.channel.fail(
-        storeDown
-          ? asGatewayError(err)
-          : new UnavailableError('The gateway failed while handling the request.', 1_000, 'internal_error'),
-        headers,
-      );
-    });
+    const served = this.serveTicket(ctx, admitted)
+      .catch((err: unknown) => {
+        const storeDown = err instanceof StoreUnavailableError;
+        this.d.log[storeDown ? 'warn' : 'error']('ticket handling failed', {
+          error: (err as Error).message,
+          ...(storeDown ? {} : { stack: (err as Error).stack }),
+        });
+        void ctx.channel.fail(
+          storeDown
+            ? asGatewayError(err)
+            : new UnavailableError('The gateway failed while handling the request.', 1_000, 'internal_error'),
+          headers,
+        );
+      })
+      .finally(() => cache?.done());
     req.waitUntil?.(served);
     const reply = await ctx.channel.reply;
     if (isModels && reply.status === 200 && typeof reply.body === 'string')

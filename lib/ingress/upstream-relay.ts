@@ -281,10 +281,14 @@ export class UpstreamRelay {
           new UpstreamError(502, 'Upstream connection broke during the answer.', 'upstream_cut'),
           call.headers,
         );
-      } else if (!channel.committed) channel.finish({ status: res.status, headers: out, body: text });
-      else {
-        await channel.write(text);
-        await channel.end();
+      } else {
+        // Stored (a response cache miss) before the agent has it: the function may be frozen after that.
+        await call.ctx.answerSink?.answer({ status: res.status, sse: false, text });
+        if (!channel.committed) channel.finish({ status: res.status, headers: out, body: text });
+        else {
+          await channel.write(text);
+          await channel.end();
+        }
       }
       await recorded();
       return 'done';
@@ -292,12 +296,21 @@ export class UpstreamRelay {
     channel.commit(res.status, out);
     const watcher = new SseWatcher();
     const reader = res.body?.getReader();
+    // The response cache's miss keeps the stream's text (bounded) to store the answer it stands for.
+    const sink = call.ctx.answerSink;
+    let captured: Uint8Array[] | undefined = sink ? [] : undefined;
+    let capturedBytes = 0;
     try {
       for (;;) {
         if (!reader) break;
         const { value, done } = await reader.read();
         if (done) break;
         watcher.push(value);
+        if (sink && captured) {
+          capturedBytes += value.byteLength;
+          if (capturedBytes > sink.maxBytes) captured = undefined;
+          else captured.push(value);
+        }
         await channel.write(value);
         if (channel.cancelled.signal.aborted) {
           failure = 'client_disconnected';
@@ -319,6 +332,9 @@ export class UpstreamRelay {
     // The stream ends first; the outcome is written before the invocation ends (see IngressRequest.waitUntil).
     await channel.end();
     await recordEnd(watcher.usage);
+    // A whole stream is stored for the cache (and the misses waiting on it) after the agent has it.
+    if (!failure && watcher.done && captured && sink)
+      await sink.answer({ status: res.status, sse: true, text: Buffer.concat(captured).toString('utf8') });
     return 'done';
   }
 

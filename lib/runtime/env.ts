@@ -8,6 +8,8 @@ export interface RuntimeEnv {
   stateTable: string;
   ticketsTable: string;
   keysTable: string;
+  /** The response cache's table; unset = no response cache (requests that opt in are served uncached). */
+  cacheTable?: string;
   queueUrls: Record<Priority, string>;
   /** Local emulator endpoints (unset in AWS). */
   dynamoEndpoint?: string;
@@ -83,6 +85,7 @@ export const readRuntimeEnv = (env: Record<string, string | undefined>): Runtime
     stateTable: need(env, 'SLUICE_STATE_TABLE'),
     ticketsTable: need(env, 'SLUICE_TICKETS_TABLE'),
     keysTable: need(env, 'SLUICE_KEYS_TABLE'),
+    ...(env.SLUICE_CACHE_TABLE ? { cacheTable: env.SLUICE_CACHE_TABLE } : {}),
     queueUrls,
     ...(env.SLUICE_DYNAMODB_ENDPOINT ? { dynamoEndpoint: env.SLUICE_DYNAMODB_ENDPOINT } : {}),
     ...(env.SLUICE_SQS_ENDPOINT ? { sqsEndpoint: env.SLUICE_SQS_ENDPOINT } : {}),

@@ -10,6 +10,7 @@ import { DynamoConfigStore } from '../adapters/dynamo/config-store.js';
 import { DynamoKeyStore } from '../adapters/dynamo/key-store.js';
 import { DynamoLeaseStore } from '../adapters/dynamo/lease-store.js';
 import { DynamoOutcomeStore } from '../adapters/dynamo/outcome-store.js';
+import { DynamoResponseCacheStore } from '../adapters/dynamo/response-cache-store.js';
 import { DynamoRetreatStore } from '../adapters/dynamo/retreat-store.js';
 import { DynamoTicketStore } from '../adapters/dynamo/ticket-store.js';
 import { DynamoUsageStore } from '../adapters/dynamo/usage-store.js';
@@ -112,6 +113,7 @@ export const makeStores = (
     keys: new DynamoKeyStore(clients.dynamo, env.keysTable),
     usage: new DynamoUsageStore(clients.dynamo, env.stateTable),
     budgets: new DynamoBudgetStore(clients.dynamo, env.stateTable),
+    responseCache: env.cacheTable ? new DynamoResponseCacheStore(clients.dynamo, env.cacheTable) : undefined,
     configStore,
     config: new ConfigService(configStore, clock, defaults),
     retreat: new RetreatController({ retreat: retreatStore, outcomes, bucket, clock }),

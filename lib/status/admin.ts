@@ -3,8 +3,15 @@ import { budgetDay, budgetRemaining, budgetResetAt } from '../domain/agent-budge
 import type { Clock } from '../domain/clock.js';
 import { type ExternalConfigValue, externalConfig, type GatewayConfig } from '../domain/config.js';
 import type { ConfigService } from '../domain/config-service.js';
-import { ValidationError } from '../domain/errors.js';
-import type { AgentUsage, BudgetStore, ConfigStore, TicketStore, UsageStore } from '../domain/ports.js';
+import { NotFoundError, ValidationError } from '../domain/errors.js';
+import type {
+  AgentUsage,
+  BudgetStore,
+  ConfigStore,
+  ResponseCacheStore,
+  TicketStore,
+  UsageStore,
+} from '../domain/ports.js';
 import type { RetreatController } from '../domain/retreat-controller.js';
 import {
   type ConfigChangeView,
@@ -76,6 +83,15 @@ export interface AdminDeps {
   budgets?: Pick<BudgetStore, 'day'>;
   retreat: Pick<RetreatController, 'reset'>;
   clock: Clock;
+  /** The response cache; none when the deployment has no cache table. */
+  cache?: Pick<ResponseCacheStore, 'purge'>;
+}
+
+/** What `DELETE /admin/cache` answers. */
+export interface CachePurgeView {
+  at: number;
+  /** Entries deleted (answers and pending marks). */
+  deleted: number;
 }
 
 export class AdminService {
@@ -168,6 +184,17 @@ export class AdminService {
       .sort((a, b) => b.queued - a.queued)
       .slice(0, limit);
     return { at: now, hour: hour.slice(0, limit), day: day.slice(0, limit), queued, budgets };
+  }
+
+  /**
+   * Empties the response cache. An answer whose upstream call was running meanwhile may still be stored after
+   * this returns (it was asked before the purge).
+   * @throws NotFoundError when the deployment has no response cache
+   */
+  async purgeCache(): Promise<CachePurgeView> {
+    if (!this.d.cache) throw new NotFoundError('This deployment has no response cache.');
+    const deleted = await this.d.cache.purge();
+    return { at: this.d.clock.now(), deleted };
   }
 
   /** Back to the base rate now (seed `reset_to_base`); the bucket follows at once. */

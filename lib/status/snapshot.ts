@@ -110,6 +110,19 @@ export interface StatusSnapshot {
     /** Sums over the window; `requests` = granted − requeued + refused + expired + dropped + abandoned. */
     totals: Record<CounterName, number> & { requests: number };
   };
+  /**
+   * The response cache over the throughput window: requests answered from it (no token, no upstream call), those
+   * that fetched an answer for it, and what the hits saved (bytes sent, upstream tokens by the stored usage).
+   */
+  cache: {
+    windowMs: number;
+    hits: number;
+    misses: number;
+    /** hits / (hits + misses), 0 without either. */
+    hitRate: number;
+    bytesSaved: number;
+    tokensSaved: number;
+  };
   latency: {
     windowMs: number;
     queueWait: Record<Priority, PercentileView>;
@@ -281,6 +294,14 @@ export class SnapshotBuilder {
           requests:
             sums.granted - sums.requeued + sums.refused + sums.expired + sums.dropped + sums.abandoned,
         },
+      },
+      cache: {
+        windowMs: THROUGHPUT_WINDOW_MS,
+        hits: sums.cacheHit,
+        misses: sums.cacheMiss,
+        hitRate: round(sums.cacheHit / Math.max(1, sums.cacheHit + sums.cacheMiss), 4),
+        bytesSaved: sums.cacheBytesSaved,
+        tokensSaved: sums.cacheTokensSaved,
       },
       latency: {
         windowMs: THROUGHPUT_WINDOW_MS,

@@ -8,6 +8,8 @@ import { flatten, logicalId, permissionsOf, sluice } from './stack.js';
 const READ = ['dynamodb:ConditionCheckItem', 'dynamodb:DescribeTable', 'dynamodb:GetItem', 'dynamodb:Query'];
 const READ_TOUCH = [...READ, 'dynamodb:UpdateItem'].sort();
 const READ_WRITE = [...READ, 'dynamodb:PutItem', 'dynamodb:UpdateItem'].sort();
+// The one exception: the status function may list and batch-delete the response cache (DELETE /admin/cache).
+const PURGE = ['dynamodb:BatchWriteItem', 'dynamodb:Scan'];
 const SECRET_READ = ['secretsmanager:DescribeSecret', 'secretsmanager:GetSecretValue'];
 const XRAY = ['xray:PutTelemetryRecords', 'xray:PutTraceSegments'];
 const LOG_WRITE = ['logs:CreateLogStream', 'logs:PutLogEvents'];
@@ -26,13 +28,14 @@ const basics = (fn: SluiceFunction): Record<string, string[]> => ({
 });
 
 describe('function permissions, exactly', () => {
-  it('ingress: state and tickets items (with the phase index), keys read and touched, send to the queues, upstream key, doorbell', () => {
+  it('ingress: state and tickets items (with the phase index), keys read and touched, cache items, send to the queues, upstream key, doorbell', () => {
     expect(permissions(stack.ingress.fn)).toEqual({
       ...basics(stack.ingress.fn),
       [arn(tables.state)]: READ_WRITE,
       [arn(tables.tickets)]: READ_WRITE,
       [ticketsIndex]: READ_WRITE,
       [arn(tables.keys)]: READ_TOUCH,
+      [arn(tables.cache)]: READ_WRITE,
       ...queues(['sqs:GetQueueAttributes', 'sqs:GetQueueUrl', 'sqs:SendMessage']),
       [ref(stack.secrets.upstreamKey)]: SECRET_READ,
       [arn(stack.dispatcher.fn)]: ['lambda:InvokeFunction'],
@@ -58,13 +61,14 @@ describe('function permissions, exactly', () => {
     });
   });
 
-  it('status: state items, tickets read, keys read and touched, queue depth only, the tokens (no upstream key)', () => {
+  it('status: state items, tickets read, keys read and touched, cache emptied only, queue depth only, the tokens (no upstream key)', () => {
     expect(permissions(stack.status.fn)).toEqual({
       ...basics(stack.status.fn),
       [arn(tables.state)]: READ_WRITE,
       [arn(tables.tickets)]: READ,
       [ticketsIndex]: READ,
       [arn(tables.keys)]: READ_TOUCH,
+      [arn(tables.cache)]: PURGE,
       ...queues(['sqs:GetQueueAttributes']),
       [ref(stack.secrets.adminToken)]: SECRET_READ,
       [ref(stack.secrets.viewerToken)]: SECRET_READ,

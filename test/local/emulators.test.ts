@@ -72,6 +72,7 @@ describe('DynamoDB Local', () => {
       state: res.names.stateTable,
       tickets: res.names.ticketsTable,
       keys: res.names.keysTable,
+      cache: res.names.cacheTable,
     };
     for (const def of TABLES) {
       expect(physical[def.id]).toBe(`${res.prefix}-${def.id}`);
@@ -105,6 +106,7 @@ describe('DynamoDB Local', () => {
       stateTable: res.names.stateTable,
       ticketsTable: res.names.ticketsTable,
       keysTable: res.names.keysTable,
+      cacheTable: res.names.cacheTable,
     });
     await expect(createQueues(res.sqs, res.prefix)).resolves.toEqual({
       queueUrls: res.names.queueUrls,
