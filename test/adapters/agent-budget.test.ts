@@ -224,3 +224,21 @@ describe('/admin/usage', () => {
     expect((await admin.usage(1000)).budgets.some((b) => b.agent === `${agent}-free`)).toBe(false);
   });
 });
+
+describe('budgets on the key record', () => {
+  it('setBudget sets, leaves and clears (REMOVE) each field; an unknown key is a conflict', async () => {
+    const keyHash = `hash-${newAgent()}`;
+    await sys.stores.keys.put({ keyHash, agent: 'k', maxPriority: 'normal', enabled: true, createdAt: 1 });
+
+    await sys.stores.keys.setBudget(keyHash, { budgetRequestsDay: 10, budgetTokensDay: 500 });
+    expect(await sys.stores.keys.get(keyHash)).toMatchObject({ budgetRequestsDay: 10, budgetTokensDay: 500 });
+    await sys.stores.keys.setBudget(keyHash, { budgetTokensDay: null });
+    const after = await sys.stores.keys.get(keyHash);
+    expect(after).toMatchObject({ budgetRequestsDay: 10 });
+    expect(after).not.toHaveProperty('budgetTokensDay');
+
+    await expect(sys.stores.keys.setBudget(`${keyHash}-none`, { budgetRequestsDay: 1 })).rejects.toThrow(
+      /no such key/,
+    );
+  });
+});
