@@ -115,6 +115,8 @@ export class ConfigService {
         updatedBy: by,
       };
       if (await this.store.put(value, prev.version === 0 ? undefined : prev.version, changes)) {
+        // A background refresh that started during the put may have read the old value: it must not win.
+        this.generation++;
         this.cached = { value, at: now };
         return { value, changes };
       }

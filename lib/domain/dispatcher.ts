@@ -412,10 +412,8 @@ export class Dispatcher {
       if (quota) quota.bucket.spent(quota.attempt);
       summary.granted++;
       if (slot > now) summary.reserved++;
-      this.outcomes.record(now, {
-        counts: { granted: 1 },
-        latencies: [{ name: 'queueWait', priority: msg.priority, ms: slot - msg.enqueuedAt }],
-      });
+      // The queue wait is recorded by the ingress for the grant it calls (a requeued ticket is granted twice).
+      this.outcomes.record(now, { counts: { granted: 1 } });
       this.finishMessage(m);
     } else if (res.kind === 'bucket_conflict') {
       bucket.conflicted(res.current);
@@ -503,10 +501,7 @@ export class Dispatcher {
       for (const m of chosen) {
         this.drr = chargePriority(this.drr, m.message.priority);
         summary.granted++;
-        this.outcomes.record(now, {
-          counts: { granted: 1 },
-          latencies: [{ name: 'queueWait', priority: m.message.priority, ms: now - m.message.enqueuedAt }],
-        });
+        this.outcomes.record(now, { counts: { granted: 1 } });
         this.finishMessage(m);
       }
     } else if (res.kind === 'ticket_conflict') {

@@ -344,8 +344,8 @@ export class UpstreamRelay {
   }
 
   /**
-   * The outcome slot's counter and upstream latency, with a fast-path grant not yet counted (best effort: a
-   * lost count never fails the request).
+   * The outcome slot's counter, the upstream latency and the queue wait, with a fast-path grant not yet counted
+   * (best effort: a lost count never fails the request).
    */
   private async count(call: Call, outcome: Outcome): Promise<void> {
     const { count } = OUTCOMES[outcome];
@@ -354,6 +354,8 @@ export class UpstreamRelay {
     const grant = call.grantUncounted;
     call.grantUncounted = false;
     const now = this.d.clock.now();
+    // The wait before the grant that was called: once per call, however often the ticket was granted before.
+    const queueWaitMs = grant ? 0 : Math.max(0, (ticket.grantedAt ?? ticket.enqueuedAt) - ticket.enqueuedAt);
     await this.d.outcomes
       .record(now, {
         counts: { ...(count !== undefined ? { [count]: 1 } : {}), ...(grant ? { granted: 1 } : {}) },
@@ -361,7 +363,7 @@ export class UpstreamRelay {
           ...(count !== undefined
             ? [{ name: 'upstream' as const, priority: ticket.priority, ms: now - call.started }]
             : []),
-          ...(grant ? [{ name: 'queueWait' as const, priority: ticket.priority, ms: 0 }] : []),
+          { name: 'queueWait' as const, priority: ticket.priority, ms: queueWaitMs },
         ],
       })
       .catch(() => undefined);

@@ -156,4 +156,28 @@ describe('config cache', () => {
     await new Promise((r) => setImmediate(r));
     expect((await config.config()).paused).toBe(true);
   });
+
+  it('an update wins over a background read that started while its write was on the way', async () => {
+    const store = countingStore();
+    const clock = new FakeClock(0);
+    const config = new ConfigService(store, clock, DEFAULT_CONFIG);
+    let writing: (() => void) | undefined;
+    store.put = async () => {
+      // The write is slow: meanwhile a request late in the cache's life starts a refresh that reads the old value.
+      await new Promise<void>((r) => {
+        writing = r;
+      });
+      return true;
+    };
+    const update = config.update({ paused: true }, 'admin');
+    while (!writing) await new Promise((r) => setImmediate(r));
+    clock.advance(CONFIG_CACHE_MS - 100);
+    store.hold = true;
+    await config.config();
+    writing();
+    await update;
+    store.release();
+    await new Promise((r) => setImmediate(r));
+    expect((await config.config()).paused).toBe(true);
+  });
 });
