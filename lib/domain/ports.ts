@@ -331,7 +331,8 @@ export interface DispatcherInvoker {
 /** A cache entry as stored: an answer, or a pending mark held by the request that is fetching it. */
 export type CacheEntry =
   | ({ kind: 'answer' } & CachedAnswer)
-  | { kind: 'pending'; owner: string; until: number };
+  /** `rank`: the holder's priority rank (0 = urgent); a more important request does not wait behind it. */
+  | { kind: 'pending'; owner: string; until: number; rank: number };
 
 /**
  * The response cache (lib/domain/response-cache.ts). Keys already carry their scope. Expired entries may still be
@@ -344,7 +345,13 @@ export interface ResponseCacheStore {
    * expiry, no other owner's mark before its `until`). The Idempotency-Key mapping's conditional put, for answers.
    * @returns true when this owner holds the mark; otherwise the entry that refused it
    */
-  claim(key: string, owner: string, until: number, now: number): Promise<true | CacheEntry | undefined>;
+  claim(
+    key: string,
+    owner: string,
+    until: number,
+    now: number,
+    rank: number,
+  ): Promise<true | CacheEntry | undefined>;
   /**
    * Stores an answer (replacing any mark).
    * @returns 'too_large' (nothing written) when it does not fit the store's item limit

@@ -4,6 +4,7 @@ import type { Clock } from '../domain/clock.js';
 import { StoreUnavailableError } from '../domain/errors.js';
 import type { CounterName } from '../domain/outcomes.js';
 import type { CacheEntry, OutcomeStore, ResponseCacheStore } from '../domain/ports.js';
+import { priorityRank } from '../domain/priority.js';
 import {
   ageSeconds,
   answerAsSse,
@@ -85,8 +86,11 @@ export class ResponseCache {
       body: lookup.body,
     });
     const owner = ctx.req.requestId;
+    const rank = priorityRank(ctx.priority);
     const { store, clock } = this.d;
     const signal = AbortSignal.any([ctx.req.signal, ctx.channel.cancelled.signal]);
+    /** Whether this request holds the key's mark (else it fetches unmarked: it stores, nobody waits on it). */
+    let marked = true;
     try {
       let entry: CacheEntry | undefined = await store.get(key);
       let pause = WAIT_MIN_MS;
@@ -99,6 +103,12 @@ export class ResponseCache {
           return reply ? { kind: 'hit', reply } : this.bypass(ctx);
         }
         if (entry?.kind === 'pending' && entry.until > now && entry.owner !== owner) {
+          // A less important request's fetch waits its turn in the queue: never wait behind it (a priority
+          // inversion); fetch at this priority and store the answer for everyone.
+          if (entry.rank > rank) {
+            marked = false;
+            break;
+          }
           if (now >= lookup.waitUntil || signal.aborted) return this.bypass(ctx);
           if (!waited) this.d.telemetry?.cache('coalesced');
           waited = true;
@@ -107,7 +117,7 @@ export class ResponseCache {
           entry = await store.get(key);
           continue;
         }
-        const claim = await store.claim(key, owner, lookup.holdUntil, now);
+        const claim = await store.claim(key, owner, lookup.holdUntil, now, rank);
         if (claim === true) break;
         // Another request marked it first (or stored an answer) meanwhile: judge what it holds.
         entry = claim;
@@ -147,7 +157,7 @@ export class ResponseCache {
     };
     const done = async () => {
       // No answer stored (an error, a cut stream, a refusal): waiters stop waiting and fetch it themselves.
-      if (!stored) await store.release(key, owner, clock.now()).catch(() => undefined);
+      if (!stored && marked) await store.release(key, owner, clock.now()).catch(() => undefined);
     };
     return { kind: 'miss', sink, done };
   }

@@ -39,19 +39,19 @@ describe.each(stores)('%s response cache store', (_name, make) => {
     ],
     [
       'another request’s live mark',
-      async (s, k) => void (await s.claim(k, 'other', NOW + 60_000, NOW)),
+      async (s, k) => void (await s.claim(k, 'other', NOW + 60_000, NOW, 2)),
       'pending',
     ],
     [
       'another request’s expired mark',
-      async (s, k) => void (await s.claim(k, 'other', NOW - 1, NOW - 10)),
+      async (s, k) => void (await s.claim(k, 'other', NOW - 1, NOW - 10, 2)),
       true,
     ],
-    ['its own mark', async (s, k) => void (await s.claim(k, 'me', NOW + 60_000, NOW)), true],
+    ['its own mark', async (s, k) => void (await s.claim(k, 'me', NOW + 60_000, NOW, 2)), true],
     [
       'a released mark',
       async (s, k) => {
-        await s.claim(k, 'other', NOW + 60_000, NOW);
+        await s.claim(k, 'other', NOW + 60_000, NOW, 2);
         await s.release(k, 'other', NOW);
       },
       true,
@@ -60,17 +60,17 @@ describe.each(stores)('%s response cache store', (_name, make) => {
     const store = make();
     const k = key();
     await setup(store, k);
-    const got = await store.claim(k, 'me', NOW + 30_000, NOW);
+    const got = await store.claim(k, 'me', NOW + 30_000, NOW, 2);
     if (expected === true) {
       expect(got).toBe(true);
-      expect(await store.get(k)).toEqual({ kind: 'pending', owner: 'me', until: NOW + 30_000 });
+      expect(await store.get(k)).toEqual({ kind: 'pending', owner: 'me', until: NOW + 30_000, rank: 2 });
     } else expect(got === true ? 'claimed' : got?.kind).toBe(expected);
   });
 
   it('stores an answer over its mark and reads it back whole', async () => {
     const store = make();
     const k = key();
-    await store.claim(k, 'me', NOW + 30_000, NOW);
+    await store.claim(k, 'me', NOW + 30_000, NOW, 2);
     const body = JSON.stringify({
       object: 'chat.completion',
       choices: [{ message: { content: 'é✓'.repeat(5_000) } }],
@@ -82,7 +82,7 @@ describe.each(stores)('%s response cache store', (_name, make) => {
   it('refuses an answer over the item limit and leaves the entry as it was', async () => {
     const store = make();
     const k = key();
-    await store.claim(k, 'me', NOW + 30_000, NOW);
+    await store.claim(k, 'me', NOW + 30_000, NOW, 2);
     // Random bytes do not compress: over the limit after gzip too.
     const big = randomBytes(MAX_STORED_BODY_BYTES).toString('base64');
     expect(await store.put(k, answer(big, NOW + 60_000))).toBe('too_large');
@@ -92,9 +92,12 @@ describe.each(stores)('%s response cache store', (_name, make) => {
   it('releases only its own mark', async () => {
     const store = make();
     const k = key();
-    await store.claim(k, 'other', NOW + 60_000, NOW);
+    await store.claim(k, 'other', NOW + 60_000, NOW, 2);
     await store.release(k, 'me', NOW);
-    expect(await store.claim(k, 'me', NOW + 60_000, NOW)).toMatchObject({ kind: 'pending', owner: 'other' });
+    expect(await store.claim(k, 'me', NOW + 60_000, NOW, 2)).toMatchObject({
+      kind: 'pending',
+      owner: 'other',
+    });
   });
 
   it('purge deletes every entry', async () => {

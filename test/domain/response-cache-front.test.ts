@@ -5,6 +5,7 @@ import { MemoryOutcomeStore } from '../../lib/adapters/memory/stores.js';
 import { FakeClock } from '../../lib/domain/clock.js';
 import { DEFAULT_CONFIG } from '../../lib/domain/config.js';
 import { StoreUnavailableError } from '../../lib/domain/errors.js';
+import type { Priority } from '../../lib/domain/priority.js';
 import type { RequestContext } from '../../lib/ingress/context.js';
 import { ReplyChannel } from '../../lib/ingress/reply-channel.js';
 import { type CacheFront, ResponseCache } from '../../lib/ingress/response-cache.js';
@@ -24,7 +25,7 @@ const setup = () => {
   const store = new MemoryResponseCache();
   const outcomes = new MemoryOutcomeStore();
   const cache = new ResponseCache({ store, clock, outcomes, log: { warn: () => {} } });
-  const ctx = (requestId: string, stream = false): RequestContext => ({
+  const ctx = (requestId: string, stream = false, priority: Priority = 'normal'): RequestContext => ({
     req: {
       requestId,
       method: 'POST',
@@ -36,7 +37,7 @@ const setup = () => {
       remainingMs: 900_000,
     },
     config: DEFAULT_CONFIG,
-    priority: 'normal',
+    priority,
     upstream: { name: 'limited', baseUrl: 'http://upstream', limited: true },
     upstreamBody: JSON.stringify(BODY),
     stream,
@@ -132,6 +133,21 @@ describe('ResponseCache.front', () => {
     // Waited on a fake clock: backing off, never past its own limit.
     expect(s.clock.now() - started).toBeLessThanOrEqual(10_000);
     if (expected === 'bypass') expect(polls).toBeLessThan(30);
+  });
+
+  it('a more important request never waits behind a less important fetch: it fetches and stores for all', async () => {
+    const s = setup();
+    const low = miss(await s.cache.front(s.ctx('low', false, 'low'), s.lookup()));
+    const started = s.clock.now();
+    const urgent = miss(await s.cache.front(s.ctx('urgent', false, 'urgent'), s.lookup()));
+    expect(s.clock.now()).toBe(started);
+    await urgent.sink.answer({ status: 200, sse: false, text: ANSWER });
+    await urgent.done();
+    // A request as important as the holder (or less) still coalesces: here onto the stored answer.
+    expect((await s.cache.front(s.ctx('low2', false, 'low'), s.lookup())).kind).toBe('hit');
+    // The holder ending without an answer releases nothing that is not its own.
+    await low.done();
+    expect((await s.cache.front(s.ctx('low3', false, 'low'), s.lookup())).kind).toBe('hit');
   });
 
   it('a store failure serves the request uncached', async () => {

@@ -25,7 +25,12 @@ const PENDING_TTL_GRACE_S = 60;
 const toEntry = (item: Item | undefined): CacheEntry | undefined => {
   if (!item) return undefined;
   if (item.kind?.S === 'pending') {
-    return { kind: 'pending', owner: item.owner?.S ?? '', until: Number(item.until?.N ?? 0) };
+    return {
+      kind: 'pending',
+      owner: item.owner?.S ?? '',
+      until: Number(item.until?.N ?? 0),
+      rank: Number(item.rank?.N ?? 0),
+    };
   }
   const gz = item.body?.B;
   if (!gz) return undefined;
@@ -59,6 +64,7 @@ export class DynamoResponseCacheStore implements ResponseCacheStore {
     owner: string,
     until: number,
     now: number,
+    rank: number,
   ): Promise<true | CacheEntry | undefined> {
     try {
       await this.client.send(
@@ -69,6 +75,7 @@ export class DynamoResponseCacheStore implements ResponseCacheStore {
             kind: s('pending'),
             owner: s(owner),
             until: n(until),
+            rank: n(rank),
             expiresAt: n(Math.ceil(until / 1000) + PENDING_TTL_GRACE_S),
           },
           ConditionExpression:

@@ -22,11 +22,12 @@ export class MemoryResponseCache implements ResponseCacheStore {
     owner: string,
     until: number,
     now: number,
+    rank: number,
   ): Promise<true | CacheEntry | undefined> {
     const current = this.entries.get(key);
     if (isLive(current, now) && !(current?.kind === 'pending' && current.owner === owner))
       return { ...current! };
-    this.entries.set(key, { kind: 'pending', owner, until });
+    this.entries.set(key, { kind: 'pending', owner, until, rank });
     return true;
   }
 
