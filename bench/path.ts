@@ -192,7 +192,11 @@ export const runPathBench = async (
     await fast.settled();
     const fastCalls = { dynamodb: perRequest(dynamoProxy, n), sqs: perRequest(sqsProxy, n) };
     const gwStream = await sequential(n / 2, () => timeStream(fastClient));
-    const fastPathRun = await fastPathTickets(emulators.dynamoEndpoint, fast.env.SLUICE_TICKETS_TABLE!);
+    const { fast: fastCount, total: fastTotal } = await fastPathTickets(
+      emulators.dynamoEndpoint,
+      fast.env.SLUICE_TICKETS_TABLE!,
+    );
+    const fastPathRun = { fast: fastCount, total: fastTotal };
 
     progress('path: gateway queued (30 agents, 10 grants/s)');
     const rateRpm = 600;
