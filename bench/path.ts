@@ -48,7 +48,7 @@ const timeStream = async (client: OpenAI): Promise<StreamTiming> => {
 const fastPathTickets = async (
   dynamoEndpoint: string,
   table: string,
-): Promise<{ fast: number; total: number }> => {
+): Promise<{ fast: number; total: number; tickets: Ticket[] }> => {
   const client = new DynamoDBClient(localAwsConfig(dynamoEndpoint));
   const tickets: Ticket[] = [];
   try {
@@ -62,7 +62,30 @@ const fastPathTickets = async (
     client.destroy();
   }
   const fast = tickets.filter((t) => t.claimedAt !== undefined && t.claimedAt - t.enqueuedAt <= 5).length;
-  return { fast, total: tickets.length };
+  return { fast, total: tickets.length, tickets };
+};
+
+/**
+ * Grant slot → claim (the last write before the call) per queued ticket, and grant slot → upstream send: each
+ * upstream call is paired with the latest claim before it (calls follow their claims in order).
+ */
+const slotDelays = (tickets: readonly Ticket[], sendTimes: readonly number[]) => {
+  const queued = tickets
+    .filter((t) => t.grantedAt !== undefined && t.claimedAt !== undefined && t.claimedAt - t.enqueuedAt > 5)
+    .sort((a, b) => a.claimedAt! - b.claimedAt!);
+  const sends = [...sendTimes].sort((a, b) => a - b);
+  const toSend: number[] = [];
+  let i = 0;
+  for (const t of queued) {
+    while (i < sends.length && sends[i]! < t.claimedAt!) i++;
+    if (i >= sends.length) break;
+    toSend.push(sends[i]! - t.grantedAt!);
+    i++;
+  }
+  return {
+    toClaim: summary(queued.map((t) => t.claimedAt! - t.grantedAt!)),
+    toSend: summary(toSend),
+  };
 };
 
 const sequential = async <T>(n: number, fn: () => Promise<T>): Promise<T[]> => {
@@ -102,6 +125,10 @@ export interface PathBenchResult {
     rateRpm: number;
     /** Requests of the queued run granted on the fast path anyway (the bucket had a token, nothing waited). */
     fastPath: number;
+    /** DynamoDB reads (GetItem, Query) per queued request, all functions. */
+    readsPerRequest: number;
+    slotToClaim: ReturnType<typeof summary>;
+    slotToSend: ReturnType<typeof summary>;
   };
   /** Requests of the fast-path run that took the fast path (all of them, when it works). */
   fastPathRun: { fast: number; total: number };
@@ -157,12 +184,19 @@ export const runPathBench = async (
       maxRetries: 0,
     });
     await sequential(5, () => timeChat(fastClient));
+    // Each request's outcome is written right after its reply, before its invocation returns.
+    await fast.settled();
     dynamoProxy.reset();
     sqsProxy.reset();
     const gwChat = await sequential(n, () => timeChat(fastClient));
+    await fast.settled();
     const fastCalls = { dynamodb: perRequest(dynamoProxy, n), sqs: perRequest(sqsProxy, n) };
     const gwStream = await sequential(n / 2, () => timeStream(fastClient));
-    const fastPathRun = await fastPathTickets(emulators.dynamoEndpoint, fast.env.SLUICE_TICKETS_TABLE!);
+    const { fast: fastCount, total: fastTotal } = await fastPathTickets(
+      emulators.dynamoEndpoint,
+      fast.env.SLUICE_TICKETS_TABLE!,
+    );
+    const fastPathRun = { fast: fastCount, total: fastTotal };
 
     progress('path: gateway queued (30 agents, 10 grants/s)');
     const rateRpm = 600;
@@ -175,6 +209,7 @@ export const runPathBench = async (
     const perAgent = 4;
     dynamoProxy.reset();
     sqsProxy.reset();
+    upstream.reset();
     const latencies: number[] = [];
     let failed = 0;
     await Promise.all(
@@ -189,8 +224,10 @@ export const runPathBench = async (
         }
       }),
     );
+    await queued.settled();
     await queued.lambda.idle();
     const requests = agents * perAgent;
+    const sendTimes = upstream.calls.filter((c) => c.status === 200).map((c) => c.at);
     const queuedCalls = { dynamodb: perRequest(dynamoProxy, requests), sqs: perRequest(sqsProxy, requests) };
     const queuedTickets = await fastPathTickets(emulators.dynamoEndpoint, queued.env.SLUICE_TICKETS_TABLE!);
 
@@ -218,6 +255,14 @@ export const runPathBench = async (
         failed,
         rateRpm,
         fastPath: queuedTickets.fast,
+        readsPerRequest: round(
+          ((dynamoProxy.counts.get('GetItem') ?? 0) + (dynamoProxy.counts.get('Query') ?? 0)) / requests,
+          2,
+        ),
+        ...(() => {
+          const d = slotDelays(queuedTickets.tickets, sendTimes);
+          return { slotToClaim: d.toClaim, slotToSend: d.toSend };
+        })(),
       },
       fastPathRun,
     };
@@ -251,6 +296,8 @@ export const pathMarkdown = (r: PathBenchResult): string => {
     row(`gateway queued (${r.queued.agents} agents, ${r.queued.rateRpm} rpm)`, r.queued.latency),
     '',
     `Added latency, fast path: p50 ${r.nonStreaming.addedP50} ms, p99 ${r.nonStreaming.addedP99} ms; added time to first byte p50 ${round(r.streaming.gateway.ttfb.p50 - r.streaming.direct.ttfb.p50)} ms, inter-chunk gap p50 ${round(r.streaming.gateway.gaps.p50 - r.streaming.direct.gaps.p50)} ms. Fast-path run: ${r.fastPathRun.fast} of ${r.fastPathRun.total} requests granted on the fast path. Queued run: ${r.queued.requests} requests, ${r.queued.failed} failed, ${r.queued.fastPath} granted on the fast path (a token free and nothing waiting), the rest through the queue.`,
+    '',
+    `Queued: grant slot → claim p50 ${r.queued.slotToClaim.p50} ms, p99 ${r.queued.slotToClaim.p99} ms; grant slot → upstream send p50 ${r.queued.slotToSend.p50} ms, p99 ${r.queued.slotToSend.p99} ms (n ${r.queued.slotToSend.n}); DynamoDB reads (GetItem, Query) per queued request ${r.queued.readsPerRequest}, all functions.`,
     '',
     '| calls per request | DynamoDB | SQS |',
     '|---|---|---|',

@@ -23,6 +23,7 @@ import {
   UnavailableError,
 } from './errors.js';
 import { GRANT_TO_CALL_MAX_MS, grantToCallMaxMs } from './gcra.js';
+import { RESERVE_AHEAD_MS } from './grant-estimate.js';
 import type {
   AgentUsageEvent,
   BudgetStore,
@@ -87,6 +88,8 @@ export interface Admitted {
   attached?: boolean;
   /** Fast path: the ticket is `claimed`; call the upstream now. */
   claimed?: boolean;
+  /** Queued: the wait estimated at admission (fail-fast's estimate), which the wait plans its reads by. */
+  estimatedWaitMs?: number;
 }
 
 /** What waiting ended with. */
@@ -101,6 +104,11 @@ export type WaitResult =
 
 export interface WaitHooks {
   signal?: AbortSignal;
+  /**
+   * The wait admission estimated for this ticket (from the per-priority counts it read for fail-fast), measured
+   * from its enqueue time; unset, the wait reads the admission counter for an estimate.
+   */
+  estimatedWaitMs?: number;
   /** Called between polls while queued (streaming heartbeats). */
   onWaiting?: (info: { position: number; etaMs: number }) => void;
 }
@@ -180,17 +188,22 @@ const unlessStoreDown =
     throw err;
   };
 
-/** Shortest and longest pause between two reads of a waiting ticket. */
+/** Shortest pause between two reads of a waiting ticket. */
 export const POLL_MIN_MS = 25;
 /**
- * Longest pause between two reads: bounds how late after its grant a ticket is seen, which must stay well below
- * the grant slack (a staler grant is requeued, not called). The dispatcher reserves slots up to one token
- * interval ahead, so a ticket read this often near its turn usually sees its grant before its slot and sleeps
- * exactly until it. At most one read a second per waiting request; half the slack for short limit windows.
+ * Longest pause between two reads near (or past) the estimated grant: bounds how late after its grant a ticket
+ * is seen, which must stay well below the grant slack (a staler grant is requeued, not called). It is at most the
+ * dispatcher's reservation horizon (RESERVE_AHEAD_MS), so a ticket read this often near its turn sees its grant
+ * before its slot and sleeps exactly until it. Half the slack for short limit windows.
  */
 export const POLL_MAX_MS = 1_000;
 const pollMaxMs = (windowMs: number, slackMs?: number) =>
-  Math.max(POLL_MIN_MS, Math.min(POLL_MAX_MS, grantSlackOf(windowMs, slackMs) / 2));
+  Math.max(POLL_MIN_MS, Math.min(POLL_MAX_MS, RESERVE_AHEAD_MS, grantSlackOf(windowMs, slackMs) / 2));
+/**
+ * Longest pause while the estimated grant is far: a ticket the dispatcher refuses while it waits (its wait now
+ * exceeds its deadline, LOW's token timeout, dropped from a full queue) is seen within this.
+ */
+export const FAR_POLL_MAX_MS = 5_000;
 
 /** How late after its slot a grant may still be called on: grant_slack_s, at most a tenth of the window. */
 const grantSlackOf = (windowMs: number, slackMs = GRANT_TO_CALL_MAX_MS) =>
@@ -258,9 +271,11 @@ export class Admission {
       if (fast === 'unknown') ticket = { ...ticket, id: this.d.newId() };
       else if (fast) return { ticket: fast, passthrough: false, claimed: true };
     }
+    let estimatedWaitMs: number | undefined;
     if (plain) {
-      const hopeless = await this.hopeless(ticket, config);
-      if (hopeless) throw hopeless;
+      const judged = await this.hopeless(ticket, config);
+      if (judged instanceof RateLimitedError) throw judged;
+      estimatedWaitMs = judged;
     }
     let replaceTicketId: string | undefined;
     for (let i = 0; i < 3; i++) {
@@ -272,7 +287,7 @@ export class Admission {
           ...(budget ? { budget } : {}),
         });
         await this.enqueue(ticket);
-        return { ticket, passthrough: false };
+        return { ticket, passthrough: false, ...(estimatedWaitMs !== undefined ? { estimatedWaitMs } : {}) };
       } catch (err) {
         if (err instanceof BudgetExhaustedError) throw await this.overBudget(ticket, budget, err.used);
         if (err instanceof AdmissionFullError) return this.whenFull(ticket, config, budget);
@@ -349,10 +364,14 @@ export class Admission {
 
   /**
    * Fail fast: the refusal a request gets now when its estimated queue wait exceeds the time it can wait
-   * (what is queued at its priority and above, the effective interval, the tokens free now), else undefined.
-   * A store hiccup or an unknown bucket skips the check (the deadline still bounds the wait).
+   * (what is queued at its priority and above, the effective interval, the tokens free now), else the estimate
+   * (the waiting ingress plans its reads by it). A store hiccup or an unknown bucket skips the check (undefined:
+   * the deadline still bounds the wait).
    */
-  private async hopeless(ticket: Ticket, config: GatewayConfig): Promise<RateLimitedError | undefined> {
+  private async hopeless(
+    ticket: Ticket,
+    config: GatewayConfig,
+  ): Promise<RateLimitedError | number | undefined> {
     const { bucket, clock } = this.d;
     const interval = bucket.state?.intervalMs;
     if (interval === undefined) return undefined;
@@ -368,7 +387,7 @@ export class Admission {
     });
     const now = clock.now();
     const canWaitMs = ticket.deadline - now;
-    if (estimateMs <= canWaitMs) return undefined;
+    if (estimateMs <= canWaitMs) return estimateMs;
     await this.d.outcomes.record(now, { counts: { refused: 1 } }).catch(() => undefined);
     void this.use(ticket.agent, { requests: 1, refused: 1, throttled: 1 });
     const s = (ms: number) => Math.ceil(ms / 1000);
@@ -533,33 +552,43 @@ export class Admission {
   }
 
   /**
-   * Waits for the ticket to leave `queued`, with consistent reads on a schedule scaled to the estimated wait:
-   * far from the grant it reads rarely, near it often. Abandons it at its deadline or on `signal`.
+   * Waits for the ticket to leave `queued` with as few consistent reads as the estimate allows: far from its
+   * estimated grant it reads at half the remaining time (at most FAR_POLL_MAX_MS apart); it aims one read just
+   * before the estimated slot, where the dispatcher's reservation (made up to RESERVE_AHEAD_MS ahead) is already
+   * visible, then sleeps exactly until the slot; past the estimate it reads every pollMaxMs. Abandons it at its
+   * deadline or on `signal`.
    * @param pace current token interval (for the estimate) and limit window
    */
   async wait(ticket: Ticket, pace: GrantPace, hooks: WaitHooks = {}): Promise<WaitResult> {
     const { intervalMs, windowMs, grantSlackMs } = pace;
     const { clock, tickets } = this.d;
-    // A store hiccup only blurs the estimate or delays a read: the ticket is still queued, keep waiting for it.
-    const queued = await tickets.admissionCount().catch(unlessStoreDown(0));
-    // URGENT and HIGH overtake most of the queue: the count says little about them, poll as if due.
-    const ahead = ticket.priority === 'urgent' || ticket.priority === 'high' ? 0 : Math.max(0, queued - 1);
-    const etaAt = clock.now() + ahead * intervalMs;
-    // Far from the estimate: read at half the remaining time. Past it: back off from POLL_MIN_MS (the fast path
-    // answers within a poll or two) up to half a token interval, so a long queue costs few reads.
+    const etaAt =
+      hooks.estimatedWaitMs !== undefined
+        ? // Admission estimated this wait from the per-priority counts a moment ago: no read for it.
+          ticket.enqueuedAt + hooks.estimatedWaitMs
+        : clock.now() + (await this.aheadOf(ticket)) * intervalMs;
+    const nearPause = pollMaxMs(windowMs, grantSlackMs);
+    // The read most likely to find the reservation shortly before its slot (and to absorb an estimate that is off
+    // by less than half a pause either way).
+    const aimAt = etaAt - nearPause / 2;
     let overdue = 0;
-    const maxPause = pollMaxMs(windowMs, grantSlackMs);
     for (;;) {
       const now = clock.now();
       if (hooks.signal?.aborted) return this.giveUp(ticket, 'client_disconnected', windowMs);
       if (now >= ticket.deadline) return this.giveUp(ticket, 'wait_exceeded', windowMs);
-      const remaining = Math.max(0, etaAt - now);
+      const untilAim = aimAt - now;
       const pause =
-        remaining > 0
-          ? Math.min(maxPause, Math.max(POLL_MIN_MS, remaining / 2))
-          : Math.min(POLL_MIN_MS * 1.5 ** overdue, maxPause);
+        untilAim > 2 * nearPause
+          ? // Far: halving costs a read or two for a late estimate and still sees an early grant within the slack.
+            Math.min(FAR_POLL_MAX_MS, untilAim / 2)
+          : untilAim >= POLL_MIN_MS
+            ? untilAim
+            : // Past the aim: the grant is late (the dispatcher behind, more important arrivals). Read soon after
+              // the aim once, then every nearPause, within which a reservation stays visible before its slot.
+              nearPause / 2 ** Math.max(0, 2 - overdue);
+      const remaining = Math.max(0, etaAt - now);
       hooks.onWaiting?.({ position: Math.ceil(remaining / intervalMs), etaMs: remaining });
-      await clock.sleep(Math.min(pause, ticket.deadline - now), hooks.signal);
+      await clock.sleep(Math.max(0, Math.min(pause, ticket.deadline - now)), hooks.signal);
       if (hooks.signal?.aborted) continue;
       this.stats.polls++;
       const current = await tickets.get(ticket.id).catch(unlessStoreDown(null));
@@ -569,8 +598,16 @@ export class Admission {
       if (current.status === 'granted' && current.attempt >= ticket.attempt)
         return this.untilSlot(current, windowMs, hooks.signal);
       if (current.status !== 'queued') return this.refused(ticket, current.status, current);
-      if (clock.now() >= etaAt) overdue++;
+      if (clock.now() >= aimAt) overdue++;
     }
+  }
+
+  /** Tickets probably granted before this one, from the admission counter (one read; 0 if it fails). */
+  private async aheadOf(ticket: Ticket): Promise<number> {
+    // A store hiccup only blurs the estimate or delays a read: the ticket is still queued, keep waiting for it.
+    const queued = await this.d.tickets.admissionCount().catch(unlessStoreDown(0));
+    // URGENT and HIGH overtake most of the queue: the count says little about them, read as if due.
+    return ticket.priority === 'urgent' || ticket.priority === 'high' ? 0 : Math.max(0, queued - 1);
   }
 
   /**
@@ -804,6 +841,10 @@ export class Admission {
         const res = await this.wait(ticket, pace, {
           signal: o.signal,
           ...(o.onWaiting ? { onWaiting: o.onWaiting } : {}),
+          // Admission's estimate holds for the first wait only (a requeued ticket reads the counter anew).
+          ...(ticket === first && o.estimatedWaitMs !== undefined
+            ? { estimatedWaitMs: o.estimatedWaitMs }
+            : {}),
         });
         o.onWaitEnd?.();
         if (res.kind === 'refused') return { kind: 'refused', error: res.error };

@@ -6,7 +6,7 @@ import type { ConfigService } from './config-service.js';
 import { BufferedOutcomes, MessageDeletes } from './dispatch-backlog.js';
 import { StoreUnavailableError } from './errors.js';
 import { type ConsumeAttempt, deriveBucket } from './gcra.js';
-import { estimateGrantTimes } from './grant-estimate.js';
+import { estimateGrantTimes, RESERVE_AHEAD_MS } from './grant-estimate.js';
 import type { LeaseStore, OutcomeStore, ReceivedMessage, TicketQueue, TicketStore } from './ports.js';
 import { PRIORITIES, type Priority, priorityRank } from './priority.js';
 import { chargePriority, type DrrState, initialDrr, parseWeights, pickPriority } from './priority-policy.js';
@@ -56,10 +56,15 @@ export interface DispatcherTimings {
   sweepEveryMs: number;
   reconcileEveryMs: number;
   /**
-   * A grant may reserve a slot up to this far ahead (and at most one token interval): the ingress, told the
-   * slot, sleeps until it and calls, instead of polling for a grant it would see late. @default 2000
+   * A grant may reserve a slot up to one token interval ahead, at most this far: the ingress, told the slot,
+   * sleeps until it and calls, instead of polling for a grant it would see late. @default 2000
    */
   reserveAheadMs: number;
+  /**
+   * …and at least this far, whatever the interval: the waiting ingress reads its ticket about this often near
+   * its turn, so it finds the reservation before its slot. @default RESERVE_AHEAD_MS
+   */
+  reserveAtLeastMs: number;
   /** Queued deletes and outcome counters are flushed at least this often. @default 1000 */
   flushEveryMs: number;
 }
@@ -74,6 +79,7 @@ export const DEFAULT_TIMINGS: DispatcherTimings = {
   sweepEveryMs: 5_000,
   reconcileEveryMs: 60_000,
   reserveAheadMs: 2_000,
+  reserveAtLeastMs: RESERVE_AHEAD_MS,
   flushEveryMs: 1_000,
 };
 
@@ -363,8 +369,9 @@ export class Dispatcher {
   /**
    * Grant, reserve, refuse or wait for the head ticket. No read first: the message carries the deadline and
    * the grant transaction's condition (queued, same attempt, not paused) tells whether the ticket still wants a
-   * token. When the bucket's next slot for it is at most one interval (and reserveAheadMs) away, the grant
-   * reserves that slot (`grantedAt` = the slot): the ingress sleeps until then and calls.
+   * token. When the bucket's next slot for it is near enough (one interval, within reserveAtLeastMs …
+   * reserveAheadMs), the grant reserves that slot (`grantedAt` = the slot): the ingress, reading its ticket about
+   * that often near its turn, finds it before the slot, sleeps until then and calls.
    */
   private async serve(m: Buffered, config: GatewayConfig, summary: RunSummary): Promise<void> {
     const { requestTimeoutMs } = config;
@@ -373,15 +380,21 @@ export class Dispatcher {
     const now = clock.now();
     if (!bucket.state) await bucket.refresh();
     let plan = bucket.plan(msg.priority);
+    // Priority inversion is bounded by this: a more important ticket arriving later waits behind the slots
+    // already reserved.
+    const ahead = Math.max(
+      this.t.reserveAtLeastMs,
+      Math.min(this.t.reserveAheadMs, bucket.state?.intervalMs ?? 0),
+    );
     if ('waitMs' in plan) {
-      const ahead = Math.min(this.t.reserveAheadMs, bucket.state?.intervalMs ?? 0);
       const slot = now + plan.waitMs;
       if (plan.waitMs <= ahead && msg.deadline > slot + this.t.grantMarginMs)
         plan = bucket.planAt(msg.priority, slot);
     }
     if ('waitMs' in plan) {
-      // Sleep until the token is due, waking for arrivals (a higher priority may come) and housekeeping.
-      await this.waitForArrival(Math.min(plan.waitMs, msg.deadline - now, MAX_NAP_MS));
+      // Sleep until the token can be reserved, waking for arrivals (a higher priority may come) and housekeeping.
+      const untilReservable = plan.waitMs - ahead;
+      await this.waitForArrival(Math.min(untilReservable, msg.deadline - now, MAX_NAP_MS));
       return;
     }
     const slot = plan.attempt.now;

@@ -3,6 +3,14 @@
 import { type Priority, priorityRank } from './priority.js';
 import type { PriorityPolicy, PriorityWeights } from './priority-policy.js';
 
+/**
+ * How far ahead of its slot the dispatcher grants (reserves) a ticket. A waiting ingress reads its ticket at most
+ * this far apart near its estimated grant, so one read finds the reservation before its slot and the ingress
+ * sleeps exactly until it (no grant seen late). The price is priority inversion: a more important request that
+ * arrives later waits behind the slots already reserved, up to this long.
+ */
+export const RESERVE_AHEAD_MS = 1_000;
+
 export interface Waiting {
   priority: Priority;
   /** Original enqueue time (the order within a priority). */

@@ -280,6 +280,9 @@ export class IngressService {
           windowMs: config.upstreamWindowMs,
           callBudgetMs: config.requestTimeoutMs + FUNCTION_MARGIN_MS,
           intervalMs: () => this.intervalMs(ctx),
+          ...(fromAdmission || admitted.estimatedWaitMs === undefined || ticket !== admitted.ticket
+            ? {}
+            : { estimatedWaitMs: admitted.estimatedWaitMs }),
           onWaiting: heartbeat.onWaiting,
           onWaitStart: heartbeat.start,
           onWaitEnd: heartbeat.stop,
@@ -343,9 +346,11 @@ export class IngressService {
     };
   }
 
-  /** The current token interval: the bucket as last read, else derived from the config. */
+  /**
+   * The current token interval: the bucket as last known to this container (admission's fast grant and rate
+   * headers keep it fresh; no read of its own), else derived from the config.
+   */
   private async intervalMs({ config }: RequestContext): Promise<number> {
-    await this.refreshBucket();
     return (
       this.d.bucket.state?.intervalMs ??
       bucketParamsFor({ effectiveRpm: (config.upstreamLimit * 60_000) / config.upstreamWindowMs }, config)
