@@ -23,6 +23,7 @@ import type {
 } from './ports.js';
 import { PRIORITIES, type Priority, priorityRank } from './priority.js';
 import { parseWeights } from './priority-policy.js';
+import { estimateWaitMs } from './queue-estimate.js';
 import {
   isGrantStale,
   SEND_SHARE,
@@ -31,7 +32,6 @@ import {
   type TicketStatus,
   waitAfterLostClaim,
 } from './tickets.js';
-import { estimateWaitMs } from './wait-estimate.js';
 
 export interface AdmissionDeps {
   tickets: TicketStore;

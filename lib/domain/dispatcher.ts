@@ -6,10 +6,11 @@ import type { ConfigService } from './config-service.js';
 import { BufferedOutcomes, MessageDeletes } from './dispatch-backlog.js';
 import { StoreUnavailableError } from './errors.js';
 import { type ConsumeAttempt, deriveBucket } from './gcra.js';
-import { estimateGrantTimes } from './grant-estimate.js';
+
 import type { LeaseStore, OutcomeStore, ReceivedMessage, TicketQueue, TicketStore } from './ports.js';
 import { PRIORITIES, type Priority, priorityRank } from './priority.js';
 import { chargePriority, type DrrState, initialDrr, parseWeights, pickPriority } from './priority-policy.js';
+import { ARRIVAL_WINDOW_INTERVALS, estimateGrantTimes, higherArrivalLoads } from './queue-estimate.js';
 import type { RetreatRecord } from './retreat.js';
 import type { RetreatController } from './retreat-controller.js';
 import type { TicketMessage } from './tickets.js';
@@ -132,6 +133,9 @@ export class Dispatcher {
   private lastArrivalAt = 0;
   /** Weighted policy: whose turn it is and the credit left (kept across loops; a grant charges it). */
   private drr: DrrState = initialDrr();
+  /** Messages first seen by this run (time, priority), trimmed to a few minutes: more important load, for refusals. */
+  private arrivals: { at: number; priority: Priority }[] = [];
+  private runStartedAt: number | undefined;
   /** Deletes and counters off the grant's critical path (flushed in the background and before a run ends). */
   private readonly deletes: MessageDeletes;
   private readonly outcomes: BufferedOutcomes;
@@ -155,6 +159,7 @@ export class Dispatcher {
    */
   async run(deadline: number, signal?: AbortSignal): Promise<RunSummary> {
     const { lease, clock, owner } = this.d;
+    this.runStartedAt ??= clock.now();
     const summary: RunSummary = {
       ran: false,
       granted: 0,
@@ -312,6 +317,9 @@ export class Dispatcher {
         const now = this.d.clock.now();
         // Duplicate deliveries are buffered too: the grant's condition refuses the copy, which is then deleted.
         for (const m of got) buf.push({ ...m, receivedAt: now, firstSeenAt: now });
+        for (const m of got) this.arrivals.push({ at: now, priority: m.message.priority });
+        const keep = now - 10 * 60_000;
+        if ((this.arrivals[0]?.at ?? now) < keep) this.arrivals = this.arrivals.filter((a) => a.at >= keep);
         if (got.length > 0) {
           this.lastArrivalAt = now;
           this.arrival?.();
@@ -547,9 +555,10 @@ export class Dispatcher {
 
   /**
    * Refuses every buffered ticket that cannot be served in time: its estimated grant time (its place among the
-   * waiting ones at the current pace) lies past its deadline, or — LOW — further than low_priority_timeout from
-   * when it was first seen. Known as soon as a rate cut or a higher-priority arrival makes it so, not at the
-   * deadline.
+   * waiting ones at the current pace and, under strict order, what more important work has been taking of the
+   * recent grants) lies past its deadline, or — LOW — further than low_priority_timeout from when it was first
+   * seen. Known as soon as a rate cut or more important arrivals make it so, not at the deadline: a priority
+   * starved by more important work is refused when its ticket is first seen.
    */
   private async refuseHopeless(now: number, config: GatewayConfig, summary: RunSummary): Promise<void> {
     const { bucket } = this.d;
@@ -569,6 +578,13 @@ export class Dispatcher {
         headWaitMs: 'waitMs' in first ? first.waitMs : 0,
         available: bucket.available('urgent'),
       },
+      higherArrivalLoads({
+        arrivals: this.arrivals,
+        now,
+        windowMs: ARRIVAL_WINDOW_INTERVALS * state.intervalMs,
+        observedMs: now - (this.runStartedAt ?? now),
+        intervalMs: state.intervalMs,
+      }),
     );
     for (const [i, m] of all.entries()) {
       const at = due[i] ?? now;
@@ -583,7 +599,9 @@ export class Dispatcher {
             ? 'wait_exceeds_deadline'
             : undefined;
       if (!reason) continue;
-      if (await this.end(msg, 'rejected', reason, now, at - now)) summary.rejected++;
+      // A starved ticket has no grant time: the agent is told to come back after a window.
+      const retryAfterMs = Number.isFinite(at) ? at - now : config.upstreamWindowMs;
+      if (await this.end(msg, 'rejected', reason, now, retryAfterMs)) summary.rejected++;
       this.finishMessage(m);
     }
   }
