@@ -133,8 +133,12 @@ export class Dispatcher {
   private lastArrivalAt = 0;
   /** Weighted policy: whose turn it is and the credit left (kept across loops; a grant charges it). */
   private drr: DrrState = initialDrr();
-  /** Messages first seen by this run (time, priority), trimmed to a few minutes: more important load, for refusals. */
-  private arrivals: { at: number; priority: Priority }[] = [];
+  /**
+   * Tickets seen by this dispatcher, by id: when they were admitted (`enqueuedAt`, so a backlog received late
+   * still counts when it arrived, and duplicates and requeues count once) and their priority — the more important
+   * load, for refusals. Trimmed to the last few minutes.
+   */
+  private arrivals = new Map<string, { at: number; priority: Priority }>();
   private runStartedAt: number | undefined;
   /** Deletes and counters off the grant's critical path (flushed in the background and before a run ends). */
   private readonly deletes: MessageDeletes;
@@ -317,9 +321,7 @@ export class Dispatcher {
         const now = this.d.clock.now();
         // Duplicate deliveries are buffered too: the grant's condition refuses the copy, which is then deleted.
         for (const m of got) buf.push({ ...m, receivedAt: now, firstSeenAt: now });
-        for (const m of got) this.arrivals.push({ at: now, priority: m.message.priority });
-        const keep = now - 10 * 60_000;
-        if ((this.arrivals[0]?.at ?? now) < keep) this.arrivals = this.arrivals.filter((a) => a.at >= keep);
+        this.noteArrivals(got, now);
         if (got.length > 0) {
           this.lastArrivalAt = now;
           this.arrival?.();
@@ -553,6 +555,14 @@ export class Dispatcher {
     }
   }
 
+  private noteArrivals(got: readonly ReceivedMessage[], now: number): void {
+    for (const m of got)
+      if (!this.arrivals.has(m.message.ticketId))
+        this.arrivals.set(m.message.ticketId, { at: m.message.enqueuedAt, priority: m.message.priority });
+    if (this.arrivals.size < 2_000) return;
+    for (const [id, a] of this.arrivals) if (a.at < now - 10 * 60_000) this.arrivals.delete(id);
+  }
+
   /**
    * Refuses every buffered ticket that cannot be served in time: its estimated grant time (its place among the
    * waiting ones at the current pace and, under strict order, what more important work has been taking of the
@@ -579,7 +589,7 @@ export class Dispatcher {
         available: bucket.available('urgent'),
       },
       higherArrivalLoads({
-        arrivals: this.arrivals,
+        arrivals: [...this.arrivals.values()],
         now,
         windowMs: ARRIVAL_WINDOW_INTERVALS * state.intervalMs,
         observedMs: now - (this.runStartedAt ?? now),
