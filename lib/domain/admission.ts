@@ -23,7 +23,7 @@ import type {
 } from './ports.js';
 import { PRIORITIES, type Priority, priorityRank } from './priority.js';
 import { parseWeights } from './priority-policy.js';
-import { estimateWaitMs } from './queue-estimate.js';
+import { estimateWaitMs, fitsDeadline } from './queue-estimate.js';
 import {
   isGrantStale,
   SEND_SHARE,
@@ -350,7 +350,8 @@ export class Admission {
     });
     const now = clock.now();
     const canWaitMs = ticket.deadline - now;
-    if (estimateMs <= canWaitMs) return undefined;
+    if (fitsDeadline({ at: now + estimateMs, now, deadline: ticket.deadline, firstLook: true }))
+      return undefined;
     await this.d.outcomes.record(now, { counts: { refused: 1 } }).catch(() => undefined);
     this.use(ticket.agent, { requests: 1, refused: 1, throttled: 1 });
     const s = (ms: number) => Math.ceil(ms / 1000);

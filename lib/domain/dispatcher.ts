@@ -10,7 +10,7 @@ import { type ConsumeAttempt, deriveBucket } from './gcra.js';
 import type { LeaseStore, OutcomeStore, ReceivedMessage, TicketQueue, TicketStore } from './ports.js';
 import { PRIORITIES, type Priority, priorityRank } from './priority.js';
 import { chargePriority, type DrrState, initialDrr, parseWeights, pickPriority } from './priority-policy.js';
-import { ARRIVAL_WINDOW_INTERVALS, estimateGrantTimes, higherArrivalLoads } from './queue-estimate.js';
+import { estimateGrantTimes, fitsDeadline, higherArrivalLoads } from './queue-estimate.js';
 import type { RetreatRecord } from './retreat.js';
 import type { RetreatController } from './retreat-controller.js';
 import type { TicketMessage } from './tickets.js';
@@ -107,6 +107,8 @@ interface Buffered extends ReceivedMessage {
   receivedAt: number;
   /** When this message was first buffered (LOW's token timeout counts from here). */
   firstSeenAt: number;
+  /** Judged hopeless or not at least once (the first look is stricter: FIRST_LOOK_SHARE). */
+  looked?: boolean;
 }
 
 export interface RunSummary {
@@ -591,8 +593,7 @@ export class Dispatcher {
       higherArrivalLoads({
         arrivals: [...this.arrivals.values()],
         now,
-        windowMs: ARRIVAL_WINDOW_INTERVALS * state.intervalMs,
-        observedMs: now - (this.runStartedAt ?? now),
+        since: this.runStartedAt ?? now,
         intervalMs: state.intervalMs,
       }),
     );
@@ -605,9 +606,16 @@ export class Dispatcher {
         msg.priority === 'low' &&
         at - m.firstSeenAt > config.lowPriorityTimeoutMs
           ? 'low_priority_timeout'
-          : at > msg.deadline - this.t.grantMarginMs
+          : !fitsDeadline({
+                at,
+                now,
+                deadline: msg.deadline,
+                firstLook: !m.looked,
+                marginMs: this.t.grantMarginMs,
+              })
             ? 'wait_exceeds_deadline'
             : undefined;
+      m.looked = true;
       if (!reason) continue;
       // A starved ticket has no grant time: the agent is told to come back after a window.
       const retryAfterMs = Number.isFinite(at) ? at - now : config.upstreamWindowMs;

@@ -8,6 +8,29 @@ import type { PriorityPolicy, PriorityWeights } from './priority-policy.js';
  * strict order, more important work takes all grants), so it is refused now rather than at its deadline.
  */
 export const STARVED_SHARE = 0.05;
+/**
+ * At its first look (admission, or the dispatcher first holding its ticket) a request is kept only if its estimated
+ * wait fits in this share of the time it can wait; later looks allow all of it. An estimate close to the deadline
+ * drifts past it now and then, and the ticket would be refused after a long wait instead of at once.
+ */
+export const FIRST_LOOK_SHARE = 0.75;
+
+/**
+ * Whether a ticket whose grant is estimated at `at` can still be served by its deadline (less `marginMs`, the
+ * time a grant needs before it), judged more strictly at its first look (FIRST_LOOK_SHARE).
+ */
+export const fitsDeadline = (o: {
+  at: number;
+  now: number;
+  deadline: number;
+  firstLook: boolean;
+  marginMs?: number;
+}): boolean => {
+  const until = o.deadline - (o.marginMs ?? 0);
+  const limit = o.firstLook ? o.now + Math.max(0, until - o.now) * FIRST_LOOK_SHARE : until;
+  return o.at <= limit;
+};
+
 /** How many token intervals of arrivals the dispatcher looks back on to measure more important load. */
 export const ARRIVAL_WINDOW_INTERVALS = 30;
 
@@ -61,24 +84,29 @@ export const waitForGrantMs = (o: { ahead: number; share: number; pace: GrantPac
     : Math.max(0, grantsUntil - available) * intervalMs;
 };
 
+/** Fewer token intervals of observed arrivals than this say nothing about load. */
+export const MIN_OBSERVED_INTERVALS = 10;
+
 /**
- * The load of more important priorities on each priority: their arrivals in the last `windowMs` per token
- * interval (1 = they alone ask for every grant). Undefined until `observedMs` covers a whole window: a burst seen
- * over a shorter span would read as a sustained load.
+ * The load of more important priorities on each priority: their arrivals (admission times) since `since` and
+ * within the last ARRIVAL_WINDOW_INTERVALS token intervals, per token interval (1 = they alone ask for every
+ * grant). Undefined until MIN_OBSERVED_INTERVALS have been observed. Only arrivals after `since` (when the
+ * dispatcher started looking) count: a backlog that was already there is drained, not a load that goes on.
  */
 export const higherArrivalLoads = (o: {
   arrivals: readonly { at: number; priority: Priority }[];
   now: number;
-  windowMs: number;
-  observedMs: number;
+  since: number;
   intervalMs: number;
 }): Record<Priority, number> | undefined => {
-  if (o.observedMs < o.windowMs || o.windowMs <= 0) return undefined;
-  const recent = o.arrivals.filter((a) => a.at > o.now - o.windowMs);
+  const from = Math.max(o.since, o.now - ARRIVAL_WINDOW_INTERVALS * o.intervalMs);
+  const spanMs = o.now - from;
+  if (o.intervalMs <= 0 || spanMs < MIN_OBSERVED_INTERVALS * o.intervalMs) return undefined;
+  const recent = o.arrivals.filter((a) => a.at > from && a.at <= o.now);
   return Object.fromEntries(
     PRIORITIES.map((p) => [
       p,
-      (recent.filter((a) => priorityRank(a.priority) < priorityRank(p)).length * o.intervalMs) / o.windowMs,
+      (recent.filter((a) => priorityRank(a.priority) < priorityRank(p)).length * o.intervalMs) / spanMs,
     ]),
   ) as Record<Priority, number>;
 };

@@ -1,12 +1,13 @@
 // Queue estimates: fail fast at admission and the dispatcher's hopeless refusal share one model — tables of
 // (priority, queued, pace, policy, what more important work takes) → ms.
 import { describe, expect, it } from 'vitest';
-import type { Priority } from '../../lib/domain/priority.js';
+import { PRIORITIES, type Priority } from '../../lib/domain/priority.js';
 import { type PriorityPolicy, parseWeights } from '../../lib/domain/priority-policy.js';
 import {
   estimateGrantTimes,
   estimateWaitMs,
   expectedShare,
+  fitsDeadline,
   higherArrivalLoads,
 } from '../../lib/domain/queue-estimate.js';
 
@@ -90,16 +91,22 @@ describe('higherArrivalLoads', () => {
     ...Array.from({ length: 3 }, (_, i) => ({ at: 55_000 + i, priority: 'high' as const })),
     { at: 59_000, priority: 'normal' as const },
   ];
-  it('arrivals of more important priorities in the window, per token interval; unknown before a whole window', () => {
-    const base = { arrivals, now: 60_000, windowMs: 15_000, intervalMs: 1_500 };
-    expect(higherArrivalLoads({ ...base, observedMs: 10_000 })).toBeUndefined();
-    // 6 urgent, 3 high, 1 normal in the last 15 s (10 intervals); the one at 0 is outside.
-    expect(higherArrivalLoads({ ...base, observedMs: 60_000 })).toEqual({
-      urgent: 0,
-      high: 0.6,
-      normal: 0.9,
-      low: 1,
-    });
+  it.each([
+    // 30 intervals of 500 ms: the last 15 s hold 6 urgent, 3 high, 1 normal (10 intervals' worth of span: 30).
+    ['a whole window observed', 0, { urgent: 0, high: 0.2, normal: 0.3, low: 1 / 3 }],
+    // Since 45 s: the same arrivals over 15 s.
+    ['observed since 45 s', 45_000, { urgent: 0, high: 0.2, normal: 0.3, low: 1 / 3 }],
+    // Since 52 s: 8 s = 16 intervals, and the urgent ones admitted before it do not count (a backlog, not a load).
+    [
+      'a backlog admitted before the dispatcher looked does not count',
+      52_000,
+      { urgent: 0, high: 0, normal: 3 / 16, low: 4 / 16 },
+    ],
+    ['fewer than 10 intervals observed: unknown', 56_000, undefined],
+  ])('%s', (_name, since, want) => {
+    const got = higherArrivalLoads({ arrivals, now: 60_000, since, intervalMs: 500 });
+    if (want === undefined) expect(got).toBeUndefined();
+    else for (const p of PRIORITIES) expect(got?.[p]).toBeCloseTo(want[p], 9);
   });
 });
 
@@ -135,5 +142,17 @@ describe('estimateGrantTimes', () => {
       1_000 + (9 / 8) * 1_500,
       1_000 + 18 * 1_500,
     ]);
+  });
+});
+
+describe('fitsDeadline', () => {
+  it.each([
+    ['first look: fits in three quarters of the time left', 1_000 + 74_000, true, true],
+    ['first look: past three quarters is refused now', 1_000 + 76_000, true, false],
+    ['later looks: the whole time left', 1_000 + 99_000, false, true],
+    ['later looks: past the deadline less the margin', 1_000 + 99_600, false, false],
+    ['starved: never fits', Number.POSITIVE_INFINITY, false, false],
+  ])('%s', (_name, at, firstLook, fits) => {
+    expect(fitsDeadline({ at, now: 1_000, deadline: 101_000, firstLook, marginMs: 500 })).toBe(fits);
   });
 });
