@@ -390,7 +390,7 @@ export const fleetMarkdown = (r: FleetResult): string => {
     if (withRefusals.length > 0) {
       lines.push(
         '',
-        `Time to refusal (whole run): every attempt answered 429 / 503, timed from the attempt's send to the refusal (a stream refused after heartbeats: to the refusing event). Targets: p99 ≤ 1 s, ≤ 1 % of refusals after a wait > 10 s.`,
+        `Time to refusal (whole run): every attempt answered 429 (or 503 \`queue_full\`), timed from the attempt's send to the refusal (a stream refused after heartbeats: to the refusing event). Targets: p99 ≤ 1 s, ≤ 1 % of refusals after a wait > 10 s.`,
         '',
         '| setup | refusals u / h / n / l (all) | p99 time to refusal s u / h / n / l (all) | refused after > 10 s, % u / h / n / l (all) | refusals by code |',
         '|---|---|---|---|---|',
@@ -424,7 +424,7 @@ export const fleetMarkdown = (r: FleetResult): string => {
       const limited = checks.filter((c) => !c.backlogged);
       lines.push(
         '',
-        `Weighted shares (${x.label}, steady state): work-conserving, the goodput (${m.goodputRpm} completed/min) split by weight among the backlogged priorities; a priority is backlogged when one of its requests is waiting (sent, not yet at the upstream) ≥ 95 % of the time. Target: each backlogged priority within ±15 % of its share; urgent p95 ≤ ¼ of normal p95 (here ${u95 ?? '–'} s against ${n95 ?? '–'} s: ${u95 !== null && n95 !== null ? (u95 <= n95 / 4 ? 'met' : 'not met') : 'not measured'}).`,
+        `Weighted shares (${x.label}, steady state): work-conserving, the goodput (${m.goodputRpm} completed/min) split by weight among the backlogged priorities; a priority is backlogged when one of its requests is waiting for its grant (sluice's \`x-sluice-queue-ms\`) ≥ 95 % of the time. Target: each backlogged priority within ±15 % of its share; urgent p95 ≤ ¼ of normal p95 (here ${u95 ?? '–'} s against ${n95 ?? '–'} s: ${u95 !== null && n95 !== null ? (u95 <= n95 / 4 ? 'met' : 'not met') : 'not measured'}).`,
         '',
         '| priority | weight | waiting, % of time | expected completed/min | measured completed/min | deviation | within ±15 % |',
         '|---|---|---|---|---|---|---|',

@@ -124,8 +124,9 @@ export interface Refusal {
 export const refusalsOf = (records: readonly RequestRecord[]): Refusal[] =>
   records.flatMap((r) => {
     const attempts = r.attempts ?? [];
+    // Refusals: every 429, and the 503 of a full queue (a store or gateway failure is an error, not a refusal).
     const out: Refusal[] = attempts
-      .filter((a) => a.status === 429 || a.status === 503)
+      .filter((a) => a.status === 429 || (a.status === 503 && a.code === 'queue_full'))
       .map((a) => ({ priority: r.priority, ms: a.end - a.start, code: a.code ?? String(a.status) }));
     // A stream refused after its heartbeats: its 200 came at once, the refusal at the request's end.
     const last = attempts.at(-1);
@@ -165,8 +166,10 @@ const refusalStats = (list: readonly Refusal[]): RefusalStats =>
 
 /**
  * Share of the steady state (from `fromMs` to `toMs`) during which at least one request of the priority was
- * waiting: sent and not yet accepted upstream (nor ended). A priority waiting all the time is backlogged; one that
- * is not (a few closed-loop agents, each with one request at a time) takes less than its weighted share by choice.
+ * waiting for its grant: from the attempt's send for sluice's `x-sluice-queue-ms` (enqueue → grant) when the
+ * answer carried it, else (other setups, streams answered with heartbeats) until the upstream accepted it or it
+ * ended. A priority waiting all the time is backlogged; one that is not (a few closed-loop agents, each with one
+ * request at a time) takes less than its weighted share by choice.
  */
 export const backloggedShare = (
   records: readonly RequestRecord[],
@@ -180,10 +183,13 @@ export const backloggedShare = (
     PRIORITIES.map((p) => {
       const spans = records
         .filter((r) => r.priority === p)
-        .map((r) => [
-          Math.max(fromMs, r.start),
-          Math.min(toMs, accepted.get(r.id) ?? Number.POSITIVE_INFINITY, r.end ?? Number.POSITIVE_INFINITY),
-        ])
+        .map((r) => {
+          const granted = r.attempts?.find((a) => a.queueMs !== undefined);
+          const until = granted
+            ? granted.start + (granted.queueMs as number)
+            : Math.min(accepted.get(r.id) ?? Number.POSITIVE_INFINITY, r.end ?? Number.POSITIVE_INFINITY);
+          return [Math.max(fromMs, r.start), Math.min(toMs, until)];
+        })
         .filter(([a, b]) => (b as number) > (a as number))
         .sort((x, y) => (x[0] as number) - (y[0] as number));
       let covered = 0;

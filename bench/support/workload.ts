@@ -52,6 +52,8 @@ export interface AttemptRecord {
   end: number;
   status: number;
   code?: string;
+  /** sluice's `x-sluice-queue-ms` (enqueue → grant) on an answer, when its headers came after the grant. */
+  queueMs?: number;
 }
 
 /** Attempts seen by the bench clients' fetch, by request id (real ms), until the run picks them up. */
@@ -141,7 +143,12 @@ export const runWorkload = async (
     const attempts = attemptLog.get(rec.id);
     attemptLog.delete(rec.id);
     if (attempts)
-      rec.attempts = attempts.map((a) => ({ ...a, start: clock.at(a.start), end: clock.at(a.end) }));
+      rec.attempts = attempts.map((a) => ({
+        ...a,
+        start: clock.at(a.start),
+        end: clock.at(a.end),
+        ...(a.queueMs !== undefined ? { queueMs: scale.sim(a.queueMs) } : {}),
+      }));
   };
 
   if (w.kind === 'closed') {
@@ -252,8 +259,15 @@ export const benchClient = (opts: {
             // Not JSON: the status alone.
           }
         }
+        const queued = Number(res.headers.get('x-sluice-queue-ms') ?? Number.NaN);
         const list = attemptLog.get(id) ?? [];
-        list.push({ start: sent, end: Date.now(), status: res.status, ...(code ? { code } : {}) });
+        list.push({
+          start: sent,
+          end: Date.now(),
+          status: res.status,
+          ...(code ? { code } : {}),
+          ...(Number.isFinite(queued) ? { queueMs: queued } : {}),
+        });
         attemptLog.set(id, list);
       }
       const ms = res.headers.get('retry-after-ms');
