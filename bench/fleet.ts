@@ -5,8 +5,16 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { DEFAULT_CONFIG } from '../lib/domain/config.js';
 import { PRIORITIES, type Priority } from '../lib/domain/priority.js';
+import { parseWeights } from '../lib/domain/priority-policy.js';
 import { startEmulators } from '../local/emulators.js';
-import { callsPerBin, type RunMetrics, runMetrics, tagCalls } from './support/analysis.js';
+import {
+  callsPerBin,
+  type RefusalStats,
+  type RunMetrics,
+  runMetrics,
+  tagCalls,
+  weightedShareCheck,
+} from './support/analysis.js';
 import { codeVersion } from './support/code.js';
 import { type RedisServer, startRedis } from './support/redis.js';
 import {
@@ -236,6 +244,7 @@ export const runFleetBench = async (opts: { log: (line: string) => void }): Prom
       },
       setups: Object.fromEntries(setups.map((s) => [s.name, { label: s.label, ...s.settings }])),
       sluiceEnv: sluiceEnv(scale, limit, DEFAULT_CONFIG.retreatPreset),
+      priorityWeights: DEFAULT_CONFIG.priorityWeights,
       redis: redis ? `redis-server ${redis.version}, --save '' --appendonly no` : 'missing',
     },
     scenarios: [],
@@ -289,7 +298,7 @@ export const runFleetBench = async (opts: { log: (line: string) => void }): Prom
           inversionBoundMs,
         });
         log(
-          `${where}: goodput ${metrics.goodputRpm} rpm (${metrics.goodputPctOfLimit} %), 429s ${metrics.upstream429} (${metrics.upstream429Pct} %), failed ${metrics.failed}, unserved ${metrics.unserved} (${byPriority(metrics.unservedByPriority)}), inversions ${metrics.inversions}, max ${metrics.maxCallsIn60s} calls/60 s`,
+          `${where}: goodput ${metrics.goodputRpm} rpm (${metrics.goodputPctOfLimit} %), 429s ${metrics.upstream429} (${metrics.upstream429Pct} %), failed ${metrics.failed}, unserved ${metrics.unserved} (${byPriority(metrics.unservedByPriority)}), inversions ${metrics.inversions}, max ${metrics.maxCallsIn60s} calls/60 s, refusals ${metrics.refusals?.all.n} (p99 ${metrics.refusals?.all.p99} s, ${metrics.refusals?.all.over10sPct} % after > 10 s)`,
         );
         return { setup: name, label, metrics, bins: callsPerBin(calls, 10_000, durationMs) };
       } finally {
@@ -381,6 +390,7 @@ export const fleetMarkdown = (r: FleetResult): string => {
       inversionBoundSeconds: number;
     };
     setups: Record<string, { label: string } & Record<string, unknown>>;
+    priorityWeights?: string;
   };
   const lines = [
     `## Fleet: ${s.workload.agents} agents sharing one 40 rpm key`,
@@ -414,6 +424,59 @@ export const fleetMarkdown = (r: FleetResult): string => {
       lines.push(
         `| ${x.label} | ${m.goodputRpm} (${m.goodputPctOfLimit} %) | ${byPriority(m.completedRpmByPriority)} | ${m.upstreamCalls} | ${m.upstream429} (${m.upstream429Pct} %) | ${m.failed} | ${m.unserved}: ${byPriority(m.unservedByPriority)} | ${byPriority(m.starvedAgentsByPriority)} | ${m.maxCallsIn60s} / ${m.maxAcceptedIn60s} | ${m.inversions} | ${lat(m, 'urgent')} | ${lat(m, 'high')} | ${lat(m, 'normal')} | ${lat(m, 'low')} |`,
       );
+    }
+    const withRefusals = sc.results.filter((x) => x.metrics?.refusals);
+    if (withRefusals.length > 0) {
+      lines.push(
+        '',
+        `Time to refusal (whole run): every attempt answered 429 (or 503 \`queue_full\`), timed from the attempt's send to the refusal (a stream refused after heartbeats: to the refusing event). Targets: p99 ≤ 1 s, ≤ 1 % of refusals after a wait > 10 s.`,
+        '',
+        '| setup | refusals u / h / n / l (all) | p99 time to refusal s u / h / n / l (all) | refused after > 10 s, % u / h / n / l (all) | refusals by code |',
+        '|---|---|---|---|---|',
+      );
+      for (const x of withRefusals) {
+        const f = x.metrics!.refusals!;
+        const of = (k: (v: RefusalStats) => number | null) =>
+          `${PRIORITIES.map((p) => k(f[p]) ?? '–').join(' / ')} (${k(f.all) ?? '–'})`;
+        lines.push(
+          `| ${x.label} | ${of((v) => v.n)} | ${of((v) => v.p99)} | ${of((v) => v.over10sPct)} | ${Object.entries(
+            x.metrics!.refusalCodes ?? {},
+          )
+            .sort((a, b) => b[1] - a[1])
+            .map(([c, n]) => `${c} ${n}`)
+            .join(', ')} |`,
+        );
+      }
+    }
+    for (const x of sc.results) {
+      const m = x.metrics;
+      const weights = x.setup.includes('weighted') ? parseWeights(s.priorityWeights ?? '') : undefined;
+      if (!m?.backloggedPct || !weights) continue;
+      const checks = weightedShareCheck({
+        weights,
+        measuredRpm: m.completedRpmByPriority,
+        backloggedPct: m.backloggedPct,
+        totalRpm: m.goodputRpm,
+      });
+      const u95 = m.latency.urgent.p95;
+      const n95 = m.latency.normal.p95;
+      const limited = checks.filter((c) => !c.backlogged);
+      lines.push(
+        '',
+        `Weighted shares (${x.label}, steady state): work-conserving, the goodput (${m.goodputRpm} completed/min) split by weight among the backlogged priorities; a priority is backlogged when one of its requests is waiting for its grant (sluice's \`x-sluice-queue-ms\`) ≥ 95 % of the time. Target: each backlogged priority within ±15 % of its share; urgent p95 ≤ ¼ of normal p95 (here ${u95 ?? '–'} s against ${n95 ?? '–'} s: ${u95 !== null && n95 !== null ? (u95 <= n95 / 4 ? 'met' : 'not met') : 'not measured'}).`,
+        '',
+        '| priority | weight | waiting, % of time | expected completed/min | measured completed/min | deviation | within ±15 % |',
+        '|---|---|---|---|---|---|---|',
+        ...checks.map(
+          (c) =>
+            `| ${c.priority} | ${c.weight} | ${c.backloggedPct} % | ${c.backlogged ? c.expectedRpm : `${c.expectedRpm} (what it asked for; not backlogged)`} | ${c.measuredRpm} | ${c.deviationPct === null ? '–' : `${c.deviationPct > 0 ? '+' : ''}${c.deviationPct} %`} | ${c.withinTolerance === null ? '– (not backlogged)' : c.withinTolerance ? 'yes' : 'no'} |`,
+        ),
+      );
+      if (limited.length > 0)
+        lines.push(
+          '',
+          `Not backlogged: ${limited.map((c) => `${c.priority} (waiting ${c.backloggedPct} % of the time)`).join(', ')} — its closed-loop agents hold one request each, so it asks for less than its share and the rest flows to the others (work conserving); its figure is what it asked for, not a share.`,
+        );
     }
     lines.push(
       '',

@@ -109,6 +109,162 @@ const latency = (values: readonly number[]): LatencyStats =>
         p99: round(percentile(values, 0.99) / 1000, 2),
       };
 
+/** Refusal codes of a gateway (sluice) or an upstream that end an attempt without an answer. */
+const REFUSED_IN_STREAM =
+  /queue_wait_exceeded|low_priority_timeout|queue_full|agent_quota|agent_queue_full|rate_limit/;
+
+/** One refusal an agent's client saw: an attempt answered 429 / 503, or a stream whose events carried one. */
+export interface Refusal {
+  priority: Priority;
+  /** From the attempt's send to the refusal (modelled ms). */
+  ms: number;
+  code: string;
+}
+
+export const refusalsOf = (records: readonly RequestRecord[]): Refusal[] =>
+  records.flatMap((r) => {
+    const attempts = r.attempts ?? [];
+    // Refusals: every 429, and the 503 of a full queue (a store or gateway failure is an error, not a refusal).
+    const out: Refusal[] = attempts
+      .filter((a) => a.status === 429 || (a.status === 503 && a.code === 'queue_full'))
+      .map((a) => ({ priority: r.priority, ms: a.end - a.start, code: a.code ?? String(a.status) }));
+    // A stream refused after its heartbeats: its 200 came at once, the refusal at the request's end.
+    const last = attempts.at(-1);
+    if (
+      !r.ok &&
+      !r.cut &&
+      last?.status === 200 &&
+      r.end !== undefined &&
+      REFUSED_IN_STREAM.test(r.error ?? '')
+    )
+      out.push({ priority: r.priority, ms: r.end - last.start, code: `${r.error} (in stream)` });
+    return out;
+  });
+
+export interface RefusalStats {
+  n: number;
+  /** p99 time to refusal, seconds (null without refusals). */
+  p99: number | null;
+  /** Refusals that came after a wait of more than 10 s, % of refusals. */
+  over10sPct: number | null;
+}
+
+const refusalStats = (list: readonly Refusal[]): RefusalStats =>
+  list.length === 0
+    ? { n: 0, p99: null, over10sPct: null }
+    : {
+        n: list.length,
+        p99: round(
+          percentile(
+            list.map((r) => r.ms),
+            0.99,
+          ) / 1000,
+          2,
+        ),
+        over10sPct: round((100 * list.filter((r) => r.ms > 10_000).length) / list.length, 1),
+      };
+
+/**
+ * Share of the steady state (from `fromMs` to `toMs`) during which at least one request of the priority was
+ * waiting for its grant: from the attempt's send for sluice's `x-sluice-queue-ms` (enqueue → grant) when the
+ * answer carried it, else (other setups, streams answered with heartbeats) until the upstream accepted it or it
+ * ended. A priority waiting all the time is backlogged; one that is not (a few closed-loop agents, each with one
+ * request at a time) takes less than its weighted share by choice.
+ */
+export const backloggedShare = (
+  records: readonly RequestRecord[],
+  calls: readonly TaggedCall[],
+  fromMs: number,
+  toMs: number,
+): Record<Priority, number> => {
+  const accepted = new Map<string, number>();
+  for (const c of calls) if (c.accepted && c.id && !accepted.has(c.id)) accepted.set(c.id, c.at);
+  return Object.fromEntries(
+    PRIORITIES.map((p) => {
+      const spans = records
+        .filter((r) => r.priority === p)
+        .map((r) => {
+          const granted = r.attempts?.find((a) => a.queueMs !== undefined);
+          const until = granted
+            ? granted.start + (granted.queueMs as number)
+            : Math.min(accepted.get(r.id) ?? Number.POSITIVE_INFINITY, r.end ?? Number.POSITIVE_INFINITY);
+          return [Math.max(fromMs, r.start), Math.min(toMs, until)];
+        })
+        .filter(([a, b]) => (b as number) > (a as number))
+        .sort((x, y) => (x[0] as number) - (y[0] as number));
+      let covered = 0;
+      let reach = fromMs;
+      for (const [a, b] of spans as [number, number][]) {
+        if (b <= reach) continue;
+        covered += b - Math.max(a, reach);
+        reach = b;
+      }
+      return [p, toMs > fromMs ? round((100 * covered) / (toMs - fromMs), 1) : 0];
+    }),
+  ) as Record<Priority, number>;
+};
+
+export interface ShareCheck {
+  priority: Priority;
+  weight: number;
+  backloggedPct: number;
+  /** In the share computation: backlogged, or at least taking its weighted share. */
+  backlogged: boolean;
+  expectedRpm: number;
+  measuredRpm: number;
+  /** measured / expected − 1, % (null when not backlogged: it takes what it asks for). */
+  deviationPct: number | null;
+  withinTolerance: boolean | null;
+}
+
+/**
+ * Work-conserving weighted shares: the goodput is split by weight among the backlogged priorities; a priority
+ * that is not backlogged (waiting < `backlogPct` of the time) and takes less than its share is served what it
+ * asked for, and the rest flows to the others (water-filling until no share is left over).
+ */
+export const weightedShareCheck = (opts: {
+  weights: Record<Priority, number>;
+  measuredRpm: Record<Priority, number>;
+  backloggedPct: Record<Priority, number>;
+  totalRpm: number;
+  /** @default 95 */
+  backlogPct?: number;
+  /** @default 15 */
+  tolerancePct?: number;
+}): ShareCheck[] => {
+  const { weights, measuredRpm, backloggedPct, totalRpm } = opts;
+  const backlogPct = opts.backlogPct ?? 95;
+  const tolerance = opts.tolerancePct ?? 15;
+  const active = new Set(PRIORITIES.filter((p) => measuredRpm[p] > 0 || backloggedPct[p] > 0));
+  const demandLimited = new Set<Priority>();
+  for (;;) {
+    const sharing = [...active].filter((p) => !demandLimited.has(p));
+    const pool = totalRpm - [...demandLimited].reduce((a, p) => a + measuredRpm[p], 0);
+    const weightSum = sharing.reduce((a, p) => a + weights[p], 0);
+    const next = sharing.find(
+      (p) => backloggedPct[p] < backlogPct && measuredRpm[p] < (pool * weights[p]) / weightSum,
+    );
+    if (!next) {
+      return PRIORITIES.filter((p) => active.has(p)).map((p) => {
+        const backlogged = !demandLimited.has(p);
+        const expectedRpm = backlogged ? round((pool * weights[p]) / weightSum, 1) : measuredRpm[p];
+        const deviation = backlogged && expectedRpm > 0 ? (100 * measuredRpm[p]) / expectedRpm - 100 : null;
+        return {
+          priority: p,
+          weight: weights[p],
+          backloggedPct: backloggedPct[p],
+          backlogged,
+          expectedRpm,
+          measuredRpm: measuredRpm[p],
+          deviationPct: deviation === null ? null : round(deviation, 1),
+          withinTolerance: deviation === null ? null : Math.abs(deviation) <= tolerance,
+        };
+      });
+    }
+    demandLimited.add(next);
+  }
+};
+
 export interface RunMetrics {
   /** Completed requests per modelled minute in steady state (after the first window). */
   goodputRpm: number;
@@ -139,7 +295,16 @@ export interface RunMetrics {
   inversionsByPriority: Record<Priority, number>;
   /** End-to-end latency of completed requests in steady state, seconds (modelled). */
   latency: Record<Priority, LatencyStats>;
+  /** Time to refusal per priority and overall (whole run, every refused attempt). */
+  refusals?: Record<Priority | 'all', RefusalStats>;
+  /** Refusals per error code. */
+  refusalCodes?: Record<string, number>;
+  /** % of the steady state with at least one request of the priority waiting (see backloggedShare). */
+  backloggedPct?: Record<Priority, number>;
 }
+
+const perPriorityOf = <T>(f: (p: Priority) => T) =>
+  Object.fromEntries(PRIORITIES.map((p) => [p, f(p)])) as Record<Priority, T>;
 
 export const runMetrics = (opts: {
   records: readonly RequestRecord[];
@@ -169,7 +334,16 @@ export const runMetrics = (opts: {
   const steadyCalls = within.filter((c) => c.at >= windowMs);
   const n429 = within.filter(refused).length;
   const inv = priorityInversions(within, records, opts.inversionBoundMs);
+  const refusals = refusalsOf(records);
+  const refusalCodes: Record<string, number> = {};
+  for (const r of refusals) refusalCodes[r.code] = (refusalCodes[r.code] ?? 0) + 1;
   return {
+    refusals: {
+      ...perPriorityOf((p) => refusalStats(refusals.filter((r) => r.priority === p))),
+      all: refusalStats(refusals),
+    },
+    refusalCodes,
+    backloggedPct: backloggedShare(records, within, windowMs, durationMs),
     goodputRpm: round(goodputRpm, 1),
     goodputPctOfLimit: round((100 * goodputRpm) / opts.limitRpm, 1),
     completed: records.filter((r) => r.ok).length,

@@ -42,7 +42,25 @@ export interface RequestRecord {
    * (a request nobody answered within the run is no success, whatever it would have become later).
    */
   cut: boolean;
+  /** Every HTTP attempt the agent's client made for it (modelled ms): its retries and their answers. */
+  attempts?: AttemptRecord[];
 }
+
+/** One HTTP attempt of a request: when it was sent, when its answer's headers came, status and error code. */
+export interface AttemptRecord {
+  start: number;
+  end: number;
+  status: number;
+  code?: string;
+  /** sluice's `x-sluice-queue-ms` (enqueue → grant) on an answer, when its headers came after the grant. */
+  queueMs?: number;
+}
+
+/** Attempts seen by the bench clients' fetch, by request id (real ms), until the run picks them up. */
+const attemptLog = new Map<string, AttemptRecord[]>();
+
+const requestIdOf = (init: RequestInit | undefined): string | undefined =>
+  parseBenchUserAgent(new Headers(init?.headers).get('user-agent'))?.id;
 
 export interface SendRequest {
   id: string;
@@ -106,6 +124,7 @@ export const runWorkload = async (
   const { onTick, tickMs = 5_000 } = opts;
   const priorities = agentPriorities(w.agents);
   const records: RequestRecord[] = [];
+  attemptLog.clear();
   const stop = new AbortController();
   const clock = opts.clock ?? simClock(scale);
   const ticker = onTick ? setInterval(() => onTick(records, clock), tickMs) : undefined;
@@ -150,6 +169,15 @@ export const runWorkload = async (
     }
     rec.end = clock.now();
     if (stop.signal.aborted && !rec.ok && rec.end >= w.durationMs - 1) rec.cut = true;
+    const attempts = attemptLog.get(rec.id);
+    attemptLog.delete(rec.id);
+    if (attempts)
+      rec.attempts = attempts.map((a) => ({
+        ...a,
+        start: clock.at(a.start),
+        end: clock.at(a.end),
+        ...(a.queueMs !== undefined ? { queueMs: scale.sim(a.queueMs) } : {}),
+      }));
   };
 
   if (w.kind === 'closed') {
@@ -246,7 +274,31 @@ export const benchClient = (opts: {
     baseURL: opts.baseURL,
     apiKey: opts.apiKey,
     fetch: async (url: string | URL | Request, init?: RequestInit) => {
+      const sent = Date.now();
       const res = await inner(url, init);
+      const id = requestIdOf(init);
+      if (id) {
+        // The error code of a refusal (small JSON bodies): time to refusal is reported per code and priority.
+        let code: string | undefined;
+        if (res.status >= 400) {
+          try {
+            const body = JSON.parse(await res.clone().text()) as { error?: { code?: unknown } };
+            if (typeof body.error?.code === 'string') code = body.error.code;
+          } catch {
+            // Not JSON: the status alone.
+          }
+        }
+        const queued = Number(res.headers.get('x-sluice-queue-ms') ?? Number.NaN);
+        const list = attemptLog.get(id) ?? [];
+        list.push({
+          start: sent,
+          end: Date.now(),
+          status: res.status,
+          ...(code ? { code } : {}),
+          ...(Number.isFinite(queued) ? { queueMs: queued } : {}),
+        });
+        attemptLog.set(id, list);
+      }
       const ms = res.headers.get('retry-after-ms');
       const s = res.headers.get('retry-after');
       if (k === 1 || (ms === null && s === null)) return res;

@@ -23,7 +23,6 @@ import {
   UnavailableError,
 } from './errors.js';
 import { GRANT_TO_CALL_MAX_MS, grantToCallMaxMs } from './gcra.js';
-import { RESERVE_AHEAD_MS } from './grant-estimate.js';
 import type {
   AgentUsageEvent,
   BudgetStore,
@@ -35,14 +34,15 @@ import type {
 } from './ports.js';
 import { PRIORITIES, type Priority, priorityRank } from './priority.js';
 import { parseWeights } from './priority-policy.js';
+import { estimateWaitMs, fitsDeadline, RESERVE_AHEAD_MS } from './queue-estimate.js';
 import {
   isGrantStale,
+  SEND_SHARE,
   type Ticket,
   type TicketPatch,
   type TicketStatus,
   waitAfterLostClaim,
 } from './tickets.js';
-import { estimateWaitMs } from './wait-estimate.js';
 
 export interface AdmissionDeps {
   tickets: TicketStore;
@@ -141,7 +141,14 @@ export interface UntilClaimedOptions extends WaitHooks {
 
 /** What the way from admission to a claimed grant ended with. */
 export type ClaimResult =
-  | { kind: 'claimed'; ticket: Ticket }
+  | {
+      kind: 'claimed';
+      ticket: Ticket;
+      /** Checked again right before the send (Admission.beforeSend); false for a passthrough grant. */
+      judged: boolean;
+      /** The ticket's claim time before this claim (an earlier attempt's call): what a hand-back restores. */
+      calledAt?: number;
+    }
   | { kind: 'refused'; error: GatewayError }
   /** The agent left after the claim; the ticket was ended as abandoned. */
   | { kind: 'gone' };
@@ -224,7 +231,7 @@ export class Admission {
    * Reads of waiting tickets, for the benchmark's calls-per-request figure; requests granted on the fast path,
    * and those that tried it and were queued instead.
    */
-  readonly stats = { polls: 0, fastPath: 0, fastFallback: 0 };
+  readonly stats = { polls: 0, fastPath: 0, fastFallback: 0, staleAtSend: 0 };
   /** Until when this container skips the fast path, per priority (see FAST_PATH_BACKOFF_MS). */
   private readonly fastPathOffUntil: Record<Priority, number> = { urgent: 0, high: 0, normal: 0, low: 0 };
 
@@ -387,7 +394,8 @@ export class Admission {
     });
     const now = clock.now();
     const canWaitMs = ticket.deadline - now;
-    if (estimateMs <= canWaitMs) return estimateMs;
+    if (fitsDeadline({ at: now + estimateMs, now, deadline: ticket.deadline, firstLook: true }))
+      return estimateMs;
     await this.d.outcomes.record(now, { counts: { refused: 1 } }).catch(() => undefined);
     void this.use(ticket.agent, { requests: 1, refused: 1, throttled: 1 });
     const s = (ms: number) => Math.ceil(ms / 1000);
@@ -896,8 +904,40 @@ export class Admission {
         await this.finish(claimed, 'abandoned', { reason: 'client_disconnected' });
         return { kind: 'gone' };
       }
-      return { kind: 'claimed', ticket: claimed };
+      return {
+        kind: 'claimed',
+        ticket: claimed,
+        judged,
+        ...(granted.claimedAt !== undefined ? { calledAt: granted.claimedAt } : {}),
+      };
     }
+  }
+
+  /**
+   * The last check before a claimed grant's request leaves (after the claim, the reply headers and the key
+   * lookup): a grant older than SEND_SHARE of the slack is handed back instead of called on — `claimed → queued`
+   * by this claimer only (TicketStore.unclaim restores the claim time of any earlier call, so "claimed means
+   * called" holds for everyone else), its token refunded and its queue message sent again (its place kept).
+   * @param o.grantUncounted a fast-path grant whose `granted` count is still to be recorded (it is, with the requeue)
+   * @returns 'send'; the requeued ticket to wait on; or 'lost' when the ticket is no longer this claimer's
+   */
+  async beforeSend(
+    claimed: Ticket,
+    o: { windowMs: number; grantSlackMs?: number; calledAt?: number; grantUncounted?: boolean },
+  ): Promise<'send' | Ticket | 'lost'> {
+    if (!this.isStale(claimed, o.windowMs, o.grantSlackMs, SEND_SHARE)) return 'send';
+    const res = await this.d.tickets.unclaim(claimed, o.calledAt, 'grant_stale_at_send');
+    if (!('ticket' in res)) return 'lost';
+    this.stats.staleAtSend++;
+    // The message first (without it nobody grants the ticket again); the refund and the count are best effort.
+    await this.enqueue(res.ticket);
+    await this.d.bucket
+      .refund(claimed.grantedAt ?? this.d.clock.now(), o.windowMs)
+      .catch(unlessStoreDown(undefined));
+    await this.d.outcomes
+      .record(this.d.clock.now(), { counts: { requeued: 1, ...(o.grantUncounted ? { granted: 1 } : {}) } })
+      .catch(() => undefined);
+    return res.ticket;
   }
 
   private grantLost(): GatewayError {

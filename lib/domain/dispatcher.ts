@@ -6,10 +6,10 @@ import type { ConfigService } from './config-service.js';
 import { BufferedOutcomes, MessageDeletes } from './dispatch-backlog.js';
 import { StoreUnavailableError } from './errors.js';
 import { type ConsumeAttempt, deriveBucket } from './gcra.js';
-import { estimateGrantTimes, RESERVE_AHEAD_MS } from './grant-estimate.js';
 import type { LeaseStore, OutcomeStore, ReceivedMessage, TicketQueue, TicketStore } from './ports.js';
 import { PRIORITIES, type Priority, priorityRank } from './priority.js';
 import { chargePriority, type DrrState, initialDrr, parseWeights, pickPriority } from './priority-policy.js';
+import { estimateGrantTimes, fitsDeadline, higherArrivalLoads, RESERVE_AHEAD_MS } from './queue-estimate.js';
 import type { RetreatRecord } from './retreat.js';
 import type { RetreatController } from './retreat-controller.js';
 import type { TicketMessage } from './tickets.js';
@@ -112,6 +112,8 @@ interface Buffered extends ReceivedMessage {
   receivedAt: number;
   /** When this message was first buffered (LOW's token timeout counts from here). */
   firstSeenAt: number;
+  /** Judged hopeless or not at least once (the first look is stricter: FIRST_LOOK_SHARE). */
+  looked?: boolean;
 }
 
 export interface RunSummary {
@@ -138,6 +140,13 @@ export class Dispatcher {
   private lastArrivalAt = 0;
   /** Weighted policy: whose turn it is and the credit left (kept across loops; a grant charges it). */
   private drr: DrrState = initialDrr();
+  /**
+   * Tickets seen by this dispatcher, by id: when they were admitted (`enqueuedAt`, so a backlog received late
+   * still counts when it arrived, and duplicates and requeues count once) and their priority — the more important
+   * load, for refusals. Trimmed to the last few minutes.
+   */
+  private arrivals = new Map<string, { at: number; priority: Priority }>();
+  private runStartedAt: number | undefined;
   /** Deletes and counters off the grant's critical path (flushed in the background and before a run ends). */
   private readonly deletes: MessageDeletes;
   private readonly outcomes: BufferedOutcomes;
@@ -161,6 +170,7 @@ export class Dispatcher {
    */
   async run(deadline: number, signal?: AbortSignal): Promise<RunSummary> {
     const { lease, clock, owner } = this.d;
+    this.runStartedAt ??= clock.now();
     const summary: RunSummary = {
       ran: false,
       granted: 0,
@@ -318,6 +328,7 @@ export class Dispatcher {
         const now = this.d.clock.now();
         // Duplicate deliveries are buffered too: the grant's condition refuses the copy, which is then deleted.
         for (const m of got) buf.push({ ...m, receivedAt: now, firstSeenAt: now });
+        this.noteArrivals(got, now);
         if (got.length > 0) {
           this.lastArrivalAt = now;
           this.arrival?.();
@@ -553,11 +564,20 @@ export class Dispatcher {
     }
   }
 
+  private noteArrivals(got: readonly ReceivedMessage[], now: number): void {
+    for (const m of got)
+      if (!this.arrivals.has(m.message.ticketId))
+        this.arrivals.set(m.message.ticketId, { at: m.message.enqueuedAt, priority: m.message.priority });
+    if (this.arrivals.size < 2_000) return;
+    for (const [id, a] of this.arrivals) if (a.at < now - 10 * 60_000) this.arrivals.delete(id);
+  }
+
   /**
    * Refuses every buffered ticket that cannot be served in time: its estimated grant time (its place among the
-   * waiting ones at the current pace) lies past its deadline, or — LOW — further than low_priority_timeout from
-   * when it was first seen. Known as soon as a rate cut or a higher-priority arrival makes it so, not at the
-   * deadline.
+   * waiting ones at the current pace and, under strict order, what more important work has been taking of the
+   * recent grants) lies past its deadline, or — LOW — further than low_priority_timeout from when it was first
+   * seen. Known as soon as a rate cut or more important arrivals make it so, not at the deadline: a priority
+   * starved by more important work is refused when its ticket is first seen.
    */
   private async refuseHopeless(now: number, config: GatewayConfig, summary: RunSummary): Promise<void> {
     const { bucket } = this.d;
@@ -577,6 +597,12 @@ export class Dispatcher {
         headWaitMs: 'waitMs' in first ? first.waitMs : 0,
         available: bucket.available('urgent'),
       },
+      higherArrivalLoads({
+        arrivals: [...this.arrivals.values()],
+        now,
+        since: this.runStartedAt ?? now,
+        intervalMs: state.intervalMs,
+      }),
     );
     for (const [i, m] of all.entries()) {
       const at = due[i] ?? now;
@@ -587,11 +613,20 @@ export class Dispatcher {
         msg.priority === 'low' &&
         at - m.firstSeenAt > config.lowPriorityTimeoutMs
           ? 'low_priority_timeout'
-          : at > msg.deadline - this.t.grantMarginMs
+          : !fitsDeadline({
+                at,
+                now,
+                deadline: msg.deadline,
+                firstLook: !m.looked,
+                marginMs: this.t.grantMarginMs,
+              })
             ? 'wait_exceeds_deadline'
             : undefined;
+      m.looked = true;
       if (!reason) continue;
-      if (await this.end(msg, 'rejected', reason, now, at - now)) summary.rejected++;
+      // A starved ticket has no grant time: the agent is told to come back after a window.
+      const retryAfterMs = Number.isFinite(at) ? at - now : config.upstreamWindowMs;
+      if (await this.end(msg, 'rejected', reason, now, retryAfterMs)) summary.rejected++;
       this.finishMessage(m);
     }
   }

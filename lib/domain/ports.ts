@@ -132,6 +132,19 @@ export interface TicketStore {
     opts?: { attempt?: number; known?: Ticket; unlessPaused?: boolean },
   ): Promise<{ ticket: Ticket } | { conflict: Ticket | undefined; paused?: true }>;
   /**
+   * `claimed → queued` made by the claimer alone, when its upstream call never left (the grant grew older than
+   * the slack between the claim and the send). Conditioned on the attempt and on the claimer's own `claimedAt`;
+   * `claimedAt` goes back to `calledAt` (the call of an earlier attempt that did reach the upstream; undefined:
+   * removed) and `claimBy` is removed, so "claimed means called" stays true for every other reader
+   * (Idempotency-Key, the claim sweep). Counters move as for any requeue (attempt + 1).
+   * @returns the requeued ticket, or `{ conflict }` with the current one (not claimed by this claimer any more)
+   */
+  unclaim(
+    claimed: Ticket,
+    calledAt: number | undefined,
+    reason: string,
+  ): Promise<{ ticket: Ticket } | { conflict: Ticket | undefined }>;
+  /**
    * Fast path: in one transaction, spends a token (`attempt`), writes the new ticket as already `claimed` and
    * counts it in flight — only if nothing is queued at its priority or above, in-flight is below `maxInflight`
    * (0 = no cap) and the stored config is not paused. Nothing is written otherwise.

@@ -32,7 +32,8 @@ export const isTerminal = (s: TicketStatus): s is TerminalStatus =>
  * Legal moves. `queued → granted` happens only in the grant transaction (with a token);
  * `claimed → queued` is the requeue after an upstream 429 before any byte reached the agent;
  * `queued → failed` ends a ticket whose queue message could not be sent (`enqueue_failed`);
- * `granted → queued` requeues a grant its ingress found too late to use (older than GRANT_TO_CALL_MAX_MS).
+ * `granted → queued` requeues a grant its ingress found too late to use (older than GRANT_TO_CALL_MAX_MS);
+ * `claimed → queued` is also the claimer's own hand-back of a claim whose call never left (TicketStore.unclaim).
  */
 export const TRANSITIONS: { readonly [S in TicketStatus]: readonly TicketStatus[] } = {
   queued: ['granted', 'abandoned', 'expired', 'dropped', 'rejected', 'failed'],
@@ -114,17 +115,30 @@ export interface TicketMessage {
 }
 
 /**
- * True when a grant is too old to call on: calls must start within the grant slack (grant_slack_s, at most a
- * tenth of the window) of their grant's slot. Before the claim, a quarter of it is kept for the claim write and
- * the connection that still come before the call reaches the upstream (`share` 0.75); right before the call,
- * all of it (`share` 1).
+ * Share of the grant slack a grant may have used when its claim is written: the claim write, the reply headers,
+ * the key lookup and the send still follow. An older grant is requeued before the claim (cheap: no claim to undo).
+ */
+export const CLAIM_SHARE = 0.75;
+/**
+ * Share of the grant slack a grant may have used when its request is handed to the HTTP client, the last moment
+ * sluice controls: the rest (a fifth, 200 ms at the default 1 s) is for the request's bytes to reach the upstream
+ * (a write on a kept-alive connection, or a handshake on a near network). An older claimed grant is handed back
+ * (Admission.beforeSend) instead of called on, so every call reaches the upstream within the slack of its grant
+ * and the window log's bound (L grants per window + slack) bounds the calls.
+ */
+export const SEND_SHARE = 0.8;
+
+/**
+ * True when a grant is too old to call on: calls must reach the upstream within the grant slack (grant_slack_s,
+ * at most a tenth of the window) of their grant's slot; `share` is how much of it may be used by now
+ * (CLAIM_SHARE before the claim, SEND_SHARE right before the send).
  */
 export const isGrantStale = (
   ticket: Ticket,
   now: number,
   windowMs: number,
   slackMs?: number,
-  share = 0.75,
+  share = CLAIM_SHARE,
 ): boolean =>
   ticket.grantedAt !== undefined && now - ticket.grantedAt > grantToCallMaxMs(windowMs, slackMs) * share;
 

@@ -268,6 +268,8 @@ export class IngressService {
     let fastGrant = admitted.claimed === true;
     for (;;) {
       let claimed: Ticket;
+      // Judged once more right before the send (the fast path's grant too); `calledAt`: an earlier attempt's call.
+      let sendCheck: { calledAt?: number } | undefined = fastGrant ? {} : undefined;
       if (fastGrant) {
         claimed = ticket;
         // The fast grant's own write told this container the bucket's state: no read for the rate headers.
@@ -293,9 +295,21 @@ export class IngressService {
           return;
         }
         claimed = res.ticket;
+        if (res.judged) sendCheck = res.calledAt !== undefined ? { calledAt: res.calledAt } : {};
       }
       const replyHeaders = await this.replyHeaders(ctx, claimed);
-      if ((await this.relay.callAndRelay(ctx, claimed, replyHeaders, { fastGrant })) !== 'requeue') return;
+      const called = await this.relay.callAndRelay(ctx, claimed, replyHeaders, {
+        fastGrant,
+        ...(sendCheck ? { sendCheck } : {}),
+      });
+      if (typeof called === 'object') {
+        // Handed back before the send (the grant grew too old): wait for the next grant at its place.
+        ticket = called.requeued;
+        fromAdmission = false;
+        fastGrant = false;
+        continue;
+      }
+      if (called !== 'requeue') return;
       const requeued = await admission.requeue(claimed, 'upstream_throttled');
       if (!requeued) {
         await channel.fail(
@@ -315,7 +329,8 @@ export class IngressService {
     const queueMs = (claimed.grantedAt ?? this.d.clock.now()) - claimed.enqueuedAt;
     return {
       ...ctx.headers,
-      ...(await this.rateHeaders(ctx, claimed.priority)),
+      // Between the claim and the send: no bucket read unless the last is over 10 s old (the grant's age counts).
+      ...(await this.rateHeaders(ctx, claimed.priority, 10_000)),
       'x-sluice-queue-ms': String(Math.max(0, queueMs)),
     };
   }
@@ -360,10 +375,10 @@ export class IngressService {
 
   /** The bucket as last read, at most 1 s old (shared by all requests of this container). */
   private bucketReadAt = 0;
-  private async refreshBucket(): Promise<void> {
+  private async refreshBucket(maxAgeMs = 1_000): Promise<void> {
     const now = this.d.clock.now();
     // An empty read (the bucket item not written yet) is never reused: it would report 0 remaining.
-    if (now - this.bucketReadAt <= 1_000 && this.d.bucket.state !== undefined) return;
+    if (now - this.bucketReadAt <= maxAgeMs && this.d.bucket.state !== undefined) return;
     this.bucketReadAt = now;
     await this.d.bucket.refresh().catch(() => undefined);
   }
@@ -386,8 +401,9 @@ export class IngressService {
   private async rateHeaders(
     { config }: Pick<RequestContext, 'config'>,
     priority: Priority,
+    maxAgeMs?: number,
   ): Promise<Record<string, string>> {
-    await this.refreshBucket();
+    await this.refreshBucket(maxAgeMs);
     const now = this.d.clock.now();
     const state = this.d.bucket.state;
     const remaining = this.d.bucket.available(priority);

@@ -3,7 +3,13 @@
 import type { Admission } from '../domain/admission.js';
 import type { TokenBucket } from '../domain/bucket.js';
 import type { Clock } from '../domain/clock.js';
-import { GatewayError, RateLimitedError, UpstreamError, ValidationError } from '../domain/errors.js';
+import {
+  GatewayError,
+  RateLimitedError,
+  UnavailableError,
+  UpstreamError,
+  ValidationError,
+} from '../domain/errors.js';
 import type { CounterName } from '../domain/outcomes.js';
 import type { OutcomeStore } from '../domain/ports.js';
 import { agentSafeErrorText } from '../domain/redact.js';
@@ -86,16 +92,19 @@ export class UpstreamRelay {
 
   /**
    * One upstream call and the relay of its answer. With a ticket, records its outcome and ends it;
-   * returns 'requeue' when a 429 / capacity error came before any byte and requeues remain.
+   * returns 'requeue' when a 429 / capacity error came before any byte and requeues remain, or the requeued
+   * ticket when its grant had grown too old by the moment of sending (handed back, never called on).
    * @param headers the reply headers for this attempt (rate-limit and queue headers included)
    * @param opts.fastGrant the ticket was granted on the fast path (its grant is counted with the outcome)
+   * @param opts.sendCheck judge the grant's age right before the send (Admission.beforeSend); `calledAt` is the
+   *   ticket's claim time before this claim
    */
   async callAndRelay(
     ctx: RequestContext,
     ticket: Ticket | undefined,
     headers: Record<string, string>,
-    opts: { fastGrant?: boolean } = {},
-  ): Promise<'done' | 'requeue'> {
+    opts: { fastGrant?: boolean; sendCheck?: { calledAt?: number } } = {},
+  ): Promise<'done' | 'requeue' | { requeued: Ticket }> {
     const { req, channel, config } = ctx;
     const call: Call = {
       ctx,
@@ -109,9 +118,39 @@ export class UpstreamRelay {
     req.signal.addEventListener('abort', onCancel, { once: true });
     channel.cancelled.signal.addEventListener('abort', onCancel, { once: true });
     try {
+      let apiKey: string | undefined;
+      try {
+        apiKey = await this.d.upstreamKey(ctx.upstream);
+      } catch (err) {
+        if (err instanceof GatewayError) {
+          // The credential could not be read (its own fixed 503), not an upstream failure.
+          await this.settle(call, 'no_credential', { reason: err.code });
+          await ctx.channel.fail(err, headers);
+          return 'done';
+        }
+        await this.noAnswer(call, err);
+        return 'done';
+      }
+      if (ticket && opts.sendCheck) {
+        // The last moment before the request leaves: a grant too old now is handed back, not called on. A store
+        // failure here propagates (503; a ticket left claimed is ended by the claim sweep, never called on).
+        const gate = await this.d.admission.beforeSend(ticket, {
+          windowMs: config.upstreamWindowMs,
+          grantSlackMs: config.grantSlackMs,
+          ...(opts.sendCheck.calledAt !== undefined ? { calledAt: opts.sendCheck.calledAt } : {}),
+          grantUncounted: call.grantUncounted,
+        });
+        if (gate === 'lost') {
+          await channel.fail(
+            new UnavailableError('The grant expired before it could be used; retry.', 1_000, 'grant_lost'),
+            headers,
+          );
+          return 'done';
+        }
+        if (gate !== 'send') return { requeued: gate };
+      }
       let res: UpstreamResponse;
       try {
-        const apiKey = await this.d.upstreamKey(ctx.upstream);
         res = await this.d.upstream.call({
           baseUrl: ctx.upstream.baseUrl,
           path: req.path,
@@ -124,12 +163,6 @@ export class UpstreamRelay {
           signal: abort.signal,
         });
       } catch (err) {
-        if (err instanceof GatewayError) {
-          // The credential could not be read (its own fixed 503), not an upstream failure.
-          await this.settle(call, 'no_credential', { reason: err.code });
-          await ctx.channel.fail(err, headers);
-          return 'done';
-        }
         await this.noAnswer(call, err);
         return 'done';
       }

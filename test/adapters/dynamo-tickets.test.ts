@@ -573,6 +573,59 @@ describe('transition', () => {
     expect((await tickets.listPhase('queued#low', 43, 10)).map((x) => x.id)).toContain(t.id);
   });
 
+  it('unclaim (the claimer hands back a call that never left): queued at its place, claim time restored, only by its claimer', async () => {
+    // Prepare: an earlier attempt did call (claimedAt 1_000 kept through its 429 requeue), this attempt claimed.
+    const t = await created({ priority: 'low', enqueuedAt: 43 });
+    await tickets.grant(t, await freshAttempt(), grantPatch());
+    await mustMove(t.id, 'granted', 'claimed', { claimedAt: 1_000, claimBy: clock.now() + 60_000 }, 0);
+    await mustMove(t.id, 'claimed', 'queued', { reason: 'upstream_429' }, 0);
+    await tickets.grant({ id: t.id, attempt: 1 }, await freshAttempt(), grantPatch());
+    const mine = clock.now();
+    const claimed = await mustMove(
+      t.id,
+      'granted',
+      'claimed',
+      { claimedAt: mine, claimBy: mine + 60_000 },
+      1,
+    );
+    const base = await tickets.counts();
+
+    // Act: someone else's claim time does not match; the claimer's does.
+    const other = await tickets.unclaim({ ...claimed, claimedAt: mine - 1 }, 1_000, 'grant_stale_at_send');
+    const out = await tickets.unclaim(claimed, 1_000, 'grant_stale_at_send');
+    const again = await tickets.unclaim(claimed, 1_000, 'grant_stale_at_send');
+
+    // Assess
+    expect(other).toEqual({ conflict: expect.objectContaining({ status: 'claimed', attempt: 1 }) });
+    expect(out).toEqual({
+      ticket: expect.objectContaining({ status: 'queued', attempt: 2, claimedAt: 1_000 }),
+    });
+    expect(again).toEqual({ conflict: expect.objectContaining({ status: 'queued', attempt: 2 }) });
+    const stored = await tickets.get(t.id);
+    expect(stored).toMatchObject({
+      status: 'queued',
+      attempt: 2,
+      claimedAt: 1_000,
+      reason: 'grant_stale_at_send',
+    });
+    expect(stored?.claimBy).toBeUndefined();
+    expect(await tickets.counts()).toEqual({ queued: base.queued + 1, inflight: base.inflight - 1 });
+    expect((await tickets.listPhase('queued#low', 44, 10)).map((x) => x.id)).toContain(t.id);
+
+    // A first attempt that never called: its claim time is removed (an Idempotency-Key retry may replace it later).
+    const u = await created();
+    await tickets.grant(u, await freshAttempt(), grantPatch());
+    const first = await mustMove(
+      u.id,
+      'granted',
+      'claimed',
+      { claimedAt: clock.now(), claimBy: clock.now() + 60_000 },
+      0,
+    );
+    expect('ticket' in (await tickets.unclaim(first, undefined, 'grant_stale_at_send'))).toBe(true);
+    expect((await tickets.get(u.id))?.claimedAt).toBeUndefined();
+  });
+
   it('a requeue under a stale attempt is refused and counts nothing', async () => {
     // Prepare
     const t = await ticketIn('claimed');

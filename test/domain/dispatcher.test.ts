@@ -186,12 +186,13 @@ describe('Dispatcher: reservations, hopeless tickets, expired messages', () => {
     reason: string;
   }>([
     {
-      // 4 per 60 s: one grant per 15 s. With a 40 s deadline the 4th ticket onward (≥ 45 s) can never be served.
+      // 4 per 60 s: one grant per 15 s. With a 40 s deadline the 4th ticket onward (≥ 45 s) can never be served,
+      // and at its first look a ticket must fit in three quarters of it (30 s): the 3rd goes too.
       name: 'tickets whose estimated wait exceeds their deadline are refused at once, not at the deadline',
       config: { upstreamLimit: 4 },
       admitted: Array(6).fill('normal'),
       waitMs: 40_000,
-      refused: 3,
+      refused: 4,
       reason: 'wait_exceeds_deadline',
     },
     {

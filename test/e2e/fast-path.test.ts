@@ -68,10 +68,12 @@ describe('fast path on an idle gateway', () => {
 describe('fast path refused: queued behind more important requests', () => {
   let system: LocalSystem;
   beforeAll(async () => {
-    // 6 per 3 s, burst 1: a token every 500 ms, so urgent requests sent together wait for each other.
+    // 20 per 10 s, burst 1: a token every 500 ms, so urgent requests sent together wait for each other. A window of
+    // 10 s keeps the default 1 s grant slack (a shorter one gets a tenth of itself, which a loaded machine's claim
+    // and send can outlast: the grant is then handed back and granted again after the low one).
     system = await startTestSystem('fast-order', {
       fakeUpstream: { tokenDelayMs: 2, firstByteDelayMs: 5, limit: null },
-      env: { SLUICE_UPSTREAM_LIMIT: '6', SLUICE_UPSTREAM_WINDOW_S: '3', SLUICE_BUCKET_BURST: '1' },
+      env: { SLUICE_UPSTREAM_LIMIT: '20', SLUICE_UPSTREAM_WINDOW_S: '10', SLUICE_BUCKET_BURST: '1' },
     });
   });
   afterAll(async () => {

@@ -97,7 +97,9 @@ describe('DynamoDB failing on the dispatcher', () => {
     expect(f.system.upstream!.calls.length).toBe(calls + 1);
     const mine = (await allTickets(f.system)).filter((t) => !before.has(t.id));
     expect(mine).toHaveLength(1);
-    expect(mine[0]).toMatchObject({ status: 'completed', attempt: 0 });
+    // Its attempt is not asserted: on a loaded machine the 2 s window's 200 ms grant slack can run out between the
+    // claim and the send, and the grant is handed back and granted again — still one upstream call, the point here.
+    expect(mine[0]).toMatchObject({ status: 'completed' });
   });
 
   it('lease item failing for 3 s (renewals and doorbells): the dispatcher pauses, a successor serves the request', async () => {

@@ -615,6 +615,74 @@ export class DynamoTicketStore implements TicketStore {
     }
   }
 
+  async unclaim(
+    claimed: Ticket,
+    calledAt: number | undefined,
+    reason: string,
+  ): Promise<{ ticket: Ticket } | { conflict: Ticket | undefined }> {
+    const update = this.transitionUpdate(
+      claimed.id,
+      'claimed',
+      'queued',
+      { reason },
+      Date.now(),
+      claimed.attempt,
+      claimed.priority,
+      claimed.enqueuedAt,
+    ).Update!;
+    // Only the claimer: its own claim time must still be the stored one.
+    const values: Item = { ...update.ExpressionAttributeValues };
+    const names = { ...update.ExpressionAttributeNames, '#claimedAt': 'claimedAt', '#claimBy': 'claimBy' };
+    let condition = update.ConditionExpression ?? '';
+    if (claimed.claimedAt !== undefined) {
+      condition += ' AND #claimedAt = :mine';
+      values[':mine'] = n(claimed.claimedAt);
+    } else condition += ' AND attribute_not_exists(#claimedAt)';
+    let expression = update.UpdateExpression ?? '';
+    const removes = calledAt === undefined ? ['#claimedAt', '#claimBy'] : ['#claimBy'];
+    if (calledAt !== undefined) {
+      expression = expression.replace(/^SET /, 'SET #claimedAt = :calledAt, ');
+      values[':calledAt'] = n(calledAt);
+    }
+    expression = expression.includes(' REMOVE ')
+      ? `${expression}, ${removes.join(', ')}`
+      : `${expression} REMOVE ${removes.join(', ')}`;
+    try {
+      await this.client.send(
+        new TransactWriteItemsCommand({
+          TransactItems: [
+            {
+              Update: {
+                ...update,
+                UpdateExpression: expression,
+                ConditionExpression: condition,
+                ExpressionAttributeNames: names,
+                ExpressionAttributeValues: values,
+              },
+            },
+            this.counters({ queued: 1, inflight: -1 }),
+            this.agentCounter(claimed.agent, 1),
+            this.priorityCounter(claimed.priority, 1),
+          ],
+          ClientRequestToken: requestToken('unclaim', PROCESS_ID, claimed.id, claimed.attempt, ++tries),
+        }),
+      );
+    } catch (err) {
+      const [first] = cancellation(err);
+      return { conflict: ticketFromItem(first?.item) };
+    }
+    const { claimedAt: _mine, claimBy: _by, ...rest } = claimed;
+    return {
+      ticket: {
+        ...rest,
+        ...(calledAt !== undefined ? { claimedAt: calledAt } : {}),
+        status: 'queued',
+        attempt: claimed.attempt + 1,
+        reason,
+      },
+    };
+  }
+
   async fastGrant(
     ticket: Ticket,
     attempt: ConsumeAttempt,

@@ -237,6 +237,34 @@ export class MemoryTicketStore implements TicketStore {
     return { ticket: { ...next } };
   }
 
+  async unclaim(
+    claimed: Ticket,
+    calledAt: number | undefined,
+    reason: string,
+  ): Promise<{ ticket: Ticket } | { conflict: Ticket | undefined }> {
+    const current = this.tickets.get(claimed.id);
+    if (
+      current?.status !== 'claimed' ||
+      current.attempt !== claimed.attempt ||
+      current.claimedAt !== claimed.claimedAt
+    )
+      return { conflict: current && { ...current } };
+    const { claimedAt: _mine, claimBy: _by, ...rest } = current;
+    const next: Ticket = {
+      ...rest,
+      ...(calledAt !== undefined ? { claimedAt: calledAt } : {}),
+      status: 'queued',
+      attempt: current.attempt + 1,
+      reason,
+    };
+    this.tickets.set(claimed.id, next);
+    this.counters.queued++;
+    this.moveAgent(current.agent, 1);
+    this.priorityQueued[current.priority]++;
+    this.counters.inflight--;
+    return { ticket: { ...next } };
+  }
+
   async oldestQueued(priority: Priority): Promise<Ticket | undefined> {
     const [t] = await this.listPhase(`queued#${priority}`, Number.MAX_SAFE_INTEGER, 1);
     return t;
