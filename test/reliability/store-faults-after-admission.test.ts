@@ -78,15 +78,22 @@ describe('DynamoDB failing after admission', () => {
     });
     const reply = await call(f.system, key, {
       body: JSON.stringify({ model: 'meta/x', stream: true, messages: [] }),
-    }).finally(remove);
+    });
     expect(reply.status).toBe(200);
     expect(reply.text).toContain('data: [DONE]');
     expect(reply.error).toBeUndefined();
-    const t = (await allTickets(f.system)).find((x) => !before.has(x.id));
-    expect(await settleTicket(t!.id, 30_000)).toMatchObject({
-      status: 'failed',
-      reason: 'ingress_lost_during_call',
-    });
+    // The end is recorded after the reply ended (the agent never waits for it): the fault holds, for every
+    // retry of that write, until the sweep has ended the ticket (a move to `failed`, which the rule lets through).
+    try {
+      await expect.poll(() => f.dynamo.injected.get('finish') ?? 0, { timeout: 20_000 }).toBeGreaterThan(0);
+      const t = (await allTickets(f.system)).find((x) => !before.has(x.id));
+      expect(await settleTicket(t!.id, 30_000)).toMatchObject({
+        status: 'failed',
+        reason: 'ingress_lost_during_call',
+      });
+    } finally {
+      remove();
+    }
   });
 
   it.each([
