@@ -150,8 +150,8 @@ export class ResponseCache {
           stored = res === 'stored';
           this.d.telemetry?.cache(res, Buffer.byteLength(body));
         } catch (err) {
-          if (!(err instanceof StoreUnavailableError)) throw err;
-          this.d.log.warn('storing a cached answer failed', { error: err.message });
+          // The agent's answer is good whatever happens to its copy: never fail the request for the cache.
+          this.d.log.warn('storing a cached answer failed', { error: (err as Error).message });
         }
       },
     };

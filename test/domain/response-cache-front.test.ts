@@ -150,6 +150,17 @@ describe('ResponseCache.front', () => {
     expect((await s.cache.front(s.ctx('low3', false, 'low'), s.lookup())).kind).toBe('hit');
   });
 
+  it('an answer the store refuses (any error) still reaches the agent: the sink never throws', async () => {
+    const { cache, ctx, lookup, store } = setup();
+    const m = miss(await cache.front(ctx('r1'), lookup()));
+    store.put = async () => {
+      throw new Error('ValidationException: Item size has exceeded the maximum allowed size');
+    };
+    await expect(m.sink.answer({ status: 200, sse: false, text: ANSWER })).resolves.toBeUndefined();
+    await m.done();
+    expect((await cache.front(ctx('r2'), lookup())).kind).toBe('miss');
+  });
+
   it('a store failure serves the request uncached', async () => {
     const { cache, ctx, lookup, store } = setup();
     store.get = async () => {
