@@ -199,13 +199,14 @@ const unlessStoreDown =
 export const POLL_MIN_MS = 25;
 /**
  * Longest pause between two reads near (or past) the estimated grant: bounds how late after its grant a ticket
- * is seen, which must stay well below the grant slack (a staler grant is requeued, not called). It is at most the
+ * is seen, which must stay well below the grant slack (a grant older than 3/4 of it is requeued, not called): at
+ * most half of that, leaving the other half for the grant's own write and the read. It is also at most the
  * dispatcher's reservation horizon (RESERVE_AHEAD_MS), so a ticket read this often near its turn sees its grant
- * before its slot and sleeps exactly until it. Half the slack for short limit windows.
+ * before its slot and sleeps exactly until it.
  */
 export const POLL_MAX_MS = 1_000;
 const pollMaxMs = (windowMs: number, slackMs?: number) =>
-  Math.max(POLL_MIN_MS, Math.min(POLL_MAX_MS, RESERVE_AHEAD_MS, grantSlackOf(windowMs, slackMs) / 2));
+  Math.max(POLL_MIN_MS, Math.min(POLL_MAX_MS, RESERVE_AHEAD_MS, (grantSlackOf(windowMs, slackMs) * 3) / 8));
 /**
  * Longest pause while the estimated grant is far: a ticket the dispatcher refuses while it waits (its wait now
  * exceeds its deadline, LOW's token timeout, dropped from a full queue) is seen within this.
@@ -394,8 +395,12 @@ export class Admission {
     });
     const now = clock.now();
     const canWaitMs = ticket.deadline - now;
-    if (fitsDeadline({ at: now + estimateMs, now, deadline: ticket.deadline, firstLook: true }))
-      return estimateMs;
+    if (fitsDeadline({ at: now + estimateMs, now, deadline: ticket.deadline, firstLook: true })) {
+      // For planning the wait's reads: the estimate allows one interval for the first token, but slots already
+      // reserved ahead (granted tickets, no longer queued) push it further; the bucket as last known says how far.
+      const next = bucket.plan(ticket.priority);
+      return estimateMs + ('waitMs' in next ? Math.max(0, next.waitMs - interval) : 0);
+    }
     await this.d.outcomes.record(now, { counts: { refused: 1 } }).catch(() => undefined);
     void this.use(ticket.agent, { requests: 1, refused: 1, throttled: 1 });
     const s = (ms: number) => Math.ceil(ms / 1000);
@@ -591,9 +596,12 @@ export class Admission {
             Math.min(FAR_POLL_MAX_MS, untilAim / 2)
           : untilAim >= POLL_MIN_MS
             ? untilAim
-            : // Past the aim: the grant is late (the dispatcher behind, more important arrivals). Read soon after
-              // the aim once, then every nearPause, within which a reservation stays visible before its slot.
-              nearPause / 2 ** Math.max(0, 2 - overdue);
+            : // Past the aim: the grant is late (the dispatcher behind, more important arrivals): every nearPause,
+              // within which a reservation is still seen before its slot and a late grant well inside the slack.
+              // A wait that starts past its estimate (a token was free) reads sooner once.
+              overdue === 0
+              ? nearPause / 4
+              : nearPause;
       const remaining = Math.max(0, etaAt - now);
       hooks.onWaiting?.({ position: Math.ceil(remaining / intervalMs), etaMs: remaining });
       await clock.sleep(Math.max(0, Math.min(pause, ticket.deadline - now)), hooks.signal);

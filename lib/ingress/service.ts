@@ -373,14 +373,19 @@ export class IngressService {
     );
   }
 
-  /** The bucket as last read, at most 1 s old (shared by all requests of this container). */
+  /**
+   * The bucket as last known (shared by all requests of this container), re-read when over 1 s old. The re-read
+   * runs in the background when a state is known: the rate headers of the reply being built describe the bucket
+   * as of at most ~1 s ago, and no read sits between a claim and its upstream call.
+   */
   private bucketReadAt = 0;
   private async refreshBucket(maxAgeMs = 1_000): Promise<void> {
     const now = this.d.clock.now();
     // An empty read (the bucket item not written yet) is never reused: it would report 0 remaining.
     if (now - this.bucketReadAt <= maxAgeMs && this.d.bucket.state !== undefined) return;
     this.bucketReadAt = now;
-    await this.d.bucket.refresh().catch(() => undefined);
+    const read = this.d.bucket.refresh().catch(() => undefined);
+    if (this.d.bucket.state === undefined) await read;
   }
 
   /**

@@ -171,7 +171,7 @@ describe('queued path: a few reads per waiting request, the call at its reserved
 
     expect(queuedRequests).toBeGreaterThan(agents * perAgent - 4);
     const readsPerQueued = (s.admission.stats.polls + s.reads.counts) / queuedRequests;
-    // Was 20.4 here: a read every 500 ms at most, and from 25 ms up once past the estimate.
+    // 2.75 now; 20.4 before (a read every 500 ms at most, and from 25 ms up once past the estimate).
     expect(readsPerQueued).toBeLessThanOrEqual(4);
     // The reservation is seen before its slot: the claim happens at the slot itself.
     slotToClaim.sort((a, b) => a - b);

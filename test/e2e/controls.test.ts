@@ -40,6 +40,8 @@ describe('max_inflight caps concurrent upstream calls', () => {
     const stats = system.upstream!.stats();
     expect(stats.capacity).toBe(0);
     expect(stats.maxInFlight).toBeLessThanOrEqual(3);
+    // Each ticket ends right after its reply, before its invocation returns.
+    await system.settled();
     expect((await system.stores.tickets.counts()).inflight).toBe(0);
   });
 });
