@@ -393,8 +393,10 @@ export class Dispatcher {
     let plan = bucket.plan(msg.priority);
     // Priority inversion is bounded by this: a more important ticket arriving later waits behind the slots
     // already reserved.
+    // The fixed horizon is for minute-long windows: on a shorter one (time-scaled runs) it shrinks with the
+    // window, or reservations made at the old rate would outlast a retreat's cut by a large part of a window.
     const ahead = Math.max(
-      this.t.reserveAtLeastMs,
+      Math.min(this.t.reserveAtLeastMs, config.upstreamWindowMs / 60),
       Math.min(this.t.reserveAheadMs, bucket.state?.intervalMs ?? 0),
     );
     if ('waitMs' in plan) {
