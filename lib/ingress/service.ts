@@ -128,7 +128,7 @@ export class IngressService {
     const limited = [...this.d.upstreams.values()].find((u) => u.limited);
     const route = body
       ? resolveRoute(body.model, this.d.routes, this.d.upstreams)
-      : limited && { upstream: limited, model: '' };
+      : limited && { upstream: limited, model: '', pool: [limited] };
     if (!route) {
       throw new ValidationError(`No route for model \`${body?.model}\`.`, 'model', 'model_not_found');
     }
