@@ -30,6 +30,7 @@ import {
   type TicketStatus,
   waitAfterLostClaim,
 } from './tickets.js';
+import { chooseLane, lanesFor, ticketUpstream, type UpstreamLane, upstreamConfig } from './upstream-lanes.js';
 import { estimateWaitMs } from './wait-estimate.js';
 
 export interface AdmissionDeps {
@@ -45,6 +46,8 @@ export interface AdmissionDeps {
   newId: () => string;
   /** Per-agent usage counters (optional: tests of the core leave it out). */
   usage?: UsageStore;
+  /** Several limited upstreams: one lane each (the first one's bucket is `bucket`). */
+  lanes?: readonly UpstreamLane[];
 }
 
 export interface AdmitRequest {
@@ -58,6 +61,8 @@ export interface AdmitRequest {
   quotaShare?: number;
   /** The agent's Idempotency-Key header, if any. */
   idempotencyKey?: string;
+  /** The limited upstreams that may serve it, when not only the first one. */
+  pool?: string[];
   /**
    * How long the upstream call may run once claimed: given, the request may take the fast path (granted and
    * claimed at admission when nothing more important waits).
@@ -202,6 +207,12 @@ export class Admission {
 
   constructor(private readonly d: AdmissionDeps) {}
 
+  /** The bucket a granted ticket's token came from (its upstream's; the first upstream's when it names none). */
+  private bucketOf(ticket: Pick<Ticket, 'upstream'>): TokenBucket {
+    if (ticket.upstream === undefined) return this.d.bucket;
+    return this.d.lanes?.find((l) => l.name === ticket.upstream)?.bucket ?? this.d.bucket;
+  }
+
   /**
    * Grants the request at once when it can (the fast path); otherwise refuses it when its estimated wait
    * exceeds its own, or creates the ticket (counted for admission in the same transaction), applies the
@@ -224,6 +235,7 @@ export class Admission {
       ...(req.quotaRpm !== undefined ? { quotaRpm: req.quotaRpm } : {}),
       ...(req.quotaShare !== undefined ? { quotaShare: req.quotaShare } : {}),
       ...(req.idempotencyKey ? { idempotencyKey: req.idempotencyKey } : {}),
+      ...(req.pool ? { pool: req.pool } : {}),
     };
     const idem = req.idempotencyKey
       ? {
@@ -280,16 +292,33 @@ export class Admission {
     config: GatewayConfig,
     callBudgetMs: number,
   ): Promise<Ticket | undefined | 'unknown'> {
-    const { bucket, clock } = this.d;
+    const { clock } = this.d;
     if (config.paused || clock.now() < this.fastPathOffUntil[ticket.priority]) return undefined;
-    // Read once per container; afterwards every write (or refused condition) tells the state.
-    if (!bucket.state) await bucket.refresh();
-    if (!bucket.state) return undefined;
-    const plan = bucket.plan(ticket.priority);
+    let bucket = this.d.bucket;
+    let upstream: string | undefined;
+    let maxInflight = config.maxInflight;
+    let plan: ReturnType<TokenBucket['plan']>;
+    if (ticket.pool && this.d.lanes) {
+      // Several upstreams: a member of the ticket's pool with a token now.
+      const lanes = lanesFor(ticket.pool, this.d.lanes);
+      for (const lane of lanes) if (!lane.bucket.state) await lane.bucket.refresh();
+      const choice = chooseLane(lanes, ticket.priority, new Map());
+      if (!choice || 'waitMs' in choice) return undefined;
+      bucket = choice.lane.bucket;
+      upstream = ticketUpstream(choice.lane);
+      maxInflight = upstreamConfig(config, choice.lane.name).maxInflight;
+      plan = { attempt: choice.attempt };
+    } else {
+      // Read once per container; afterwards every write (or refused condition) tells the state.
+      if (!bucket.state) await bucket.refresh();
+      if (!bucket.state) return undefined;
+      plan = bucket.plan(ticket.priority);
+    }
     if ('waitMs' in plan) return undefined;
     const now = clock.now();
     const claimed: Ticket = {
       ...ticket,
+      ...(upstream !== undefined ? { upstream } : {}),
       status: 'claimed',
       // The bucket logs the grant at the attempt's time: a refund finds it by this.
       grantedAt: plan.attempt.now,
@@ -298,7 +327,7 @@ export class Admission {
     };
     let res: Awaited<ReturnType<TicketStore['fastGrant']>>;
     try {
-      res = await this.d.tickets.fastGrant(claimed, plan.attempt, { maxInflight: config.maxInflight });
+      res = await this.d.tickets.fastGrant(claimed, plan.attempt, { maxInflight });
     } catch (err) {
       // Contention on the counter item or a hiccup: the queue is the way that copes with it.
       if (!(err instanceof StoreUnavailableError)) throw err;
@@ -329,7 +358,8 @@ export class Admission {
   private async hopeless(ticket: Ticket, config: GatewayConfig): Promise<RateLimitedError | undefined> {
     const { bucket, clock } = this.d;
     const interval = bucket.state?.intervalMs;
-    if (interval === undefined) return undefined;
+    // Several upstreams: the estimate knows one bucket; the deadline bounds the wait.
+    if (interval === undefined || ticket.pool) return undefined;
     const queued = await this.d.tickets.queuedByPriority().catch(unlessStoreDown(undefined));
     if (!queued) return undefined;
     const estimateMs = estimateWaitMs({
@@ -443,6 +473,7 @@ export class Admission {
         deadline: ticket.deadline,
         ...(ticket.quotaRpm !== undefined ? { quotaRpm: ticket.quotaRpm } : {}),
         ...(ticket.quotaShare !== undefined ? { quotaShare: ticket.quotaShare } : {}),
+        ...(ticket.pool ? { pool: ticket.pool } : {}),
       });
     } catch {
       // Without a message nobody would ever grant it: end it now rather than let it wait in vain.
@@ -664,10 +695,10 @@ export class Admission {
       'granted',
       'abandoned',
       { finishedAt: this.d.clock.now(), reason },
-      { attempt: ticket.attempt },
+      { attempt: ticket.attempt, known: ticket },
     );
     if ('ticket' in res) {
-      await this.d.bucket.refund(ticket.grantedAt ?? this.d.clock.now(), windowMs);
+      await this.bucketOf(ticket).refund(ticket.grantedAt ?? this.d.clock.now(), windowMs);
       await this.d.outcomes.record(this.d.clock.now(), { counts: { abandoned: 1 } });
     }
   }
@@ -719,7 +750,7 @@ export class Admission {
       { attempt: ticket.attempt, known: ticket },
     );
     if (!('ticket' in res)) return undefined;
-    await this.d.bucket.refund(ticket.grantedAt ?? this.d.clock.now(), windowMs);
+    await this.bucketOf(ticket).refund(ticket.grantedAt ?? this.d.clock.now(), windowMs);
     await this.d.outcomes.record(this.d.clock.now(), { counts: { requeued: 1 } });
     await this.enqueue(res.ticket);
     return res.ticket;

@@ -81,6 +81,10 @@ export interface Ticket {
   /** The agent's quota at admission (from its key). */
   quotaRpm?: number;
   quotaShare?: number;
+  /** The limited upstreams that may serve it (a pool), when not only the first one. */
+  pool?: string[];
+  /** The upstream its token came from, when not the first one: the ingress calls that one, with its key. */
+  upstream?: string;
 }
 
 /** Fields a transition may set besides the status. */
@@ -95,6 +99,7 @@ export type TicketPatch = Partial<
     | 'upstreamStatus'
     | 'deadline'
     | 'totalTokens'
+    | 'upstream'
   >
 >;
 
@@ -109,6 +114,8 @@ export interface TicketMessage {
   /** The agent's quota, carried so the dispatcher needs no key lookup. */
   quotaRpm?: number;
   quotaShare?: number;
+  /** The upstreams that may serve it, when not only the first one (Ticket.pool). */
+  pool?: string[];
 }
 
 /**

@@ -19,6 +19,7 @@ import type { Priority } from '../domain/priority.js';
 import { bucketParamsFor } from '../domain/retreat-controller.js';
 import { type Route, resolveRoute, type UpstreamDef } from '../domain/routes.js';
 import type { Ticket } from '../domain/tickets.js';
+import { laneOf, type UpstreamLane } from '../domain/upstream-lanes.js';
 import type { UpstreamClient } from '../domain/upstream-port.js';
 import { asGatewayError, errorReply, type HttpReply } from '../http/reply.js';
 import type { IngressRequest, RequestContext } from './context.js';
@@ -55,6 +56,8 @@ export interface IngressDeps {
   upstreamKey: (upstream: UpstreamDef) => Promise<string | undefined>;
   routes: readonly Route[];
   upstreams: ReadonlyMap<string, UpstreamDef>;
+  /** Several limited upstreams: one lane each; a ticket is called on the upstream its token came from. */
+  lanes?: readonly UpstreamLane[];
   clock: Clock;
   telemetry: IngressTelemetry;
   log: {
@@ -174,6 +177,9 @@ export class IngressService {
         ...(key.quotaRpm !== undefined ? { quotaRpm: key.quotaRpm } : {}),
         ...(key.quotaShare !== undefined ? { quotaShare: key.quotaShare } : {}),
         callBudgetMs: config.requestTimeoutMs + FUNCTION_MARGIN_MS,
+        ...((this.d.lanes?.length ?? 0) > 1
+          ? { pool: route.pool.filter((u) => u.limited).map((u) => u.name) }
+          : {}),
       },
       config,
     );
@@ -234,7 +240,12 @@ export class IngressService {
         claimed = res.ticket;
       }
       const replyHeaders = await this.replyHeaders(ctx, claimed);
-      if ((await this.relay.callAndRelay(ctx, claimed, replyHeaders, { fastGrant })) !== 'requeue') return;
+      // Several upstreams: the call goes to the upstream whose token it holds, with that upstream's key.
+      const lane = (this.d.lanes?.length ?? 0) > 1 ? laneOf(claimed, this.d.lanes) : undefined;
+      const upstream = lane ? this.d.upstreams.get(lane.name) : undefined;
+      const callCtx = upstream ? { ...ctx, upstream } : ctx;
+      if ((await this.relay.callAndRelay(callCtx, claimed, replyHeaders, { fastGrant })) !== 'requeue')
+        return;
       const requeued = await admission.requeue(claimed, 'upstream_throttled');
       if (!requeued) {
         await channel.fail(
