@@ -33,6 +33,7 @@ export const makeDispatcherHandler = (deps: DispatcherHandlerDeps) => {
         lease: stores.lease,
         bucket: stores.bucket,
         retreat: stores.retreat,
+        ...(stores.lanes ? { lanes: stores.lanes } : {}),
         config: stores.config,
         outcomes: stores.outcomes,
         clock: stores.clock,

@@ -260,3 +260,9 @@ export const mergeUpstreamLimits = (
   stored: Readonly<Record<string, UpstreamLimits>> | undefined,
 ): Record<string, UpstreamLimits> =>
   Object.fromEntries(Object.entries(deployed).map(([name, l]) => [name, stored?.[name] ?? l]));
+
+/**
+ * The state-item key of an upstream after the first (its bucket, retreat record, in-flight count and outcome
+ * slots); the first upstream keeps the single-upstream keys.
+ */
+export const upstreamStateKey = (name: string): string => `upstream:${name}`;

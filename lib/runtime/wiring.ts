@@ -19,6 +19,8 @@ import { configFromEnv } from '../domain/config.js';
 import { ConfigService } from '../domain/config-service.js';
 import { UnavailableError } from '../domain/errors.js';
 import { RetreatController } from '../domain/retreat-controller.js';
+import type { UpstreamLane } from '../domain/upstream-lanes.js';
+import { upstreamStateKey } from '../domain/upstreams.js';
 import { SECRET_PLACEHOLDER_PREFIX } from '../infra/definitions.js';
 import type { RuntimeEnv } from './env.js';
 
@@ -95,16 +97,52 @@ export const makeStores = (
     }
     return hit;
   };
+  const retreat = new RetreatController({ retreat: retreatStore, outcomes, bucket, clock });
+  // Several limited upstreams: a lane each; the first one's items keep the single-upstream keys.
+  const others = [...env.upstreams.values()]
+    .filter((u) => u.limited && u.name !== env.primaryUpstream)
+    .map((u) => u.name);
+  const lanes: UpstreamLane[] | undefined = others.length
+    ? [
+        { name: env.primaryUpstream, primary: true, bucket, retreat, outcomes },
+        ...others.map((name): UpstreamLane => {
+          const key = upstreamStateKey(name);
+          const laneBucket = new TokenBucket(
+            new DynamoBucketStore(clients.dynamo, env.stateTable, key),
+            clock,
+            {
+              fraction: defaults.reserveFraction,
+              forNormal: defaults.reserveForNormal,
+            },
+          );
+          const laneOutcomes = new DynamoOutcomeStore(clients.dynamo, env.stateTable, `outcomes#${key}`);
+          return {
+            name,
+            primary: false,
+            bucket: laneBucket,
+            outcomes: laneOutcomes,
+            retreat: new RetreatController({
+              retreat: new DynamoRetreatStore(clients.dynamo, env.stateTable, key),
+              outcomes: laneOutcomes,
+              bucket: laneBucket,
+              clock,
+            }),
+          };
+        }),
+      ]
+    : undefined;
   return {
     agentBucket,
     clock,
     bucket,
     outcomes,
     retreatStore,
+    lanes,
     tickets: new DynamoTicketStore(clients.dynamo, {
       ticketsTable: env.ticketsTable,
       stateTable: env.stateTable,
       bucketKey: env.bucketKey,
+      otherUpstreams: others,
     }),
     queue: new SqsTicketQueue(clients.sqs, env.queueUrls),
     lease: new DynamoLeaseStore(clients.dynamo, env.stateTable),
@@ -112,7 +150,7 @@ export const makeStores = (
     usage: new DynamoUsageStore(clients.dynamo, env.stateTable),
     configStore,
     config: new ConfigService(configStore, clock, defaults),
-    retreat: new RetreatController({ retreat: retreatStore, outcomes, bucket, clock }),
+    retreat,
     newId: () => randomUUID(),
   };
 };

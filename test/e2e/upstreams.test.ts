@@ -1,0 +1,74 @@
+// E2E: two limited upstreams from SLUICE_UPSTREAMS — each request goes to its own upstream with that upstream's
+// key, neither upstream's limit is exceeded, and one's backlog does not stop the other.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type FakeUpstream, startFakeUpstream } from '../../local/fake-upstream.js';
+import type { LocalSystem } from '../../local/runtime.js';
+import { allTickets, startTestSystem } from '../support/system.js';
+
+describe('several upstreams (SLUICE_UPSTREAMS)', () => {
+  let a: FakeUpstream;
+  let b: FakeUpstream;
+  let system: LocalSystem;
+  let key: string;
+
+  beforeAll(async () => {
+    // 10-second windows keep the test short: a allows 6, b 3 per window.
+    const fast = { tokenDelayMs: 1, firstByteDelayMs: 1 };
+    a = await startFakeUpstream({ apiKey: 'key-a', limit: { requests: 6, windowMs: 10_000 }, ...fast });
+    b = await startFakeUpstream({ apiKey: 'key-b', limit: { requests: 3, windowMs: 10_000 }, ...fast });
+    system = await startTestSystem('upstreams', {
+      upstreamUrl: `${a.url}/v1`,
+      upstreamApiKey: 'unused-single-upstream-key',
+      env: {
+        SLUICE_UPSTREAMS: JSON.stringify([
+          { name: 'a', url: `${a.url}/v1`, key_env: 'KEY_A', limit: 6, window_s: 10 },
+          { name: 'b', url: `${b.url}/v1`, key_env: 'KEY_B', limit: 3, window_s: 10, models: ['b/'] },
+        ]),
+        KEY_A: 'key-a',
+        KEY_B: 'key-b',
+      },
+    });
+    key = await system.createKey('upstreams', 'urgent');
+  });
+
+  afterAll(async () => {
+    await system?.stop();
+    await Promise.all([a?.stop(), b?.stop()]);
+  });
+
+  it('each request reaches its own upstream with its key; neither limit is exceeded; b is served while a has a backlog', async () => {
+    // Act: 12 requests for a (two of its windows) and 3 for b, all at once.
+    const send = (model: string) =>
+      fetch(`${system.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ model, messages: [{ role: 'user', content: 'x' }] }),
+      }).then(async (res) => ({ status: res.status, text: await res.text() }));
+    const [forA, forB] = await Promise.all([
+      Promise.all(Array.from({ length: 12 }, () => send('meta/llama-3.1-8b-instruct'))),
+      Promise.all(Array.from({ length: 3 }, () => send('b/model'))),
+    ]);
+
+    // Assess
+    expect([...forA, ...forB].map((r) => r.status)).toEqual(Array(15).fill(200));
+    for (const [upstream, own, model] of [
+      [a, 'key-a', 'meta/llama-3.1-8b-instruct'],
+      [b, 'key-b', 'b/model'],
+    ] as const) {
+      expect(upstream.calls.every((c) => c.headers.authorization === `Bearer ${own}`)).toBe(true);
+      expect(upstream.calls.every((c) => c.model === model)).toBe(true);
+      expect(upstream.calls.filter((c) => c.kind === 'rate_limited')).toHaveLength(0);
+    }
+    expect(a.calls).toHaveLength(12);
+    expect(b.calls).toHaveLength(3);
+    expect(a.maxInWindow(10_000)).toBeLessThanOrEqual(6);
+    expect(b.maxInWindow(10_000)).toBeLessThanOrEqual(3);
+    // b went at its own pace while a waited for its second window: b's last call came before a's 7th.
+    const aCalls = a.calls.map((c) => c.at).sort((x, y) => x - y);
+    expect(Math.max(...b.calls.map((c) => c.at))).toBeLessThan(aCalls[6]!);
+    // The tickets name the upstream their token came from (none for the first upstream).
+    const tickets = await allTickets(system);
+    expect(tickets.filter((t) => t.upstream === 'b')).toHaveLength(3);
+    expect(tickets.filter((t) => t.upstream === undefined)).toHaveLength(12);
+  }, 60_000);
+});
