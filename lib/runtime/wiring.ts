@@ -22,6 +22,7 @@ import { RetreatController } from '../domain/retreat-controller.js';
 import type { UpstreamLane } from '../domain/upstream-lanes.js';
 import { upstreamStateKey } from '../domain/upstreams.js';
 import { SECRET_PLACEHOLDER_PREFIX } from '../infra/definitions.js';
+import type { UpstreamRowSource } from '../status/upstream-rows.js';
 import type { RuntimeEnv } from './env.js';
 
 const LOCAL_CREDENTIALS = { accessKeyId: 'local', secretAccessKey: 'local' };
@@ -102,6 +103,32 @@ export const makeStores = (
   const others = [...env.upstreams.values()]
     .filter((u) => u.limited && u.name !== env.primaryUpstream)
     .map((u) => u.name);
+  const tickets = new DynamoTicketStore(clients.dynamo, {
+    ticketsTable: env.ticketsTable,
+    stateTable: env.stateTable,
+    bucketKey: env.bucketKey,
+    otherUpstreams: others,
+  });
+  // /status: each upstream's own items (several upstreams only).
+  const upstreamSources: UpstreamRowSource[] | undefined = others.length
+    ? [
+        {
+          name: env.primaryUpstream,
+          retreat: retreatStore,
+          outcomes,
+          inFlight: async () => (await tickets.counts()).inflight,
+        },
+        ...others.map((name) => {
+          const key = upstreamStateKey(name);
+          return {
+            name,
+            retreat: new DynamoRetreatStore(clients.dynamo, env.stateTable, key),
+            outcomes: new DynamoOutcomeStore(clients.dynamo, env.stateTable, `outcomes#${key}`),
+            inFlight: () => tickets.upstreamInflight(name),
+          };
+        }),
+      ]
+    : undefined;
   const lanes: UpstreamLane[] | undefined = others.length
     ? [
         { name: env.primaryUpstream, primary: true, bucket, retreat, outcomes },
@@ -138,12 +165,8 @@ export const makeStores = (
     outcomes,
     retreatStore,
     lanes,
-    tickets: new DynamoTicketStore(clients.dynamo, {
-      ticketsTable: env.ticketsTable,
-      stateTable: env.stateTable,
-      bucketKey: env.bucketKey,
-      otherUpstreams: others,
-    }),
+    upstreamSources,
+    tickets,
     queue: new SqsTicketQueue(clients.sqs, env.queueUrls),
     lease: new DynamoLeaseStore(clients.dynamo, env.stateTable),
     keys: new DynamoKeyStore(clients.dynamo, env.keysTable),

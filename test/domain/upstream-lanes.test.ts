@@ -18,6 +18,7 @@ import type { ConfigStore, VersionedConfig } from '../../lib/domain/ports.js';
 import { RetreatController } from '../../lib/domain/retreat-controller.js';
 import type { Ticket, TicketPatch } from '../../lib/domain/tickets.js';
 import { chooseLane, type UpstreamLane, upstreamConfig } from '../../lib/domain/upstream-lanes.js';
+import { poolsOf } from '../../lib/status/upstream-rows.js';
 
 class MemoryConfigStore implements ConfigStore {
   constructor(public value: VersionedConfig) {}
@@ -258,6 +259,24 @@ describe('chooseLane: within a pool', () => {
     // Passed over at max_inflight; none with a token: how long until one.
     expect(chooseLane([a, b], 'normal', new Map(), new Set(['nv-b']))).toMatchObject({
       waitMs: expect.any(Number),
+    });
+  });
+});
+
+describe('poolsOf: upstreams sharing models are grouped', () => {
+  it('groups by shared route matches, transitively; an upstream alone is its own pool', () => {
+    const routes = [
+      { match: 'meta/', upstream: 'nv-a' },
+      { match: 'meta/', upstream: 'nv-b' },
+      { match: 'qwen/', upstream: 'nv-b' },
+      { match: 'qwen/', upstream: 'nim' },
+      { match: 'acme/', upstream: 'acme' },
+    ];
+    expect(Object.fromEntries(poolsOf(routes, ['nv-a', 'nv-b', 'nim', 'acme']))).toEqual({
+      'nv-a': ['nim', 'nv-a', 'nv-b'],
+      'nv-b': ['nim', 'nv-a', 'nv-b'],
+      nim: ['nim', 'nv-a', 'nv-b'],
+      acme: ['acme'],
     });
   });
 });

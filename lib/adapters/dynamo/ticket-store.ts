@@ -716,6 +716,18 @@ export class DynamoTicketStore implements TicketStore {
     return (await this.counts()).queued;
   }
 
+  /** Calls granted or running on one upstream after the first (its own counter item). */
+  async upstreamInflight(upstream: string): Promise<number> {
+    const res = await this.client.send(
+      new GetItemCommand({
+        TableName: this.tables.stateTable,
+        Key: stateKey('admission', upstreamStateKey(upstream)),
+        ConsistentRead: true,
+      }),
+    );
+    return plain<{ inflight?: number }>(res.Item)?.inflight ?? 0;
+  }
+
   async counts(): Promise<{ queued: number; inflight: number }> {
     const res = await this.client.send(
       new GetItemCommand({ TableName: this.tables.stateTable, Key: ADMISSION_KEY, ConsistentRead: true }),
