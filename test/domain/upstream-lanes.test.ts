@@ -36,6 +36,8 @@ class MemoryConfigStore implements ConfigStore {
 /** Every grant is called at once (claimed and completed at its slot), as a prompt ingress would. */
 class CallingTicketStore extends MemoryTicketStore {
   readonly calls: { upstream: string; at: number; ticket: string }[] = [];
+  /** Answers the call instead of completing it (e.g. a 429: requeue); true when it handled the call. */
+  answer: ((ticket: Ticket, upstream: string) => Promise<boolean>) | undefined;
   constructor(
     private readonly primary: string,
     ...args: ConstructorParameters<typeof MemoryTicketStore>
@@ -50,8 +52,10 @@ class CallingTicketStore extends MemoryTicketStore {
   ) {
     const res = await super.grant(ticket, attempt, patch, opts);
     if (res.kind === 'granted') {
-      this.calls.push({ upstream: patch.upstream ?? this.primary, at: patch.grantedAt!, ticket: ticket.id });
-      await this.transition(ticket.id, 'granted', 'claimed', { claimedAt: patch.grantedAt! });
+      const upstream = patch.upstream ?? this.primary;
+      this.calls.push({ upstream, at: patch.grantedAt!, ticket: ticket.id });
+      const claimed = await this.transition(ticket.id, 'granted', 'claimed', { claimedAt: patch.grantedAt! });
+      if ('ticket' in claimed && (await this.answer?.(claimed.ticket, upstream))) return res;
       await this.transition(ticket.id, 'claimed', 'completed', { finishedAt: patch.grantedAt! });
     }
     return res;
@@ -149,7 +153,7 @@ const setup = async (upstreams: object[], env: Record<string, string> = {}) => {
       );
     }
   };
-  return { clock, config, tickets, dispatcher, admit, lanes };
+  return { clock, config, tickets, dispatcher, admit, lanes, admission };
 };
 
 /** Most calls an upstream got in any window of `windowMs` (each call opens a window). */
@@ -239,6 +243,34 @@ describe('several upstreams: one priority order, a bucket each', () => {
     expect(idle).toHaveLength(1);
     expect(idle[0]!.at - enqueuedAt).toBeLessThanOrEqual(1_000);
     expect(callsOf(s, 'busy').length).toBeLessThanOrEqual(10);
+  });
+});
+
+describe('a pool member that refuses', () => {
+  it('a 429 (with Retry-After) requeues the ticket and the other member takes it', async () => {
+    // Prepare: nv-a answers its first call with a 429 and Retry-After 30 s (the ingress holds its bucket, requeues).
+    const s = await setup([
+      { name: 'nv-a', limit: 40, window_s: 60 },
+      { name: 'nv-b', limit: 40, window_s: 60 },
+    ]);
+    let refused = 0;
+    s.tickets.answer = async (ticket, upstream) => {
+      if (upstream !== 'nv-a' || refused++ > 0) return false;
+      await s.lanes[0]!.bucket.hold(s.clock.now() + 30_000);
+      await s.admission.requeue(ticket, 'upstream_throttled');
+      return true;
+    };
+    await s.admit(1, ['nv-a', 'nv-b'], 600_000);
+
+    // Act: the requeue rings the doorbell, a run serves it (on the fake clock a run may go idle before its
+    // poller's real-time tick sees the new message: run again as the doorbell would start it).
+    for (let run = 0; run < 3 && (await s.tickets.counts()).queued > 0; run++)
+      await s.dispatcher.run(s.clock.now() + 10_000);
+
+    // Assess: first to nv-a (both full, listed first), then to nv-b; it ends completed there.
+    expect(s.tickets.calls.map((c) => c.upstream)).toEqual(['nv-a', 'nv-b']);
+    const [ticket] = [...s.tickets.tickets.values()];
+    expect(ticket).toMatchObject({ status: 'completed', upstream: 'nv-b', attempt: 1 });
   });
 });
 

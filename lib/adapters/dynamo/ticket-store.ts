@@ -615,7 +615,10 @@ export class DynamoTicketStore implements TicketStore {
       // The caller's copy plus what this write changed, when it gave one: no read after the write.
       if (current) {
         const attempt = to === 'queued' ? current.attempt + 1 : current.attempt;
-        return { ticket: { ...current, ...definedOnly(patch), status: to, attempt } };
+        const ticket: Ticket = { ...current, ...definedOnly(patch), status: to, attempt };
+        // A requeue forgot the upstream (removed above): any member of its pool may take it next.
+        if (to === 'queued') delete ticket.upstream;
+        return { ticket };
       }
       const ticket = await this.get(id);
       return ticket ? { ticket } : { conflict: undefined };
