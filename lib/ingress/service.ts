@@ -19,6 +19,7 @@ import type { Priority } from '../domain/priority.js';
 import { bucketParamsFor } from '../domain/retreat-controller.js';
 import { type Route, resolveRoute, type UpstreamDef } from '../domain/routes.js';
 import type { Ticket } from '../domain/tickets.js';
+import { checkFitsTpm, estimateRequestTokens, poolTpm } from '../domain/token-estimate.js';
 import { laneOf, type UpstreamLane } from '../domain/upstream-lanes.js';
 import type { UpstreamClient } from '../domain/upstream-port.js';
 import { asGatewayError, errorReply, type HttpReply } from '../http/reply.js';
@@ -156,6 +157,8 @@ export class IngressService {
       void this.relay.callAndRelay(ctx, undefined, headers);
       return ctx.channel.reply;
     }
+    // Tokens per minute: a request larger than a whole minute of its upstreams could never be served.
+    if (body) checkFitsTpm(estimateRequestTokens(body.raw, body.json), poolTpm(config, route.pool));
     const idemKey = idempotencyKey(req.headers['idempotency-key']);
     if (config.draining) {
       throw new UnavailableError('The gateway is draining for maintenance; retry later.', 60_000, 'draining');

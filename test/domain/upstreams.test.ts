@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { applyConfigPatch, configFromEnv, DEFAULT_CONFIG, withDefaults } from '../../lib/domain/config.js';
 import { ValidationError } from '../../lib/domain/errors.js';
 import { defaultRoutes, parseRoutes, resolveRoute } from '../../lib/domain/routes.js';
+import { checkFitsTpm, estimateRequestTokens, poolTpm } from '../../lib/domain/token-estimate.js';
 import {
   parseUpstreamList,
   upstreamDefs,
@@ -235,5 +236,34 @@ describe('runtime env: each upstream its own credential', () => {
     expect(() => readRuntimeEnv({ ...QUEUES, SLUICE_UPSTREAMS: '[{"name":"o","models":["x/"]}]' })).toThrow(
       /at least one upstream needs a limit/,
     );
+  });
+});
+
+describe('tokens per minute: a request larger than a whole minute is refused', () => {
+  it.each([
+    // body length, json, default completion → estimate
+    ['x'.repeat(400), {}, 0, 100],
+    ['x'.repeat(401), { max_tokens: 50 }, 0, 151],
+    ['x'.repeat(400), { max_tokens: 50, max_completion_tokens: 20 }, 0, 120],
+    ['x'.repeat(400), {}, 256, 356],
+  ])('estimate(%#) = %i', (raw, json, fallback, estimate) => {
+    expect(estimateRequestTokens(raw, json, fallback)).toBe(estimate);
+  });
+
+  it('a pool allows the most of its members, nothing when one is not metered in tokens', () => {
+    const config = configFromEnv({ SLUICE_UPSTREAMS: TWO_KEYS });
+    const def = (name: string) => ({ name, baseUrl: 'x', limited: true });
+    expect(poolTpm(config, [def('oai')])).toBe(30_000);
+    expect(poolTpm(config, [def('oai'), def('nv-b')])).toBe(0);
+    expect(poolTpm(config, [{ name: 'open', baseUrl: 'x', limited: false }])).toBe(0);
+  });
+
+  it('refuses with a 400 naming the limit; 0 = not metered', () => {
+    expect(() => checkFitsTpm(30_001, 30_000)).toThrow(
+      /about 30001 tokens .* allows 30000 tokens per minute/,
+    );
+    expect(() => checkFitsTpm(30_001, 30_000)).toThrow(ValidationError);
+    expect(() => checkFitsTpm(30_000, 30_000)).not.toThrow();
+    expect(() => checkFitsTpm(10 ** 9, 0)).not.toThrow();
   });
 });

@@ -26,7 +26,15 @@ describe('several upstreams (SLUICE_UPSTREAMS)', () => {
       env: {
         SLUICE_UPSTREAMS: JSON.stringify([
           { name: 'a', url: `${a.url}/v1`, key_env: 'KEY_A', limit: 6, window_s: 10 },
-          { name: 'b', url: `${b.url}/v1`, key_env: 'KEY_B', limit: 3, window_s: 10, models: ['b/'] },
+          {
+            name: 'b',
+            url: `${b.url}/v1`,
+            key_env: 'KEY_B',
+            limit: 3,
+            window_s: 10,
+            tpm: 1000,
+            models: ['b/'],
+          },
         ]),
         KEY_A: 'key-a',
         KEY_B: 'key-b',
@@ -82,5 +90,23 @@ describe('several upstreams (SLUICE_UPSTREAMS)', () => {
       ['a', ['a'], 6, 10_000, 12, 0],
       ['b', ['b'], 3, 10_000, 3, 0],
     ]);
+
+    // b allows 1000 tokens per minute: a request that may spend more is refused before admission.
+    const tooLarge = await fetch(`${system.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+      body: JSON.stringify({
+        model: 'b/model',
+        max_tokens: 5000,
+        messages: [{ role: 'user', content: 'x' }],
+      }),
+    });
+    expect(tooLarge.status).toBe(400);
+    expect(((await tooLarge.json()) as { error: unknown }).error).toMatchObject({
+      type: 'invalid_request_error',
+      code: 'request_too_large',
+      message: expect.stringMatching(/allows 1000 tokens per minute/),
+    });
+    expect(b.calls).toHaveLength(3);
   }, 60_000);
 });
