@@ -43,6 +43,8 @@ export interface DispatcherDeps {
    * @default the first upstream alone
    */
   lanes?: readonly UpstreamLane[];
+  /** Several upstreams: after each one's retreat evaluation (metrics with the upstream as a dimension). */
+  onUpstreamRetreat?: (upstream: string, record: RetreatRecord, stepped: boolean) => void;
 }
 
 export interface DispatcherTimings {
@@ -225,6 +227,7 @@ export class Dispatcher {
             const { record, stepped } = await this.d.retreat.evaluate(config);
             this.effectiveRpm = record.effectiveRpm;
             this.d.onRetreat?.(record, stepped);
+            if (this.lanes.length > 1) this.d.onUpstreamRetreat?.(this.lanes[0]!.name, record, stepped);
             await this.evaluateOtherLanes(config);
             lastEval = now;
           }
@@ -482,7 +485,8 @@ export class Dispatcher {
       if (lane.primary) continue;
       lane.bucket.setReserve({ fraction: config.reserveFraction, forNormal: config.reserveForNormal });
       await lane.bucket.refresh();
-      await lane.retreat.evaluate(upstreamConfig(config, lane.name));
+      const { record, stepped } = await lane.retreat.evaluate(upstreamConfig(config, lane.name));
+      this.d.onUpstreamRetreat?.(lane.name, record, stepped);
     }
   }
 

@@ -106,6 +106,8 @@ const setup = async (upstreams: object[], env: Record<string, string> = {}) => {
     };
   });
   let n = 0;
+  /** Upstreams whose retreat the dispatcher evaluated (the per-upstream metrics' hook). */
+  const retreats: string[] = [];
   const admission = new Admission({
     tickets,
     queue,
@@ -126,6 +128,7 @@ const setup = async (upstreams: object[], env: Record<string, string> = {}) => {
       bucket: lanes[0]!.bucket,
       retreat: lanes[0]!.retreat,
       lanes,
+      onUpstreamRetreat: (upstream) => retreats.push(upstream),
       config: new ConfigService(configStore, clock, config),
       outcomes,
       clock,
@@ -153,7 +156,7 @@ const setup = async (upstreams: object[], env: Record<string, string> = {}) => {
       );
     }
   };
-  return { clock, config, tickets, dispatcher, admit, lanes, admission };
+  return { clock, config, tickets, dispatcher, admit, lanes, admission, retreats };
 };
 
 /** Most calls an upstream got in any window of `windowMs` (each call opens a window). */
@@ -243,6 +246,8 @@ describe('several upstreams: one priority order, a bucket each', () => {
     expect(idle).toHaveLength(1);
     expect(idle[0]!.at - enqueuedAt).toBeLessThanOrEqual(1_000);
     expect(callsOf(s, 'busy').length).toBeLessThanOrEqual(10);
+    // Each upstream's retreat was evaluated under its own name (its metrics carry it as a dimension).
+    expect(new Set(s.retreats)).toEqual(new Set(['busy', 'idle']));
   });
 });
 
