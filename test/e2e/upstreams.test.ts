@@ -15,27 +15,29 @@ describe('several upstreams (SLUICE_UPSTREAMS)', () => {
   let key: string;
 
   beforeAll(async () => {
-    // 10-second windows keep the test short: a allows 6, b 3 per window.
+    // 20-second windows keep the test short: a allows 12, b 6 per window; 2 s of grant slack (a tenth of the
+    // window) so a loaded machine does not send grants back as stale.
     const fast = { tokenDelayMs: 1, firstByteDelayMs: 1 };
-    a = await startFakeUpstream({ apiKey: 'key-a', limit: { requests: 6, windowMs: 10_000 }, ...fast });
-    b = await startFakeUpstream({ apiKey: 'key-b', limit: { requests: 3, windowMs: 10_000 }, ...fast });
+    a = await startFakeUpstream({ apiKey: 'key-a', limit: { requests: 12, windowMs: 20_000 }, ...fast });
+    b = await startFakeUpstream({ apiKey: 'key-b', limit: { requests: 6, windowMs: 20_000 }, ...fast });
     system = await startTestSystem('upstreams', {
       upstreamUrl: `${a.url}/v1`,
       upstreamApiKey: 'unused-single-upstream-key',
       extraRoutes: statusRoutes,
       env: {
         SLUICE_UPSTREAMS: JSON.stringify([
-          { name: 'a', url: `${a.url}/v1`, key_env: 'KEY_A', limit: 6, window_s: 10 },
+          { name: 'a', url: `${a.url}/v1`, key_env: 'KEY_A', limit: 12, window_s: 20 },
           {
             name: 'b',
             url: `${b.url}/v1`,
             key_env: 'KEY_B',
-            limit: 3,
-            window_s: 10,
+            limit: 6,
+            window_s: 20,
             tpm: 1000,
             models: ['b/'],
           },
         ]),
+        SLUICE_GRANT_SLACK_S: '2',
         KEY_A: 'key-a',
         KEY_B: 'key-b',
       },
@@ -49,7 +51,7 @@ describe('several upstreams (SLUICE_UPSTREAMS)', () => {
   });
 
   it('each request reaches its own upstream with its key, tickets name it, neither limit is exceeded, /status has a row each', async () => {
-    // Act: 12 requests for a (two of its windows) and 3 for b, all at once.
+    // Act: 12 requests for a (a window's worth) and 3 for b, all at once.
     const send = (model: string) =>
       fetch(`${system.url}/v1/chat/completions`, {
         method: 'POST',
@@ -73,8 +75,8 @@ describe('several upstreams (SLUICE_UPSTREAMS)', () => {
     }
     expect(a.calls).toHaveLength(12);
     expect(b.calls).toHaveLength(3);
-    expect(a.maxInWindow(10_000)).toBeLessThanOrEqual(6);
-    expect(b.maxInWindow(10_000)).toBeLessThanOrEqual(3);
+    expect(a.maxInWindow(20_000)).toBeLessThanOrEqual(12);
+    expect(b.maxInWindow(20_000)).toBeLessThanOrEqual(6);
     // The tickets name the upstream their token came from (none for the first upstream).
     const tickets = await allTickets(system);
     expect(tickets.filter((t) => t.upstream === 'b')).toHaveLength(3);
@@ -87,8 +89,8 @@ describe('several upstreams (SLUICE_UPSTREAMS)', () => {
     expect(
       status.upstreams?.map((u) => [u.name, u.pool, u.limit, u.windowMs, u.answers, u.throttled]),
     ).toEqual([
-      ['a', ['a'], 6, 10_000, 12, 0],
-      ['b', ['b'], 3, 10_000, 3, 0],
+      ['a', ['a'], 12, 20_000, 12, 0],
+      ['b', ['b'], 6, 20_000, 3, 0],
     ]);
 
     // b allows 1000 tokens per minute: a request that may spend more is refused before admission.
@@ -108,5 +110,5 @@ describe('several upstreams (SLUICE_UPSTREAMS)', () => {
       message: expect.stringMatching(/allows 1000 tokens per minute/),
     });
     expect(b.calls).toHaveLength(3);
-  }, 60_000);
+  }, 90_000);
 });
