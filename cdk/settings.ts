@@ -9,6 +9,7 @@ import {
   type GatewayConfig,
 } from '../lib/domain/config.js';
 import { parseRoutes } from '../lib/domain/routes.js';
+import { parseUpstreamList, type UpstreamEntry } from '../lib/domain/upstreams.js';
 
 /** Everything a deployment may choose; every field has a context key of the same name. */
 export interface SluiceSettings {
@@ -20,8 +21,13 @@ export interface SluiceSettings {
   upstreamLimit: number;
   /** Grants allowed back to back (`SLUICE_BUCKET_BURST`); burst + rate × window stays within the limit. @default 2 */
   bucketBurst: number;
-  /** Model routes as a JSON array (`SLUICE_ROUTES`), e.g. which models spend the limited key. @default built-in NVIDIA routes */
+  /** Model routes as a JSON array (`SLUICE_ROUTES`), added in front of the built-in NVIDIA routes. @default none */
   routes?: string;
+  /**
+   * Several keys or providers (`SLUICE_UPSTREAMS`, JSON list; see the README): one secret per upstream is created
+   * (or imported by an entry's `key_secret` ARN). Replaces `upstreamUrl`/`upstreamLimit`. @default one upstream
+   */
+  upstreams?: string;
   /** Further gateway config defaults in the admin API's form (snake_case, seconds), e.g. `{"queue_max_size":1000}`. */
   config: Record<string, string | number | boolean>;
   /** Retention of every log group. @default 30 days */
@@ -72,6 +78,7 @@ export const CONTEXT_KEYS = [
   'upstreamLimit',
   'bucketBurst',
   'routes',
+  'upstreams',
   'config',
   'logRetentionDays',
   'createDashboard',
@@ -168,6 +175,28 @@ export const settingsFromContext = (read: (key: ContextKey) => unknown): SluiceS
       throw new SettingsError('routes', (err as Error).message);
     }
   }
+  const upstreamsRaw = read('upstreams');
+  const upstreams =
+    upstreamsRaw === undefined || upstreamsRaw === ''
+      ? undefined
+      : JSON.stringify(json('upstreams', upstreamsRaw));
+  if (upstreams !== undefined) {
+    const entries = settingsUpstreams(upstreams);
+    for (const key of ['upstreamUrl', 'upstreamLimit'] as const) {
+      if (read(key) !== undefined) throw new SettingsError(key, 'set it in the upstreams list instead');
+    }
+    const local = entries.find((e) => e.keyEnv);
+    if (local)
+      throw new SettingsError(
+        'upstreams',
+        `${local.name}: key_env is for local runs; on AWS each upstream gets a secret (or give key_secret)`,
+      );
+    const plain = entries.find((e) => !e.url.startsWith('https://'));
+    if (plain) throw new SettingsError('upstreams', `${plain.name}: url must be an https:// URL`);
+    const bad = entries.find((e) => e.keySecret && !/^arn:aws[\w-]*:secretsmanager:/.test(e.keySecret));
+    if (bad)
+      throw new SettingsError('upstreams', `${bad.name}: key_secret must be a Secrets Manager secret ARN`);
+  }
   const configRaw = read('config');
   const config = configRaw === undefined || configRaw === '' ? {} : json('config', configRaw);
   if (typeof config !== 'object' || config === null || Array.isArray(config)) {
@@ -181,6 +210,7 @@ export const settingsFromContext = (read: (key: ContextKey) => unknown): SluiceS
       upstreamLimit: positiveInt('upstreamLimit', read('upstreamLimit')),
       bucketBurst: positiveInt('bucketBurst', read('bucketBurst')),
       routes,
+      upstreams,
       config: config as Record<string, string | number | boolean>,
       logRetention: retention(read('logRetentionDays')),
       createDashboard: bool('createDashboard', read('createDashboard')),
@@ -212,14 +242,19 @@ export const settingsFromContext = (read: (key: ContextKey) => unknown): SluiceS
 /** The `SLUICE_*` config variables every function gets (no secrets: those are passed by ARN). */
 export const gatewayConfigEnvironment = (settings: SluiceSettings): Record<string, string> => {
   const byExternalName = new Map(CONFIG_KEYS.map((k) => [externalName(k), k]));
-  const env: Record<string, string> = {
-    SLUICE_UPSTREAM_URL: settings.upstreamUrl,
-    [CONFIG_FIELDS.upstreamLimit.env]: String(settings.upstreamLimit),
-    [CONFIG_FIELDS.bucketBurst.env]: String(settings.bucketBurst),
-  };
+  // The upstream list carries the URL and limit of the first upstream itself.
+  const env: Record<string, string> =
+    settings.upstreams !== undefined
+      ? { SLUICE_UPSTREAMS: settings.upstreams }
+      : {
+          SLUICE_UPSTREAM_URL: settings.upstreamUrl,
+          [CONFIG_FIELDS.upstreamLimit.env]: String(settings.upstreamLimit),
+        };
+  env[CONFIG_FIELDS.bucketBurst.env] = String(settings.bucketBurst);
   for (const [name, value] of Object.entries(settings.config)) {
     const key = byExternalName.get(name);
     if (!key) throw new SettingsError('config', `unknown config field ${name}`);
+    if (key === 'upstreams') throw new SettingsError('config', 'give upstreams as its own setting');
     env[CONFIG_FIELDS[key].env] = String(value);
   }
   if (settings.routes !== undefined) env.SLUICE_ROUTES = settings.routes;
@@ -237,5 +272,14 @@ export const gatewayConfig = (settings: SluiceSettings): GatewayConfig => {
   } catch (err) {
     if (err instanceof SettingsError) throw err;
     throw new SettingsError('upstreamLimit/bucketBurst/config', (err as Error).message);
+  }
+};
+
+/** The `upstreams` setting parsed by the functions' own rules. */
+export const settingsUpstreams = (json: string): UpstreamEntry[] => {
+  try {
+    return parseUpstreamList(json, { windowMs: 60_000, tpm: 0, maxInflight: 0, retreatPreset: 'probe' });
+  } catch (err) {
+    throw new SettingsError('upstreams', (err as Error).message);
   }
 };

@@ -12,7 +12,12 @@ import { PriorityQueues } from './constructs/priority-queues.js';
 import { StateTables } from './constructs/state-tables.js';
 import { StatusService } from './constructs/status-service.js';
 import { acknowledgeNagRule } from './nag.js';
-import { gatewayConfig, gatewayConfigEnvironment, type SluiceSettings } from './settings.js';
+import {
+  gatewayConfig,
+  gatewayConfigEnvironment,
+  type SluiceSettings,
+  settingsUpstreams,
+} from './settings.js';
 
 export interface SluiceStackProps extends StackProps {
   settings: SluiceSettings;
@@ -61,6 +66,7 @@ export class SluiceStack extends Stack {
       ...(settings.openUpstreamKeySecretArn
         ? { openUpstreamKeySecretArn: settings.openUpstreamKeySecretArn }
         : {}),
+      ...(settings.upstreams ? { upstreams: settingsUpstreams(settings.upstreams) } : {}),
     });
 
     // Stateless.
@@ -149,6 +155,13 @@ export class SluiceStack extends Stack {
       new CfnOutput(this, 'PutUpstreamKeyCommand', {
         value: `aws secretsmanager put-secret-value --region ${Aws.REGION} --secret-id ${this.secrets.upstreamKey.secretArn} --secret-string "$UPSTREAM_API_KEY"`,
         description: 'Run once after the first deploy, with the real key in $UPSTREAM_API_KEY',
+      });
+    }
+    for (const [name, key] of this.secrets.otherUpstreamKeys) {
+      if (!key.created) continue;
+      new CfnOutput(this, `PutUpstreamKeyCommand${name.replace(/[^A-Za-z0-9]/g, '')}`, {
+        value: `aws secretsmanager put-secret-value --region ${Aws.REGION} --secret-id ${key.secret.secretArn} --secret-string "$KEY"`,
+        description: `Run once after the first deploy, with upstream ${name}'s real key in $KEY`,
       });
     }
     new CfnOutput(this, 'AdminTokenSecretArn', { value: this.secrets.adminToken.secretArn });

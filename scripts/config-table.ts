@@ -6,6 +6,8 @@ export const configTable = (): string => {
     const spec = CONFIG_FIELDS[k];
     const d = DEFAULT_CONFIG[k];
     const shown = spec.seconds && typeof d === 'number' ? d / 1000 : Array.isArray(d) ? d.join(', ') : d;
+    if (spec.kind === 'upstreams')
+      return `| \`${externalName(k)}\` | \`${spec.env}\` | one upstream (upstream_*) | JSON, see below | ${spec.doc} |`;
     const range =
       spec.kind === 'list'
         ? `up to ${spec.max} paths`

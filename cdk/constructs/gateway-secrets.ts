@@ -2,6 +2,7 @@
 import { SecretValue } from 'aws-cdk-lib';
 import { type ISecret, Secret } from 'aws-cdk-lib/aws-secretsmanager';
 import { Construct } from 'constructs';
+import { primaryUpstream, type UpstreamEntry } from '../../lib/domain/upstreams.js';
 import { SECRET_PLACEHOLDER_PREFIX } from '../../lib/infra/definitions.js';
 import { acknowledgeNagRule } from '../nag.js';
 import type { SluiceFunction } from './sluice-function.js';
@@ -20,6 +21,12 @@ export interface GatewaySecretsProps {
   upstreamKeySecretArn?: string;
   /** The open upstream's own key (an existing secret); without it the open upstream gets no credential. */
   openUpstreamKeySecretArn?: string;
+  /**
+   * Several upstreams (`SLUICE_UPSTREAMS`): the first limited one keeps the upstream key above; every other
+   * limited one gets a secret of its own (created with a placeholder, or its entry's `key_secret`), open ones
+   * only their `key_secret`.
+   */
+  upstreams?: readonly UpstreamEntry[];
 }
 
 const GENERATED_TOKEN = { passwordLength: 48, excludePunctuation: true, includeSpace: false };
@@ -37,6 +44,9 @@ export class GatewaySecrets extends Construct {
   readonly openUpstreamKey: ISecret | undefined;
   readonly adminToken: Secret;
   readonly viewerToken: Secret;
+  /** The key of each upstream after the first, by name (`SLUICE_UPSTREAMS`). */
+  readonly otherUpstreamKeys = new Map<string, { secret: ISecret; created: boolean }>();
+  private readonly upstreams: readonly UpstreamEntry[] | undefined;
 
   constructor(scope: Construct, id: string, props: GatewaySecretsProps = {}) {
     super(scope, id);
@@ -47,7 +57,29 @@ export class GatewaySecrets extends Construct {
     this.openUpstreamKey = props.openUpstreamKeySecretArn
       ? imported('OpenUpstreamKey', props.openUpstreamKeySecretArn)
       : undefined;
-    const arn = props.upstreamKeySecretArn;
+    this.upstreams = props.upstreams;
+    const first = props.upstreams ? primaryUpstream(props.upstreams) : undefined;
+    for (const e of props.upstreams ?? []) {
+      if (e === first) continue;
+      if (e.keySecret) {
+        this.otherUpstreamKeys.set(e.name, {
+          secret: imported(`UpstreamKey-${e.name}`, e.keySecret),
+          created: false,
+        });
+      } else if (e.limits) {
+        const created = new Secret(this, `UpstreamKey-${e.name}`, {
+          description: `sluice: API key of upstream ${e.name} (put the real key after deploy)`,
+          secretStringValue: SecretValue.unsafePlainText(UPSTREAM_KEY_PLACEHOLDER),
+        });
+        acknowledgeNagRule(
+          created,
+          'AwsSolutions-SMG4',
+          'A third-party API key: it is rotated at the provider, then put here; functions re-read it within 5 minutes.',
+        );
+        this.otherUpstreamKeys.set(e.name, { secret: created, created: true });
+      }
+    }
+    const arn = props.upstreamKeySecretArn ?? first?.keySecret;
     if (arn) {
       this.upstreamKey = imported('UpstreamKey', arn);
       this.upstreamKeyCreated = false;
@@ -89,6 +121,15 @@ export class GatewaySecrets extends Construct {
       fn.addEnvironment('SLUICE_OPEN_UPSTREAM_KEY_SECRET', this.openUpstreamKey.secretArn);
       this.openUpstreamKey.grantRead(fn);
     }
+    if (this.upstreams && this.otherUpstreamKeys.size > 0) {
+      // The list as deployed, each upstream after the first naming its own secret (read granted on that one).
+      const list = this.upstreams.map((e) => {
+        const key = this.otherUpstreamKeys.get(e.name);
+        key?.secret.grantRead(fn);
+        return { ...entryJson(e), ...(key ? { key_secret: key.secret.secretArn } : {}) };
+      });
+      fn.addEnvironment('SLUICE_UPSTREAMS', JSON.stringify(list));
+    }
   }
 
   /** `SLUICE_ADMIN_TOKEN_SECRET` + read on the admin token. */
@@ -103,3 +144,20 @@ export class GatewaySecrets extends Construct {
     this.viewerToken.grantRead(fn);
   }
 }
+
+/** An entry back in the `SLUICE_UPSTREAMS` form. */
+const entryJson = (e: UpstreamEntry): Record<string, unknown> => ({
+  name: e.name,
+  url: e.url,
+  ...(e.keySecret ? { key_secret: e.keySecret } : {}),
+  ...(e.limits
+    ? {
+        limit: e.limits.limit,
+        window_s: e.limits.windowMs / 1000,
+        ...(e.limitsGiven?.includes('tpm') ? { tpm: e.limits.tpm } : {}),
+        ...(e.limitsGiven?.includes('maxInflight') ? { max_inflight: e.limits.maxInflight } : {}),
+        ...(e.limitsGiven?.includes('retreatPreset') ? { retreat_preset: e.limits.retreatPreset } : {}),
+      }
+    : {}),
+  ...(e.models ? { models: e.models } : {}),
+});

@@ -33,6 +33,7 @@ export const makeDispatcherHandler = (deps: DispatcherHandlerDeps) => {
         lease: stores.lease,
         bucket: stores.bucket,
         retreat: stores.retreat,
+        ...(stores.lanes ? { lanes: stores.lanes } : {}),
         config: stores.config,
         outcomes: stores.outcomes,
         clock: stores.clock,
@@ -49,6 +50,15 @@ export const makeDispatcherHandler = (deps: DispatcherHandlerDeps) => {
           metrics.addMetric('base_rpm', MetricUnit.Count, record.baseRpm);
           metrics.addMetric('retreat_state', MetricUnit.Count, RETREAT_STATES.indexOf(record.state));
           metrics.publishStoredMetrics();
+        },
+        // Several upstreams: the same figures per upstream, its name a dimension (at most 16 of them).
+        onUpstreamRetreat: (upstream, record) => {
+          const single = metrics.singleMetric();
+          single.addDimension('upstream', upstream);
+          single.addMetric('upstream_effective_rpm', MetricUnit.Count, record.effectiveRpm);
+          const state = metrics.singleMetric();
+          state.addDimension('upstream', upstream);
+          state.addMetric('upstream_retreat_state', MetricUnit.Count, RETREAT_STATES.indexOf(record.state));
         },
       },
       deps.timings,

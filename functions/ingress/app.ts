@@ -174,6 +174,7 @@ export const buildIngressDeps = (processEnv: Record<string, string | undefined> 
     lease: stores.lease,
     outcomes: stores.outcomes,
     bucket: stores.bucket,
+    ...(stores.lanes ? { lanes: stores.lanes } : {}),
     wakeDispatcher: dispatcherWaker(env, clients),
     clock: stores.clock,
     newId: stores.newId,
@@ -196,6 +197,7 @@ export const buildIngressDeps = (processEnv: Record<string, string | undefined> 
     upstreamKey,
     routes: env.routes,
     upstreams: env.upstreams,
+    ...(stores.lanes ? { lanes: stores.lanes } : {}),
     maxBodyBytes: env.maxBodyBytes,
     clock: stores.clock,
     telemetry: {

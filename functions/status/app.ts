@@ -12,6 +12,7 @@ import middy from '@middy/core';
 import type { APIGatewayProxyEvent, APIGatewayProxyResult, Context } from 'aws-lambda';
 import { KeyAuthenticator } from '../../lib/domain/auth.js';
 import type { Clock } from '../../lib/domain/clock.js';
+import type { GatewayConfig } from '../../lib/domain/config.js';
 import type { ConfigService } from '../../lib/domain/config-service.js';
 import { GatewayError, NotFoundError, UnavailableError, ValidationError } from '../../lib/domain/errors.js';
 import { PRIORITIES } from '../../lib/domain/priority.js';
@@ -23,6 +24,7 @@ import { AdminService } from '../../lib/status/admin.js';
 import { fetchModelsProbe, liveness, Readiness } from '../../lib/status/health.js';
 import { Memo } from '../../lib/status/memo.js';
 import { SnapshotBuilder, type StatusSnapshot } from '../../lib/status/snapshot.js';
+import { poolsOf, upstreamRows } from '../../lib/status/upstream-rows.js';
 import { corsHeaders, toResponse } from '../shared/http.js';
 import { makeLogger, makeMetrics } from '../shared/observability.js';
 
@@ -258,6 +260,20 @@ export const buildStatusDeps = (processEnv: Record<string, string | undefined> =
     configHistory: stores.configStore,
     clock,
     ingressMemoryMb: env.ingressMemoryMb,
+    ...(stores.upstreamSources
+      ? {
+          upstreams: (config: GatewayConfig) =>
+            upstreamRows(
+              stores.upstreamSources!,
+              poolsOf(
+                env.routes,
+                stores.upstreamSources!.map((s) => s.name),
+              ),
+              config,
+              clock,
+            ),
+        }
+      : {}),
   });
   const limited = [...env.upstreams.values()].find((u) => u.limited);
   if (!limited) throw new Error('no limited upstream configured');

@@ -43,6 +43,7 @@ import {
   type TicketStatus,
   waitAfterLostClaim,
 } from './tickets.js';
+import { chooseLane, lanesFor, ticketUpstream, type UpstreamLane, upstreamConfig } from './upstream-lanes.js';
 
 export interface AdmissionDeps {
   tickets: TicketStore;
@@ -59,6 +60,8 @@ export interface AdmissionDeps {
   usage?: UsageStore;
   /** Per-agent day counts of budgeted agents (answers' tokens are added here). */
   budgets?: Pick<BudgetStore, 'addTokens'>;
+  /** Several limited upstreams: one lane each (the first one's bucket is `bucket`). */
+  lanes?: readonly UpstreamLane[];
 }
 
 export interface AdmitRequest {
@@ -74,6 +77,8 @@ export interface AdmitRequest {
   budget?: AgentBudget;
   /** The agent's Idempotency-Key header, if any. */
   idempotencyKey?: string;
+  /** The limited upstreams that may serve it, when not only the first one. */
+  pool?: string[];
   /**
    * How long the upstream call may run once claimed: given, the request may take the fast path (granted and
    * claimed at admission when nothing more important waits).
@@ -238,6 +243,12 @@ export class Admission {
 
   constructor(private readonly d: AdmissionDeps) {}
 
+  /** The bucket a granted ticket's token came from (its upstream's; the first upstream's when it names none). */
+  private bucketOf(ticket: Pick<Ticket, 'upstream'>): TokenBucket {
+    if (ticket.upstream === undefined) return this.d.bucket;
+    return this.d.lanes?.find((l) => l.name === ticket.upstream)?.bucket ?? this.d.bucket;
+  }
+
   /**
    * Grants the request at once when it can (the fast path); otherwise refuses it when its estimated wait
    * exceeds its own, or creates the ticket (counted for admission in the same transaction), applies the
@@ -264,6 +275,7 @@ export class Admission {
       ...(req.quotaShare !== undefined ? { quotaShare: req.quotaShare } : {}),
       ...(req.idempotencyKey ? { idempotencyKey: req.idempotencyKey } : {}),
       ...(budget ? { budgetDay: budget.day } : {}),
+      ...(req.pool ? { pool: req.pool } : {}),
     };
     const idem = req.idempotencyKey
       ? {
@@ -325,16 +337,33 @@ export class Admission {
     callBudgetMs: number,
     budget?: BudgetCharge,
   ): Promise<Ticket | undefined | 'unknown'> {
-    const { bucket, clock } = this.d;
+    const { clock } = this.d;
     if (config.paused || clock.now() < this.fastPathOffUntil[ticket.priority]) return undefined;
-    // Read once per container; afterwards every write (or refused condition) tells the state.
-    if (!bucket.state) await bucket.refresh();
-    if (!bucket.state) return undefined;
-    const plan = bucket.plan(ticket.priority);
+    let bucket = this.d.bucket;
+    let upstream: string | undefined;
+    let maxInflight = config.maxInflight;
+    let plan: ReturnType<TokenBucket['plan']>;
+    if (ticket.pool && this.d.lanes) {
+      // Several upstreams: a member of the ticket's pool with a token now.
+      const lanes = lanesFor(ticket.pool, this.d.lanes);
+      for (const lane of lanes) if (!lane.bucket.state) await lane.bucket.refresh();
+      const choice = chooseLane(lanes, ticket.priority, new Map());
+      if (!choice || 'waitMs' in choice) return undefined;
+      bucket = choice.lane.bucket;
+      upstream = ticketUpstream(choice.lane);
+      maxInflight = upstreamConfig(config, choice.lane.name).maxInflight;
+      plan = { attempt: choice.attempt };
+    } else {
+      // Read once per container; afterwards every write (or refused condition) tells the state.
+      if (!bucket.state) await bucket.refresh();
+      if (!bucket.state) return undefined;
+      plan = bucket.plan(ticket.priority);
+    }
     if ('waitMs' in plan) return undefined;
     const now = clock.now();
     const claimed: Ticket = {
       ...ticket,
+      ...(upstream !== undefined ? { upstream } : {}),
       status: 'claimed',
       // The bucket logs the grant at the attempt's time: a refund finds it by this.
       grantedAt: plan.attempt.now,
@@ -344,7 +373,7 @@ export class Admission {
     let res: Awaited<ReturnType<TicketStore['fastGrant']>>;
     try {
       res = await this.d.tickets.fastGrant(claimed, plan.attempt, {
-        maxInflight: config.maxInflight,
+        maxInflight,
         ...(budget ? { budget } : {}),
       });
     } catch (err) {
@@ -382,7 +411,8 @@ export class Admission {
   ): Promise<RateLimitedError | number | undefined> {
     const { bucket, clock } = this.d;
     const interval = bucket.state?.intervalMs;
-    if (interval === undefined) return undefined;
+    // Several upstreams: the estimate knows one bucket; the deadline bounds the wait.
+    if (interval === undefined || ticket.pool) return undefined;
     const queued = await this.d.tickets.queuedByPriority().catch(unlessStoreDown(undefined));
     if (!queued) return undefined;
     const estimateMs = estimateWaitMs({
@@ -536,6 +566,7 @@ export class Admission {
         deadline: ticket.deadline,
         ...(ticket.quotaRpm !== undefined ? { quotaRpm: ticket.quotaRpm } : {}),
         ...(ticket.quotaShare !== undefined ? { quotaShare: ticket.quotaShare } : {}),
+        ...(ticket.pool ? { pool: ticket.pool } : {}),
       });
     } catch {
       // Without a message nobody would ever grant it: end it now rather than let it wait in vain.
@@ -778,10 +809,10 @@ export class Admission {
       'granted',
       'abandoned',
       { finishedAt: this.d.clock.now(), reason },
-      { attempt: ticket.attempt },
+      { attempt: ticket.attempt, known: ticket },
     );
     if ('ticket' in res) {
-      await this.d.bucket.refund(ticket.grantedAt ?? this.d.clock.now(), windowMs);
+      await this.bucketOf(ticket).refund(ticket.grantedAt ?? this.d.clock.now(), windowMs);
       await this.d.outcomes.record(this.d.clock.now(), { counts: { abandoned: 1 } });
     }
   }
@@ -833,7 +864,7 @@ export class Admission {
       { attempt: ticket.attempt, known: ticket },
     );
     if (!('ticket' in res)) return undefined;
-    await this.d.bucket.refund(ticket.grantedAt ?? this.d.clock.now(), windowMs);
+    await this.bucketOf(ticket).refund(ticket.grantedAt ?? this.d.clock.now(), windowMs);
     await this.d.outcomes.record(this.d.clock.now(), { counts: { requeued: 1 } });
     await this.enqueue(res.ticket);
     return res.ticket;

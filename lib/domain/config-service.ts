@@ -7,6 +7,7 @@ import {
   externalName,
   type GatewayConfig,
   validateConfig,
+  withDefaults,
 } from './config.js';
 import type { ConfigChange, ConfigStore, VersionedConfig } from './ports.js';
 
@@ -54,7 +55,7 @@ export class ConfigService {
     const stored = await this.store.get();
     // Fields added in a later version take their defaults until someone sets them.
     const value: VersionedConfig = stored
-      ? { ...stored, config: { ...this.defaults, ...stored.config } }
+      ? { ...stored, config: withDefaults(this.defaults, stored.config) }
       : { config: this.defaults, version: 0, updatedAt: 0, updatedBy: 'defaults' };
     // A write or invalidate() meanwhile wins over an older read.
     if (generation === this.generation && (!this.cached || this.cached.at <= at)) this.cached = { value, at };

@@ -7,6 +7,14 @@ import {
   parseWeights,
 } from './priority-policy.js';
 import { CACHE_MAX_TTL_S, CACHE_SCOPES, type CacheScope } from './response-cache.js';
+import {
+  externalLimits,
+  mergeUpstreamLimits,
+  parseUpstreamList,
+  patchUpstreamLimits,
+  primaryUpstream,
+  type UpstreamLimits,
+} from './upstreams.js';
 
 export const QUEUE_FULL_POLICIES = ['reject', 'drop_lowest', 'passthrough'] as const;
 export type QueueFullPolicy = (typeof QUEUE_FULL_POLICIES)[number];
@@ -24,6 +32,8 @@ export interface GatewayConfig {
   upstreamLimit: number;
   /** @default 60000 */
   upstreamWindowMs: number;
+  /** Tokens per minute the (first) upstream allows; 0 = not metered in tokens. @default 0 */
+  upstreamTpm: number;
   /** Grants the bucket may give back to back after idling; small, so burst + rate·window ≤ limit. @default 2 */
   bucketBurst: number;
   /**
@@ -123,6 +133,12 @@ export interface GatewayConfig {
   cacheTtlMs: number;
   /** Who shares cached answers: every agent of the deployment, or each agent only its own. @default 'deployment' */
   cacheScope: CacheScope;
+  /**
+   * Limits of the limited upstreams after the first, by name (the first one's are the top-level fields). Filled
+   * from `SLUICE_UPSTREAMS` at start; `PATCH /admin/config` changes limits only, never a URL or a credential.
+   * @default {}
+   */
+  upstreams: Readonly<Record<string, UpstreamLimits>>;
 }
 
 /** The OpenAI model endpoints: all an agent needs of a shared key. */
@@ -137,6 +153,7 @@ export const DEFAULT_FORWARD_PATHS: readonly string[] = Object.freeze([
 export const DEFAULT_CONFIG: Readonly<GatewayConfig> = Object.freeze({
   upstreamLimit: 40,
   upstreamWindowMs: 60_000,
+  upstreamTpm: 0,
   bucketBurst: 2,
   grantSlackMs: 1_000,
   reserveFraction: 0.5,
@@ -176,12 +193,18 @@ export const DEFAULT_CONFIG: Readonly<GatewayConfig> = Object.freeze({
   forwardPaths: DEFAULT_FORWARD_PATHS,
   cacheTtlMs: 0,
   cacheScope: 'deployment',
+  upstreams: Object.freeze({}),
 });
 
-type FieldKind = 'int' | 'number' | 'bool' | 'enum' | 'weights' | 'list';
+type FieldKind = 'int' | 'number' | 'bool' | 'enum' | 'weights' | 'list' | 'upstreams';
 
 /** A value as the admin API shows it. */
-export type ExternalConfigValue = number | string | boolean | readonly string[];
+export type ExternalConfigValue =
+  | number
+  | string
+  | boolean
+  | readonly string[]
+  | Record<string, Record<string, number | string>>;
 
 /** One `forward_paths` entry: path segments below /v1 (no dot segments), optionally ending in `/*`. */
 const FORWARD_PATH = /^(?!.*(^|\/)\.{1,2}(\/|$))[A-Za-z0-9._~-]+(\/[A-Za-z0-9._~-]+)*(\/\*)?$/;
@@ -215,6 +238,13 @@ export const CONFIG_FIELDS: { readonly [K in keyof GatewayConfig]: FieldSpec } =
     doc: 'upstream calls allowed per window',
   },
   upstreamWindowMs: ms('SLUICE_UPSTREAM_WINDOW_S', 1_000, 3_600_000, 'the upstream limit window'),
+  upstreamTpm: {
+    kind: 'int',
+    env: 'SLUICE_UPSTREAM_TPM',
+    min: 0,
+    max: 1_000_000_000,
+    doc: 'upstream tokens per minute (0 = not metered in tokens)',
+  },
   bucketBurst: {
     kind: 'int',
     env: 'SLUICE_BUCKET_BURST',
@@ -408,6 +438,11 @@ export const CONFIG_FIELDS: { readonly [K in keyof GatewayConfig]: FieldSpec } =
     values: CACHE_SCOPES,
     doc: 'who shares cached answers: the whole deployment, or each agent alone',
   },
+  upstreams: {
+    kind: 'upstreams',
+    env: 'SLUICE_UPSTREAMS',
+    doc: 'several keys or providers: the upstream list (env, JSON; see below); at run time the limits of those after the first',
+  },
 };
 
 /** The per-agent queue cap in force: the configured one, or a quarter of the queue (at least 1). */
@@ -425,6 +460,7 @@ export const externalName = (key: keyof GatewayConfig): string => {
 const parseField = (key: keyof GatewayConfig, raw: unknown, source: string): GatewayConfig[typeof key] => {
   const spec = CONFIG_FIELDS[key];
   const name = source === 'env' ? spec.env : externalName(key);
+  if (spec.kind === 'upstreams') throw new Error('upstreams are parsed with their base (applyConfigPatch)');
   if (spec.kind === 'bool') {
     if (typeof raw === 'boolean') return raw;
     if (typeof raw === 'string' && /^(true|1|yes|on)$/i.test(raw.trim())) return true;
@@ -515,6 +551,18 @@ export const validateConfig = (config: GatewayConfig): GatewayConfig => {
       'retreat_floor_rpm',
     );
   }
+  for (const [name, l] of Object.entries(config.upstreams)) {
+    if (config.bucketBurst >= l.limit)
+      throw new ValidationError(
+        `upstream ${name}: limit (${l.limit}) must be above bucket_burst (${config.bucketBurst})`,
+        'upstreams',
+      );
+    if (config.retreatFloorRpm > (l.limit * 60_000) / l.windowMs)
+      throw new ValidationError(
+        `upstream ${name}: its rate (${(l.limit * 60_000) / l.windowMs} rpm) is below retreat_floor_rpm (${config.retreatFloorRpm})`,
+        'upstreams',
+      );
+  }
   if (config.retreatAgainThreshold < config.retreatThreshold) {
     throw new ValidationError(
       'retreat_again_threshold must be ≥ retreat_threshold',
@@ -534,6 +582,10 @@ export const applyConfigPatch = (base: GatewayConfig, patch: Record<string, unkn
   for (const [name, raw] of Object.entries(patch)) {
     const key = byName.get(name);
     if (!key) throw new ValidationError(`unknown config field ${name}`, name);
+    if (key === 'upstreams') {
+      next.upstreams = patchUpstreamLimits(next.upstreams, raw);
+      continue;
+    }
     (next as unknown as Record<string, unknown>)[key] = parseField(key, raw, 'api');
   }
   return validateConfig(next);
@@ -547,11 +599,12 @@ export const configFromEnv = (
   const next: GatewayConfig = { ...base };
   for (const key of CONFIG_KEYS) {
     const raw = env[CONFIG_FIELDS[key].env];
+    if (key === 'upstreams') continue;
     if (raw !== undefined && raw !== '') {
       (next as unknown as Record<string, unknown>)[key] = parseField(key, raw, 'env');
     }
   }
-  return validateConfig(next);
+  return validateConfig({ ...next, ...upstreamDefaultsFromEnv(env, next) });
 };
 
 /** External (snake_case, seconds) view of a config, as the admin API returns it. */
@@ -559,7 +612,72 @@ export const externalConfig = (config: GatewayConfig): Record<string, ExternalCo
   const out: Record<string, ExternalConfigValue> = {};
   for (const key of CONFIG_KEYS) {
     const value = config[key];
-    out[externalName(key)] = CONFIG_FIELDS[key].seconds && typeof value === 'number' ? value / 1000 : value;
+    if (key === 'upstreams') {
+      out[externalName(key)] = Object.fromEntries(
+        Object.entries(config.upstreams).map(([name, l]) => [name, externalLimits(l)]),
+      );
+      continue;
+    }
+    out[externalName(key)] = (
+      CONFIG_FIELDS[key].seconds && typeof value === 'number' ? value / 1000 : value
+    ) as ExternalConfigValue;
   }
   return out;
 };
+
+/** The top-level fields that hold the first upstream's limits, by the name of the entry field that sets them. */
+const PRIMARY_FIELDS = [
+  ['limit', 'upstreamLimit'],
+  ['windowMs', 'upstreamWindowMs'],
+  ['tpm', 'upstreamTpm'],
+  ['maxInflight', 'maxInflight'],
+  ['retreatPreset', 'retreatPreset'],
+] as const;
+
+/**
+ * `SLUICE_UPSTREAMS`' limits as config defaults: the first limited upstream's become the top-level fields, the
+ * others' the `upstreams` map. A top-level variable (e.g. `SLUICE_UPSTREAM_LIMIT`) that says otherwise than the
+ * first entry is refused: two sources for one number would leave the operator guessing which one holds.
+ */
+const upstreamDefaultsFromEnv = (
+  env: Record<string, string | undefined>,
+  /** The config with every other variable applied. */
+  base: GatewayConfig,
+): Partial<GatewayConfig> => {
+  const json = env[CONFIG_FIELDS.upstreams.env];
+  if (json === undefined || json.trim() === '') return {};
+  // Upstreams after the first start from the built-in defaults (another key or provider), not the first's.
+  const entries = parseUpstreamList(json, {
+    windowMs: DEFAULT_CONFIG.upstreamWindowMs,
+    tpm: 0,
+    maxInflight: 0,
+    retreatPreset: base.retreatPreset,
+  });
+  const first = primaryUpstream(entries);
+  const out: Partial<GatewayConfig> = {
+    upstreams: Object.fromEntries(
+      entries.filter((e) => e !== first && e.limits).map((e) => [e.name, e.limits as UpstreamLimits]),
+    ),
+  };
+  if (!first?.limits) return out;
+  for (const [from, to] of PRIMARY_FIELDS) {
+    if (!first.limitsGiven?.includes(from)) continue;
+    const value = first.limits[from];
+    const own = env[CONFIG_FIELDS[to].env];
+    if (own !== undefined && own !== '' && base[to] !== value) {
+      throw new ValidationError(
+        `${CONFIG_FIELDS[to].env} disagrees with the first limited upstream in SLUICE_UPSTREAMS (${first.name}); set it in one place`,
+        externalName(to),
+      );
+    }
+    (out as Record<string, unknown>)[to] = value;
+  }
+  return out;
+};
+
+/** A stored config over the current defaults: fields added since take their defaults; upstreams as deployed. */
+export const withDefaults = (defaults: GatewayConfig, stored: Partial<GatewayConfig>): GatewayConfig => ({
+  ...defaults,
+  ...stored,
+  upstreams: mergeUpstreamLimits(defaults.upstreams, stored.upstreams),
+});

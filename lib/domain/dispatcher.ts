@@ -13,6 +13,7 @@ import { estimateGrantTimes, fitsDeadline, higherArrivalLoads, RESERVE_AHEAD_MS 
 import type { RetreatRecord } from './retreat.js';
 import type { RetreatController } from './retreat-controller.js';
 import type { TicketMessage } from './tickets.js';
+import { chooseLane, lanesFor, ticketUpstream, type UpstreamLane, upstreamConfig } from './upstream-lanes.js';
 
 export interface DispatcherLog {
   info(message: string, extra?: Record<string, unknown>): void;
@@ -37,6 +38,13 @@ export interface DispatcherDeps {
   agentBucket: (agent: string) => { bucket: TokenBucket; key: string };
   /** After each retreat evaluation (metrics: effective rate, state). */
   onRetreat?: (record: RetreatRecord, stepped: boolean) => void;
+  /**
+   * Several limited upstreams: one lane each, the first one's bucket and retreat being `bucket` and `retreat`.
+   * @default the first upstream alone
+   */
+  lanes?: readonly UpstreamLane[];
+  /** Several upstreams: after each one's retreat evaluation (metrics with the upstream as a dimension). */
+  onUpstreamRetreat?: (upstream: string, record: RetreatRecord, stepped: boolean) => void;
 }
 
 export interface DispatcherTimings {
@@ -106,6 +114,12 @@ const ABANDONED_AFTER_MS = 2_000;
  * counter and pause items, well within DynamoDB's 100 items per transaction.
  */
 const MAX_BATCH = 20;
+/**
+ * Several upstreams: a priority's buffer holds at most this many times bufferSize per upstream (500 at the
+ * defaults), so a backlog for an exhausted upstream (up to queue_max_size) does not hide another's tickets.
+ * Each buffered message costs a visibility extension every 20 s.
+ */
+const MAX_BUFFER_PER_LANE = 50;
 
 interface Buffered extends ReceivedMessage {
   /** Last receive or visibility extension. */
@@ -150,6 +164,11 @@ export class Dispatcher {
   /** Deletes and counters off the grant's critical path (flushed in the background and before a run ends). */
   private readonly deletes: MessageDeletes;
   private readonly outcomes: BufferedOutcomes;
+  private readonly lanes: readonly UpstreamLane[];
+  /** Several upstreams: grants per lane in this run (a pool's members share the load). */
+  private readonly laneGrants = new Map<string, number>();
+  /** Several upstreams: lanes at max_inflight, until when they are passed over. */
+  private readonly laneFullUntil = new Map<string, number>();
 
   constructor(
     private readonly d: DispatcherDeps,
@@ -158,6 +177,9 @@ export class Dispatcher {
     this.t = { ...DEFAULT_TIMINGS, ...timings };
     this.deletes = new MessageDeletes(d.queue, d.log);
     this.outcomes = new BufferedOutcomes(d.outcomes, d.log);
+    this.lanes = d.lanes ?? [
+      { name: 'limited', primary: true, bucket: d.bucket, retreat: d.retreat, outcomes: d.outcomes },
+    ];
   }
 
   /** Calls the bookkeeping made (for the benchmark): delete batches and outcome slot writes. */
@@ -221,6 +243,8 @@ export class Dispatcher {
             const { record, stepped } = await this.d.retreat.evaluate(config);
             this.effectiveRpm = record.effectiveRpm;
             this.d.onRetreat?.(record, stepped);
+            if (this.lanes.length > 1) this.d.onUpstreamRetreat?.(this.lanes[0]!.name, record, stepped);
+            await this.evaluateOtherLanes(config);
             lastEval = now;
           }
           if (now - lastSweep >= this.t.sweepEveryMs) {
@@ -246,7 +270,8 @@ export class Dispatcher {
           }
           await this.extendBuffered(now);
           await this.purgeExpired(now, summary);
-          if (!config.paused) await this.refuseHopeless(now, config, summary);
+          // Several upstreams: tickets end at their deadline (the estimate below knows one bucket only).
+          if (!config.paused && this.lanes.length === 1) await this.refuseHopeless(now, config, summary);
           const head = this.head(config);
           if (!head) {
             if (now - this.lastArrivalAt < this.t.idleStopMs) {
@@ -271,7 +296,8 @@ export class Dispatcher {
             await this.waitForArrival(MAX_NAP_MS);
             continue;
           }
-          await this.serve(head, config, summary);
+          if (this.lanes.length > 1) await this.serveLanes(head, config, summary);
+          else await this.serve(head, config, summary);
         } catch (err) {
           if (!(err instanceof StoreUnavailableError)) throw err;
           // The store failed after the SDK's retries: nothing is granted until it answers again (fail closed;
@@ -313,7 +339,7 @@ export class Dispatcher {
   private async poll(priority: Priority, signal: AbortSignal): Promise<void> {
     const buf = this.buffers.get(priority)!;
     while (!signal.aborted) {
-      if (buf.length >= this.t.bufferSize) {
+      if (this.bufferFull(buf)) {
         await this.d.clock.sleep(100, signal);
         continue;
       }
@@ -322,7 +348,9 @@ export class Dispatcher {
         // the visibility timeout. Stopping waits for it instead (at most pollWaitSeconds).
         const got = await this.d.queue.receive(
           priority,
-          this.t.bufferSize - buf.length,
+          this.lanes.length === 1
+            ? this.t.bufferSize - buf.length
+            : Math.max(1, Math.min(10, this.t.bufferSize * this.lanes.length - buf.length)),
           this.t.pollWaitSeconds,
         );
         const now = this.d.clock.now();
@@ -339,6 +367,20 @@ export class Dispatcher {
         await this.d.clock.sleep(500, signal);
       }
     }
+  }
+
+  /**
+   * A priority's buffer is full when it holds bufferSize tickets for every upstream (one upstream: bufferSize
+   * tickets): tickets bound for an exhausted upstream do not keep another's out of view. At most
+   * MAX_BUFFER_PER_LANE × bufferSize per upstream in all.
+   */
+  private bufferFull(buf: readonly Buffered[]): boolean {
+    if (this.lanes.length === 1) return buf.length >= this.t.bufferSize;
+    if (buf.length >= this.t.bufferSize * this.lanes.length * MAX_BUFFER_PER_LANE) return true;
+    return this.lanes.every(
+      (lane) =>
+        buf.filter((m) => lanesFor(m.message.pool, this.lanes).includes(lane)).length >= this.t.bufferSize,
+    );
   }
 
   private waitForArrival(ms: number): Promise<void> {
@@ -459,6 +501,105 @@ export class Dispatcher {
       summary.skipped++;
       this.finishMessage(m);
     }
+  }
+
+  /** Buckets and retreat of the upstreams after the first, each under its own limits. */
+  private async evaluateOtherLanes(config: GatewayConfig): Promise<void> {
+    for (const lane of this.lanes) {
+      if (lane.primary) continue;
+      lane.bucket.setReserve({ fraction: config.reserveFraction, forNormal: config.reserveForNormal });
+      await lane.bucket.refresh();
+      const { record, stepped } = await lane.retreat.evaluate(upstreamConfig(config, lane.name));
+      this.d.onUpstreamRetreat?.(lane.name, record, stepped);
+    }
+  }
+
+  /**
+   * Several upstreams: the most important waiting ticket (in the policy's order) that one of its upstreams can
+   * take now gets a token there; a ticket whose upstreams are all exhausted never holds up one bound elsewhere.
+   * Within a pool the member with the most tokens left takes it. Tickets of one upstream keep their order:
+   * a less important one only passes a blocked one through an upstream the blocked one cannot use now.
+   */
+  private async serveLanes(head: Buffered, config: GatewayConfig, summary: RunSummary): Promise<void> {
+    const { tickets, clock } = this.d;
+    const now = clock.now();
+    for (const lane of this.lanes) if (!lane.bucket.state) await lane.bucket.refresh();
+    const blocked = new Set([...this.laneFullUntil].filter(([, until]) => until > now).map(([name]) => name));
+    const ordered = [...this.buffers.values()]
+      .flat()
+      .sort(
+        (a, b) =>
+          priorityRank(a.message.priority) - priorityRank(b.message.priority) ||
+          a.message.enqueuedAt - b.message.enqueuedAt,
+      );
+    // The policy's pick goes first (weighted: its turn); the rest follow in strict order.
+    ordered.unshift(head);
+    let waitMs = MAX_NAP_MS;
+    const seen = new Set<string>();
+    for (const m of ordered) {
+      const msg = m.message;
+      if (seen.has(msg.ticketId)) continue;
+      seen.add(msg.ticketId);
+      const choice = chooseLane(lanesFor(msg.pool, this.lanes), msg.priority, this.laneGrants, blocked);
+      if (!choice) continue;
+      if ('waitMs' in choice) {
+        waitMs = Math.min(waitMs, choice.waitMs);
+        continue;
+      }
+      const { lane, attempt } = choice;
+      const quota = await this.agentQuota(msg);
+      if (quota && 'waitMs' in quota) {
+        if (await this.end(msg, 'rejected', 'agent_quota', now, quota.waitMs)) summary.rejected++;
+        this.finishMessage(m);
+        return;
+      }
+      const upstream = ticketUpstream(lane);
+      const res = await tickets.grant(
+        { id: msg.ticketId, attempt: msg.attempt, agent: msg.agent, priority: msg.priority },
+        attempt,
+        {
+          grantedAt: attempt.now,
+          claimBy: Math.min(attempt.now + this.t.claimWindowMs, msg.deadline + config.requestTimeoutMs),
+          ...(upstream !== undefined ? { upstream } : {}),
+        },
+        {
+          maxInflight: upstreamConfig(config, lane.name).maxInflight,
+          ...(quota ? { agentQuota: { bucketKey: quota.key, attempt: quota.attempt } } : {}),
+        },
+      );
+      if (res.kind === 'granted') {
+        lane.bucket.spent(attempt);
+        this.laneGrants.set(lane.name, (this.laneGrants.get(lane.name) ?? 0) + 1);
+        this.drr = chargePriority(this.drr, msg.priority);
+        if (quota) quota.bucket.spent(quota.attempt);
+        summary.granted++;
+        this.outcomes.record(now, {
+          counts: { granted: 1 },
+          latencies: [{ name: 'queueWait', priority: msg.priority, ms: attempt.now - msg.enqueuedAt }],
+        });
+        this.finishMessage(m);
+      } else if (res.kind === 'bucket_conflict') {
+        lane.bucket.conflicted(res.current);
+        if (!res.current) await lane.bucket.refresh();
+      } else if (res.kind === 'agent_quota') {
+        quota?.bucket.conflicted(res.current);
+      } else if (res.kind === 'inflight_full') {
+        // That upstream runs max_inflight calls: its tickets wait, the others' go on.
+        this.laneFullUntil.set(lane.name, now + INFLIGHT_NAP_MS);
+        blocked.add(lane.name);
+        continue;
+      } else if (res.kind === 'paused') {
+        this.d.config.invalidate();
+        await this.waitForArrival(INFLIGHT_NAP_MS);
+      } else {
+        if (!res.current) this.d.log.warn('message for a missing ticket', { ticketId: msg.ticketId });
+        summary.skipped++;
+        this.finishMessage(m);
+      }
+      return;
+    }
+    // Nothing any upstream can take now: sleep until the first token, waking for arrivals and housekeeping.
+    await this.waitForArrival(Math.max(1, Math.min(waitMs, MAX_NAP_MS)));
   }
 
   /**
@@ -705,7 +846,8 @@ export class Dispatcher {
       });
       if ('ticket' in res) {
         swept++;
-        await bucket.refund(t.grantedAt ?? now, windowMs);
+        const lane = t.upstream === undefined ? undefined : this.lanes.find((l) => l.name === t.upstream);
+        await (lane?.bucket ?? bucket).refund(t.grantedAt ?? now, windowMs);
         outcomes.record(now, { counts: { abandoned: 1 } });
       }
     }

@@ -97,7 +97,8 @@ export interface TicketStore {
   get(id: string): Promise<Ticket | undefined>;
   /**
    * Atomically consumes a token and flips `queued → granted` (attempt must match); the admission counter drops
-   * and the in-flight counter rises (refused at `maxInflight`), unless the stored config says paused.
+   * and the in-flight counter rises (refused at `maxInflight`), unless the stored config says paused. The token
+   * and the in-flight count are `patch.upstream`'s (absent: the first upstream's, under the single-upstream keys).
    * Idempotent under SDK retries (client request token).
    */
   grant(
@@ -152,6 +153,7 @@ export interface TicketStore {
   fastGrant(
     ticket: Ticket,
     attempt: ConsumeAttempt,
+    /** The token and the in-flight count are `ticket.upstream`'s (absent: the first upstream's). */
     opts: { maxInflight: number; budget?: BudgetCharge },
   ): Promise<FastGrantOutcome>;
   /** Queued tickets per priority (the counters moved with every ticket entering or leaving `queued`). */

@@ -8,7 +8,7 @@ export interface UpstreamDef {
 }
 
 /**
- * Maps a model id (exact, or prefix ending in `/`, or `*`) to an upstream. `strip` removes a gateway prefix
+ * Maps a model id (exact, or prefix ending in `/` or `*`, or `*`) to an upstream. `strip` removes a gateway prefix
  * such as `nvidia/` when what follows is itself `publisher/model` (so `nvidia/llama-…` keeps its name).
  */
 export interface Route {
@@ -60,7 +60,20 @@ export interface ResolvedRoute {
   upstream: UpstreamDef;
   /** The model id to send upstream. */
   model: string;
+  /**
+   * Every upstream with a route of the same `match` as the one that hit, `upstream` first: several keys or
+   * providers serving the same models (a pool).
+   */
+  pool: UpstreamDef[];
 }
+
+const routeMatches = (match: string, lowerModel: string): boolean =>
+  match === '*' ||
+  (match.endsWith('/')
+    ? lowerModel.startsWith(match)
+    : match.endsWith('*')
+      ? lowerModel.startsWith(match.slice(0, -1))
+      : lowerModel === match);
 
 export const resolveRoute = (
   model: string,
@@ -70,8 +83,7 @@ export const resolveRoute = (
   const lower = model.toLowerCase();
   for (const r of routes) {
     const m = r.match.toLowerCase();
-    const hit = m === '*' || (m.endsWith('/') ? lower.startsWith(m) : lower === m);
-    if (!hit) continue;
+    if (!routeMatches(m, lower)) continue;
     const upstream = upstreams.get(r.upstream);
     if (!upstream) continue;
     let target = model;
@@ -79,7 +91,12 @@ export const resolveRoute = (
       const rest = model.slice(m.length);
       if (rest.includes('/')) target = rest;
     }
-    return { upstream, model: target };
+    const pool = [upstream];
+    for (const other of routes) {
+      const member = other.match.toLowerCase() === m ? upstreams.get(other.upstream) : undefined;
+      if (member && !pool.includes(member)) pool.push(member);
+    }
+    return { upstream, model: target, pool };
   }
   return undefined;
 };

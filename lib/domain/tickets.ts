@@ -84,6 +84,10 @@ export interface Ticket {
   quotaShare?: number;
   /** The UTC day this request was counted on against its agent's budget (only when its key has one). */
   budgetDay?: string;
+  /** The limited upstreams that may serve it (a pool), when not only the first one. */
+  pool?: string[];
+  /** The upstream its token came from, when not the first one: the ingress calls that one, with its key. */
+  upstream?: string;
 }
 
 /** Fields a transition may set besides the status. */
@@ -98,6 +102,7 @@ export type TicketPatch = Partial<
     | 'upstreamStatus'
     | 'deadline'
     | 'totalTokens'
+    | 'upstream'
   >
 >;
 
@@ -112,6 +117,8 @@ export interface TicketMessage {
   /** The agent's quota, carried so the dispatcher needs no key lookup. */
   quotaRpm?: number;
   quotaShare?: number;
+  /** The upstreams that may serve it, when not only the first one (Ticket.pool). */
+  pool?: string[];
 }
 
 /**

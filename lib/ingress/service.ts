@@ -21,6 +21,8 @@ import type { Priority } from '../domain/priority.js';
 import { bucketParamsFor } from '../domain/retreat-controller.js';
 import { type Route, resolveRoute, type UpstreamDef } from '../domain/routes.js';
 import type { Ticket } from '../domain/tickets.js';
+import { checkFitsTpm, estimateRequestTokens, poolTpm } from '../domain/token-estimate.js';
+import { laneOf, type UpstreamLane } from '../domain/upstream-lanes.js';
 import type { UpstreamClient } from '../domain/upstream-port.js';
 import { asGatewayError, errorReply, type HttpReply } from '../http/reply.js';
 import type { IngressRequest, RequestContext } from './context.js';
@@ -58,6 +60,8 @@ export interface IngressDeps {
   upstreamKey: (upstream: UpstreamDef) => Promise<string | undefined>;
   routes: readonly Route[];
   upstreams: ReadonlyMap<string, UpstreamDef>;
+  /** Several limited upstreams: one lane each; a ticket is called on the upstream its token came from. */
+  lanes?: readonly UpstreamLane[];
   clock: Clock;
   telemetry: IngressTelemetry;
   log: {
@@ -133,7 +137,7 @@ export class IngressService {
     const limited = [...this.d.upstreams.values()].find((u) => u.limited);
     const route = body
       ? resolveRoute(body.model, this.d.routes, this.d.upstreams)
-      : limited && { upstream: limited, model: '' };
+      : limited && { upstream: limited, model: '', pool: [limited] };
     if (!route) {
       throw new ValidationError(`No route for model \`${body?.model}\`.`, 'model', 'model_not_found');
     }
@@ -158,6 +162,8 @@ export class IngressService {
       req.waitUntil?.(this.relay.callAndRelay(ctx, undefined, headers));
       return ctx.channel.reply;
     }
+    // Tokens per minute: a request larger than a whole minute of its upstreams could never be served.
+    if (body) checkFitsTpm(estimateRequestTokens(body.raw, body.json), poolTpm(config, route.pool));
     const idemKey = idempotencyKey(req.headers['idempotency-key']);
     if (config.draining) {
       throw new UnavailableError('The gateway is draining for maintenance; retry later.', 60_000, 'draining');
@@ -205,7 +211,7 @@ export class IngressService {
     ctx: RequestContext,
     key: AgentKey,
     body: ParsedBody | undefined,
-    route: { upstream: UpstreamDef },
+    route: { upstream: UpstreamDef; pool: UpstreamDef[] },
     idemKey: string | undefined,
     cache: Extract<CacheFront, { kind: 'miss' }> | undefined,
     isModels: boolean,
@@ -229,6 +235,9 @@ export class IngressService {
         ...(key.quotaShare !== undefined ? { quotaShare: key.quotaShare } : {}),
         ...budgetOf(key),
         callBudgetMs: config.requestTimeoutMs + FUNCTION_MARGIN_MS,
+        ...((this.d.lanes?.length ?? 0) > 1
+          ? { pool: route.pool.filter((u) => u.limited).map((u) => u.name) }
+          : {}),
       },
       config,
     );
@@ -298,7 +307,11 @@ export class IngressService {
         if (res.judged) sendCheck = res.calledAt !== undefined ? { calledAt: res.calledAt } : {};
       }
       const replyHeaders = await this.replyHeaders(ctx, claimed);
-      const called = await this.relay.callAndRelay(ctx, claimed, replyHeaders, {
+      // Several upstreams: the call goes to the upstream whose token it holds, with that upstream's key.
+      const lane = (this.d.lanes?.length ?? 0) > 1 ? laneOf(claimed, this.d.lanes) : undefined;
+      const upstream = lane ? this.d.upstreams.get(lane.name) : undefined;
+      const callCtx = upstream ? { ...ctx, upstream } : ctx;
+      const called = await this.relay.callAndRelay(callCtx, claimed, replyHeaders, {
         fastGrant,
         ...(sendCheck ? { sendCheck } : {}),
       });

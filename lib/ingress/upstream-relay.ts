@@ -24,6 +24,7 @@ import {
   type Usage,
   usageFromBody,
 } from '../domain/upstream.js';
+import { laneOf, type UpstreamLane } from '../domain/upstream-lanes.js';
 import { UpstreamCallError, type UpstreamClient, type UpstreamResponse } from '../domain/upstream-port.js';
 import { sseError } from '../http/reply.js';
 import type { RequestContext } from './context.js';
@@ -65,6 +66,8 @@ export interface UpstreamRelayDeps {
   admission: Admission;
   outcomes: OutcomeStore;
   bucket: TokenBucket;
+  /** Several limited upstreams: a granted ticket's 429 hold and answers go to its own upstream's lane. */
+  lanes?: readonly UpstreamLane[];
   clock: Clock;
   telemetry: { upstream(kind: string, ms: number): void };
   log: {
@@ -209,7 +212,9 @@ export class UpstreamRelay {
       await this.count(call, kind);
       const retryAfter = parseRetryAfter(res.headers.get('retry-after'), clock.now());
       if (retryAfter !== undefined && retryAfter > 0)
-        await this.d.bucket.hold(clock.now() + Math.min(retryAfter, HOLD_MAX_MS));
+        await (laneOf(ticket, this.d.lanes)?.bucket ?? this.d.bucket).hold(
+          clock.now() + Math.min(retryAfter, HOLD_MAX_MS),
+        );
       // Nothing of the answer reached the agent yet (heartbeats are not answer bytes): try again later.
       if (ticket.attempt < ctx.config.maxRequeues) return 'requeue';
       await this.end(call, kind, { reason: `upstream_${kind}`, upstreamStatus: res.status });
@@ -389,7 +394,7 @@ export class UpstreamRelay {
     const now = this.d.clock.now();
     // The wait before the grant that was called: once per call, however often the ticket was granted before.
     const queueWaitMs = grant ? 0 : Math.max(0, (ticket.grantedAt ?? ticket.enqueuedAt) - ticket.enqueuedAt);
-    await this.d.outcomes
+    await (laneOf(ticket, this.d.lanes)?.outcomes ?? this.d.outcomes)
       .record(now, {
         counts: { ...(count !== undefined ? { [count]: 1 } : {}), ...(grant ? { granted: 1 } : {}) },
         latencies: [

@@ -1,6 +1,15 @@
 // Composition support: the environment contract of every function, validated once at cold start.
 import { PRIORITIES, type Priority } from '../domain/priority.js';
-import { defaultRoutes, parseRoutes, type Route, type UpstreamDef } from '../domain/routes.js';
+import { parseRoutes, type Route, type UpstreamDef } from '../domain/routes.js';
+import {
+  DEFAULT_UPSTREAM_NAME,
+  DEFAULT_UPSTREAM_URL,
+  parseUpstreamList,
+  primaryUpstream,
+  type UpstreamEntry,
+  upstreamDefs,
+  upstreamRoutes,
+} from '../domain/upstreams.js';
 import type { CredentialSource } from './credentials.js';
 
 export interface RuntimeEnv {
@@ -17,6 +26,8 @@ export interface RuntimeEnv {
   lambdaEndpoint?: string;
   dispatcherFunction: string;
   upstreams: Map<string, UpstreamDef>;
+  /** The first limited upstream: its state items keep the single-upstream keys (nothing migrates). */
+  primaryUpstream: string;
   routes: Route[];
   /** Where the limited upstream's key comes from: a secret (AWS) or a plain env value (local only). */
   upstreamKeySecret?: string;
@@ -58,28 +69,7 @@ export const readRuntimeEnv = (env: Record<string, string | undefined>): Runtime
   const queueUrls = Object.fromEntries(
     PRIORITIES.map((p) => [p, need(env, `SLUICE_QUEUE_${p.toUpperCase()}_URL`)]),
   ) as Record<Priority, string>;
-  const upstreams = new Map<string, UpstreamDef>([
-    [
-      'limited',
-      {
-        name: 'limited',
-        baseUrl: env.SLUICE_UPSTREAM_URL ?? 'https://integrate.api.nvidia.com/v1',
-        limited: true,
-      },
-    ],
-  ]);
-  if (env.SLUICE_OPEN_UPSTREAM_URL) {
-    upstreams.set('open', { name: 'open', baseUrl: env.SLUICE_OPEN_UPSTREAM_URL, limited: false });
-  }
-  const upstreamCredentials = new Map<string, CredentialSource>();
-  const source = (secretId: string | undefined, value: string | undefined): CredentialSource | undefined =>
-    secretId || value ? { ...(secretId ? { secretId } : {}), ...(value ? { value } : {}) } : undefined;
-  const limitedKey = source(env.SLUICE_UPSTREAM_KEY_SECRET, env.UPSTREAM_API_KEY);
-  if (limitedKey) upstreamCredentials.set('limited', limitedKey);
-  // The open upstream gets a credential only when one is given for it: never the limited upstream's.
-  const openKey = source(env.SLUICE_OPEN_UPSTREAM_KEY_SECRET, env.OPEN_UPSTREAM_API_KEY);
-  if (openKey && upstreams.has('open')) upstreamCredentials.set('open', openKey);
-  const routes = env.SLUICE_ROUTES ? parseRoutes(env.SLUICE_ROUTES) : defaultRoutes('limited');
+  const { upstreams, primary, routes, upstreamCredentials } = readUpstreams(env);
   return {
     region: env.AWS_REGION ?? 'us-east-1',
     stateTable: need(env, 'SLUICE_STATE_TABLE'),
@@ -92,6 +82,7 @@ export const readRuntimeEnv = (env: Record<string, string | undefined>): Runtime
     ...(env.SLUICE_LAMBDA_ENDPOINT ? { lambdaEndpoint: env.SLUICE_LAMBDA_ENDPOINT } : {}),
     dispatcherFunction: env.SLUICE_DISPATCHER_FUNCTION ?? 'sluice-dispatcher',
     upstreams,
+    primaryUpstream: primary,
     routes,
     ...(env.SLUICE_UPSTREAM_KEY_SECRET ? { upstreamKeySecret: env.SLUICE_UPSTREAM_KEY_SECRET } : {}),
     ...(env.UPSTREAM_API_KEY ? { upstreamKeyValue: env.UPSTREAM_API_KEY } : {}),
@@ -106,4 +97,59 @@ export const readRuntimeEnv = (env: Record<string, string | undefined>): Runtime
     awsRequestTimeoutMs: positive(env, 'SLUICE_AWS_REQUEST_TIMEOUT_MS', 5_000),
     maxBodyBytes: positive(env, 'SLUICE_MAX_BODY_BYTES', 6 * 1024 * 1024),
   };
+};
+
+const credentialSource = (
+  secretId: string | undefined,
+  value: string | undefined,
+): CredentialSource | undefined =>
+  secretId || value ? { ...(secretId ? { secretId } : {}), ...(value ? { value } : {}) } : undefined;
+
+/**
+ * The upstreams, their routes and credentials: `SLUICE_UPSTREAMS` when set, else today's single limited upstream
+ * (`SLUICE_UPSTREAM_URL`, its key) — plus the open upstream of `SLUICE_OPEN_UPSTREAM_URL` in both cases.
+ * `SLUICE_ROUTES` adds routes before the built-in catalog (`SLUICE_DEFAULT_ROUTES=false` drops the catalog).
+ * Each upstream gets only the credential named for it; the first limited one falls back to the single-upstream
+ * key variables.
+ */
+const readUpstreams = (env: Record<string, string | undefined>) => {
+  const entries: UpstreamEntry[] = env.SLUICE_UPSTREAMS
+    ? // Limits are the config's (configFromEnv); here only who is limited matters.
+      parseUpstreamList(env.SLUICE_UPSTREAMS, {
+        windowMs: 60_000,
+        tpm: 0,
+        maxInflight: 0,
+        retreatPreset: 'probe',
+      })
+    : [
+        {
+          name: DEFAULT_UPSTREAM_NAME,
+          url: env.SLUICE_UPSTREAM_URL ?? DEFAULT_UPSTREAM_URL,
+          limits: { limit: 1, windowMs: 60_000, tpm: 0, maxInflight: 0, retreatPreset: 'probe' },
+        },
+      ];
+  const first = primaryUpstream(entries);
+  if (!first) throw new Error('SLUICE_UPSTREAMS: at least one upstream needs a limit');
+  const upstreamCredentials = new Map<string, CredentialSource>();
+  for (const e of entries) {
+    const own = credentialSource(e.keySecret, e.keyEnv ? env[e.keyEnv] : undefined);
+    const legacy =
+      e === first && !e.keySecret && !e.keyEnv
+        ? credentialSource(env.SLUICE_UPSTREAM_KEY_SECRET, env.UPSTREAM_API_KEY)
+        : undefined;
+    const source = own ?? legacy;
+    if (source) upstreamCredentials.set(e.name, source);
+  }
+  if (env.SLUICE_OPEN_UPSTREAM_URL && !entries.some((e) => e.name === 'open')) {
+    entries.push({ name: 'open', url: env.SLUICE_OPEN_UPSTREAM_URL, models: [] });
+    // The open upstream gets a credential only when one is given for it: never the limited upstream's.
+    const openKey = credentialSource(env.SLUICE_OPEN_UPSTREAM_KEY_SECRET, env.OPEN_UPSTREAM_API_KEY);
+    if (openKey) upstreamCredentials.set('open', openKey);
+  }
+  const routes = upstreamRoutes(
+    entries,
+    env.SLUICE_ROUTES ? parseRoutes(env.SLUICE_ROUTES) : [],
+    !/^(false|0|no|off)$/i.test(env.SLUICE_DEFAULT_ROUTES?.trim() ?? ''),
+  );
+  return { upstreams: upstreamDefs(entries), primary: first.name, routes, upstreamCredentials };
 };

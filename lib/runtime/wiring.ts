@@ -21,7 +21,10 @@ import { configFromEnv } from '../domain/config.js';
 import { ConfigService } from '../domain/config-service.js';
 import { UnavailableError } from '../domain/errors.js';
 import { RetreatController } from '../domain/retreat-controller.js';
+import type { UpstreamLane } from '../domain/upstream-lanes.js';
+import { upstreamStateKey } from '../domain/upstreams.js';
 import { SECRET_PLACEHOLDER_PREFIX } from '../infra/definitions.js';
+import type { UpstreamRowSource } from '../status/upstream-rows.js';
 import type { RuntimeEnv } from './env.js';
 
 const LOCAL_CREDENTIALS = { accessKeyId: 'local', secretAccessKey: 'local' };
@@ -97,17 +100,75 @@ export const makeStores = (
     }
     return hit;
   };
+  const retreat = new RetreatController({ retreat: retreatStore, outcomes, bucket, clock });
+  // Several limited upstreams: a lane each; the first one's items keep the single-upstream keys.
+  const others = [...env.upstreams.values()]
+    .filter((u) => u.limited && u.name !== env.primaryUpstream)
+    .map((u) => u.name);
+  const tickets = new DynamoTicketStore(clients.dynamo, {
+    ticketsTable: env.ticketsTable,
+    stateTable: env.stateTable,
+    bucketKey: env.bucketKey,
+    otherUpstreams: others,
+  });
+  // /status: each upstream's own items (several upstreams only).
+  const upstreamSources: UpstreamRowSource[] | undefined = others.length
+    ? [
+        {
+          name: env.primaryUpstream,
+          retreat: retreatStore,
+          outcomes,
+          inFlight: async () => (await tickets.counts()).inflight,
+        },
+        ...others.map((name) => {
+          const key = upstreamStateKey(name);
+          return {
+            name,
+            retreat: new DynamoRetreatStore(clients.dynamo, env.stateTable, key),
+            outcomes: new DynamoOutcomeStore(clients.dynamo, env.stateTable, `outcomes#${key}`),
+            inFlight: () => tickets.upstreamInflight(name),
+          };
+        }),
+      ]
+    : undefined;
+  const lanes: UpstreamLane[] | undefined = others.length
+    ? [
+        { name: env.primaryUpstream, primary: true, bucket, retreat, outcomes },
+        ...others.map((name): UpstreamLane => {
+          const key = upstreamStateKey(name);
+          const laneBucket = new TokenBucket(
+            new DynamoBucketStore(clients.dynamo, env.stateTable, key),
+            clock,
+            {
+              fraction: defaults.reserveFraction,
+              forNormal: defaults.reserveForNormal,
+            },
+          );
+          const laneOutcomes = new DynamoOutcomeStore(clients.dynamo, env.stateTable, `outcomes#${key}`);
+          return {
+            name,
+            primary: false,
+            bucket: laneBucket,
+            outcomes: laneOutcomes,
+            retreat: new RetreatController({
+              retreat: new DynamoRetreatStore(clients.dynamo, env.stateTable, key),
+              outcomes: laneOutcomes,
+              bucket: laneBucket,
+              clock,
+            }),
+          };
+        }),
+      ]
+    : undefined;
   return {
     agentBucket,
     clock,
     bucket,
     outcomes,
     retreatStore,
-    tickets: new DynamoTicketStore(clients.dynamo, {
-      ticketsTable: env.ticketsTable,
-      stateTable: env.stateTable,
-      bucketKey: env.bucketKey,
-    }),
+    lanes,
+    upstreamSources,
+    tickets,
     queue: new SqsTicketQueue(clients.sqs, env.queueUrls),
     lease: new DynamoLeaseStore(clients.dynamo, env.stateTable),
     keys: new DynamoKeyStore(clients.dynamo, env.keysTable),
@@ -116,7 +177,7 @@ export const makeStores = (
     responseCache: env.cacheTable ? new DynamoResponseCacheStore(clients.dynamo, env.cacheTable) : undefined,
     configStore,
     config: new ConfigService(configStore, clock, defaults),
-    retreat: new RetreatController({ retreat: retreatStore, outcomes, bucket, clock }),
+    retreat,
     newId: () => randomUUID(),
   };
 };

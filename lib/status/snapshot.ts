@@ -28,6 +28,7 @@ import { PRIORITIES, type Priority } from '../domain/priority.js';
 import type { PriorityPolicy } from '../domain/priority-policy.js';
 import { baseRpmOf, initialRetreat, rebaseRetreat } from '../domain/retreat.js';
 import { bucketParamsFor } from '../domain/retreat-controller.js';
+import type { UpstreamRow } from './upstream-rows.js';
 import { type ConfigChangeView, changeView, type RetreatView, retreatView } from './views.js';
 
 /** Throughput and latency cover this much history. */
@@ -150,6 +151,8 @@ export interface StatusSnapshot {
   >;
   /** Latest first. */
   configChanges: ConfigChangeView[];
+  /** Several limited upstreams: a row each (the first one first), pools named in each row. */
+  upstreams?: UpstreamRow[];
 }
 
 /** What the builder reads; each member is a narrow slice of a domain port, so fakes stay small. */
@@ -165,6 +168,8 @@ export interface SnapshotSources {
   clock: Clock;
   /** The ingress function's memory size (MB), for the waiting cost. */
   ingressMemoryMb: number;
+  /** Several limited upstreams: their rows under the config. */
+  upstreams?: (config: GatewayConfig) => Promise<UpstreamRow[]>;
 }
 
 const round = (x: number, digits = 2): number => {
@@ -331,6 +336,7 @@ export class SnapshotBuilder {
         statusPublic: config.statusPublic,
       },
       configChanges: history.map(changeView),
+      ...(this.s.upstreams ? { upstreams: await this.s.upstreams(config) } : {}),
     };
   }
 

@@ -46,7 +46,7 @@ export const retreatView = (r: RetreatRecord): RetreatView => ({
 /** One editable field as the admin panel describes it. */
 export interface ConfigFieldView {
   name: string;
-  kind: 'int' | 'number' | 'bool' | 'enum' | 'weights' | 'list';
+  kind: 'int' | 'number' | 'bool' | 'enum' | 'weights' | 'list' | 'upstreams';
   /** Bounds in the external unit (seconds for `*_s`). */
   min?: number;
   max?: number;

@@ -56,6 +56,18 @@ describe('settingsFromContext', () => {
     });
   });
 
+  it('an upstream list replaces the single upstream’s URL and limit variables', () => {
+    const list = [
+      { name: 'nv-a', limit: 30 },
+      { name: 'nv-b', limit: 40 },
+    ];
+    const settings = fromContext({ upstreams: list });
+    expect(gatewayConfigEnvironment(settings)).toEqual({
+      SLUICE_UPSTREAMS: JSON.stringify(list),
+      SLUICE_BUCKET_BURST: '2',
+    });
+  });
+
   it('takes parsed values from cdk.json as they are', () => {
     const settings = fromContext({
       routes: [{ match: 'meta/', upstream: 'limited' }],
@@ -80,6 +92,28 @@ describe('settingsFromContext', () => {
     ['a retention CloudWatch does not offer', { logRetentionDays: '31' }, /logRetentionDays: must be one of/],
     ['a boolean spelled otherwise', { createDashboard: 'no' }, /createDashboard: must be true or false/],
     ['a secret id that is not an ARN', { upstreamKeySecretArn: 'my-secret' }, /upstreamKeySecretArn/],
+    ['an upstream list that is not JSON', { upstreams: '[oops' }, /upstreams: is not valid JSON/],
+    ['an upstream with a bad name', { upstreams: '[{"name":"A B","limit":5}]' }, /upstreams: .*name must be/],
+    [
+      'a local key variable on AWS',
+      { upstreams: '[{"name":"a","key_env":"K","limit":5}]' },
+      /key_env is for local/,
+    ],
+    [
+      'a plain-http upstream in the list',
+      { upstreams: '[{"name":"a","url":"http://x.example","limit":5}]' },
+      /https/,
+    ],
+    [
+      'upstreamLimit beside the list',
+      { upstreams: '[{"name":"a","limit":5}]', upstreamLimit: '40' },
+      /upstreamLimit: set it in the upstreams list/,
+    ],
+    [
+      'a key_secret that is not an ARN',
+      { upstreams: '[{"name":"a","limit":5},{"name":"b","limit":5,"key_secret":"b"}]' },
+      /b: key_secret must be a Secrets Manager secret ARN/,
+    ],
   ])('refuses %s', (_name, context, message) => {
     expect(() => fromContext(context)).toThrow(message);
   });

@@ -1,5 +1,6 @@
 // Stack tests (CDK Template assertions): API streaming, functions, dispatcher wake-ups, state, queues, secrets, outputs.
 import { Match } from 'aws-cdk-lib/assertions';
+import type { IConstruct } from 'constructs';
 import { describe, expect, it } from 'vitest';
 import { API_STAGE_NAME, GATEWAY_ERRORS } from '../../cdk/constructs/gateway-api.js';
 import { UPSTREAM_KEY_PLACEHOLDER } from '../../cdk/constructs/gateway-secrets.js';
@@ -402,6 +403,43 @@ describe('secrets', () => {
     ).Variables;
     expect(variables.SLUICE_OPEN_UPSTREAM_KEY_SECRET).toBe(openKeyArn);
     expect(variables.SLUICE_UPSTREAM_KEY_SECRET).not.toBe(openKeyArn);
+  });
+});
+
+describe('several upstreams: one secret each', () => {
+  const ACME_KEY_ARN = 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:acme-key-AbCdEf';
+  const upstreams = [
+    { name: 'nv-a', limit: 40 },
+    { name: 'nv-b', limit: 40 },
+    {
+      name: 'acme',
+      url: 'https://api.acme.example/v1',
+      limit: 500,
+      key_secret: ACME_KEY_ARN,
+      models: ['acme/'],
+    },
+  ];
+
+  it('creates a secret for each limited upstream after the first (imports a given key_secret) and names it in the ingress list only', () => {
+    // Prepare
+    const { stack, template } = sluice({ context: { upstreams } });
+    const env = (fn: IConstruct) =>
+      (
+        lambdaFunctions(template)[logicalId(fn)]!.Properties.Environment as {
+          Variables: Record<string, unknown>;
+        }
+      ).Variables;
+
+    // Assess: the first upstream's key, nv-b's key, admin and viewer tokens; acme's key is imported.
+    template.resourceCountIs('AWS::SecretsManager::Secret', 4);
+    const nvB = stack.secrets.otherUpstreamKeys.get('nv-b');
+    expect(nvB?.created).toBe(true);
+    const ingressList = JSON.stringify(stack.resolve(env(stack.ingress.fn).SLUICE_UPSTREAMS));
+    expect(ingressList).toContain(logicalId(nvB!.secret));
+    expect(ingressList).toContain(ACME_KEY_ARN);
+    expect(env(stack.ingress.fn).SLUICE_UPSTREAM_LIMIT).toBeUndefined();
+    // The dispatcher needs the limits only: the list as given, no secret of its own.
+    expect(env(stack.dispatcher.fn).SLUICE_UPSTREAMS).toBe(JSON.stringify(upstreams));
   });
 });
 

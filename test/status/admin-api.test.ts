@@ -61,6 +61,11 @@ const invalidValues = (key: keyof GatewayConfig): [unknown, RegExp][] => {
         [42, /must be a list of paths/],
         [['files', '../admin'], /is not a path below/],
       ];
+    case 'upstreams':
+      return [
+        [42, /must be an object of upstream name → limits/],
+        [{ 'nv-z': { limit: 10 } }, /no limited upstream nv-z besides the first/],
+      ];
   }
 };
 

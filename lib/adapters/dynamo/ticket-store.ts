@@ -36,6 +36,7 @@ import {
   type TicketPatch,
   type TicketStatus,
 } from '../../domain/tickets.js';
+import { upstreamStateKey } from '../../domain/upstreams.js';
 import { translateStoreErrors } from '../aws-errors.js';
 import { bucketStateFromItem, consumeUpdate } from './bucket-store.js';
 import { budgetChargeItem, budgetUsageOf } from './budget-store.js';
@@ -56,6 +57,11 @@ export interface TicketTables {
   ticketsTable: string;
   stateTable: string;
   bucketKey?: string;
+  /**
+   * The limited upstreams after the first: a ticket naming one spends that upstream's bucket item and in-flight
+   * count (the first upstream's are the single-upstream items). @default none
+   */
+  otherUpstreams?: readonly string[];
 }
 
 const ADMISSION_KEY = stateKey('admission', 'global');
@@ -106,6 +112,18 @@ export class DynamoTicketStore implements TicketStore {
   ) {
     translateStoreErrors(client, 'DynamoDB');
     this.bucketKey = stateKey('bucket', tables.bucketKey ?? 'default');
+  }
+
+  /** The bucket item a ticket of `upstream` spends from. */
+  private bucketItemKey(upstream: string | undefined): Item {
+    return upstream === undefined ? this.bucketKey : stateKey('bucket', upstreamStateKey(upstream));
+  }
+
+  /** The in-flight count of `upstream` (the first upstream's lives on the global counter item), capped. */
+  private inflightCounter(upstream: string | undefined, delta: number, cap = 0): TransactWriteItem {
+    const global = this.counters({ inflight: delta }, { inflight: cap });
+    if (upstream === undefined) return global;
+    return { Update: { ...global.Update!, Key: stateKey('admission', upstreamStateKey(upstream)) } };
   }
 
   private ticketPut(ticket: Ticket): TransactWriteItem {
@@ -378,7 +396,9 @@ export class DynamoTicketStore implements TicketStore {
       sets.push(`#${k} = :${k}`);
     }
     if (to === 'queued') {
-      // Requeue: a new attempt, back into its priority's queued phase at its original enqueue time.
+      // Requeue: a new attempt, back into its priority's queued phase at its original enqueue time; any member
+      // of its pool may take it next.
+      removes.push('upstream');
       sets.push('attempt = attempt + :one', 'phase = :phase', 'phaseAt = :phaseAt');
       values[':one'] = n(1);
       values[':phase'] = s(`queued#${priority}`);
@@ -416,17 +436,20 @@ export class DynamoTicketStore implements TicketStore {
     opts: { maxInflight?: number; agentQuota?: { bucketKey: string; attempt: ConsumeAttempt } } = {},
   ): Promise<GrantOutcome> {
     const consume = consumeUpdate(attempt);
+    const upstream = patch.upstream;
     const items: TransactWriteItem[] = [
       {
         Update: {
           TableName: this.tables.stateTable,
-          Key: this.bucketKey,
+          Key: this.bucketItemKey(upstream),
           ...consume,
           ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
         },
       },
       this.transitionUpdate(ticket.id, 'queued', 'granted', patch, attempt.now, ticket.attempt),
-      this.counters({ queued: -1, inflight: 1 }, { inflight: opts.maxInflight ?? 0 }),
+      upstream === undefined
+        ? this.counters({ queued: -1, inflight: 1 }, { inflight: opts.maxInflight ?? 0 })
+        : this.inflightCounter(upstream, 1, opts.maxInflight ?? 0),
     ];
     if (opts.agentQuota) {
       // The agent's own bucket spends in the same transaction, so a quota token is never spent without a grant.
@@ -443,6 +466,8 @@ export class DynamoTicketStore implements TicketStore {
     const owner = await this.ownerOf(ticket.id, ticket);
     if (owner.agent !== undefined) items.push(this.agentCounter(owner.agent, -1));
     if (owner.priority !== undefined) items.push(this.priorityCounter(owner.priority, -1));
+    // Another upstream's in-flight count is its own item: the admission count still drops here.
+    if (upstream !== undefined) items.push(this.counters({ queued: -1 }));
     const pausedAt = items.length;
     items.push(this.unpaused());
     try {
@@ -541,6 +566,12 @@ export class DynamoTicketStore implements TicketStore {
       return { conflict: await this.get(id) };
     const now = patch.finishedAt ?? patch.claimedAt ?? patch.grantedAt ?? Date.now();
     let current: Ticket | undefined = opts.known;
+    const running = (s: TicketStatus) => s === 'granted' || s === 'claimed';
+    if (!current && running(from) && !running(to) && this.tables.otherUpstreams?.length) {
+      // Several upstreams: whose in-flight count drops is the ticket's own upstream.
+      current = await this.get(id);
+      if (!current || current.status !== from) return { conflict: current };
+    }
     if (to === 'queued' && !current) {
       // Requeue needs the priority and original enqueue time for the phase index.
       current = await this.get(id);
@@ -556,11 +587,11 @@ export class DynamoTicketStore implements TicketStore {
       current?.priority,
       current?.enqueuedAt,
     );
-    const running = (s: TicketStatus) => s === 'granted' || s === 'claimed';
     const delta = {
       queued: from === 'queued' && to !== 'queued' ? -1 : to === 'queued' && from !== 'queued' ? 1 : 0,
       inflight: running(from) && !running(to) ? -1 : 0,
     };
+    const upstream = current?.upstream;
     const counted = delta.queued !== 0 || delta.inflight !== 0;
     const owner = delta.queued !== 0 ? await this.ownerOf(id, current) : {};
     try {
@@ -586,7 +617,12 @@ export class DynamoTicketStore implements TicketStore {
         new TransactWriteItemsCommand({
           TransactItems: [
             update,
-            this.counters(delta),
+            ...(upstream === undefined
+              ? [this.counters(delta)]
+              : [
+                  ...(delta.queued ? [this.counters({ queued: delta.queued })] : []),
+                  ...(delta.inflight ? [this.inflightCounter(upstream, delta.inflight)] : []),
+                ]),
             ...(owner.agent !== undefined ? [this.agentCounter(owner.agent, delta.queued)] : []),
             ...(owner.priority !== undefined ? [this.priorityCounter(owner.priority, delta.queued)] : []),
           ],
@@ -596,7 +632,10 @@ export class DynamoTicketStore implements TicketStore {
       // The caller's copy plus what this write changed, when it gave one: no read after the write.
       if (current) {
         const attempt = to === 'queued' ? current.attempt + 1 : current.attempt;
-        return { ticket: { ...current, ...definedOnly(patch), status: to, attempt } };
+        const ticket: Ticket = { ...current, ...definedOnly(patch), status: to, attempt };
+        // A requeue forgot the upstream (removed above): any member of its pool may take it next.
+        if (to === 'queued') delete ticket.upstream;
+        return { ticket };
       }
       const ticket = await this.get(id);
       return ticket ? { ticket } : { conflict: undefined };
@@ -694,13 +733,13 @@ export class DynamoTicketStore implements TicketStore {
       {
         Update: {
           TableName: this.tables.stateTable,
-          Key: this.bucketKey,
+          Key: this.bucketItemKey(ticket.upstream),
           ...consumeUpdate(attempt),
           ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
         },
       },
       this.ticketPut(ticket),
-      this.counters({ inflight: 1 }, { inflight: opts.maxInflight }),
+      this.inflightCounter(ticket.upstream, 1, opts.maxInflight),
       this.unpaused(),
       ...idle.map((p) => this.priorityIdle(p)),
       ...(opts.budget ? [budgetChargeItem(this.tables.stateTable, opts.budget)] : []),
@@ -770,6 +809,18 @@ export class DynamoTicketStore implements TicketStore {
     return (await this.counts()).queued;
   }
 
+  /** Calls granted or running on one upstream after the first (its own counter item). */
+  async upstreamInflight(upstream: string): Promise<number> {
+    const res = await this.client.send(
+      new GetItemCommand({
+        TableName: this.tables.stateTable,
+        Key: stateKey('admission', upstreamStateKey(upstream)),
+        ConsistentRead: true,
+      }),
+    );
+    return plain<{ inflight?: number }>(res.Item)?.inflight ?? 0;
+  }
+
   async counts(): Promise<{ queued: number; inflight: number }> {
     const res = await this.client.send(
       new GetItemCommand({ TableName: this.tables.stateTable, Key: ADMISSION_KEY, ConsistentRead: true }),
@@ -779,7 +830,8 @@ export class DynamoTicketStore implements TicketStore {
   }
 
   async reconcileAdmission(): Promise<number> {
-    const count = async (phase: string) => {
+    /** Tickets in a phase; with `upstream`, only that upstream's ('' = the first upstream's). */
+    const count = async (phase: string, upstream?: string) => {
       let total = 0;
       let start: Item | undefined;
       do {
@@ -788,7 +840,10 @@ export class DynamoTicketStore implements TicketStore {
             TableName: this.tables.ticketsTable,
             IndexName: 'byPhase',
             KeyConditionExpression: 'phase = :p',
-            ExpressionAttributeValues: { ':p': s(phase) },
+            ExpressionAttributeValues: { ':p': s(phase), ...(upstream ? { ':u': s(upstream) } : {}) },
+            ...(upstream === undefined
+              ? {}
+              : { FilterExpression: upstream ? 'upstream = :u' : 'attribute_not_exists(upstream)' }),
             Select: 'COUNT',
             ExclusiveStartKey: start,
           }),
@@ -804,7 +859,20 @@ export class DynamoTicketStore implements TicketStore {
       byPriority[p] = await count(`queued#${p}`);
       queued += byPriority[p];
     }
-    const inflight = (await count('granted')) + (await count('claimed'));
+    const others = this.tables.otherUpstreams ?? [];
+    const first = others.length ? '' : undefined;
+    const inflight = (await count('granted', first)) + (await count('claimed', first));
+    for (const upstream of others) {
+      const running = (await count('granted', upstream)) + (await count('claimed', upstream));
+      await this.client.send(
+        new UpdateItemCommand({
+          TableName: this.tables.stateTable,
+          Key: stateKey('admission', upstreamStateKey(upstream)),
+          UpdateExpression: 'SET inflight = :i',
+          ExpressionAttributeValues: { ':i': n(running) },
+        }),
+      );
+    }
     await this.client.send(
       new UpdateItemCommand({
         TableName: this.tables.stateTable,

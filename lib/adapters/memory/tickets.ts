@@ -47,16 +47,37 @@ export class MemoryTicketStore implements TicketStore {
   readonly priorityQueued: QueuedByPriority = { urgent: 0, high: 0, normal: 0, low: 0 };
   private readonly idem = new Map<string, { ticketId: string; until: number }>();
 
+  /** In flight per upstream after the first (the first one's count is `counters.inflight`). */
+  readonly upstreamInflight = new Map<string, number>();
+
   /**
    * @param bucket the shared bucket item the grant transaction spends from
    * @param isPaused the stored config's paused flag (grants and claims check it, as the DynamoDB store does)
    * @param budgets the agents' day counts a create or fast grant charges in the same (modelled) transaction
+   * @param upstreamBucket the bucket item of each upstream after the first (several upstreams)
    */
   constructor(
     private readonly bucket: MemoryBucketStore,
     private readonly isPaused: () => boolean = () => false,
     readonly budgets: MemoryBudgetStore = new MemoryBudgetStore(),
+    private readonly upstreamBucket: (upstream: string) => MemoryBucketStore = () => {
+      throw new Error('one upstream only');
+    },
   ) {}
+
+  /** The bucket a ticket of `upstream` spends from. */
+  private bucketOf(upstream: string | undefined): MemoryBucketStore {
+    return upstream === undefined ? this.bucket : this.upstreamBucket(upstream);
+  }
+
+  private inflightOf(upstream: string | undefined): number {
+    return upstream === undefined ? this.counters.inflight : (this.upstreamInflight.get(upstream) ?? 0);
+  }
+
+  private moveInflight(upstream: string | undefined, by: number): void {
+    if (upstream === undefined) this.counters.inflight += by;
+    else this.upstreamInflight.set(upstream, this.inflightOf(upstream) + by);
+  }
 
   async create(ticket: Ticket, opts: CreateTicketOptions): Promise<void> {
     if (this.tickets.has(ticket.id)) throw new ConflictError(`ticket ${ticket.id} exists`);
@@ -125,20 +146,21 @@ export class MemoryTicketStore implements TicketStore {
     opts: { maxInflight?: number } = {},
   ): Promise<GrantOutcome> {
     const current = this.tickets.get(ticket.id);
-    const next = applyConsume(this.bucket.state, attempt);
+    const bucket = this.bucketOf(patch.upstream);
+    const next = applyConsume(bucket.state, attempt);
     if (current?.status !== 'queued' || current.attempt !== ticket.attempt)
       return { kind: 'ticket_conflict', current: current && { ...current } };
     if (this.isPaused()) return { kind: 'paused' };
-    if (opts.maxInflight && this.counters.inflight >= opts.maxInflight)
-      return { kind: 'inflight_full', inflight: this.counters.inflight };
-    if (next === undefined || !this.bucket.state)
-      return { kind: 'bucket_conflict', current: this.bucket.state && { ...this.bucket.state } };
-    this.bucket.state = next;
+    if (opts.maxInflight && this.inflightOf(patch.upstream) >= opts.maxInflight)
+      return { kind: 'inflight_full', inflight: this.inflightOf(patch.upstream) };
+    if (next === undefined || !bucket.state)
+      return { kind: 'bucket_conflict', current: bucket.state && { ...bucket.state } };
+    bucket.state = next;
     this.tickets.set(ticket.id, { ...current, ...definedOnly(patch), status: 'granted' });
     this.counters.queued--;
     this.moveAgent(current.agent, -1);
     this.priorityQueued[current.priority]--;
-    this.counters.inflight++;
+    this.moveInflight(patch.upstream, 1);
     return { kind: 'granted' };
   }
 
@@ -177,7 +199,8 @@ export class MemoryTicketStore implements TicketStore {
     opts: { maxInflight: number; budget?: BudgetCharge },
   ): Promise<FastGrantOutcome> {
     if (this.tickets.has(ticket.id)) throw new ConflictError(`ticket ${ticket.id} exists`);
-    const next = applyConsume(this.bucket.state, attempt);
+    const bucket = this.bucketOf(ticket.upstream);
+    const next = applyConsume(bucket.state, attempt);
     const overBudget = opts.budget && this.budgets.refuses(opts.budget);
     if (overBudget) return { kind: 'budget_exceeded', used: overBudget };
     if (this.isPaused()) return { kind: 'paused' };
@@ -185,14 +208,15 @@ export class MemoryTicketStore implements TicketStore {
       PRIORITIES.some((p) => priorityRank(p) <= priorityRank(ticket.priority) && this.priorityQueued[p] > 0)
     )
       return { kind: 'queue_busy' };
-    if (opts.maxInflight > 0 && this.counters.inflight >= opts.maxInflight) return { kind: 'inflight_full' };
+    if (opts.maxInflight > 0 && this.inflightOf(ticket.upstream) >= opts.maxInflight)
+      return { kind: 'inflight_full' };
     if (next?.tat === undefined)
-      return { kind: 'bucket_conflict', current: this.bucket.state && { ...this.bucket.state } };
+      return { kind: 'bucket_conflict', current: bucket.state && { ...bucket.state } };
     // The whole successor state: a window-exact bucket logs the grant too.
-    this.bucket.state = next;
+    bucket.state = next;
     if (opts.budget) this.budgets.charge(opts.budget);
     this.tickets.set(ticket.id, { ...ticket });
-    this.counters.inflight++;
+    this.moveInflight(ticket.upstream, 1);
     return { kind: 'granted' };
   }
 
@@ -233,7 +257,9 @@ export class MemoryTicketStore implements TicketStore {
       this.moveAgent(current.agent, 1);
       this.priorityQueued[current.priority]++;
     }
-    if (running(from) && !running(to)) this.counters.inflight--;
+    if (running(from) && !running(to)) this.moveInflight(current.upstream, -1);
+    // A requeued ticket may go to another pool member next time.
+    if (to === 'queued') delete next.upstream;
     return { ticket: { ...next } };
   }
 
@@ -310,7 +336,9 @@ export class MemoryTicketStore implements TicketStore {
   async reconcileAdmission(): Promise<number> {
     const all = [...this.tickets.values()];
     this.counters.queued = all.filter((t) => t.status === 'queued').length;
-    this.counters.inflight = all.filter((t) => running(t.status)).length;
+    this.counters.inflight = all.filter((t) => running(t.status) && t.upstream === undefined).length;
+    this.upstreamInflight.clear();
+    for (const t of all) if (running(t.status) && t.upstream !== undefined) this.moveInflight(t.upstream, 1);
     this.agentQueued.clear();
     for (const p of PRIORITIES) this.priorityQueued[p] = 0;
     for (const t of all) {
