@@ -206,7 +206,7 @@ describe('npm start over one data directory', { timeout: 300_000 }, () => {
       const models = await fetch(`${run.url}/v1/models`, {
         headers: { authorization: `Bearer ${fleetKey}` },
       });
-      expect(models.status).toBe(200);
+      expect(models.status, await models.clone().text()).toBe(200);
       const status = await fetch(`${run.url}/status`, { headers: { authorization: `Bearer ${adminToken}` } });
       expect(status.status).toBe(200);
     } finally {
