@@ -13,10 +13,10 @@ import { FakeClock } from '../../lib/domain/clock.js';
 import { configFromEnv, type GatewayConfig } from '../../lib/domain/config.js';
 import { ConfigService } from '../../lib/domain/config-service.js';
 import { Dispatcher } from '../../lib/domain/dispatcher.js';
-import type { ConsumeAttempt } from '../../lib/domain/gcra.js';
+import { type ConsumeAttempt, grantToCallMaxMs } from '../../lib/domain/gcra.js';
 import type { ConfigStore, VersionedConfig } from '../../lib/domain/ports.js';
 import { RetreatController } from '../../lib/domain/retreat-controller.js';
-import type { Ticket, TicketPatch } from '../../lib/domain/tickets.js';
+import { CLAIM_SHARE, type Ticket, type TicketPatch } from '../../lib/domain/tickets.js';
 import { chooseLane, type UpstreamLane, upstreamConfig } from '../../lib/domain/upstream-lanes.js';
 import { poolsOf } from '../../lib/status/upstream-rows.js';
 
@@ -249,6 +249,48 @@ describe('several upstreams: one priority order, a bucket each', () => {
     expect(callsOf(s, 'busy').length).toBeLessThanOrEqual(10);
     // Each upstream's retreat was evaluated under its own name (its metrics carry it as a dimension).
     expect(new Set(s.retreats)).toEqual(new Set(['busy', 'idle']));
+  });
+});
+
+describe('the waiting ingress with several upstreams', () => {
+  it('sees a grant from an idle upstream within its grant slack, however long the estimate for the busy one', async () => {
+    // Prepare: 60 tickets wait for `busy` (10 per minute), one for `idle`; the dispatcher grants the idle one now.
+    const s = await setup([
+      { name: 'busy', limit: 10, window_s: 60 },
+      { name: 'idle', limit: 40, window_s: 60, models: ['i/'] },
+    ]);
+    await s.admit(60, ['busy'], 600_000);
+    // A moment of dispatching writes both buckets' parameters (and grants the busy upstream's burst).
+    await s.dispatcher.run(s.clock.now() + 1);
+    const { ticket } = await s.admission.admit(
+      {
+        agent: 'x',
+        priority: 'normal',
+        model: 'm',
+        stream: false,
+        deadline: s.clock.now() + 600_000,
+        pool: ['idle'],
+      },
+      s.config,
+    );
+    const grantedAt = s.clock.now();
+    const idle = s.lanes[1]!.bucket;
+    await idle.refresh();
+    const plan = idle.plan('normal');
+    if ('waitMs' in plan) throw new Error('the idle upstream has a token');
+    // The plain store's grant: the calling one would claim the ticket at once, as no waiting ingress does.
+    const granted = await MemoryTicketStore.prototype.grant.call(s.tickets, ticket, plan.attempt, {
+      grantedAt,
+      upstream: 'idle',
+    });
+    expect(granted.kind).toBe('granted');
+
+    // Act: the wait, paced by the first upstream's interval (one bucket's estimate: 60 ahead of it).
+    const res = await s.admission.wait(ticket, { intervalMs: 6_000, windowMs: 60_000 });
+
+    // Assess: seen young enough to be claimed (CLAIM_SHARE of the slack), not handed back as stale.
+    expect(res.kind).toBe('granted');
+    expect(s.clock.now() - grantedAt).toBeLessThanOrEqual(grantToCallMaxMs(60_000) * CLAIM_SHARE);
   });
 });
 
