@@ -294,6 +294,51 @@ describe('the waiting ingress with several upstreams', () => {
   });
 });
 
+describe('a grant handed back at send with several upstreams', () => {
+  it('refunds the token to its own upstream, not the first one', async () => {
+    // Prepare: both buckets written (a moment of dispatching, nothing queued), then one ticket granted by `second`
+    // and claimed; the send finds it older than its share of the slack.
+    const s = await setup([
+      { name: 'first', limit: 40, window_s: 60 },
+      { name: 'second', limit: 40, window_s: 60, models: ['s/'] },
+    ]);
+    await s.dispatcher.run(s.clock.now() + 1);
+    const { ticket } = await s.admission.admit(
+      {
+        agent: 'x',
+        priority: 'normal',
+        model: 'm',
+        stream: false,
+        deadline: s.clock.now() + 600_000,
+        pool: ['second'],
+      },
+      s.config,
+    );
+    const [first, second] = s.lanes.map((l) => l.bucket) as [TokenBucket, TokenBucket];
+    await second.refresh();
+    const plan = second.plan('normal');
+    if ('waitMs' in plan) throw new Error('the second upstream has a token');
+    const grantedAt = s.clock.now();
+    await MemoryTicketStore.prototype.grant.call(s.tickets, ticket, plan.attempt, {
+      grantedAt,
+      upstream: 'second',
+    });
+    second.spent(plan.attempt);
+    const claimed = await s.tickets.transition(ticket.id, 'granted', 'claimed', { claimedAt: grantedAt });
+    if (!('ticket' in claimed)) throw new Error('claimed');
+    s.clock.advance(900);
+    const before = { first: await first.refresh(), second: await second.refresh() };
+
+    // Act
+    const res = await s.admission.beforeSend(claimed.ticket, { windowMs: 60_000 });
+
+    // Assess: handed back; the token went back to `second`, `first` is as it was.
+    expect(res).toMatchObject({ status: 'queued' });
+    expect(await first.refresh()).toEqual(before.first);
+    expect(await second.refresh()).not.toEqual(before.second);
+  });
+});
+
 describe('a pool member that refuses', () => {
   it('a 429 (with Retry-After) requeues the ticket and the other member takes it', async () => {
     // Prepare: nv-a answers its first call with a 429 and Retry-After 30 s (the ingress holds its bucket, requeues).
