@@ -655,6 +655,9 @@ export class Admission {
 
   /** Tickets probably granted before this one, from the admission counter (one read; 0 if it fails). */
   private async aheadOf(ticket: Ticket): Promise<number> {
+    // A requeued ticket keeps its enqueue time: the dispatcher takes it before all that arrived after it (counted
+    // here), usually at the next token. Read as due, or a far read finds that grant past its slack, again and again.
+    if (ticket.attempt > 0) return 0;
     // A store hiccup only blurs the estimate or delays a read: the ticket is still queued, keep waiting for it.
     const queued = await this.d.tickets.admissionCount().catch(unlessStoreDown(0));
     // URGENT and HIGH overtake most of the queue: the count says little about them, read as if due.

@@ -294,6 +294,44 @@ describe('the waiting ingress with several upstreams', () => {
   });
 });
 
+describe('a requeued ticket waiting (one upstream)', () => {
+  it('sees its next grant within its grant slack although many arrived after it', async () => {
+    // Prepare: one ticket claimed and requeued (a 429 before any byte), 30 others queued behind it; it keeps its
+    // enqueue time, so the dispatcher grants it at the next token.
+    const s = await setup([{ name: 'only', limit: 40, window_s: 60 }]);
+    await s.dispatcher.run(s.clock.now() + 1);
+    const { ticket } = await s.admission.admit(
+      { agent: 'x', priority: 'normal', model: 'm', stream: false, deadline: s.clock.now() + 600_000 },
+      s.config,
+    );
+    await s.admit(30, ['only'], 600_000);
+    const bucket = s.lanes[0]!.bucket;
+    const grantNow = async (t: Ticket) => {
+      await bucket.refresh();
+      const plan = bucket.plan('normal');
+      if ('waitMs' in plan) throw new Error('a token is free');
+      const at = s.clock.now();
+      const res = await MemoryTicketStore.prototype.grant.call(s.tickets, t, plan.attempt, { grantedAt: at });
+      expect(res.kind).toBe('granted');
+      bucket.spent(plan.attempt);
+      return at;
+    };
+    await grantNow(ticket);
+    const claimed = await s.tickets.transition(ticket.id, 'granted', 'claimed', { claimedAt: s.clock.now() });
+    if (!('ticket' in claimed)) throw new Error('claimed');
+    const requeued = await s.admission.requeue(claimed.ticket, 'upstream_throttled');
+    if (!requeued) throw new Error('requeued');
+    const grantedAt = await grantNow(requeued);
+
+    // Act
+    const res = await s.admission.wait(requeued, { intervalMs: 1_500, windowMs: 60_000 });
+
+    // Assess
+    expect(res.kind).toBe('granted');
+    expect(s.clock.now() - grantedAt).toBeLessThanOrEqual(grantToCallMaxMs(60_000) * CLAIM_SHARE);
+  });
+});
+
 describe('a grant handed back at send with several upstreams', () => {
   it('refunds the token to its own upstream, not the first one', async () => {
     // Prepare: both buckets written (a moment of dispatching, nothing queued), then one ticket granted by `second`
