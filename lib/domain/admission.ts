@@ -607,10 +607,14 @@ export class Admission {
     const { intervalMs, windowMs, grantSlackMs } = pace;
     const { clock, tickets } = this.d;
     const etaAt =
-      hooks.estimatedWaitMs !== undefined
-        ? // Admission estimated this wait from the per-priority counts a moment ago: no read for it.
-          ticket.enqueuedAt + hooks.estimatedWaitMs
-        : clock.now() + (await this.aheadOf(ticket)) * intervalMs;
+      (this.d.lanes?.length ?? 0) > 1
+        ? // Several upstreams: the estimate knows one bucket and counts every upstream's queue, so a grant may come
+          // long before it; a far read (up to FAR_POLL_MAX_MS) would find it past its slack. Read as if due.
+          clock.now()
+        : hooks.estimatedWaitMs !== undefined
+          ? // Admission estimated this wait from the per-priority counts a moment ago: no read for it.
+            ticket.enqueuedAt + hooks.estimatedWaitMs
+          : clock.now() + (await this.aheadOf(ticket)) * intervalMs;
     const nearPause = pollMaxMs(windowMs, grantSlackMs);
     // The read most likely to find the reservation shortly before its slot (and to absorb an estimate that is off
     // by less than half a pause either way).
@@ -651,6 +655,9 @@ export class Admission {
 
   /** Tickets probably granted before this one, from the admission counter (one read; 0 if it fails). */
   private async aheadOf(ticket: Ticket): Promise<number> {
+    // A requeued ticket keeps its enqueue time: the dispatcher takes it before all that arrived after it (counted
+    // here), usually at the next token. Read as due, or a far read finds that grant past its slack, again and again.
+    if (ticket.attempt > 0) return 0;
     // A store hiccup only blurs the estimate or delays a read: the ticket is still queued, keep waiting for it.
     const queued = await this.d.tickets.admissionCount().catch(unlessStoreDown(0));
     // URGENT and HIGH overtake most of the queue: the count says little about them, read as if due.
@@ -970,7 +977,7 @@ export class Admission {
     this.stats.staleAtSend++;
     // The message first (without it nobody grants the ticket again); the refund and the count are best effort.
     await this.enqueue(res.ticket);
-    await this.d.bucket
+    await this.bucketOf(claimed)
       .refund(claimed.grantedAt ?? this.d.clock.now(), o.windowMs)
       .catch(unlessStoreDown(undefined));
     await this.d.outcomes

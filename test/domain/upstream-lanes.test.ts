@@ -13,10 +13,10 @@ import { FakeClock } from '../../lib/domain/clock.js';
 import { configFromEnv, type GatewayConfig } from '../../lib/domain/config.js';
 import { ConfigService } from '../../lib/domain/config-service.js';
 import { Dispatcher } from '../../lib/domain/dispatcher.js';
-import type { ConsumeAttempt } from '../../lib/domain/gcra.js';
+import { type ConsumeAttempt, grantToCallMaxMs } from '../../lib/domain/gcra.js';
 import type { ConfigStore, VersionedConfig } from '../../lib/domain/ports.js';
 import { RetreatController } from '../../lib/domain/retreat-controller.js';
-import type { Ticket, TicketPatch } from '../../lib/domain/tickets.js';
+import { CLAIM_SHARE, type Ticket, type TicketPatch } from '../../lib/domain/tickets.js';
 import { chooseLane, type UpstreamLane, upstreamConfig } from '../../lib/domain/upstream-lanes.js';
 import { poolsOf } from '../../lib/status/upstream-rows.js';
 
@@ -249,6 +249,131 @@ describe('several upstreams: one priority order, a bucket each', () => {
     expect(callsOf(s, 'busy').length).toBeLessThanOrEqual(10);
     // Each upstream's retreat was evaluated under its own name (its metrics carry it as a dimension).
     expect(new Set(s.retreats)).toEqual(new Set(['busy', 'idle']));
+  });
+});
+
+describe('the waiting ingress with several upstreams', () => {
+  it('sees a grant from an idle upstream within its grant slack, however long the estimate for the busy one', async () => {
+    // Prepare: 60 tickets wait for `busy` (10 per minute), one for `idle`; the dispatcher grants the idle one now.
+    const s = await setup([
+      { name: 'busy', limit: 10, window_s: 60 },
+      { name: 'idle', limit: 40, window_s: 60, models: ['i/'] },
+    ]);
+    await s.admit(60, ['busy'], 600_000);
+    // A moment of dispatching writes both buckets' parameters (and grants the busy upstream's burst).
+    await s.dispatcher.run(s.clock.now() + 1);
+    const { ticket } = await s.admission.admit(
+      {
+        agent: 'x',
+        priority: 'normal',
+        model: 'm',
+        stream: false,
+        deadline: s.clock.now() + 600_000,
+        pool: ['idle'],
+      },
+      s.config,
+    );
+    const grantedAt = s.clock.now();
+    const idle = s.lanes[1]!.bucket;
+    await idle.refresh();
+    const plan = idle.plan('normal');
+    if ('waitMs' in plan) throw new Error('the idle upstream has a token');
+    // The plain store's grant: the calling one would claim the ticket at once, as no waiting ingress does.
+    const granted = await MemoryTicketStore.prototype.grant.call(s.tickets, ticket, plan.attempt, {
+      grantedAt,
+      upstream: 'idle',
+    });
+    expect(granted.kind).toBe('granted');
+
+    // Act: the wait, paced by the first upstream's interval (one bucket's estimate: 60 ahead of it).
+    const res = await s.admission.wait(ticket, { intervalMs: 6_000, windowMs: 60_000 });
+
+    // Assess: seen young enough to be claimed (CLAIM_SHARE of the slack), not handed back as stale.
+    expect(res.kind).toBe('granted');
+    expect(s.clock.now() - grantedAt).toBeLessThanOrEqual(grantToCallMaxMs(60_000) * CLAIM_SHARE);
+  });
+});
+
+describe('a requeued ticket waiting (one upstream)', () => {
+  it('sees its next grant within its grant slack although many arrived after it', async () => {
+    // Prepare: one ticket claimed and requeued (a 429 before any byte), 30 others queued behind it; it keeps its
+    // enqueue time, so the dispatcher grants it at the next token.
+    const s = await setup([{ name: 'only', limit: 40, window_s: 60 }]);
+    await s.dispatcher.run(s.clock.now() + 1);
+    const { ticket } = await s.admission.admit(
+      { agent: 'x', priority: 'normal', model: 'm', stream: false, deadline: s.clock.now() + 600_000 },
+      s.config,
+    );
+    await s.admit(30, ['only'], 600_000);
+    const bucket = s.lanes[0]!.bucket;
+    const grantNow = async (t: Ticket) => {
+      await bucket.refresh();
+      const plan = bucket.plan('normal');
+      if ('waitMs' in plan) throw new Error('a token is free');
+      const at = s.clock.now();
+      const res = await MemoryTicketStore.prototype.grant.call(s.tickets, t, plan.attempt, { grantedAt: at });
+      expect(res.kind).toBe('granted');
+      bucket.spent(plan.attempt);
+      return at;
+    };
+    await grantNow(ticket);
+    const claimed = await s.tickets.transition(ticket.id, 'granted', 'claimed', { claimedAt: s.clock.now() });
+    if (!('ticket' in claimed)) throw new Error('claimed');
+    const requeued = await s.admission.requeue(claimed.ticket, 'upstream_throttled');
+    if (!requeued) throw new Error('requeued');
+    const grantedAt = await grantNow(requeued);
+
+    // Act
+    const res = await s.admission.wait(requeued, { intervalMs: 1_500, windowMs: 60_000 });
+
+    // Assess
+    expect(res.kind).toBe('granted');
+    expect(s.clock.now() - grantedAt).toBeLessThanOrEqual(grantToCallMaxMs(60_000) * CLAIM_SHARE);
+  });
+});
+
+describe('a grant handed back at send with several upstreams', () => {
+  it('refunds the token to its own upstream, not the first one', async () => {
+    // Prepare: both buckets written (a moment of dispatching, nothing queued), then one ticket granted by `second`
+    // and claimed; the send finds it older than its share of the slack.
+    const s = await setup([
+      { name: 'first', limit: 40, window_s: 60 },
+      { name: 'second', limit: 40, window_s: 60, models: ['s/'] },
+    ]);
+    await s.dispatcher.run(s.clock.now() + 1);
+    const { ticket } = await s.admission.admit(
+      {
+        agent: 'x',
+        priority: 'normal',
+        model: 'm',
+        stream: false,
+        deadline: s.clock.now() + 600_000,
+        pool: ['second'],
+      },
+      s.config,
+    );
+    const [first, second] = s.lanes.map((l) => l.bucket) as [TokenBucket, TokenBucket];
+    await second.refresh();
+    const plan = second.plan('normal');
+    if ('waitMs' in plan) throw new Error('the second upstream has a token');
+    const grantedAt = s.clock.now();
+    await MemoryTicketStore.prototype.grant.call(s.tickets, ticket, plan.attempt, {
+      grantedAt,
+      upstream: 'second',
+    });
+    second.spent(plan.attempt);
+    const claimed = await s.tickets.transition(ticket.id, 'granted', 'claimed', { claimedAt: grantedAt });
+    if (!('ticket' in claimed)) throw new Error('claimed');
+    s.clock.advance(900);
+    const before = { first: await first.refresh(), second: await second.refresh() };
+
+    // Act
+    const res = await s.admission.beforeSend(claimed.ticket, { windowMs: 60_000 });
+
+    // Assess: handed back; the token went back to `second`, `first` is as it was.
+    expect(res).toMatchObject({ status: 'queued' });
+    expect(await first.refresh()).toEqual(before.first);
+    expect(await second.refresh()).not.toEqual(before.second);
   });
 });
 
