@@ -1,20 +1,14 @@
 // The dispatcher on in-memory stores and a fake clock: which tickets it grants, in which order, what it leaves.
 import { describe, expect, it } from 'vitest';
-import {
-  MemoryBucketStore,
-  MemoryOutcomeStore,
-  MemoryRetreatStore,
-} from '../../lib/adapters/memory/stores.js';
-import { MemoryLeaseStore, MemoryTicketQueue, MemoryTicketStore } from '../../lib/adapters/memory/tickets.js';
-import { Admission } from '../../lib/domain/admission.js';
+import { MemoryBucketStore } from '../../lib/adapters/memory/stores.js';
+import { MemoryTicketStore } from '../../lib/adapters/memory/tickets.js';
 import { TokenBucket } from '../../lib/domain/bucket.js';
 import { FakeClock } from '../../lib/domain/clock.js';
 import { DEFAULT_CONFIG, type GatewayConfig } from '../../lib/domain/config.js';
 import { ConfigService } from '../../lib/domain/config-service.js';
-import { Dispatcher } from '../../lib/domain/dispatcher.js';
 import type { ConfigStore, VersionedConfig } from '../../lib/domain/ports.js';
 import type { Priority } from '../../lib/domain/priority.js';
-import { RetreatController } from '../../lib/domain/retreat-controller.js';
+import { memoryGateway } from '../support/memory-gateway.js';
 
 class MemoryConfigStore implements ConfigStore {
   value: VersionedConfig | undefined;
@@ -31,8 +25,6 @@ class MemoryConfigStore implements ConfigStore {
   }
 }
 
-const quiet = { info: () => {}, warn: () => {}, error: () => {} };
-
 const setup = async (config: Partial<GatewayConfig>) => {
   const clock = new FakeClock();
   const bucketStore = new MemoryBucketStore();
@@ -40,9 +32,6 @@ const setup = async (config: Partial<GatewayConfig>) => {
   const configStore = new MemoryConfigStore();
   // The grant and the claim read the stored flag (never the cached config), as the DynamoDB store does.
   const tickets = new MemoryTicketStore(bucketStore, () => configStore.value?.config.paused === true);
-  const queue = new MemoryTicketQueue(clock);
-  const lease = new MemoryLeaseStore(clock);
-  const outcomes = new MemoryOutcomeStore();
   configStore.value = {
     config: { ...DEFAULT_CONFIG, ...config },
     version: 1,
@@ -50,33 +39,7 @@ const setup = async (config: Partial<GatewayConfig>) => {
     updatedBy: 'test',
   };
   const configService = new ConfigService(configStore, clock, { ...DEFAULT_CONFIG, ...config });
-  let n = 0;
-  const admission = new Admission({
-    tickets,
-    queue,
-    lease,
-    outcomes,
-    bucket,
-    wakeDispatcher: async () => {},
-    clock,
-    newId: () => `t${++n}`,
-  });
-  const dispatcher = new Dispatcher({
-    tickets,
-    queue,
-    lease,
-    bucket,
-    retreat: new RetreatController({ retreat: new MemoryRetreatStore(), outcomes, bucket, clock }),
-    config: configService,
-    outcomes,
-    clock,
-    wakeSuccessor: async () => {},
-    owner: 'test-dispatcher',
-    log: quiet,
-    agentBucket: () => {
-      throw new Error('no agent quotas in these tests');
-    },
-  });
+  const { queue, admission, dispatcher } = memoryGateway({ clock, tickets, bucket, config: configService });
   return {
     clock,
     tickets,

@@ -2,20 +2,14 @@
 // waiting request learns of its grant from a few reads of its ticket (the estimate from admission, one read just
 // before its reserved slot), then sleeps exactly until the slot: reads per queued request and slot → claim.
 import { describe, expect, it } from 'vitest';
-import {
-  MemoryBucketStore,
-  MemoryOutcomeStore,
-  MemoryRetreatStore,
-} from '../../lib/adapters/memory/stores.js';
-import { MemoryLeaseStore, MemoryTicketQueue, MemoryTicketStore } from '../../lib/adapters/memory/tickets.js';
-import { Admission } from '../../lib/domain/admission.js';
+import { MemoryBucketStore } from '../../lib/adapters/memory/stores.js';
+import { MemoryTicketStore } from '../../lib/adapters/memory/tickets.js';
 import { TokenBucket } from '../../lib/domain/bucket.js';
 import type { Clock } from '../../lib/domain/clock.js';
 import { DEFAULT_CONFIG, type GatewayConfig } from '../../lib/domain/config.js';
 import { ConfigService } from '../../lib/domain/config-service.js';
-import { Dispatcher } from '../../lib/domain/dispatcher.js';
 import type { VersionedConfig } from '../../lib/domain/ports.js';
-import { RetreatController } from '../../lib/domain/retreat-controller.js';
+import { memoryGateway } from '../support/memory-gateway.js';
 
 /** Simulated time: sleeps are timers; the driver moves time to the next one once everything else has settled. */
 class SimClock implements Clock {
@@ -80,35 +74,11 @@ const setup = (config: Partial<GatewayConfig>) => {
     reads.counts++;
     return admissionCount();
   };
-  const queue = new MemoryTicketQueue(clock);
-  const lease = new MemoryLeaseStore(clock);
-  const outcomes = new MemoryOutcomeStore();
-  let n = 0;
-  const admission = new Admission({
-    tickets,
-    queue,
-    lease,
-    outcomes,
-    bucket,
-    wakeDispatcher: async () => {},
+  const { admission, dispatcher } = memoryGateway({
     clock,
-    newId: () => `t${++n}`,
-  });
-  const dispatcher = new Dispatcher({
     tickets,
-    queue,
-    lease,
     bucket,
-    retreat: new RetreatController({ retreat: new MemoryRetreatStore(), outcomes, bucket, clock }),
     config: new ConfigService(configStore, clock, stored.config),
-    outcomes,
-    clock,
-    wakeSuccessor: async () => {},
-    owner: 'test-dispatcher',
-    log: { info: () => {}, warn: () => {}, error: () => {} },
-    agentBucket: () => {
-      throw new Error('no agent quotas here');
-    },
   });
   return { clock, tickets, admission, dispatcher, bucket, reads, config: stored.config };
 };
