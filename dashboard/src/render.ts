@@ -1,6 +1,7 @@
-// Dashboard: turns one status snapshot into the page — tiles, token gauge, queue bars, latency table,
-// transitions, config changes and the title.
+// Dashboard: turns one status snapshot into the page — tiles, upstreams table, token gauge, queue bars, latency
+// table, transitions, config changes and the title.
 import type { StatusSnapshot } from '../../lib/status/snapshot.js';
+import type { UpstreamRow } from '../../lib/status/upstream-rows.js';
 import { fmtAgo, fmtInt, fmtMs, fmtNum, fmtPct, fmtTime, fmtUsdPerHour, fmtValue } from './format.js';
 
 const PRIORITIES = ['urgent', 'high', 'normal', 'low'] as const;
@@ -43,6 +44,71 @@ const li = (...parts: [string, string][]): HTMLLIElement => {
     item.append(span);
   }
   return item;
+};
+
+type Tone = 'good' | 'warn' | 'bad' | undefined;
+
+const upstreamRow = (u: UpstreamRow, inPool: boolean): HTMLTableRowElement => {
+  const row = document.createElement('tr');
+  row.dataset.upstream = u.name;
+  row.dataset.pool = u.pool.join(',');
+  if (inPool) row.className = 'in-pool';
+  const baseRpm = u.windowMs > 0 ? (u.limit * 60_000) / u.windowMs : 0;
+  const share = u.answers > 0 ? u.throttled / u.answers : 0;
+  const cells: [string, Tone][] = [
+    [u.name, undefined],
+    [
+      `${fmtInt(u.limit)} per ${fmtNum(u.windowMs / 1000)} s${u.tpm > 0 ? ` · ${fmtInt(u.tpm)} tpm` : ''}`,
+      undefined,
+    ],
+    [`${fmtNum(u.rpm)} / ${fmtNum(baseRpm)}`, u.rpm < baseRpm ? 'warn' : undefined],
+    [u.retreatState, u.retreatState === 'normal' ? 'good' : u.retreatState === 'retreat' ? 'bad' : 'warn'],
+    [`${fmtInt(u.inFlight)}${u.maxInflight > 0 ? ` of ${fmtInt(u.maxInflight)}` : ''}`, undefined],
+    [fmtInt(u.answers), undefined],
+    [
+      `${fmtInt(u.throttled)}${u.answers > 0 ? ` (${fmtPct(share)})` : ''}`,
+      share >= 0.05 ? 'bad' : share > 0 ? 'warn' : undefined,
+    ],
+  ];
+  for (const [text, tone] of cells) {
+    const td = document.createElement('td');
+    td.textContent = text;
+    if (tone) td.className = tone;
+    row.append(td);
+  }
+  return row;
+};
+
+/**
+ * A row per limited upstream, those of one pool together under a label naming it (in the order the first of them
+ * comes); hidden when the snapshot has no rows (a single upstream: the tiles say it all).
+ */
+const renderUpstreams = (rows: UpstreamRow[] | undefined): void => {
+  const card = $('upstreams');
+  card.hidden = !rows?.length;
+  if (!rows?.length) return;
+  const placed = new Set<string>();
+  const out: HTMLTableRowElement[] = [];
+  for (const u of rows) {
+    if (placed.has(u.name)) continue;
+    const members = rows.filter((m) => m.name === u.name || u.pool.includes(m.name));
+    const inPool = members.length > 1;
+    if (inPool) {
+      const label = document.createElement('tr');
+      label.className = 'pool';
+      label.dataset.pool = u.pool.join(',');
+      const th = document.createElement('th');
+      th.colSpan = 7;
+      th.textContent = `pool ${members.map((m) => m.name).join(' · ')}`;
+      label.append(th);
+      out.push(label);
+    }
+    for (const m of members) {
+      placed.add(m.name);
+      out.push(upstreamRow(m, inPool));
+    }
+  }
+  $('upstreams-body').replaceChildren(...out);
 };
 
 /** Largest bar so far: the scale only grows while the page is open, so bars compare across time. */
@@ -105,6 +171,8 @@ export const renderSnapshot = (s: StatusSnapshot): void => {
       k.hits > 0 ? 'good' : undefined,
     );
   }
+  renderUpstreams(s.upstreams);
+
   const mode = $('mode');
   mode.hidden = !s.mode.paused && !s.mode.draining;
   mode.textContent = s.mode.paused ? 'PAUSED' : s.mode.draining ? 'DRAINING' : '';

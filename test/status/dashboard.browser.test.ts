@@ -14,6 +14,7 @@ import { buildDashboard } from '../../dashboard/build.js';
 import { KeyAdmin } from '../../lib/domain/key-admin.js';
 import { PRIORITIES, type Priority } from '../../lib/domain/priority.js';
 import type { StatusSnapshot } from '../../lib/status/snapshot.js';
+import type { UpstreamRow } from '../../lib/status/upstream-rows.js';
 import type { LocalSystem } from '../../local/runtime.js';
 import { allTickets, countByStatus } from '../support/system.js';
 import { ADMIN_TOKEN, call, startStatusSystem, VIEWER_TOKEN } from './support.js';
@@ -109,6 +110,8 @@ describe('dashboard in Chromium', () => {
     expect(await isVisible('token-dialog')).toBe(false);
     expect(await page.locator('[data-testid="role"]').textContent()).toBe('read only');
     expect(await isVisible('admin')).toBe(false);
+    // One upstream: no upstreams table (the snapshot has no rows).
+    expect(await isVisible('upstreams')).toBe(false);
     expect(await tileValue('requests')).toBe('0');
     const stored = await page.evaluate(() => ({
       session: sessionStorage.getItem('sluice.token'),
@@ -314,6 +317,83 @@ describe('dashboard in Chromium', () => {
       })
       .toMatch(new RegExp(`^dashboard-load${LOAD + WAVE}.*\\d of 100,000 req$`));
   }, 60_000);
+
+  it('shows a row per upstream, a pool together under its label, when /status lists several; hides them again', async () => {
+    // The real snapshot with rows added, as a gateway with SLUICE_UPSTREAMS would send: nv-a and nv-b serve the same
+    // models (a pool), self-hosted is alone and listed between them.
+    const pool = ['nv-a', 'nv-b'];
+    const row = (r: Partial<UpstreamRow> & Pick<UpstreamRow, 'name'>): UpstreamRow => ({
+      pool: [r.name],
+      limit: 40,
+      windowMs: 60_000,
+      tpm: 0,
+      rpm: 40,
+      retreatState: 'normal',
+      inFlight: 0,
+      maxInflight: 0,
+      throttled: 0,
+      answers: 0,
+      ...r,
+    });
+    const upstreams = [
+      row({ name: 'nv-a', pool, inFlight: 2, answers: 38 }),
+      row({ name: 'self-hosted', limit: 600, rpm: 600, tpm: 100_000, maxInflight: 8, answers: 5 }),
+      row({ name: 'nv-b', pool, rpm: 32, retreatState: 'retreat', inFlight: 1, throttled: 3, answers: 30 }),
+    ];
+    await page.setViewportSize({ width: 1400, height: 1000 });
+    await page.route('**/status', async (route) => {
+      const res = await route.fetch();
+      await route.fulfill({ response: res, json: { ...(await res.json()), upstreams } });
+    });
+    try {
+      await expect.poll(() => isVisible('upstreams'), poll).toBe(true);
+      const shown = await page.locator('#upstreams-body tr').evaluateAll((trs) =>
+        trs.map((tr) => ({
+          kind: tr.className,
+          pool: (tr as HTMLElement).dataset.pool,
+          cells: [...tr.children].map((c) => `${c.textContent}${c.className ? ` [${c.className}]` : ''}`),
+        })),
+      );
+      expect(shown).toEqual([
+        { kind: 'pool', pool: 'nv-a,nv-b', cells: ['pool nv-a · nv-b'] },
+        {
+          kind: 'in-pool',
+          pool: 'nv-a,nv-b',
+          cells: ['nv-a', '40 per 60 s', '40 / 40', 'normal [good]', '2', '38', '0 (0 %)'],
+        },
+        {
+          kind: 'in-pool',
+          pool: 'nv-a,nv-b',
+          cells: ['nv-b', '40 per 60 s', '32 / 40 [warn]', 'retreat [bad]', '1', '30', '3 (10 %) [bad]'],
+        },
+        {
+          kind: '',
+          pool: 'self-hosted',
+          cells: [
+            'self-hosted',
+            '600 per 60 s · 100,000 tpm',
+            '600 / 600',
+            'normal [good]',
+            '0 of 8',
+            '5',
+            '0 (0 %)',
+          ],
+        },
+      ]);
+      // Readable at 1,400 px: the table fits its card, and the tiles still fit theirs.
+      const overflowing = await page.evaluate(() =>
+        [...document.querySelectorAll<HTMLElement>('#upstreams, #upstreams table, .tiles, .tile')]
+          .filter((el) => el.scrollWidth > el.clientWidth + 1)
+          .map((el) => `${el.id || el.className}: ${el.scrollWidth} > ${el.clientWidth}`),
+      );
+      expect(overflowing).toEqual([]);
+    } finally {
+      await page.unroute('**/status');
+      await page.setViewportSize({ width: 1440, height: 1000 });
+    }
+    // Back to the gateway's own snapshot (one upstream): the table goes away.
+    await expect.poll(() => isVisible('upstreams'), poll).toBe(false);
+  });
 
   it('shows the disconnected overlay after 5 s without a successful poll, and recovers by itself', async () => {
     expect(await isVisible('overlay')).toBe(false);
