@@ -539,6 +539,38 @@ describe("several upstreams: a grant's age is judged by its own upstream's windo
   );
 });
 
+describe("several upstreams: the dispatcher's sweep of a grant never claimed", () => {
+  it("refunds it within its own upstream's window only (the second's 5 s has passed, the first's 60 s has not)", async () => {
+    // Prepare: one grant of each upstream that no ingress claims (its claim deadline 3 s on), found 6 s later.
+    const s = await setup(TWO_WINDOWS);
+    const lost: Record<string, { id: string; grantedAt: number }> = {};
+    for (const upstream of ['first', 'second']) {
+      const { granted } = await grantedBy(s, upstream, 0);
+      await s.tickets.transition(granted.id, 'granted', 'granted', { claimBy: s.clock.now() + 3_000 });
+      lost[upstream] = { id: granted.id, grantedAt: granted.grantedAt! };
+    }
+    s.clock.advance(6_000);
+    const [first, second] = s.lanes.map((l) => l.bucket) as [TokenBucket, TokenBucket];
+    const before = { first: await first.refresh(), second: await second.refresh() };
+    const refunds = { first: vi.spyOn(first, 'refund'), second: vi.spyOn(second, 'refund') };
+
+    // Act: a moment of dispatching (its first loop sweeps).
+    await s.dispatcher.run(s.clock.now() + 1);
+
+    // Assess: both ended; the first upstream's token came back (its grant leaves the window log), the second's
+    // did not (its window, which counted the grant, has passed: a token now would be one too many).
+    for (const t of Object.values(lost))
+      expect(await s.tickets.get(t.id)).toMatchObject({
+        status: 'failed',
+        reason: 'ingress_lost_before_claim',
+      });
+    expect(refunds.first).toHaveBeenCalledWith(lost.first!.grantedAt, 60_000);
+    expect(refunds.second).toHaveBeenCalledWith(lost.second!.grantedAt, 5_000);
+    expect(await first.refresh()).not.toEqual(before.first);
+    expect(await second.refresh()).toEqual(before.second);
+  });
+});
+
 describe('a pool member that refuses', () => {
   it('a 429 (with Retry-After) requeues the ticket and the other member takes it', async () => {
     // Prepare: nv-a answers its first call with a 429 and Retry-After 30 s (the ingress holds its bucket, requeues).
