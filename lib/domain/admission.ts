@@ -125,16 +125,29 @@ export interface GrantPace {
   windowMs: number;
   /** grant_slack_s: the longest grant → call delay the bucket allows for. @default GRANT_TO_CALL_MAX_MS */
   grantSlackMs?: number;
+  /**
+   * Several upstreams: the limit window of the upstream whose token a grant holds (its refund is bounded by it).
+   * @default windowMs
+   */
+  windowOf?: (granted: Pick<Ticket, 'upstream'>) => number;
 }
 
 export interface UntilClaimedOptions extends WaitHooks {
   signal: AbortSignal;
   /** The ticket was granted at admission (passthrough): no wait, and the first grant is never judged stale. */
   passthrough: boolean;
-  /** The upstream limit window of the request's config. */
+  /**
+   * The upstream limit window of the request's config (with several upstreams the shortest its pool has: the
+   * waiting reads are paced by its slack).
+   */
   windowMs: number;
   /** grant_slack_s of the request's config: an older grant is requeued with a refund, never called on. */
   grantSlackMs?: number;
+  /**
+   * Several upstreams: the limit window of the upstream whose token a grant holds, which judges the grant's age
+   * (its slack is grant_slack_s capped at a tenth of it) and bounds its refund. @default windowMs
+   */
+  windowOf?: (granted: Pick<Ticket, 'upstream'>) => number;
   /** How long the call may run once claimed; the dispatcher's sweep ends the ticket after that. */
   callBudgetMs: number;
   /** The current token interval, read before each wait. */
@@ -605,6 +618,7 @@ export class Admission {
    */
   async wait(ticket: Ticket, pace: GrantPace, hooks: WaitHooks = {}): Promise<WaitResult> {
     const { intervalMs, windowMs, grantSlackMs } = pace;
+    const windowOf = pace.windowOf ?? (() => windowMs);
     const { clock, tickets } = this.d;
     const etaAt =
       (this.d.lanes?.length ?? 0) > 1
@@ -622,8 +636,8 @@ export class Admission {
     let overdue = 0;
     for (;;) {
       const now = clock.now();
-      if (hooks.signal?.aborted) return this.giveUp(ticket, 'client_disconnected', windowMs);
-      if (now >= ticket.deadline) return this.giveUp(ticket, 'wait_exceeded', windowMs);
+      if (hooks.signal?.aborted) return this.giveUp(ticket, 'client_disconnected', windowOf);
+      if (now >= ticket.deadline) return this.giveUp(ticket, 'wait_exceeded', windowOf);
       const untilAim = aimAt - now;
       const pause =
         untilAim > 2 * nearPause
@@ -647,7 +661,7 @@ export class Admission {
       if (!current) return this.refused(ticket, 'failed', undefined);
       // A later attempt counts too: another waiter on the same ticket (Idempotency-Key) may have requeued it.
       if (current.status === 'granted' && current.attempt >= ticket.attempt)
-        return this.untilSlot(current, windowMs, hooks.signal);
+        return this.untilSlot(current, windowOf(current), hooks.signal);
       if (current.status !== 'queued') return this.refused(ticket, current.status, current);
       if (clock.now() >= aimAt) overdue++;
     }
@@ -678,7 +692,11 @@ export class Admission {
     return { kind: 'granted', ticket: granted };
   }
 
-  private async giveUp(ticket: Ticket, reason: string, windowMs: number): Promise<WaitResult> {
+  private async giveUp(
+    ticket: Ticket,
+    reason: string,
+    windowOf: (granted: Pick<Ticket, 'upstream'>) => number,
+  ): Promise<WaitResult> {
     const to = 'abandoned';
     if (reason === 'client_disconnected' && ticket.idempotencyKey) {
       // A retry with the same key may attach to it: leave it queued (its deadline, or the claim sweep with a
@@ -705,10 +723,10 @@ export class Admission {
     const current = res.conflict;
     if (current?.status === 'granted' && current.attempt >= ticket.attempt) {
       if (reason === 'client_disconnected') {
-        await this.abandonGrant(current, reason, windowMs);
+        await this.abandonGrant(current, reason, windowOf(current));
         return this.refused(ticket, 'abandoned', current);
       }
-      return this.untilSlot(current, windowMs);
+      return this.untilSlot(current, windowOf(current));
     }
     return this.refused(ticket, current?.status ?? 'failed', current);
   }
@@ -884,6 +902,7 @@ export class Admission {
   async untilClaimed(first: Ticket, o: UntilClaimedOptions): Promise<ClaimResult> {
     let ticket = first;
     let granted = o.passthrough ? first : undefined;
+    const windowOf = o.windowOf ?? (() => o.windowMs);
     for (;;) {
       if (!granted) {
         o.onWaitStart?.();
@@ -891,6 +910,7 @@ export class Admission {
           intervalMs: await o.intervalMs(),
           windowMs: o.windowMs,
           ...(o.grantSlackMs !== undefined ? { grantSlackMs: o.grantSlackMs } : {}),
+          windowOf,
         };
         const res = await this.wait(ticket, pace, {
           signal: o.signal,
@@ -905,9 +925,11 @@ export class Admission {
         granted = res.ticket;
       }
       const judged = !(o.passthrough && granted === first);
-      if (judged && this.isStale(granted, o.windowMs, o.grantSlackMs)) {
+      // Judged by its own upstream's window (and so slack): another upstream's may be much shorter.
+      const grantWindow = windowOf(granted);
+      if (judged && this.isStale(granted, grantWindow, o.grantSlackMs)) {
         // Seen too late to call on without risking the window limit: back to the queue at its place.
-        const requeued = await this.requeueStale(granted, o.windowMs);
+        const requeued = await this.requeueStale(granted, grantWindow);
         if (requeued) {
           ticket = requeued;
           granted = undefined;
@@ -917,7 +939,7 @@ export class Admission {
       const claimed = await this.claim(granted, this.d.clock.now() + o.callBudgetMs, judged);
       if (claimed === 'paused') {
         // Paused since the grant: the slot goes back and the ticket waits (at its place) for the resume.
-        const requeued = await this.requeueStale(granted, o.windowMs, 'paused');
+        const requeued = await this.requeueStale(granted, grantWindow, 'paused');
         if (requeued) {
           ticket = requeued;
           granted = undefined;

@@ -14,6 +14,7 @@ import type { RetreatRecord } from './retreat.js';
 import type { RetreatController } from './retreat-controller.js';
 import type { TicketMessage } from './tickets.js';
 import { chooseLane, lanesFor, ticketUpstream, type UpstreamLane, upstreamConfig } from './upstream-lanes.js';
+import { grantWindowMs } from './upstreams.js';
 
 export interface DispatcherLog {
   info(message: string, extra?: Record<string, unknown>): void;
@@ -250,7 +251,7 @@ export class Dispatcher {
           if (now - lastSweep >= this.t.sweepEveryMs) {
             summary.swept += await this.sweep(
               now,
-              config.upstreamWindowMs,
+              config,
               Math.max(config.maxWaitMs, config.streamMaxWaitMs),
             );
             lastSweep = now;
@@ -817,7 +818,11 @@ export class Dispatcher {
   }
 
   /** Grants nobody claimed (ingress lost) and calls nobody finished are ended; unclaimed tokens come back. */
-  private async sweep(now: number, windowMs: number, maxWaitMs: number): Promise<number> {
+  private async sweep(
+    now: number,
+    config: Pick<GatewayConfig, 'upstreamWindowMs' | 'upstreams'>,
+    maxWaitMs: number,
+  ): Promise<number> {
     const { tickets, bucket } = this.d;
     const { outcomes } = this;
     let swept = 0;
@@ -847,7 +852,8 @@ export class Dispatcher {
       if ('ticket' in res) {
         swept++;
         const lane = t.upstream === undefined ? undefined : this.lanes.find((l) => l.name === t.upstream);
-        await (lane?.bucket ?? bucket).refund(t.grantedAt ?? now, windowMs);
+        // Within its own upstream's window only: another upstream's may be much shorter than the first one's.
+        await (lane?.bucket ?? bucket).refund(t.grantedAt ?? now, grantWindowMs(config, t.upstream));
         outcomes.record(now, { counts: { abandoned: 1 } });
       }
     }

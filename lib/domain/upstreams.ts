@@ -209,6 +209,28 @@ export const upstreamLimits = (
     retreatPreset: config.retreatPreset,
   };
 
+/**
+ * The limit window of the upstream a granted ticket's token came from (`Ticket.upstream`; the first upstream's
+ * when it names none): its grant's age is judged against that window's slack and its refund bounded by it.
+ */
+export const grantWindowMs = (
+  config: Pick<GatewayConfig, 'upstreamWindowMs' | 'upstreams'>,
+  upstream: string | undefined,
+): number =>
+  upstream === undefined
+    ? config.upstreamWindowMs
+    : (config.upstreams[upstream]?.windowMs ?? config.upstreamWindowMs);
+
+/**
+ * The shortest limit window among the upstreams that may grant a ticket (`Ticket.pool`; the first upstream alone
+ * when it names none): a wait for any of their grants is paced by that window's slack.
+ */
+export const poolWindowMs = (
+  config: Pick<GatewayConfig, 'upstreamWindowMs' | 'upstreams'>,
+  pool: readonly string[] | undefined,
+): number =>
+  pool?.length ? Math.min(...pool.map((name) => grantWindowMs(config, name))) : config.upstreamWindowMs;
+
 /** External (admin API) form of one upstream's limits. */
 export const externalLimits = (l: UpstreamLimits): Record<string, number | string> => ({
   limit: l.limit,

@@ -24,6 +24,7 @@ import type { Ticket } from '../domain/tickets.js';
 import { checkFitsTpm, estimateRequestTokens, poolTpm } from '../domain/token-estimate.js';
 import { laneOf, type UpstreamLane } from '../domain/upstream-lanes.js';
 import type { UpstreamClient } from '../domain/upstream-port.js';
+import { grantWindowMs, poolWindowMs } from '../domain/upstreams.js';
 import { asGatewayError, errorReply, type HttpReply } from '../http/reply.js';
 import type { IngressRequest, RequestContext } from './context.js';
 import { ReplyChannel } from './reply-channel.js';
@@ -288,7 +289,9 @@ export class IngressService {
           signal,
           passthrough: fromAdmission,
           grantSlackMs: config.grantSlackMs,
-          windowMs: config.upstreamWindowMs,
+          // Several upstreams: reads paced by the shortest slack of the pool, each grant judged by its own upstream's.
+          windowMs: poolWindowMs(config, ticket.pool),
+          windowOf: (granted) => grantWindowMs(config, granted.upstream),
           callBudgetMs: config.requestTimeoutMs + FUNCTION_MARGIN_MS,
           intervalMs: () => this.intervalMs(ctx),
           ...(fromAdmission || admitted.estimatedWaitMs === undefined || ticket !== admitted.ticket

@@ -26,6 +26,7 @@ import {
 } from '../domain/upstream.js';
 import { laneOf, type UpstreamLane } from '../domain/upstream-lanes.js';
 import { UpstreamCallError, type UpstreamClient, type UpstreamResponse } from '../domain/upstream-port.js';
+import { grantWindowMs } from '../domain/upstreams.js';
 import { sseError } from '../http/reply.js';
 import type { RequestContext } from './context.js';
 import { readLimited } from './reply-channel.js';
@@ -137,8 +138,9 @@ export class UpstreamRelay {
       if (ticket && opts.sendCheck) {
         // The last moment before the request leaves: a grant too old now is handed back, not called on. A store
         // failure here propagates (503; a ticket left claimed is ended by the claim sweep, never called on).
+        // Judged by the window (and so the slack) of the upstream whose token it holds, not the first one's.
         const gate = await this.d.admission.beforeSend(ticket, {
-          windowMs: config.upstreamWindowMs,
+          windowMs: grantWindowMs(config, ticket.upstream),
           grantSlackMs: config.grantSlackMs,
           ...(opts.sendCheck.calledAt !== undefined ? { calledAt: opts.sendCheck.calledAt } : {}),
           grantUncounted: call.grantUncounted,

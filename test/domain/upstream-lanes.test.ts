@@ -1,6 +1,6 @@
 // Domain tests: several limited upstreams — one priority order, a bucket per upstream, pools — on memory stores
 // and a fake clock (a fake-clock simulation: the ingress is modelled as calling at the grant's slot).
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import {
   MemoryBucketStore,
   MemoryOutcomeStore,
@@ -18,6 +18,10 @@ import type { ConfigStore, VersionedConfig } from '../../lib/domain/ports.js';
 import { RetreatController } from '../../lib/domain/retreat-controller.js';
 import { CLAIM_SHARE, type Ticket, type TicketPatch } from '../../lib/domain/tickets.js';
 import { chooseLane, type UpstreamLane, upstreamConfig } from '../../lib/domain/upstream-lanes.js';
+import type { UpstreamRequest } from '../../lib/domain/upstream-port.js';
+import { grantWindowMs } from '../../lib/domain/upstreams.js';
+import { ReplyChannel } from '../../lib/ingress/reply-channel.js';
+import { UpstreamRelay } from '../../lib/ingress/upstream-relay.js';
 import { poolsOf } from '../../lib/status/upstream-rows.js';
 
 class MemoryConfigStore implements ConfigStore {
@@ -374,6 +378,196 @@ describe('a grant handed back at send with several upstreams', () => {
     expect(res).toMatchObject({ status: 'queued' });
     expect(await first.refresh()).toEqual(before.first);
     expect(await second.refresh()).not.toEqual(before.second);
+  });
+});
+
+/**
+ * Two upstreams with different windows: `first` 40 per 60 s (slack 1 s: claimed up to 750 ms, sent up to 800 ms
+ * after its grant), `second` 10 per 5 s (slack capped at a tenth of its window, 500 ms: 375 ms and 400 ms).
+ */
+const TWO_WINDOWS = [
+  { name: 'first', limit: 40, window_s: 60 },
+  { name: 'second', limit: 10, window_s: 5, models: ['s/'] },
+];
+
+/** One ticket granted by `upstream`'s bucket (the plain store's grant: nobody claims it), then `ageMs` later. */
+const grantedBy = async (s: Awaited<ReturnType<typeof setup>>, upstream: string, ageMs: number) => {
+  // A moment of dispatching writes both buckets' parameters (nothing queued yet).
+  await s.dispatcher.run(s.clock.now() + 1);
+  const { ticket } = await s.admission.admit(
+    {
+      agent: 'x',
+      priority: 'normal',
+      model: 'm',
+      stream: false,
+      // Short: a ticket handed back is not granted again (no dispatcher runs) and gives up at its deadline.
+      deadline: s.clock.now() + 2_000,
+      pool: [upstream],
+    },
+    s.config,
+  );
+  const lane = s.lanes.find((l) => l.name === upstream)!;
+  await lane.bucket.refresh();
+  const plan = lane.bucket.plan('normal');
+  if ('waitMs' in plan) throw new Error(`${upstream} has a token`);
+  const res = await MemoryTicketStore.prototype.grant.call(s.tickets, ticket, plan.attempt, {
+    grantedAt: s.clock.now(),
+    ...(lane.primary ? {} : { upstream }),
+  });
+  lane.bucket.spent(plan.attempt);
+  expect(res.kind).toBe('granted');
+  s.clock.advance(ageMs);
+  const [first, second] = s.lanes.map((l) => l.bucket) as [TokenBucket, TokenBucket];
+  return {
+    granted: (await s.tickets.get(ticket.id))!,
+    buckets: { first: await first.refresh(), second: await second.refresh() },
+    bucketsNow: async () => ({ first: await first.refresh(), second: await second.refresh() }),
+  };
+};
+
+describe("several upstreams: a grant's age is judged by its own upstream's window and slack", () => {
+  it.each([
+    { upstream: 'second', ageMs: 600, handedBack: true },
+    { upstream: 'second', ageMs: 200, handedBack: false },
+    { upstream: 'first', ageMs: 600, handedBack: false },
+  ])(
+    'before the claim: a $upstream grant aged $ageMs ms is handed back: $handedBack (refunded to its own bucket)',
+    async (c) => {
+      // Prepare
+      const s = await setup(TWO_WINDOWS);
+      const { granted, buckets, bucketsNow } = await grantedBy(s, c.upstream, c.ageMs);
+      const requeueStale = vi.spyOn(s.admission, 'requeueStale');
+
+      // Act: as the ingress waits for its claim (the config's top-level window is the first upstream's). Its first
+      // read comes a quarter of a near pause later (94 ms at the first upstream's slack): the grant is that much older.
+      const res = await s.admission.untilClaimed(granted, {
+        signal: new AbortController().signal,
+        passthrough: false,
+        windowMs: s.config.upstreamWindowMs,
+        windowOf: (t) => grantWindowMs(s.config, t.upstream),
+        callBudgetMs: 65_000,
+        intervalMs: async () => 1_500,
+      });
+
+      // Assess
+      const now = await bucketsNow();
+      if (c.handedBack) {
+        expect(requeueStale).toHaveBeenCalledTimes(1);
+        // No later grant (no dispatcher): it gave up at its deadline, never claimed.
+        expect(res.kind).toBe('refused');
+        expect(now.first).toEqual(buckets.first);
+        expect(now.second).not.toEqual(buckets.second);
+      } else {
+        expect(requeueStale).not.toHaveBeenCalled();
+        expect(res).toMatchObject({ kind: 'claimed', ticket: { status: 'claimed' } });
+        expect(now).toEqual(buckets);
+      }
+    },
+  );
+
+  it.each([
+    { upstream: 'second', ageMs: 800, handedBack: true },
+    { upstream: 'second', ageMs: 390, handedBack: false },
+    { upstream: 'first', ageMs: 700, handedBack: false },
+  ])(
+    'right before the send: a claimed $upstream grant aged $ageMs ms is handed back: $handedBack (refunded to its own bucket)',
+    async (c) => {
+      // Prepare: the grant claimed as it was made; the relay's context carries the request's config.
+      const s = await setup(TWO_WINDOWS);
+      const { granted, buckets, bucketsNow } = await grantedBy(s, c.upstream, c.ageMs);
+      const claimed = await s.tickets.transition(granted.id, 'granted', 'claimed', {
+        claimedAt: granted.grantedAt!,
+      });
+      if (!('ticket' in claimed)) throw new Error('claimed');
+      const calls: UpstreamRequest[] = [];
+      const relay = new UpstreamRelay({
+        upstream: {
+          call: async (req) => {
+            calls.push(req);
+            return {
+              status: 200,
+              headers: new Headers({ 'content-type': 'application/json' }),
+              body: new Response('{"choices":[]}').body,
+            };
+          },
+        },
+        upstreamKey: async () => 'key',
+        admission: s.admission,
+        outcomes: new MemoryOutcomeStore(),
+        bucket: s.lanes[0]!.bucket,
+        lanes: s.lanes,
+        clock: s.clock,
+        telemetry: { upstream: () => {} },
+        log: quiet,
+      });
+      const ctx = {
+        req: {
+          requestId: 'r',
+          method: 'POST',
+          path: '/v1/chat/completions',
+          headers: {},
+          body: null,
+          isBase64Encoded: false,
+          signal: new AbortController().signal,
+          remainingMs: 300_000,
+        },
+        config: s.config,
+        priority: 'normal' as const,
+        upstream: { name: c.upstream, baseUrl: 'http://upstream.test/v1', limited: true },
+        upstreamBody: '{"model":"m"}',
+        stream: false,
+        headers: {},
+        channel: new ReplyChannel(),
+      };
+
+      // Act
+      const res = await relay.callAndRelay(ctx, claimed.ticket, {}, { sendCheck: {} });
+
+      // Assess
+      const now = await bucketsNow();
+      if (c.handedBack) {
+        expect(res).toMatchObject({ requeued: { status: 'queued', reason: 'grant_stale_at_send' } });
+        expect(calls).toHaveLength(0);
+        expect(now.first).toEqual(buckets.first);
+        expect(now.second).not.toEqual(buckets.second);
+      } else {
+        expect(res).toBe('done');
+        expect(calls).toHaveLength(1);
+        expect(now).toEqual(buckets);
+      }
+    },
+  );
+});
+
+describe("several upstreams: the dispatcher's sweep of a grant never claimed", () => {
+  it("refunds it within its own upstream's window only (the second's 5 s has passed, the first's 60 s has not)", async () => {
+    // Prepare: one grant of each upstream that no ingress claims (its claim deadline 3 s on), found 6 s later.
+    const s = await setup(TWO_WINDOWS);
+    const lost: Record<string, { id: string; grantedAt: number }> = {};
+    for (const upstream of ['first', 'second']) {
+      const { granted } = await grantedBy(s, upstream, 0);
+      await s.tickets.transition(granted.id, 'granted', 'granted', { claimBy: s.clock.now() + 3_000 });
+      lost[upstream] = { id: granted.id, grantedAt: granted.grantedAt! };
+    }
+    s.clock.advance(6_000);
+    const [first, second] = s.lanes.map((l) => l.bucket) as [TokenBucket, TokenBucket];
+    const before = { first: await first.refresh(), second: await second.refresh() };
+    const refunds = { first: vi.spyOn(first, 'refund'), second: vi.spyOn(second, 'refund') };
+
+    // Act: a moment of dispatching (its first loop sweeps).
+    await s.dispatcher.run(s.clock.now() + 1);
+
+    // Assess: both ended; the first upstream's token came back (its grant leaves the window log), the second's
+    // did not (its window, which counted the grant, has passed: a token now would be one too many).
+    for (const t of Object.values(lost))
+      expect(await s.tickets.get(t.id)).toMatchObject({
+        status: 'failed',
+        reason: 'ingress_lost_before_claim',
+      });
+    expect(refunds.first).toHaveBeenCalledWith(lost.first!.grantedAt, 60_000);
+    expect(refunds.second).toHaveBeenCalledWith(lost.second!.grantedAt, 5_000);
+    expect(await first.refresh()).not.toEqual(before.first);
+    expect(await second.refresh()).toEqual(before.second);
   });
 });
 

@@ -5,7 +5,9 @@ import { ValidationError } from '../../lib/domain/errors.js';
 import { defaultRoutes, parseRoutes, resolveRoute } from '../../lib/domain/routes.js';
 import { checkFitsTpm, estimateRequestTokens, poolTpm } from '../../lib/domain/token-estimate.js';
 import {
+  grantWindowMs,
   parseUpstreamList,
+  poolWindowMs,
   upstreamDefs,
   upstreamLimits,
   upstreamRoutes,
@@ -198,6 +200,35 @@ describe('limits as config: the first upstream is the top-level fields, the othe
     // A config stored before upstreams existed.
     const { upstreams: _none, ...old } = DEFAULT_CONFIG;
     expect(withDefaults(deployed, old).upstreams).toEqual(deployed.upstreams);
+  });
+});
+
+describe("a grant's window: its own upstream's, not the first one's", () => {
+  const config = configFromEnv({
+    SLUICE_UPSTREAMS: JSON.stringify([
+      { name: 'first', limit: 40, window_s: 60 },
+      { name: 'second', limit: 10, window_s: 5, models: ['s/'] },
+    ]),
+  });
+  it.each([
+    { upstream: undefined, windowMs: 60_000 },
+    { upstream: 'second', windowMs: 5_000 },
+    // Not (or no longer) deployed: the first upstream's, as its bucket is the fallback too.
+    { upstream: 'gone', windowMs: 60_000 },
+  ])('grantWindowMs: a ticket naming $upstream → $windowMs ms', ({ upstream, windowMs }) => {
+    expect(grantWindowMs(config, upstream)).toBe(windowMs);
+  });
+  it.each([
+    { pool: undefined, windowMs: 60_000 },
+    { pool: ['first'], windowMs: 60_000 },
+    { pool: ['second'], windowMs: 5_000 },
+    { pool: ['first', 'second'], windowMs: 5_000 },
+  ])('poolWindowMs: the shortest of $pool → $windowMs ms', ({ pool, windowMs }) => {
+    expect(poolWindowMs(config, pool)).toBe(windowMs);
+  });
+  it("follows a run-time change of the second upstream's window", () => {
+    const patched = applyConfigPatch(config, { upstreams: { second: { window_s: 10 } } });
+    expect(grantWindowMs(patched, 'second')).toBe(10_000);
   });
 });
 
