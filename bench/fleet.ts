@@ -9,6 +9,7 @@ import { parseWeights } from '../lib/domain/priority-policy.js';
 import { startEmulators } from '../local/emulators.js';
 import {
   callsPerBin,
+  maxInWindow,
   type RefusalStats,
   type RunMetrics,
   runMetrics,
@@ -24,6 +25,7 @@ import {
   type Setup,
   type SetupContext,
   sluiceEnv,
+  sluicePoolSetup,
   sluiceSetup,
 } from './support/setups.js';
 import { type TimeScale, timeScale } from './support/sim.js';
@@ -73,6 +75,8 @@ interface Scenario {
 const REPEAT_FRACTION = 0.3;
 /** Setups that run only in the scenarios naming them. */
 const SCENARIO_ONLY_SETUPS = ['sluice-cache'];
+/** Setups that run only when SLUICE_BENCH_SETUPS names them (a default run keeps its rows and length). */
+const OPT_IN_SETUPS = ['sluice-pool'];
 
 const scenarios = (agents: number, durationMs: number, seed: number): Scenario[] => {
   const limitRpm = (UPSTREAM_MODEL.limit.requests * 60_000) / UPSTREAM_MODEL.limit.windowMs;
@@ -138,6 +142,18 @@ interface SetupResult {
   metrics?: RunMetrics;
   /** Calls per 10 s (modelled): accepted and 429. */
   bins?: { binMs: number; accepted: number[]; refused: number[] };
+  /** A pool: the hidden total (calls per modelled minute) goodput is measured against. */
+  hiddenLimitRpm?: number;
+  /** A pool: each member's calls (metrics' calls, 429s and busiest window are summed over them). */
+  perUpstream?: PoolMemberResult[];
+}
+
+interface PoolMemberResult {
+  name: string;
+  calls: number;
+  upstream429: number;
+  maxCallsIn60s: number;
+  maxAcceptedIn60s: number;
 }
 
 export interface FleetResult {
@@ -199,7 +215,8 @@ export const runFleetBench = async (opts: { log: (line: string) => void }): Prom
     sluice,
     weighted,
     cached,
-  ].filter((s) => only.length === 0 || only.includes(s.name));
+    sluicePoolSetup(DEFAULT_CONFIG.retreatPreset),
+  ].filter((s) => (only.length === 0 ? !OPT_IN_SETUPS.includes(s.name) : only.includes(s.name)));
   const setupsOf = (sc: Scenario) =>
     setups.filter((s) => (sc.setups ? sc.setups.includes(s.name) : !SCENARIO_ONLY_SETUPS.includes(s.name)));
   const checkFactor = knob('SLUICE_BENCH_CHECK_SCALE', 3);
@@ -278,29 +295,57 @@ export const runFleetBench = async (opts: { log: (line: string) => void }): Prom
         runId: `${sc.name}-${name}-${Date.now().toString(36)}`.replace(/[^A-Za-z0-9_-]/g, '-'),
       };
       const running = await setup.start(ctx);
+      const members = running.pool ?? [{ name: '', upstream: running.upstream }];
+      const allCalls = () => members.flatMap((m) => m.upstream.calls);
+      const hiddenLimitRpm = limitRpm * (setup.upstreamCount ?? 1);
       try {
         const run = await runWorkload(sc.workload, running.send, runScale, {
           onTick: (records, clock) => {
-            const calls = running.upstream.calls;
+            const calls = allCalls();
             const refused = calls.filter((c) => c.kind === 'rate_limited' || c.kind === 'capacity').length;
             log(
               `${where}: ${Math.round(clock.now() / 1000)}/${durationMs / 1000} s · ${records.filter((r) => r.ok).length} ok · ${records.filter((r) => r.end !== undefined && !r.ok).length} failed · upstream ${calls.length} calls, ${refused} × 429`,
             );
           },
         });
-        const calls = tagCalls(running.upstream.calls, run.clock);
+        const calls = tagCalls(allCalls(), run.clock);
         const metrics = runMetrics({
           records: run.records,
           calls,
           durationMs,
           windowMs: limit.windowMs,
-          limitRpm,
+          limitRpm: hiddenLimitRpm,
           inversionBoundMs,
         });
+        // A pool: each member's own figures (its hidden limit is the single upstream's).
+        const perUpstream = running.pool?.map((m): PoolMemberResult => {
+          // As runMetrics counts the whole: calls within the run, 429 = rate limit or worker cap.
+          const own = tagCalls(m.upstream.calls, run.clock).filter((c) => c.at >= 0 && c.at <= durationMs);
+          return {
+            name: m.name,
+            calls: own.length,
+            upstream429: own.filter((c) => c.kind === 'rate_limited' || c.kind === 'capacity').length,
+            maxCallsIn60s: maxInWindow(
+              own.map((c) => c.at),
+              limit.windowMs,
+            ),
+            maxAcceptedIn60s: maxInWindow(
+              own.filter((c) => c.accepted).map((c) => c.at),
+              limit.windowMs,
+            ),
+          };
+        });
         log(
-          `${where}: goodput ${metrics.goodputRpm} rpm (${metrics.goodputPctOfLimit} %), 429s ${metrics.upstream429} (${metrics.upstream429Pct} %), failed ${metrics.failed}, unserved ${metrics.unserved} (${byPriority(metrics.unservedByPriority)}), inversions ${metrics.inversions}, max ${metrics.maxCallsIn60s} calls/60 s, refusals ${metrics.refusals?.all.n} (p99 ${metrics.refusals?.all.p99} s, ${metrics.refusals?.all.over10sPct} % after > 10 s)`,
+          `${where}: goodput ${metrics.goodputRpm} rpm (${metrics.goodputPctOfLimit} % of ${hiddenLimitRpm}), 429s ${metrics.upstream429} (${metrics.upstream429Pct} %), failed ${metrics.failed}, unserved ${metrics.unserved} (${byPriority(metrics.unservedByPriority)}), inversions ${metrics.inversions}, max ${metrics.maxCallsIn60s} calls/60 s, refusals ${metrics.refusals?.all.n} (p99 ${metrics.refusals?.all.p99} s, ${metrics.refusals?.all.over10sPct} % after > 10 s)`,
         );
-        return { setup: name, label, metrics, bins: callsPerBin(calls, 10_000, durationMs) };
+        if (perUpstream) log(`${where}: per upstream ${perUpstreamText(perUpstream)}`);
+        return {
+          setup: name,
+          label,
+          metrics,
+          bins: callsPerBin(calls, 10_000, durationMs),
+          ...(perUpstream ? { hiddenLimitRpm, perUpstream } : {}),
+        };
       } finally {
         await running.stop();
       }
@@ -354,7 +399,7 @@ const writeCharts = (sc: FleetResult['scenarios'][number], limit: { requests: nu
       yCap: perBin * 6,
       panels: ran.map((r) => ({
         title: r.label,
-        subtitle: `goodput ${r.metrics?.goodputRpm} rpm · ${r.metrics?.upstream429} × 429 (${r.metrics?.upstream429Pct} %) · ${r.metrics?.failed} failed at agent`,
+        subtitle: `goodput ${r.metrics?.goodputRpm} rpm${r.hiddenLimitRpm ? ` (pool: hidden total ${r.hiddenLimitRpm}/min)` : ''} · ${r.metrics?.upstream429} × 429 (${r.metrics?.upstream429Pct} %) · ${r.metrics?.failed} failed at agent`,
         accepted: r.bins?.accepted ?? [],
         refused: r.bins?.refused ?? [],
       })),
@@ -369,6 +414,15 @@ const writeCharts = (sc: FleetResult['scenarios'][number], limit: { requests: nu
     }),
   );
 };
+
+/** A pool's members: calls, 429s and max calls in 60 s (sent / accepted) each. */
+const perUpstreamText = (members: readonly PoolMemberResult[]) =>
+  members
+    .map(
+      (u) =>
+        `${u.name} ${u.calls} calls, ${u.upstream429} × 429, max ${u.maxCallsIn60s} / ${u.maxAcceptedIn60s} in 60 s`,
+    )
+    .join('; ');
 
 /** `u / h / n / l` of a per-priority figure (older results without it show –). */
 const byPriority = (v: Record<Priority, number> | undefined) =>
@@ -408,6 +462,12 @@ export const fleetMarkdown = (r: FleetResult): string => {
       )}; half the requests stream; seed ${s.workload.seed}; ${s.workload.durationSeconds} s per run, goodput and latency from the second minute on; 429s, failures and inversions over the whole run; requests still waiting or running when a run ends are *unserved* (not successes, not hidden). An inversion is an upstream call admitted for a lower priority while a higher-priority request had waited more than ${s.workload.inversionBoundSeconds} s.`,
     '',
   ];
+  const pools = r.scenarios.flatMap((sc) => sc.results).filter((x) => x.perUpstream);
+  if (pools.length > 0)
+    lines.push(
+      `A pool row (${[...new Set(pools.map((x) => x.label))].join(', ')}) has several upstreams, each its own fake upstream with its own key and its own hidden limit as above: its goodput is against their total (${pools[0]?.hiddenLimitRpm}/min), its calls and 429s are summed over them (each member's in brackets), and the busiest 60 s is given for the whole and for each member (each at most the single limit).`,
+      '',
+    );
   for (const sc of r.scenarios) {
     lines.push(
       `### ${sc.title} — ${sc.description} (offered ≈ ${sc.offeredRpm} rpm, ${round(sc.offeredRpm / 40, 1)}× the limit)`,
@@ -421,8 +481,15 @@ export const fleetMarkdown = (r: FleetResult): string => {
         continue;
       }
       const m = x.metrics;
+      // A pool: goodput against its hidden total, calls and 429s summed, the busiest window per member too.
+      const ofHidden = x.hiddenLimitRpm ? ` of the pool's ${x.hiddenLimitRpm}` : '';
+      const perMember = x.perUpstream
+        ? `; per upstream ${x.perUpstream.map((u) => `${u.name} ${u.maxCallsIn60s} / ${u.maxAcceptedIn60s}`).join(', ')}`
+        : '';
+      const summed = x.perUpstream ? ` (sum of ${x.perUpstream.map((u) => u.calls).join(' + ')})` : '';
+      const summed429 = x.perUpstream ? `; ${x.perUpstream.map((u) => u.upstream429).join(' + ')}` : '';
       lines.push(
-        `| ${x.label} | ${m.goodputRpm} (${m.goodputPctOfLimit} %) | ${byPriority(m.completedRpmByPriority)} | ${m.upstreamCalls} | ${m.upstream429} (${m.upstream429Pct} %) | ${m.failed} | ${m.unserved}: ${byPriority(m.unservedByPriority)} | ${byPriority(m.starvedAgentsByPriority)} | ${m.maxCallsIn60s} / ${m.maxAcceptedIn60s} | ${m.inversions} | ${lat(m, 'urgent')} | ${lat(m, 'high')} | ${lat(m, 'normal')} | ${lat(m, 'low')} |`,
+        `| ${x.label} | ${m.goodputRpm} (${m.goodputPctOfLimit} %${ofHidden}) | ${byPriority(m.completedRpmByPriority)} | ${m.upstreamCalls}${summed} | ${m.upstream429} (${m.upstream429Pct} %${summed429}) | ${m.failed} | ${m.unserved}: ${byPriority(m.unservedByPriority)} | ${byPriority(m.starvedAgentsByPriority)} | ${m.maxCallsIn60s} / ${m.maxAcceptedIn60s}${perMember} | ${m.inversions} | ${lat(m, 'urgent')} | ${lat(m, 'high')} | ${lat(m, 'normal')} | ${lat(m, 'low')} |`,
       );
     }
     const withRefusals = sc.results.filter((x) => x.metrics?.refusals);

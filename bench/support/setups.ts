@@ -29,7 +29,10 @@ export interface SetupContext {
 
 export interface RunningSetup {
   send: Send;
+  /** The upstream (a pool: its first member). */
   upstream: FakeUpstream;
+  /** A pool of several limited upstreams: every member by its name (`upstream` is the first). */
+  pool?: { name: string; upstream: FakeUpstream }[];
   /** sluice only: the running system (retreat record, stores). */
   system?: LocalSystem;
   stop(): Promise<void>;
@@ -40,6 +43,8 @@ export interface Setup {
   label: string;
   /** Printed with the results. */
   settings: Record<string, unknown>;
+  /** Limited upstreams behind it, each with the hidden limit (a pool); the hidden total is this × the limit. @default 1 */
+  upstreamCount?: number;
   /** Why it cannot run here, if so (e.g. no redis-server). */
   unavailable?: (ctx: Pick<SetupContext, 'redis'>) => string | undefined;
   start(ctx: SetupContext): Promise<RunningSetup>;
@@ -265,3 +270,80 @@ export const sluiceSetup = (preset: string, extraEnv: Record<string, string> = {
     };
   },
 });
+
+/**
+ * 5. sluice with a pool: `SLUICE_UPSTREAMS` lists `members` limited upstreams serving the same models (the NVIDIA
+ * catalog), each a fake upstream with its own key and its own hidden limit, so the fleet may get `members` × the
+ * limit. The first member's limits are the top-level ones (`sluiceEnv`), the others' equal them.
+ */
+export const sluicePoolSetup = (preset: string, members = 2): Setup => {
+  const names = Array.from({ length: members }, (_, i) => `nv-${String.fromCharCode(97 + i)}`);
+  return {
+    name: 'sluice-pool',
+    label: `sluice, a pool of ${members} keys (SLUICE_UPSTREAMS ${names.join(', ')})`,
+    upstreamCount: members,
+    settings: {
+      system: 'local runtime: DynamoDB Local + fauxqs, real ingress/dispatcher handlers, local API Gateway',
+      retreatPreset: preset,
+      pool: `SLUICE_UPSTREAMS: ${names.join(', ')}, each its own fake upstream, key (key_env) and hidden limit; limit and window_s as the single upstream's (scaled), no models (both serve the NVIDIA catalog: one pool)`,
+      config: 'defaults with every duration and rate scaled (see sluiceEnv)',
+      client: 'openai, default retries, X-Priority header, one key per agent',
+    },
+    async start(ctx) {
+      const pool: { name: string; upstream: FakeUpstream }[] = [];
+      const stopPool = () => Promise.all(pool.map((m) => m.upstream.stop()));
+      let system: LocalSystem;
+      try {
+        for (const name of names)
+          pool.push({
+            name,
+            upstream: await startFakeUpstream({ ...ctx.upstream, apiKey: `${UPSTREAM_KEY}-${name}` }),
+          });
+        const windowS = ctx.scale.real(ctx.limit.windowMs) / 1000;
+        // window_s takes whole seconds: a time scale that makes the window fractional cannot model the pool.
+        if (!Number.isInteger(windowS)) throw new Error(`sluice-pool: window of ${windowS} s is not whole`);
+        const keyEnv = (name: string) => `BENCH_KEY_${name.replace(/-/g, '_').toUpperCase()}`;
+        system = await startLocalSystem({
+          port: 0,
+          prefix: `bench-${ctx.runId}`,
+          emulators: ctx.emulators,
+          upstreamUrl: `${(pool[0] as (typeof pool)[number]).upstream.url}/v1`,
+          // Never sent: every member has its own key_env.
+          upstreamApiKey: 'unused-single-upstream-key',
+          scheduleMs: ctx.scale.real(60_000),
+          env: {
+            ...sluiceEnv(ctx.scale, ctx.limit, preset),
+            SLUICE_UPSTREAMS: JSON.stringify(
+              pool.map((m) => ({
+                name: m.name,
+                url: `${m.upstream.url}/v1`,
+                key_env: keyEnv(m.name),
+                limit: ctx.limit.requests,
+                window_s: windowS,
+                retreat_preset: preset,
+              })),
+            ),
+            ...Object.fromEntries(pool.map((m) => [keyEnv(m.name), `${UPSTREAM_KEY}-${m.name}`])),
+          },
+        });
+      } catch (err) {
+        await stopPool();
+        throw err;
+      }
+      const keys = await Promise.all(ctx.priorities.map((_, i) => system.createKey(`agent-${i}`, 'urgent')));
+      const clients = keys.map((key) =>
+        benchClient({ baseURL: `${system.url}/v1`, apiKey: key, scale: ctx.scale }),
+      );
+      return {
+        send: perAgent(clients),
+        upstream: (pool[0] as (typeof pool)[number]).upstream,
+        pool,
+        system,
+        stop: async () => {
+          await system.stop();
+          await stopPool();
+        },
+      };
+    },
+  };
+};
