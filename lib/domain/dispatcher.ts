@@ -271,8 +271,10 @@ export class Dispatcher {
           }
           await this.extendBuffered(now);
           await this.purgeExpired(now, summary);
-          // Several upstreams: tickets end at their deadline (the estimate below knows one bucket only).
+          // Several upstreams: tickets end at their deadline (the estimate below knows one bucket only), and
+          // LOW's token timeout counts from when the dispatcher first held the ticket.
           if (!config.paused && this.lanes.length === 1) await this.refuseHopeless(now, config, summary);
+          else if (!config.paused) await this.refuseTimedOutLow(now, config, summary);
           const head = this.head(config);
           if (!head) {
             if (now - this.lastArrivalAt < this.t.idleStopMs) {
@@ -771,6 +773,21 @@ export class Dispatcher {
       // A starved ticket has no grant time: the agent is told to come back after a window.
       const retryAfterMs = Number.isFinite(at) ? at - now : config.upstreamWindowMs;
       if (await this.end(msg, 'rejected', reason, now, retryAfterMs)) summary.rejected++;
+      this.finishMessage(m);
+    }
+  }
+
+  /**
+   * Several upstreams, strict order: a LOW ticket still waiting low_priority_timeout after the dispatcher first
+   * held it is refused, as the seed's token timeout did (there is no one-bucket estimate to refuse it earlier).
+   */
+  private async refuseTimedOutLow(now: number, config: GatewayConfig, summary: RunSummary): Promise<void> {
+    if (config.priorityPolicy !== 'strict') return;
+    for (const m of [...(this.buffers.get('low') ?? [])]) {
+      if (now - m.firstSeenAt <= config.lowPriorityTimeoutMs) continue;
+      if (await this.end(m.message, 'rejected', 'low_priority_timeout', now, config.upstreamWindowMs)) {
+        summary.rejected++;
+      }
       this.finishMessage(m);
     }
   }

@@ -256,6 +256,49 @@ describe('several upstreams: one priority order, a bucket each', () => {
   });
 });
 
+describe('LOW with several upstreams (strict order)', () => {
+  it('a LOW ticket starved by more important work is refused after low_priority_timeout, not at its deadline', async () => {
+    // Prepare: a pool of two keys at 10 per minute, an hour of high-priority work, then one LOW request.
+    const s = await setup([
+      { name: 'nv-a', limit: 10, window_s: 60 },
+      { name: 'nv-b', limit: 10, window_s: 60 },
+    ]);
+    for (let i = 0; i < 40; i++) {
+      await s.admission.admit(
+        {
+          agent: `u${i % 5}`,
+          priority: 'urgent',
+          model: 'm',
+          stream: false,
+          deadline: s.clock.now() + 170_000,
+          pool: ['nv-a', 'nv-b'],
+        },
+        s.config,
+      );
+    }
+    const low = await s.admission.admit(
+      {
+        agent: 'l',
+        priority: 'low',
+        model: 'm',
+        stream: false,
+        deadline: s.clock.now() + 170_000,
+        pool: ['nv-a', 'nv-b'],
+      },
+      s.config,
+    );
+
+    // Act
+    await s.dispatcher.run(s.clock.now() + 30_000);
+
+    // Assess: refused once its wait passed the timeout (plus a dispatcher cycle), never called.
+    const ended = s.tickets.tickets.get(low.ticket.id)!;
+    expect(ended).toMatchObject({ status: 'rejected', reason: 'low_priority_timeout' });
+    expect(ended.finishedAt! - ended.enqueuedAt).toBeLessThanOrEqual(s.config.lowPriorityTimeoutMs + 2_000);
+    expect(s.tickets.calls.some((c) => c.ticket === low.ticket.id)).toBe(false);
+  });
+});
+
 describe('the waiting ingress with several upstreams', () => {
   it('sees a grant from an idle upstream within its grant slack, however long the estimate for the busy one', async () => {
     // Prepare: 60 tickets wait for `busy` (10 per minute), one for `idle`; the dispatcher grants the idle one now.
