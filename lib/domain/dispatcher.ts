@@ -576,10 +576,8 @@ export class Dispatcher {
         this.drr = chargePriority(this.drr, msg.priority);
         if (quota) quota.bucket.spent(quota.attempt);
         summary.granted++;
-        this.outcomes.record(now, {
-          counts: { granted: 1 },
-          latencies: [{ name: 'queueWait', priority: msg.priority, ms: attempt.now - msg.enqueuedAt }],
-        });
+        // The queue wait is recorded by the ingress for the grant it calls (as on one upstream).
+        this.outcomes.record(now, { counts: { granted: 1 } });
         this.finishMessage(m);
       } else if (res.kind === 'bucket_conflict') {
         lane.bucket.conflicted(res.current);
