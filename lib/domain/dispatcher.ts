@@ -6,7 +6,14 @@ import type { ConfigService } from './config-service.js';
 import { BufferedOutcomes, MessageDeletes } from './dispatch-backlog.js';
 import { StoreUnavailableError } from './errors.js';
 import { type ConsumeAttempt, deriveBucket } from './gcra.js';
-import type { LeaseStore, OutcomeStore, ReceivedMessage, TicketQueue, TicketStore } from './ports.js';
+import type {
+  GrantOutcome,
+  LeaseStore,
+  OutcomeStore,
+  ReceivedMessage,
+  TicketQueue,
+  TicketStore,
+} from './ports.js';
 import { PRIORITIES, type Priority, priorityRank } from './priority.js';
 import { chargePriority, type DrrState, initialDrr, parseWeights, pickPriority } from './priority-policy.js';
 import { estimateGrantTimes, fitsDeadline, higherArrivalLoads, RESERVE_AHEAD_MS } from './queue-estimate.js';
@@ -494,15 +501,8 @@ export class Dispatcher {
     } else if (res.kind === 'inflight_full') {
       // max_inflight upstream calls are running: wait for one to finish (no token was spent).
       await this.waitForArrival(INFLIGHT_NAP_MS);
-    } else if (res.kind === 'paused') {
-      // Paused since the config was last read: read it again (fresh) and wait like any paused run.
-      this.d.config.invalidate();
-      await this.waitForArrival(INFLIGHT_NAP_MS);
     } else {
-      // Abandoned, expired, granted already (duplicate delivery), requeued under a newer attempt, or missing.
-      if (!res.current) this.d.log.warn('message for a missing ticket', { ticketId: msg.ticketId });
-      summary.skipped++;
-      this.finishMessage(m);
+      await this.notGranted(res, m, summary);
     }
   }
 
@@ -589,13 +589,8 @@ export class Dispatcher {
         this.laneFullUntil.set(lane.name, now + INFLIGHT_NAP_MS);
         blocked.add(lane.name);
         continue;
-      } else if (res.kind === 'paused') {
-        this.d.config.invalidate();
-        await this.waitForArrival(INFLIGHT_NAP_MS);
       } else {
-        if (!res.current) this.d.log.warn('message for a missing ticket', { ticketId: msg.ticketId });
-        summary.skipped++;
-        this.finishMessage(m);
+        await this.notGranted(res, m, summary);
       }
       return;
     }
@@ -788,6 +783,24 @@ export class Dispatcher {
       }
       this.finishMessage(m);
     }
+  }
+
+  /** A grant refused because the config says paused, or because the ticket has moved on (its message is done). */
+  private async notGranted(
+    res: Extract<GrantOutcome, { kind: 'paused' | 'ticket_conflict' }>,
+    m: Buffered,
+    summary: RunSummary,
+  ): Promise<void> {
+    if (res.kind === 'paused') {
+      // Paused since the config was last read: read it again (fresh) and wait like any paused run.
+      this.d.config.invalidate();
+      await this.waitForArrival(INFLIGHT_NAP_MS);
+      return;
+    }
+    // Abandoned, expired, granted already (duplicate delivery), requeued under a newer attempt, or missing.
+    if (!res.current) this.d.log.warn('message for a missing ticket', { ticketId: m.message.ticketId });
+    summary.skipped++;
+    this.finishMessage(m);
   }
 
   /** Ends a still-queued ticket without a token; false if it had moved on. */
