@@ -54,7 +54,7 @@ export interface GatewayConfig {
   maxQueuedPerAgent: number;
   /** `strict`: most important first (the seed); `weighted`: shares by `priorityWeights`. @default 'strict' */
   priorityPolicy: PriorityPolicy;
-  /** Shares urgent:high:normal:low under the weighted policy (grants per round). @default '8:4:2:1' */
+  /** Shares urgent:high:normal:low under the weighted policy (grants in proportion while backlogged). @default '8:4:2:1' */
   priorityWeights: string;
   /**
    * A LOW ticket that cannot get a token this long after the dispatcher first sees it is refused. Four token
@@ -288,7 +288,7 @@ export const CONFIG_FIELDS: { readonly [K in keyof GatewayConfig]: FieldSpec } =
     kind: 'enum',
     env: 'SLUICE_PRIORITY_POLICY',
     values: PRIORITY_POLICIES,
-    doc: 'strict order, or weighted shares (deficit round-robin, work conserving)',
+    doc: 'strict order, or weighted shares (start-time fair queuing, work conserving)',
   },
   priorityWeights: {
     kind: 'weights',

@@ -15,7 +15,15 @@ import type {
   TicketStore,
 } from './ports.js';
 import { PRIORITIES, type Priority, priorityRank } from './priority.js';
-import { chargePriority, type DrrState, initialDrr, parseWeights, pickPriority } from './priority-policy.js';
+import {
+  chargePriority,
+  type FairShareState,
+  grantsInARow,
+  initialFairShare,
+  type PriorityWeights,
+  parseWeights,
+  pickPriority,
+} from './priority-policy.js';
 import { estimateGrantTimes, fitsDeadline, higherArrivalLoads, RESERVE_AHEAD_MS } from './queue-estimate.js';
 import type { RetreatRecord } from './retreat.js';
 import type { RetreatController } from './retreat-controller.js';
@@ -160,8 +168,8 @@ export class Dispatcher {
   private arrival: (() => void) | undefined;
   private effectiveRpm = 0;
   private lastArrivalAt = 0;
-  /** Weighted policy: whose turn it is and the credit left (kept across loops; a grant charges it). */
-  private drr: DrrState = initialDrr();
+  /** Weighted policy: the fair-queuing tags (kept across loops; a grant charges its priority). */
+  private fairShare: FairShareState = initialFairShare();
   /**
    * Tickets seen by this dispatcher, by id: when they were admitted (`enqueuedAt`, so a backlog received late
    * still counts when it arrived, and duplicates and requeues count once) and their priority — the more important
@@ -403,18 +411,25 @@ export class Dispatcher {
 
   /**
    * The ticket to serve next: the priority the policy picks among the non-empty buffers (strict: the highest;
-   * weighted: deficit round-robin), oldest original enqueue time first within it (requeued tickets keep their
+   * weighted: start-time fair queuing), oldest original enqueue time first within it (requeued tickets keep their
    * place).
    */
   private head(config: Pick<GatewayConfig, 'priorityPolicy' | 'priorityWeights'>): Buffered | undefined {
-    const nonEmpty = new Set(PRIORITIES.filter((p) => this.buffers.get(p)!.length > 0));
-    const weights = parseWeights(config.priorityWeights) ?? parseWeights('1:1:1:1')!;
-    const pick = pickPriority(config.priorityPolicy, weights, this.drr, nonEmpty);
+    const pick = pickPriority(config.priorityPolicy, this.fairShare, this.nonEmpty());
     if (!pick) return undefined;
-    this.drr = pick.state;
+    this.fairShare = pick.state;
     const buf = this.buffers.get(pick.priority)!;
     buf.sort((a, b) => a.message.enqueuedAt - b.message.enqueuedAt);
     return buf[0];
+  }
+
+  private nonEmpty(): Set<Priority> {
+    return new Set(PRIORITIES.filter((p) => this.buffers.get(p)!.length > 0));
+  }
+
+  /** A grant to `priority` moves its fair-queuing tag (read by the weighted policy only). */
+  private charge(priority: Priority, config: Pick<GatewayConfig, 'priorityWeights'>): void {
+    this.fairShare = chargePriority(this.fairShare, priority, weightsOf(config));
   }
 
   private drop(m: Buffered): void {
@@ -486,7 +501,7 @@ export class Dispatcher {
     );
     if (res.kind === 'granted') {
       bucket.spent(plan.attempt);
-      this.drr = chargePriority(this.drr, msg.priority);
+      this.charge(msg.priority, config);
       if (quota) quota.bucket.spent(quota.attempt);
       summary.granted++;
       if (slot > now) summary.reserved++;
@@ -573,7 +588,7 @@ export class Dispatcher {
       if (res.kind === 'granted') {
         lane.bucket.spent(attempt);
         this.laneGrants.set(lane.name, (this.laneGrants.get(lane.name) ?? 0) + 1);
-        this.drr = chargePriority(this.drr, msg.priority);
+        this.charge(msg.priority, config);
         if (quota) quota.bucket.spent(quota.attempt);
         summary.granted++;
         // The queue wait is recorded by the ingress for the grant it calls (as on one upstream).
@@ -601,7 +616,8 @@ export class Dispatcher {
   /**
    * Several tickets in one transaction when the bucket has tokens for them now (plain GCRA: one write takes k
    * tokens, exactly as k grants in a row would): the head and those next in the policy's order (strict: the
-   * global order; weighted: the head's priority, within its credit), up to the first one with a quota of its own.
+   * global order; weighted: the head's priority, as many as its share gives in a row), up to the first one with a
+   * quota of its own.
    * @returns 'single' when no batch applies (the caller grants the head alone)
    */
   private async serveMany(
@@ -624,7 +640,7 @@ export class Dispatcher {
     const limit = Math.min(
       config.priorityPolicy === 'strict'
         ? MAX_BATCH
-        : Math.max(1, Math.min(MAX_BATCH, Math.floor(this.drr.deficit[priority]))),
+        : Math.max(1, grantsInARow(this.fairShare, priority, this.nonEmpty(), weightsOf(config), MAX_BATCH)),
       // All of a batch must fit under max_inflight.
       config.maxInflight > 0 ? config.maxInflight : MAX_BATCH,
     );
@@ -662,7 +678,7 @@ export class Dispatcher {
     if (res.kind === 'granted') {
       bucket.spent(many.attempt);
       for (const m of chosen) {
-        this.drr = chargePriority(this.drr, m.message.priority);
+        this.charge(m.message.priority, config);
         summary.granted++;
         this.outcomes.record(now, { counts: { granted: 1 } });
         this.finishMessage(m);
@@ -725,7 +741,7 @@ export class Dispatcher {
     const all = [...this.buffers.values()].flat();
     if (all.length === 0) return;
     const first = bucket.plan('urgent');
-    const weights = parseWeights(config.priorityWeights) ?? parseWeights('1:1:1:1')!;
+    const weights = weightsOf(config);
     const due = estimateGrantTimes(
       all.map((m) => m.message),
       config.priorityPolicy,
@@ -930,6 +946,10 @@ export class Dispatcher {
     if (await this.queuesHaveWork()) await this.d.wakeSuccessor();
   }
 }
+
+/** The configured weights (validated at load; equal weights if they ever fail to parse). */
+const weightsOf = (config: Pick<GatewayConfig, 'priorityWeights'>): PriorityWeights =>
+  parseWeights(config.priorityWeights) ?? parseWeights('1:1:1:1')!;
 
 /** A ticket whose agent has a quota of its own goes through the single grant (its quota bucket is in it). */
 const hasQuota = (m: TicketMessage): boolean => m.quotaRpm !== undefined || m.quotaShare !== undefined;
