@@ -159,15 +159,19 @@ export class TokenBucket {
     actual: number,
     limit: TokenLimit,
   ): Promise<void> {
+    // What the grant reserved: its estimate, at most the whole window (planTokens).
+    const reserved = Math.min(Math.max(0, Math.ceil(estimate)), limit.tpm);
+    if (Math.ceil(actual) === reserved) return;
+    // Read first: this copy rarely holds the grant's own slot yet (the dispatcher wrote it).
+    await this.refresh();
     for (let i = 0; i < 10; i++) {
-      if (!this.known?.tokens) await this.refresh();
       const log = this.known?.tokens;
       if (!log) return;
       const entries = reconcileEntries(
         log.entries,
         this.clock.now(),
         grantedAt,
-        estimate,
+        reserved,
         actual,
         limit.windowMs,
       );

@@ -467,7 +467,8 @@ export class Dispatcher {
     }
     if ('waitMs' in plan) {
       // Sleep until the token can be reserved, waking for arrivals (a higher priority may come) and housekeeping.
-      const untilReservable = plan.waitMs - ahead;
+      // A wait within the horizon is one for tokens per minute (the reservation above found no room): in full.
+      const untilReservable = plan.waitMs > ahead ? plan.waitMs - ahead : plan.waitMs;
       await this.waitForArrival(Math.min(untilReservable, msg.deadline - now, MAX_NAP_MS));
       return;
     }
