@@ -32,8 +32,8 @@ export const poolTpm = (config: GatewayConfig, pool: readonly UpstreamDef[]): nu
 };
 
 /**
- * The tokens a request's grant reserves when some limited upstream that may serve it has `tpm` (else undefined:
- * nothing to reserve): the estimate with `tpm_default_max_tokens` for a request that states no completion size.
+ * The tokens a request's grant reserves when some limited upstream that may serve it has `tpm` and it has a body
+ * (else undefined: nothing to reserve): the estimate with `tpm_default_max_tokens` for a request that states no completion size.
  */
 export const tokensToReserve = (
   config: GatewayConfig,
@@ -41,7 +41,8 @@ export const tokensToReserve = (
   body: { raw: string; json: Record<string, unknown> } | undefined,
 ): number | undefined => {
   if (!pool.some((u) => u.limited && upstreamLimits(config, u.name).tpm > 0)) return undefined;
-  return body ? estimateRequestTokens(body.raw, body.json, config.tpmDefaultMaxTokens) : 0;
+  // A request without a body (GET /v1/models) spends no tokens.
+  return body ? estimateRequestTokens(body.raw, body.json, config.tpmDefaultMaxTokens) : undefined;
 };
 
 /**

@@ -76,7 +76,10 @@ describe('an upstream with tokens per minute (tpm)', () => {
     const replies = await Promise.all(Array.from({ length: 24 }, (_, i) => send(i)));
 
     // Assess: all answered, the upstream refused none and never counted more than its tpm in a window.
-    expect(replies.map((r) => r.status), replies[0]?.text).toEqual(Array(24).fill(200));
+    expect(
+      replies.map((r) => r.status),
+      replies[0]?.text,
+    ).toEqual(Array(24).fill(200));
     expect(replies.every((r) => r.text.includes('tok0'))).toBe(true);
     expect(upstream.stats().rateLimited).toBe(0);
     expect(upstream.calls).toHaveLength(24);
