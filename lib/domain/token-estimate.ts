@@ -33,7 +33,8 @@ export const poolTpm = (config: GatewayConfig, pool: readonly UpstreamDef[]): nu
 
 /**
  * The tokens a request's grant reserves when some limited upstream that may serve it has `tpm` and it has a body
- * (else undefined: nothing to reserve): the estimate with `tpm_default_max_tokens` for a request that states no completion size.
+ * (else undefined: nothing to reserve): the estimate, with `tpm_default_max_tokens` for a request that states no
+ * completion size.
  */
 export const tokensToReserve = (
   config: GatewayConfig,
