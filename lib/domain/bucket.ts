@@ -145,7 +145,7 @@ export class TokenBucket {
     const tokens = planTokens(this.known?.tokens, plan.attempt.now, need);
     this.tokenBound = 'waitMs' in tokens;
     if ('waitMs' in tokens)
-      return { waitMs: Math.max(1, tokens.waitMs - (plan.attempt.now - this.clock.now())) };
+      return { waitMs: Math.max(1, tokens.waitMs + (plan.attempt.now - this.clock.now())) };
     return { attempt: { ...plan.attempt, tokens: tokens.reserve } };
   }
 

@@ -180,6 +180,22 @@ describe('TokenBucket with tpm: the reservation rides on the request write, the 
     expect(bucket.plan('normal', need(300))).toEqual({ waitMs: expect.any(Number) });
   });
 
+  it('a reservation ahead (planAt) is judged at its slot and its wait counted from now', async () => {
+    // Prepare: 900 of 1000 reserved now; 200 more fit once they leave (the window of 61 s after their slot).
+    const { clock, bucket } = await setup();
+    const full = bucket.plan('normal', need(900));
+    if ('waitMs' in full) throw new Error('expected a grant');
+    bucket.spent(full.attempt);
+    const leaves = tokenSlot(clock.now(), W) + W;
+
+    // Act + Assess: a slot 2 s ahead still waits until they leave, counted from now; one past it reserves.
+    expect(bucket.planAt('normal', clock.now() + 2_000, need(200))).toEqual({ waitMs: leaves - clock.now() });
+    const later = bucket.planAt('normal', leaves, need(200));
+    expect('attempt' in later && later.attempt.tokens?.newEntries).toEqual([
+      { at: tokenSlot(leaves, W), tokens: 200 },
+    ]);
+  });
+
   it('refunds, holds and reconfigurations never touch the token log', async () => {
     const { clock, store, bucket } = await setup();
     const plan = bucket.plan('normal', need(300));
