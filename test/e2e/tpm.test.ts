@@ -84,8 +84,6 @@ describe('an upstream with tokens per minute (tpm)', () => {
     expect(upstream.stats().rateLimited).toBe(0);
     expect(upstream.calls).toHaveLength(24);
     expect(upstream.maxTokensInWindow(WINDOW_MS)).toBeLessThanOrEqual(TPM);
-    // More than one window's worth went through (the window was the limit, and it moved on).
-    expect(upstream.maxTokensInWindow(WINDOW_MS)).toBeGreaterThan(TPM / 2);
     // The tickets carry the estimate; those whose answer reported usage recorded it (below the estimate).
     const tickets = await allTickets(system);
     expect(tickets).toHaveLength(24);
