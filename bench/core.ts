@@ -55,6 +55,7 @@ class RecordingStore implements BucketStore {
   get = () => this.inner.get();
   ensure = (params: BucketParams) => this.inner.ensure(params);
   compareAndSet = (...args: Parameters<BucketStore['compareAndSet']>) => this.inner.compareAndSet(...args);
+  writeTokens = (...args: Parameters<BucketStore['writeTokens']>) => this.inner.writeTokens(...args);
   async consume(attempt: ConsumeAttempt): Promise<ConsumeOutcome> {
     const out = await this.inner.consume(attempt);
     if (out.ok) {

@@ -12,6 +12,13 @@ export interface FakeUpstreamOptions {
   apiKey?: string;
   /** Hidden sliding-window rate limit over accepted limited calls; default `{ requests: 40, windowMs: 60000 }`; `null` = unlimited. */
   limit?: { requests: number; windowMs: number } | null;
+  /**
+   * Hidden sliding-window token limit (OpenAI-style TPM): a limited call's tokens (its prompt + the completion it
+   * will get, as its `usage` reports them) count at arrival; a call that would take the window over `tokens` gets
+   * a 429 with `x-ratelimit-remaining-tokens: 0` and `x-ratelimit-reset-tokens`. When set, every limited answer
+   * carries OpenAI's `x-ratelimit-*` headers (requests too, when `limit` is set). Default null (NVIDIA: none).
+   */
+  tpm?: { tokens: number; windowMs: number } | null;
   /** Concurrent limited calls allowed before NVIDIA's worker-capacity 429; default 32; `null` = no cap. */
   maxConcurrency?: number | null;
   /** Completion tokens per response (capped by the request's `max_tokens`); default 12. */
@@ -70,6 +77,8 @@ export interface FakeUpstream {
   inFlight(): number;
   /** The most accepted (non-429) calls in any sliding window of `windowMs` (default the limit's window, else 60000). */
   maxInWindow(windowMs?: number): number;
+  /** The most tokens of accepted calls in any sliding window of `windowMs` (default the tpm's window, else 60000). */
+  maxTokensInWindow(windowMs?: number): number;
   stats(): {
     total: number;
     ok: number;
@@ -151,6 +160,33 @@ function cut(res: ServerResponse): void {
   else res.destroy();
 }
 
+/** Body of the token-window 429 (OpenAI's shape). */
+export const TOKEN_LIMIT_BODY = JSON.stringify({
+  error: {
+    message: 'Rate limit reached for tokens per min (TPM).',
+    type: 'tokens',
+    code: 'rate_limit_exceeded',
+  },
+});
+
+/** OpenAI-style reset duration (`1.5s`, `20ms`). */
+const resetText = (ms: number): string =>
+  ms < 1_000 ? `${Math.max(0, Math.ceil(ms))}ms` : `${Number((ms / 1000).toFixed(3))}s`;
+
+/** The tokens a limited call will be counted for: its prompt and the completion it gets (its `usage` total). */
+function callTokens(route: Route, body: Json | undefined, tokensPerResponse: number): number {
+  if (body === undefined) return 0;
+  if (route === 'embeddings') return body.input === undefined ? 0 : promptTokens(body.input);
+  const promptField = route === 'chat' ? body.messages : body.prompt;
+  if (promptField === undefined) return 0;
+  const maxTokens = body.max_completion_tokens ?? body.max_tokens;
+  const n =
+    typeof maxTokens === 'number' && maxTokens > 0
+      ? Math.min(tokensPerResponse, maxTokens)
+      : tokensPerResponse;
+  return promptTokens(promptField) + n;
+}
+
 /** Rough deterministic token count of the text in a request body. */
 function promptTokens(value: unknown): number {
   const text = JSON.stringify(value ?? '');
@@ -187,12 +223,55 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
   let seq = 0;
   const calls: UpstreamCall[] = [];
   const accepted: number[] = []; // arrival times of accepted limited calls
+  const acceptedTokens: { at: number; tokens: number }[] = []; // and their tokens (for the tpm option)
+  const tpm = opts.tpm ?? null;
   const active = new Set<AbortController>();
 
   const countInWindow = (t: number, windowMs: number): number => {
     let n = 0;
     for (let i = accepted.length - 1; i >= 0 && accepted[i]! > t - windowMs; i--) n++;
     return n;
+  };
+
+  const tokensInWindow = (t: number, windowMs: number): number => {
+    let n = 0;
+    for (let i = acceptedTokens.length - 1; i >= 0 && acceptedTokens[i]!.at > t - windowMs; i--)
+      n += acceptedTokens[i]!.tokens;
+    return n;
+  };
+
+  /** How long until the window of `windowMs` has room for `tokens` more (0: now). */
+  const tokenResetMs = (t: number, windowMs: number, limitTokens: number, tokens: number): number => {
+    let used = tokensInWindow(t, windowMs);
+    for (const e of acceptedTokens) {
+      if (used + tokens <= limitTokens) break;
+      if (e.at <= t - windowMs) continue;
+      used -= e.tokens;
+      if (used + tokens <= limitTokens) return e.at + windowMs - t;
+    }
+    return 0;
+  };
+
+  /** The x-ratelimit-* headers of a limited answer (tpm option only): the windows as they stand at `t`. */
+  const rateHeaders = (t: number, exhaustedTokens = false): Record<string, string> => {
+    if (tpm === null) return {};
+    const oldestTokens = acceptedTokens.find((e) => e.at > t - tpm.windowMs);
+    const out: Record<string, string> = {
+      'x-ratelimit-limit-tokens': String(tpm.tokens),
+      'x-ratelimit-remaining-tokens': exhaustedTokens
+        ? '0'
+        : String(Math.max(0, tpm.tokens - tokensInWindow(t, tpm.windowMs))),
+      'x-ratelimit-reset-tokens': resetText(oldestTokens ? oldestTokens.at + tpm.windowMs - t : 0),
+    };
+    if (limit !== null) {
+      out['x-ratelimit-limit-requests'] = String(limit.requests);
+      out['x-ratelimit-remaining-requests'] = String(
+        Math.max(0, limit.requests - countInWindow(t, limit.windowMs)),
+      );
+      const oldest = accepted.find((a) => a > t - limit!.windowMs);
+      out['x-ratelimit-reset-requests'] = resetText(oldest === undefined ? 0 : oldest + limit.windowMs - t);
+    }
+    return out;
   };
 
   const takeFault = (): UpstreamFault => {
@@ -224,6 +303,7 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
     };
     calls.push(call);
 
+    let acceptedHeaders: Record<string, string> = {};
     const send = (
       status: number,
       kind: UpstreamCallKind,
@@ -236,6 +316,7 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
       res.writeHead(status, {
         'content-type': isJson ? 'application/json' : 'text/plain; charset=utf-8',
         'content-length': Buffer.byteLength(text),
+        ...acceptedHeaders,
         ...headers,
       });
       res.end(text);
@@ -260,12 +341,25 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
     const retry: Record<string, string> =
       retryAfterSeconds === null ? {} : { 'retry-after': String(retryAfterSeconds) };
     if (limit !== null && countInWindow(call.at, limit.windowMs) + 1 > limit.requests) {
-      return send(429, 'rate_limited', RATE_LIMIT_BODY, retry);
+      return send(429, 'rate_limited', RATE_LIMIT_BODY, { ...retry, ...rateHeaders(call.at) });
+    }
+    const callTokenCount = tpm === null ? 0 : callTokens(route, body, tokensPerResponse);
+    if (tpm !== null && tokensInWindow(call.at, tpm.windowMs) + callTokenCount > tpm.tokens) {
+      return send(429, 'rate_limited', TOKEN_LIMIT_BODY, {
+        ...retry,
+        ...rateHeaders(call.at, true),
+        'x-ratelimit-reset-tokens': resetText(
+          tokenResetMs(call.at, tpm.windowMs, tpm.tokens, callTokenCount),
+        ),
+      });
     }
     if (maxConcurrency !== null && inFlight >= maxConcurrency) {
       return send(429, 'capacity', capacityBody(inFlight + 1, maxConcurrency), retry);
     }
     accepted.push(call.at);
+    if (tpm !== null) acceptedTokens.push({ at: call.at, tokens: callTokenCount });
+    // Every answer of this call from here on carries the limits as they stand after it (tpm option only).
+    acceptedHeaders = rateHeaders(call.at);
     inFlight++;
     maxInFlight = Math.max(maxInFlight, inFlight);
     res.once('close', () => inFlight--);
@@ -369,7 +463,11 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
     // Streaming: one token per chunk, then the finish chunk, the optional usage chunk and [DONE].
     call.status = 200;
     call.kind = kind;
-    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+    res.writeHead(200, {
+      'content-type': 'text/event-stream',
+      'cache-control': 'no-cache',
+      ...acceptedHeaders,
+    });
     res.flushHeaders();
     const object = route === 'chat' ? 'chat.completion.chunk' : 'text_completion';
     const chunk = (text: string | null, finish: string | null): Json => {
@@ -450,6 +548,17 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
       faultRemaining = times;
     },
     inFlight: () => inFlight,
+    maxTokensInWindow(windowMs = tpm?.windowMs ?? 60_000) {
+      const sorted = [...acceptedTokens].sort((a, b) => a.at - b.at);
+      let best = 0;
+      let sum = 0;
+      for (let lo = 0, hi = 0; hi < sorted.length; hi++) {
+        sum += sorted[hi]!.tokens;
+        while (sorted[lo]!.at <= sorted[hi]!.at - windowMs) sum -= sorted[lo++]!.tokens;
+        best = Math.max(best, sum);
+      }
+      return best;
+    },
     maxInWindow(windowMs = limit?.windowMs ?? 60_000) {
       const ts = [...accepted].sort((a, b) => a - b);
       let best = 0;
@@ -473,6 +582,7 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
     reset() {
       calls.length = 0;
       accepted.length = 0;
+      acceptedTokens.length = 0;
       maxInFlight = inFlight;
       fault = NO_FAULT;
       faultRemaining = 0;

@@ -43,6 +43,7 @@ import {
   type TicketStatus,
   waitAfterLostClaim,
 } from './tickets.js';
+import { tokenNeed } from './token-window.js';
 import { chooseLane, lanesFor, ticketUpstream, type UpstreamLane, upstreamConfig } from './upstream-lanes.js';
 
 export interface AdmissionDeps {
@@ -79,6 +80,8 @@ export interface AdmitRequest {
   idempotencyKey?: string;
   /** The limited upstreams that may serve it, when not only the first one. */
   pool?: string[];
+  /** Its estimated tokens, when an upstream that may serve it has `tpm` (reserved by its grant there). */
+  tokens?: number;
   /**
    * How long the upstream call may run once claimed: given, the request may take the fast path (granted and
    * claimed at admission when nothing more important waits).
@@ -289,6 +292,7 @@ export class Admission {
       ...(req.idempotencyKey ? { idempotencyKey: req.idempotencyKey } : {}),
       ...(budget ? { budgetDay: budget.day } : {}),
       ...(req.pool ? { pool: req.pool } : {}),
+      ...(req.tokens !== undefined ? { tokens: req.tokens } : {}),
     };
     const idem = req.idempotencyKey
       ? {
@@ -360,7 +364,9 @@ export class Admission {
       // Several upstreams: a member of the ticket's pool with a token now.
       const lanes = lanesFor(ticket.pool, this.d.lanes);
       for (const lane of lanes) if (!lane.bucket.state) await lane.bucket.refresh();
-      const choice = chooseLane(lanes, ticket.priority, new Map());
+      const choice = chooseLane(lanes, ticket.priority, new Map(), undefined, (lane) =>
+        tokenNeed(config, ticketUpstream(lane), ticket.tokens),
+      );
       if (!choice || 'waitMs' in choice) return undefined;
       bucket = choice.lane.bucket;
       upstream = ticketUpstream(choice.lane);
@@ -370,7 +376,7 @@ export class Admission {
       // Read once per container; afterwards every write (or refused condition) tells the state.
       if (!bucket.state) await bucket.refresh();
       if (!bucket.state) return undefined;
-      plan = bucket.plan(ticket.priority);
+      plan = bucket.plan(ticket.priority, tokenNeed(config, undefined, ticket.tokens));
     }
     if ('waitMs' in plan) return undefined;
     const now = clock.now();
@@ -530,7 +536,11 @@ export class Admission {
       throw full();
     }
     // passthrough: not queued, but it still takes a token (the upstream limit holds whatever the policy).
-    const got = await this.d.bucket.tryConsume(ticket.priority);
+    const got = await this.d.bucket.tryConsume(
+      ticket.priority,
+      undefined,
+      tokenNeed(config, undefined, ticket.tokens),
+    );
     const now = this.d.clock.now();
     if (!got.granted) {
       await this.d.tickets.create(
@@ -580,6 +590,7 @@ export class Admission {
         ...(ticket.quotaRpm !== undefined ? { quotaRpm: ticket.quotaRpm } : {}),
         ...(ticket.quotaShare !== undefined ? { quotaShare: ticket.quotaShare } : {}),
         ...(ticket.pool ? { pool: ticket.pool } : {}),
+        ...(ticket.tokens !== undefined ? { tokens: ticket.tokens } : {}),
       });
     } catch {
       // Without a message nobody would ever grant it: end it now rather than let it wait in vain.

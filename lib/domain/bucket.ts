@@ -19,6 +19,7 @@ import {
 } from './gcra.js';
 import type { BucketStore } from './ports.js';
 import type { Priority } from './priority.js';
+import { planTokens, reconcileEntries, type TokenLimit, type TokenNeed } from './token-window.js';
 
 export interface ReserveSettings {
   fraction: number;
@@ -43,6 +44,13 @@ const successor = (expected: BucketState, next: BucketState): BucketState =>
 export class TokenBucket {
   private known: BucketState | undefined;
   readonly stats: BucketStats = { writes: 0, conflicts: 0 };
+  /** When the state was last read whole. */
+  private readAt = Number.NEGATIVE_INFINITY;
+  /**
+   * The last plan waited for tokens (not for a request slot): usage corrections written by the ingress may have
+   * made room that this copy does not show (see refreshIfTokenBound).
+   */
+  private tokenBound = false;
 
   constructor(
     private readonly store: BucketStore,
@@ -92,27 +100,90 @@ export class TokenBucket {
   }
 
   async refresh(): Promise<BucketState | undefined> {
+    this.readAt = this.clock.now();
+    this.tokenBound = false;
     this.known = await this.store.get();
     return this.known;
+  }
+
+  /**
+   * Re-reads the state when the last plan waited for tokens and the last read is `minAgeMs` old: the answers'
+   * usage corrections (usually giving tokens back) are written by the ingress, not seen by this copy otherwise.
+   */
+  async refreshIfTokenBound(minAgeMs: number): Promise<void> {
+    if (this.tokenBound && this.clock.now() - this.readAt >= minAgeMs) await this.refresh();
   }
 
   burstFor(priority: Priority): number {
     return priorityBurst(this.known?.burst ?? 1, priority, this.reserve);
   }
 
-  /** Which write to try now, or how long until a token is due. Requires a known state. */
-  plan(priority: Priority): ConsumePlan {
+  /**
+   * Which write to try now, or how long until a token is due. Requires a known state.
+   * @param tokens an upstream with `tpm`: the grant's estimated tokens, reserved in the same write (or waited for)
+   */
+  plan(priority: Priority, tokens?: TokenNeed): ConsumePlan {
     if (!this.known) throw new Error('bucket state unknown: call configure() or refresh() first');
-    return planConsume(this.known, this.clock.now(), this.burstFor(priority));
+    return this.withTokens(planConsume(this.known, this.clock.now(), this.burstFor(priority)), tokens);
   }
 
   /**
    * The write that reserves the slot at `at` (≥ now): a grant whose call may start only then. The log and the
    * spacing are judged at `at`, so a reservation holds every window exactly as a grant made at `at` would.
    */
-  planAt(priority: Priority, at: number): ConsumePlan {
+  planAt(priority: Priority, at: number, tokens?: TokenNeed): ConsumePlan {
     if (!this.known) throw new Error('bucket state unknown: call configure() or refresh() first');
-    return planConsume(this.known, Math.max(at, this.clock.now()), this.burstFor(priority));
+    return this.withTokens(
+      planConsume(this.known, Math.max(at, this.clock.now()), this.burstFor(priority)),
+      tokens,
+    );
+  }
+
+  /** A request plan with the token reservation added to its write, or the wait until the tokens fit. */
+  private withTokens(plan: ConsumePlan, need: TokenNeed | undefined): ConsumePlan {
+    if (!need || 'waitMs' in plan) return plan;
+    const tokens = planTokens(this.known?.tokens, plan.attempt.now, need);
+    this.tokenBound = 'waitMs' in tokens;
+    if ('waitMs' in tokens)
+      return { waitMs: Math.max(1, tokens.waitMs + (plan.attempt.now - this.clock.now())) };
+    return { attempt: { ...plan.attempt, tokens: tokens.reserve } };
+  }
+
+  /**
+   * Corrects the reservation of the grant made at `grantedAt` from `estimate` to the tokens its answer used
+   * (one conditional write on the token log alone; none when they are equal or the grant left the window).
+   */
+  async reconcileTokens(
+    grantedAt: number,
+    estimate: number,
+    actual: number,
+    limit: TokenLimit,
+  ): Promise<void> {
+    // What the grant reserved: its estimate, at most the whole window (planTokens).
+    const reserved = Math.min(Math.max(0, Math.ceil(estimate)), limit.tpm);
+    if (Math.ceil(actual) === reserved) return;
+    // Read first: this copy rarely holds the grant's own slot yet (the dispatcher wrote it).
+    await this.refresh();
+    for (let i = 0; i < 10; i++) {
+      const log = this.known?.tokens;
+      if (!log) return;
+      const entries = reconcileEntries(
+        log.entries,
+        this.clock.now(),
+        grantedAt,
+        reserved,
+        actual,
+        limit.windowMs,
+      );
+      if (!entries) return;
+      const res = await this.store.writeTokens(log.version, entries);
+      if (res.ok) {
+        if (this.known) this.known = { ...this.known, tokens: { entries, version: log.version + 1 } };
+        return;
+      }
+      if (!res.current) return;
+      if (this.known) this.known = { ...this.known, tokens: res.current };
+    }
   }
 
   /**
@@ -149,11 +220,12 @@ export class TokenBucket {
   async tryConsume(
     priority: Priority,
     maxWrites = 5,
+    tokens?: TokenNeed,
   ): Promise<{ granted: true } | { granted: false; waitMs: number }> {
     if (!this.known) await this.refresh();
     for (let i = 0; i < maxWrites; i++) {
       if (!this.known) throw new Error('bucket not configured');
-      const plan = this.plan(priority);
+      const plan = this.plan(priority, tokens);
       if ('waitMs' in plan) return { granted: false, waitMs: plan.waitMs };
       const res = await this.store.consume(plan.attempt);
       if (res.ok) {

@@ -34,6 +34,16 @@ export interface GatewayConfig {
   upstreamWindowMs: number;
   /** Tokens per minute the (first) upstream allows; 0 = not metered in tokens. @default 0 */
   upstreamTpm: number;
+  /**
+   * The window tokens-per-minute limits count over (every upstream's `tpm`): a minute, as providers state them;
+   * shorter only for time-scaled runs. @default 60000
+   */
+  tpmWindowMs: number;
+  /**
+   * Completion tokens a request without `max_completion_tokens`/`max_tokens` is assumed to spend, for the
+   * reservation on an upstream with `tpm` (the answer's usage corrects it). @default 1024
+   */
+  tpmDefaultMaxTokens: number;
   /** Grants the bucket may give back to back after idling; small, so burst + rate·window ≤ limit. @default 2 */
   bucketBurst: number;
   /**
@@ -154,6 +164,8 @@ export const DEFAULT_CONFIG: Readonly<GatewayConfig> = Object.freeze({
   upstreamLimit: 40,
   upstreamWindowMs: 60_000,
   upstreamTpm: 0,
+  tpmWindowMs: 60_000,
+  tpmDefaultMaxTokens: 1024,
   bucketBurst: 2,
   grantSlackMs: 1_000,
   reserveFraction: 0.5,
@@ -244,6 +256,19 @@ export const CONFIG_FIELDS: { readonly [K in keyof GatewayConfig]: FieldSpec } =
     min: 0,
     max: 1_000_000_000,
     doc: 'upstream tokens per minute (0 = not metered in tokens)',
+  },
+  tpmWindowMs: ms(
+    'SLUICE_TPM_WINDOW_S',
+    1_000,
+    3_600_000,
+    'the window every upstream tpm counts over (60 s; shorter for time-scaled runs)',
+  ),
+  tpmDefaultMaxTokens: {
+    kind: 'int',
+    env: 'SLUICE_TPM_DEFAULT_MAX_TOKENS',
+    min: 0,
+    max: 1_000_000,
+    doc: 'completion tokens reserved on a tpm upstream for a request without max_tokens',
   },
   bucketBurst: {
     kind: 'int',

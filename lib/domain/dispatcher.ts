@@ -28,6 +28,7 @@ import { estimateGrantTimes, fitsDeadline, higherArrivalLoads, RESERVE_AHEAD_MS 
 import type { RetreatRecord } from './retreat.js';
 import type { RetreatController } from './retreat-controller.js';
 import type { TicketMessage } from './tickets.js';
+import { tokenLimitOf, tokenNeed } from './token-window.js';
 import { chooseLane, lanesFor, ticketUpstream, type UpstreamLane, upstreamConfig } from './upstream-lanes.js';
 import { grantWindowMs } from './upstreams.js';
 
@@ -120,6 +121,11 @@ const STORE_RETRY_MS = 500;
 const ORPHAN_GRACE_MS = 10_000;
 /** Pause before trying again when max_inflight calls are running. */
 const INFLIGHT_NAP_MS = 100;
+/**
+ * An upstream with `tpm` whose tokens held the last grant back is re-read at most this often: the answers' usage
+ * corrections (written by the ingress) give tokens back that the dispatcher's copy does not show.
+ */
+const TOKEN_REREAD_MS = 500;
 /**
  * A message this far past its deadline has no waiting request: the ingress abandoned the ticket at the deadline
  * (or died, and the sweep's orphan pass ends it). Its message is only deleted, with no write to the ticket.
@@ -457,7 +463,10 @@ export class Dispatcher {
     const msg = m.message;
     const now = clock.now();
     if (!bucket.state) await bucket.refresh();
-    let plan = bucket.plan(msg.priority);
+    await bucket.refreshIfTokenBound(TOKEN_REREAD_MS);
+    // Tokens per minute (the upstream has `tpm`): the ticket's estimate is reserved in the grant's own write.
+    const tokens = tokenNeed(config, undefined, msg.tokens);
+    let plan = bucket.plan(msg.priority, tokens);
     // Priority inversion is bounded by this: a more important ticket arriving later waits behind the slots
     // already reserved.
     // The fixed horizon is for minute-long windows: on a shorter one (time-scaled runs) it shrinks with the
@@ -469,16 +478,19 @@ export class Dispatcher {
     if ('waitMs' in plan) {
       const slot = now + plan.waitMs;
       if (plan.waitMs <= ahead && msg.deadline > slot + this.t.grantMarginMs)
-        plan = bucket.planAt(msg.priority, slot);
+        plan = bucket.planAt(msg.priority, slot, tokens);
     }
     if ('waitMs' in plan) {
       // Sleep until the token can be reserved, waking for arrivals (a higher priority may come) and housekeeping.
-      const untilReservable = plan.waitMs - ahead;
+      // A wait within the horizon is one for tokens per minute (the reservation above found no room): in full.
+      const untilReservable = plan.waitMs > ahead ? plan.waitMs - ahead : plan.waitMs;
       await this.waitForArrival(Math.min(untilReservable, msg.deadline - now, MAX_NAP_MS));
       return;
     }
     const slot = plan.attempt.now;
-    if (slot <= now && !hasQuota(msg) && (await this.serveMany(m, config, summary, now)) === 'served') return;
+    // A batch takes request tokens only: not on an upstream metered in tokens too.
+    const batchable = slot <= now && !hasQuota(msg) && !tokenLimitOf(config, undefined);
+    if (batchable && (await this.serveMany(m, config, summary, now)) === 'served') return;
     const quota = await this.agentQuota(msg);
     if (quota && 'waitMs' in quota) {
       // The agent is over its own quota: refuse this ticket now instead of stalling everyone behind it.
@@ -541,7 +553,10 @@ export class Dispatcher {
   private async serveLanes(head: Buffered, config: GatewayConfig, summary: RunSummary): Promise<void> {
     const { tickets, clock } = this.d;
     const now = clock.now();
-    for (const lane of this.lanes) if (!lane.bucket.state) await lane.bucket.refresh();
+    for (const lane of this.lanes) {
+      if (!lane.bucket.state) await lane.bucket.refresh();
+      else await lane.bucket.refreshIfTokenBound(TOKEN_REREAD_MS);
+    }
     const blocked = new Set([...this.laneFullUntil].filter(([, until]) => until > now).map(([name]) => name));
     const ordered = [...this.buffers.values()]
       .flat()
@@ -558,10 +573,21 @@ export class Dispatcher {
       const msg = m.message;
       if (seen.has(msg.ticketId)) continue;
       seen.add(msg.ticketId);
-      const choice = chooseLane(lanesFor(msg.pool, this.lanes), msg.priority, this.laneGrants, blocked);
+      const choice = chooseLane(
+        lanesFor(msg.pool, this.lanes),
+        msg.priority,
+        this.laneGrants,
+        blocked,
+        (lane) => tokenNeed(config, ticketUpstream(lane), msg.tokens),
+      );
       if (!choice) continue;
       if ('waitMs' in choice) {
         waitMs = Math.min(waitMs, choice.waitMs);
+        // Tokens per minute: a smaller ticket behind must not take the room this one waits for (it would wait
+        // for ever behind a stream of small ones); its upstreams metered in tokens are passed over this round.
+        if (msg.tokens !== undefined)
+          for (const lane of lanesFor(msg.pool, this.lanes))
+            if (tokenLimitOf(config, ticketUpstream(lane))) blocked.add(lane.name);
         continue;
       }
       const { lane, attempt } = choice;

@@ -1,5 +1,6 @@
 // Domain: GCRA token bucket — pure math plus a store-agnostic bucket that spends tokens with conditional writes.
 import type { Priority } from './priority.js';
+import type { TokenLog, TokenReserve } from './token-window.js';
 
 /** The window cap of a window-exact bucket: fewer than `limit` grants in the last `windowMs` admit one more. */
 export interface WindowCap {
@@ -28,6 +29,11 @@ export interface BucketState extends BucketParams {
   log?: readonly number[];
   /** Bumped by every write that is a compare-and-set (log consumes, configure, hold, refund). */
   version?: number;
+  /**
+   * An upstream with `tpm`: its token reservations (token-window.ts), versioned apart from the rest, so refunds,
+   * holds and reconfigurations never touch them and usage corrections never touch the request bucket.
+   */
+  tokens?: TokenLog;
 }
 
 /**
@@ -127,8 +133,13 @@ export const priorityBurst = (
   return Math.max(1, Math.floor(burst * (1 - reserve.fraction) + 1e-9));
 };
 
-/** A conditional consume the store can apply in one write. */
-export type ConsumeAttempt =
+/**
+ * A conditional consume the store can apply in one write. With `tokens` (an upstream with `tpm`), the same write
+ * also sets the token entries, conditioned on their version.
+ */
+export type ConsumeAttempt = RequestConsume & { tokens?: TokenReserve };
+
+type RequestConsume =
   /** Bucket full (tat missing or past): SET tat = newTat IF tat < now. No read needed. */
   | { branch: 'idle'; now: number; newTat: number; params: BucketParams }
   /**
@@ -220,6 +231,19 @@ export const applyAttempt = (state: BucketState | undefined, a: ConsumeAttempt):
 
 /** The state after applying an attempt, or undefined if its condition fails (for in-memory stores). */
 export const applyConsume = (state: BucketState | undefined, a: ConsumeAttempt): BucketState | undefined => {
+  if (!a.tokens) return applyRequestConsume(state, a);
+  if ((state?.tokens?.version ?? 0) !== a.tokens.expectedVersion) return undefined;
+  const next = applyRequestConsume(state, a);
+  return next && { ...next, tokens: reservedTokens(a.tokens) };
+};
+
+/** The token log a successful write of `reserve` leaves. */
+export const reservedTokens = (reserve: TokenReserve): TokenLog => ({
+  entries: reserve.newEntries,
+  version: reserve.expectedVersion + 1,
+});
+
+const applyRequestConsume = (state: BucketState | undefined, a: ConsumeAttempt): BucketState | undefined => {
   if (!state || !sameParams(state, a.params)) return undefined;
   if (a.branch === 'log') {
     if ((state.version ?? 0) !== a.expectedVersion) return undefined;
@@ -239,7 +263,11 @@ export const afterAttempt = (
   a: ConsumeAttempt,
   tat?: number,
 ): BucketState => {
-  const base: BucketState = { ...(known ?? {}), ...a.params };
+  const base: BucketState = {
+    ...(known ?? {}),
+    ...a.params,
+    ...(a.tokens ? { tokens: reservedTokens(a.tokens) } : {}),
+  };
   if (a.branch === 'log') return { ...base, tat: a.newTat, log: a.newLog, version: a.expectedVersion + 1 };
   const next =
     tat ?? (a.branch === 'idle' ? a.newTat : (known?.tat ?? a.now) + a.params.intervalMs * (a.count ?? 1));

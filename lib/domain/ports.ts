@@ -7,6 +7,7 @@ import type { Priority } from './priority.js';
 import type { CachedAnswer } from './response-cache.js';
 import type { RetreatRecord } from './retreat.js';
 import type { Ticket, TicketMessage, TicketPatch, TicketStatus } from './tickets.js';
+import type { TokenEntry, TokenLog } from './token-window.js';
 
 /** Result of a conditional consume: the new tat, or the state that made the condition fail. */
 export type ConsumeOutcome = { ok: true; tat: number } | { ok: false; current: BucketState | undefined };
@@ -17,8 +18,17 @@ export interface BucketStore {
   /** Creates the item with these params if it does not exist; returns what is stored. */
   ensure(params: BucketParams): Promise<BucketState>;
   consume(attempt: ConsumeAttempt): Promise<ConsumeOutcome>;
-  /** Writes `next` only if the item still holds `expected` (tat and params). */
+  /** Writes `next` only if the item still holds `expected` (tat and params). Never changes the token log. */
   compareAndSet(expected: BucketState, next: BucketState): Promise<boolean>;
+  /**
+   * Sets the token entries (an upstream with `tpm`) only if their version is still `expectedVersion` (0: never
+   * written); nothing else of the item changes.
+   * @returns ok, or the token log that made the condition fail
+   */
+  writeTokens(
+    expectedVersion: number,
+    entries: readonly TokenEntry[],
+  ): Promise<{ ok: true } | { ok: false; current: TokenLog | undefined }>;
 }
 
 /** Grant outcome: the ticket changed hands, or why not. */

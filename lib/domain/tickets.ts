@@ -88,6 +88,11 @@ export interface Ticket {
   pool?: string[];
   /** The upstream its token came from, when not the first one: the ingress calls that one, with its key. */
   upstream?: string;
+  /**
+   * Its estimated tokens (prompt + completion allowed), when an upstream that may serve it has `tpm`: its grant
+   * reserves this much there, and the answer's usage corrects it.
+   */
+  tokens?: number;
 }
 
 /** Fields a transition may set besides the status. */
@@ -119,6 +124,8 @@ export interface TicketMessage {
   quotaShare?: number;
   /** The upstreams that may serve it, when not only the first one (Ticket.pool). */
   pool?: string[];
+  /** Its estimated tokens, for upstreams with `tpm` (Ticket.tokens). */
+  tokens?: number;
 }
 
 /**

@@ -32,6 +32,21 @@ export const poolTpm = (config: GatewayConfig, pool: readonly UpstreamDef[]): nu
 };
 
 /**
+ * The tokens a request's grant reserves when some limited upstream that may serve it has `tpm` and it has a body
+ * (else undefined: nothing to reserve): the estimate, with `tpm_default_max_tokens` for a request that states no
+ * completion size.
+ */
+export const tokensToReserve = (
+  config: GatewayConfig,
+  pool: readonly UpstreamDef[],
+  body: { raw: string; json: Record<string, unknown> } | undefined,
+): number | undefined => {
+  if (!pool.some((u) => u.limited && upstreamLimits(config, u.name).tpm > 0)) return undefined;
+  // A request without a body (GET /v1/models) spends no tokens.
+  return body ? estimateRequestTokens(body.raw, body.json, config.tpmDefaultMaxTokens) : undefined;
+};
+
+/**
  * Refuses a request that could never fit: its estimate exceeds a whole minute of every upstream that may serve it.
  * @throws ValidationError (400 `request_too_large`)
  */

@@ -5,6 +5,7 @@ import type { ConsumeAttempt } from './gcra.js';
 import type { OutcomeStore } from './ports.js';
 import type { Priority } from './priority.js';
 import type { RetreatController } from './retreat-controller.js';
+import type { TokenNeed } from './token-window.js';
 import { upstreamLimits } from './upstreams.js';
 
 /** A limited upstream as the dispatcher and the ingress meter it. */
@@ -62,19 +63,21 @@ export type LaneChoice =
 /**
  * Within a pool: a lane with a token now — the one with the most tokens left, then the one that took the fewest
  * grants lately (`recent`), so a pool's members share the load; otherwise how long until the first token.
- * Lanes in `blocked` (max_inflight reached) are passed over.
+ * Lanes in `blocked` (max_inflight reached) are passed over. `tokensFor`: the ticket's need on a lane metered in
+ * tokens per minute (its reservation rides on the grant's write; a lane without room for it waits).
  */
 export const chooseLane = (
   lanes: readonly UpstreamLane[],
   priority: Priority,
   recent: ReadonlyMap<string, number>,
   blocked: ReadonlySet<string> = new Set(),
+  tokensFor: (lane: UpstreamLane) => TokenNeed | undefined = () => undefined,
 ): LaneChoice | undefined => {
   let best: { lane: UpstreamLane; attempt: ConsumeAttempt; available: number } | undefined;
   let waitMs = Number.POSITIVE_INFINITY;
   for (const lane of lanes) {
     if (blocked.has(lane.name) || !lane.bucket.state) continue;
-    const plan = lane.bucket.plan(priority);
+    const plan = lane.bucket.plan(priority, tokensFor(lane));
     if ('waitMs' in plan) {
       waitMs = Math.min(waitMs, plan.waitMs);
       continue;

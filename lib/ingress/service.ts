@@ -21,7 +21,7 @@ import type { Priority } from '../domain/priority.js';
 import { bucketParamsFor } from '../domain/retreat-controller.js';
 import { type Route, resolveRoute, type UpstreamDef } from '../domain/routes.js';
 import type { Ticket } from '../domain/tickets.js';
-import { checkFitsTpm, estimateRequestTokens, poolTpm } from '../domain/token-estimate.js';
+import { checkFitsTpm, estimateRequestTokens, poolTpm, tokensToReserve } from '../domain/token-estimate.js';
 import { laneOf, type UpstreamLane } from '../domain/upstream-lanes.js';
 import type { UpstreamClient } from '../domain/upstream-port.js';
 import { grantWindowMs, poolWindowMs } from '../domain/upstreams.js';
@@ -218,6 +218,8 @@ export class IngressService {
     isModels: boolean,
   ): Promise<HttpReply> {
     const { req, config, priority, headers } = ctx;
+    // Tokens per minute: what its grant reserves on an upstream with `tpm` (the answer's usage corrects it).
+    const tokens = tokensToReserve(config, route.pool, body);
     // The key is resolved (and cached) before admission: a gateway that cannot call spends no token.
     await this.d.upstreamKey(route.upstream);
     const now = this.d.clock.now();
@@ -236,6 +238,7 @@ export class IngressService {
         ...(key.quotaShare !== undefined ? { quotaShare: key.quotaShare } : {}),
         ...budgetOf(key),
         callBudgetMs: config.requestTimeoutMs + FUNCTION_MARGIN_MS,
+        ...(tokens !== undefined ? { tokens } : {}),
         ...((this.d.lanes?.length ?? 0) > 1
           ? { pool: route.pool.filter((u) => u.limited).map((u) => u.name) }
           : {}),

@@ -15,10 +15,10 @@ import type { OutcomeStore } from '../domain/ports.js';
 import { agentSafeErrorText } from '../domain/redact.js';
 import type { UpstreamDef } from '../domain/routes.js';
 import type { Ticket, TicketPatch } from '../domain/tickets.js';
+import { tokenLimitOf } from '../domain/token-window.js';
 import {
   classifyUpstream,
   embeddedErrorFromBody,
-  parseRetryAfter,
   SseWatcher,
   type UpstreamOutcome,
   type Usage,
@@ -26,6 +26,7 @@ import {
 } from '../domain/upstream.js';
 import { laneOf, type UpstreamLane } from '../domain/upstream-lanes.js';
 import { UpstreamCallError, type UpstreamClient, type UpstreamResponse } from '../domain/upstream-port.js';
+import { upstreamHoldMs } from '../domain/upstream-rate-headers.js';
 import { grantWindowMs } from '../domain/upstreams.js';
 import { sseError } from '../http/reply.js';
 import type { RequestContext } from './context.js';
@@ -212,11 +213,9 @@ export class UpstreamRelay {
     const { channel } = ctx;
     if (ticket && (kind === 'throttled' || kind === 'capacity')) {
       await this.count(call, kind);
-      const retryAfter = parseRetryAfter(res.headers.get('retry-after'), clock.now());
-      if (retryAfter !== undefined && retryAfter > 0)
-        await (laneOf(ticket, this.d.lanes)?.bucket ?? this.d.bucket).hold(
-          clock.now() + Math.min(retryAfter, HOLD_MAX_MS),
-        );
+      // Retry-After (or retry-after-ms, or an x-ratelimit-remaining-* at 0 until its reset): a hold on this upstream.
+      const retryAfter = upstreamHoldMs((name) => res.headers.get(name), clock.now());
+      if (retryAfter !== undefined && retryAfter > 0) await this.hold(ticket, retryAfter);
       // Nothing of the answer reached the agent yet (heartbeats are not answer bytes): try again later.
       if (ticket.attempt < ctx.config.maxRequeues) return 'requeue';
       await this.end(call, kind, { reason: `upstream_${kind}`, upstreamStatus: res.status });
@@ -276,22 +275,68 @@ export class UpstreamRelay {
     return 'done';
   }
 
+  /** Holds the grants of the ticket's upstream for `ms` (at most HOLD_MAX_MS). */
+  private async hold(ticket: Ticket, ms: number): Promise<void> {
+    const { clock } = this.d;
+    await (laneOf(ticket, this.d.lanes)?.bucket ?? this.d.bucket).hold(
+      clock.now() + Math.min(ms, HOLD_MAX_MS),
+    );
+  }
+
+  /**
+   * An answer's own rate headers saying nothing is left (x-ratelimit-remaining-* at 0, a Retry-After): its upstream
+   * is held until their reset. Nothing is read or written when they say nothing (NVIDIA sends none).
+   */
+  private async holdFromHeaders(ticket: Ticket | undefined, headers: Headers): Promise<void> {
+    if (!ticket) return;
+    const ms = upstreamHoldMs((name) => headers.get(name), this.d.clock.now());
+    if (ms === undefined || ms <= 0) return;
+    await this.hold(ticket, ms).catch((err: unknown) =>
+      this.d.log.warn('upstream hold failed', { error: (err as Error).message }),
+    );
+  }
+
+  /**
+   * Tokens per minute: the grant's reservation (the ticket's estimate) corrected to the tokens its answer used, on
+   * the upstream whose token it holds. Without usage the estimate stays. Best effort: a lost correction leaves
+   * the (usually larger) estimate counted.
+   */
+  private async reconcileTokens(call: Call, usage: Usage | undefined): Promise<void> {
+    const { ticket, ctx } = call;
+    const actual = usage?.total_tokens;
+    if (!ticket || ticket.tokens === undefined || ticket.grantedAt === undefined || actual === undefined)
+      return;
+    const limit = tokenLimitOf(ctx.config, ticket.upstream);
+    if (!limit) return;
+    await (laneOf(ticket, this.d.lanes)?.bucket ?? this.d.bucket)
+      .reconcileTokens(ticket.grantedAt, ticket.tokens, actual, limit)
+      .catch((err: unknown) =>
+        this.d.log.warn('token reconciliation failed', { error: (err as Error).message }),
+      );
+  }
+
   /** Streams a 2xx answer through as it arrives, watching SSE for usage and embedded errors. */
   private async relay(call: Call, res: UpstreamResponse): Promise<'done'> {
     const { channel } = call.ctx;
+    // Runs beside the answer (a read and a write only when the headers say the upstream has nothing left).
+    const held = this.holdFromHeaders(call.ticket, res.headers);
     const out = { ...call.headers, ...passResponseHeaders(res.headers) };
     const isSse = (res.headers.get('content-type') ?? '').includes('text/event-stream');
     let failure: 'client_disconnected' | 'upstream_cut' | 'embedded_error' | undefined;
     const recordEnd = (usage: Usage | undefined) =>
-      this.settle(
-        call,
-        failure === 'client_disconnected' ? 'disconnected' : failure ? 'failed' : 'answered',
-        {
-          ...(failure ? { reason: failure } : {}),
-          upstreamStatus: res.status,
-          ...(usage?.total_tokens !== undefined ? { totalTokens: usage.total_tokens } : {}),
-        },
-      );
+      Promise.all([
+        this.settle(
+          call,
+          failure === 'client_disconnected' ? 'disconnected' : failure ? 'failed' : 'answered',
+          {
+            ...(failure ? { reason: failure } : {}),
+            upstreamStatus: res.status,
+            ...(usage?.total_tokens !== undefined ? { totalTokens: usage.total_tokens } : {}),
+          },
+        ),
+        this.reconcileTokens(call, usage),
+        held,
+      ]);
     if (!isSse) {
       // A JSON answer is small; reading it whole lets us extract usage and send a proper content-length.
       let text = '';

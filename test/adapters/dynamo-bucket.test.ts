@@ -1,11 +1,18 @@
 // Adapter tests: DynamoBucketStore + TokenBucket on DynamoDB Local give the GCRA table's answers, rescale, hold, refund.
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DynamoBucketStore, decodeLog, encodeLog } from '../../lib/adapters/dynamo/bucket-store.js';
+import {
+  DynamoBucketStore,
+  decodeLog,
+  decodeTokens,
+  encodeLog,
+  encodeTokens,
+} from '../../lib/adapters/dynamo/bucket-store.js';
 import { TokenBucket } from '../../lib/domain/bucket.js';
 import { FakeClock } from '../../lib/domain/clock.js';
-import { type BucketParams, type BucketState, planConsume } from '../../lib/domain/gcra.js';
+import { type BucketParams, type BucketState, deriveAdmission, planConsume } from '../../lib/domain/gcra.js';
 import type { Priority } from '../../lib/domain/priority.js';
+import { type TokenNeed, tokenSlot, tokensInWindow } from '../../lib/domain/token-window.js';
 import { type TestResources, testResources } from '../support/aws.js';
 
 let res: TestResources;
@@ -504,3 +511,66 @@ describe('window-exact bucket on DynamoDB Local (grant log in the item, one comp
 });
 
 const T0_LOG = 1_700_000_000_123;
+
+describe('tokens per minute on DynamoDB Local (token entries on the bucket item, versioned apart)', () => {
+  const params = deriveAdmission(40, 60_000, 2, 1_000);
+  const need = (tokens: number): TokenNeed => ({ tokens, tpm: 1_000, windowMs: 61_000 });
+
+  it('the grant reserves in its own write; a stale plan fails and learns; a correction writes the entries alone', async () => {
+    // Prepare
+    const clock = new FakeClock(2_000_000_000_000);
+    const store = await freshStore(params);
+    const dispatcher = new TokenBucket(store, clock, RESERVE);
+    const ingress = new TokenBucket(store, clock, RESERVE);
+    await dispatcher.refresh();
+
+    // Act + Assess: a 600-token grant is one write of the request log and the token entries.
+    const first = dispatcher.plan('urgent', need(600));
+    if ('waitMs' in first) throw new Error('expected a grant');
+    expect((await store.consume(first.attempt)).ok).toBe(true);
+    dispatcher.spent(first.attempt);
+    const after = await store.get();
+    expect(after?.log).toHaveLength(1);
+    expect(after?.tokens).toEqual({
+      entries: [{ at: tokenSlot(clock.now(), 61_000), tokens: 600 }],
+      version: 1,
+    });
+    // 600 more does not fit the window.
+    expect(dispatcher.plan('urgent', need(600))).toEqual({ waitMs: expect.any(Number) });
+
+    // The answer used 250: the ingress corrects the entry (the request log is untouched).
+    await ingress.reconcileTokens(first.attempt.now, 600, 250, need(600));
+    expect(await store.get()).toMatchObject({
+      log: after?.log,
+      version: after?.version,
+      tokens: { version: 2 },
+    });
+
+    // The dispatcher's copy is stale (version 1): its next grant fails on the token version and learns.
+    clock.advance(2_000);
+    const stale = dispatcher.planAt('urgent', clock.now(), need(10));
+    if ('waitMs' in stale) throw new Error('expected a plan');
+    const refused = await store.consume(stale.attempt);
+    expect(refused.ok).toBe(false);
+    if (!refused.ok) dispatcher.conflicted(refused.current);
+    const second = dispatcher.plan('urgent', need(600));
+    if ('waitMs' in second) throw new Error('the correction left room for 600');
+    expect((await store.consume(second.attempt)).ok).toBe(true);
+    expect(tokensInWindow((await store.get())?.tokens?.entries ?? [], clock.now(), 61_000)).toBe(850);
+
+    // Holds and refunds (compare-and-sets of the request bucket) leave the entries as they are.
+    const tokens = (await store.get())?.tokens;
+    await dispatcher.hold(clock.now() + 5_000);
+    await dispatcher.refund(first.attempt.now, 60_000);
+    expect((await store.get())?.tokens).toEqual(tokens);
+  });
+
+  it('the token blob is 8 bytes per entry after an 8-byte base', () => {
+    const entries = [
+      { at: 2_000_000_000_000, tokens: 12 },
+      { at: 2_000_000_001_000, tokens: 4_000_000 },
+    ];
+    expect(encodeTokens(entries).byteLength).toBe(24);
+    expect(decodeTokens(encodeTokens(entries))).toEqual(entries);
+  });
+});

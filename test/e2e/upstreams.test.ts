@@ -38,6 +38,9 @@ describe('several upstreams (SLUICE_UPSTREAMS)', () => {
           },
         ]),
         SLUICE_GRANT_SLACK_S: '2',
+        // b's 1000 tokens per minute: its requests state no max_tokens, and the default completion (1024) would
+        // reserve the whole minute for each until its answer's usage comes back.
+        SLUICE_TPM_DEFAULT_MAX_TOKENS: '100',
         KEY_A: 'key-a',
         KEY_B: 'key-b',
       },

@@ -279,6 +279,46 @@ describe('fake upstream: limits', () => {
   });
 });
 
+describe('fake upstream: tokens per minute (tpm option)', () => {
+  it('counts each call at its usage total, refuses one that would pass tpm with OpenAI x-ratelimit headers', async () => {
+    // Prepare: the prompt [{"role":"user","content":"hi"}] is 32 characters → 8 tokens, + 4 completion = 12.
+    let t = 10_000;
+    const u = await start({
+      tpm: { tokens: 30, windowMs: 1_000 },
+      limit: { requests: 100, windowMs: 60_000 },
+      now: () => t,
+    });
+
+    // Act + Assess: two calls of 12 fit 30; the answers say what is left and when the window resets.
+    const first = await post(u);
+    const usage = ((await first.json()) as { usage: { total_tokens: number } }).usage.total_tokens;
+    expect(usage).toBe(12);
+    expect(first.headers.get('x-ratelimit-limit-tokens')).toBe('30');
+    expect(first.headers.get('x-ratelimit-remaining-tokens')).toBe('18');
+    expect(first.headers.get('x-ratelimit-reset-tokens')).toBe('1s');
+    expect(first.headers.get('x-ratelimit-remaining-requests')).toBe('99');
+    t += 400;
+    expect((await post(u)).headers.get('x-ratelimit-remaining-tokens')).toBe('6');
+    // A third would make 36: refused until the first leaves the window (500 ms from now).
+    t += 100;
+    const limited = await post(u);
+    expect(limited.status).toBe(429);
+    expect(limited.headers.get('x-ratelimit-remaining-tokens')).toBe('0');
+    expect(limited.headers.get('x-ratelimit-reset-tokens')).toBe('500ms');
+    expect(u.stats().rateLimited).toBe(1);
+    t = 11_000;
+    expect((await post(u)).status).toBe(200);
+    expect(u.maxTokensInWindow()).toBe(24);
+    expect(u.maxTokensInWindow(10_000)).toBe(36);
+  });
+
+  it('without the option no x-ratelimit header is sent (NVIDIA sends none)', async () => {
+    const u = await start();
+    const res = await post(u);
+    expect([...res.headers.keys()].filter((k) => k.startsWith('x-ratelimit'))).toEqual([]);
+  });
+});
+
 describe('fake upstream: faults', () => {
   it('slow_first_byte delays the response', async () => {
     const u = await start();

@@ -4,6 +4,7 @@ import type { AttributeValue } from '@aws-sdk/client-dynamodb';
 import { type DynamoDBClient, GetItemCommand, UpdateItemCommand } from '@aws-sdk/client-dynamodb';
 import type { BucketParams, BucketState, ConsumeAttempt } from '../../domain/gcra.js';
 import type { BucketStore, ConsumeOutcome } from '../../domain/ports.js';
+import type { TokenEntry, TokenLog } from '../../domain/token-window.js';
 import { translateStoreErrors } from '../aws-errors.js';
 import { conditionFailure, type Item, n, plain, stateKey } from './common.js';
 
@@ -31,6 +32,35 @@ export const decodeLog = (bytes: Uint8Array | undefined): number[] => {
   return out;
 };
 
+/**
+ * The token entries (an upstream with `tpm`) as bytes: a float64 base time, then per entry a uint32 offset (ms)
+ * from it and a uint32 token count — 8 bytes an entry, at most ~61 entries (token-window.ts).
+ */
+export const encodeTokens = (entries: readonly TokenEntry[]): Uint8Array => {
+  const bytes = new Uint8Array(8 + 8 * entries.length);
+  const view = new DataView(bytes.buffer);
+  const base = entries[0]?.at ?? 0;
+  view.setFloat64(0, base);
+  entries.forEach((e, i) => {
+    view.setUint32(8 + 8 * i, e.at - base);
+    view.setUint32(12 + 8 * i, Math.min(0xffffffff, Math.max(0, Math.round(e.tokens))));
+  });
+  return bytes;
+};
+
+export const decodeTokens = (bytes: Uint8Array | undefined): TokenEntry[] => {
+  if (!bytes || bytes.byteLength < 8) return [];
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const base = view.getFloat64(0);
+  const out: TokenEntry[] = [];
+  for (let at = 8; at + 8 <= bytes.byteLength; at += 8)
+    out.push({ at: base + view.getUint32(at), tokens: view.getUint32(at + 4) });
+  return out;
+};
+
+const tokenLogOf = (p: { tk?: Uint8Array; tkVer?: number } | undefined): TokenLog | undefined =>
+  p?.tkVer === undefined ? undefined : { entries: decodeTokens(p.tk), version: p.tkVer };
+
 interface StoredBucket {
   tat?: number;
   intervalMs?: number;
@@ -40,6 +70,9 @@ interface StoredBucket {
   wMs?: number;
   grants?: Uint8Array;
   ver?: number;
+  /** Token entries and their own version (an upstream with `tpm`). */
+  tk?: Uint8Array;
+  tkVer?: number;
 }
 
 const toState = (item: Item | undefined): BucketState | undefined => {
@@ -54,6 +87,7 @@ const toState = (item: Item | undefined): BucketState | undefined => {
     ...(p.holdUntil !== undefined ? { holdUntil: p.holdUntil } : {}),
     ...(windowed && p.grants ? { log: decodeLog(p.grants) } : {}),
     ...(p.ver !== undefined ? { version: p.ver } : {}),
+    ...(p.tkVer !== undefined ? { tokens: tokenLogOf(p) } : {}),
   };
 };
 
@@ -81,6 +115,28 @@ const logValue = (log: readonly number[]): AttributeValue => ({ B: encodeLog(log
  * and the grant transaction so both spend tokens identically.
  */
 export const consumeUpdate = (
+  a: ConsumeAttempt,
+): { UpdateExpression: string; ConditionExpression: string; ExpressionAttributeValues: Item } => {
+  const update = requestConsumeUpdate(a);
+  if (!a.tokens) return update;
+  // The token reservation rides on the same write: its entries set, conditioned on their own version.
+  const values = update.ExpressionAttributeValues;
+  values[':tk'] = { B: encodeTokens(a.tokens.newEntries) };
+  values[':ntkv'] = n(a.tokens.expectedVersion + 1);
+  return {
+    UpdateExpression: `${update.UpdateExpression}, tk = :tk, tkVer = :ntkv`,
+    ConditionExpression: `${update.ConditionExpression} AND ${tokenVersionCondition(a.tokens.expectedVersion, values)}`,
+    ExpressionAttributeValues: values,
+  };
+};
+
+/** Condition that the token log's version is `version` (0: never written). */
+const tokenVersionCondition = (version: number, values: Item): string => {
+  values[':etkv'] = n(version);
+  return version === 0 ? '(attribute_not_exists(tkVer) OR tkVer = :etkv)' : 'tkVer = :etkv';
+};
+
+const requestConsumeUpdate = (
   a: ConsumeAttempt,
 ): { UpdateExpression: string; ConditionExpression: string; ExpressionAttributeValues: Item } => {
   const values: Item = {};
@@ -234,6 +290,29 @@ export class DynamoBucketStore implements BucketStore {
     } catch (err) {
       conditionFailure(err);
       return false;
+    }
+  }
+
+  async writeTokens(
+    expectedVersion: number,
+    entries: readonly TokenEntry[],
+  ): Promise<{ ok: true } | { ok: false; current: TokenLog | undefined }> {
+    const values: Item = { ':tk': { B: encodeTokens(entries) }, ':ntkv': n(expectedVersion + 1) };
+    try {
+      await this.client.send(
+        new UpdateItemCommand({
+          TableName: this.table,
+          Key: this.key,
+          UpdateExpression: 'SET tk = :tk, tkVer = :ntkv',
+          // Only on an existing bucket item (its params are set): never a half item.
+          ConditionExpression: `attribute_exists(intervalMs) AND ${tokenVersionCondition(expectedVersion, values)}`,
+          ExpressionAttributeValues: values,
+          ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
+        }),
+      );
+      return { ok: true };
+    } catch (err) {
+      return { ok: false, current: tokenLogOf(plain<StoredBucket>(conditionFailure(err).item)) };
     }
   }
 }

@@ -24,6 +24,7 @@ import type {
   RetreatStore,
 } from '../../domain/ports.js';
 import type { RetreatRecord } from '../../domain/retreat.js';
+import type { TokenEntry, TokenLog } from '../../domain/token-window.js';
 
 const sameBucket = (a: BucketState | undefined, b: BucketState) =>
   !!a && a.tat === b.tat && sameParams(a, b) && a.version === b.version;
@@ -49,8 +50,21 @@ export class MemoryBucketStore implements BucketStore {
 
   async compareAndSet(expected: BucketState, next: BucketState): Promise<boolean> {
     if (!sameBucket(this.state, expected)) return false;
-    this.state = { ...next };
+    // The token log is versioned apart and never moved by this write (as on DynamoDB).
+    const { tokens: _ignored, ...rest } = next;
+    const tokens = this.state?.tokens;
+    this.state = { ...rest, ...(tokens ? { tokens } : {}) };
     return true;
+  }
+
+  async writeTokens(
+    expectedVersion: number,
+    entries: readonly TokenEntry[],
+  ): Promise<{ ok: true } | { ok: false; current: TokenLog | undefined }> {
+    if (!this.state || (this.state.tokens?.version ?? 0) !== expectedVersion)
+      return { ok: false, current: this.state?.tokens };
+    this.state = { ...this.state, tokens: { entries: [...entries], version: expectedVersion + 1 } };
+    return { ok: true };
   }
 }
 
