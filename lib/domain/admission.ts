@@ -241,6 +241,8 @@ const grantSlackOf = (windowMs: number, slackMs = GRANT_TO_CALL_MAX_MS) =>
  * a transaction on the items the dispatcher's grants write, and under a backlog nearly every attempt is refused.
  */
 export const FAST_PATH_BACKOFF_MS = 1_000;
+/** Tries of the fast grant when the bucket's condition refused it (each from the bucket as the refusal returned). */
+export const FAST_PATH_BUCKET_TRIES = 3;
 
 /** Time after which a grant must have been claimed (kept in step with the dispatcher's claim window). */
 const CLAIM_MARGIN_MS = 5_000;
@@ -296,13 +298,19 @@ export class Admission {
           untilMs: req.deadline + config.requestTimeoutMs + IDEMPOTENCY_WINDOW_MS,
         }
       : undefined;
-    // Requests sharing an Idempotency-Key or carrying a quota go through the queue: the key's mapping and the
-    // agent's quota bucket are written by the create and the dispatcher's grant.
-    const plain = !req.idempotencyKey && req.quotaRpm === undefined && req.quotaShare === undefined;
-    if (plain && req.callBudgetMs !== undefined) {
-      const fast = await this.fastGrant(ticket, config, req.callBudgetMs, budget);
-      if (fast === 'unknown') ticket = { ...ticket, id: this.d.newId() };
-      else if (fast) return { ticket: fast, passthrough: false, claimed: true };
+    // Requests carrying a quota go through the queue: the agent's quota bucket is written by the dispatcher's
+    // grant. An Idempotency-Key's mapping is written by the fast grant itself while the key is free.
+    const unquoted = req.quotaRpm === undefined && req.quotaShare === undefined;
+    const plain = !req.idempotencyKey && unquoted;
+    if (unquoted && req.callBudgetMs !== undefined) {
+      const fast = await this.fastGrant(ticket, config, req.callBudgetMs, budget, idem);
+      if (fast === 'unknown') {
+        // With an Idempotency-Key the mapping may have been written too: a ticket claimed under it must be called
+        // ("claimed means called"), so it is looked up (a failing read refuses the request, 503) and, if there, used.
+        const written = idem ? await this.d.tickets.get(ticket.id) : undefined;
+        if (written?.status === 'claimed') return { ticket: written, passthrough: false, claimed: true };
+        ticket = { ...ticket, id: this.d.newId() };
+      } else if (fast) return { ticket: fast, passthrough: false, claimed: true };
     }
     let estimatedWaitMs: number | undefined;
     if (plain) {
@@ -349,9 +357,37 @@ export class Admission {
     config: GatewayConfig,
     callBudgetMs: number,
     budget?: BudgetCharge,
+    idempotency?: { key: string; untilMs: number },
   ): Promise<Ticket | undefined | 'unknown'> {
     const { clock } = this.d;
     if (config.paused || clock.now() < this.fastPathOffUntil[ticket.priority]) return undefined;
+    // A refused bucket condition returns the bucket as stored: planned again from it, the grant usually goes
+    // through (concurrent requests of one container plan from the same last known state; the first to find the
+    // bucket idle wins, the others then find it busy). Queueing it instead would hold every later request of
+    // its priority on the queue's path until the queue drains.
+    for (let tries = 1; ; tries++) {
+      const res = await this.tryFastGrant(ticket, config, callBudgetMs, budget, idempotency);
+      if (res === 'no_token') {
+        // Not tried at all, or refused once already (then it counts as a fallback).
+        if (tries > 1) this.stats.fastFallback++;
+        return undefined;
+      }
+      if (res !== 'bucket_conflict') return res;
+      if (tries >= FAST_PATH_BUCKET_TRIES) {
+        this.stats.fastFallback++;
+        return undefined;
+      }
+    }
+  }
+
+  private async tryFastGrant(
+    ticket: Ticket,
+    config: GatewayConfig,
+    callBudgetMs: number,
+    budget?: BudgetCharge,
+    idempotency?: { key: string; untilMs: number },
+  ): Promise<Ticket | undefined | 'unknown' | 'bucket_conflict' | 'no_token'> {
+    const { clock } = this.d;
     let bucket = this.d.bucket;
     let upstream: string | undefined;
     let maxInflight = config.maxInflight;
@@ -361,7 +397,7 @@ export class Admission {
       const lanes = lanesFor(ticket.pool, this.d.lanes);
       for (const lane of lanes) if (!lane.bucket.state) await lane.bucket.refresh();
       const choice = chooseLane(lanes, ticket.priority, new Map());
-      if (!choice || 'waitMs' in choice) return undefined;
+      if (!choice || 'waitMs' in choice) return 'no_token';
       bucket = choice.lane.bucket;
       upstream = ticketUpstream(choice.lane);
       maxInflight = upstreamConfig(config, choice.lane.name).maxInflight;
@@ -369,10 +405,10 @@ export class Admission {
     } else {
       // Read once per container; afterwards every write (or refused condition) tells the state.
       if (!bucket.state) await bucket.refresh();
-      if (!bucket.state) return undefined;
+      if (!bucket.state) return 'no_token';
       plan = bucket.plan(ticket.priority);
     }
-    if ('waitMs' in plan) return undefined;
+    if ('waitMs' in plan) return 'no_token';
     const now = clock.now();
     const claimed: Ticket = {
       ...ticket,
@@ -388,6 +424,7 @@ export class Admission {
       res = await this.d.tickets.fastGrant(claimed, plan.attempt, {
         maxInflight,
         ...(budget ? { budget } : {}),
+        ...(idempotency ? { idempotency } : {}),
       });
     } catch (err) {
       // Contention on the counter item or a hiccup: the queue is the way that copes with it.
@@ -401,12 +438,22 @@ export class Admission {
       return claimed;
     }
     if (res.kind === 'budget_exceeded') throw await this.overBudget(ticket, budget, res.used);
-    if (res.kind === 'bucket_conflict') bucket.conflicted(res.current);
-    else {
-      // What refused it holds for this priority and every less important one too.
+    // The key is held: the queue's create settles it (attach, 409 or take-over); nothing to back off from.
+    if (res.kind === 'idempotency_held') return undefined;
+    if (res.kind === 'bucket_conflict') {
+      bucket.conflicted(res.current);
+      return 'bucket_conflict';
+    } else {
+      // What refused it holds for this priority and every less important one too. A busy queue holds about as
+      // long as the tickets ahead take to be granted (at a high rate a few ms each): backing off a whole second
+      // there would queue every request of that second and keep the queue from ever draining.
+      const offMs =
+        res.kind === 'queue_busy' && res.queued !== undefined
+          ? Math.min(FAST_PATH_BACKOFF_MS, res.queued * (bucket.state?.intervalMs ?? FAST_PATH_BACKOFF_MS))
+          : FAST_PATH_BACKOFF_MS;
       for (const p of PRIORITIES)
         if (priorityRank(p) >= priorityRank(ticket.priority))
-          this.fastPathOffUntil[p] = Math.max(this.fastPathOffUntil[p], now + FAST_PATH_BACKOFF_MS);
+          this.fastPathOffUntil[p] = Math.max(this.fastPathOffUntil[p], now + offMs);
     }
     this.stats.fastFallback++;
     return undefined;
