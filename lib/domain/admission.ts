@@ -35,6 +35,7 @@ import type {
 import { PRIORITIES, type Priority, priorityRank } from './priority.js';
 import { parseWeights } from './priority-policy.js';
 import { estimateWaitMs, fitsDeadline, RESERVE_AHEAD_MS } from './queue-estimate.js';
+import { bucketParamsFor } from './retreat-controller.js';
 import {
   isGrantStale,
   SEND_SHARE,
@@ -239,8 +240,14 @@ const grantSlackOf = (windowMs: number, slackMs = GRANT_TO_CALL_MAX_MS) =>
  * After the fast path was refused for anything but the bucket (something queued, max_inflight, paused), this
  * container queues requests of that priority and below without trying it for this long: a refused attempt costs
  * a transaction on the items the dispatcher's grants write, and under a backlog nearly every attempt is refused.
+ * After a busy queue, roomy grants (see roomyKeep) are still tried, and the pause is shorter at high rates.
  */
 export const FAST_PATH_BACKOFF_MS = 1_000;
+/**
+ * A roomy fast grant leaves this much of the burst free (half, and only for bursts of at least 4: a small burst
+ * has no tokens to spare). Window-exact buckets (small limits) never grant roomy.
+ */
+export const roomyKeep = (burst: number): number => (burst >= 4 ? Math.ceil(burst / 2) : burst);
 /** Tries of the fast grant when the bucket's condition refused it (each from the bucket as the refusal returned). */
 export const FAST_PATH_BUCKET_TRIES = 3;
 
@@ -255,6 +262,10 @@ export class Admission {
   readonly stats = { polls: 0, fastPath: 0, fastFallback: 0, staleAtSend: 0 };
   /** Until when this container skips the fast path, per priority (see FAST_PATH_BACKOFF_MS). */
   private readonly fastPathOffUntil: Record<Priority, number> = { urgent: 0, high: 0, normal: 0, low: 0 };
+  /** Recent latency of the fast grant's transaction (moving average), which its slot is planned ahead by. */
+  private fastGrantMs = 0;
+  /** …and until when it takes only roomy grants, the queue having been found busy (see FAST_PATH_BACKOFF_MS). */
+  private readonly queueBusyUntil: Record<Priority, number> = { urgent: 0, high: 0, normal: 0, low: 0 };
 
   constructor(private readonly d: AdmissionDeps) {}
 
@@ -359,8 +370,7 @@ export class Admission {
     budget?: BudgetCharge,
     idempotency?: { key: string; untilMs: number },
   ): Promise<Ticket | undefined | 'unknown'> {
-    const { clock } = this.d;
-    if (config.paused || clock.now() < this.fastPathOffUntil[ticket.priority]) return undefined;
+    if (config.paused) return undefined;
     // A refused bucket condition returns the bucket as stored: planned again from it, the grant usually goes
     // through (concurrent requests of one container plan from the same last known state; the first to find the
     // bucket idle wins, the others then find it busy). Queueing it instead would hold every later request of
@@ -392,7 +402,14 @@ export class Admission {
     let upstream: string | undefined;
     let maxInflight = config.maxInflight;
     let plan: ReturnType<TokenBucket['plan']>;
+    // Roomy: the bucket keeps half its burst after this token, so nobody waiting could get it now; the queued
+    // counters are not checked (a dispatcher behind its queue keeps no request off the fast path while the limit
+    // is far). Otherwise only when nothing waits at this priority or above.
+    let roomy = false;
+    if (clock.now() < this.fastPathOffUntil[ticket.priority]) return undefined;
+    const backedOff = clock.now() < this.queueBusyUntil[ticket.priority];
     if (ticket.pool && this.d.lanes) {
+      if (backedOff) return undefined;
       // Several upstreams: a member of the ticket's pool with a token now.
       const lanes = lanesFor(ticket.pool, this.d.lanes);
       for (const lane of lanes) if (!lane.bucket.state) await lane.bucket.refresh();
@@ -403,10 +420,26 @@ export class Admission {
       maxInflight = upstreamConfig(config, choice.lane.name).maxInflight;
       plan = { attempt: choice.attempt };
     } else {
-      // Read once per container; afterwards every write (or refused condition) tells the state.
+      // Read once per container; afterwards every write (or refused condition) tells the state. A bucket not
+      // written yet (a fresh deployment, before the dispatcher's first run) is created at the configured rate, as
+      // the dispatcher would: otherwise the first requests all queue.
       if (!bucket.state) await bucket.refresh();
+      if (!bucket.state)
+        await bucket.ensure(
+          bucketParamsFor(
+            { effectiveRpm: (config.upstreamLimit * 60_000) / config.upstreamWindowMs },
+            config,
+          ),
+        );
       if (!bucket.state) return 'no_token';
-      plan = bucket.plan(ticket.priority);
+      // The slot is planned ahead by the part of the transaction's recent latency past a quarter of the slack: a
+      // store answering slowly (a loaded emulator) would otherwise return grants already too old to call on.
+      const slack = grantToCallMaxMs(config.upstreamWindowMs, config.grantSlackMs);
+      const slotAt = clock.now() + Math.min(slack / 2, Math.max(0, this.fastGrantMs - slack / 4));
+      const keeping = bucket.planKeeping(ticket.priority, roomyKeep(bucket.state.burst), slotAt);
+      roomy = 'attempt' in keeping;
+      if (!roomy && backedOff) return undefined;
+      plan = roomy ? keeping : bucket.planAt(ticket.priority, slotAt);
     }
     if ('waitMs' in plan) return 'no_token';
     const now = clock.now();
@@ -420,21 +453,28 @@ export class Admission {
       claimBy: now + callBudgetMs,
     };
     let res: Awaited<ReturnType<TicketStore['fastGrant']>>;
+    const sentAt = clock.now();
     try {
       res = await this.d.tickets.fastGrant(claimed, plan.attempt, {
         maxInflight,
         ...(budget ? { budget } : {}),
         ...(idempotency ? { idempotency } : {}),
+        ...(roomy ? { ignoreQueued: true } : {}),
       });
     } catch (err) {
       // Contention on the counter item or a hiccup: the queue is the way that copes with it.
+      this.fastGrantMs = 0.8 * this.fastGrantMs + 0.2 * (clock.now() - sentAt);
       if (!(err instanceof StoreUnavailableError)) throw err;
       this.stats.fastFallback++;
       return 'unknown';
     }
+    this.fastGrantMs = 0.8 * this.fastGrantMs + 0.2 * (clock.now() - sentAt);
     if (res.kind === 'granted') {
       bucket.spent(plan.attempt);
       this.stats.fastPath++;
+      // A slot planned ahead is the call's: never before it.
+      const early = plan.attempt.now - clock.now();
+      if (early > 0) await clock.sleep(early);
       return claimed;
     }
     if (res.kind === 'budget_exceeded') throw await this.overBudget(ticket, budget, res.used);
@@ -451,9 +491,9 @@ export class Admission {
         res.kind === 'queue_busy' && res.queued !== undefined
           ? Math.min(FAST_PATH_BACKOFF_MS, res.queued * (bucket.state?.intervalMs ?? FAST_PATH_BACKOFF_MS))
           : FAST_PATH_BACKOFF_MS;
+      const until = res.kind === 'queue_busy' ? this.queueBusyUntil : this.fastPathOffUntil;
       for (const p of PRIORITIES)
-        if (priorityRank(p) >= priorityRank(ticket.priority))
-          this.fastPathOffUntil[p] = Math.max(this.fastPathOffUntil[p], now + offMs);
+        if (priorityRank(p) >= priorityRank(ticket.priority)) until[p] = Math.max(until[p], now + offMs);
     }
     this.stats.fastFallback++;
     return undefined;

@@ -165,6 +165,11 @@ export interface TicketStore {
       maxInflight: number;
       budget?: BudgetCharge;
       idempotency?: { key: string; untilMs: number };
+      /**
+       * The attempt leaves plenty of the burst free (Admission's roomy grant): the queued counters are not
+       * checked, as the token taken is one nobody waiting could get now.
+       */
+      ignoreQueued?: boolean;
     },
   ): Promise<FastGrantOutcome>;
   /** Queued tickets per priority (the counters moved with every ticket entering or leaving `queued`). */

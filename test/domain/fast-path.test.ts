@@ -27,11 +27,22 @@ class LostAnswerStore extends MemoryTicketStore {
   }
 }
 
+/** A store whose fast-path transaction takes 2 s to answer (a loaded emulator), on the test's clock. */
+class SlowStore extends MemoryTicketStore {
+  clock: FakeClock | undefined;
+  override async fastGrant(...args: Parameters<MemoryTicketStore['fastGrant']>) {
+    const res = await super.fastGrant(...args);
+    this.clock?.advance(2_000);
+    return res;
+  }
+}
+
 const setup = async (
   opts: {
     storePaused?: boolean;
     contended?: boolean;
     lostAnswer?: boolean;
+    slow?: boolean;
     params?: { intervalMs: number; burst: number };
   } = {},
 ) => {
@@ -42,7 +53,10 @@ const setup = async (
     ? new ContendedStore(bucketStore, paused)
     : opts.lostAnswer
       ? new LostAnswerStore(bucketStore, paused)
-      : new MemoryTicketStore(bucketStore, paused);
+      : opts.slow
+        ? new SlowStore(bucketStore, paused)
+        : new MemoryTicketStore(bucketStore, paused);
+  if (tickets instanceof SlowStore) tickets.clock = clock;
   const queue = new MemoryTicketQueue(clock);
   const lease = new MemoryLeaseStore(clock);
   const outcomes = new MemoryOutcomeStore();
@@ -175,6 +189,67 @@ describe('fast path under concurrency', () => {
   });
 });
 
+describe('roomy fast grants', () => {
+  it.each<[string, Priority, number, boolean]>([
+    [
+      'bucket full, an urgent ticket waits: a low request is granted (half the burst stays free)',
+      'low',
+      0,
+      true,
+    ],
+    ['bucket 9 of 20 spent: still roomy', 'normal', 9, true],
+    ['bucket 10 of 20 spent: queued behind the waiting ticket', 'normal', 10, false],
+  ])('%s', async (_name, priority, spent, fast) => {
+    // Prepare: 12,000 rpm, burst 20; a ticket waits at the top priority (its dispatcher is behind)
+    const s = await setup({ params: { intervalMs: 5, burst: 20 } });
+    const { callBudgetMs: _none, ...queuedOnly } = s.request('urgent');
+    await s.admission.admit(queuedOnly, CONFIG);
+    const other = new TokenBucket(s.bucketStore, s.clock, { fraction: 0, forNormal: false });
+    await other.refresh();
+    for (let i = 0; i < spent; i++) expect((await other.tryConsume('urgent')).granted).toBe(true);
+    await s.bucket.refresh();
+
+    // Act
+    const got = await s.admission.admit(s.request(priority), CONFIG);
+
+    // Assess
+    expect(got.claimed === true).toBe(fast);
+    expect(await s.tickets.queuedByPriority()).toMatchObject({ urgent: 1, [priority]: fast ? 0 : 1 });
+  });
+
+  it('a small burst is never roomy (a waiting ticket keeps its place)', async () => {
+    const s = await setup();
+    const { callBudgetMs: _none, ...queuedOnly } = s.request('urgent');
+    await s.admission.admit(queuedOnly, CONFIG);
+    const got = await s.admission.admit(s.request('low'), CONFIG);
+    expect(got.claimed).toBeUndefined();
+  });
+});
+
+describe('fast path on a slow store', () => {
+  it('plans its slot ahead by the store’s recent latency: grants stay young enough to call on, never called early', async () => {
+    // Prepare: the slack is 2 s (0.8 of it at the send); each fast grant answers 2 s after it was sent
+    const s = await setup({ slow: true, params: { intervalMs: 5, burst: 20 } });
+    const ages: number[] = [];
+
+    // Act
+    for (let i = 0; i < 8; i++) {
+      const got = await s.admission.admit(s.request('normal'), CONFIG);
+      expect(got.claimed).toBe(true);
+      // admit returns at or after the slot (it sleeps until a slot planned ahead)
+      ages.push(s.clock.now() - got.ticket.grantedAt!);
+      await s.admission.finish(got.ticket, 'completed', { upstreamStatus: 200 });
+    }
+
+    // Assess: the first grant came back 2 s old (past the send's 1.6 s); once the latency is known, ≤ 1.6 s, ≥ 0
+    expect(ages[0]).toBe(2_000);
+    for (const age of ages.slice(4)) {
+      expect(age).toBeGreaterThanOrEqual(0);
+      expect(age).toBeLessThanOrEqual(1_600);
+    }
+  });
+});
+
 describe('fast path with an Idempotency-Key', () => {
   it('granted at admission with its key mapped to the ticket: a second request with the key gets 409 while it runs', async () => {
     // Prepare
@@ -258,8 +333,13 @@ describe('fast path backoff', () => {
   });
 
   it('at a high rate it backs off only as long as the tickets ahead take to be granted', async () => {
-    // Prepare: 12,000 rpm (a token every 5 ms); two urgent tickets wait; a normal request is refused the fast path.
+    // Prepare: 12,000 rpm (a token every 5 ms), 15 of the 20 burst tokens spent (no roomy grant); two urgent
+    // tickets wait; a normal request is refused the fast path.
     const s = await setup({ params: { intervalMs: 5, burst: 20 } });
+    const other = new TokenBucket(s.bucketStore, s.clock, { fraction: 0, forNormal: false });
+    await other.refresh();
+    for (let i = 0; i < 15; i++) expect((await other.tryConsume('urgent')).granted).toBe(true);
+    await s.bucket.refresh();
     const { callBudgetMs: _none, ...queuedOnly } = s.request('urgent');
     await s.admission.admit(queuedOnly, CONFIG);
     await s.admission.admit(queuedOnly, CONFIG);

@@ -735,9 +735,16 @@ export class DynamoTicketStore implements TicketStore {
   async fastGrant(
     ticket: Ticket,
     attempt: ConsumeAttempt,
-    opts: { maxInflight: number; budget?: BudgetCharge; idempotency?: { key: string; untilMs: number } },
+    opts: {
+      maxInflight: number;
+      budget?: BudgetCharge;
+      idempotency?: { key: string; untilMs: number };
+      ignoreQueued?: boolean;
+    },
   ): Promise<FastGrantOutcome> {
-    const idle = PRIORITIES.filter((p) => priorityRank(p) <= priorityRank(ticket.priority));
+    const idle = opts.ignoreQueued
+      ? []
+      : PRIORITIES.filter((p) => priorityRank(p) <= priorityRank(ticket.priority));
     // Order matters for reading the cancellation: bucket, ticket, in-flight, config, then the queued checks.
     const items: TransactWriteItem[] = [
       {

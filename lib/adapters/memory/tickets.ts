@@ -196,7 +196,12 @@ export class MemoryTicketStore implements TicketStore {
   async fastGrant(
     ticket: Ticket,
     attempt: ConsumeAttempt,
-    opts: { maxInflight: number; budget?: BudgetCharge; idempotency?: { key: string; untilMs: number } },
+    opts: {
+      maxInflight: number;
+      budget?: BudgetCharge;
+      idempotency?: { key: string; untilMs: number };
+      ignoreQueued?: boolean;
+    },
   ): Promise<FastGrantOutcome> {
     if (this.tickets.has(ticket.id)) throw new ConflictError(`ticket ${ticket.id} exists`);
     const bucket = this.bucketOf(ticket.upstream);
@@ -210,7 +215,7 @@ export class MemoryTicketStore implements TicketStore {
       (sum, p) => sum + Math.max(0, this.priorityQueued[p]),
       0,
     );
-    if (ahead > 0) return { kind: 'queue_busy', queued: ahead };
+    if (ahead > 0 && !opts.ignoreQueued) return { kind: 'queue_busy', queued: ahead };
     if (opts.maxInflight > 0 && this.inflightOf(ticket.upstream) >= opts.maxInflight)
       return { kind: 'inflight_full' };
     if (next?.tat === undefined)
