@@ -432,10 +432,11 @@ export class Admission {
           ),
         );
       if (!bucket.state) return 'no_token';
-      // The slot is planned ahead by the part of the transaction's recent latency past a quarter of the slack: a
-      // store answering slowly (a loaded emulator) would otherwise return grants already too old to call on.
+      // The slot is planned ahead by the part of the transaction's recent latency past a quarter of the slack (at
+      // most 3/4 of it): a store answering slowly (a loaded emulator) would otherwise return grants already too old
+      // to call on. At usual latencies (well under a quarter of the slack) nothing changes.
       const slack = grantToCallMaxMs(config.upstreamWindowMs, config.grantSlackMs);
-      const slotAt = clock.now() + Math.min(slack / 2, Math.max(0, this.fastGrantMs - slack / 4));
+      const slotAt = clock.now() + Math.min((slack * 3) / 4, Math.max(0, this.fastGrantMs - slack / 4));
       const keeping = bucket.planKeeping(ticket.priority, roomyKeep(bucket.state.burst), slotAt);
       roomy = 'attempt' in keeping;
       if (!roomy && backedOff) return undefined;

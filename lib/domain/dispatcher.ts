@@ -652,10 +652,11 @@ export class Dispatcher {
       batch.push(m);
     }
     if (batch.length < 2) return 'single';
-    // The slot is planned ahead by the transaction's recent latency (at most half the slack): a store answering
+    // The slot is planned ahead by the transaction's recent latency (at most 3/4 of the slack): a store answering
     // slowly would otherwise write grants already too old to call on when their waiters see them, and requeue them.
     const at =
-      now + Math.min(grantToCallMaxMs(config.upstreamWindowMs, config.grantSlackMs) / 2, this.batchGrantMs);
+      now +
+      Math.min((grantToCallMaxMs(config.upstreamWindowMs, config.grantSlackMs) * 3) / 4, this.batchGrantMs);
     const many = bucket.planMany(
       batch.map((m) => m.message.priority),
       batch.length,
