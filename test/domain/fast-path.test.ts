@@ -226,6 +226,33 @@ describe('roomy fast grants', () => {
   });
 });
 
+describe('fast path on a fresh deployment', () => {
+  it('no bucket written yet (the dispatcher never ran): the ingress writes it at the configured rate and grants', async () => {
+    // Prepare: a store without the bucket item
+    const s = await setup();
+    s.bucketStore.state = undefined;
+    const fresh = new Admission({
+      tickets: s.tickets,
+      queue: s.queue,
+      lease: s.lease,
+      outcomes: s.outcomes,
+      bucket: new TokenBucket(s.bucketStore, s.clock, { fraction: 0, forNormal: false }),
+      wakeDispatcher: async () => {},
+      clock: s.clock,
+      newId: () => 'fresh-1',
+    });
+
+    // Act
+    const got = await fresh.admit(s.request('normal'), CONFIG);
+
+    // Assess: claimed at once, the bucket at 40 per 60 s (1.5 s apart), nothing queued, no doorbell
+    expect(got.claimed).toBe(true);
+    expect(s.bucketStore.state).toMatchObject({ intervalMs: 1_500 });
+    expect(await s.depth('normal')).toBe(0);
+    expect(s.lease.state.rings).toBe(0);
+  });
+});
+
 describe('fast path on a slow store', () => {
   it('plans its slot ahead by the store’s recent latency: grants stay young enough to call on, never called early', async () => {
     // Prepare: the slack is 2 s (0.8 of it at the send); each fast grant answers 2 s after it was sent
