@@ -321,3 +321,23 @@ describe('Dispatcher on a slow store', () => {
     for (const age of ages.slice(60)) expect(age).toBeLessThanOrEqual(500);
   });
 });
+
+describe('Dispatcher batches', () => {
+  it('a batch grant takes a full 20 tickets from a backlog (the buffer holds a whole batch)', async () => {
+    // Prepare: 12,000 rpm with a burst of 20; 40 tickets wait
+    const s = await setup({ upstreamLimit: 2_000, upstreamWindowMs: 10_000, bucketBurst: 20 });
+    const sizes: number[] = [];
+    const grantBatch = s.tickets.grantBatch.bind(s.tickets);
+    s.tickets.grantBatch = async (...args) => {
+      sizes.push(args[0].length);
+      return grantBatch(...args);
+    };
+    await admitAll(s, Array(40).fill('normal'), 60_000);
+
+    // Act
+    await s.dispatcher.run(s.clock.now() + 2_000);
+
+    // Assess
+    expect(sizes[0]).toBe(20);
+  });
+});
