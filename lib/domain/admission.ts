@@ -35,6 +35,7 @@ import type {
 import { PRIORITIES, type Priority, priorityRank } from './priority.js';
 import { parseWeights } from './priority-policy.js';
 import { estimateWaitMs, fitsDeadline, RESERVE_AHEAD_MS } from './queue-estimate.js';
+import { bucketParamsFor } from './retreat-controller.js';
 import {
   isGrantStale,
   SEND_SHARE,
@@ -242,8 +243,16 @@ const grantSlackOf = (windowMs: number, slackMs = GRANT_TO_CALL_MAX_MS) =>
  * After the fast path was refused for anything but the bucket (something queued, max_inflight, paused), this
  * container queues requests of that priority and below without trying it for this long: a refused attempt costs
  * a transaction on the items the dispatcher's grants write, and under a backlog nearly every attempt is refused.
+ * After a busy queue, roomy grants (see roomyKeep) are still tried, and the pause is shorter at high rates.
  */
 export const FAST_PATH_BACKOFF_MS = 1_000;
+/**
+ * A roomy fast grant leaves this much of the burst free (half, and only for bursts of at least 4: a small burst
+ * has no tokens to spare). Window-exact buckets (small limits) never grant roomy.
+ */
+export const roomyKeep = (burst: number): number => (burst >= 4 ? Math.ceil(burst / 2) : burst);
+/** Tries of the fast grant when the bucket's condition refused it (each from the bucket as the refusal returned). */
+export const FAST_PATH_BUCKET_TRIES = 3;
 
 /** Time after which a grant must have been claimed (kept in step with the dispatcher's claim window). */
 const CLAIM_MARGIN_MS = 5_000;
@@ -256,6 +265,10 @@ export class Admission {
   readonly stats = { polls: 0, fastPath: 0, fastFallback: 0, staleAtSend: 0 };
   /** Until when this container skips the fast path, per priority (see FAST_PATH_BACKOFF_MS). */
   private readonly fastPathOffUntil: Record<Priority, number> = { urgent: 0, high: 0, normal: 0, low: 0 };
+  /** Recent latency of the fast grant's transaction (moving average), which its slot is planned ahead by. */
+  private fastGrantMs = 0;
+  /** …and until when it takes only roomy grants, the queue having been found busy (see FAST_PATH_BACKOFF_MS). */
+  private readonly queueBusyUntil: Record<Priority, number> = { urgent: 0, high: 0, normal: 0, low: 0 };
 
   constructor(private readonly d: AdmissionDeps) {}
 
@@ -300,13 +313,19 @@ export class Admission {
           untilMs: req.deadline + config.requestTimeoutMs + IDEMPOTENCY_WINDOW_MS,
         }
       : undefined;
-    // Requests sharing an Idempotency-Key or carrying a quota go through the queue: the key's mapping and the
-    // agent's quota bucket are written by the create and the dispatcher's grant.
-    const plain = !req.idempotencyKey && req.quotaRpm === undefined && req.quotaShare === undefined;
-    if (plain && req.callBudgetMs !== undefined) {
-      const fast = await this.fastGrant(ticket, config, req.callBudgetMs, budget);
-      if (fast === 'unknown') ticket = { ...ticket, id: this.d.newId() };
-      else if (fast) return { ticket: fast, passthrough: false, claimed: true };
+    // Requests carrying a quota go through the queue: the agent's quota bucket is written by the dispatcher's
+    // grant. An Idempotency-Key's mapping is written by the fast grant itself while the key is free.
+    const unquoted = req.quotaRpm === undefined && req.quotaShare === undefined;
+    const plain = !req.idempotencyKey && unquoted;
+    if (unquoted && req.callBudgetMs !== undefined) {
+      const fast = await this.fastGrant(ticket, config, req.callBudgetMs, budget, idem);
+      if (fast === 'unknown') {
+        // With an Idempotency-Key the mapping may have been written too: a ticket claimed under it must be called
+        // ("claimed means called"), so it is looked up (a failing read refuses the request, 503) and, if there, used.
+        const written = idem ? await this.d.tickets.get(ticket.id) : undefined;
+        if (written?.status === 'claimed') return { ticket: written, passthrough: false, claimed: true };
+        ticket = { ...ticket, id: this.d.newId() };
+      } else if (fast) return { ticket: fast, passthrough: false, claimed: true };
     }
     let estimatedWaitMs: number | undefined;
     if (plain) {
@@ -353,32 +372,84 @@ export class Admission {
     config: GatewayConfig,
     callBudgetMs: number,
     budget?: BudgetCharge,
+    idempotency?: { key: string; untilMs: number },
   ): Promise<Ticket | undefined | 'unknown'> {
+    if (config.paused) return undefined;
+    // A refused bucket condition returns the bucket as stored: planned again from it, the grant usually goes
+    // through (concurrent requests of one container plan from the same last known state; the first to find the
+    // bucket idle wins, the others then find it busy). Queueing it instead would hold every later request of
+    // its priority on the queue's path until the queue drains.
+    for (let tries = 1; ; tries++) {
+      const res = await this.tryFastGrant(ticket, config, callBudgetMs, budget, idempotency);
+      if (res === 'no_token') {
+        // Not tried at all, or refused once already (then it counts as a fallback).
+        if (tries > 1) this.stats.fastFallback++;
+        return undefined;
+      }
+      if (res !== 'bucket_conflict') return res;
+      if (tries >= FAST_PATH_BUCKET_TRIES) {
+        this.stats.fastFallback++;
+        return undefined;
+      }
+    }
+  }
+
+  private async tryFastGrant(
+    ticket: Ticket,
+    config: GatewayConfig,
+    callBudgetMs: number,
+    budget?: BudgetCharge,
+    idempotency?: { key: string; untilMs: number },
+  ): Promise<Ticket | undefined | 'unknown' | 'bucket_conflict' | 'no_token'> {
     const { clock } = this.d;
-    if (config.paused || clock.now() < this.fastPathOffUntil[ticket.priority]) return undefined;
     let bucket = this.d.bucket;
     let upstream: string | undefined;
     let maxInflight = config.maxInflight;
     let plan: ReturnType<TokenBucket['plan']>;
+    // Roomy: the bucket keeps half its burst after this token, so nobody waiting could get it now; the queued
+    // counters are not checked (a dispatcher behind its queue keeps no request off the fast path while the limit
+    // is far). Otherwise only when nothing waits at this priority or above.
+    let roomy = false;
+    if (clock.now() < this.fastPathOffUntil[ticket.priority]) return undefined;
+    const backedOff = clock.now() < this.queueBusyUntil[ticket.priority];
     if (ticket.pool && this.d.lanes) {
+      if (backedOff) return undefined;
       // Several upstreams: a member of the ticket's pool with a token now.
       const lanes = lanesFor(ticket.pool, this.d.lanes);
       for (const lane of lanes) if (!lane.bucket.state) await lane.bucket.refresh();
       const choice = chooseLane(lanes, ticket.priority, new Map(), undefined, (lane) =>
         tokenNeed(config, ticketUpstream(lane), ticket.tokens),
       );
-      if (!choice || 'waitMs' in choice) return undefined;
+      if (!choice || 'waitMs' in choice) return 'no_token';
       bucket = choice.lane.bucket;
       upstream = ticketUpstream(choice.lane);
       maxInflight = upstreamConfig(config, choice.lane.name).maxInflight;
       plan = { attempt: choice.attempt };
     } else {
-      // Read once per container; afterwards every write (or refused condition) tells the state.
+      // Read once per container; afterwards every write (or refused condition) tells the state. A bucket not
+      // written yet (a fresh deployment, before the dispatcher's first run) is created at the configured rate, as
+      // the dispatcher would: otherwise the first requests all queue.
       if (!bucket.state) await bucket.refresh();
-      if (!bucket.state) return undefined;
-      plan = bucket.plan(ticket.priority, tokenNeed(config, undefined, ticket.tokens));
+      if (!bucket.state)
+        await bucket.ensure(
+          bucketParamsFor(
+            { effectiveRpm: (config.upstreamLimit * 60_000) / config.upstreamWindowMs },
+            config,
+          ),
+        );
+      if (!bucket.state) return 'no_token';
+      // The slot is planned ahead by the part of the transaction's recent latency past a quarter of the slack (at
+      // most 3/4 of it): a store answering slowly (a loaded emulator) would otherwise return grants already too old
+      // to call on. At usual latencies (well under a quarter of the slack) nothing changes.
+      const slack = grantToCallMaxMs(config.upstreamWindowMs, config.grantSlackMs);
+      const slotAt = clock.now() + Math.min((slack * 3) / 4, Math.max(0, this.fastGrantMs - slack / 4));
+      const need = tokenNeed(config, undefined, ticket.tokens);
+      const keeping = bucket.planKeeping(ticket.priority, roomyKeep(bucket.state.burst), slotAt, need);
+      roomy = 'attempt' in keeping;
+      if (!roomy && backedOff) return undefined;
+      plan = roomy ? keeping : bucket.planAt(ticket.priority, slotAt, need);
     }
-    if ('waitMs' in plan) return undefined;
+    if ('waitMs' in plan) return 'no_token';
     const now = clock.now();
     const claimed: Ticket = {
       ...ticket,
@@ -390,29 +461,47 @@ export class Admission {
       claimBy: now + callBudgetMs,
     };
     let res: Awaited<ReturnType<TicketStore['fastGrant']>>;
+    const sentAt = clock.now();
     try {
       res = await this.d.tickets.fastGrant(claimed, plan.attempt, {
         maxInflight,
         ...(budget ? { budget } : {}),
+        ...(idempotency ? { idempotency } : {}),
+        ...(roomy ? { ignoreQueued: true } : {}),
       });
     } catch (err) {
       // Contention on the counter item or a hiccup: the queue is the way that copes with it.
+      this.fastGrantMs = 0.8 * this.fastGrantMs + 0.2 * (clock.now() - sentAt);
       if (!(err instanceof StoreUnavailableError)) throw err;
       this.stats.fastFallback++;
       return 'unknown';
     }
+    this.fastGrantMs = 0.8 * this.fastGrantMs + 0.2 * (clock.now() - sentAt);
     if (res.kind === 'granted') {
       bucket.spent(plan.attempt);
       this.stats.fastPath++;
+      // A slot planned ahead is the call's: never before it.
+      const early = plan.attempt.now - clock.now();
+      if (early > 0) await clock.sleep(early);
       return claimed;
     }
     if (res.kind === 'budget_exceeded') throw await this.overBudget(ticket, budget, res.used);
-    if (res.kind === 'bucket_conflict') bucket.conflicted(res.current);
-    else {
-      // What refused it holds for this priority and every less important one too.
+    // The key is held: the queue's create settles it (attach, 409 or take-over); nothing to back off from.
+    if (res.kind === 'idempotency_held') return undefined;
+    if (res.kind === 'bucket_conflict') {
+      bucket.conflicted(res.current);
+      return 'bucket_conflict';
+    } else {
+      // What refused it holds for this priority and every less important one too. A busy queue holds about as
+      // long as the tickets ahead take to be granted (at a high rate a few ms each): backing off a whole second
+      // there would queue every request of that second and keep the queue from ever draining.
+      const offMs =
+        res.kind === 'queue_busy' && res.queued !== undefined
+          ? Math.min(FAST_PATH_BACKOFF_MS, res.queued * (bucket.state?.intervalMs ?? FAST_PATH_BACKOFF_MS))
+          : FAST_PATH_BACKOFF_MS;
+      const until = res.kind === 'queue_busy' ? this.queueBusyUntil : this.fastPathOffUntil;
       for (const p of PRIORITIES)
-        if (priorityRank(p) >= priorityRank(ticket.priority))
-          this.fastPathOffUntil[p] = Math.max(this.fastPathOffUntil[p], now + FAST_PATH_BACKOFF_MS);
+        if (priorityRank(p) >= priorityRank(ticket.priority)) until[p] = Math.max(until[p], now + offMs);
     }
     this.stats.fastFallback++;
     return undefined;

@@ -99,6 +99,12 @@ export class TokenBucket {
     if (state) this.known = state;
   }
 
+  /** Writes the bucket with `params` only if it does not exist yet; learns the state either way. */
+  async ensure(params: BucketParams): Promise<BucketState> {
+    this.known = await this.store.ensure(params);
+    return this.known;
+  }
+
   async refresh(): Promise<BucketState | undefined> {
     this.readAt = this.clock.now();
     this.tokenBound = false;
@@ -125,6 +131,18 @@ export class TokenBucket {
   plan(priority: Priority, tokens?: TokenNeed): ConsumePlan {
     if (!this.known) throw new Error('bucket state unknown: call configure() or refresh() first');
     return this.withTokens(planConsume(this.known, this.clock.now(), this.burstFor(priority)), tokens);
+  }
+
+  /**
+   * A plan that leaves at least `keep` of this priority's burst free after the token is taken, or a wait (also
+   * when the bucket is window-exact or its burst has no such room): a grant made while the bucket holds
+   * plenty takes nothing anyone waiting could get now.
+   */
+  planKeeping(priority: Priority, keep: number, at = this.clock.now(), tokens?: TokenNeed): ConsumePlan {
+    if (!this.known) throw new Error('bucket state unknown: call configure() or refresh() first');
+    const burst = this.burstFor(priority) - keep;
+    if (this.known.window || burst < 1) return { waitMs: this.known.intervalMs };
+    return this.withTokens(planConsume(this.known, Math.max(at, this.clock.now()), burst), tokens);
   }
 
   /**
@@ -193,10 +211,11 @@ export class TokenBucket {
   planMany(
     priorities: readonly Priority[],
     max: number,
+    at = this.clock.now(),
   ): { attempt: ConsumeAttempt; count: number } | undefined {
     if (!this.known) return undefined;
     const burst = Math.min(...priorities.map((p) => this.burstFor(p)));
-    return planConsumeMany(this.known, this.clock.now(), burst, max);
+    return planConsumeMany(this.known, Math.max(at, this.clock.now()), burst, max);
   }
 
   /** Record a successful write of `attempt` (`tat` when the store returned it). */

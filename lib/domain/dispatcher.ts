@@ -5,7 +5,7 @@ import type { GatewayConfig } from './config.js';
 import type { ConfigService } from './config-service.js';
 import { BufferedOutcomes, MessageDeletes } from './dispatch-backlog.js';
 import { StoreUnavailableError } from './errors.js';
-import { type ConsumeAttempt, deriveBucket } from './gcra.js';
+import { type ConsumeAttempt, deriveBucket, grantToCallMaxMs } from './gcra.js';
 import type {
   GrantOutcome,
   LeaseStore,
@@ -71,7 +71,10 @@ export interface DispatcherTimings {
   idleStopMs: number;
   /** Long-poll wait per receive (s). @default 2 */
   pollWaitSeconds: number;
-  /** Messages buffered per priority. @default 10 */
+  /**
+   * Messages buffered per priority (received 10 at a time, SQS's most): a batch grant takes up to MAX_BATCH of
+   * them in one transaction. @default 20
+   */
   bufferSize: number;
   /** A ticket is granted only if its deadline is further than this. @default 2000 */
   grantMarginMs: number;
@@ -98,7 +101,7 @@ export const DEFAULT_TIMINGS: DispatcherTimings = {
   leaseMs: 15_000,
   idleStopMs: 3_000,
   pollWaitSeconds: 2,
-  bufferSize: 10,
+  bufferSize: 20,
   grantMarginMs: 2_000,
   claimWindowMs: 15_000,
   sweepEveryMs: 5_000,
@@ -108,6 +111,8 @@ export const DEFAULT_TIMINGS: DispatcherTimings = {
   flushEveryMs: 1_000,
 };
 
+/** Most messages one receive returns (SQS's limit). */
+const RECEIVE_MAX = 10;
 /** Visibility a buffered message is given, and when it is extended. */
 const VISIBILITY_S = 30;
 const EXTEND_AFTER_MS = 20_000;
@@ -172,6 +177,10 @@ export class Dispatcher {
   private readonly t: DispatcherTimings;
   private readonly buffers = new Map<Priority, Buffered[]>(PRIORITIES.map((p) => [p, []]));
   private arrival: (() => void) | undefined;
+  /** Recent latency of a batch grant's transaction (moving average), which its slot is planned ahead by. */
+  private batchGrantMs = 0;
+  /** Wakes the pollers waiting for room in a full buffer (a message was handled). */
+  private room = new AbortController();
   private effectiveRpm = 0;
   private lastArrivalAt = 0;
   /** Weighted policy: the fair-queuing tags (kept across loops; a grant charges its priority). */
@@ -364,7 +373,9 @@ export class Dispatcher {
     const buf = this.buffers.get(priority)!;
     while (!signal.aborted) {
       if (this.bufferFull(buf)) {
-        await this.d.clock.sleep(100, signal);
+        // Until a message leaves a buffer (at most 100 ms): a fixed nap here held the next receive back by up to
+        // 100 ms after every batch grant.
+        await this.d.clock.sleep(100, AbortSignal.any([signal, this.room.signal]));
         continue;
       }
       try {
@@ -373,8 +384,8 @@ export class Dispatcher {
         const got = await this.d.queue.receive(
           priority,
           this.lanes.length === 1
-            ? this.t.bufferSize - buf.length
-            : Math.max(1, Math.min(10, this.t.bufferSize * this.lanes.length - buf.length)),
+            ? Math.min(RECEIVE_MAX, this.t.bufferSize - buf.length)
+            : Math.max(1, Math.min(RECEIVE_MAX, this.t.bufferSize * this.lanes.length - buf.length)),
           this.t.pollWaitSeconds,
         );
         const now = this.d.clock.now();
@@ -442,6 +453,8 @@ export class Dispatcher {
     const buf = this.buffers.get(m.message.priority)!;
     const i = buf.indexOf(m);
     if (i >= 0) buf.splice(i, 1);
+    this.room.abort();
+    this.room = new AbortController();
   }
 
   /** Handled: out of the buffer at once, its delete batched (a lost delete only brings it back as a skip). */
@@ -461,9 +474,10 @@ export class Dispatcher {
     const { requestTimeoutMs } = config;
     const { tickets, bucket, clock } = this.d;
     const msg = m.message;
-    const now = clock.now();
     if (!bucket.state) await bucket.refresh();
     await bucket.refreshIfTokenBound(TOKEN_REREAD_MS);
+    // After the reads: a plan made at a later clock than `now` would look like a reservation ahead.
+    const now = clock.now();
     // Tokens per minute (the upstream has `tpm`): the ticket's estimate is reserved in the grant's own write.
     const tokens = tokenNeed(config, undefined, msg.tokens);
     let plan = bucket.plan(msg.priority, tokens);
@@ -681,12 +695,20 @@ export class Dispatcher {
       batch.push(m);
     }
     if (batch.length < 2) return 'single';
+    // The slot is planned ahead by the transaction's recent latency (at most 3/4 of the slack): a store answering
+    // slowly would otherwise write grants already too old to call on when their waiters see them, and requeue them.
+    const at =
+      now +
+      Math.min((grantToCallMaxMs(config.upstreamWindowMs, config.grantSlackMs) * 3) / 4, this.batchGrantMs);
     const many = bucket.planMany(
       batch.map((m) => m.message.priority),
       batch.length,
+      at,
     );
     if (!many) return 'single';
     const chosen = batch.slice(0, many.count);
+    const slot = many.attempt.now;
+    const sentAt = this.d.clock.now();
     const res = await tickets.grantBatch(
       chosen.map((m) => ({
         id: m.message.ticketId,
@@ -694,18 +716,20 @@ export class Dispatcher {
         agent: m.message.agent,
         priority: m.message.priority,
         patch: {
-          grantedAt: now,
-          claimBy: Math.min(now + this.t.claimWindowMs, m.message.deadline + config.requestTimeoutMs),
+          grantedAt: slot,
+          claimBy: Math.min(slot + this.t.claimWindowMs, m.message.deadline + config.requestTimeoutMs),
         },
       })),
       many.attempt,
       { maxInflight: config.maxInflight },
     );
+    this.batchGrantMs = 0.8 * this.batchGrantMs + 0.2 * (this.d.clock.now() - sentAt);
     if (res.kind === 'granted') {
       bucket.spent(many.attempt);
       for (const m of chosen) {
         this.charge(m.message.priority, config);
         summary.granted++;
+        if (slot > now) summary.reserved++;
         this.outcomes.record(now, { counts: { granted: 1 } });
         this.finishMessage(m);
       }

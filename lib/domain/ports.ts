@@ -62,13 +62,18 @@ export interface BatchGrant {
 export type FastGrantOutcome =
   | { kind: 'granted' }
   | { kind: 'bucket_conflict'; current: BucketState | undefined }
-  /** Something waits at this priority or above (the dispatcher serves it first). */
-  | { kind: 'queue_busy' }
+  /**
+   * Something waits at this priority or above (the dispatcher serves it first): `queued`, how many, when the
+   * refusal told.
+   */
+  | { kind: 'queue_busy'; queued?: number }
   | { kind: 'inflight_full' }
   /** An operator paused the gateway. */
   | { kind: 'paused' }
   /** The agent's daily budget refused the charge (what its day item held). */
-  | { kind: 'budget_exceeded'; used: BudgetUsage };
+  | { kind: 'budget_exceeded'; used: BudgetUsage }
+  /** The Idempotency-Key points at a live ticket (or one to replace): the queue path settles it. */
+  | { kind: 'idempotency_held' };
 
 /** Queued tickets per priority, as the per-priority counters hold them. */
 export type QueuedByPriority = Record<Priority, number>;
@@ -158,13 +163,24 @@ export interface TicketStore {
   /**
    * Fast path: in one transaction, spends a token (`attempt`), writes the new ticket as already `claimed` and
    * counts it in flight — only if nothing is queued at its priority or above, in-flight is below `maxInflight`
-   * (0 = no cap) and the stored config is not paused. Nothing is written otherwise.
+   * (0 = no cap) and the stored config is not paused. With `idempotency`, the key → ticket mapping is written in
+   * the same transaction, only while the key is free (as create's: unused or past its `until`). Nothing is
+   * written otherwise.
    */
   fastGrant(
     ticket: Ticket,
     attempt: ConsumeAttempt,
     /** The token and the in-flight count are `ticket.upstream`'s (absent: the first upstream's). */
-    opts: { maxInflight: number; budget?: BudgetCharge },
+    opts: {
+      maxInflight: number;
+      budget?: BudgetCharge;
+      idempotency?: { key: string; untilMs: number };
+      /**
+       * The attempt leaves plenty of the burst free (Admission's roomy grant): the queued counters are not
+       * checked, as the token taken is one nobody waiting could get now.
+       */
+      ignoreQueued?: boolean;
+    },
   ): Promise<FastGrantOutcome>;
   /** Queued tickets per priority (the counters moved with every ticket entering or leaving `queued`). */
   queuedByPriority(): Promise<QueuedByPriority>;

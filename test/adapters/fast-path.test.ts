@@ -160,9 +160,33 @@ describe('fastGrant: one transaction, refused by any of its conditions', () => {
     // Act
     const out = await s.tickets.fastGrant(t, await s.attempt(), { maxInflight: 0 });
 
-    // Assess
-    expect(out.kind).toBe(expected);
+    // Assess: a busy queue says how many wait ahead (the ingress backs off about as long as they take)
+    expect(out).toEqual(expected === 'granted' ? { kind: 'granted' } : { kind: 'queue_busy', queued: 1 });
     expect(!!(await s.tickets.get(t.id))).toBe(expected === 'granted');
+  });
+
+  it('with an Idempotency-Key: maps the key to the ticket in the same transaction; a held key writes nothing', async () => {
+    // Prepare
+    const s = await fresh();
+    const idempotency = { key: 'agent-a#k1', untilMs: s.clock.now() + 600_000 };
+    const first = s.claimed('normal');
+
+    // Act
+    const granted = await s.tickets.fastGrant(first, await s.attempt(), { maxInflight: 0, idempotency });
+    const second = s.claimed('normal');
+    const held = await s.tickets.fastGrant(second, await s.attempt(), { maxInflight: 0, idempotency });
+    const queued = s.ticket('normal');
+    const create = await s.tickets.create(queued, { queueMaxSize: 1000, idempotency }).then(
+      () => undefined,
+      (err: unknown) => err,
+    );
+
+    // Assess: the key points at the first ticket (the queue's create finds it), nothing else was written
+    expect(granted).toEqual({ kind: 'granted' });
+    expect(held).toEqual({ kind: 'idempotency_held' });
+    expect(await s.tickets.get(second.id)).toBeUndefined();
+    expect(create).toMatchObject({ name: 'IdempotencyConflictError', ticketId: first.id });
+    expect(await s.tickets.counts()).toEqual({ queued: 0, inflight: 1 });
   });
 
   it('is refused while the stored config is paused, and writes nothing', async () => {

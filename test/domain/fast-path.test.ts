@@ -19,18 +19,49 @@ class ContendedStore extends MemoryTicketStore {
   }
 }
 
-const setup = async (opts: { storePaused?: boolean; contended?: boolean } = {}) => {
+/** A store whose fast-path transaction went through but whose answer was lost (the SDK gave up). */
+class LostAnswerStore extends MemoryTicketStore {
+  override async fastGrant(...args: Parameters<MemoryTicketStore['fastGrant']>): Promise<never> {
+    await super.fastGrant(...args);
+    throw new StoreUnavailableError('DynamoDB TransactWriteItems unavailable: socket hang up');
+  }
+}
+
+/** A store whose fast-path transaction takes 2 s to answer (a loaded emulator), on the test's clock. */
+class SlowStore extends MemoryTicketStore {
+  clock: FakeClock | undefined;
+  override async fastGrant(...args: Parameters<MemoryTicketStore['fastGrant']>) {
+    const res = await super.fastGrant(...args);
+    this.clock?.advance(2_000);
+    return res;
+  }
+}
+
+const setup = async (
+  opts: {
+    storePaused?: boolean;
+    contended?: boolean;
+    lostAnswer?: boolean;
+    slow?: boolean;
+    params?: { intervalMs: number; burst: number };
+  } = {},
+) => {
   const clock = new FakeClock();
   const bucketStore = new MemoryBucketStore();
   const paused = () => opts.storePaused ?? false;
   const tickets = opts.contended
     ? new ContendedStore(bucketStore, paused)
-    : new MemoryTicketStore(bucketStore, paused);
+    : opts.lostAnswer
+      ? new LostAnswerStore(bucketStore, paused)
+      : opts.slow
+        ? new SlowStore(bucketStore, paused)
+        : new MemoryTicketStore(bucketStore, paused);
+  if (tickets instanceof SlowStore) tickets.clock = clock;
   const queue = new MemoryTicketQueue(clock);
   const lease = new MemoryLeaseStore(clock);
   const outcomes = new MemoryOutcomeStore();
   const bucket = new TokenBucket(bucketStore, clock, { fraction: 0, forNormal: false });
-  await bucket.configure(PARAMS);
+  await bucket.configure(opts.params ?? PARAMS);
   let n = 0;
   const admission = new Admission({
     tickets,
@@ -137,6 +168,176 @@ describe('fast path', () => {
   });
 });
 
+describe('fast path under concurrency', () => {
+  it('a bucket condition refused while a token is still free: planned again from the stored bucket, granted', async () => {
+    // Prepare: another writer spends one of the two burst tokens; this container still thinks the bucket idle.
+    const s = await setup();
+    await s.bucket.refresh();
+    const other = new TokenBucket(s.bucketStore, s.clock, { fraction: 0, forNormal: false });
+    await other.refresh();
+    expect(await other.tryConsume('normal')).toEqual({ granted: true });
+
+    // Act
+    const got = await s.admission.admit(s.request('normal'), CONFIG);
+
+    // Assess: claimed at admission (the second try found the bucket busy with one token left), nothing queued
+    expect(got.claimed).toBe(true);
+    expect(await s.depth('normal')).toBe(0);
+    expect(await s.tickets.counts()).toEqual({ queued: 0, inflight: 1 });
+    expect(s.admission.stats).toMatchObject({ fastPath: 1, fastFallback: 0 });
+    expect(s.bucket.state?.tat).toBe(s.bucketStore.state?.tat);
+  });
+});
+
+describe('roomy fast grants', () => {
+  it.each<[string, Priority, number, boolean]>([
+    [
+      'bucket full, an urgent ticket waits: a low request is granted (half the burst stays free)',
+      'low',
+      0,
+      true,
+    ],
+    ['bucket 9 of 20 spent: still roomy', 'normal', 9, true],
+    ['bucket 10 of 20 spent: queued behind the waiting ticket', 'normal', 10, false],
+  ])('%s', async (_name, priority, spent, fast) => {
+    // Prepare: 12,000 rpm, burst 20; a ticket waits at the top priority (its dispatcher is behind)
+    const s = await setup({ params: { intervalMs: 5, burst: 20 } });
+    const { callBudgetMs: _none, ...queuedOnly } = s.request('urgent');
+    await s.admission.admit(queuedOnly, CONFIG);
+    const other = new TokenBucket(s.bucketStore, s.clock, { fraction: 0, forNormal: false });
+    await other.refresh();
+    for (let i = 0; i < spent; i++) expect((await other.tryConsume('urgent')).granted).toBe(true);
+    await s.bucket.refresh();
+
+    // Act
+    const got = await s.admission.admit(s.request(priority), CONFIG);
+
+    // Assess
+    expect(got.claimed === true).toBe(fast);
+    expect(await s.tickets.queuedByPriority()).toMatchObject({ urgent: 1, [priority]: fast ? 0 : 1 });
+  });
+
+  it('a small burst is never roomy (a waiting ticket keeps its place)', async () => {
+    const s = await setup();
+    const { callBudgetMs: _none, ...queuedOnly } = s.request('urgent');
+    await s.admission.admit(queuedOnly, CONFIG);
+    const got = await s.admission.admit(s.request('low'), CONFIG);
+    expect(got.claimed).toBeUndefined();
+  });
+});
+
+describe('fast path on a fresh deployment', () => {
+  it('no bucket written yet (the dispatcher never ran): the ingress writes it at the configured rate and grants', async () => {
+    // Prepare: a store without the bucket item
+    const s = await setup();
+    s.bucketStore.state = undefined;
+    const fresh = new Admission({
+      tickets: s.tickets,
+      queue: s.queue,
+      lease: s.lease,
+      outcomes: s.outcomes,
+      bucket: new TokenBucket(s.bucketStore, s.clock, { fraction: 0, forNormal: false }),
+      wakeDispatcher: async () => {},
+      clock: s.clock,
+      newId: () => 'fresh-1',
+    });
+
+    // Act
+    const got = await fresh.admit(s.request('normal'), CONFIG);
+
+    // Assess: claimed at once, the bucket at 40 per 60 s (1.5 s apart), nothing queued, no doorbell
+    expect(got.claimed).toBe(true);
+    expect(s.bucketStore.state).toMatchObject({ intervalMs: 1_500 });
+    expect(await s.depth('normal')).toBe(0);
+    expect(s.lease.state.rings).toBe(0);
+  });
+});
+
+describe('fast path on a slow store', () => {
+  it('plans its slot ahead by the store’s recent latency: grants stay young enough to call on, never called early', async () => {
+    // Prepare: the slack is 2 s (0.8 of it at the send); each fast grant answers 2 s after it was sent
+    const s = await setup({ slow: true, params: { intervalMs: 5, burst: 20 } });
+    const ages: number[] = [];
+
+    // Act
+    for (let i = 0; i < 8; i++) {
+      const got = await s.admission.admit(s.request('normal'), CONFIG);
+      expect(got.claimed).toBe(true);
+      // admit returns at or after the slot (it sleeps until a slot planned ahead)
+      ages.push(s.clock.now() - got.ticket.grantedAt!);
+      await s.admission.finish(got.ticket, 'completed', { upstreamStatus: 200 });
+    }
+
+    // Assess: the first grant came back 2 s old (past the send's 1.6 s); once the latency is known, ≤ 1.6 s, ≥ 0
+    expect(ages[0]).toBe(2_000);
+    for (const age of ages.slice(4)) {
+      expect(age).toBeGreaterThanOrEqual(0);
+      expect(age).toBeLessThanOrEqual(1_600);
+    }
+  });
+});
+
+describe('fast path with an Idempotency-Key', () => {
+  it('granted at admission with its key mapped to the ticket: a second request with the key gets 409 while it runs', async () => {
+    // Prepare
+    const s = await setup();
+
+    // Act
+    const first = await s.admission.admit(s.request('normal', { idempotencyKey: 'k1' }), CONFIG);
+    const again = await s.admission.admit(s.request('normal', { idempotencyKey: 'k1' }), CONFIG).then(
+      () => undefined,
+      (err: unknown) => err,
+    );
+
+    // Assess: one ticket, claimed, no queue message; the retry spends nothing
+    expect(first.claimed).toBe(true);
+    expect(first.ticket).toMatchObject({ status: 'claimed', idempotencyKey: 'k1' });
+    expect(again).toMatchObject({ status: 409, code: 'idempotency_key_in_use' });
+    expect(s.tickets.tickets.size).toBe(1);
+    expect(await s.depth('normal')).toBe(0);
+    expect(await s.tickets.counts()).toEqual({ queued: 0, inflight: 1 });
+
+    // Once it completed, the key answers with what happened (never a second call).
+    await s.admission.finish(first.ticket, 'completed', { upstreamStatus: 200 });
+    const after = await s.admission.admit(s.request('normal', { idempotencyKey: 'k1' }), CONFIG).then(
+      () => undefined,
+      (err: unknown) => err,
+    );
+    expect(after).toMatchObject({ status: 409, code: 'idempotent_request_completed' });
+    expect(s.tickets.tickets.size).toBe(1);
+  });
+
+  it('a key held by a queued ticket: the request attaches to it (the fast grant wrote nothing)', async () => {
+    // Prepare: the first request queued (no fast path for it)
+    const s = await setup();
+    const { callBudgetMs: _none, ...queuedOnly } = s.request('normal', { idempotencyKey: 'k2' });
+    const first = await s.admission.admit(queuedOnly, CONFIG);
+    const tat = s.bucketStore.state?.tat;
+
+    // Act
+    const again = await s.admission.admit(s.request('normal', { idempotencyKey: 'k2' }), CONFIG);
+
+    // Assess
+    expect(again).toMatchObject({ attached: true, ticket: { id: first.ticket.id, status: 'queued' } });
+    expect(s.bucketStore.state?.tat).toBe(tat);
+    expect(s.tickets.tickets.size).toBe(1);
+  });
+
+  it('its answer lost: the ticket written as claimed under the key is looked up and called, not queued again', async () => {
+    // Prepare
+    const s = await setup({ lostAnswer: true });
+
+    // Act
+    const got = await s.admission.admit(s.request('normal', { idempotencyKey: 'k3' }), CONFIG);
+
+    // Assess: the request holds the claimed ticket ("claimed means called"), nothing queued under another id
+    expect(got.claimed).toBe(true);
+    expect(got.ticket).toMatchObject({ id: 't1', status: 'claimed', idempotencyKey: 'k3' });
+    expect(s.tickets.tickets.size).toBe(1);
+    expect(await s.depth('normal')).toBe(0);
+  });
+});
+
 describe('fast path backoff', () => {
   it('after a refusal for a busy queue, the container queues that priority and below without trying for a while', async () => {
     // Prepare: an urgent ticket waits; a normal request is refused the fast path.
@@ -156,6 +357,29 @@ describe('fast path backoff', () => {
     s.clock.advance(FAST_PATH_BACKOFF_MS);
     await s.admission.admit(s.request('low'), CONFIG);
     expect(s.admission.stats.fastFallback).toBe(3);
+  });
+
+  it('at a high rate it backs off only as long as the tickets ahead take to be granted', async () => {
+    // Prepare: 12,000 rpm (a token every 5 ms), 15 of the 20 burst tokens spent (no roomy grant); two urgent
+    // tickets wait; a normal request is refused the fast path.
+    const s = await setup({ params: { intervalMs: 5, burst: 20 } });
+    const other = new TokenBucket(s.bucketStore, s.clock, { fraction: 0, forNormal: false });
+    await other.refresh();
+    for (let i = 0; i < 15; i++) expect((await other.tryConsume('urgent')).granted).toBe(true);
+    await s.bucket.refresh();
+    const { callBudgetMs: _none, ...queuedOnly } = s.request('urgent');
+    await s.admission.admit(queuedOnly, CONFIG);
+    await s.admission.admit(queuedOnly, CONFIG);
+    await s.admission.admit(s.request('normal'), CONFIG);
+    expect(s.admission.stats.fastFallback).toBe(1);
+
+    // Act + Assess: skipped within 2 × 5 ms, tried again after (not a whole second later)
+    s.clock.advance(9);
+    await s.admission.admit(s.request('normal'), CONFIG);
+    expect(s.admission.stats.fastFallback).toBe(1);
+    s.clock.advance(1);
+    await s.admission.admit(s.request('normal'), CONFIG);
+    expect(s.admission.stats.fastFallback).toBe(2);
   });
 });
 

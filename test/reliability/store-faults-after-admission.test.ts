@@ -27,7 +27,8 @@ const ticketCreate = (c: AwsCall) =>
 
 describe('DynamoDB failing after admission', () => {
   it('ticket create committed but its answer lost: 503, and the orphan ticket is expired, not left queued', async () => {
-    const key = await f.system.createKey('agent-create-lost', 'urgent');
+    // A quota of its own keeps the request off the fast path (granted and claimed in one write at admission).
+    const key = await f.system.createKey('agent-create-lost', 'urgent', { rpm: 6_000 });
     const before = new Set((await allTickets(f.system)).map((t) => t.id));
     const remove = f.dynamo.add({
       name: 'create-lost',
@@ -35,7 +36,6 @@ describe('DynamoDB failing after admission', () => {
       fault: { kind: 'status', status: 500 },
       afterForward: true,
     });
-    // An Idempotency-Key keeps the request off the fast path (granted and claimed in one write at admission).
     const reply = await call(f.system, key, { headers: { 'idempotency-key': randomUUID() } }).finally(remove);
     expect(reply.status).toBe(503);
     expect(reply.error?.code).toBe('store_unavailable');
@@ -48,7 +48,7 @@ describe('DynamoDB failing after admission', () => {
   });
 
   it('claim failing: 503 store_unavailable, no upstream call, the grant is swept and its token refunded', async () => {
-    const key = await f.system.createKey('agent-claim', 'urgent');
+    const key = await f.system.createKey('agent-claim', 'urgent', { rpm: 6_000 });
     const before = new Set((await allTickets(f.system)).map((t) => t.id));
     const callsBefore = f.system.upstream!.calls.length;
     const remove = f.dynamo.add({
@@ -56,7 +56,6 @@ describe('DynamoDB failing after admission', () => {
       match: dynamoCalls.ticketMoveTo('claimed'),
       fault: { kind: 'status', status: 500 },
     });
-    // An Idempotency-Key keeps the request off the fast path (granted and claimed in one write at admission).
     const reply = await call(f.system, key, { headers: { 'idempotency-key': randomUUID() } }).finally(remove);
     expect(reply.status).toBe(503);
     expect(reply.error?.code).toBe('store_unavailable');

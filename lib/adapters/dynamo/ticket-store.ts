@@ -224,6 +224,7 @@ export class DynamoTicketStore implements TicketStore {
         Key: stateKey(PRIORITY_QUEUED_PK, priority),
         ConditionExpression: 'attribute_not_exists(queued) OR queued <= :zero',
         ExpressionAttributeValues: { ':zero': n(0) },
+        ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
       },
     };
   }
@@ -240,6 +241,35 @@ export class DynamoTicketStore implements TicketStore {
         ConditionExpression: 'attribute_not_exists(#cfg.#paused) OR #cfg.#paused = :false',
         ExpressionAttributeNames: { '#cfg': 'config', '#paused': 'paused' },
         ExpressionAttributeValues: { ':false': { BOOL: false } },
+      },
+    };
+  }
+
+  /**
+   * The Idempotency-Key → ticket mapping, written only while the key is free (unused or past its `until`), or
+   * taken over from `replaceTicketId`; a refusal returns the mapping (ALL_OLD).
+   */
+  private idempotencyPut(
+    ticket: Ticket,
+    idem: { key: string; untilMs: number; replaceTicketId?: string },
+  ): TransactWriteItem {
+    return {
+      Put: {
+        TableName: this.tables.stateTable,
+        Item: {
+          ...stateKey('idem', idem.key),
+          ticketId: s(ticket.id),
+          until: n(idem.untilMs),
+          expiresAt: n(Math.ceil(idem.untilMs / 1000)),
+        },
+        ConditionExpression: idem.replaceTicketId
+          ? 'ticketId = :old'
+          : 'attribute_not_exists(pk) OR #until < :now',
+        ExpressionAttributeNames: idem.replaceTicketId ? undefined : { '#until': 'until' },
+        ExpressionAttributeValues: idem.replaceTicketId
+          ? { ':old': s(idem.replaceTicketId) }
+          : { ':now': n(ticket.enqueuedAt) },
+        ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
       },
     };
   }
@@ -311,28 +341,8 @@ export class DynamoTicketStore implements TicketStore {
             ...(victim?.priority !== undefined ? [this.priorityCounter(victim.priority, -1)] : []),
           ];
     const idem = opts.idempotency;
-    if (idem) {
-      // The key → ticket mapping is written with the ticket: a second request with the same key never queues twice.
-      items.push({
-        Put: {
-          TableName: this.tables.stateTable,
-          Item: {
-            ...stateKey('idem', idem.key),
-            ticketId: s(ticket.id),
-            until: n(idem.untilMs),
-            expiresAt: n(Math.ceil(idem.untilMs / 1000)),
-          },
-          ConditionExpression: idem.replaceTicketId
-            ? 'ticketId = :old'
-            : 'attribute_not_exists(pk) OR #until < :now',
-          ExpressionAttributeNames: idem.replaceTicketId ? undefined : { '#until': 'until' },
-          ExpressionAttributeValues: idem.replaceTicketId
-            ? { ':old': s(idem.replaceTicketId) }
-            : { ':now': n(ticket.enqueuedAt) },
-          ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
-        },
-      });
-    }
+    // The key → ticket mapping is written with the ticket: a second request with the same key never queues twice.
+    if (idem) items.push(this.idempotencyPut(ticket, idem));
     const agentAt = items.length;
     items.push(...agentItems, ...priorityItems);
     const budgetAt = items.length;
@@ -725,9 +735,16 @@ export class DynamoTicketStore implements TicketStore {
   async fastGrant(
     ticket: Ticket,
     attempt: ConsumeAttempt,
-    opts: { maxInflight: number; budget?: BudgetCharge },
+    opts: {
+      maxInflight: number;
+      budget?: BudgetCharge;
+      idempotency?: { key: string; untilMs: number };
+      ignoreQueued?: boolean;
+    },
   ): Promise<FastGrantOutcome> {
-    const idle = PRIORITIES.filter((p) => priorityRank(p) <= priorityRank(ticket.priority));
+    const idle = opts.ignoreQueued
+      ? []
+      : PRIORITIES.filter((p) => priorityRank(p) <= priorityRank(ticket.priority));
     // Order matters for reading the cancellation: bucket, ticket, in-flight, config, then the queued checks.
     const items: TransactWriteItem[] = [
       {
@@ -743,12 +760,19 @@ export class DynamoTicketStore implements TicketStore {
       this.unpaused(),
       ...idle.map((p) => this.priorityIdle(p)),
       ...(opts.budget ? [budgetChargeItem(this.tables.stateTable, opts.budget)] : []),
+      ...(opts.idempotency ? [this.idempotencyPut(ticket, opts.idempotency)] : []),
     ];
     try {
       await this.client.send(
         new TransactWriteItemsCommand({
           TransactItems: items,
-          ClientRequestToken: requestToken('fast', ticket.id, JSON.stringify(ticket)),
+          // The attempt too: a try planned again after a refused bucket condition is a new transaction.
+          ClientRequestToken: requestToken(
+            'fast',
+            ticket.id,
+            JSON.stringify(ticket),
+            JSON.stringify(attempt),
+          ),
         }),
       );
       return { kind: 'granted' };
@@ -756,10 +780,19 @@ export class DynamoTicketStore implements TicketStore {
       const [bucket, put, inflight, paused, ...rest] = cancellation(err);
       const queued = rest.slice(0, idle.length);
       const budget = opts.budget ? rest[idle.length] : undefined;
+      const idem = opts.idempotency ? rest[idle.length + (opts.budget ? 1 : 0)] : undefined;
+      // A held key goes the queue's way (attach, 409 or take-over), which also answers before the budget.
+      if (idem?.failed) return { kind: 'idempotency_held' };
       // The budget refuses the request outright (the queue would refuse it too); anything else queues it.
       if (budget?.failed) return { kind: 'budget_exceeded', used: budgetUsageOf(budget.item) };
       if (paused?.failed) return { kind: 'paused' };
-      if (queued.some((r) => r?.failed)) return { kind: 'queue_busy' };
+      if (queued.some((r) => r?.failed)) {
+        const waiting = queued.reduce(
+          (sum, r) => sum + (plain<{ queued?: number }>(r?.item)?.queued ?? 0),
+          0,
+        );
+        return { kind: 'queue_busy', ...(waiting > 0 ? { queued: waiting } : {}) };
+      }
       if (inflight?.failed) return { kind: 'inflight_full' };
       if (put?.failed) throw new ConflictError(`ticket ${ticket.id} exists`);
       return { kind: 'bucket_conflict', current: bucketStateFromItem(bucket?.item) };

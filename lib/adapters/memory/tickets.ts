@@ -196,18 +196,26 @@ export class MemoryTicketStore implements TicketStore {
   async fastGrant(
     ticket: Ticket,
     attempt: ConsumeAttempt,
-    opts: { maxInflight: number; budget?: BudgetCharge },
+    opts: {
+      maxInflight: number;
+      budget?: BudgetCharge;
+      idempotency?: { key: string; untilMs: number };
+      ignoreQueued?: boolean;
+    },
   ): Promise<FastGrantOutcome> {
     if (this.tickets.has(ticket.id)) throw new ConflictError(`ticket ${ticket.id} exists`);
     const bucket = this.bucketOf(ticket.upstream);
     const next = applyConsume(bucket.state, attempt);
+    const held = opts.idempotency && this.idem.get(opts.idempotency.key);
+    if (held && held.until >= ticket.enqueuedAt) return { kind: 'idempotency_held' };
     const overBudget = opts.budget && this.budgets.refuses(opts.budget);
     if (overBudget) return { kind: 'budget_exceeded', used: overBudget };
     if (this.isPaused()) return { kind: 'paused' };
-    if (
-      PRIORITIES.some((p) => priorityRank(p) <= priorityRank(ticket.priority) && this.priorityQueued[p] > 0)
-    )
-      return { kind: 'queue_busy' };
+    const ahead = PRIORITIES.filter((p) => priorityRank(p) <= priorityRank(ticket.priority)).reduce(
+      (sum, p) => sum + Math.max(0, this.priorityQueued[p]),
+      0,
+    );
+    if (ahead > 0 && !opts.ignoreQueued) return { kind: 'queue_busy', queued: ahead };
     if (opts.maxInflight > 0 && this.inflightOf(ticket.upstream) >= opts.maxInflight)
       return { kind: 'inflight_full' };
     if (next?.tat === undefined)
@@ -215,6 +223,8 @@ export class MemoryTicketStore implements TicketStore {
     // The whole successor state: a window-exact bucket logs the grant too.
     bucket.state = next;
     if (opts.budget) this.budgets.charge(opts.budget);
+    if (opts.idempotency)
+      this.idem.set(opts.idempotency.key, { ticketId: ticket.id, until: opts.idempotency.untilMs });
     this.tickets.set(ticket.id, { ...ticket });
     this.moveInflight(ticket.upstream, 1);
     return { kind: 'granted' };
