@@ -34,7 +34,7 @@ import type {
 } from './ports.js';
 import { PRIORITIES, type Priority, priorityRank } from './priority.js';
 import { parseWeights } from './priority-policy.js';
-import { estimateWaitMs, fitsDeadline, RESERVE_AHEAD_MS } from './queue-estimate.js';
+import { estimateWaitMs, fitsDeadline, freshLoad, RESERVE_AHEAD_MS } from './queue-estimate.js';
 import {
   isGrantStale,
   SEND_SHARE,
@@ -242,6 +242,9 @@ const grantSlackOf = (windowMs: number, slackMs = GRANT_TO_CALL_MAX_MS) =>
  */
 export const FAST_PATH_BACKOFF_MS = 1_000;
 
+/** retry-after of a LOW request refused for its token timeout (as the dispatcher's refusal of a LOW ticket). */
+export const LOW_TIMEOUT_RETRY_AFTER_MS = 5_000;
+
 /** Time after which a grant must have been claimed (kept in step with the dispatcher's claim window). */
 const CLAIM_MARGIN_MS = 5_000;
 
@@ -413,10 +416,12 @@ export class Admission {
   }
 
   /**
-   * Fail fast: the refusal a request gets now when its estimated queue wait exceeds the time it can wait
-   * (what is queued at its priority and above, the effective interval, the tokens free now), else the estimate
-   * (the waiting ingress plans its reads by it). A store hiccup or an unknown bucket skips the check (undefined:
-   * the deadline still bounds the wait).
+   * Fail fast: the refusal a request gets now when its estimated queue wait exceeds the time it can wait (what is
+   * queued at its priority and above, the effective interval, the tokens free now and, under strict order, the
+   * load of more important work the dispatcher measured and published — read with the counters, so a request is
+   * judged as the dispatcher will judge its ticket) or, LOW under strict order, its token timeout; else the
+   * estimate (the waiting ingress plans its reads by it). A store hiccup or an unknown bucket skips the check
+   * (undefined: the deadline still bounds the wait).
    */
   private async hopeless(
     ticket: Ticket,
@@ -426,19 +431,34 @@ export class Admission {
     const interval = bucket.state?.intervalMs;
     // Several upstreams: the estimate knows one bucket; the deadline bounds the wait.
     if (interval === undefined || ticket.pool) return undefined;
-    const queued = await this.d.tickets.queuedByPriority().catch(unlessStoreDown(undefined));
-    if (!queued) return undefined;
+    const read = await this.d.tickets.queuedWithLoad().catch(unlessStoreDown(undefined));
+    if (!read) return undefined;
+    const now = clock.now();
+    const higherLoads = freshLoad(read.load, now, config.retreatEvalIntervalMs);
     const estimateMs = estimateWaitMs({
       priority: ticket.priority,
-      queued,
+      queued: read.queued,
       intervalMs: interval,
       availableNow: bucket.available(ticket.priority),
       policy: config.priorityPolicy,
       weights: parseWeights(config.priorityWeights) ?? parseWeights('1:1:1:1')!,
+      ...(higherLoads ? { higherLoads } : {}),
     });
-    const now = clock.now();
     const canWaitMs = ticket.deadline - now;
-    if (fitsDeadline({ at: now + estimateMs, now, deadline: ticket.deadline, firstLook: true })) {
+    // LOW's token timeout (strict order), judged as the dispatcher judges a ticket's first look.
+    const lowTimedOut =
+      config.priorityPolicy === 'strict' &&
+      ticket.priority === 'low' &&
+      !fitsDeadline({
+        at: now + estimateMs,
+        now,
+        deadline: now + config.lowPriorityTimeoutMs,
+        firstLook: true,
+      });
+    if (
+      !lowTimedOut &&
+      fitsDeadline({ at: now + estimateMs, now, deadline: ticket.deadline, firstLook: true })
+    ) {
       // For planning the wait's reads: the estimate allows one interval for the first token, but slots already
       // reserved ahead (granted tickets, no longer queued) push it further; the bucket as last known says how far.
       const next = bucket.plan(ticket.priority);
@@ -447,9 +467,20 @@ export class Admission {
     await this.d.outcomes.record(now, { counts: { refused: 1 } }).catch(() => undefined);
     void this.use(ticket.agent, { requests: 1, refused: 1, throttled: 1 });
     const s = (ms: number) => Math.ceil(ms / 1000);
+    if (lowTimedOut) {
+      // As the dispatcher's refusal of a LOW ticket past its timeout says it.
+      return new RateLimitedError(
+        `Low-priority request refused: estimated queue wait ${Number.isFinite(estimateMs) ? `${s(estimateMs)} s` : 'unbounded (more important requests take every slot)'} exceeds low_priority_timeout (${s(config.lowPriorityTimeoutMs)} s).`,
+        LOW_TIMEOUT_RETRY_AFTER_MS,
+        'low_priority_timeout',
+      );
+    }
     return new RateLimitedError(
-      `Estimated queue wait ${s(estimateMs)} s exceeds this request's maximum wait (${s(canWaitMs)} s): refused now rather than at its deadline; retry after the indicated time.`,
-      estimateMs,
+      Number.isFinite(estimateMs)
+        ? `Estimated queue wait ${s(estimateMs)} s exceeds this request's maximum wait (${s(canWaitMs)} s): refused now rather than at its deadline; retry after the indicated time.`
+        : `More important requests take every slot now (this priority would wait without end): refused now rather than at its deadline (${s(canWaitMs)} s); retry after the indicated time.`,
+      // A starved priority: the estimate is unbounded; come back after a window.
+      Number.isFinite(estimateMs) ? estimateMs : config.upstreamWindowMs,
       'queue_wait_exceeded',
     );
   }
@@ -775,7 +806,7 @@ export class Admission {
               : status === 'rejected' && current?.reason === 'low_priority_timeout'
                 ? new RateLimitedError(
                     'Low-priority request refused: no slot within low_priority_timeout.',
-                    5_000,
+                    LOW_TIMEOUT_RETRY_AFTER_MS,
                     'low_priority_timeout',
                   )
                 : status === 'abandoned' || status === 'expired'
