@@ -114,8 +114,16 @@ export interface WaitHooks {
    * from its enqueue time; unset, the wait reads the admission counter for an estimate.
    */
   estimatedWaitMs?: number;
-  /** Called between polls while queued (streaming heartbeats). */
+  /**
+   * Called between polls while queued (streaming heartbeats): at the start and after each read that found the
+   * ticket still waiting, never after one that found it refused.
+   */
   onWaiting?: (info: { position: number; etaMs: number }) => void;
+  /**
+   * A read of the ticket is due by then (a stream's first heartbeat, which commits its 200): a refusal the
+   * dispatcher made meanwhile is answered as a plain 429 instead of an error event inside a committed stream.
+   */
+  readBy?: () => number | undefined;
 }
 
 /** How fast grants come: the token interval (for the wait estimate) and the upstream limit window. */
@@ -154,6 +162,8 @@ export interface UntilClaimedOptions extends WaitHooks {
   intervalMs: () => Promise<number>;
   /** Called when a wait for a grant starts and when it ends (streaming heartbeats run in between). */
   onWaitStart?: () => void;
+  /** See WaitHooks.readBy. */
+  readBy?: () => number | undefined;
   onWaitEnd?: () => void;
 }
 
@@ -684,7 +694,9 @@ export class Admission {
               : nearPause;
       const remaining = Math.max(0, etaAt - now);
       hooks.onWaiting?.({ position: Math.ceil(remaining / intervalMs), etaMs: remaining });
-      await clock.sleep(Math.max(0, Math.min(pause, ticket.deadline - now)), hooks.signal);
+      const readBy = hooks.readBy?.();
+      const untilReadBy = readBy !== undefined && readBy > now ? readBy - now : Number.POSITIVE_INFINITY;
+      await clock.sleep(Math.max(0, Math.min(pause, untilReadBy, ticket.deadline - now)), hooks.signal);
       if (hooks.signal?.aborted) continue;
       this.stats.polls++;
       const current = await tickets.get(ticket.id).catch(unlessStoreDown(null));
@@ -946,6 +958,7 @@ export class Admission {
         const res = await this.wait(ticket, pace, {
           signal: o.signal,
           ...(o.onWaiting ? { onWaiting: o.onWaiting } : {}),
+          ...(o.readBy ? { readBy: o.readBy } : {}),
           // Admission's estimate holds for the first wait only (a requeued ticket reads the counter anew).
           ...(ticket === first && o.estimatedWaitMs !== undefined
             ? { estimatedWaitMs: o.estimatedWaitMs }
