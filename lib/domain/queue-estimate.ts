@@ -93,8 +93,9 @@ export const expectedShare = (o: {
  * Wait (ms) until a ticket's grant: `ahead` tickets go first by the policy's order as things stand (strict: every
  * more important one and the older of its own; weighted: the older of its own), and its priority gets `share` of
  * the grants meanwhile, so its grant is the ((ahead + 1) / share)-th. Infinite when the share says it is starved.
- * Under strict order (`inOrder`: `ahead` counts everyone served before it) the tokens free now — or, when none is,
- * the next one — go to those already in line whatever the share; only the grants after them are shared.
+ * Under strict order (`inOrder`: `ahead` counts everyone served before it) the tokens free now go to those already
+ * in line whatever the share; only the grants after them are shared. (When none is free, more important work
+ * arriving meanwhile goes first: the share applies from the next grant on.)
  */
 export const waitForGrantMs = (o: {
   ahead: number;
@@ -105,11 +106,11 @@ export const waitForGrantMs = (o: {
   const { intervalMs, available } = o.pace;
   // No token free and none due known: the next one is at most an interval away.
   const headWaitMs = o.pace.headWaitMs > 0 || available >= 1 ? o.pace.headWaitMs : intervalMs;
-  if (o.inOrder) {
-    const inLine = headWaitMs > 0 ? 1 : Math.floor(available);
-    if (o.ahead < inLine) return headWaitMs;
+  if (o.inOrder && headWaitMs <= 0) {
+    const inLine = Math.floor(available);
+    if (o.ahead < inLine) return 0;
     if (o.share < STARVED_SHARE) return Number.POSITIVE_INFINITY;
-    return headWaitMs + ((o.ahead + 1 - inLine) / o.share) * intervalMs;
+    return ((o.ahead + 1 - inLine) / o.share) * intervalMs;
   }
   if (o.share < STARVED_SHARE) return Number.POSITIVE_INFINITY;
   const grantsUntil = (o.ahead + 1) / o.share;

@@ -52,8 +52,8 @@ describe('estimateWaitMs (fail fast at admission)', () => {
   it.each<[string, Priority, ReturnType<typeof q>, number, number]>([
     // priority, queued, more important load (the dispatcher's, published), expected (interval 1500 ms, none free)
     ['strict: urgent, nothing more important', 'urgent', q(2, 0, 0, 0), 0, 3 * 1500],
-    // The next token goes to the first in line; after it high gets (1 − 0.5 − margin) of the grants.
-    ['strict: high behind urgent asking for half', 'high', q(1, 1, 0, 0), 0.5, 1500 + (2 / 0.45) * 1500],
+    // High gets (1 − 0.5 − margin) of the grants: its grant is the (3 / 0.45)-th.
+    ['strict: high behind urgent asking for half', 'high', q(1, 1, 0, 0), 0.5, (3 / 0.45) * 1500],
     // Starved: more important work takes (nearly) every grant, whether or not any of it is queued now.
     ['strict: normal behind a load of 0.97, none queued now', 'normal', q(0, 0, 1, 0), 0.97, Infinity],
   ])('with the measured load: %s', (_name, priority, queued, load, expected) => {
@@ -172,12 +172,11 @@ describe('estimateGrantTimes', () => {
       1_000 + 1_500,
       Number.POSITIVE_INFINITY,
     ]);
-    // Urgent asks for half the grants: the next token goes to the urgent one in line, then normal, second in line,
-    // gets every other grant (1 + 1 / 0.5 intervals).
+    // Urgent asks for half the grants: normal, second in line, gets its turn after 2 / 0.5 grants.
     const half = { urgent: 0, high: 0.5, normal: 0.5, low: 0.5 };
     expect(estimateGrantTimes([w('urgent', 0), w('normal', 1)], 'strict', W, pace, half)).toEqual([
       1_000 + 1_500,
-      1_000 + 3 * 1_500,
+      1_000 + 4 * 1_500,
     ]);
   });
 
@@ -191,11 +190,11 @@ describe('estimateGrantTimes', () => {
   });
 
   it('strict: at its first look the load of more important work counts FIRST_LOOK_LOAD_MARGIN more', () => {
-    // Urgent asks for 92 % of the grants: a normal ticket second in line gets 8 % of them (1 + 12.5 intervals)
+    // Urgent asks for 92 % of the grants: a normal ticket second in line gets 8 % of them (2 / 0.08 intervals)
     // once kept, but is starved (3 % < 5 %) at its first look: let in on this reading, a swing would refuse it later.
     const loads = { urgent: 0, high: 0.92, normal: 0.92, low: 0.92 };
     const [, kept] = estimateGrantTimes([w('urgent', 0), w('normal', 1)], 'strict', W, pace, loads);
-    expect(kept).toBeCloseTo(1_000 + 1_500 + (1 / 0.08) * 1_500, 6);
+    expect(kept).toBeCloseTo(1_000 + (2 / 0.08) * 1_500, 6);
     const [, first] = estimateGrantTimes(
       [w('urgent', 0), { ...w('normal', 1), firstLook: true }],
       'strict',
