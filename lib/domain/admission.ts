@@ -34,7 +34,14 @@ import type {
 } from './ports.js';
 import { PRIORITIES, type Priority, priorityRank } from './priority.js';
 import { parseWeights } from './priority-policy.js';
-import { estimateWaitMs, fitsDeadline, freshLoad, RESERVE_AHEAD_MS } from './queue-estimate.js';
+import {
+  estimateWaitMs,
+  fitsDeadline,
+  freshLoad,
+  MIN_OBSERVED_INTERVALS,
+  RESERVE_AHEAD_MS,
+} from './queue-estimate.js';
+import { bucketParamsFor } from './retreat-controller.js';
 import {
   isGrantStale,
   SEND_SHARE,
@@ -95,6 +102,11 @@ export interface Admitted {
   claimed?: boolean;
   /** Queued: the wait estimated at admission (fail-fast's estimate), which the wait plans its reads by. */
   estimatedWaitMs?: number;
+  /**
+   * Queued on the counts alone (strict order, no load of more important work known yet: a dispatcher's first
+   * seconds): the dispatcher judges the ticket again once it knows the load; the wait reads it then.
+   */
+  recheckAt?: number;
 }
 
 /** What waiting ended with. */
@@ -164,6 +176,8 @@ export interface UntilClaimedOptions extends WaitHooks {
   onWaitStart?: () => void;
   /** See WaitHooks.readBy. */
   readBy?: () => number | undefined;
+  /** Admitted.recheckAt: the first wait reads the ticket then too. */
+  recheckAt?: number;
   onWaitEnd?: () => void;
 }
 
@@ -318,10 +332,12 @@ export class Admission {
       else if (fast) return { ticket: fast, passthrough: false, claimed: true };
     }
     let estimatedWaitMs: number | undefined;
+    let recheckAt: number | undefined;
     if (plain) {
       const judged = await this.hopeless(ticket, config);
       if (judged instanceof RateLimitedError) throw judged;
-      estimatedWaitMs = judged;
+      estimatedWaitMs = judged?.waitMs;
+      recheckAt = judged?.recheckAt;
     }
     let replaceTicketId: string | undefined;
     for (let i = 0; i < 3; i++) {
@@ -333,7 +349,12 @@ export class Admission {
           ...(budget ? { budget } : {}),
         });
         await this.enqueue(ticket);
-        return { ticket, passthrough: false, ...(estimatedWaitMs !== undefined ? { estimatedWaitMs } : {}) };
+        return {
+          ticket,
+          passthrough: false,
+          ...(estimatedWaitMs !== undefined ? { estimatedWaitMs } : {}),
+          ...(recheckAt !== undefined ? { recheckAt } : {}),
+        };
       } catch (err) {
         if (err instanceof BudgetExhaustedError) throw await this.overBudget(ticket, budget, err.used);
         if (err instanceof AdmissionFullError) return this.whenFull(ticket, config, budget);
@@ -436,11 +457,20 @@ export class Admission {
   private async hopeless(
     ticket: Ticket,
     config: GatewayConfig,
-  ): Promise<RateLimitedError | number | undefined> {
+  ): Promise<RateLimitedError | { waitMs?: number; recheckAt?: number } | undefined> {
     const { bucket, clock } = this.d;
     const interval = bucket.state?.intervalMs;
     // Several upstreams: the estimate knows one bucket; the deadline bounds the wait.
-    if (interval === undefined || ticket.pool) return undefined;
+    if (ticket.pool) return undefined;
+    if (interval === undefined) {
+      // No bucket yet (the dispatcher's first run writes it): not judged now, judged by the dispatcher soon.
+      if (config.priorityPolicy !== 'strict' || ticket.priority === 'urgent') return undefined;
+      const configured = bucketParamsFor(
+        { effectiveRpm: (config.upstreamLimit * 60_000) / config.upstreamWindowMs },
+        config,
+      ).intervalMs;
+      return { recheckAt: clock.now() + (MIN_OBSERVED_INTERVALS + 1) * configured };
+    }
     const read = await this.d.tickets.queuedWithLoad().catch(unlessStoreDown(undefined));
     if (!read) return undefined;
     const now = clock.now();
@@ -472,7 +502,11 @@ export class Admission {
       // For planning the wait's reads: the estimate allows one interval for the first token, but slots already
       // reserved ahead (granted tickets, no longer queued) push it further; the bucket as last known says how far.
       const next = bucket.plan(ticket.priority);
-      return estimateMs + ('waitMs' in next ? Math.max(0, next.waitMs - interval) : 0);
+      const waitMs = estimateMs + ('waitMs' in next ? Math.max(0, next.waitMs - interval) : 0);
+      // Judged without the load of more important work (strict order): the dispatcher knows it within
+      // MIN_OBSERVED_INTERVALS of its start, at the latest that long after this ticket's doorbell.
+      const provisional = config.priorityPolicy === 'strict' && !higherLoads && ticket.priority !== 'urgent';
+      return provisional ? { waitMs, recheckAt: now + (MIN_OBSERVED_INTERVALS + 1) * interval } : { waitMs };
     }
     await this.d.outcomes.record(now, { counts: { refused: 1 } }).catch(() => undefined);
     void this.use(ticket.agent, { requests: 1, refused: 1, throttled: 1 });
@@ -958,7 +992,7 @@ export class Admission {
         const res = await this.wait(ticket, pace, {
           signal: o.signal,
           ...(o.onWaiting ? { onWaiting: o.onWaiting } : {}),
-          ...(o.readBy ? { readBy: o.readBy } : {}),
+          readBy: () => this.readBy(o, ticket === first),
           // Admission's estimate holds for the first wait only (a requeued ticket reads the counter anew).
           ...(ticket === first && o.estimatedWaitMs !== undefined
             ? { estimatedWaitMs: o.estimatedWaitMs }
@@ -1023,6 +1057,15 @@ export class Admission {
         ...(granted.claimedAt !== undefined ? { calledAt: granted.claimedAt } : {}),
       };
     }
+  }
+
+  /** When the wait must read its ticket next: the caller's (a stream's first heartbeat), admission's recheck. */
+  private readBy(o: UntilClaimedOptions, firstWait: boolean): number | undefined {
+    const caller = o.readBy?.();
+    const recheck =
+      firstWait && o.recheckAt !== undefined && o.recheckAt > this.d.clock.now() ? o.recheckAt : undefined;
+    if (caller === undefined) return recheck;
+    return recheck === undefined ? caller : Math.min(caller, recheck);
   }
 
   /**

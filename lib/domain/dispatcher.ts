@@ -174,6 +174,13 @@ export class Dispatcher {
    * load, for refusals. Trimmed to the last few minutes.
    */
   private arrivals = new Map<string, { at: number; priority: Priority }>();
+  /**
+   * Grants this dispatcher made (slot time, priority): what more important work actually took. Under strict order
+   * and saturation that is every grant, while its measured arrivals can read a little under one per interval (a
+   * backlog admitted before the run started, grants of the fast path): a less important ticket then looked
+   * barely not starved, was kept, and refused much later. Trimmed like the arrivals.
+   */
+  private grantsMade: { at: number; priority: Priority }[] = [];
   private runStartedAt: number | undefined;
   /**
    * The load the previous run published, when still fresh at this run's start: judged by until this run has
@@ -500,6 +507,7 @@ export class Dispatcher {
     if (res.kind === 'granted') {
       bucket.spent(plan.attempt);
       this.drr = chargePriority(this.drr, msg.priority);
+      this.noteGrant(slot, msg.priority);
       if (quota) quota.bucket.spent(quota.attempt);
       summary.granted++;
       if (slot > now) summary.reserved++;
@@ -587,6 +595,7 @@ export class Dispatcher {
         lane.bucket.spent(attempt);
         this.laneGrants.set(lane.name, (this.laneGrants.get(lane.name) ?? 0) + 1);
         this.drr = chargePriority(this.drr, msg.priority);
+        this.noteGrant(attempt.now, msg.priority);
         if (quota) quota.bucket.spent(quota.attempt);
         summary.granted++;
         // The queue wait is recorded by the ingress for the grant it calls (as on one upstream).
@@ -676,6 +685,7 @@ export class Dispatcher {
       bucket.spent(many.attempt);
       for (const m of chosen) {
         this.drr = chargePriority(this.drr, m.message.priority);
+        this.noteGrant(now, m.message.priority);
         summary.granted++;
         this.outcomes.record(now, { counts: { granted: 1 } });
         this.finishMessage(m);
@@ -731,14 +741,21 @@ export class Dispatcher {
   private higherLoads(now: number): Record<Priority, number> | undefined {
     const intervalMs = this.d.bucket.state?.intervalMs;
     if (intervalMs === undefined) return undefined;
-    return (
-      higherArrivalLoads({
-        arrivals: [...this.arrivals.values()],
-        now,
-        since: this.runStartedAt ?? now,
-        intervalMs,
-      }) ?? this.inheritedLoad
-    );
+    const since = this.runStartedAt ?? now;
+    const arrived = higherArrivalLoads({ arrivals: [...this.arrivals.values()], now, since, intervalMs });
+    const taken = higherArrivalLoads({ arrivals: this.grantsMade, now, since, intervalMs });
+    if (!arrived || !taken) return this.inheritedLoad;
+    // The larger of what more important work asked for and what it took.
+    return Object.fromEntries(PRIORITIES.map((p) => [p, Math.max(arrived[p], taken[p])])) as Record<
+      Priority,
+      number
+    >;
+  }
+
+  private noteGrant(at: number, priority: Priority): void {
+    this.grantsMade.push({ at, priority });
+    if (this.grantsMade.length < 2_000) return;
+    this.grantsMade = this.grantsMade.filter((g) => g.at >= at - 10 * 60_000).slice(-1_000);
   }
 
   /**

@@ -297,6 +297,7 @@ export class IngressService {
           ...(fromAdmission || admitted.estimatedWaitMs === undefined || ticket !== admitted.ticket
             ? {}
             : { estimatedWaitMs: admitted.estimatedWaitMs }),
+          ...(admitted.recheckAt !== undefined && !fromAdmission ? { recheckAt: admitted.recheckAt } : {}),
           onWaiting: heartbeat.onWaiting,
           readBy: heartbeat.readBy,
           onWaitStart: heartbeat.start,

@@ -248,6 +248,8 @@ describe('fail fast: judged as the dispatcher will judge the ticket', () => {
     if (want === 'queued') {
       expect(got).toMatchObject({ ticket: { status: 'queued' } });
       expect(await s.tickets.queuedByPriority()).toMatchObject({ normal: 3 });
+      // Judged without the load: its wait reads it again when the dispatcher will know the load (6 intervals).
+      expect(got).toMatchObject({ recheckAt: s.clock.now() + 6 * 1500 });
     } else {
       // Starved: no grant time to give, so the agent is told to come back after a window (headers cap it at 60 s).
       expect(got).toMatchObject({ status: 429, code: 'queue_wait_exceeded', retryAfterMs: 60_000 });
