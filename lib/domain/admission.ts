@@ -34,7 +34,13 @@ import type {
 } from './ports.js';
 import { PRIORITIES, type Priority, priorityRank } from './priority.js';
 import { parseWeights } from './priority-policy.js';
-import { estimateWaitMs, fitsDeadline, RESERVE_AHEAD_MS } from './queue-estimate.js';
+import {
+  estimateWaitMs,
+  fitsDeadline,
+  freshLoad,
+  MIN_OBSERVED_INTERVALS,
+  RESERVE_AHEAD_MS,
+} from './queue-estimate.js';
 import { bucketParamsFor } from './retreat-controller.js';
 import {
   isGrantStale,
@@ -99,6 +105,11 @@ export interface Admitted {
   claimed?: boolean;
   /** Queued: the wait estimated at admission (fail-fast's estimate), which the wait plans its reads by. */
   estimatedWaitMs?: number;
+  /**
+   * Queued on the counts alone (strict order, no load of more important work known yet: a dispatcher's first
+   * seconds): the dispatcher judges the ticket again once it knows the load; the wait reads it then.
+   */
+  recheckAt?: number;
 }
 
 /** What waiting ended with. */
@@ -118,8 +129,16 @@ export interface WaitHooks {
    * from its enqueue time; unset, the wait reads the admission counter for an estimate.
    */
   estimatedWaitMs?: number;
-  /** Called between polls while queued (streaming heartbeats). */
+  /**
+   * Called between polls while queued (streaming heartbeats): at the start and after each read that found the
+   * ticket still waiting, never after one that found it refused.
+   */
   onWaiting?: (info: { position: number; etaMs: number }) => void;
+  /**
+   * A read of the ticket is due by then (a stream's first heartbeat, which commits its 200): a refusal the
+   * dispatcher made meanwhile is answered as a plain 429 instead of an error event inside a committed stream.
+   */
+  readBy?: () => number | undefined;
 }
 
 /** How fast grants come: the token interval (for the wait estimate) and the upstream limit window. */
@@ -158,6 +177,10 @@ export interface UntilClaimedOptions extends WaitHooks {
   intervalMs: () => Promise<number>;
   /** Called when a wait for a grant starts and when it ends (streaming heartbeats run in between). */
   onWaitStart?: () => void;
+  /** See WaitHooks.readBy. */
+  readBy?: () => number | undefined;
+  /** Admitted.recheckAt: the first wait reads the ticket then too. */
+  recheckAt?: number;
   onWaitEnd?: () => void;
 }
 
@@ -254,6 +277,9 @@ export const roomyKeep = (burst: number): number => (burst >= 4 ? Math.ceil(burs
 /** Tries of the fast grant when the bucket's condition refused it (each from the bucket as the refusal returned). */
 export const FAST_PATH_BUCKET_TRIES = 3;
 
+/** retry-after of a LOW request refused for its token timeout (as the dispatcher's refusal of a LOW ticket). */
+export const LOW_TIMEOUT_RETRY_AFTER_MS = 5_000;
+
 /** Time after which a grant must have been claimed (kept in step with the dispatcher's claim window). */
 const CLAIM_MARGIN_MS = 5_000;
 
@@ -328,10 +354,12 @@ export class Admission {
       } else if (fast) return { ticket: fast, passthrough: false, claimed: true };
     }
     let estimatedWaitMs: number | undefined;
+    let recheckAt: number | undefined;
     if (plain) {
       const judged = await this.hopeless(ticket, config);
       if (judged instanceof RateLimitedError) throw judged;
-      estimatedWaitMs = judged;
+      estimatedWaitMs = judged?.waitMs;
+      recheckAt = judged?.recheckAt;
     }
     let replaceTicketId: string | undefined;
     for (let i = 0; i < 3; i++) {
@@ -343,7 +371,12 @@ export class Admission {
           ...(budget ? { budget } : {}),
         });
         await this.enqueue(ticket);
-        return { ticket, passthrough: false, ...(estimatedWaitMs !== undefined ? { estimatedWaitMs } : {}) };
+        return {
+          ticket,
+          passthrough: false,
+          ...(estimatedWaitMs !== undefined ? { estimatedWaitMs } : {}),
+          ...(recheckAt !== undefined ? { recheckAt } : {}),
+        };
       } catch (err) {
         if (err instanceof BudgetExhaustedError) throw await this.overBudget(ticket, budget, err.used);
         if (err instanceof AdmissionFullError) return this.whenFull(ticket, config, budget);
@@ -508,43 +541,84 @@ export class Admission {
   }
 
   /**
-   * Fail fast: the refusal a request gets now when its estimated queue wait exceeds the time it can wait
-   * (what is queued at its priority and above, the effective interval, the tokens free now), else the estimate
-   * (the waiting ingress plans its reads by it). A store hiccup or an unknown bucket skips the check (undefined:
-   * the deadline still bounds the wait).
+   * Fail fast: the refusal a request gets now when its estimated queue wait exceeds the time it can wait (what is
+   * queued at its priority and above, the effective interval, the tokens free now and, under strict order, the
+   * load of more important work the dispatcher measured and published — read with the counters, so a request is
+   * judged as the dispatcher will judge its ticket) or, LOW under strict order, its token timeout; else the
+   * estimate (the waiting ingress plans its reads by it). A store hiccup or an unknown bucket skips the check
+   * (undefined: the deadline still bounds the wait).
    */
   private async hopeless(
     ticket: Ticket,
     config: GatewayConfig,
-  ): Promise<RateLimitedError | number | undefined> {
+  ): Promise<RateLimitedError | { waitMs?: number; recheckAt?: number } | undefined> {
     const { bucket, clock } = this.d;
     const interval = bucket.state?.intervalMs;
     // Several upstreams: the estimate knows one bucket; the deadline bounds the wait.
-    if (interval === undefined || ticket.pool) return undefined;
-    const queued = await this.d.tickets.queuedByPriority().catch(unlessStoreDown(undefined));
-    if (!queued) return undefined;
+    if (ticket.pool) return undefined;
+    if (interval === undefined) {
+      // No bucket yet (the dispatcher's first run writes it): not judged now, judged by the dispatcher soon.
+      if (config.priorityPolicy !== 'strict' || ticket.priority === 'urgent') return undefined;
+      const configured = bucketParamsFor(
+        { effectiveRpm: (config.upstreamLimit * 60_000) / config.upstreamWindowMs },
+        config,
+      ).intervalMs;
+      return { recheckAt: clock.now() + (MIN_OBSERVED_INTERVALS + 1) * configured };
+    }
+    const read = await this.d.tickets.queuedWithLoad().catch(unlessStoreDown(undefined));
+    if (!read) return undefined;
+    const now = clock.now();
+    const higherLoads = freshLoad(read.load, now, config.retreatEvalIntervalMs);
     const estimateMs = estimateWaitMs({
       priority: ticket.priority,
-      queued,
+      queued: read.queued,
       intervalMs: interval,
       availableNow: bucket.available(ticket.priority),
       policy: config.priorityPolicy,
       weights: parseWeights(config.priorityWeights) ?? parseWeights('1:1:1:1')!,
+      ...(higherLoads ? { higherLoads } : {}),
     });
-    const now = clock.now();
     const canWaitMs = ticket.deadline - now;
-    if (fitsDeadline({ at: now + estimateMs, now, deadline: ticket.deadline, firstLook: true })) {
+    // LOW's token timeout (strict order), judged as the dispatcher judges a ticket's first look.
+    const lowTimedOut =
+      config.priorityPolicy === 'strict' &&
+      ticket.priority === 'low' &&
+      !fitsDeadline({
+        at: now + estimateMs,
+        now,
+        deadline: now + config.lowPriorityTimeoutMs,
+        firstLook: true,
+      });
+    if (
+      !lowTimedOut &&
+      fitsDeadline({ at: now + estimateMs, now, deadline: ticket.deadline, firstLook: true })
+    ) {
       // For planning the wait's reads: the estimate allows one interval for the first token, but slots already
       // reserved ahead (granted tickets, no longer queued) push it further; the bucket as last known says how far.
       const next = bucket.plan(ticket.priority);
-      return estimateMs + ('waitMs' in next ? Math.max(0, next.waitMs - interval) : 0);
+      const waitMs = estimateMs + ('waitMs' in next ? Math.max(0, next.waitMs - interval) : 0);
+      // Judged without the load of more important work (strict order): the dispatcher knows it within
+      // MIN_OBSERVED_INTERVALS of its start, at the latest that long after this ticket's doorbell.
+      const provisional = config.priorityPolicy === 'strict' && !higherLoads && ticket.priority !== 'urgent';
+      return provisional ? { waitMs, recheckAt: now + (MIN_OBSERVED_INTERVALS + 1) * interval } : { waitMs };
     }
     await this.d.outcomes.record(now, { counts: { refused: 1 } }).catch(() => undefined);
     void this.use(ticket.agent, { requests: 1, refused: 1, throttled: 1 });
     const s = (ms: number) => Math.ceil(ms / 1000);
+    if (lowTimedOut) {
+      // As the dispatcher's refusal of a LOW ticket past its timeout says it.
+      return new RateLimitedError(
+        `Low-priority request refused: estimated queue wait ${Number.isFinite(estimateMs) ? `${s(estimateMs)} s` : 'unbounded (more important requests take every slot)'} exceeds low_priority_timeout (${s(config.lowPriorityTimeoutMs)} s).`,
+        LOW_TIMEOUT_RETRY_AFTER_MS,
+        'low_priority_timeout',
+      );
+    }
     return new RateLimitedError(
-      `Estimated queue wait ${s(estimateMs)} s exceeds this request's maximum wait (${s(canWaitMs)} s): refused now rather than at its deadline; retry after the indicated time.`,
-      estimateMs,
+      Number.isFinite(estimateMs)
+        ? `Estimated queue wait ${s(estimateMs)} s exceeds this request's maximum wait (${s(canWaitMs)} s): refused now rather than at its deadline; retry after the indicated time.`
+        : `More important requests take every slot now (this priority would wait without end): refused now rather than at its deadline (${s(canWaitMs)} s); retry after the indicated time.`,
+      // A starved priority: the estimate is unbounded; come back after a window.
+      Number.isFinite(estimateMs) ? estimateMs : config.upstreamWindowMs,
       'queue_wait_exceeded',
     );
   }
@@ -753,7 +827,9 @@ export class Admission {
               : nearPause;
       const remaining = Math.max(0, etaAt - now);
       hooks.onWaiting?.({ position: Math.ceil(remaining / intervalMs), etaMs: remaining });
-      await clock.sleep(Math.max(0, Math.min(pause, ticket.deadline - now)), hooks.signal);
+      const readBy = hooks.readBy?.();
+      const untilReadBy = readBy !== undefined && readBy > now ? readBy - now : Number.POSITIVE_INFINITY;
+      await clock.sleep(Math.max(0, Math.min(pause, untilReadBy, ticket.deadline - now)), hooks.signal);
       if (hooks.signal?.aborted) continue;
       this.stats.polls++;
       const current = await tickets.get(ticket.id).catch(unlessStoreDown(null));
@@ -875,7 +951,7 @@ export class Admission {
               : status === 'rejected' && current?.reason === 'low_priority_timeout'
                 ? new RateLimitedError(
                     'Low-priority request refused: no slot within low_priority_timeout.',
-                    5_000,
+                    LOW_TIMEOUT_RETRY_AFTER_MS,
                     'low_priority_timeout',
                   )
                 : status === 'abandoned' || status === 'expired'
@@ -1015,6 +1091,7 @@ export class Admission {
         const res = await this.wait(ticket, pace, {
           signal: o.signal,
           ...(o.onWaiting ? { onWaiting: o.onWaiting } : {}),
+          readBy: () => this.readBy(o, ticket === first),
           // Admission's estimate holds for the first wait only (a requeued ticket reads the counter anew).
           ...(ticket === first && o.estimatedWaitMs !== undefined
             ? { estimatedWaitMs: o.estimatedWaitMs }
@@ -1079,6 +1156,15 @@ export class Admission {
         ...(granted.claimedAt !== undefined ? { calledAt: granted.claimedAt } : {}),
       };
     }
+  }
+
+  /** When the wait must read its ticket next: the caller's (a stream's first heartbeat), admission's recheck. */
+  private readBy(o: UntilClaimedOptions, firstWait: boolean): number | undefined {
+    const caller = o.readBy?.();
+    const recheck =
+      firstWait && o.recheckAt !== undefined && o.recheckAt > this.d.clock.now() ? o.recheckAt : undefined;
+    if (caller === undefined) return recheck;
+    return recheck === undefined ? caller : Math.min(caller, recheck);
   }
 
   /**

@@ -24,7 +24,13 @@ import {
   parseWeights,
   pickPriority,
 } from './priority-policy.js';
-import { estimateGrantTimes, fitsDeadline, higherArrivalLoads, RESERVE_AHEAD_MS } from './queue-estimate.js';
+import {
+  estimateGrantTimes,
+  fitsDeadline,
+  freshLoad,
+  higherArrivalLoads,
+  RESERVE_AHEAD_MS,
+} from './queue-estimate.js';
 import type { RetreatRecord } from './retreat.js';
 import type { RetreatController } from './retreat-controller.js';
 import type { TicketMessage } from './tickets.js';
@@ -191,7 +197,19 @@ export class Dispatcher {
    * load, for refusals. Trimmed to the last few minutes.
    */
   private arrivals = new Map<string, { at: number; priority: Priority }>();
+  /**
+   * Grants this dispatcher made (slot time, priority): what more important work actually took. Under strict order
+   * and saturation that is every grant, while its measured arrivals can read a little under one per interval (a
+   * backlog admitted before the run started, grants of the fast path): a less important ticket then looked
+   * barely not starved, was kept, and refused much later. Trimmed like the arrivals.
+   */
+  private grantsMade: { at: number; priority: Priority }[] = [];
   private runStartedAt: number | undefined;
+  /**
+   * The load the previous run published, when still fresh at this run's start: judged by until this run has
+   * observed enough arrivals of its own (a successor taking over is not blind for its first intervals).
+   */
+  private inheritedLoad: Record<Priority, number> | undefined;
   /** Deletes and counters off the grant's critical path (flushed in the background and before a run ends). */
   private readonly deletes: MessageDeletes;
   private readonly outcomes: BufferedOutcomes;
@@ -237,6 +255,7 @@ export class Dispatcher {
     const got = await lease.acquire(owner, clock.now(), this.t.leaseMs);
     if (!got.acquired) return { ...summary, stopReason: 'not_leader' };
     summary.ran = true;
+    await this.inheritLoad();
     let seenRings = got.state.rings;
     const stop = new AbortController();
     const onAbort = () => stop.abort();
@@ -276,6 +295,7 @@ export class Dispatcher {
             this.d.onRetreat?.(record, stepped);
             if (this.lanes.length > 1) this.d.onUpstreamRetreat?.(this.lanes[0]!.name, record, stepped);
             await this.evaluateOtherLanes(config);
+            this.publishLoad(now);
             lastEval = now;
           }
           if (now - lastSweep >= this.t.sweepEveryMs) {
@@ -528,6 +548,7 @@ export class Dispatcher {
     if (res.kind === 'granted') {
       bucket.spent(plan.attempt);
       this.charge(msg.priority, config);
+      this.noteGrant(slot, msg.priority);
       if (quota) quota.bucket.spent(quota.attempt);
       summary.granted++;
       if (slot > now) summary.reserved++;
@@ -629,6 +650,7 @@ export class Dispatcher {
         lane.bucket.spent(attempt);
         this.laneGrants.set(lane.name, (this.laneGrants.get(lane.name) ?? 0) + 1);
         this.charge(msg.priority, config);
+        this.noteGrant(attempt.now, msg.priority);
         if (quota) quota.bucket.spent(quota.attempt);
         summary.granted++;
         // The queue wait is recorded by the ingress for the grant it calls (as on one upstream).
@@ -728,6 +750,7 @@ export class Dispatcher {
       bucket.spent(many.attempt);
       for (const m of chosen) {
         this.charge(m.message.priority, config);
+        this.noteGrant(slot, m.message.priority);
         summary.granted++;
         if (slot > now) summary.reserved++;
         this.outcomes.record(now, { counts: { granted: 1 } });
@@ -778,6 +801,53 @@ export class Dispatcher {
   }
 
   /**
+   * The load of more important work on each priority as this dispatcher measured it (higherArrivalLoads), or the
+   * previous run's until this one has observed enough; undefined when neither is known.
+   */
+  private higherLoads(now: number): Record<Priority, number> | undefined {
+    const intervalMs = this.d.bucket.state?.intervalMs;
+    if (intervalMs === undefined) return undefined;
+    const since = this.runStartedAt ?? now;
+    const arrived = higherArrivalLoads({ arrivals: [...this.arrivals.values()], now, since, intervalMs });
+    const taken = higherArrivalLoads({ arrivals: this.grantsMade, now, since, intervalMs });
+    if (!arrived || !taken) return this.inheritedLoad;
+    // The larger of what more important work asked for and what it took.
+    return Object.fromEntries(PRIORITIES.map((p) => [p, Math.max(arrived[p], taken[p])])) as Record<
+      Priority,
+      number
+    >;
+  }
+
+  private noteGrant(at: number, priority: Priority): void {
+    this.grantsMade.push({ at, priority });
+    if (this.grantsMade.length < 2_000) return;
+    this.grantsMade = this.grantsMade.filter((g) => g.at >= at - 10 * 60_000).slice(-1_000);
+  }
+
+  /**
+   * Publishes the measured load for admission's fail fast (one plain write per retreat evaluation, off the grant
+   * path: a failed write only leaves admission an older load, which it stops trusting after a while).
+   */
+  private publishLoad(now: number): void {
+    const higher = this.higherLoads(now);
+    if (!higher) return;
+    void this.d.tickets.publishLoad({ at: now, higher }).catch((err: unknown) => {
+      this.d.log.warn('load not published', { error: (err as Error).message });
+    });
+  }
+
+  /** Reads the load the previous run published (one read per run); a store hiccup leaves it unknown. */
+  private async inheritLoad(): Promise<void> {
+    try {
+      const config = await this.d.config.config();
+      const { load } = await this.d.tickets.queuedWithLoad();
+      this.inheritedLoad = freshLoad(load, this.d.clock.now(), config.retreatEvalIntervalMs);
+    } catch (err) {
+      if (!(err instanceof StoreUnavailableError)) throw err;
+    }
+  }
+
+  /**
    * Refuses every buffered ticket that cannot be served in time: its estimated grant time (its place among the
    * waiting ones at the current pace and, under strict order, what more important work has been taking of the
    * recent grants) lies past its deadline, or — LOW — further than low_priority_timeout from when it was first
@@ -792,8 +862,12 @@ export class Dispatcher {
     if (all.length === 0) return;
     const first = bucket.plan('urgent');
     const weights = weightsOf(config);
+    const loads = this.higherLoads(now);
+    // Under strict order a first look waits for a known load: judged without it, a less important ticket is kept
+    // as if nothing more important would come, and refused later, after a long wait.
+    const judged = loads !== undefined || config.priorityPolicy !== 'strict';
     const due = estimateGrantTimes(
-      all.map((m) => m.message),
+      all.map((m) => ({ ...m.message, firstLook: !m.looked })),
       config.priorityPolicy,
       weights,
       {
@@ -802,12 +876,7 @@ export class Dispatcher {
         headWaitMs: 'waitMs' in first ? first.waitMs : 0,
         available: bucket.available('urgent'),
       },
-      higherArrivalLoads({
-        arrivals: [...this.arrivals.values()],
-        now,
-        since: this.runStartedAt ?? now,
-        intervalMs: state.intervalMs,
-      }),
+      loads,
     );
     for (const [i, m] of all.entries()) {
       const at = due[i] ?? now;
@@ -827,7 +896,7 @@ export class Dispatcher {
               })
             ? 'wait_exceeds_deadline'
             : undefined;
-      m.looked = true;
+      if (judged) m.looked = true;
       if (!reason) continue;
       // A starved ticket has no grant time: the agent is told to come back after a window.
       const retryAfterMs = Number.isFinite(at) ? at - now : config.upstreamWindowMs;

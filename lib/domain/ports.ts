@@ -4,6 +4,7 @@ import type { GatewayConfig } from './config.js';
 import type { BucketParams, BucketState, ConsumeAttempt } from './gcra.js';
 import type { OutcomeEvent, SlotCounters } from './outcomes.js';
 import type { Priority } from './priority.js';
+import type { PublishedLoad } from './queue-estimate.js';
 import type { CachedAnswer } from './response-cache.js';
 import type { RetreatRecord } from './retreat.js';
 import type { Ticket, TicketMessage, TicketPatch, TicketStatus } from './tickets.js';
@@ -184,6 +185,15 @@ export interface TicketStore {
   ): Promise<FastGrantOutcome>;
   /** Queued tickets per priority (the counters moved with every ticket entering or leaving `queued`). */
   queuedByPriority(): Promise<QueuedByPriority>;
+  /**
+   * queuedByPriority() and, in the same read, the dispatcher's last published load (fail fast at admission).
+   */
+  queuedWithLoad(): Promise<{ queued: QueuedByPriority; load?: PublishedLoad }>;
+  /**
+   * The dispatcher's measured load of more important work, for admission: one plain write now and then, on an
+   * item of its own beside the per-priority counters (no ticket transaction touches it).
+   */
+  publishLoad(load: PublishedLoad): Promise<void>;
   /** Oldest queued ticket of a priority (drop_lowest picks its victim here). */
   oldestQueued(priority: Priority): Promise<Ticket | undefined>;
   /** Tickets in a phase whose phase time is before `before` (granted: claimBy; queued: enqueuedAt). */

@@ -22,6 +22,13 @@ export const STARVED_SHARE = 0.05;
  * drifts past it now and then, and the ticket would be refused after a long wait instead of at once.
  */
 export const FIRST_LOOK_SHARE = 0.75;
+/**
+ * Under strict order, at its first look the measured load of more important work counts this much more (a share
+ * of the grants): near starvation the load swings by about this much from one window to the next (agents sitting
+ * out a retry-after, a lumpy closed loop), and a request let in on a low reading is refused later, after a long
+ * wait. Later looks use the load as measured, so a kept ticket is refused only when its wait really grew.
+ */
+export const FIRST_LOOK_LOAD_MARGIN = 0.05;
 
 /**
  * Whether a ticket whose grant is estimated at `at` can still be served by its deadline (less `marginMs`, the
@@ -39,8 +46,11 @@ export const fitsDeadline = (o: {
   return o.at <= limit;
 };
 
-/** How many token intervals of arrivals the dispatcher looks back on to measure more important load. */
-export const ARRIVAL_WINDOW_INTERVALS = 30;
+/**
+ * How many token intervals of arrivals the dispatcher looks back on to measure more important load: long enough
+ * that agents sitting out a retry-after (up to 60 s) do not make it swing (at 40 rpm, 60 intervals ≈ 91 s).
+ */
+export const ARRIVAL_WINDOW_INTERVALS = 60;
 
 /** How fast grants come now. */
 export interface GrantPace {
@@ -55,8 +65,9 @@ export interface GrantPace {
 /**
  * The share of the grants a priority can expect while it waits.
  * - weighted: its weight among the backlogged priorities (its own included; an idle one's share flows on).
- * - strict: what the more important priorities leave, when one of them is waiting now: 1 − their load (their
- *   arrivals per token interval, `higherLoad`; unknown counts as 0). Nothing more important waiting: all of it.
+ * - strict: what the more important priorities leave: 1 − their load (their arrivals per token interval,
+ *   `higherLoad`, plus `loadMargin` at a first look), whether or not one of them waits at this moment (a load
+ *   measured over the last minute goes on; a momentarily empty queue says little). Unknown load: all of it.
  */
 export const expectedShare = (o: {
   priority: Priority;
@@ -64,6 +75,8 @@ export const expectedShare = (o: {
   weights: PriorityWeights;
   backlogged: ReadonlySet<Priority>;
   higherLoad?: number;
+  /** Added to a known, non-zero load (FIRST_LOOK_LOAD_MARGIN at a first look). @default 0 */
+  loadMargin?: number;
 }): number => {
   if (o.policy === 'weighted') {
     const total = PRIORITIES.filter((p) => p === o.priority || o.backlogged.has(p)).reduce(
@@ -72,28 +85,69 @@ export const expectedShare = (o: {
     );
     return total > 0 ? o.weights[o.priority] / total : 1;
   }
-  const higherWaiting = PRIORITIES.some(
-    (p) => priorityRank(p) < priorityRank(o.priority) && o.backlogged.has(p),
-  );
-  return higherWaiting ? Math.max(0, 1 - (o.higherLoad ?? 0)) : 1;
+  if (!o.higherLoad || o.higherLoad <= 0) return 1;
+  return Math.max(0, 1 - o.higherLoad - (o.loadMargin ?? 0));
 };
 
 /**
  * Wait (ms) until a ticket's grant: `ahead` tickets go first by the policy's order as things stand (strict: every
  * more important one and the older of its own; weighted: the older of its own), and its priority gets `share` of
  * the grants meanwhile, so its grant is the ((ahead + 1) / share)-th. Infinite when the share says it is starved.
+ * Under strict order (`inOrder`: `ahead` counts everyone served before it) the tokens free now go to those already
+ * in line whatever the share; only the grants after them are shared. (When none is free, more important work
+ * arriving meanwhile goes first: the share applies from the next grant on.)
  */
-export const waitForGrantMs = (o: { ahead: number; share: number; pace: GrantPace }): number => {
+export const waitForGrantMs = (o: {
+  ahead: number;
+  share: number;
+  pace: GrantPace;
+  inOrder?: boolean;
+}): number => {
+  const { intervalMs, available } = o.pace;
+  // No token free and none due known: the next one is at most an interval away.
+  const headWaitMs = o.pace.headWaitMs > 0 || available >= 1 ? o.pace.headWaitMs : intervalMs;
+  if (o.inOrder && headWaitMs <= 0) {
+    const inLine = Math.floor(available);
+    if (o.ahead < inLine) return 0;
+    if (o.share < STARVED_SHARE) return Number.POSITIVE_INFINITY;
+    return ((o.ahead + 1 - inLine) / o.share) * intervalMs;
+  }
   if (o.share < STARVED_SHARE) return Number.POSITIVE_INFINITY;
   const grantsUntil = (o.ahead + 1) / o.share;
-  const { intervalMs, headWaitMs, available } = o.pace;
   return headWaitMs > 0
     ? headWaitMs + (grantsUntil - 1) * intervalMs
     : Math.max(0, grantsUntil - available) * intervalMs;
 };
 
-/** Fewer token intervals of observed arrivals than this say nothing about load. */
-export const MIN_OBSERVED_INTERVALS = 10;
+/**
+ * Fewer token intervals of observed arrivals than this say nothing about load. Short, because until the load is
+ * known a less important request is judged as if nothing more important would come, and refused later (after a
+ * long wait) once it is: a dispatcher's first seconds. The window then grows to ARRIVAL_WINDOW_INTERVALS.
+ */
+export const MIN_OBSERVED_INTERVALS = 5;
+
+/**
+ * The dispatcher's measured load of more important work (higherArrivalLoads), published for admission: written
+ * now and then onto the item admission reads anyway (the per-priority queued counters), so fail fast judges a
+ * request as the dispatcher will judge its ticket, at no extra read.
+ */
+export interface PublishedLoad {
+  /** When it was measured (epoch ms). */
+  at: number;
+  /** Per priority: arrivals of more important priorities per token interval. */
+  higher: Record<Priority, number>;
+}
+
+/**
+ * The published load, if recent enough to judge by: the dispatcher publishes at every retreat evaluation
+ * (`publishEveryMs`); one stopped or gone leaves a stale load, trusted up to three times that.
+ */
+export const freshLoad = (
+  load: PublishedLoad | undefined,
+  now: number,
+  publishEveryMs: number,
+): Record<Priority, number> | undefined =>
+  load && now - load.at <= 3 * publishEveryMs && now >= load.at - publishEveryMs ? load.higher : undefined;
 
 /**
  * The load of more important priorities on each priority: their arrivals (admission times) since `since` and
@@ -133,7 +187,10 @@ export interface WaitEstimateInput {
   higherLoads?: Readonly<Record<Priority, number>>;
 }
 
-/** Estimated queue wait (ms) of a request admitted now, behind everything queued (fail fast at admission). */
+/**
+ * Estimated queue wait (ms) of a request admitted now, behind everything queued (fail fast at admission). A
+ * request's first look: the load of more important work counts FIRST_LOOK_LOAD_MARGIN more.
+ */
 export const estimateWaitMs = (i: WaitEstimateInput): number => {
   const rank = priorityRank(i.priority);
   const backlogged = new Set(PRIORITIES.filter((p) => i.queued[p] > 0));
@@ -143,6 +200,7 @@ export const estimateWaitMs = (i: WaitEstimateInput): number => {
     weights: i.weights,
     backlogged,
     ...(i.higherLoads ? { higherLoad: i.higherLoads[i.priority] } : {}),
+    loadMargin: FIRST_LOOK_LOAD_MARGIN,
   });
   const ahead =
     i.policy === 'strict'
@@ -152,6 +210,7 @@ export const estimateWaitMs = (i: WaitEstimateInput): number => {
     ahead,
     share,
     pace: { intervalMs: i.intervalMs, headWaitMs: 0, available: i.availableNow },
+    inOrder: i.policy === 'strict',
   });
 };
 
@@ -159,6 +218,8 @@ export interface Waiting {
   priority: Priority;
   /** Original enqueue time (the order within a priority). */
   enqueuedAt: number;
+  /** Judged for the first time: the load of more important work counts FIRST_LOOK_LOAD_MARGIN more. */
+  firstLook?: boolean;
 }
 
 /**
@@ -180,18 +241,16 @@ export const estimateGrantTimes = (
       (a, b) => priorityRank(a.w.priority) - priorityRank(b.w.priority) || a.w.enqueuedAt - b.w.enqueuedAt,
     );
   const backlogged = new Set(waiting.map((w) => w.priority));
-  const shares = new Map(
-    PRIORITIES.map((p) => [
-      p,
-      expectedShare({
-        priority: p,
-        policy,
-        weights,
-        backlogged,
-        ...(higherLoads ? { higherLoad: higherLoads[p] } : {}),
-      }),
-    ]),
-  );
+  const shareOf = (p: Priority, firstLook: boolean) =>
+    expectedShare({
+      priority: p,
+      policy,
+      weights,
+      backlogged,
+      ...(higherLoads ? { higherLoad: higherLoads[p] } : {}),
+      loadMargin: firstLook ? FIRST_LOOK_LOAD_MARGIN : 0,
+    });
+  const shares = new Map(PRIORITIES.map((p) => [p, [shareOf(p, false), shareOf(p, true)] as const]));
   const seenOfPriority = new Map<Priority, number>();
   const out = new Array<number>(waiting.length);
   order.forEach(({ w, i }, position) => {
@@ -201,8 +260,9 @@ export const estimateGrantTimes = (
       pace.now +
       waitForGrantMs({
         ahead: policy === 'strict' ? position : own,
-        share: shares.get(w.priority) ?? 1,
+        share: shares.get(w.priority)?.[w.firstLook ? 1 : 0] ?? 1,
         pace,
+        inOrder: policy === 'strict',
       });
   });
   return out;

@@ -300,7 +300,9 @@ export class IngressService {
           ...(fromAdmission || admitted.estimatedWaitMs === undefined || ticket !== admitted.ticket
             ? {}
             : { estimatedWaitMs: admitted.estimatedWaitMs }),
+          ...(admitted.recheckAt !== undefined && !fromAdmission ? { recheckAt: admitted.recheckAt } : {}),
           onWaiting: heartbeat.onWaiting,
+          readBy: heartbeat.readBy,
           onWaitStart: heartbeat.start,
           onWaitEnd: heartbeat.stop,
         });
@@ -354,24 +356,38 @@ export class IngressService {
     };
   }
 
-  /** SSE comments while a streaming request waits (they commit a 200 with the event-stream headers). */
+  /**
+   * SSE comments while a streaming request waits (they commit a 200 with the event-stream headers). The first one
+   * goes out only after a read of the ticket at its time found it still waiting (Admission.wait's `readBy`): a
+   * refusal decided before then is answered as a plain 429, not as an error event after a 200.
+   */
   private heartbeat(ctx: RequestContext) {
     const { channel, config } = ctx;
     const sseHeaders = { ...ctx.headers, 'content-type': 'text/event-stream', 'cache-control': 'no-cache' };
     let beat: ReturnType<typeof setInterval> | undefined;
     let waitInfo = { position: 0, etaMs: 0 };
+    let firstAt: number | undefined;
+    let committed = false;
+    const send = () => {
+      channel.commit(200, sseHeaders);
+      void channel.write(`: queued position=${waitInfo.position} eta_ms=${Math.round(waitInfo.etaMs)}\n\n`);
+    };
+    const beating = () => {
+      beat ??= setInterval(send, config.heartbeatMs);
+    };
     return {
       onWaiting: (info: { position: number; etaMs: number }) => {
         waitInfo = info;
+        if (committed || firstAt === undefined || this.d.clock.now() < firstAt) return;
+        committed = true;
+        send();
+        beating();
       },
+      readBy: () => (committed ? undefined : firstAt),
       start: () => {
-        if (!ctx.stream || config.heartbeatMs <= 0 || beat) return;
-        beat = setInterval(() => {
-          channel.commit(200, sseHeaders);
-          void channel.write(
-            `: queued position=${waitInfo.position} eta_ms=${Math.round(waitInfo.etaMs)}\n\n`,
-          );
-        }, config.heartbeatMs);
+        if (!ctx.stream || config.heartbeatMs <= 0) return;
+        if (committed) beating();
+        else firstAt ??= this.d.clock.now() + config.heartbeatMs;
       },
       stop: () => {
         clearInterval(beat);

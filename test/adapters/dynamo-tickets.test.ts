@@ -701,6 +701,24 @@ describe('phase index and reconcile', () => {
   });
 });
 
+describe("the dispatcher's published load", () => {
+  it('is read back with the per-priority counters in the same Query, and moves none of them', async () => {
+    // Prepare
+    const before = await tickets.queuedWithLoad();
+    const load = { at: clock.now(), higher: { urgent: 0, high: 0.8, normal: 0.97, low: 1 } };
+
+    // Act
+    await tickets.publishLoad(load);
+    await created({ priority: 'high' });
+    const after = await tickets.queuedWithLoad();
+
+    // Assess
+    expect(after.load).toEqual(load);
+    expect(after.queued).toEqual({ ...before.queued, high: before.queued.high + 1 });
+    expect(await tickets.queuedByPriority()).toEqual(after.queued);
+  });
+});
+
 describe('SDK errors an emulator cannot produce (aws-sdk-client-mock)', () => {
   // A client of its own, so the emulator-backed tests above keep their real client.
   const client = new DynamoDBClient({

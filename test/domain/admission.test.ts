@@ -139,6 +139,52 @@ describe('Admission.untilClaimed', () => {
     expect(await s.tickets.counts()).toEqual(counts);
   });
 
+  it("a stream's first heartbeat waits for a read at its time: a refusal made before it is seen first (a plain 429, no committed 200)", async () => {
+    // Prepare: a request estimated 100 s out (far reads, 5 s apart), refused by the dispatcher 11 s in; its first
+    // heartbeat is due at 12.5 s.
+    const s = setup();
+    const ticket = await s.admission.admit(
+      { agent: 'a', priority: 'normal', model: 'm', stream: true, deadline: s.clock.now() + 540_000 },
+      DEFAULT_CONFIG,
+    );
+    const t0 = s.clock.now();
+    const reads: number[] = [];
+    const get = s.tickets.get.bind(s.tickets);
+    s.tickets.get = (id: string) => {
+      reads.push(s.clock.now() - t0);
+      return get(id);
+    };
+    s.clock.onSleep = () => {
+      if (s.clock.now() - t0 < 11_000) return;
+      const t = s.tickets.tickets.get(ticket.ticket.id)!;
+      if (t.status !== 'queued') return;
+      s.tickets.tickets.set(t.id, {
+        ...t,
+        status: 'rejected',
+        reason: 'wait_exceeds_deadline',
+        retryAfterMs: 60_000,
+      });
+    };
+    const waitingAt: number[] = [];
+
+    // Act
+    const res = await s.admission.untilClaimed(ticket.ticket, {
+      signal: new AbortController().signal,
+      passthrough: false,
+      windowMs: WINDOW_MS,
+      callBudgetMs: 65_000,
+      intervalMs: async () => 1_500,
+      estimatedWaitMs: 100_000,
+      onWaiting: () => waitingAt.push(s.clock.now() - t0),
+      readBy: () => t0 + 12_500,
+    });
+
+    // Assess: a read at 12.5 s found the refusal; nothing was told "still waiting" at or after it.
+    expect(reads).toContain(12_500);
+    expect(res.kind === 'refused' && res.error.code).toBe('queue_wait_exceeded');
+    expect(waitingAt.every((at) => at < 12_500)).toBe(true);
+  });
+
   it('admits a retry with the same Idempotency-Key onto the waiting ticket (one ticket, one queue message)', async () => {
     const s = setup();
     const first = await admit(s, 'k1');

@@ -191,6 +191,24 @@ describe('Dispatcher: reservations, hopeless tickets, expired messages', () => {
     expect((await s.tickets.counts()).queued).toBe(all.filter((t) => t?.status === 'queued').length);
   });
 
+  it('publishes the load of more important work it measured, for admission to judge requests by', async () => {
+    const s = await setup({});
+    // The dispatcher starts looking; then urgent tickets arrive one per token interval for 12 s.
+    await s.dispatcher.run(s.clock.now() + 10);
+    expect(s.tickets.load).toBeUndefined();
+    for (let i = 0; i < 8; i++) {
+      await admitAll(s, ['urgent']);
+      s.clock.advance(1_499);
+    }
+    await s.dispatcher.run(s.clock.now() + 6_000);
+    const published = s.tickets.load!;
+    expect(published.at).toBeGreaterThan(s.clock.now() - 6_000);
+    // Nothing is more important than urgent; every other priority sees the same urgent load (8 over 8–12 intervals).
+    expect(published.higher.urgent).toBe(0);
+    expect(published.higher.high).toBeGreaterThan(0.5);
+    expect(published.higher.low).toBe(published.higher.high);
+  });
+
   it('a message long past its deadline is only deleted: no write to its (abandoned) ticket', async () => {
     const s = await setup({});
     const [id] = await admitAll(s, ['normal'], 1_000);

@@ -342,20 +342,22 @@ describe('fast path backoff', () => {
   it('after a refusal for a busy queue, the container queues that priority and below without trying for a while', async () => {
     // Prepare: an urgent ticket waits; a normal request is refused the fast path.
     const s = await setup();
+    // LOW's token timeout long enough that no LOW request here is refused at admission.
+    const CONFIG_LOW = { ...CONFIG, lowPriorityTimeoutMs: 60_000 };
     const { callBudgetMs: _none, ...queuedOnly } = s.request('urgent');
     await s.admission.admit(queuedOnly, CONFIG);
     await s.admission.admit(s.request('normal'), CONFIG);
     expect(s.admission.stats.fastFallback).toBe(1);
 
     // Act + Assess: low and normal skip the attempt (no transaction), high still tries
-    await s.admission.admit(s.request('low'), CONFIG);
+    await s.admission.admit(s.request('low'), CONFIG_LOW);
     await s.admission.admit(s.request('normal'), CONFIG);
     expect(s.admission.stats.fastFallback).toBe(1);
     await s.admission.admit(s.request('high'), CONFIG);
     expect(s.admission.stats.fastFallback).toBe(2);
     // Once the backoff is over, it tries again.
     s.clock.advance(FAST_PATH_BACKOFF_MS);
-    await s.admission.admit(s.request('low'), CONFIG);
+    await s.admission.admit(s.request('low'), CONFIG_LOW);
     expect(s.admission.stats.fastFallback).toBe(3);
   });
 
@@ -438,5 +440,65 @@ describe('fail fast at admission', () => {
     }
     const got = await s.admission.admit(s.request('normal', { deadline: s.clock.now() + 10_000 }), CONFIG);
     expect(got.ticket.status).toBe('queued');
+  });
+});
+
+describe('fail fast: judged as the dispatcher will judge the ticket', () => {
+  const LOAD_097 = { urgent: 0, high: 0.97, normal: 0.97, low: 0.97 };
+  it.each<[string, { atAgoMs: number } | undefined, 'queued' | 'refused']>([
+    [
+      'no load published yet: the queued counts alone (the next token after the two free ones)',
+      undefined,
+      'queued',
+    ],
+    [
+      'the published load says more important work takes 97 % of the grants: refused at once, though none of it is queued now',
+      { atAgoMs: 2_000 },
+      'refused',
+    ],
+    ['a stale load (the dispatcher stopped publishing) is not judged by', { atAgoMs: 20_000 }, 'queued'],
+  ])('%s', async (_name, published, want) => {
+    // Prepare: two normal requests wait (queued without the fast path) for the two tokens free now.
+    const s = await setup();
+    const { callBudgetMs: _none, ...queuedOnly } = s.request('normal');
+    await s.admission.admit(queuedOnly, CONFIG);
+    await s.admission.admit(queuedOnly, CONFIG);
+    if (published) await s.tickets.publishLoad({ at: s.clock.now() - published.atAgoMs, higher: LOAD_097 });
+
+    // Act
+    const got = await s.admission.admit(s.request('normal'), CONFIG).catch((err: unknown) => err);
+
+    // Assess
+    if (want === 'queued') {
+      expect(got).toMatchObject({ ticket: { status: 'queued' } });
+      expect(await s.tickets.queuedByPriority()).toMatchObject({ normal: 3 });
+      // Judged without the load: its wait reads it again when the dispatcher will know the load (6 intervals).
+      expect(got).toMatchObject({ recheckAt: s.clock.now() + 6 * 1500 });
+    } else {
+      // Starved: no grant time to give, so the agent is told to come back after a window (headers cap it at 60 s).
+      expect(got).toMatchObject({ status: 429, code: 'queue_wait_exceeded', retryAfterMs: 60_000 });
+      expect(await s.tickets.queuedByPriority()).toMatchObject({ normal: 2 });
+    }
+  });
+
+  it.each([
+    // 1.5 s per token, 2 free now (taken by the first two in line): the LOW request's grant is the
+    // (ahead − 1)-th token after them. At admission it must fit three quarters of the 6 s LOW timeout.
+    ['three ahead: 3 s, fits', 3, 'queued'],
+    ['five ahead: 6 s, past 4.5 s: refused at once with low_priority_timeout', 5, 'refused'],
+  ])("LOW's token timeout at admission (strict): %s", async (_name, ahead, want) => {
+    const s = await setup();
+    for (let i = 0; i < ahead; i++) {
+      const { callBudgetMs: _none, ...queuedOnly } = s.request('high');
+      await s.admission.admit(queuedOnly, CONFIG);
+    }
+
+    const got = await s.admission.admit(s.request('low'), CONFIG).catch((err: unknown) => err);
+
+    if (want === 'queued') expect(got).toMatchObject({ ticket: { status: 'queued' } });
+    else {
+      expect(got).toMatchObject({ status: 429, code: 'low_priority_timeout', retryAfterMs: 5_000 });
+      expect(await s.tickets.queuedByPriority()).toMatchObject({ low: 0 });
+    }
   });
 });

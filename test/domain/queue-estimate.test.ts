@@ -8,6 +8,7 @@ import {
   estimateWaitMs,
   expectedShare,
   fitsDeadline,
+  freshLoad,
   higherArrivalLoads,
 } from '../../lib/domain/queue-estimate.js';
 
@@ -47,12 +48,56 @@ describe('estimateWaitMs (fail fast at admission)', () => {
       estimateWaitMs({ priority, queued, intervalMs: 1500, availableNow, policy, weights: W }),
     ).toBeCloseTo(expected, 6);
   });
+
+  it.each<[string, Priority, ReturnType<typeof q>, number, number]>([
+    // priority, queued, more important load (the dispatcher's, published), expected (interval 1500 ms, none free)
+    ['strict: urgent, nothing more important', 'urgent', q(2, 0, 0, 0), 0, 3 * 1500],
+    // High gets (1 − 0.5 − margin) of the grants: its grant is the (3 / 0.45)-th.
+    ['strict: high behind urgent asking for half', 'high', q(1, 1, 0, 0), 0.5, (3 / 0.45) * 1500],
+    // Starved: more important work takes (nearly) every grant, whether or not any of it is queued now.
+    ['strict: normal behind a load of 0.97, none queued now', 'normal', q(0, 0, 1, 0), 0.97, Infinity],
+  ])('with the measured load: %s', (_name, priority, queued, load, expected) => {
+    const higherLoads = { urgent: 0, high: load, normal: load, low: load };
+    const got = estimateWaitMs({
+      priority,
+      queued,
+      intervalMs: 1500,
+      availableNow: 0,
+      policy: 'strict',
+      weights: W,
+      higherLoads,
+    });
+    if (expected === Infinity) expect(got).toBe(Infinity);
+    else expect(got).toBeCloseTo(expected, 6);
+  });
+});
+
+describe('freshLoad', () => {
+  const load = { at: 100_000, higher: { urgent: 0, high: 0.5, normal: 0.9, low: 1 } };
+  it.each([
+    ['just published', 100_000, true],
+    ['three evaluations old: still trusted', 115_000, true],
+    ['older: the dispatcher stopped, not judged by', 115_001, false],
+    ['from a clock far ahead: not judged by', 90_000, false],
+  ])('%s', (_name, now, fresh) => {
+    expect(freshLoad(load, now, 5_000)).toEqual(fresh ? load.higher : undefined);
+  });
+  it('none published', () => expect(freshLoad(undefined, 0, 5_000)).toBeUndefined());
 });
 
 describe('expectedShare', () => {
   const backlog = (...ps: Priority[]) => new Set<Priority>(ps);
   it.each<[string, Priority, PriorityPolicy, Set<Priority>, number | undefined, number]>([
-    ['strict, nothing more important waiting: all of it', 'normal', 'strict', backlog('low'), 0.9, 1],
+    // The load is measured over the last minute: a queue empty at this moment says little about the next grants.
+    [
+      'strict, nothing more important waiting at this moment: still what their load leaves',
+      'normal',
+      'strict',
+      backlog('low'),
+      0.9,
+      0.1,
+    ],
+    ['strict, no more important load: all of it', 'normal', 'strict', backlog('urgent'), 0, 1],
     [
       'strict, more important waiting, shares unknown: all of it',
       'normal',
@@ -92,9 +137,9 @@ describe('higherArrivalLoads', () => {
     { at: 59_000, priority: 'normal' as const },
   ];
   it.each([
-    // 30 intervals of 500 ms: the last 15 s hold 6 urgent, 3 high, 1 normal (10 intervals' worth of span: 30).
-    ['a whole window observed', 0, { urgent: 0, high: 0.2, normal: 0.3, low: 1 / 3 }],
-    // Since 45 s: the same arrivals over 15 s.
+    // 60 intervals of 500 ms: the last 30 s hold 6 urgent, 3 high, 1 normal (60 intervals of span).
+    ['a whole window observed', 0, { urgent: 0, high: 0.1, normal: 0.15, low: 1 / 6 }],
+    // Since 45 s: the same arrivals over 15 s (30 intervals).
     ['observed since 45 s', 45_000, { urgent: 0, high: 0.2, normal: 0.3, low: 1 / 3 }],
     // Since 52 s: 8 s = 16 intervals, and the urgent ones admitted before it do not count (a backlog, not a load).
     [
@@ -102,7 +147,7 @@ describe('higherArrivalLoads', () => {
       52_000,
       { urgent: 0, high: 0, normal: 3 / 16, low: 4 / 16 },
     ],
-    ['fewer than 10 intervals observed: unknown', 56_000, undefined],
+    ['fewer than 5 intervals observed: unknown', 58_000, undefined],
   ])('%s', (_name, since, want) => {
     const got = higherArrivalLoads({ arrivals, now: 60_000, since, intervalMs: 500 });
     if (want === undefined) expect(got).toBeUndefined();
@@ -133,6 +178,31 @@ describe('estimateGrantTimes', () => {
       1_000 + 1_500,
       1_000 + 4 * 1_500,
     ]);
+  });
+
+  it('strict: the token free now goes to the first in line, even of a priority starved by more important work', () => {
+    const starved = { urgent: 0, high: 1, normal: 1, low: 1 };
+    const oneFree = { ...pace, available: 1 };
+    expect(estimateGrantTimes([w('normal', 0), w('normal', 1)], 'strict', W, oneFree, starved)).toEqual([
+      1_000,
+      Number.POSITIVE_INFINITY,
+    ]);
+  });
+
+  it('strict: at its first look the load of more important work counts FIRST_LOOK_LOAD_MARGIN more', () => {
+    // Urgent asks for 92 % of the grants: a normal ticket second in line gets 8 % of them (2 / 0.08 intervals)
+    // once kept, but is starved (3 % < 5 %) at its first look: let in on this reading, a swing would refuse it later.
+    const loads = { urgent: 0, high: 0.92, normal: 0.92, low: 0.92 };
+    const [, kept] = estimateGrantTimes([w('urgent', 0), w('normal', 1)], 'strict', W, pace, loads);
+    expect(kept).toBeCloseTo(1_000 + (2 / 0.08) * 1_500, 6);
+    const [, first] = estimateGrantTimes(
+      [w('urgent', 0), { ...w('normal', 1), firstLook: true }],
+      'strict',
+      W,
+      pace,
+      loads,
+    );
+    expect(first).toBe(Number.POSITIVE_INFINITY);
   });
 
   it('weighted: its own queue at its share among the waiting priorities', () => {

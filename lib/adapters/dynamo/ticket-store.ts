@@ -29,6 +29,7 @@ import type {
   TicketStore,
 } from '../../domain/ports.js';
 import { PRIORITIES, type Priority, priorityRank } from '../../domain/priority.js';
+import type { PublishedLoad } from '../../domain/queue-estimate.js';
 import {
   canTransition,
   isTerminal,
@@ -72,6 +73,8 @@ const AGENT_QUEUED_PK = 'agentq';
  * from the global admission counter so the fast path's checks do not land on that hot item.
  */
 const PRIORITY_QUEUED_PK = 'queuedp';
+/** The dispatcher's published load (queue-estimate.ts PublishedLoad), beside the counters: read by the same Query. */
+const LOAD_SK = 'load';
 
 /**
  * Distinguishes our own logical tries (per process, per try); an SDK retry resends the same command, hence the
@@ -800,6 +803,10 @@ export class DynamoTicketStore implements TicketStore {
   }
 
   async queuedByPriority(): Promise<QueuedByPriority> {
+    return (await this.queuedWithLoad()).queued;
+  }
+
+  async queuedWithLoad(): Promise<{ queued: QueuedByPriority; load?: PublishedLoad }> {
     const res = await this.client.send(
       new QueryCommand({
         TableName: this.tables.stateTable,
@@ -808,12 +815,26 @@ export class DynamoTicketStore implements TicketStore {
         ConsistentRead: true,
       }),
     );
-    const out: QueuedByPriority = { urgent: 0, high: 0, normal: 0, low: 0 };
+    const queued: QueuedByPriority = { urgent: 0, high: 0, normal: 0, low: 0 };
+    let load: PublishedLoad | undefined;
     for (const item of res.Items ?? []) {
-      const p = plain<{ sk: string; queued?: number }>(item);
-      if (p && (PRIORITIES as readonly string[]).includes(p.sk)) out[p.sk as Priority] = p.queued ?? 0;
+      const p = plain<{ sk: string; queued?: number; at?: number; higher?: Record<string, number> }>(item);
+      if (p && (PRIORITIES as readonly string[]).includes(p.sk)) queued[p.sk as Priority] = p.queued ?? 0;
+      else if (p?.sk === LOAD_SK && typeof p.at === 'number' && p.higher) {
+        const higher = Object.fromEntries(PRIORITIES.map((q) => [q, Number(p.higher?.[q] ?? 0)]));
+        load = { at: p.at, higher: higher as Record<Priority, number> };
+      }
     }
-    return out;
+    return { queued, ...(load ? { load } : {}) };
+  }
+
+  async publishLoad(load: PublishedLoad): Promise<void> {
+    await this.client.send(
+      new PutItemCommand({
+        TableName: this.tables.stateTable,
+        Item: { ...stateKey(PRIORITY_QUEUED_PK, LOAD_SK), ...marshall({ at: load.at, higher: load.higher }) },
+      }),
+    );
   }
 
   async oldestQueued(priority: Priority): Promise<Ticket | undefined> {

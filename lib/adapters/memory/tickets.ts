@@ -23,6 +23,7 @@ import type {
   TicketStore,
 } from '../../domain/ports.js';
 import { PRIORITIES, type Priority, priorityRank } from '../../domain/priority.js';
+import type { PublishedLoad } from '../../domain/queue-estimate.js';
 import {
   canTransition,
   isTerminal,
@@ -232,6 +233,17 @@ export class MemoryTicketStore implements TicketStore {
 
   async queuedByPriority(): Promise<QueuedByPriority> {
     return { ...this.priorityQueued };
+  }
+
+  /** The dispatcher's last published load (publishLoad). */
+  load: PublishedLoad | undefined;
+
+  async queuedWithLoad(): Promise<{ queued: QueuedByPriority; load?: PublishedLoad }> {
+    return { queued: { ...this.priorityQueued }, ...(this.load ? { load: structuredClone(this.load) } : {}) };
+  }
+
+  async publishLoad(load: PublishedLoad): Promise<void> {
+    this.load = structuredClone(load);
   }
 
   async transition(
