@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DynamoLeaseStore } from '../../lib/adapters/dynamo/lease-store.js';
 import type { LeaseStore, ReceivedMessage, TicketQueue } from '../../lib/domain/ports.js';
 import type { Ticket } from '../../lib/domain/tickets.js';
-import { dispatcherFor, storesFor } from '../support/stores.js';
+import { dispatcherFor, readTickets, storesFor } from '../support/stores.js';
 
 const WINDOW_MS = 2_000;
 const LIMIT = 20;
@@ -91,7 +91,10 @@ describe('dispatcher singleton', () => {
     expect(a.ran && b.ran).toBe(true);
     expect(duplicates).toBeGreaterThanOrEqual(15);
     expect(a.granted + b.granted).toBe(30);
-    const stored = await Promise.all(tickets.map((t) => ctx.stores.tickets.get(t.id)));
+    const stored = await readTickets(
+      ctx.stores.tickets,
+      tickets.map((t) => t.id),
+    );
     expect(stored.every((t) => t?.status === 'granted' && t.attempt === 0)).toBe(true);
     // The grant times of both dispatchers together respect the window limit of the shared bucket.
     const times = stored.map((t) => t!.grantedAt!).sort((x, y) => x - y);
@@ -231,7 +234,10 @@ describe('batched grants on the real stores (plain GCRA above the window log)', 
       dispatcherFor(ctx.stores, { owner: 'by', lease: leaseOf('batch-y') }).run(Date.now() + 90_000),
     ]);
     expect(a.granted + b.granted).toBe(tickets.length);
-    const stored = await Promise.all(tickets.map((t) => ctx.stores.tickets.get(t.id)));
+    const stored = await readTickets(
+      ctx.stores.tickets,
+      tickets.map((t) => t.id),
+    );
     expect(stored.every((t) => t?.status === 'granted' && t.attempt === 0)).toBe(true);
     const times = stored.map((t) => t!.grantedAt!).sort((x, y) => x - y);
     let most = 0;

@@ -5,7 +5,7 @@ import type { ReceivedMessage, TicketQueue } from '../../lib/domain/ports.js';
 import { PRIORITIES, type Priority, priorityRank } from '../../lib/domain/priority.js';
 import type { Ticket } from '../../lib/domain/tickets.js';
 import type { Stores } from '../../lib/runtime/wiring.js';
-import { dispatcherFor, storesFor } from '../support/stores.js';
+import { dispatcherFor, readTickets, storesFor } from '../support/stores.js';
 
 /** The stated bound: a higher-priority ticket visible this long is served before any lower one. */
 const INVERSION_BOUND_MS = 1_000;
@@ -84,7 +84,10 @@ describe('dispatcher priority order under saturation', () => {
     expect(queue.empties).toBeGreaterThan(0);
     expect(queue.duplicates).toBeGreaterThan(0);
 
-    const granted = await Promise.all(created.map((t) => stores.tickets.get(t.id)));
+    const granted = await readTickets(
+      stores.tickets,
+      created.map((t) => t.id),
+    );
     const order = granted.map((t) => t!).sort((a, b) => a.grantedAt! - b.grantedAt!);
     // An inversion: a lower priority granted while a higher one had been visible longer than the bound.
     const start = Math.max(...created.map((t) => t.enqueuedAt));
@@ -210,7 +213,10 @@ describe('weighted priority policy (issue 11.3)', () => {
     // Assess: while all four are backlogged (the first 15 grants = one round), shares follow 8:4:2:1 — low is
     // not starved behind 48 more important tickets.
     expect(summary.granted).toBe(created.length);
-    const granted = await Promise.all(created.map((t) => stores.tickets.get(t.id)));
+    const granted = await readTickets(
+      stores.tickets,
+      created.map((t) => t.id),
+    );
     const order = granted.map((t) => t!).sort((a, b) => a.grantedAt! - b.grantedAt!);
     const firstRound = order.slice(0, 15);
     const count = (p: Priority) => firstRound.filter((t) => t.priority === p).length;

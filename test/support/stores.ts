@@ -1,7 +1,9 @@
 // Test helpers: the real stores (DynamoDB Local + fauxqs) of a fresh prefix, composed as the functions compose them.
+
 import { Admission } from '../../lib/domain/admission.js';
 import { Dispatcher, type DispatcherDeps, type DispatcherTimings } from '../../lib/domain/dispatcher.js';
 import type { TicketQueue } from '../../lib/domain/ports.js';
+import type { Ticket } from '../../lib/domain/tickets.js';
 import { readRuntimeEnv } from '../../lib/runtime/env.js';
 import { makeClients, makeStores, type Stores } from '../../lib/runtime/wiring.js';
 import { type TestResources, testResources } from './aws.js';
@@ -65,3 +67,19 @@ export const dispatcherFor = (
     },
     { idleStopMs: 1_500, pollWaitSeconds: 1, ...timings },
   );
+
+/**
+ * Reads many tickets a few at a time: hundreds of concurrent GetItems open as many connections, and DynamoDB Local
+ * on a loaded 2-core machine then refuses some within the client's 2 s connection timeout.
+ */
+export const readTickets = async (
+  store: { get(id: string): Promise<Ticket | undefined> },
+  ids: readonly string[],
+  atOnce = 10,
+): Promise<(Ticket | undefined)[]> => {
+  const out: (Ticket | undefined)[] = [];
+  for (let i = 0; i < ids.length; i += atOnce) {
+    out.push(...(await Promise.all(ids.slice(i, i + atOnce).map((id) => store.get(id)))));
+  }
+  return out;
+};
