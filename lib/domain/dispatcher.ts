@@ -809,7 +809,20 @@ export class Dispatcher {
     if (intervalMs === undefined) return undefined;
     const since = this.runStartedAt ?? now;
     const arrived = higherArrivalLoads({ arrivals: [...this.arrivals.values()], now, since, intervalMs });
-    const taken = higherArrivalLoads({ arrivals: this.grantsMade, now, since, intervalMs });
+    // Grants say "load" only for a priority with a ticket waiting that arrived during this run (its agents keep
+    // coming): grants that only drain a backlog queued before the run are not arrivals, and reading them as load
+    // refused less important tickets that the backlog's end would have served within seconds.
+    const sustained = new Set(
+      [...this.buffers.entries()]
+        .filter(([, buf]) => buf.some((m) => m.message.enqueuedAt >= since))
+        .map(([p]) => p),
+    );
+    const taken = higherArrivalLoads({
+      arrivals: this.grantsMade.filter((g) => sustained.has(g.priority)),
+      now,
+      since,
+      intervalMs,
+    });
     if (!arrived || !taken) return this.inheritedLoad;
     // The larger of what more important work asked for and what it took.
     return Object.fromEntries(PRIORITIES.map((p) => [p, Math.max(arrived[p], taken[p])])) as Record<

@@ -197,7 +197,7 @@ describe('time to refusal under heavy overload (simulated)', () => {
     ['calls of 4 s: urgent takes nearly every grant', 4_000],
     ['calls of 6 s: urgent leaves high a share', 6_000],
   ])(
-    '%s: refused at once after the first seconds, within 10 s in them; the whole allowance used',
+    '%s: refused at once after the first seconds, within 20 s in them; the whole allowance used',
     async (_n, callMs) => {
       const { refusals, completed, minutes } = await simulate(150_000, callMs);
       // The first seconds of a dispatcher run: the load of more important work is not known yet, so less important
@@ -207,7 +207,10 @@ describe('time to refusal under heavy overload (simulated)', () => {
         rs.map((r) => `${r.priority} ${r.code} sent at ${Math.round(r.at)} ms, after ${Math.round(r.ms)} ms`);
       expect(steady.length).toBeGreaterThan(100);
       expect(show(steady.filter((r) => r.ms > 1_000))).toEqual([]);
-      expect(show(refusals.filter((r) => r.ms > 10_000))).toEqual([]);
+      // In the first seconds, grants that drain the backlog queued before the dispatcher's run are not read as load
+      // until tickets that arrived during the run wait too (its agents came back): a one-off burst of urgent work
+      // must not refuse less important requests it delays for seconds only (test/e2e/priority.test.ts).
+      expect(show(refusals.filter((r) => r.ms > 20_000))).toEqual([]);
       // Before: in 2 minutes 140 refusals after the first 20 s took over 1 s (p99 540 s, 21 % after > 10 s); with the
       // load measured from arrivals alone, the first normal requests were kept and refused 15–52 s later.
       const perMinute = Object.values(completed).reduce((a, b) => a + b, 0) / minutes;
