@@ -37,7 +37,8 @@ describe('SQS failing under the running system', () => {
       dispatcherTimings: { sweepEveryMs: 500, claimWindowMs: 4_000, leaseMs: 3_000, pollWaitSeconds: 1 },
       scheduleMs: 2_000,
     });
-    key = await f.system.createKey('queue-faults', 'urgent');
+    // A quota of its own keeps every request on the queued path (the fast path grants at admission, no SQS).
+    key = await f.system.createKey('queue-faults', 'urgent', { rpm: 6_000 });
     // A short visibility timeout, so a message whose delete failed comes back within the test.
     sqs = testSqsClient();
     await sqs.send(
