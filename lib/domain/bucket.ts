@@ -15,11 +15,18 @@ import {
   refundLog,
   refundTat,
   rescaleTat,
+  reservedTokens,
   sameParams,
 } from './gcra.js';
 import type { BucketStore } from './ports.js';
 import type { Priority } from './priority.js';
-import { planTokens, reconcileEntries, type TokenLimit, type TokenNeed } from './token-window.js';
+import {
+  planTokens,
+  reconcileEntries,
+  refundEntries,
+  type TokenLimit,
+  type TokenNeed,
+} from './token-window.js';
 
 export interface ReserveSettings {
   fraction: number;
@@ -261,17 +268,36 @@ export class TokenBucket {
    * grant: a token returned later would add a call to a window that never counted the refunded grant.
    * @param grantedAt when the refunded grant was made
    * @param windowMs the upstream limit window
+   * @param tokens an upstream with `tpm`: the grant's need there — its reservation leaves the token log in the same
+   *   write (a call never made uses no tokens). None on an upstream without `tpm`: nothing more is read or written.
    */
-  async refund(grantedAt: number, windowMs: number): Promise<void> {
-    if (this.clock.now() - grantedAt >= windowMs) return;
+  async refund(grantedAt: number, windowMs: number, tokens?: TokenNeed): Promise<void> {
+    const requestDue = this.clock.now() - grantedAt < windowMs;
+    const tokensDue = tokens !== undefined && this.clock.now() - grantedAt < tokens.windowMs;
+    if (!requestDue && !tokensDue) return;
     for (let i = 0; i < 10; i++) {
       // Read first: a cached "full" may be stale while others spent the burst.
       const state = await this.refresh();
       if (!state) return;
-      const tat = refundTat(state.tat, this.clock.now(), state, state.holdUntil);
+      const tat = requestDue ? refundTat(state.tat, this.clock.now(), state, state.holdUntil) : state.tat;
       // Window-exact: the refunded grant also leaves the log, so the window has room for the call it never made.
-      const log = refundLog(state.log, grantedAt);
-      if (tat === state.tat && log === state.log) return;
+      const log = requestDue ? refundLog(state.log, grantedAt) : state.log;
+      const entries =
+        tokensDue && state.tokens
+          ? refundEntries(state.tokens.entries, this.clock.now(), grantedAt, tokens)
+          : undefined;
+      const reserve =
+        entries && state.tokens ? { expectedVersion: state.tokens.version, newEntries: entries } : undefined;
+      if (tat === state.tat && log === state.log) {
+        if (!reserve) return;
+        // Only the reservation to give back (the request token already back, or its window over).
+        const res = await this.store.writeTokens(reserve.expectedVersion, reserve.newEntries);
+        if (res.ok) {
+          this.known = { ...state, tokens: reservedTokens(reserve) };
+          return;
+        }
+        continue;
+      }
       const { log: _before, ...rest } = state;
       const next = successor(state, {
         ...rest,
@@ -279,8 +305,8 @@ export class TokenBucket {
         // An empty log is no log (the store keeps no empty blob).
         ...(log?.length ? { log } : {}),
       });
-      if (await this.store.compareAndSet(state, next)) {
-        this.known = next;
+      if (await this.store.compareAndSet(state, next, reserve)) {
+        this.known = reserve ? { ...next, tokens: reservedTokens(reserve) } : next;
         return;
       }
     }

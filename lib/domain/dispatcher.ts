@@ -888,11 +888,7 @@ export class Dispatcher {
   }
 
   /** Grants nobody claimed (ingress lost) and calls nobody finished are ended; unclaimed tokens come back. */
-  private async sweep(
-    now: number,
-    config: Pick<GatewayConfig, 'upstreamWindowMs' | 'upstreams'>,
-    maxWaitMs: number,
-  ): Promise<number> {
+  private async sweep(now: number, config: GatewayConfig, maxWaitMs: number): Promise<number> {
     const { tickets, bucket } = this.d;
     const { outcomes } = this;
     let swept = 0;
@@ -923,7 +919,12 @@ export class Dispatcher {
         swept++;
         const lane = t.upstream === undefined ? undefined : this.lanes.find((l) => l.name === t.upstream);
         // Within its own upstream's window only: another upstream's may be much shorter than the first one's.
-        await (lane?.bucket ?? bucket).refund(t.grantedAt ?? now, grantWindowMs(config, t.upstream));
+        // An upstream with `tpm`: the grant's token reservation goes back in the same write.
+        await (lane?.bucket ?? bucket).refund(
+          t.grantedAt ?? now,
+          grantWindowMs(config, t.upstream),
+          tokenNeed(config, t.upstream, t.tokens),
+        );
         outcomes.record(now, { counts: { abandoned: 1 } });
       }
     }
