@@ -62,6 +62,13 @@ const upstreamRow = (u: UpstreamRow, inPool: boolean): HTMLTableRowElement => {
       undefined,
     ],
     [`${fmtNum(u.rpm)} / ${fmtNum(baseRpm)}`, u.rpm < baseRpm ? 'warn' : undefined],
+    // Tokens per minute: what its grants hold in the current token window, of its tpm (– without tpm).
+    u.tpm > 0 && typeof u.tokensInWindow === 'number'
+      ? [
+          `${fmtInt(u.tokensInWindow)} / ${fmtInt(u.tpm)}`,
+          u.tokensInWindow >= u.tpm ? 'bad' : u.tokensInWindow >= 0.8 * u.tpm ? 'warn' : undefined,
+        ]
+      : ['–', undefined],
     [u.retreatState, u.retreatState === 'normal' ? 'good' : u.retreatState === 'retreat' ? 'bad' : 'warn'],
     [`${fmtInt(u.inFlight)}${u.maxInflight > 0 ? ` of ${fmtInt(u.maxInflight)}` : ''}`, undefined],
     [fmtInt(u.answers), undefined],
@@ -98,7 +105,7 @@ const renderUpstreams = (rows: UpstreamRow[] | undefined): void => {
       label.className = 'pool';
       label.dataset.pool = u.pool.join(',');
       const th = document.createElement('th');
-      th.colSpan = 7;
+      th.colSpan = 8;
       th.textContent = `pool ${members.map((m) => m.name).join(' · ')}`;
       label.append(th);
       out.push(label);

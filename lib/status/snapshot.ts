@@ -168,8 +168,11 @@ export interface SnapshotSources {
   clock: Clock;
   /** The ingress function's memory size (MB), for the waiting cost. */
   ingressMemoryMb: number;
-  /** Several limited upstreams: their rows under the config. */
-  upstreams?: (config: GatewayConfig) => Promise<UpstreamRow[]>;
+  /**
+   * Several limited upstreams: their rows under the config (`firstBucket`: the first upstream's bucket item as this
+   * snapshot read it, so its row reads it no second time).
+   */
+  upstreams?: (config: GatewayConfig, firstBucket?: BucketState) => Promise<UpstreamRow[]>;
 }
 
 const round = (x: number, digits = 2): number => {
@@ -336,7 +339,7 @@ export class SnapshotBuilder {
         statusPublic: config.statusPublic,
       },
       configChanges: history.map(changeView),
-      ...(this.s.upstreams ? { upstreams: await this.s.upstreams(config) } : {}),
+      ...(this.s.upstreams ? { upstreams: await this.s.upstreams(config, bucket) } : {}),
     };
   }
 
