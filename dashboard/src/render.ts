@@ -195,6 +195,14 @@ export const renderSnapshot = (s: StatusSnapshot): void => {
     ['bucket rate', `${fmtNum(b.rpm)} rpm (one per ${fmtInt(b.intervalMs)} ms)`],
     ['by priority', PRIORITIES.map((p) => `${p} ${b.tokensByPriority[p]}`).join(' · ')],
     ['hold', b.holdUntil ? `until ${fmtTime(b.holdUntil)} (upstream Retry-After)` : 'none'],
+    ...(b.tokensPerMinute
+      ? ([
+          [
+            'tokens',
+            `${fmtInt(b.tokensPerMinute.inWindow)} of ${fmtInt(b.tokensPerMinute.tpm)} per minute held`,
+          ],
+        ] as [string, string][])
+      : []),
   ]);
 
   // Queue bars (heights animate in CSS).
