@@ -28,7 +28,7 @@ import { estimateGrantTimes, fitsDeadline, higherArrivalLoads, RESERVE_AHEAD_MS 
 import type { RetreatRecord } from './retreat.js';
 import type { RetreatController } from './retreat-controller.js';
 import type { TicketMessage } from './tickets.js';
-import { tokenLimitOf, tokenNeed } from './token-window.js';
+import { tokenLimitOf, tokenNeed, tokensInWindow } from './token-window.js';
 import { chooseLane, lanesFor, ticketUpstream, type UpstreamLane, upstreamConfig } from './upstream-lanes.js';
 import { grantWindowMs } from './upstreams.js';
 
@@ -62,6 +62,11 @@ export interface DispatcherDeps {
   lanes?: readonly UpstreamLane[];
   /** Several upstreams: after each one's retreat evaluation (metrics with the upstream as a dimension). */
   onUpstreamRetreat?: (upstream: string, record: RetreatRecord, stepped: boolean) => void;
+  /**
+   * Upstreams with `tpm`, after each retreat evaluation (metrics): the tokens their grants hold in the current
+   * window, from the bucket items just read. `upstream` is undefined when there is only one.
+   */
+  onTokens?: (upstream: string | undefined, inWindow: number, tpm: number) => void;
 }
 
 export interface DispatcherTimings {
@@ -267,6 +272,7 @@ export class Dispatcher {
             this.d.onRetreat?.(record, stepped);
             if (this.lanes.length > 1) this.d.onUpstreamRetreat?.(this.lanes[0]!.name, record, stepped);
             await this.evaluateOtherLanes(config);
+            if (this.d.onTokens) this.reportTokens(config, now);
             lastEval = now;
           }
           if (now - lastSweep >= this.t.sweepEveryMs) {
@@ -534,6 +540,17 @@ export class Dispatcher {
   }
 
   /** Buckets and retreat of the upstreams after the first, each under its own limits. */
+  /** Tokens held in each tpm upstream's window, from the states the evaluation just read (no read here). */
+  private reportTokens(config: GatewayConfig, now: number): void {
+    for (const lane of this.lanes) {
+      const limit = tokenLimitOf(config, ticketUpstream(lane));
+      const state = lane.bucket.state;
+      if (!limit || !state) continue;
+      const inWindow = tokensInWindow(state.tokens?.entries ?? [], now, limit.windowMs);
+      this.d.onTokens?.(this.lanes.length > 1 ? lane.name : undefined, inWindow, limit.tpm);
+    }
+  }
+
   private async evaluateOtherLanes(config: GatewayConfig): Promise<void> {
     for (const lane of this.lanes) {
       if (lane.primary) continue;

@@ -86,7 +86,9 @@ const setup = async () => {
       callBudgetMs: 65_000,
       intervalMs: async () => 1_500,
     });
-  const dispatcherRun = async () => {
+  const dispatcherRun = async (
+    onTokens?: (upstream: string | undefined, inWindow: number, tpm: number) => void,
+  ) => {
     const configStore: ConfigStore = {
       get: async () => ({ config, version: 1, updatedAt: clock.now(), updatedBy: 'test' }),
       put: async () => false,
@@ -107,6 +109,7 @@ const setup = async () => {
       agentBucket: () => {
         throw new Error('no agent quotas here');
       },
+      ...(onTokens ? { onTokens } : {}),
     });
     // Its first loop sweeps; nothing queued is visible (the messages were taken), so it stops idle.
     await dispatcher.run(clock.now() + 10_000);
@@ -218,5 +221,13 @@ describe('a grant handed back before its call gives its token reservation back',
     // …and at once after its hand-back.
     await bucket.refresh();
     expect('attempt' in bucket.plan('urgent', s.need(probe))).toBe(true);
+  });
+
+  it('the dispatcher reports the tokens held in the window at its retreat evaluation (the metric), from the item it read', async () => {
+    const s = await setup();
+    await s.claimed(await s.granted());
+    const reported: [string | undefined, number, number][] = [];
+    await s.dispatcherRun((upstream, inWindow, tpm) => reported.push([upstream, inWindow, tpm]));
+    expect(reported[0]).toEqual([undefined, ESTIMATE, TPM]);
   });
 });
