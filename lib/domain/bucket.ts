@@ -113,6 +113,11 @@ export class TokenBucket {
     return this.known;
   }
 
+  /** The last plan waited for tokens per minute (room in the token window), not for a request slot. */
+  get waitsForTokens(): boolean {
+    return this.tokenBound;
+  }
+
   /**
    * Re-reads the state when the last plan waited for tokens and the last read is `minAgeMs` old: the answers'
    * usage corrections (usually giving tokens back) are written by the ingress, not seen by this copy otherwise.
@@ -148,7 +153,12 @@ export class TokenBucket {
 
   /** A request plan with the token reservation added to its write, or the wait until the tokens fit. */
   private withTokens(plan: ConsumePlan, need: TokenNeed | undefined): ConsumePlan {
-    if (!need || 'waitMs' in plan) return plan;
+    if (!need) return plan;
+    if ('waitMs' in plan) {
+      // A wait for a request slot: the tokens were not judged.
+      this.tokenBound = false;
+      return plan;
+    }
     const tokens = planTokens(this.known?.tokens, plan.attempt.now, need);
     this.tokenBound = 'waitMs' in tokens;
     if ('waitMs' in tokens)

@@ -28,7 +28,7 @@ import { estimateGrantTimes, fitsDeadline, higherArrivalLoads, RESERVE_AHEAD_MS 
 import type { RetreatRecord } from './retreat.js';
 import type { RetreatController } from './retreat-controller.js';
 import type { TicketMessage } from './tickets.js';
-import { tokenLimitOf, tokenNeed, tokensInWindow } from './token-window.js';
+import { type TokenNeed, tokenLimitOf, tokenNeed, tokensInWindow } from './token-window.js';
 import { chooseLane, lanesFor, ticketUpstream, type UpstreamLane, upstreamConfig } from './upstream-lanes.js';
 import { grantWindowMs } from './upstreams.js';
 
@@ -486,6 +486,8 @@ export class Dispatcher {
       if (plan.waitMs <= ahead && msg.deadline > slot + this.t.grantMarginMs)
         plan = bucket.planAt(msg.priority, slot, tokens);
     }
+    if ('waitMs' in plan && tokens && (await this.refuseForTokens(m, tokens, plan.waitMs, now, summary)))
+      return;
     if ('waitMs' in plan) {
       // Sleep until the token can be reserved, waking for arrivals (a higher priority may come) and housekeeping.
       // A wait within the horizon is one for tokens per minute (the reservation above found no room): in full.
@@ -540,6 +542,33 @@ export class Dispatcher {
   }
 
   /** Buckets and retreat of the upstreams after the first, each under its own limits. */
+  /**
+   * Tokens per minute: the head waits for room in the token window that its entries give only after its deadline
+   * (none leaves before): refused now, not at the deadline. Read once more first, for the answers' corrections.
+   * @returns true when the ticket was ended
+   */
+  private async refuseForTokens(
+    m: Buffered,
+    tokens: TokenNeed,
+    waitMs: number,
+    now: number,
+    summary: RunSummary,
+  ): Promise<boolean> {
+    const { bucket } = this.d;
+    const msg = m.message;
+    const late = (wait: number) => now + wait > msg.deadline - this.t.grantMarginMs;
+    if (!bucket.waitsForTokens || !late(waitMs)) return false;
+    await bucket.refresh();
+    let again = bucket.plan(msg.priority, tokens);
+    // A request slot first: the tokens are judged at that slot, as the grant would reserve them.
+    if ('waitMs' in again && !bucket.waitsForTokens)
+      again = bucket.planAt(msg.priority, now + again.waitMs, tokens);
+    if (!('waitMs' in again) || !bucket.waitsForTokens || !late(again.waitMs)) return false;
+    if (await this.end(msg, 'rejected', 'wait_exceeds_deadline', now, again.waitMs)) summary.rejected++;
+    this.finishMessage(m);
+    return true;
+  }
+
   /** Tokens held in each tpm upstream's window, from the states the evaluation just read (no read here). */
   private reportTokens(config: GatewayConfig, now: number): void {
     for (const lane of this.lanes) {

@@ -1,6 +1,7 @@
 // Tokens per minute, on memory stores and a fake clock: a grant handed back before its call (requeued as stale,
 // refused as paused, abandoned by its client, swept unclaimed, handed back at the send) gives its token reservation
-// back with its request token; a call the upstream answered 429 keeps it (providers count failed requests).
+// back with its request token; a call the upstream answered 429 keeps it (providers count failed requests). And a
+// ticket the token window has no room for before its deadline is refused when the dispatcher sees it, not then.
 import { describe, expect, it } from 'vitest';
 import {
   MemoryBucketStore,
@@ -46,6 +47,20 @@ const setup = async () => {
   });
   const need = (t: Pick<Ticket, 'upstream' | 'tokens'>) => tokenNeed(config, t.upstream, t.tokens);
   /** Admits a ticket with ESTIMATE tokens and grants it as the dispatcher would: the reservation in the grant. */
+  const admitted = async (tokens: number, deadlineMs: number): Promise<Ticket> =>
+    (
+      await admission.admit(
+        {
+          agent: 'a',
+          priority: 'normal',
+          model: 'm',
+          stream: false,
+          deadline: clock.now() + deadlineMs,
+          tokens,
+        },
+        config,
+      )
+    ).ticket;
   const granted = async (slotAheadMs = 0, tokens = ESTIMATE): Promise<Ticket> => {
     const { ticket } = await admission.admit(
       {
@@ -88,6 +103,7 @@ const setup = async () => {
     });
   const dispatcherRun = async (
     onTokens?: (upstream: string | undefined, inWindow: number, tpm: number) => void,
+    runMs = 10_000,
   ) => {
     const configStore: ConfigStore = {
       get: async () => ({ config, version: 1, updatedAt: clock.now(), updatedBy: 'test' }),
@@ -112,7 +128,7 @@ const setup = async () => {
       ...(onTokens ? { onTokens } : {}),
     });
     // Its first loop sweeps; nothing queued is visible (the messages were taken), so it stops idle.
-    await dispatcher.run(clock.now() + 10_000);
+    await dispatcher.run(clock.now() + runMs);
   };
   return {
     clock,
@@ -122,6 +138,7 @@ const setup = async () => {
     queue,
     admission,
     need,
+    admitted,
     granted,
     claimed,
     counted,
@@ -229,5 +246,28 @@ describe('a grant handed back before its call gives its token reservation back',
     const reported: [string | undefined, number, number][] = [];
     await s.dispatcherRun((upstream, inWindow, tpm) => reported.push([upstream, inWindow, tpm]));
     expect(reported[0]).toEqual([undefined, ESTIMATE, TPM]);
+  });
+});
+
+describe('tokens per minute: a ticket the window has no room for before its deadline', () => {
+  it.each([
+    // its deadline → refused at once (no room until the 900-token call leaves the window, ~61 s on) / granted then
+    ['20 s: refused when the dispatcher first sees it', 20_000, 'rejected'],
+    ['120 s: waits and is granted when the room comes', 120_000, 'granted'],
+  ])('%s', async (_name, deadlineMs, expected) => {
+    const s = await setup();
+    await s.claimed(await s.granted(0, 900));
+    const t = await s.admitted(300, deadlineMs);
+    const admittedAt = s.clock.now();
+    await s.dispatcherRun(undefined, 150_000);
+    const after = (await s.tickets.get(t.id))!;
+    if (expected === 'rejected') {
+      expect(after).toMatchObject({ status: 'rejected', reason: 'wait_exceeds_deadline' });
+      // When the dispatcher first held it, not at its deadline; told to come back when the room comes.
+      expect(after.finishedAt! - admittedAt).toBeLessThan(2_000);
+      expect(after.retryAfterMs).toBeGreaterThan(55_000);
+    } else {
+      expect(after.grantedAt! - admittedAt).toBeGreaterThan(55_000);
+    }
   });
 });
