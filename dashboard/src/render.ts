@@ -62,6 +62,13 @@ const upstreamRow = (u: UpstreamRow, inPool: boolean): HTMLTableRowElement => {
       undefined,
     ],
     [`${fmtNum(u.rpm)} / ${fmtNum(baseRpm)}`, u.rpm < baseRpm ? 'warn' : undefined],
+    // Tokens per minute: what its grants hold in the current token window, of its tpm (– without tpm).
+    u.tpm > 0 && typeof u.tokensInWindow === 'number'
+      ? [
+          `${fmtInt(u.tokensInWindow)} / ${fmtInt(u.tpm)}`,
+          u.tokensInWindow >= u.tpm ? 'bad' : u.tokensInWindow >= 0.8 * u.tpm ? 'warn' : undefined,
+        ]
+      : ['–', undefined],
     [u.retreatState, u.retreatState === 'normal' ? 'good' : u.retreatState === 'retreat' ? 'bad' : 'warn'],
     [`${fmtInt(u.inFlight)}${u.maxInflight > 0 ? ` of ${fmtInt(u.maxInflight)}` : ''}`, undefined],
     [fmtInt(u.answers), undefined],
@@ -98,7 +105,7 @@ const renderUpstreams = (rows: UpstreamRow[] | undefined): void => {
       label.className = 'pool';
       label.dataset.pool = u.pool.join(',');
       const th = document.createElement('th');
-      th.colSpan = 7;
+      th.colSpan = 8;
       th.textContent = `pool ${members.map((m) => m.name).join(' · ')}`;
       label.append(th);
       out.push(label);
@@ -188,6 +195,14 @@ export const renderSnapshot = (s: StatusSnapshot): void => {
     ['bucket rate', `${fmtNum(b.rpm)} rpm (one per ${fmtInt(b.intervalMs)} ms)`],
     ['by priority', PRIORITIES.map((p) => `${p} ${b.tokensByPriority[p]}`).join(' · ')],
     ['hold', b.holdUntil ? `until ${fmtTime(b.holdUntil)} (upstream Retry-After)` : 'none'],
+    ...(b.tokensPerMinute
+      ? ([
+          [
+            'tokens',
+            `${fmtInt(b.tokensPerMinute.inWindow)} of ${fmtInt(b.tokensPerMinute.tpm)} per minute held`,
+          ],
+        ] as [string, string][])
+      : []),
   ]);
 
   // Queue bars (heights animate in CSS).

@@ -60,6 +60,17 @@ export const makeDispatcherHandler = (deps: DispatcherHandlerDeps) => {
           state.addDimension('upstream', upstream);
           state.addMetric('upstream_retreat_state', MetricUnit.Count, RETREAT_STATES.indexOf(record.state));
         },
+        // Tokens per minute: the tokens held in each tpm upstream's window (per upstream when several).
+        onTokens: (upstream, inWindow) => {
+          // A metric of its own: published at once (the retreat figures were published before it).
+          const single = metrics.singleMetric();
+          if (upstream === undefined) {
+            single.addMetric('tokens_in_window', MetricUnit.Count, inWindow);
+            return;
+          }
+          single.addDimension('upstream', upstream);
+          single.addMetric('upstream_tokens_in_window', MetricUnit.Count, inWindow);
+        },
       },
       deps.timings,
     );

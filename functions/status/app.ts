@@ -15,6 +15,7 @@ import type { Clock } from '../../lib/domain/clock.js';
 import type { GatewayConfig } from '../../lib/domain/config.js';
 import type { ConfigService } from '../../lib/domain/config-service.js';
 import { GatewayError, NotFoundError, UnavailableError, ValidationError } from '../../lib/domain/errors.js';
+import type { BucketState } from '../../lib/domain/gcra.js';
 import { PRIORITIES } from '../../lib/domain/priority.js';
 import { errorBody, errorReply, type HttpReply, jsonReply, retryHeaders } from '../../lib/http/reply.js';
 import { readRuntimeEnv } from '../../lib/runtime/env.js';
@@ -262,7 +263,7 @@ export const buildStatusDeps = (processEnv: Record<string, string | undefined> =
     ingressMemoryMb: env.ingressMemoryMb,
     ...(stores.upstreamSources
       ? {
-          upstreams: (config: GatewayConfig) =>
+          upstreams: (config: GatewayConfig, firstBucket?: BucketState) =>
             upstreamRows(
               stores.upstreamSources!,
               poolsOf(
@@ -271,6 +272,7 @@ export const buildStatusDeps = (processEnv: Record<string, string | undefined> =
               ),
               config,
               clock,
+              firstBucket,
             ),
         }
       : {}),

@@ -50,7 +50,7 @@ import {
   type TicketStatus,
   waitAfterLostClaim,
 } from './tickets.js';
-import { tokenNeed } from './token-window.js';
+import { type TokenNeed, tokenNeed } from './token-window.js';
 import { chooseLane, lanesFor, ticketUpstream, type UpstreamLane, upstreamConfig } from './upstream-lanes.js';
 
 export interface AdmissionDeps {
@@ -153,7 +153,12 @@ export interface GrantPace {
    * @default windowMs
    */
   windowOf?: (granted: Pick<Ticket, 'upstream'>) => number;
+  /** Tokens per minute: a grant's need on its upstream (its reservation goes back with a refunded token). */
+  tokensOf?: TokensOf;
 }
+
+/** A grant's token need on its upstream (undefined: the upstream has no `tpm`, or the ticket no estimate). */
+export type TokensOf = (granted: Pick<Ticket, 'upstream' | 'tokens'>) => TokenNeed | undefined;
 
 export interface UntilClaimedOptions extends WaitHooks {
   signal: AbortSignal;
@@ -171,6 +176,8 @@ export interface UntilClaimedOptions extends WaitHooks {
    * (its slack is grant_slack_s capped at a tenth of it) and bounds its refund. @default windowMs
    */
   windowOf?: (granted: Pick<Ticket, 'upstream'>) => number;
+  /** Tokens per minute: a grant's need on its upstream (its reservation goes back with a refunded token). */
+  tokensOf?: TokensOf;
   /** How long the call may run once claimed; the dispatcher's sweep ends the ticket after that. */
   callBudgetMs: number;
   /** The current token interval, read before each wait. */
@@ -239,6 +246,8 @@ const unlessStoreDown =
     if (err instanceof StoreUnavailableError) return fallback;
     throw err;
   };
+
+const noTokens: TokensOf = () => undefined;
 
 /** Shortest pause between two reads of a waiting ticket. */
 export const POLL_MIN_MS = 25;
@@ -733,7 +742,7 @@ export class Admission {
     } catch (err) {
       if (!(err instanceof BudgetExhaustedError)) throw err;
       // The budget ran out since the first write: the token goes back, the refusal spends nothing.
-      await this.d.bucket.refund(now, config.upstreamWindowMs);
+      await this.d.bucket.refund(now, config.upstreamWindowMs, tokenNeed(config, undefined, ticket.tokens));
       throw await this.overBudget(ticket, budget, err.used);
     }
     await this.d.outcomes.record(now, { counts: { granted: 1 } });
@@ -793,6 +802,7 @@ export class Admission {
   async wait(ticket: Ticket, pace: GrantPace, hooks: WaitHooks = {}): Promise<WaitResult> {
     const { intervalMs, windowMs, grantSlackMs } = pace;
     const windowOf = pace.windowOf ?? (() => windowMs);
+    const tokensOf = pace.tokensOf ?? noTokens;
     const { clock, tickets } = this.d;
     const etaAt =
       (this.d.lanes?.length ?? 0) > 1
@@ -810,8 +820,8 @@ export class Admission {
     let overdue = 0;
     for (;;) {
       const now = clock.now();
-      if (hooks.signal?.aborted) return this.giveUp(ticket, 'client_disconnected', windowOf);
-      if (now >= ticket.deadline) return this.giveUp(ticket, 'wait_exceeded', windowOf);
+      if (hooks.signal?.aborted) return this.giveUp(ticket, 'client_disconnected', windowOf, tokensOf);
+      if (now >= ticket.deadline) return this.giveUp(ticket, 'wait_exceeded', windowOf, tokensOf);
       const untilAim = aimAt - now;
       const pause =
         untilAim > 2 * nearPause
@@ -837,7 +847,7 @@ export class Admission {
       if (!current) return this.refused(ticket, 'failed', undefined);
       // A later attempt counts too: another waiter on the same ticket (Idempotency-Key) may have requeued it.
       if (current.status === 'granted' && current.attempt >= ticket.attempt)
-        return this.untilSlot(current, windowOf(current), hooks.signal);
+        return this.untilSlot(current, windowOf(current), tokensOf(current), hooks.signal);
       if (current.status !== 'queued') return this.refused(ticket, current.status, current);
       if (clock.now() >= aimAt) overdue++;
     }
@@ -858,11 +868,16 @@ export class Admission {
    * A grant reserving a later slot (`grantedAt` ahead of now): sleep exactly until it, then it is the caller's to
    * claim. No read in between: the slot is the dispatcher's promise. A client gone meanwhile gives it back.
    */
-  private async untilSlot(granted: Ticket, windowMs: number, signal?: AbortSignal): Promise<WaitResult> {
+  private async untilSlot(
+    granted: Ticket,
+    windowMs: number,
+    tokens: TokenNeed | undefined,
+    signal?: AbortSignal,
+  ): Promise<WaitResult> {
     const wait = (granted.grantedAt ?? 0) - this.d.clock.now();
     if (wait > 0) await this.d.clock.sleep(wait, signal);
     if (signal?.aborted) {
-      await this.abandonGrant(granted, 'client_disconnected', windowMs);
+      await this.abandonGrant(granted, 'client_disconnected', windowMs, tokens);
       return this.refused(granted, 'abandoned', undefined);
     }
     return { kind: 'granted', ticket: granted };
@@ -872,6 +887,7 @@ export class Admission {
     ticket: Ticket,
     reason: string,
     windowOf: (granted: Pick<Ticket, 'upstream'>) => number,
+    tokensOf: TokensOf,
   ): Promise<WaitResult> {
     const to = 'abandoned';
     if (reason === 'client_disconnected' && ticket.idempotencyKey) {
@@ -899,10 +915,10 @@ export class Admission {
     const current = res.conflict;
     if (current?.status === 'granted' && current.attempt >= ticket.attempt) {
       if (reason === 'client_disconnected') {
-        await this.abandonGrant(current, reason, windowOf(current));
+        await this.abandonGrant(current, reason, windowOf(current), tokensOf(current));
         return this.refused(ticket, 'abandoned', current);
       }
-      return this.untilSlot(current, windowOf(current));
+      return this.untilSlot(current, windowOf(current), tokensOf(current));
     }
     return this.refused(ticket, current?.status ?? 'failed', current);
   }
@@ -999,11 +1015,13 @@ export class Admission {
   /**
    * A grant the agent will not use (gone before the call): end it and give the token back.
    * @param windowMs the upstream limit window (a token is given back only within it)
+   * @param tokens an upstream with `tpm`: the grant's need there (its reservation goes back too)
    */
   async abandonGrant(
     ticket: Ticket,
     reason: string,
     windowMs = DEFAULT_CONFIG.upstreamWindowMs,
+    tokens?: TokenNeed,
   ): Promise<void> {
     const res = await this.d.tickets.transition(
       ticket.id,
@@ -1013,7 +1031,7 @@ export class Admission {
       { attempt: ticket.attempt, known: ticket },
     );
     if ('ticket' in res) {
-      await this.bucketOf(ticket).refund(ticket.grantedAt ?? this.d.clock.now(), windowMs);
+      await this.bucketOf(ticket).refund(ticket.grantedAt ?? this.d.clock.now(), windowMs, tokens);
       await this.d.outcomes.record(this.d.clock.now(), { counts: { abandoned: 1 } });
     }
   }
@@ -1056,6 +1074,7 @@ export class Admission {
     ticket: Ticket,
     windowMs = DEFAULT_CONFIG.upstreamWindowMs,
     reason = 'grant_stale',
+    tokens?: TokenNeed,
   ): Promise<Ticket | undefined> {
     const res = await this.d.tickets.transition(
       ticket.id,
@@ -1065,7 +1084,7 @@ export class Admission {
       { attempt: ticket.attempt, known: ticket },
     );
     if (!('ticket' in res)) return undefined;
-    await this.bucketOf(ticket).refund(ticket.grantedAt ?? this.d.clock.now(), windowMs);
+    await this.bucketOf(ticket).refund(ticket.grantedAt ?? this.d.clock.now(), windowMs, tokens);
     await this.d.outcomes.record(this.d.clock.now(), { counts: { requeued: 1 } });
     await this.enqueue(res.ticket);
     return res.ticket;
@@ -1079,6 +1098,7 @@ export class Admission {
     let ticket = first;
     let granted = o.passthrough ? first : undefined;
     const windowOf = o.windowOf ?? (() => o.windowMs);
+    const tokensOf = o.tokensOf ?? noTokens;
     for (;;) {
       if (!granted) {
         o.onWaitStart?.();
@@ -1087,6 +1107,7 @@ export class Admission {
           windowMs: o.windowMs,
           ...(o.grantSlackMs !== undefined ? { grantSlackMs: o.grantSlackMs } : {}),
           windowOf,
+          tokensOf,
         };
         const res = await this.wait(ticket, pace, {
           signal: o.signal,
@@ -1106,7 +1127,7 @@ export class Admission {
       const grantWindow = windowOf(granted);
       if (judged && this.isStale(granted, grantWindow, o.grantSlackMs)) {
         // Seen too late to call on without risking the window limit: back to the queue at its place.
-        const requeued = await this.requeueStale(granted, grantWindow);
+        const requeued = await this.requeueStale(granted, grantWindow, 'grant_stale', tokensOf(granted));
         if (requeued) {
           ticket = requeued;
           granted = undefined;
@@ -1116,7 +1137,7 @@ export class Admission {
       const claimed = await this.claim(granted, this.d.clock.now() + o.callBudgetMs, judged);
       if (claimed === 'paused') {
         // Paused since the grant: the slot goes back and the ticket waits (at its place) for the resume.
-        const requeued = await this.requeueStale(granted, grantWindow, 'paused');
+        const requeued = await this.requeueStale(granted, grantWindow, 'paused', tokensOf(granted));
         if (requeued) {
           ticket = requeued;
           granted = undefined;
@@ -1177,7 +1198,14 @@ export class Admission {
    */
   async beforeSend(
     claimed: Ticket,
-    o: { windowMs: number; grantSlackMs?: number; calledAt?: number; grantUncounted?: boolean },
+    o: {
+      windowMs: number;
+      grantSlackMs?: number;
+      calledAt?: number;
+      grantUncounted?: boolean;
+      /** An upstream with `tpm`: the grant's need there (its reservation goes back with the token). */
+      tokens?: TokenNeed;
+    },
   ): Promise<'send' | Ticket | 'lost'> {
     if (!this.isStale(claimed, o.windowMs, o.grantSlackMs, SEND_SHARE)) return 'send';
     const res = await this.d.tickets.unclaim(claimed, o.calledAt, 'grant_stale_at_send');
@@ -1186,7 +1214,7 @@ export class Admission {
     // The message first (without it nobody grants the ticket again); the refund and the count are best effort.
     await this.enqueue(res.ticket);
     await this.bucketOf(claimed)
-      .refund(claimed.grantedAt ?? this.d.clock.now(), o.windowMs)
+      .refund(claimed.grantedAt ?? this.d.clock.now(), o.windowMs, o.tokens)
       .catch(unlessStoreDown(undefined));
     await this.d.outcomes
       .record(this.d.clock.now(), { counts: { requeued: 1, ...(o.grantUncounted ? { granted: 1 } : {}) } })

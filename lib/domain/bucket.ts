@@ -15,11 +15,18 @@ import {
   refundLog,
   refundTat,
   rescaleTat,
+  reservedTokens,
   sameParams,
 } from './gcra.js';
 import type { BucketStore } from './ports.js';
 import type { Priority } from './priority.js';
-import { planTokens, reconcileEntries, type TokenLimit, type TokenNeed } from './token-window.js';
+import {
+  planTokens,
+  reconcileEntries,
+  refundEntries,
+  type TokenLimit,
+  type TokenNeed,
+} from './token-window.js';
 
 export interface ReserveSettings {
   fraction: number;
@@ -112,6 +119,11 @@ export class TokenBucket {
     return this.known;
   }
 
+  /** The last plan waited for tokens per minute (room in the token window), not for a request slot. */
+  get waitsForTokens(): boolean {
+    return this.tokenBound;
+  }
+
   /**
    * Re-reads the state when the last plan waited for tokens and the last read is `minAgeMs` old: the answers'
    * usage corrections (usually giving tokens back) are written by the ingress, not seen by this copy otherwise.
@@ -159,7 +171,12 @@ export class TokenBucket {
 
   /** A request plan with the token reservation added to its write, or the wait until the tokens fit. */
   private withTokens(plan: ConsumePlan, need: TokenNeed | undefined): ConsumePlan {
-    if (!need || 'waitMs' in plan) return plan;
+    if (!need) return plan;
+    if ('waitMs' in plan) {
+      // A wait for a request slot: the tokens were not judged.
+      this.tokenBound = false;
+      return plan;
+    }
     const tokens = planTokens(this.known?.tokens, plan.attempt.now, need);
     this.tokenBound = 'waitMs' in tokens;
     if ('waitMs' in tokens)
@@ -280,17 +297,36 @@ export class TokenBucket {
    * grant: a token returned later would add a call to a window that never counted the refunded grant.
    * @param grantedAt when the refunded grant was made
    * @param windowMs the upstream limit window
+   * @param tokens an upstream with `tpm`: the grant's need there — its reservation leaves the token log in the same
+   *   write (a call never made uses no tokens). None on an upstream without `tpm`: nothing more is read or written.
    */
-  async refund(grantedAt: number, windowMs: number): Promise<void> {
-    if (this.clock.now() - grantedAt >= windowMs) return;
+  async refund(grantedAt: number, windowMs: number, tokens?: TokenNeed): Promise<void> {
+    const requestDue = this.clock.now() - grantedAt < windowMs;
+    const tokensDue = tokens !== undefined && this.clock.now() - grantedAt < tokens.windowMs;
+    if (!requestDue && !tokensDue) return;
     for (let i = 0; i < 10; i++) {
       // Read first: a cached "full" may be stale while others spent the burst.
       const state = await this.refresh();
       if (!state) return;
-      const tat = refundTat(state.tat, this.clock.now(), state, state.holdUntil);
+      const tat = requestDue ? refundTat(state.tat, this.clock.now(), state, state.holdUntil) : state.tat;
       // Window-exact: the refunded grant also leaves the log, so the window has room for the call it never made.
-      const log = refundLog(state.log, grantedAt);
-      if (tat === state.tat && log === state.log) return;
+      const log = requestDue ? refundLog(state.log, grantedAt) : state.log;
+      const entries =
+        tokensDue && state.tokens
+          ? refundEntries(state.tokens.entries, this.clock.now(), grantedAt, tokens)
+          : undefined;
+      const reserve =
+        entries && state.tokens ? { expectedVersion: state.tokens.version, newEntries: entries } : undefined;
+      if (tat === state.tat && log === state.log) {
+        if (!reserve) return;
+        // Only the reservation to give back (the request token already back, or its window over).
+        const res = await this.store.writeTokens(reserve.expectedVersion, reserve.newEntries);
+        if (res.ok) {
+          this.known = { ...state, tokens: reservedTokens(reserve) };
+          return;
+        }
+        continue;
+      }
       const { log: _before, ...rest } = state;
       const next = successor(state, {
         ...rest,
@@ -298,8 +334,8 @@ export class TokenBucket {
         // An empty log is no log (the store keeps no empty blob).
         ...(log?.length ? { log } : {}),
       });
-      if (await this.store.compareAndSet(state, next)) {
-        this.known = next;
+      if (await this.store.compareAndSet(state, next, reserve)) {
+        this.known = reserve ? { ...next, tokens: reservedTokens(reserve) } : next;
         return;
       }
     }

@@ -34,7 +34,7 @@ import {
 import type { RetreatRecord } from './retreat.js';
 import type { RetreatController } from './retreat-controller.js';
 import type { TicketMessage } from './tickets.js';
-import { tokenLimitOf, tokenNeed } from './token-window.js';
+import { type TokenNeed, tokenLimitOf, tokenNeed, tokensInWindow } from './token-window.js';
 import { chooseLane, lanesFor, ticketUpstream, type UpstreamLane, upstreamConfig } from './upstream-lanes.js';
 import { grantWindowMs } from './upstreams.js';
 
@@ -68,6 +68,11 @@ export interface DispatcherDeps {
   lanes?: readonly UpstreamLane[];
   /** Several upstreams: after each one's retreat evaluation (metrics with the upstream as a dimension). */
   onUpstreamRetreat?: (upstream: string, record: RetreatRecord, stepped: boolean) => void;
+  /**
+   * Upstreams with `tpm`, after each retreat evaluation (metrics): the tokens their grants hold in the current
+   * window, from the bucket items just read. `upstream` is undefined when there is only one.
+   */
+  onTokens?: (upstream: string | undefined, inWindow: number, tpm: number) => void;
 }
 
 export interface DispatcherTimings {
@@ -296,6 +301,7 @@ export class Dispatcher {
             if (this.lanes.length > 1) this.d.onUpstreamRetreat?.(this.lanes[0]!.name, record, stepped);
             await this.evaluateOtherLanes(config);
             this.publishLoad(now);
+            if (this.d.onTokens) this.reportTokens(config, now);
             lastEval = now;
           }
           if (now - lastSweep >= this.t.sweepEveryMs) {
@@ -514,6 +520,8 @@ export class Dispatcher {
       if (plan.waitMs <= ahead && msg.deadline > slot + this.t.grantMarginMs)
         plan = bucket.planAt(msg.priority, slot, tokens);
     }
+    if ('waitMs' in plan && tokens && (await this.refuseForTokens(m, tokens, plan.waitMs, now, summary)))
+      return;
     if ('waitMs' in plan) {
       // Sleep until the token can be reserved, waking for arrivals (a higher priority may come) and housekeeping.
       // A wait within the horizon is one for tokens per minute (the reservation above found no room): in full.
@@ -569,6 +577,44 @@ export class Dispatcher {
   }
 
   /** Buckets and retreat of the upstreams after the first, each under its own limits. */
+  /**
+   * Tokens per minute: the head waits for room in the token window that its entries give only after its deadline
+   * (none leaves before): refused now, not at the deadline. Read once more first, for the answers' corrections.
+   * @returns true when the ticket was ended
+   */
+  private async refuseForTokens(
+    m: Buffered,
+    tokens: TokenNeed,
+    waitMs: number,
+    now: number,
+    summary: RunSummary,
+  ): Promise<boolean> {
+    const { bucket } = this.d;
+    const msg = m.message;
+    const late = (wait: number) => now + wait > msg.deadline - this.t.grantMarginMs;
+    if (!bucket.waitsForTokens || !late(waitMs)) return false;
+    await bucket.refresh();
+    let again = bucket.plan(msg.priority, tokens);
+    // A request slot first: the tokens are judged at that slot, as the grant would reserve them.
+    if ('waitMs' in again && !bucket.waitsForTokens)
+      again = bucket.planAt(msg.priority, now + again.waitMs, tokens);
+    if (!('waitMs' in again) || !bucket.waitsForTokens || !late(again.waitMs)) return false;
+    if (await this.end(msg, 'rejected', 'wait_exceeds_deadline', now, again.waitMs)) summary.rejected++;
+    this.finishMessage(m);
+    return true;
+  }
+
+  /** Tokens held in each tpm upstream's window, from the states the evaluation just read (no read here). */
+  private reportTokens(config: GatewayConfig, now: number): void {
+    for (const lane of this.lanes) {
+      const limit = tokenLimitOf(config, ticketUpstream(lane));
+      const state = lane.bucket.state;
+      if (!limit || !state) continue;
+      const inWindow = tokensInWindow(state.tokens?.entries ?? [], now, limit.windowMs);
+      this.d.onTokens?.(this.lanes.length > 1 ? lane.name : undefined, inWindow, limit.tpm);
+    }
+  }
+
   private async evaluateOtherLanes(config: GatewayConfig): Promise<void> {
     for (const lane of this.lanes) {
       if (lane.primary) continue;
@@ -994,11 +1040,7 @@ export class Dispatcher {
   }
 
   /** Grants nobody claimed (ingress lost) and calls nobody finished are ended; unclaimed tokens come back. */
-  private async sweep(
-    now: number,
-    config: Pick<GatewayConfig, 'upstreamWindowMs' | 'upstreams'>,
-    maxWaitMs: number,
-  ): Promise<number> {
+  private async sweep(now: number, config: GatewayConfig, maxWaitMs: number): Promise<number> {
     const { tickets, bucket } = this.d;
     const { outcomes } = this;
     let swept = 0;
@@ -1029,7 +1071,12 @@ export class Dispatcher {
         swept++;
         const lane = t.upstream === undefined ? undefined : this.lanes.find((l) => l.name === t.upstream);
         // Within its own upstream's window only: another upstream's may be much shorter than the first one's.
-        await (lane?.bucket ?? bucket).refund(t.grantedAt ?? now, grantWindowMs(config, t.upstream));
+        // An upstream with `tpm`: the grant's token reservation goes back in the same write.
+        await (lane?.bucket ?? bucket).refund(
+          t.grantedAt ?? now,
+          grantWindowMs(config, t.upstream),
+          tokenNeed(config, t.upstream, t.tokens),
+        );
         outcomes.record(now, { counts: { abandoned: 1 } });
       }
     }

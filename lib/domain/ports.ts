@@ -8,7 +8,7 @@ import type { PublishedLoad } from './queue-estimate.js';
 import type { CachedAnswer } from './response-cache.js';
 import type { RetreatRecord } from './retreat.js';
 import type { Ticket, TicketMessage, TicketPatch, TicketStatus } from './tickets.js';
-import type { TokenEntry, TokenLog } from './token-window.js';
+import type { TokenEntry, TokenLog, TokenReserve } from './token-window.js';
 
 /** Result of a conditional consume: the new tat, or the state that made the condition fail. */
 export type ConsumeOutcome = { ok: true; tat: number } | { ok: false; current: BucketState | undefined };
@@ -19,8 +19,12 @@ export interface BucketStore {
   /** Creates the item with these params if it does not exist; returns what is stored. */
   ensure(params: BucketParams): Promise<BucketState>;
   consume(attempt: ConsumeAttempt): Promise<ConsumeOutcome>;
-  /** Writes `next` only if the item still holds `expected` (tat and params). Never changes the token log. */
-  compareAndSet(expected: BucketState, next: BucketState): Promise<boolean>;
+  /**
+   * Writes `next` only if the item still holds `expected` (tat and params). Never changes the token log, unless
+   * `tokens` is given: then the same write sets the token entries too, conditioned on their version as well (a
+   * refund gives the request token and the token reservation back at once).
+   */
+  compareAndSet(expected: BucketState, next: BucketState, tokens?: TokenReserve): Promise<boolean>;
   /**
    * Sets the token entries (an upstream with `tpm`) only if their version is still `expectedVersion` (0: never
    * written); nothing else of the item changes.

@@ -71,7 +71,7 @@ export const planTokens = (
   at: number,
   need: TokenNeed,
 ): { reserve: TokenReserve } | { waitMs: number } => {
-  const tokens = Math.min(Math.max(0, Math.ceil(need.tokens)), need.tpm);
+  const tokens = tokensReserved(need);
   const live = liveEntries(log?.entries ?? [], at, need.windowMs);
   let used = live.reduce((sum, e) => sum + e.tokens, 0);
   if (used + tokens > need.tpm) {
@@ -115,6 +115,23 @@ export const reconcileEntries = (
     ? live.filter((_, j) => j !== i)
     : live.map((e, j) => (j === i ? { at: e.at, tokens } : e));
 };
+
+/**
+ * The entries after giving back the reservation of the grant made at `grantedAt` that never reached the upstream
+ * (handed back before its call: requeued as stale, refused as paused, abandoned, swept): what it reserved (its
+ * estimate, at most the whole window: planTokens) leaves its slot. Undefined when nothing changes.
+ */
+export const refundEntries = (
+  entries: readonly TokenEntry[],
+  now: number,
+  grantedAt: number,
+  need: TokenNeed,
+): TokenEntry[] | undefined =>
+  reconcileEntries(entries, now, grantedAt, tokensReserved(need), 0, need.windowMs);
+
+/** What a grant with `need` reserved: its estimate, at most the whole window (as planTokens reserves it). */
+export const tokensReserved = (need: Pick<TokenNeed, 'tokens' | 'tpm'>): number =>
+  Math.min(Math.max(0, Math.ceil(need.tokens)), need.tpm);
 
 /**
  * The token limit of a limited upstream (`upstream` as tickets name it: undefined for the first one), or

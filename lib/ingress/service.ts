@@ -22,6 +22,7 @@ import { bucketParamsFor } from '../domain/retreat-controller.js';
 import { type Route, resolveRoute, type UpstreamDef } from '../domain/routes.js';
 import type { Ticket } from '../domain/tickets.js';
 import { checkFitsTpm, estimateRequestTokens, poolTpm, tokensToReserve } from '../domain/token-estimate.js';
+import { tokenNeed } from '../domain/token-window.js';
 import { laneOf, type UpstreamLane } from '../domain/upstream-lanes.js';
 import type { UpstreamClient } from '../domain/upstream-port.js';
 import { grantWindowMs, poolWindowMs } from '../domain/upstreams.js';
@@ -295,6 +296,7 @@ export class IngressService {
           // Several upstreams: reads paced by the shortest slack of the pool, each grant judged by its own upstream's.
           windowMs: poolWindowMs(config, ticket.pool),
           windowOf: (granted) => grantWindowMs(config, granted.upstream),
+          tokensOf: (granted) => tokenNeed(config, granted.upstream, granted.tokens),
           callBudgetMs: config.requestTimeoutMs + FUNCTION_MARGIN_MS,
           intervalMs: () => this.intervalMs(ctx),
           ...(fromAdmission || admitted.estimatedWaitMs === undefined || ticket !== admitted.ticket

@@ -15,7 +15,7 @@ import type { OutcomeStore } from '../domain/ports.js';
 import { agentSafeErrorText } from '../domain/redact.js';
 import type { UpstreamDef } from '../domain/routes.js';
 import type { Ticket, TicketPatch } from '../domain/tickets.js';
-import { tokenLimitOf } from '../domain/token-window.js';
+import { tokenLimitOf, tokenNeed } from '../domain/token-window.js';
 import {
   classifyUpstream,
   embeddedErrorFromBody,
@@ -145,6 +145,7 @@ export class UpstreamRelay {
           grantSlackMs: config.grantSlackMs,
           ...(opts.sendCheck.calledAt !== undefined ? { calledAt: opts.sendCheck.calledAt } : {}),
           grantUncounted: call.grantUncounted,
+          tokens: tokenNeed(config, ticket.upstream, ticket.tokens),
         });
         if (gate === 'lost') {
           await channel.fail(

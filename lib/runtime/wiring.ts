@@ -127,6 +127,8 @@ export const makeStores = (
             retreat: new DynamoRetreatStore(clients.dynamo, env.stateTable, key),
             outcomes: new DynamoOutcomeStore(clients.dynamo, env.stateTable, `outcomes#${key}`),
             inFlight: () => tickets.upstreamInflight(name),
+            // Read by /status only when this upstream has `tpm` (its token entries).
+            bucket: new DynamoBucketStore(clients.dynamo, env.stateTable, key),
           };
         }),
       ]

@@ -28,6 +28,7 @@ import { PRIORITIES, type Priority } from '../domain/priority.js';
 import type { PriorityPolicy } from '../domain/priority-policy.js';
 import { baseRpmOf, initialRetreat, rebaseRetreat } from '../domain/retreat.js';
 import { bucketParamsFor } from '../domain/retreat-controller.js';
+import { tokenLimitOf, tokensInWindow } from '../domain/token-window.js';
 import type { UpstreamRow } from './upstream-rows.js';
 import { type ConfigChangeView, changeView, type RetreatView, retreatView } from './views.js';
 
@@ -69,6 +70,11 @@ export interface StatusSnapshot {
     holdUntil: number | null;
     /** False until the dispatcher first configured the bucket (figures derived from the config then). */
     configured: boolean;
+    /**
+     * The (first) upstream's tokens per minute: what its grants hold in the current token window (reservations,
+     * corrected to the answers' usage) against its tpm, from the item read above; null without tpm.
+     */
+    tokensPerMinute: { tpm: number; inWindow: number } | null;
   };
   retreat: RetreatView & {
     /** Upstream 429s / upstream answers over the retreat window (0–1). */
@@ -168,8 +174,11 @@ export interface SnapshotSources {
   clock: Clock;
   /** The ingress function's memory size (MB), for the waiting cost. */
   ingressMemoryMb: number;
-  /** Several limited upstreams: their rows under the config. */
-  upstreams?: (config: GatewayConfig) => Promise<UpstreamRow[]>;
+  /**
+   * Several limited upstreams: their rows under the config (`firstBucket`: the first upstream's bucket item as this
+   * snapshot read it, so its row reads it no second time).
+   */
+  upstreams?: (config: GatewayConfig, firstBucket?: BucketState) => Promise<UpstreamRow[]>;
 }
 
 const round = (x: number, digits = 2): number => {
@@ -225,6 +234,7 @@ export class SnapshotBuilder {
     const retreat = rebaseRetreat(record ?? initialRetreat(baseRpmOf(config), now), baseRpmOf(config));
     const state: BucketState = bucket ?? bucketParamsFor(retreat, config);
     const reserve = { fraction: config.reserveFraction, forNormal: config.reserveForNormal };
+    const tokenLimit = tokenLimitOf(config, undefined);
     const window = windowStats(slots, now - config.retreatWindowMs, now + SLOT_MS);
 
     const firstSlot = slotOf(now) - THROUGHPUT_WINDOW_MS + SLOT_MS;
@@ -259,6 +269,12 @@ export class SnapshotBuilder {
         ) as Record<Priority, number>,
         holdUntil: state.holdUntil !== undefined && state.holdUntil > now ? state.holdUntil : null,
         configured: bucket !== undefined,
+        tokensPerMinute: tokenLimit
+          ? {
+              tpm: tokenLimit.tpm,
+              inWindow: tokensInWindow(state.tokens?.entries ?? [], now, tokenLimit.windowMs),
+            }
+          : null,
       },
       retreat: {
         ...retreatView(retreat),
@@ -336,7 +352,7 @@ export class SnapshotBuilder {
         statusPublic: config.statusPublic,
       },
       configChanges: history.map(changeView),
-      ...(this.s.upstreams ? { upstreams: await this.s.upstreams(config) } : {}),
+      ...(this.s.upstreams ? { upstreams: await this.s.upstreams(config, bucket) } : {}),
     };
   }
 

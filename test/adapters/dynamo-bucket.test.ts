@@ -565,6 +565,73 @@ describe('tokens per minute on DynamoDB Local (token entries on the bucket item,
     expect((await store.get())?.tokens).toEqual(tokens);
   });
 
+  it("a refund with the grant's need gives the request and its reservation back in one write; a stale token version re-reads", async () => {
+    // Prepare: two grants of 300 in one slot (one entry of 600), the item read by another copy first.
+    const clock = new FakeClock(2_000_000_000_000);
+    const store = await freshStore(params);
+    const dispatcher = new TokenBucket(store, clock, RESERVE);
+    const ingress = new TokenBucket(store, clock, RESERVE);
+    await dispatcher.refresh();
+    const grants: number[] = [];
+    for (let i = 0; i < 2; i++) {
+      const plan = dispatcher.plan('urgent', need(300));
+      if ('waitMs' in plan) throw new Error('expected a grant');
+      expect((await store.consume(plan.attempt)).ok).toBe(true);
+      dispatcher.spent(plan.attempt);
+      grants.push(plan.attempt.now);
+    }
+    const before = await store.get();
+    expect(before?.log).toHaveLength(2);
+    expect(tokensInWindow(before?.tokens?.entries ?? [], clock.now(), 61_000)).toBe(600);
+    let writes = 0;
+    const counting = Object.assign(Object.create(Object.getPrototypeOf(store)), store) as DynamoBucketStore;
+    counting.compareAndSet = (...args) => {
+      writes++;
+      return store.compareAndSet(...args);
+    };
+    counting.writeTokens = (...args) => {
+      writes++;
+      return store.writeTokens(...args);
+    };
+    const refunding = new TokenBucket(counting, clock, RESERVE);
+
+    // Act: the second grant is handed back before its call.
+    await refunding.refund(grants[1]!, 60_000, need(300));
+
+    // Assess: one write; one grant and 300 tokens left.
+    expect(writes).toBe(1);
+    const after = await store.get();
+    expect(after?.log).toHaveLength(1);
+    expect(after?.tokens).toMatchObject({ version: (before?.tokens?.version ?? 0) + 1 });
+    expect(tokensInWindow(after?.tokens?.entries ?? [], clock.now(), 61_000)).toBe(300);
+
+    // Another grant lands between the refund's read and its write: the write fails on the versions, re-reads and
+    // gives back exactly the one reservation (the other grant's kept).
+    await ingress.reconcileTokens(grants[0]!, 300, 100, need(300));
+    await dispatcher.refresh();
+    const third = dispatcher.plan('urgent', need(300));
+    if ('waitMs' in third) throw new Error('expected a grant');
+    expect((await store.consume(third.attempt)).ok).toBe(true);
+    dispatcher.spent(third.attempt);
+    const read = store.get.bind(store);
+    let raced = false;
+    counting.get = async () => {
+      const state = await read();
+      if (!raced) {
+        raced = true;
+        const fourth = dispatcher.planAt('urgent', clock.now() + 3_000, need(300));
+        if ('waitMs' in fourth) throw new Error('expected a grant');
+        expect((await store.consume(fourth.attempt)).ok).toBe(true);
+      }
+      return state;
+    };
+    writes = 0;
+    await refunding.refund(third.attempt.now, 60_000, need(300));
+    expect(writes).toBe(2);
+    // The first grant's corrected 100 and the fourth's 300.
+    expect(tokensInWindow((await store.get())?.tokens?.entries ?? [], clock.now(), 61_000)).toBe(400);
+  });
+
   it('the token blob is 8 bytes per entry after an 8-byte base', () => {
     const entries = [
       { at: 2_000_000_000_000, tokens: 12 },

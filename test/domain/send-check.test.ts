@@ -201,6 +201,26 @@ describe('a grant older than the slack at the moment of sending is handed back, 
     },
   );
 
+  it("on an upstream with tpm the hand-back gives the grant's token reservation back too (its need on that upstream)", async () => {
+    const s = setup();
+    const { ticket } = await s.admit();
+    // The ticket's estimate, as admission records it for an upstream with tpm.
+    s.tickets.tickets.set(ticket.id, { ...s.tickets.tickets.get(ticket.id)!, tokens: 300 });
+    s.grant(ticket.id);
+    s.tickets.claimMs = SLOW_MS;
+    const res = await s.untilClaimed((await s.tickets.get(ticket.id))!);
+    if (res.kind !== 'claimed') throw new Error(`not claimed: ${res.kind}`);
+    const ctx = { ...s.context(), config: { ...DEFAULT_CONFIG, upstreamTpm: 1_000 } };
+    const called = await s.relay.callAndRelay(ctx, res.ticket, {}, { sendCheck: {} });
+    expect(typeof called).toBe('object');
+    expect(s.upstreamCalls).toHaveLength(0);
+    expect(s.refunds).toHaveBeenCalledWith(
+      res.ticket.grantedAt,
+      WINDOW_MS,
+      expect.objectContaining({ tokens: 300, tpm: 1_000 }),
+    );
+  });
+
   it('a grant within the slack is called on at once (no hand-back, no refund)', async () => {
     const s = setup();
     const { ticket } = await s.admit();

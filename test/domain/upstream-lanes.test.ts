@@ -607,8 +607,8 @@ describe("several upstreams: the dispatcher's sweep of a grant never claimed", (
         status: 'failed',
         reason: 'ingress_lost_before_claim',
       });
-    expect(refunds.first).toHaveBeenCalledWith(lost.first!.grantedAt, 60_000);
-    expect(refunds.second).toHaveBeenCalledWith(lost.second!.grantedAt, 5_000);
+    expect(refunds.first).toHaveBeenCalledWith(lost.first!.grantedAt, 60_000, undefined);
+    expect(refunds.second).toHaveBeenCalledWith(lost.second!.grantedAt, 5_000, undefined);
     expect(await first.refresh()).not.toEqual(before.first);
     expect(await second.refresh()).toEqual(before.second);
   });

@@ -85,7 +85,8 @@ describe('several upstreams (SLUICE_UPSTREAMS)', () => {
     expect(tickets.filter((t) => t.upstream === 'b')).toHaveLength(3);
     expect(tickets.filter((t) => t.upstream === undefined)).toHaveLength(12);
 
-    // /status: a row per upstream, its own limits, answers and 429s.
+    // /status: a row per upstream, its own limits, answers and 429s; b's tokens in its window (a has no tpm).
+    // b's 3 grants reserved their estimates (prompt + the default 100) and the answers' usage corrected them.
     const status = (await (
       await fetch(`${system.url}/status`, { headers: { authorization: `Bearer ${system.adminToken}` } })
     ).json()) as StatusSnapshot;
@@ -95,6 +96,10 @@ describe('several upstreams (SLUICE_UPSTREAMS)', () => {
       ['a', ['a'], 12, 20_000, 12, 0],
       ['b', ['b'], 6, 20_000, 3, 0],
     ]);
+    expect(status.upstreams?.[0]?.tokensInWindow).toBeNull();
+    const bTokens = status.upstreams?.[1]?.tokensInWindow ?? 0;
+    expect(bTokens).toBeGreaterThan(0);
+    expect(bTokens).toBeLessThanOrEqual(1000);
 
     // b allows 1000 tokens per minute: a request that may spend more is refused before admission.
     const tooLarge = await fetch(`${system.url}/v1/chat/completions`, {

@@ -327,6 +327,7 @@ describe('dashboard in Chromium', () => {
       limit: 40,
       windowMs: 60_000,
       tpm: 0,
+      tokensInWindow: null,
       rpm: 40,
       retreatState: 'normal',
       inFlight: 0,
@@ -337,7 +338,15 @@ describe('dashboard in Chromium', () => {
     });
     const upstreams = [
       row({ name: 'nv-a', pool, inFlight: 2, answers: 38 }),
-      row({ name: 'self-hosted', limit: 600, rpm: 600, tpm: 100_000, maxInflight: 8, answers: 5 }),
+      row({
+        name: 'self-hosted',
+        limit: 600,
+        rpm: 600,
+        tpm: 100_000,
+        tokensInWindow: 85_000,
+        maxInflight: 8,
+        answers: 5,
+      }),
       row({ name: 'nv-b', pool, rpm: 32, retreatState: 'retreat', inFlight: 1, throttled: 3, answers: 30 }),
     ];
     await page.setViewportSize({ width: 1400, height: 1000 });
@@ -359,12 +368,12 @@ describe('dashboard in Chromium', () => {
         {
           kind: 'in-pool',
           pool: 'nv-a,nv-b',
-          cells: ['nv-a', '40 per 60 s', '40 / 40', 'normal [good]', '2', '38', '0 (0 %)'],
+          cells: ['nv-a', '40 per 60 s', '40 / 40', '–', 'normal [good]', '2', '38', '0 (0 %)'],
         },
         {
           kind: 'in-pool',
           pool: 'nv-a,nv-b',
-          cells: ['nv-b', '40 per 60 s', '32 / 40 [warn]', 'retreat [bad]', '1', '30', '3 (10 %) [bad]'],
+          cells: ['nv-b', '40 per 60 s', '32 / 40 [warn]', '–', 'retreat [bad]', '1', '30', '3 (10 %) [bad]'],
         },
         {
           kind: '',
@@ -373,6 +382,8 @@ describe('dashboard in Chromium', () => {
             'self-hosted',
             '600 per 60 s · 100,000 tpm',
             '600 / 600',
+            // Tokens its grants hold in the window, of its tpm: 85 % is near the limit.
+            '85,000 / 100,000 [warn]',
             'normal [good]',
             '0 of 8',
             '5',

@@ -143,6 +143,8 @@ describe('SnapshotBuilder', () => {
       tokensByPriority: { urgent: 1, high: 1, normal: 1, low: 0 },
       holdUntil: null,
       configured: true,
+      // Not metered in tokens: no token figures.
+      tokensPerMinute: null,
     });
     expect(s.retreat).toMatchObject({
       state: 'retreat',
@@ -248,6 +250,43 @@ describe('SnapshotBuilder', () => {
     expect(second.throughput.totals.granted).toBe(6);
     expect(second.latency.queueWait.normal.count).toBe(3);
     clock.set(NOW);
+  });
+
+  it("an upstream with tpm: the tokens its grants hold in the window, from the bucket item it read (no other read), and the first upstream's row gets that item", async () => {
+    const versioned = await stores.config.current();
+    const config = { ...versioned.config, upstreamTpm: 2_000 };
+    const stored = await stores.bucket.refresh();
+    let reads = 0;
+    let firstBucket: unknown;
+    const s = await new SnapshotBuilder(
+      sources({
+        config: { current: async () => ({ ...versioned, config }) },
+        bucket: {
+          get: async () => {
+            reads++;
+            // Two grants' reservations in the window, one that has left it.
+            return {
+              ...stored!,
+              tokens: {
+                entries: [
+                  { at: NOW - 90_000, tokens: 700 },
+                  { at: NOW - 5_000, tokens: 300 },
+                  { at: NOW, tokens: 450 },
+                ],
+                version: 4,
+              },
+            };
+          },
+        },
+        upstreams: async (_config, first) => {
+          firstBucket = first;
+          return [];
+        },
+      }),
+    ).build();
+    expect(s.bucket.tokensPerMinute).toEqual({ tpm: 2_000, inWindow: 750 });
+    expect(reads).toBe(1);
+    expect(firstBucket).toMatchObject({ tokens: { version: 4 } });
   });
 
   it('shows an upstream hold and an idle dispatcher', async () => {

@@ -4,7 +4,7 @@ import type { AttributeValue } from '@aws-sdk/client-dynamodb';
 import { type DynamoDBClient, GetItemCommand, UpdateItemCommand } from '@aws-sdk/client-dynamodb';
 import type { BucketParams, BucketState, ConsumeAttempt } from '../../domain/gcra.js';
 import type { BucketStore, ConsumeOutcome } from '../../domain/ports.js';
-import type { TokenEntry, TokenLog } from '../../domain/token-window.js';
+import type { TokenEntry, TokenLog, TokenReserve } from '../../domain/token-window.js';
 import { translateStoreErrors } from '../aws-errors.js';
 import { conditionFailure, type Item, n, plain, stateKey } from './common.js';
 
@@ -246,7 +246,7 @@ export class DynamoBucketStore implements BucketStore {
     }
   }
 
-  async compareAndSet(expected: BucketState, next: BucketState): Promise<boolean> {
+  async compareAndSet(expected: BucketState, next: BucketState, tokens?: TokenReserve): Promise<boolean> {
     const values: Item = { ':T': n(next.intervalMs), ':b': n(next.burst) };
     const sets = ['intervalMs = :T', 'burst = :b'];
     const removes: string[] = [];
@@ -275,6 +275,13 @@ export class DynamoBucketStore implements BucketStore {
     else {
       cond += ' AND ver = :ever';
       values[':ever'] = n(expected.version);
+    }
+    if (tokens) {
+      // A refund's token half: the grant's reservation leaves in the same write, on the token log's own version.
+      sets.push('tk = :tk', 'tkVer = :ntkv');
+      values[':tk'] = { B: encodeTokens(tokens.newEntries) };
+      values[':ntkv'] = n(tokens.expectedVersion + 1);
+      cond += ` AND ${tokenVersionCondition(tokens.expectedVersion, values)}`;
     }
     try {
       await this.client.send(

@@ -24,7 +24,7 @@ import type {
   RetreatStore,
 } from '../../domain/ports.js';
 import type { RetreatRecord } from '../../domain/retreat.js';
-import type { TokenEntry, TokenLog } from '../../domain/token-window.js';
+import type { TokenEntry, TokenLog, TokenReserve } from '../../domain/token-window.js';
 
 const sameBucket = (a: BucketState | undefined, b: BucketState) =>
   !!a && a.tat === b.tat && sameParams(a, b) && a.version === b.version;
@@ -48,11 +48,14 @@ export class MemoryBucketStore implements BucketStore {
     return { ok: true, tat: next.tat };
   }
 
-  async compareAndSet(expected: BucketState, next: BucketState): Promise<boolean> {
+  async compareAndSet(expected: BucketState, next: BucketState, reserve?: TokenReserve): Promise<boolean> {
     if (!sameBucket(this.state, expected)) return false;
-    // The token log is versioned apart and never moved by this write (as on DynamoDB).
+    if (reserve && (this.state?.tokens?.version ?? 0) !== reserve.expectedVersion) return false;
+    // The token log is versioned apart and moved by this write only when asked to (as on DynamoDB).
     const { tokens: _ignored, ...rest } = next;
-    const tokens = this.state?.tokens;
+    const tokens = reserve
+      ? { entries: [...reserve.newEntries], version: reserve.expectedVersion + 1 }
+      : this.state?.tokens;
     this.state = { ...rest, ...(tokens ? { tokens } : {}) };
     return true;
   }
