@@ -94,6 +94,16 @@ export const deriveAdmission = (
   };
 };
 
+/**
+ * The most grants per minute these params allow when demand never stops: the spacing's rate, capped by the log's
+ * integer limit per (window + slack). On a short window the log can hold the rate well below the rpm it was derived
+ * from (4.75 calls per 3 s is a log of 4).
+ */
+export const grantableRpm = (p: BucketParams): number => {
+  const spaced = 60_000 / p.intervalMs;
+  return p.window ? Math.min(spaced, (p.window.limit * 60_000) / p.window.windowMs) : spaced;
+};
+
 /** Most grants any window of `windowMs` can see under these params (the conformance bound). */
 export const windowAllowance = (p: BucketParams, windowMs: number): number => {
   const spaced = p.burst + Math.floor(windowMs / p.intervalMs);

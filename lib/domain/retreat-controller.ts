@@ -2,7 +2,7 @@
 import type { TokenBucket } from './bucket.js';
 import type { Clock } from './clock.js';
 import type { GatewayConfig } from './config.js';
-import { type BucketParams, deriveAdmission, grantToCallMaxMs } from './gcra.js';
+import { type BucketParams, deriveAdmission, grantableRpm, grantToCallMaxMs } from './gcra.js';
 import {
   type OutcomeEvent,
   SLOT_MS,
@@ -190,6 +190,7 @@ export class RetreatController {
           Math.max(1_000, Math.min(useWindowMs(config), now - record.lastStepAt)),
           now,
         ),
+        grantableRpm: grantableRpm(bucketParamsFor(record, config)),
         seen: {
           slot: slotOf(now),
           ...(current ? slotStats(current) : { total: 0, throttled: 0, capacity: 0 }),

@@ -92,6 +92,8 @@ export interface RetreatInputs {
   acceptedRpm?: number;
   /** Grants per minute since the last step (probe preset: is the rate in use?). */
   grantedRpm?: number;
+  /** The most grants per minute the bucket allows at the effective rate (gcra grantableRpm), when known. */
+  grantableRpm?: number;
   /** Outcomes of the current slot seen by this evaluation: stored as the mark when it steps. */
   seen?: OutcomeMark;
   /**
@@ -339,7 +341,10 @@ export const evaluateProbe = (
             ? p.upstreamWindowMs / 2
             : p.retreatStepIntervalMs;
       if (now - r.lastStepAt < wait) return r;
-      if ((inputs.grantedRpm ?? r.effectiveRpm) < PROBE_MIN_USE * r.effectiveRpm) return r;
+      // In use: grants reach 75 % of what the bucket can grant at this rate (on a short window its log's integer
+      // limit may hold that well below the nominal rate; 75 % of the nominal then stalled RECOVER for good).
+      const grantable = Math.min(r.effectiveRpm, inputs.grantableRpm ?? r.effectiveRpm);
+      if ((inputs.grantedRpm ?? r.effectiveRpm) < PROBE_MIN_USE * grantable) return r;
       const reason = `no 429 at ${r.effectiveRpm.toFixed(1)} rpm: probe`;
       // A quiet one-call probe is the new quiet rate; later steps are not (they were held too briefly).
       return probe.step === 1

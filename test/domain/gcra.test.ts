@@ -3,7 +3,9 @@ import {
   applyAttempt,
   availableTokens,
   type BucketState,
+  deriveAdmission,
   deriveBucket,
+  grantableRpm,
   holdTat,
   planConsume,
   priorityBurst,
@@ -90,5 +92,17 @@ describe('rate changes and holds', () => {
     expect(availableTokens({ ...p, tat }, 49_999, 3)).toBe(0);
     expect(availableTokens({ ...p, tat }, 50_000, 3)).toBe(1);
     expect(availableTokens({ ...p, tat }, 50_000, 1)).toBe(0);
+  });
+});
+
+describe('grantableRpm', () => {
+  it.each([
+    // name, limit per window, window ms, slack ms, expected rpm
+    ['a minute window: the log, less its slack', 40, 60_000, 1_000, (40 * 60_000) / 61_000],
+    ['a 3 s window of 4.75 calls: a log of 4', 4.75, 3_000, 50, (4 * 60_000) / 3_050],
+    // T = ⌈10 s / (2000 − 1)⌉ = 6 ms: 10,000 a minute.
+    ['above the log: the spacing', 2_000, 10_000, 0, 10_000],
+  ])('%s', (_name, limit, windowMs, slackMs, expected) => {
+    expect(grantableRpm(deriveAdmission(limit, windowMs, 1, slackMs))).toBeCloseTo(expected, 6);
   });
 });

@@ -175,17 +175,32 @@ describe('probe policy: hold and probe', () => {
     ['stage 2 quiet for half a window: the limit moved, keep growing', 2, 25.2, 30_000, 24, 30.24, 3, 21],
     ['later stages follow the step interval', 3, 30.24, 10_000, 28, 36.288, 4, 21],
     ['no step while the rate is unused (an unused rate proves nothing)', 3, 30.24, 10_000, 15, 30.24, 3, 21],
-  ])('RECOVER %s', (_name, stage, rpm, elapsed, grantedRpm, expected, after, quiet) => {
-    const next = evaluateRetreat(
-      probing(stage, rpm, stage === 1 ? 20 : 21),
-      inputs(stats(20, 0), { acceptedRpm: 22, grantedRpm }),
-      T0 + elapsed,
-      cfg,
-    );
-    expect(next.state).toBe('recover');
-    expect(next.effectiveRpm).toBeCloseTo(expected, 6);
-    expect(next.probe).toMatchObject({ step: after, quietRpm: quiet });
-  });
+    // The bucket can grant only 24 a minute at this rate (a short window's log of whole calls): 18 is 75 % of that.
+    [
+      'in use against what the bucket can grant, not the nominal rate',
+      3,
+      30.24,
+      10_000,
+      18,
+      36.288,
+      4,
+      21,
+      24,
+    ],
+  ])(
+    'RECOVER %s',
+    (_name, stage, rpm, elapsed, grantedRpm, expected, after, quiet, grantableRpm?: number) => {
+      const next = evaluateRetreat(
+        probing(stage, rpm, stage === 1 ? 20 : 21),
+        inputs(stats(20, 0), { acceptedRpm: 22, grantedRpm, ...(grantableRpm ? { grantableRpm } : {}) }),
+        T0 + elapsed,
+        cfg,
+      );
+      expect(next.state).toBe('recover');
+      expect(next.effectiveRpm).toBeCloseTo(expected, 6);
+      expect(next.probe).toMatchObject({ step: after, quietRpm: quiet });
+    },
+  );
 
   it.each([
     // name, stage, rpm, quiet rpm, accepted rpm (noisy), expected rpm, ceiling after
