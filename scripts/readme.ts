@@ -85,7 +85,6 @@ export const renderReadme = (text: string): string => {
   for (const name of ['core', 'path', 'controls'])
     out = replaceSection(out, `bench-${name}`, benchTable(name));
   out = replaceSection(out, 'bench-fleet-heavy', fleetScenario('Heavy overload'));
-  out = replaceSection(out, 'bench-fleet-1x', fleetScenario('Heavy overload', 'fleet-1x'));
   out = replaceSection(out, 'bench-retreat-1x', retreatTable('retreat-1x'));
   out = replaceSection(out, 'bench-soak', soakFigures());
   return out;
