@@ -1,21 +1,17 @@
 // Domain tests: several limited upstreams — one priority order, a bucket per upstream, pools — on memory stores
 // and a fake clock (a fake-clock simulation: the ingress is modelled as calling at the grant's slot).
+
 import { describe, expect, it, vi } from 'vitest';
-import {
-  MemoryBucketStore,
-  MemoryOutcomeStore,
-  MemoryRetreatStore,
-} from '../../lib/adapters/memory/stores.js';
+import { MemoryBucketStore, MemoryOutcomeStore } from '../../lib/adapters/memory/stores.js';
 import { MemoryLeaseStore, MemoryTicketQueue, MemoryTicketStore } from '../../lib/adapters/memory/tickets.js';
 import { Admission } from '../../lib/domain/admission.js';
-import { TokenBucket } from '../../lib/domain/bucket.js';
+import type { TokenBucket } from '../../lib/domain/bucket.js';
 import { FakeClock } from '../../lib/domain/clock.js';
 import { configFromEnv, type GatewayConfig } from '../../lib/domain/config.js';
 import { ConfigService } from '../../lib/domain/config-service.js';
 import { Dispatcher } from '../../lib/domain/dispatcher.js';
 import { type ConsumeAttempt, grantToCallMaxMs } from '../../lib/domain/gcra.js';
 import type { ConfigStore, VersionedConfig } from '../../lib/domain/ports.js';
-import { RetreatController } from '../../lib/domain/retreat-controller.js';
 import { CLAIM_SHARE, type Ticket, type TicketPatch } from '../../lib/domain/tickets.js';
 import { chooseLane, type UpstreamLane, upstreamConfig } from '../../lib/domain/upstream-lanes.js';
 import type { UpstreamRequest } from '../../lib/domain/upstream-port.js';
@@ -23,6 +19,7 @@ import { grantWindowMs } from '../../lib/domain/upstreams.js';
 import { ReplyChannel } from '../../lib/ingress/reply-channel.js';
 import { UpstreamRelay } from '../../lib/ingress/upstream-relay.js';
 import { poolsOf } from '../../lib/status/upstream-rows.js';
+import { memoryLanes } from '../support/memory-gateway.js';
 
 class MemoryConfigStore implements ConfigStore {
   constructor(public value: VersionedConfig) {}
@@ -94,22 +91,7 @@ const setup = async (upstreams: object[], env: Record<string, string> = {}) => {
   const queue = new MemoryTicketQueue(clock);
   const lease = new MemoryLeaseStore(clock);
   const outcomes = new MemoryOutcomeStore();
-  const lanes: UpstreamLane[] = names.map((name, i) => {
-    const bucket = new TokenBucket(bucketStores.get(name)!, clock, { fraction: 0.5, forNormal: false });
-    const laneOutcomes = i === 0 ? outcomes : new MemoryOutcomeStore();
-    return {
-      name,
-      primary: i === 0,
-      bucket,
-      outcomes: laneOutcomes,
-      retreat: new RetreatController({
-        retreat: new MemoryRetreatStore(),
-        outcomes: laneOutcomes,
-        bucket,
-        clock,
-      }),
-    };
-  });
+  const lanes = memoryLanes(names, (name) => bucketStores.get(name)!, clock, outcomes);
   let n = 0;
   /** Upstreams whose retreat the dispatcher evaluated (the per-upstream metrics' hook). */
   const retreats: string[] = [];

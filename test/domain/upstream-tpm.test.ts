@@ -1,11 +1,8 @@
 // Domain tests: tokens per minute through admission and the dispatcher, on memory stores and a fake clock (the
 // ingress is modelled as calling at the grant's slot and correcting the reservation with the answer's usage).
+
 import { describe, expect, it } from 'vitest';
-import {
-  MemoryBucketStore,
-  MemoryOutcomeStore,
-  MemoryRetreatStore,
-} from '../../lib/adapters/memory/stores.js';
+import { MemoryBucketStore, MemoryOutcomeStore } from '../../lib/adapters/memory/stores.js';
 import { MemoryLeaseStore, MemoryTicketQueue, MemoryTicketStore } from '../../lib/adapters/memory/tickets.js';
 import { Admission } from '../../lib/domain/admission.js';
 import { TokenBucket } from '../../lib/domain/bucket.js';
@@ -15,10 +12,9 @@ import { ConfigService } from '../../lib/domain/config-service.js';
 import { Dispatcher } from '../../lib/domain/dispatcher.js';
 import type { ConsumeAttempt } from '../../lib/domain/gcra.js';
 import type { ConfigStore, VersionedConfig } from '../../lib/domain/ports.js';
-import { RetreatController } from '../../lib/domain/retreat-controller.js';
 import type { Ticket, TicketPatch } from '../../lib/domain/tickets.js';
 import { tokenLimitOf } from '../../lib/domain/token-window.js';
-import type { UpstreamLane } from '../../lib/domain/upstream-lanes.js';
+import { memoryLanes } from '../support/memory-gateway.js';
 
 const quiet = { info: () => {}, warn: () => {}, error: () => {} };
 
@@ -108,22 +104,7 @@ const setup = async (upstreams: object[]) => {
   const queue = new MemoryTicketQueue(clock);
   const lease = new MemoryLeaseStore(clock);
   const outcomes = new MemoryOutcomeStore();
-  const lanes: UpstreamLane[] = names.map((name, i) => {
-    const bucket = new TokenBucket(stores.get(name)!, clock, reserve);
-    const laneOutcomes = i === 0 ? outcomes : new MemoryOutcomeStore();
-    return {
-      name,
-      primary: i === 0,
-      bucket,
-      outcomes: laneOutcomes,
-      retreat: new RetreatController({
-        retreat: new MemoryRetreatStore(),
-        outcomes: laneOutcomes,
-        bucket,
-        clock,
-      }),
-    };
-  });
+  const lanes = memoryLanes(names, (name) => stores.get(name)!, clock, outcomes);
   let n = 0;
   const admission = new Admission({
     tickets,
