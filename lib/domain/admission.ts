@@ -36,6 +36,7 @@ import { PRIORITIES, type Priority, priorityRank } from './priority.js';
 import { parseWeights } from './priority-policy.js';
 import {
   estimateWaitMs,
+  FIRST_LOOK_SHARE,
   fitsDeadline,
   freshLoad,
   MIN_OBSERVED_INTERVALS,
@@ -624,7 +625,7 @@ export class Admission {
     }
     return new RateLimitedError(
       Number.isFinite(estimateMs)
-        ? `Estimated queue wait ${s(estimateMs)} s exceeds this request's maximum wait (${s(canWaitMs)} s): refused now rather than at its deadline; retry after the indicated time.`
+        ? `Estimated queue wait ${s(estimateMs)} s exceeds this request's maximum wait (${s(canWaitMs)} s, of which a first estimate may take ${Math.floor((canWaitMs * FIRST_LOOK_SHARE) / 1000)} s): refused now rather than at its deadline; retry after the indicated time.`
         : `More important requests take every slot now (this priority would wait without end): refused now rather than at its deadline (${s(canWaitMs)} s); retry after the indicated time.`,
       // A starved priority: the estimate is unbounded; come back after a window.
       Number.isFinite(estimateMs) ? estimateMs : config.upstreamWindowMs,

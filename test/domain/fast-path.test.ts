@@ -423,7 +423,7 @@ describe('fail fast at admission', () => {
     // Assess
     expect(refused).toMatchObject({ status: 429, code: 'queue_wait_exceeded', retryAfterMs: 28_500 });
     expect((refused as Error).message).toMatch(
-      /Estimated queue wait 29 s exceeds this request's maximum wait \(10 s\)/,
+      /Estimated queue wait 29 s exceeds this request's maximum wait \(10 s, of which a first estimate may take 7 s\)/,
     );
     expect(urgent.ticket.status).not.toBe('rejected');
     expect(s.tickets.tickets.size).toBe(before + 1);

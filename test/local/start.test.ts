@@ -94,6 +94,9 @@ const chat = (url: string, key: string, priority = 'high') =>
     () => ({ status: 0, body: 'connection lost' }),
   );
 
+const listModels = (url: string, key: string) =>
+  fetch(`${url}/v1/models`, { headers: { authorization: `Bearer ${key}` } });
+
 const printed = (out: string, label: string): string | undefined =>
   new RegExp(`${label}:\\s+(\\S+)`).exec(out)?.[1];
 
@@ -202,10 +205,15 @@ describe('npm start over one data directory', { timeout: 300_000 }, () => {
     expect(out).not.toMatch(/sk-sluice-/);
     expect(out).toContain('(unchanged: in');
     try {
-      // Authenticated without spending a token (the first run may have used this window's allowance).
-      const models = await fetch(`${run.url}/v1/models`, {
-        headers: { authorization: `Bearer ${fleetKey}` },
-      });
+      // The models list queues like any forwarded call, and the first run's traffic may still hold this window's
+      // slots: a 429 names its wait, and the agent comes back after it, as a client would. A key the restart
+      // forgot would get 401 on the first try.
+      let models = await listModels(run.url, fleetKey);
+      for (let attempt = 0; models.status === 429 && attempt < 3; attempt++) {
+        const retryAfterS = Number(models.headers.get('retry-after') ?? '1');
+        await new Promise((r) => setTimeout(r, Math.min(30, Math.max(1, retryAfterS)) * 1000));
+        models = await listModels(run.url, fleetKey);
+      }
       expect(models.status, await models.clone().text()).toBe(200);
       const status = await fetch(`${run.url}/status`, { headers: { authorization: `Bearer ${adminToken}` } });
       expect(status.status).toBe(200);
