@@ -1,29 +1,13 @@
 // The dispatcher on in-memory stores and a fake clock: which tickets it grants, in which order, what it leaves.
 import { describe, expect, it } from 'vitest';
-import { MemoryBucketStore } from '../../lib/adapters/memory/stores.js';
+import { MemoryBucketStore, MemoryConfigStore } from '../../lib/adapters/memory/stores.js';
 import { MemoryTicketStore } from '../../lib/adapters/memory/tickets.js';
 import { TokenBucket } from '../../lib/domain/bucket.js';
 import { FakeClock } from '../../lib/domain/clock.js';
 import { DEFAULT_CONFIG, type GatewayConfig } from '../../lib/domain/config.js';
 import { ConfigService } from '../../lib/domain/config-service.js';
-import type { ConfigStore, VersionedConfig } from '../../lib/domain/ports.js';
 import type { Priority } from '../../lib/domain/priority.js';
 import { memoryGateway } from '../support/memory-gateway.js';
-
-class MemoryConfigStore implements ConfigStore {
-  value: VersionedConfig | undefined;
-  async get() {
-    return this.value;
-  }
-  async put(next: VersionedConfig, expectedVersion: number | undefined) {
-    if (this.value?.version !== expectedVersion) return false;
-    this.value = next;
-    return true;
-  }
-  async history() {
-    return [];
-  }
-}
 
 const setup = async (config: Partial<GatewayConfig>) => {
   const clock = new FakeClock();

@@ -1,13 +1,14 @@
 // Admission's fast path and fail-fast refusal on in-memory stores and a fake clock.
 import { describe, expect, it } from 'vitest';
-import { MemoryBucketStore, MemoryOutcomeStore } from '../../lib/adapters/memory/stores.js';
-import { MemoryLeaseStore, MemoryTicketQueue, MemoryTicketStore } from '../../lib/adapters/memory/tickets.js';
+import { MemoryBucketStore } from '../../lib/adapters/memory/stores.js';
+import { MemoryTicketStore } from '../../lib/adapters/memory/tickets.js';
 import { Admission, type AdmitRequest, FAST_PATH_BACKOFF_MS } from '../../lib/domain/admission.js';
 import { TokenBucket } from '../../lib/domain/bucket.js';
 import { FakeClock } from '../../lib/domain/clock.js';
 import { DEFAULT_CONFIG, type GatewayConfig } from '../../lib/domain/config.js';
 import { StoreUnavailableError } from '../../lib/domain/errors.js';
 import type { Priority } from '../../lib/domain/priority.js';
+import { memoryAdmission } from '../support/memory-gateway.js';
 
 const PARAMS = { intervalMs: 1500, burst: 2 };
 const CONFIG: GatewayConfig = { ...DEFAULT_CONFIG, queueMaxSize: 1000, maxQueuedPerAgent: 1000 };
@@ -57,22 +58,9 @@ const setup = async (
         ? new SlowStore(bucketStore, paused)
         : new MemoryTicketStore(bucketStore, paused);
   if (tickets instanceof SlowStore) tickets.clock = clock;
-  const queue = new MemoryTicketQueue(clock);
-  const lease = new MemoryLeaseStore(clock);
-  const outcomes = new MemoryOutcomeStore();
   const bucket = new TokenBucket(bucketStore, clock, { fraction: 0, forNormal: false });
   await bucket.configure(opts.params ?? PARAMS);
-  let n = 0;
-  const admission = new Admission({
-    tickets,
-    queue,
-    lease,
-    outcomes,
-    bucket,
-    wakeDispatcher: async () => {},
-    clock,
-    newId: () => `t${++n}`,
-  });
+  const { queue, lease, outcomes, admission } = memoryAdmission({ clock, tickets, bucket });
   const request = (priority: Priority, over: Partial<AdmitRequest> = {}): AdmitRequest => ({
     agent: 'a',
     priority,

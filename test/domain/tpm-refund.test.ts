@@ -3,22 +3,17 @@
 // back with its request token; a call the upstream answered 429 keeps it (providers count failed requests). And a
 // ticket the token window has no room for before its deadline is refused when the dispatcher sees it, not then.
 import { describe, expect, it } from 'vitest';
-import {
-  MemoryBucketStore,
-  MemoryOutcomeStore,
-  MemoryRetreatStore,
-} from '../../lib/adapters/memory/stores.js';
-import { MemoryLeaseStore, MemoryTicketQueue, MemoryTicketStore } from '../../lib/adapters/memory/tickets.js';
-import { Admission } from '../../lib/domain/admission.js';
+import { MemoryBucketStore, MemoryConfigStore } from '../../lib/adapters/memory/stores.js';
+import { MemoryTicketStore } from '../../lib/adapters/memory/tickets.js';
 import { TokenBucket } from '../../lib/domain/bucket.js';
 import { FakeClock } from '../../lib/domain/clock.js';
 import { configFromEnv } from '../../lib/domain/config.js';
 import { ConfigService } from '../../lib/domain/config-service.js';
-import { Dispatcher } from '../../lib/domain/dispatcher.js';
-import type { ConfigStore } from '../../lib/domain/ports.js';
-import { bucketParamsFor, RetreatController } from '../../lib/domain/retreat-controller.js';
+import type { DispatcherDeps } from '../../lib/domain/dispatcher.js';
+import { bucketParamsFor } from '../../lib/domain/retreat-controller.js';
 import type { Ticket } from '../../lib/domain/tickets.js';
 import { tokenNeed, tokensInWindow } from '../../lib/domain/token-window.js';
+import { memoryGateway } from '../support/memory-gateway.js';
 
 const ESTIMATE = 300;
 const TPM = 1_000;
@@ -29,21 +24,17 @@ const setup = async () => {
   const store = new MemoryBucketStore();
   let paused = false;
   const tickets = new MemoryTicketStore(store, () => paused);
-  const queue = new MemoryTicketQueue(clock);
-  const lease = new MemoryLeaseStore(clock);
-  const outcomes = new MemoryOutcomeStore();
   const bucket = new TokenBucket(store, clock, { fraction: 0.5, forNormal: false });
   await bucket.configure(bucketParamsFor({ effectiveRpm: config.upstreamLimit }, config));
-  let n = 0;
-  const admission = new Admission({
-    tickets,
-    queue,
-    lease,
-    outcomes,
-    bucket,
-    wakeDispatcher: async () => {},
+  const { queue, admission, newDispatcher } = memoryGateway({
     clock,
-    newId: () => `t${++n}`,
+    tickets,
+    bucket,
+    config: new ConfigService(
+      new MemoryConfigStore({ config, version: 1, updatedAt: clock.now(), updatedBy: 'test' }),
+      clock,
+      config,
+    ),
   });
   const need = (t: Pick<Ticket, 'upstream' | 'tokens'>) => tokenNeed(config, t.upstream, t.tokens);
   /** Admits a ticket with ESTIMATE tokens and grants it as the dispatcher would: the reservation in the grant. */
@@ -101,34 +92,9 @@ const setup = async () => {
       callBudgetMs: 65_000,
       intervalMs: async () => 1_500,
     });
-  const dispatcherRun = async (
-    onTokens?: (upstream: string | undefined, inWindow: number, tpm: number) => void,
-    runMs = 10_000,
-  ) => {
-    const configStore: ConfigStore = {
-      get: async () => ({ config, version: 1, updatedAt: clock.now(), updatedBy: 'test' }),
-      put: async () => false,
-      history: async () => [],
-    };
-    const dispatcher = new Dispatcher({
-      tickets,
-      queue,
-      lease,
-      bucket,
-      retreat: new RetreatController({ retreat: new MemoryRetreatStore(), outcomes, bucket, clock }),
-      config: new ConfigService(configStore, clock, config),
-      outcomes,
-      clock,
-      wakeSuccessor: async () => {},
-      owner: 'test',
-      log: { info: () => {}, warn: () => {}, error: () => {} },
-      agentBucket: () => {
-        throw new Error('no agent quotas here');
-      },
-      ...(onTokens ? { onTokens } : {}),
-    });
+  const dispatcherRun = async (hook?: DispatcherDeps['onTokens'], runMs = 10_000) => {
     // Its first loop sweeps; nothing queued is visible (the messages were taken), so it stops idle.
-    await dispatcher.run(clock.now() + runMs);
+    await newDispatcher(hook ? { onTokens: hook } : {}).run(clock.now() + runMs);
   };
   return {
     clock,

@@ -2,16 +2,17 @@
 // and a fake clock (a fake-clock simulation: the ingress is modelled as calling at the grant's slot).
 
 import { describe, expect, it, vi } from 'vitest';
-import { MemoryBucketStore, MemoryOutcomeStore } from '../../lib/adapters/memory/stores.js';
-import { MemoryLeaseStore, MemoryTicketQueue, MemoryTicketStore } from '../../lib/adapters/memory/tickets.js';
-import { Admission } from '../../lib/domain/admission.js';
-import type { TokenBucket } from '../../lib/domain/bucket.js';
+import {
+  MemoryBucketStore,
+  MemoryConfigStore,
+  MemoryOutcomeStore,
+} from '../../lib/adapters/memory/stores.js';
+import { MemoryTicketStore } from '../../lib/adapters/memory/tickets.js';
+import { TokenBucket } from '../../lib/domain/bucket.js';
 import { FakeClock } from '../../lib/domain/clock.js';
 import { configFromEnv, type GatewayConfig } from '../../lib/domain/config.js';
 import { ConfigService } from '../../lib/domain/config-service.js';
-import { Dispatcher } from '../../lib/domain/dispatcher.js';
 import { type ConsumeAttempt, grantToCallMaxMs } from '../../lib/domain/gcra.js';
-import type { ConfigStore, VersionedConfig } from '../../lib/domain/ports.js';
 import { CLAIM_SHARE, type Ticket, type TicketPatch } from '../../lib/domain/tickets.js';
 import { chooseLane, type UpstreamLane, upstreamConfig } from '../../lib/domain/upstream-lanes.js';
 import type { UpstreamRequest } from '../../lib/domain/upstream-port.js';
@@ -19,20 +20,7 @@ import { grantWindowMs } from '../../lib/domain/upstreams.js';
 import { ReplyChannel } from '../../lib/ingress/reply-channel.js';
 import { UpstreamRelay } from '../../lib/ingress/upstream-relay.js';
 import { poolsOf } from '../../lib/status/upstream-rows.js';
-import { memoryLanes } from '../support/memory-gateway.js';
-
-class MemoryConfigStore implements ConfigStore {
-  constructor(public value: VersionedConfig) {}
-  async get() {
-    return this.value;
-  }
-  async put() {
-    return false;
-  }
-  async history() {
-    return [];
-  }
-}
+import { memoryGateway, memoryLanes, quietLog } from '../support/memory-gateway.js';
 
 /** Every grant is called at once (claimed and completed at its slot), as a prompt ingress would. */
 class CallingTicketStore extends MemoryTicketStore {
@@ -63,8 +51,6 @@ class CallingTicketStore extends MemoryTicketStore {
   }
 }
 
-const quiet = { info: () => {}, warn: () => {}, error: () => {} };
-
 /** A gateway with the upstreams of `SLUICE_UPSTREAMS`, the first one under the single-upstream items. */
 const setup = async (upstreams: object[], env: Record<string, string> = {}) => {
   const clock = new FakeClock();
@@ -88,46 +74,18 @@ const setup = async (upstreams: object[], env: Record<string, string> = {}) => {
     undefined,
     (name) => bucketStores.get(name)!,
   );
-  const queue = new MemoryTicketQueue(clock);
-  const lease = new MemoryLeaseStore(clock);
-  const outcomes = new MemoryOutcomeStore();
-  const lanes = memoryLanes(names, (name) => bucketStores.get(name)!, clock, outcomes);
-  let n = 0;
   /** Upstreams whose retreat the dispatcher evaluated (the per-upstream metrics' hook). */
   const retreats: string[] = [];
-  const admission = new Admission({
-    tickets,
-    queue,
-    lease,
-    outcomes,
-    bucket: lanes[0]!.bucket,
-    lanes,
-    wakeDispatcher: async () => {},
-    clock,
-    newId: () => `t${++n}`,
-  });
   // Buffers never full: a full buffer's poller naps on the fake clock, which would run time ahead of the grants.
-  const dispatcher = new Dispatcher(
-    {
-      tickets,
-      queue,
-      lease,
-      bucket: lanes[0]!.bucket,
-      retreat: lanes[0]!.retreat,
-      lanes,
-      onUpstreamRetreat: (upstream) => retreats.push(upstream),
-      config: new ConfigService(configStore, clock, config),
-      outcomes,
-      clock,
-      wakeSuccessor: async () => {},
-      owner: 'test-dispatcher',
-      log: quiet,
-      agentBucket: () => {
-        throw new Error('no agent quotas in these tests');
-      },
-    },
-    { bufferSize: 1_000 },
-  );
+  const { admission, dispatcher, lanes } = memoryGateway({
+    clock,
+    tickets,
+    bucket: new TokenBucket(bucketStores.get(names[0]!)!, clock, { fraction: 0.5, forNormal: false }),
+    lanes: (outcomes) => memoryLanes(names, (name) => bucketStores.get(name)!, clock, outcomes),
+    config: new ConfigService(configStore, clock, config),
+    hooks: { onUpstreamRetreat: (upstream) => retreats.push(upstream) },
+    timings: { bufferSize: 1_000 },
+  });
   const admit = async (count: number, pool: string[], waitMs: number) => {
     for (let i = 0; i < count; i++) {
       await admission.admit(
@@ -143,7 +101,7 @@ const setup = async (upstreams: object[], env: Record<string, string> = {}) => {
       );
     }
   };
-  return { clock, config, tickets, dispatcher, admit, lanes, admission, retreats };
+  return { clock, config, tickets, dispatcher, admit, lanes: lanes!, admission, retreats };
 };
 
 /** Most calls an upstream got in any window of `windowMs` (each call opens a window). */
@@ -523,7 +481,7 @@ describe("several upstreams: a grant's age is judged by its own upstream's windo
         lanes: s.lanes,
         clock: s.clock,
         telemetry: { upstream: () => {} },
-        log: quiet,
+        log: quietLog,
       });
       const ctx = {
         req: {

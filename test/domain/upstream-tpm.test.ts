@@ -2,34 +2,16 @@
 // ingress is modelled as calling at the grant's slot and correcting the reservation with the answer's usage).
 
 import { describe, expect, it } from 'vitest';
-import { MemoryBucketStore, MemoryOutcomeStore } from '../../lib/adapters/memory/stores.js';
-import { MemoryLeaseStore, MemoryTicketQueue, MemoryTicketStore } from '../../lib/adapters/memory/tickets.js';
-import { Admission } from '../../lib/domain/admission.js';
+import { MemoryBucketStore, MemoryConfigStore } from '../../lib/adapters/memory/stores.js';
+import { MemoryTicketStore } from '../../lib/adapters/memory/tickets.js';
 import { TokenBucket } from '../../lib/domain/bucket.js';
 import { FakeClock } from '../../lib/domain/clock.js';
 import { configFromEnv, type GatewayConfig } from '../../lib/domain/config.js';
 import { ConfigService } from '../../lib/domain/config-service.js';
-import { Dispatcher } from '../../lib/domain/dispatcher.js';
 import type { ConsumeAttempt } from '../../lib/domain/gcra.js';
-import type { ConfigStore, VersionedConfig } from '../../lib/domain/ports.js';
 import type { Ticket, TicketPatch } from '../../lib/domain/tickets.js';
 import { tokenLimitOf } from '../../lib/domain/token-window.js';
-import { memoryLanes } from '../support/memory-gateway.js';
-
-const quiet = { info: () => {}, warn: () => {}, error: () => {} };
-
-class StaticConfigStore implements ConfigStore {
-  constructor(private readonly value: VersionedConfig) {}
-  async get() {
-    return this.value;
-  }
-  async put() {
-    return false;
-  }
-  async history() {
-    return [];
-  }
-}
+import { memoryGateway, memoryLanes } from '../support/memory-gateway.js';
 
 interface Call {
   upstream: string;
@@ -101,46 +83,20 @@ const setup = async (upstreams: object[]) => {
   const ingress = new Map(names.map((n) => [n, new TokenBucket(stores.get(n)!, clock, reserve)]));
   tickets.ingressBucket = (upstream) => ingress.get(upstream ?? names[0]!)!;
   tickets.config = config;
-  const queue = new MemoryTicketQueue(clock);
-  const lease = new MemoryLeaseStore(clock);
-  const outcomes = new MemoryOutcomeStore();
-  const lanes = memoryLanes(names, (name) => stores.get(name)!, clock, outcomes);
   let n = 0;
-  const admission = new Admission({
-    tickets,
-    queue,
-    lease,
-    outcomes,
-    bucket: lanes[0]!.bucket,
-    lanes,
-    wakeDispatcher: async () => {},
+  const { admission, dispatcher } = memoryGateway({
     clock,
+    tickets,
+    bucket: ingress.get(names[0]!)!,
+    lanes: (outcomes) => memoryLanes(names, (name) => stores.get(name)!, clock, outcomes),
     newId: () => `t${String(++n).padStart(4, '0')}`,
-  });
-  const dispatcher = new Dispatcher(
-    {
-      tickets,
-      queue,
-      lease,
-      bucket: lanes[0]!.bucket,
-      retreat: lanes[0]!.retreat,
-      ...(lanes.length > 1 ? { lanes } : {}),
-      config: new ConfigService(
-        new StaticConfigStore({ config, version: 1, updatedAt: clock.now(), updatedBy: 'test' }),
-        clock,
-        config,
-      ),
-      outcomes,
+    config: new ConfigService(
+      new MemoryConfigStore({ config, version: 1, updatedAt: clock.now(), updatedBy: 'test' }),
       clock,
-      wakeSuccessor: async () => {},
-      owner: 'test-dispatcher',
-      log: quiet,
-      agentBucket: () => {
-        throw new Error('no agent quotas in these tests');
-      },
-    },
-    { bufferSize: 1_000 },
-  );
+      config,
+    ),
+    timings: { bufferSize: 1_000 },
+  });
   const admit = async (count: number, tokens: number, pool?: string[]) => {
     for (let i = 0; i < count; i++) {
       await admission.admit(

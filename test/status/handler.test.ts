@@ -4,11 +4,12 @@ import { Logger } from '@aws-lambda-powertools/logger';
 import type { APIGatewayProxyEvent, APIGatewayProxyResult, Context } from 'aws-lambda';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { makeStatusHandler, type StatusDeps } from '../../functions/status/app.js';
+import { MemoryConfigStore } from '../../lib/adapters/memory/stores.js';
 import { FakeClock } from '../../lib/domain/clock.js';
 import { DEFAULT_CONFIG, type GatewayConfig } from '../../lib/domain/config.js';
 import { ConfigService } from '../../lib/domain/config-service.js';
 import { AuthenticationError, PermissionError } from '../../lib/domain/errors.js';
-import type { AgentKey, ConfigChange, ConfigStore, VersionedConfig } from '../../lib/domain/ports.js';
+import type { AgentKey } from '../../lib/domain/ports.js';
 import { initialRetreat } from '../../lib/domain/retreat.js';
 import { StatusAccess } from '../../lib/status/access.js';
 import { AdminService } from '../../lib/status/admin.js';
@@ -21,24 +22,6 @@ const AGENT_KEY = `sk-sluice-${'a'.repeat(43)}`;
 const DISABLED_KEY = `sk-sluice-${'d'.repeat(43)}`;
 const ORIGIN = 'https://dashboard.example.com';
 const clock = new FakeClock(1_800_000_000_000);
-
-/** Config history and current record in memory, with the store's version condition. */
-class MemoryConfigStore implements ConfigStore {
-  value: VersionedConfig | undefined;
-  changes: ConfigChange[] = [];
-  async get() {
-    return this.value && structuredClone(this.value);
-  }
-  async put(next: VersionedConfig, expected: number | undefined, changes: ConfigChange[]) {
-    if (expected === undefined ? this.value !== undefined : this.value?.version !== expected) return false;
-    this.value = structuredClone(next);
-    this.changes.unshift(...changes);
-    return true;
-  }
-  async history(limit: number) {
-    return this.changes.slice(0, limit);
-  }
-}
 
 const fakeSnapshot = { at: clock.now(), configVersion: 1 } as StatusSnapshot;
 

@@ -10,23 +10,28 @@ import { Admission } from '../../lib/domain/admission.js';
 import { TokenBucket } from '../../lib/domain/bucket.js';
 import type { Clock } from '../../lib/domain/clock.js';
 import type { ConfigService } from '../../lib/domain/config-service.js';
-import { Dispatcher } from '../../lib/domain/dispatcher.js';
+import { Dispatcher, type DispatcherDeps, type DispatcherTimings } from '../../lib/domain/dispatcher.js';
 import type { BucketStore } from '../../lib/domain/ports.js';
 import { RetreatController } from '../../lib/domain/retreat-controller.js';
 import type { UpstreamLane } from '../../lib/domain/upstream-lanes.js';
 
 export const quietLog = { info: () => {}, warn: () => {}, error: () => {} };
 
-export const memoryGateway = (parts: {
+/** Admission on the in-memory queue, lease and outcome stores (no dispatcher: tests that grant by hand). */
+export const memoryAdmission = (parts: {
   clock: Clock;
   tickets: MemoryTicketStore;
   bucket: TokenBucket;
-  config: ConfigService;
+  /** Several limited upstreams, built on this gateway's outcome store (see `memoryLanes`). */
+  lanes?: (outcomes: MemoryOutcomeStore) => UpstreamLane[];
+  newId?: () => string;
 }) => {
-  const { clock, tickets, bucket, config } = parts;
+  const { clock, tickets } = parts;
   const queue = new MemoryTicketQueue(clock);
   const lease = new MemoryLeaseStore(clock);
   const outcomes = new MemoryOutcomeStore();
+  const lanes = parts.lanes?.(outcomes);
+  const bucket = lanes?.[0]?.bucket ?? parts.bucket;
   let n = 0;
   const admission = new Admission({
     tickets,
@@ -34,27 +39,52 @@ export const memoryGateway = (parts: {
     lease,
     outcomes,
     bucket,
+    ...(lanes ? { lanes } : {}),
     wakeDispatcher: async () => {},
     clock,
-    newId: () => `t${++n}`,
+    newId: parts.newId ?? (() => `t${++n}`),
   });
-  const dispatcher = new Dispatcher({
-    tickets,
-    queue,
-    lease,
-    bucket,
-    retreat: new RetreatController({ retreat: new MemoryRetreatStore(), outcomes, bucket, clock }),
-    config,
-    outcomes,
-    clock,
-    wakeSuccessor: async () => {},
-    owner: 'test-dispatcher',
-    log: quietLog,
-    agentBucket: () => {
-      throw new Error('no agent quotas in these tests');
-    },
-  });
-  return { queue, lease, outcomes, admission, dispatcher };
+  return { queue, lease, outcomes, bucket, lanes, admission };
+};
+
+/** Admission and the Dispatcher on the in-memory stores, wired as the functions wire them. */
+export const memoryGateway = (
+  parts: Parameters<typeof memoryAdmission>[0] & {
+    config: ConfigService;
+    /** The dispatcher's optional hooks (per-upstream retreat, tokens), as the function passes them. */
+    hooks?: Pick<DispatcherDeps, 'onUpstreamRetreat' | 'onTokens'>;
+    timings?: Partial<DispatcherTimings>;
+  },
+) => {
+  const { clock, tickets, config } = parts;
+  const admitting = memoryAdmission(parts);
+  const { queue, lease, outcomes, bucket, lanes } = admitting;
+  // One per run, as the function builds one per invocation.
+  const newDispatcher = (hooks = parts.hooks) =>
+    new Dispatcher(
+      {
+        tickets,
+        queue,
+        lease,
+        bucket,
+        retreat:
+          lanes?.[0]?.retreat ??
+          new RetreatController({ retreat: new MemoryRetreatStore(), outcomes, bucket, clock }),
+        ...(lanes ? { lanes } : {}),
+        ...hooks,
+        config,
+        outcomes,
+        clock,
+        wakeSuccessor: async () => {},
+        owner: 'test-dispatcher',
+        log: quietLog,
+        agentBucket: () => {
+          throw new Error('no agent quotas in these tests');
+        },
+      },
+      parts.timings,
+    );
+  return { ...admitting, dispatcher: newDispatcher(), newDispatcher };
 };
 
 /**

@@ -19,9 +19,12 @@ import type {
   BucketStore,
   BudgetDayRow,
   BudgetStore,
+  ConfigChange,
+  ConfigStore,
   ConsumeOutcome,
   OutcomeStore,
   RetreatStore,
+  VersionedConfig,
 } from '../../domain/ports.js';
 import type { RetreatRecord } from '../../domain/retreat.js';
 import type { TokenEntry, TokenLog, TokenReserve } from '../../domain/token-window.js';
@@ -165,5 +168,23 @@ export class MemoryBudgetStore implements BudgetStore {
 
   async day(day: string): Promise<BudgetDayRow[]> {
     return [...this.days.entries()].filter(([k]) => k.startsWith(`${day}#`)).map(([, r]) => ({ ...r }));
+  }
+}
+
+/** The config record and its change history, with the DynamoDB store's version condition on every put. */
+export class MemoryConfigStore implements ConfigStore {
+  changes: ConfigChange[] = [];
+  constructor(public value?: VersionedConfig) {}
+  async get() {
+    return this.value && structuredClone(this.value);
+  }
+  async put(next: VersionedConfig, expected: number | undefined, changes: ConfigChange[] = []) {
+    if (expected === undefined ? this.value !== undefined : this.value?.version !== expected) return false;
+    this.value = structuredClone(next);
+    this.changes.unshift(...changes);
+    return true;
+  }
+  async history(limit: number) {
+    return this.changes.slice(0, limit);
   }
 }
