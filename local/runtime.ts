@@ -136,8 +136,9 @@ export const startLocalSystem = async (opts: LocalSystemOptions = {}): Promise<L
     };
 
     // Each function composed as its Lambda entry composes it, each with its own clients ("container").
+    const runtimeEnv = readRuntimeEnv(env);
     const container = (): Clients => {
-      const clients = makeClients(readRuntimeEnv(env));
+      const clients = makeClients(runtimeEnv);
       stops.push(async () => closeClients(clients));
       return clients;
     };
@@ -146,7 +147,7 @@ export const startLocalSystem = async (opts: LocalSystemOptions = {}): Promise<L
     // The tests' view of the state, on the dispatcher's clients and with its objects that keep state in memory:
     // a config update made through `stores.config` reaches the dispatcher at once (no 2 s cache in between).
     const stores: GatewayStores = {
-      ...gatewayStores(readRuntimeEnv(env), dispatcherClients, env),
+      ...gatewayStores(runtimeEnv, dispatcherClients, env),
       config: dispatcher.config,
       bucket: dispatcher.bucket,
       retreat: dispatcher.retreat,

@@ -44,7 +44,7 @@ const PREFLIGHT_MAX_AGE_S = 600;
 export const SNAPSHOT_MAX_AGE_MS = 1_000;
 
 /** Everything the status routes need, built once per container (or by a test). */
-export interface StatusDeps {
+export interface StatusHandlerDeps {
   snapshots: Pick<Memo<StatusSnapshot>, 'get' | 'invalidate'>;
   access: StatusAccess;
   admin: AdminService;
@@ -78,7 +78,10 @@ const NO_STORE = { 'cache-control': 'no-store' };
  * Builds the status function's handler around its dependencies (tests and the local runtime pass their own).
  * @param obs logger and metrics; default Powertools ones for the `status` service
  */
-export const makeStatusHandler = (deps: StatusDeps, obs: { logger?: Logger; metrics?: Metrics } = {}) => {
+export const makeStatusHandler = (
+  deps: StatusHandlerDeps,
+  obs: { logger?: Logger; metrics?: Metrics } = {},
+) => {
   const logger = obs.logger ?? makeLogger('status');
   const metrics = obs.metrics ?? makeMetrics('status');
   const app = new Router();
@@ -260,7 +263,7 @@ const optionalToken = (secretId: string | undefined, plain: string | undefined, 
 export const buildStatusDeps = (
   processEnv: Record<string, string | undefined> = process.env,
   clients?: Clients,
-): StatusDeps => {
+): StatusHandlerDeps => {
   const env = readRuntimeEnv(processEnv);
   const sdk = clients ?? makeClients(env);
   const clock = systemClock;
