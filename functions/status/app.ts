@@ -44,7 +44,7 @@ const PREFLIGHT_MAX_AGE_S = 600;
 export const SNAPSHOT_MAX_AGE_MS = 1_000;
 
 /** Everything the status routes need, built once per container (or by a test). */
-export interface StatusHandlerDeps {
+export interface StatusDeps {
   snapshots: Pick<Memo<StatusSnapshot>, 'get' | 'invalidate'>;
   access: StatusAccess;
   admin: AdminService;
@@ -79,7 +79,7 @@ const NO_STORE = { 'cache-control': 'no-store' };
  * @param obs logger and metrics; default Powertools ones for the `status` service
  */
 export const makeStatusHandler = (
-  deps: StatusHandlerDeps,
+  deps: StatusDeps,
   obs: { logger?: Logger; metrics?: Metrics } = {},
 ) => {
   const logger = obs.logger ?? makeLogger('status');
@@ -263,7 +263,7 @@ const optionalToken = (secretId: string | undefined, plain: string | undefined, 
 export const buildStatusDeps = (
   processEnv: Record<string, string | undefined> = process.env,
   clients?: Clients,
-): StatusHandlerDeps => {
+): StatusDeps => {
   const env = readRuntimeEnv(processEnv);
   const sdk = clients ?? makeClients(env);
   const clock = systemClock;

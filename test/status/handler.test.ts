@@ -3,7 +3,7 @@
 import { Logger } from '@aws-lambda-powertools/logger';
 import type { APIGatewayProxyEvent, APIGatewayProxyResult, Context } from 'aws-lambda';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { makeStatusHandler, type StatusHandlerDeps } from '../../functions/status/app.js';
+import { makeStatusHandler, type StatusDeps } from '../../functions/status/app.js';
 import { FakeClock } from '../../lib/domain/clock.js';
 import { DEFAULT_CONFIG, type GatewayConfig } from '../../lib/domain/config.js';
 import { ConfigService } from '../../lib/domain/config-service.js';
@@ -67,7 +67,7 @@ const world = (opts: { allowedOrigin?: string; config?: Partial<GatewayConfig> }
     upstreamWithKey: true,
     snapshotFails: false,
   };
-  const deps: StatusHandlerDeps = {
+  const deps: StatusDeps = {
     snapshots: new Memo(
       async () => {
         if (faults.snapshotFails)
