@@ -78,10 +78,7 @@ const NO_STORE = { 'cache-control': 'no-store' };
  * Builds the status function's handler around its dependencies (tests and the local runtime pass their own).
  * @param obs logger and metrics; default Powertools ones for the `status` service
  */
-export const makeStatusHandler = (
-  deps: StatusDeps,
-  obs: { logger?: Logger; metrics?: Metrics } = {},
-) => {
+export const makeStatusHandler = (deps: StatusDeps, obs: { logger?: Logger; metrics?: Metrics } = {}) => {
   const logger = obs.logger ?? makeLogger('status');
   const metrics = obs.metrics ?? makeMetrics('status');
   const app = new Router();
