@@ -9,10 +9,12 @@ import { buildIngressDeps, makeIngressHandler } from '../functions/ingress/app.j
 import type { DispatcherTimings } from '../lib/domain/dispatcher.js';
 import { KeyAdmin } from '../lib/domain/key-admin.js';
 import type { Priority } from '../lib/domain/priority.js';
-import type { Clients, Stores } from '../lib/runtime/wiring.js';
+import { type Clients, closeClients, makeClients } from '../lib/runtime/clients.js';
+import { readRuntimeEnv } from '../lib/runtime/env.js';
 import { type ApiRoute, type LocalApiGateway, startApiGateway } from './apigw/adapter.js';
 import { localAwsConfig, provisionResources, resourceEnvironment, startEmulators } from './emulators.js';
 import { type FakeUpstream, type FakeUpstreamOptions, startFakeUpstream } from './fake-upstream.js';
+import { type GatewayStores, gatewayStores } from './gateway-stores.js';
 import { type LocalLambdaService, startLocalLambda } from './lambda-service.js';
 
 export interface LocalSystemOptions {
@@ -43,7 +45,7 @@ export interface LocalSystemOptions {
   /** Extra routes (status function, dashboard), added after the ingress routes; `stop` runs when the system stops. */
   extraRoutes?: (ctx: {
     env: Record<string, string | undefined>;
-    stores: Stores;
+    stores: GatewayStores;
   }) => Promise<ExtraRoutes> | ExtraRoutes;
   log?: (line: string) => void;
 }
@@ -58,7 +60,8 @@ export interface LocalSystem {
   upstreamUrl: string;
   /** The env the functions were composed from. */
   env: Record<string, string | undefined>;
-  stores: Stores;
+  /** Every store of the deployment, sharing the dispatcher's instances (its config cache, its bucket). */
+  stores: GatewayStores;
   lambda: LocalLambdaService;
   createKey(
     agent: string,
@@ -133,26 +136,34 @@ export const startLocalSystem = async (opts: LocalSystemOptions = {}): Promise<L
     };
 
     // Each function composed as its Lambda entry composes it, each with its own clients ("container").
-    const destroy = (clients: Clients) => async () => {
-      clients.dynamo.destroy();
-      clients.sqs.destroy();
-      clients.lambda.destroy();
+    const runtimeEnv = readRuntimeEnv(env);
+    const container = (): Clients => {
+      const clients = makeClients(runtimeEnv);
+      stops.push(async () => closeClients(clients));
+      return clients;
     };
-    const dispatcher = buildDispatcherDeps(env);
-    stops.push(destroy(dispatcher.clients));
-    const { stores } = dispatcher;
+    const dispatcherClients = container();
+    const dispatcher = buildDispatcherDeps(env, dispatcherClients);
+    // The tests' view of the state, on the dispatcher's clients and with its objects that keep state in memory:
+    // a config update made through `stores.config` reaches the dispatcher at once (no 2 s cache in between).
+    const stores: GatewayStores = {
+      ...gatewayStores(runtimeEnv, dispatcherClients, env),
+      config: dispatcher.config,
+      bucket: dispatcher.bucket,
+      retreat: dispatcher.retreat,
+      lanes: dispatcher.lanes,
+      agentBucket: dispatcher.agentBucket,
+    };
     await stores.config.seed();
     // Stopping ends the dispatcher's run early: it releases its lease while the stores still answer.
     const dispatcherStop = new AbortController();
     lambdaRef.handler = makeDispatcherHandler({
-      ...dispatcher.deps,
+      ...dispatcher,
       stopSignal: dispatcherStop.signal,
       ...(opts.dispatcherTimings ? { timings: opts.dispatcherTimings } : {}),
     }) as unknown as (e: unknown, c: import('aws-lambda').Context) => Promise<unknown>;
 
-    const ingress = buildIngressDeps(env);
-    stops.push(destroy(ingress.clients));
-    const ingressHandler = makeIngressHandler(ingress.deps);
+    const ingressHandler = makeIngressHandler(buildIngressDeps(env, container()));
     const extra = opts.extraRoutes ? await opts.extraRoutes({ env, stores }) : [];
     if (!Array.isArray(extra) && extra.stop) stops.push(extra.stop);
     const routes: ApiRoute[] = [

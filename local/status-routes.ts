@@ -10,8 +10,10 @@ import { DEFAULT_OUT_DIR } from '../dashboard/build.js';
 import { buildStatusDeps, makeStatusHandler } from '../functions/status/app.js';
 import { NotFoundError } from '../lib/domain/errors.js';
 import { errorReply } from '../lib/http/reply.js';
-import type { Stores } from '../lib/runtime/wiring.js';
+import { closeClients, makeClients } from '../lib/runtime/clients.js';
+import { readRuntimeEnv } from '../lib/runtime/env.js';
 import type { ApiRoute } from './apigw/adapter.js';
+import type { GatewayStores } from './gateway-stores.js';
 
 const CONTENT_TYPES: Record<string, string> = {
   '.html': 'text/html; charset=utf-8',
@@ -92,10 +94,10 @@ export const localConfigJson = async (event: APIGatewayProxyEvent): Promise<APIG
  */
 export const statusRoutes = (ctx: {
   env: Record<string, string | undefined>;
-  stores: Stores;
+  stores: GatewayStores;
 }): { routes: ApiRoute[]; stop: () => Promise<void> } => {
-  const built = buildStatusDeps(ctx.env);
-  const handler = makeStatusHandler(built.deps);
+  const clients = makeClients(readRuntimeEnv(ctx.env));
+  const handler = makeStatusHandler(buildStatusDeps(ctx.env, clients));
   const fn = { handler, functionName: 'sluice-status', timeoutMs: 29_000 };
   const site = staticSite();
   return {
@@ -108,10 +110,6 @@ export const statusRoutes = (ctx: {
       { method: 'GET', path: '/', handler: site, functionName: 'sluice-dashboard' },
       { method: 'GET', path: '/{proxy+}', handler: site, functionName: 'sluice-dashboard' },
     ],
-    stop: async () => {
-      built.clients.dynamo.destroy();
-      built.clients.sqs.destroy();
-      built.clients.lambda.destroy();
-    },
+    stop: async () => closeClients(clients),
   };
 };

@@ -4,18 +4,29 @@ import { MetricUnit } from '@aws-lambda-powertools/metrics';
 import { logMetrics } from '@aws-lambda-powertools/metrics/middleware';
 import middy from '@middy/core';
 import type { Context } from 'aws-lambda';
-import { Dispatcher, type DispatcherTimings, type RunSummary } from '../../lib/domain/dispatcher.js';
+import { DynamoLeaseStore } from '../../lib/adapters/dynamo/lease-store.js';
+import { SqsTicketQueue } from '../../lib/adapters/sqs/ticket-queue.js';
+import { systemClock } from '../../lib/domain/clock.js';
+import {
+  Dispatcher,
+  type DispatcherDeps,
+  type DispatcherTimings,
+  type RunSummary,
+} from '../../lib/domain/dispatcher.js';
 import { RETREAT_STATES } from '../../lib/domain/retreat.js';
+import { agentBuckets } from '../../lib/runtime/agent-buckets.js';
+import { type Clients, dispatcherWaker, makeClients } from '../../lib/runtime/clients.js';
 import { readRuntimeEnv } from '../../lib/runtime/env.js';
-import { dispatcherWaker, makeClients, makeStores, type Stores } from '../../lib/runtime/wiring.js';
+import { primaryUpstreamState, ticketStore, upstreamLanes } from '../../lib/runtime/lanes.js';
+import { liveConfig } from '../../lib/runtime/live-config.js';
 import { makeLogger, makeMetrics } from '../shared/observability.js';
 
 /** Time kept free before the function's hard stop, to release the lease and hand over. */
 const STOP_MARGIN_MS = 10_000;
 
-export interface DispatcherHandlerDeps {
-  stores: Stores;
-  wakeSuccessor: () => Promise<void>;
+/** Everything the dispatcher handler needs, built once per container (or by a test): its stores and doorbell. */
+export interface DispatcherHandlerDeps
+  extends Omit<DispatcherDeps, 'owner' | 'log' | 'onRetreat' | 'onUpstreamRetreat' | 'onTokens'> {
   timings?: Partial<DispatcherTimings>;
   /** Ends a run early, releasing the lease (the local runtime's clean stop). */
   stopSignal?: AbortSignal;
@@ -24,21 +35,11 @@ export interface DispatcherHandlerDeps {
 export const makeDispatcherHandler = (deps: DispatcherHandlerDeps) => {
   const logger = makeLogger('dispatcher');
   const metrics = makeMetrics('dispatcher');
+  const { timings, stopSignal, ...stores } = deps;
   const run = async (_event: unknown, context: Context): Promise<RunSummary> => {
-    const { stores } = deps;
     const dispatcher = new Dispatcher(
       {
-        tickets: stores.tickets,
-        queue: stores.queue,
-        lease: stores.lease,
-        bucket: stores.bucket,
-        retreat: stores.retreat,
-        ...(stores.lanes ? { lanes: stores.lanes } : {}),
-        config: stores.config,
-        outcomes: stores.outcomes,
-        clock: stores.clock,
-        wakeSuccessor: deps.wakeSuccessor,
-        agentBucket: stores.agentBucket,
+        ...stores,
         owner: context.awsRequestId,
         log: {
           info: (m, e) => logger.info(m, e ?? {}),
@@ -72,11 +73,11 @@ export const makeDispatcherHandler = (deps: DispatcherHandlerDeps) => {
           single.addMetric('upstream_tokens_in_window', MetricUnit.Count, inWindow);
         },
       },
-      deps.timings,
+      timings,
     );
     const summary = await dispatcher.run(
       stores.clock.now() + context.getRemainingTimeInMillis() - STOP_MARGIN_MS,
-      deps.stopSignal,
+      stopSignal,
     );
     metrics.addMetric('granted', MetricUnit.Count, summary.granted);
     metrics.addMetric('expired', MetricUnit.Count, summary.expired);
@@ -88,11 +89,32 @@ export const makeDispatcherHandler = (deps: DispatcherHandlerDeps) => {
   return middy(run).use(injectLambdaContext(logger)).use(logMetrics(metrics));
 };
 
-/** Composition root: clients and stores once per container; the env is validated at cold start. */
-export const buildDispatcherDeps = (processEnv: Record<string, string | undefined> = process.env) => {
+/**
+ * Composition root: the stores, the live config and the doorbell, built once per container; the env is validated
+ * at cold start.
+ * @param clients the container's SDK clients @default built from the env
+ */
+export const buildDispatcherDeps = (
+  processEnv: Record<string, string | undefined> = process.env,
+  clients?: Clients,
+): DispatcherHandlerDeps => {
   const env = readRuntimeEnv(processEnv);
-  const clients = makeClients(env);
-  const stores = makeStores(env, clients, processEnv);
-  const deps: DispatcherHandlerDeps = { stores, wakeSuccessor: dispatcherWaker(env, clients) };
-  return { deps, env, clients, stores };
+  const sdk = clients ?? makeClients(env);
+  const clock = systemClock;
+  const config = liveConfig(env, sdk, processEnv, clock);
+  const primary = primaryUpstreamState(env, sdk, clock, config.defaults);
+  const lanes = upstreamLanes(env, sdk, clock, primary, config.defaults);
+  return {
+    tickets: ticketStore(env, sdk),
+    queue: new SqsTicketQueue(sdk.sqs, env.queueUrls),
+    lease: new DynamoLeaseStore(sdk.dynamo, env.stateTable),
+    bucket: primary.bucket,
+    retreat: primary.retreat,
+    outcomes: primary.outcomes,
+    ...(lanes ? { lanes } : {}),
+    config: config.service,
+    clock,
+    agentBucket: agentBuckets(env, sdk, clock),
+    wakeSuccessor: dispatcherWaker(env, sdk),
+  };
 };

@@ -1,19 +1,29 @@
 // Function app (ingress): API Gateway REST proxy event in, streamed response out. Thin adapter over lib/ingress.
 import { AsyncLocalStorage } from 'node:async_hooks';
+import { randomUUID } from 'node:crypto';
 import { MethodNotAllowedError, Router } from '@aws-lambda-powertools/event-handler/http';
 import { MetricUnit } from '@aws-lambda-powertools/metrics';
 import type { APIGatewayProxyEvent, Context } from 'aws-lambda';
+import { DynamoBudgetStore } from '../../lib/adapters/dynamo/budget-store.js';
+import { DynamoKeyStore } from '../../lib/adapters/dynamo/key-store.js';
+import { DynamoLeaseStore } from '../../lib/adapters/dynamo/lease-store.js';
+import { DynamoResponseCacheStore } from '../../lib/adapters/dynamo/response-cache-store.js';
+import { DynamoUsageStore } from '../../lib/adapters/dynamo/usage-store.js';
+import { SqsTicketQueue } from '../../lib/adapters/sqs/ticket-queue.js';
 import { FetchUpstream } from '../../lib/adapters/upstream/fetch-upstream.js';
 import { Admission } from '../../lib/domain/admission.js';
 import { KeyAuthenticator } from '../../lib/domain/auth.js';
+import { systemClock } from '../../lib/domain/clock.js';
 import { GatewayError, NotFoundError, ValidationError } from '../../lib/domain/errors.js';
 import { OutcomeTriggeredRetreat } from '../../lib/domain/retreat-controller.js';
 import { errorReply } from '../../lib/http/reply.js';
 import { ResponseCache } from '../../lib/ingress/response-cache.js';
 import { type IngressDeps, IngressService } from '../../lib/ingress/service.js';
+import { type Clients, dispatcherWaker, makeClients } from '../../lib/runtime/clients.js';
 import { upstreamCredentials } from '../../lib/runtime/credentials.js';
 import { readRuntimeEnv } from '../../lib/runtime/env.js';
-import { dispatcherWaker, makeClients, makeStores } from '../../lib/runtime/wiring.js';
+import { primaryUpstreamState, ticketStore, upstreamLanes } from '../../lib/runtime/lanes.js';
+import { liveConfig } from '../../lib/runtime/live-config.js';
 import { corsHeaders, lowerHeaders, pathWithQuery, toResponse } from '../shared/http.js';
 import { makeLogger, makeMetrics } from '../shared/observability.js';
 
@@ -158,48 +168,58 @@ export const makeIngressHandler = (deps: IngressHandlerDeps) => {
   });
 };
 
-/** Composition root: clients and stores once per container; config validated at cold start. */
-export const buildIngressDeps = (processEnv: Record<string, string | undefined> = process.env) => {
+/**
+ * Composition root: clients, stores and the live config once per container; the env is validated at cold start.
+ * @param clients the container's SDK clients @default built from the env
+ */
+export const buildIngressDeps = (
+  processEnv: Record<string, string | undefined> = process.env,
+  clients?: Clients,
+): IngressHandlerDeps => {
   const env = readRuntimeEnv(processEnv);
-  const clients = makeClients(env);
-  const stores = makeStores(env, clients, processEnv);
+  const sdk = clients ?? makeClients(env);
+  const clock = systemClock;
   const logger = makeLogger('ingress');
   const metrics = makeMetrics('ingress');
   const upstreamKey = upstreamCredentials(env.upstreamCredentials, (upstream, e) =>
     logger.error('reading an upstream key failed', { upstream, error: e.message }),
   );
+  const config = liveConfig(env, sdk, processEnv, clock);
+  const primary = primaryUpstreamState(env, sdk, clock, config.defaults);
+  const lanes = upstreamLanes(env, sdk, clock, primary, config.defaults);
+  const { bucket, outcomes } = primary;
   const admission = new Admission({
-    tickets: stores.tickets,
-    queue: stores.queue,
-    lease: stores.lease,
-    outcomes: stores.outcomes,
-    bucket: stores.bucket,
-    ...(stores.lanes ? { lanes: stores.lanes } : {}),
-    wakeDispatcher: dispatcherWaker(env, clients),
-    clock: stores.clock,
-    newId: stores.newId,
-    usage: stores.usage,
-    budgets: stores.budgets,
+    tickets: ticketStore(env, sdk),
+    queue: new SqsTicketQueue(sdk.sqs, env.queueUrls),
+    lease: new DynamoLeaseStore(sdk.dynamo, env.stateTable),
+    outcomes,
+    bucket,
+    ...(lanes ? { lanes } : {}),
+    wakeDispatcher: dispatcherWaker(env, sdk),
+    clock,
+    newId: () => randomUUID(),
+    usage: new DynamoUsageStore(sdk.dynamo, env.stateTable),
+    budgets: new DynamoBudgetStore(sdk.dynamo, env.stateTable),
   });
   const deps: IngressHandlerDeps = {
-    auth: new KeyAuthenticator(stores.keys, stores.clock),
-    config: stores.config,
+    auth: new KeyAuthenticator(new DynamoKeyStore(sdk.dynamo, env.keysTable), clock),
+    config: config.service,
     admission,
-    bucket: stores.bucket,
+    bucket,
     // Seed preset: retreat judged after every upstream response; probe: after every 429.
     outcomes: new OutcomeTriggeredRetreat(
-      stores.outcomes,
-      stores.retreat,
-      () => stores.config.config(),
+      outcomes,
+      primary.retreat,
+      () => config.service.config(),
       (e) => logger.warn('retreat evaluation after an outcome failed', { error: e.message }),
     ),
     upstream: new FetchUpstream(),
     upstreamKey,
     routes: env.routes,
     upstreams: env.upstreams,
-    ...(stores.lanes ? { lanes: stores.lanes } : {}),
+    ...(lanes ? { lanes } : {}),
     maxBodyBytes: env.maxBodyBytes,
-    clock: stores.clock,
+    clock,
     telemetry: {
       // Metrics are flushed per request: the stream outlives any `after` hook.
       request: (priority, status) => {
@@ -215,12 +235,12 @@ export const buildIngressDeps = (processEnv: Record<string, string | undefined> 
     },
     log: { warn: (m, e) => logger.warn(m, e ?? {}), error: (m, e) => logger.error(m, e ?? {}) },
     ...(env.allowedOrigin ? { allowedOrigin: env.allowedOrigin } : {}),
-    ...(stores.responseCache
+    ...(env.cacheTable
       ? {
           cache: new ResponseCache({
-            store: stores.responseCache,
-            clock: stores.clock,
-            outcomes: stores.outcomes,
+            store: new DynamoResponseCacheStore(sdk.dynamo, env.cacheTable),
+            clock,
+            outcomes,
             telemetry: {
               cache: (event, bytes) => {
                 metrics.addDimensions({ event });
@@ -235,5 +255,5 @@ export const buildIngressDeps = (processEnv: Record<string, string | undefined> 
         }
       : {}),
   };
-  return { deps, env, stores, clients };
+  return deps;
 };

@@ -10,16 +10,25 @@ import { MetricUnit } from '@aws-lambda-powertools/metrics';
 import { logMetrics } from '@aws-lambda-powertools/metrics/middleware';
 import middy from '@middy/core';
 import type { APIGatewayProxyEvent, APIGatewayProxyResult, Context } from 'aws-lambda';
+import { DynamoBudgetStore } from '../../lib/adapters/dynamo/budget-store.js';
+import { DynamoKeyStore } from '../../lib/adapters/dynamo/key-store.js';
+import { DynamoLeaseStore } from '../../lib/adapters/dynamo/lease-store.js';
+import { DynamoResponseCacheStore } from '../../lib/adapters/dynamo/response-cache-store.js';
+import { DynamoUsageStore } from '../../lib/adapters/dynamo/usage-store.js';
+import { SqsTicketQueue } from '../../lib/adapters/sqs/ticket-queue.js';
 import { KeyAuthenticator } from '../../lib/domain/auth.js';
-import type { Clock } from '../../lib/domain/clock.js';
+import { type Clock, systemClock } from '../../lib/domain/clock.js';
 import type { GatewayConfig } from '../../lib/domain/config.js';
 import type { ConfigService } from '../../lib/domain/config-service.js';
 import { GatewayError, NotFoundError, UnavailableError, ValidationError } from '../../lib/domain/errors.js';
 import type { BucketState } from '../../lib/domain/gcra.js';
 import { PRIORITIES } from '../../lib/domain/priority.js';
 import { errorBody, errorReply, type HttpReply, jsonReply, retryHeaders } from '../../lib/http/reply.js';
+import { type Clients, makeClients } from '../../lib/runtime/clients.js';
 import { readRuntimeEnv } from '../../lib/runtime/env.js';
-import { makeClients, makeStores, secretReader } from '../../lib/runtime/wiring.js';
+import { primaryUpstreamState, ticketStore, upstreamRowSources } from '../../lib/runtime/lanes.js';
+import { liveConfig } from '../../lib/runtime/live-config.js';
+import { secretReader } from '../../lib/runtime/secrets.js';
 import { StatusAccess, type TokenSource } from '../../lib/status/access.js';
 import { AdminService } from '../../lib/status/admin.js';
 import { fetchModelsProbe, liveness, Readiness } from '../../lib/status/health.js';
@@ -244,33 +253,45 @@ export const makeStatusHandler = (deps: StatusDeps, obs: { logger?: Logger; metr
 const optionalToken = (secretId: string | undefined, plain: string | undefined, what: string): TokenSource =>
   secretId || plain ? secretReader(secretId, plain, what) : async () => undefined;
 
-/** Composition root: clients, stores and use cases once per container; the env is validated at cold start. */
-export const buildStatusDeps = (processEnv: Record<string, string | undefined> = process.env) => {
+/**
+ * Composition root: clients, stores and use cases once per container; the env is validated at cold start.
+ * @param clients the container's SDK clients @default built from the env
+ */
+export const buildStatusDeps = (
+  processEnv: Record<string, string | undefined> = process.env,
+  clients?: Clients,
+): StatusDeps => {
   const env = readRuntimeEnv(processEnv);
-  const clients = makeClients(env);
-  const stores = makeStores(env, clients, processEnv);
-  const { clock } = stores;
+  const sdk = clients ?? makeClients(env);
+  const clock = systemClock;
+  const config = liveConfig(env, sdk, processEnv, clock);
+  const primary = primaryUpstreamState(env, sdk, clock, config.defaults);
+  const tickets = ticketStore(env, sdk);
+  const queue = new SqsTicketQueue(sdk.sqs, env.queueUrls);
+  const lease = new DynamoLeaseStore(sdk.dynamo, env.stateTable);
+  const usage = new DynamoUsageStore(sdk.dynamo, env.stateTable);
+  const sources = upstreamRowSources(env, sdk, primary, tickets);
   const builder = new SnapshotBuilder({
-    bucket: { get: () => stores.bucket.refresh() },
-    retreat: stores.retreatStore,
-    tickets: stores.tickets,
-    queue: stores.queue,
-    lease: stores.lease,
-    outcomes: stores.outcomes,
-    config: stores.config,
-    configHistory: stores.configStore,
+    bucket: { get: () => primary.bucket.refresh() },
+    retreat: primary.retreatStore,
+    tickets,
+    queue,
+    lease,
+    outcomes: primary.outcomes,
+    config: config.service,
+    configHistory: config.store,
     clock,
     ingressMemoryMb: env.ingressMemoryMb,
-    ...(stores.upstreamSources
+    ...(sources
       ? {
-          upstreams: (config: GatewayConfig, firstBucket?: BucketState) =>
+          upstreams: (current: GatewayConfig, firstBucket?: BucketState) =>
             upstreamRows(
-              stores.upstreamSources!,
+              sources,
               poolsOf(
                 env.routes,
-                stores.upstreamSources!.map((s) => s.name),
+                sources.map((s) => s.name),
               ),
-              config,
+              current,
               clock,
               firstBucket,
             ),
@@ -279,29 +300,29 @@ export const buildStatusDeps = (processEnv: Record<string, string | undefined> =
   });
   const limited = [...env.upstreams.values()].find((u) => u.limited);
   if (!limited) throw new Error('no limited upstream configured');
-  const deps: StatusDeps = {
+  return {
     snapshots: new Memo(() => builder.build(), clock, SNAPSHOT_MAX_AGE_MS),
     access: new StatusAccess({
-      keys: new KeyAuthenticator(stores.keys, clock),
+      keys: new KeyAuthenticator(new DynamoKeyStore(sdk.dynamo, env.keysTable), clock),
       adminToken: optionalToken(env.adminTokenSecret, env.adminTokenValue, 'admin token'),
       viewerToken: optionalToken(env.viewerTokenSecret, env.viewerTokenValue, 'viewer token'),
     }),
     admin: new AdminService({
-      usage: stores.usage,
-      budgets: stores.budgets,
-      config: stores.config,
-      history: stores.configStore,
-      tickets: stores.tickets,
-      retreat: stores.retreat,
+      usage,
+      budgets: new DynamoBudgetStore(sdk.dynamo, env.stateTable),
+      config: config.service,
+      history: config.store,
+      tickets,
+      retreat: primary.retreat,
       clock,
-      ...(stores.responseCache ? { cache: stores.responseCache } : {}),
+      ...(env.cacheTable ? { cache: new DynamoResponseCacheStore(sdk.dynamo, env.cacheTable) } : {}),
     }),
     readiness: new Readiness({
       dynamodb: async () => {
-        await stores.lease.get();
+        await lease.get();
       },
       sqs: async () => {
-        await Promise.all(PRIORITIES.map((p) => stores.queue.depth(p)));
+        await Promise.all(PRIORITIES.map((p) => queue.depth(p)));
       },
       upstream: fetchModelsProbe(
         limited.baseUrl,
@@ -309,10 +330,9 @@ export const buildStatusDeps = (processEnv: Record<string, string | undefined> =
       ),
       clock,
     }),
-    config: stores.config,
+    config: config.service,
     clock,
     startedAt: clock.now(),
     ...(env.allowedOrigin ? { allowedOrigin: env.allowedOrigin } : {}),
   };
-  return { deps, env, clients, stores };
 };

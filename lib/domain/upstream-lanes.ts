@@ -19,6 +19,20 @@ export interface UpstreamLane {
   outcomes: OutcomeStore;
 }
 
+/**
+ * The live reserve (`reserve_fraction`, `reserve_for_normal`) on every bucket a function meters with: the first
+ * upstream's and each lane's, from the cached config every other field is read from (a PATCH reaches them all).
+ */
+export const applyLiveReserve = (
+  config: Pick<GatewayConfig, 'reserveFraction' | 'reserveForNormal'>,
+  bucket: TokenBucket,
+  lanes: readonly Pick<UpstreamLane, 'bucket'>[] = [],
+): void => {
+  const reserve = { fraction: config.reserveFraction, forNormal: config.reserveForNormal };
+  bucket.setReserve(reserve);
+  for (const lane of lanes) lane.bucket.setReserve(reserve);
+};
+
 /** The lane of a granted ticket: its upstream's, the first one's when it names none. */
 export const laneOf = (
   ticket: { upstream?: string | undefined },

@@ -23,7 +23,7 @@ import { type Route, resolveRoute, type UpstreamDef } from '../domain/routes.js'
 import type { Ticket } from '../domain/tickets.js';
 import { checkFitsTpm, estimateRequestTokens, poolTpm, tokensToReserve } from '../domain/token-estimate.js';
 import { tokenNeed } from '../domain/token-window.js';
-import { laneOf, type UpstreamLane } from '../domain/upstream-lanes.js';
+import { applyLiveReserve, laneOf, type UpstreamLane } from '../domain/upstream-lanes.js';
 import type { UpstreamClient } from '../domain/upstream-port.js';
 import { grantWindowMs, poolWindowMs } from '../domain/upstreams.js';
 import { asGatewayError, errorReply, type HttpReply } from '../http/reply.js';
@@ -116,9 +116,10 @@ export class IngressService {
     headers: Record<string, string>,
   ): Promise<HttpReply> {
     const config = await this.d.config.config();
-    // The bucket's reserve is live config, read from the same cached config as every other field (as the
-    // dispatcher does): a PATCH of reserve_fraction reaches the passthrough policy and the rate headers too.
-    this.d.bucket.setReserve({ fraction: config.reserveFraction, forNormal: config.reserveForNormal });
+    // The buckets' reserve is live config, read from the same cached config as every other field (as the
+    // dispatcher does): a PATCH of reserve_fraction reaches the fast path on every lane, the passthrough policy
+    // and the rate headers too.
+    applyLiveReserve(config, this.d.bucket, this.d.lanes);
     assertSafePath(req.path);
     if (!isForwardedPath(req.path, config.forwardPaths))
       throw new NotFoundError(`No route ${req.method} ${req.path.split('?')[0]} (not in forward_paths).`);

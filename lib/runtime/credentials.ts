@@ -2,7 +2,7 @@
 
 import { GatewayError, UnavailableError } from '../domain/errors.js';
 import type { UpstreamDef } from '../domain/routes.js';
-import { secretReader } from './wiring.js';
+import { secretReader } from './secrets.js';
 
 /** Where one upstream's key comes from: a Secrets Manager secret (AWS) or a plain env value (local only). */
 export interface CredentialSource {

@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ReceivedMessage, TicketQueue } from '../../lib/domain/ports.js';
 import { PRIORITIES, type Priority, priorityRank } from '../../lib/domain/priority.js';
 import type { Ticket } from '../../lib/domain/tickets.js';
-import type { Stores } from '../../lib/runtime/wiring.js';
+import type { GatewayStores } from '../../local/gateway-stores.js';
 import { dispatcherFor, readTickets, storesFor } from '../support/stores.js';
 
 /** The stated bound: a higher-priority ticket visible this long is served before any lower one. */
@@ -42,7 +42,7 @@ class FlakyQueue implements TicketQueue {
 
 const setup = (name: string, config: Record<string, string>) => storesFor(name, config);
 
-const dispatcherForQueue = (stores: Stores, queue: TicketQueue, owner: string) =>
+const dispatcherForQueue = (stores: GatewayStores, queue: TicketQueue, owner: string) =>
   dispatcherFor(stores, { queue, owner });
 
 describe('dispatcher priority order under saturation', () => {

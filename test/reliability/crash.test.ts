@@ -12,8 +12,9 @@ import { Dispatcher, type DispatcherDeps, type DispatcherTimings } from '../../l
 import { GRANT_TO_CALL_MAX_MS } from '../../lib/domain/gcra.js';
 import type { Priority } from '../../lib/domain/priority.js';
 import { isTerminal, type Ticket } from '../../lib/domain/tickets.js';
+import { makeClients } from '../../lib/runtime/clients.js';
 import { readRuntimeEnv } from '../../lib/runtime/env.js';
-import { makeClients, makeStores, type Stores } from '../../lib/runtime/wiring.js';
+import { type GatewayStores, gatewayStores } from '../../local/gateway-stores.js';
 import { type TestResources, testResources, testSqsClient } from '../support/aws.js';
 import { envFor } from '../support/stores.js';
 import { report, sleep } from './support.js';
@@ -51,7 +52,7 @@ class Kill {
 
 interface Ctx {
   res: TestResources;
-  stores: Stores;
+  stores: GatewayStores;
   clients: ReturnType<typeof makeClients>;
   admission: Admission;
   /** Successful grant transactions per ticket, over every dispatcher of the test. */
@@ -63,7 +64,7 @@ const setup = async (name: string, extra: Record<string, string>): Promise<Ctx> 
   const processEnv = envFor(res, extra);
   const env = readRuntimeEnv(processEnv);
   const clients = makeClients(env);
-  const stores = makeStores(env, clients, processEnv);
+  const stores = gatewayStores(env, clients, processEnv);
   await stores.config.seed();
   // A killed dispatcher's buffered messages come back after the visibility timeout (30 s in production): 4 s here.
   const sqs = testSqsClient();

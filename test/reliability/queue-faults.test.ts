@@ -12,8 +12,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Admission } from '../../lib/domain/admission.js';
 import { Dispatcher } from '../../lib/domain/dispatcher.js';
 import type { TicketStore } from '../../lib/domain/ports.js';
+import { makeClients } from '../../lib/runtime/clients.js';
 import { readRuntimeEnv } from '../../lib/runtime/env.js';
-import { makeClients, makeStores, type Stores } from '../../lib/runtime/wiring.js';
+import { type GatewayStores, gatewayStores } from '../../local/gateway-stores.js';
 import { type TestResources, testResources, testSqsClient } from '../support/aws.js';
 import { envFor } from '../support/stores.js';
 import { allTickets } from '../support/system.js';
@@ -133,7 +134,7 @@ describe('SQS failing under the running system', () => {
 
 describe('odd messages, with the real adapters', () => {
   let res: TestResources;
-  let stores: Stores;
+  let stores: GatewayStores;
   let admission: Admission;
   let clients: ReturnType<typeof makeClients>;
 
@@ -145,7 +146,7 @@ describe('odd messages, with the real adapters', () => {
     const processEnv = envFor(res, { SLUICE_UPSTREAM_LIMIT: '600', SLUICE_BUCKET_BURST: '5' });
     const env = readRuntimeEnv(processEnv);
     clients = makeClients(env);
-    stores = makeStores(env, clients, processEnv);
+    stores = gatewayStores(env, clients, processEnv);
     await stores.config.seed();
     admission = new Admission({ ...stores, wakeDispatcher: async () => {} });
   });

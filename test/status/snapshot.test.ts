@@ -6,10 +6,11 @@ import type { OutcomeEvent } from '../../lib/domain/outcomes.js';
 import type { Priority } from '../../lib/domain/priority.js';
 import type { RetreatRecord } from '../../lib/domain/retreat.js';
 import type { Ticket, TicketStatus } from '../../lib/domain/tickets.js';
+import { makeClients } from '../../lib/runtime/clients.js';
 import { readRuntimeEnv } from '../../lib/runtime/env.js';
-import { makeClients, makeStores, type Stores } from '../../lib/runtime/wiring.js';
 import { Memo } from '../../lib/status/memo.js';
 import { SnapshotBuilder, type SnapshotSources } from '../../lib/status/snapshot.js';
+import { type GatewayStores, gatewayStores } from '../../local/gateway-stores.js';
 import { type TestResources, testResources } from '../support/aws.js';
 import { envFor } from '../support/stores.js';
 
@@ -18,7 +19,7 @@ const NOW = 1_800_000_005_000;
 const MIN = 60_000;
 
 let res: TestResources;
-let stores: Stores;
+let stores: GatewayStores;
 let clients: ReturnType<typeof makeClients>;
 const clock = new FakeClock(NOW);
 
@@ -55,7 +56,7 @@ beforeAll(async () => {
   res = await testResources('status-snapshot');
   const env = readRuntimeEnv(envFor(res));
   clients = makeClients(env);
-  stores = makeStores(env, clients, {}, clock);
+  stores = gatewayStores(env, clients, {}, clock);
 
   // Config: seeded, then one change a minute ago (two fields, recorded in the history).
   clock.set(NOW - MIN);

@@ -4,8 +4,9 @@ import { Admission } from '../../lib/domain/admission.js';
 import { Dispatcher, type DispatcherDeps, type DispatcherTimings } from '../../lib/domain/dispatcher.js';
 import type { TicketQueue } from '../../lib/domain/ports.js';
 import type { Ticket } from '../../lib/domain/tickets.js';
+import { makeClients } from '../../lib/runtime/clients.js';
 import { readRuntimeEnv } from '../../lib/runtime/env.js';
-import { makeClients, makeStores, type Stores } from '../../lib/runtime/wiring.js';
+import { type GatewayStores, gatewayStores } from '../../local/gateway-stores.js';
 import { type TestResources, testResources } from './aws.js';
 
 /** The env a function would get for these resources, plus `SLUICE_*` config overrides. */
@@ -33,7 +34,7 @@ export const storesFor = async (name: string, config: Record<string, string> = {
   const processEnv = envFor(res, config);
   const env = readRuntimeEnv(processEnv);
   const clients = makeClients(env);
-  const stores = makeStores(env, clients, processEnv);
+  const stores = gatewayStores(env, clients, processEnv);
   await stores.config.seed();
   const admission = new Admission({ ...stores, wakeDispatcher: async () => {} });
   const close = () => {
@@ -47,7 +48,7 @@ export const storesFor = async (name: string, config: Record<string, string> = {
 
 /** A dispatcher over the stores, with short idle time; `queue`, `owner` and `lease` may be swapped. */
 export const dispatcherFor = (
-  stores: Stores,
+  stores: GatewayStores,
   opts: {
     queue?: TicketQueue;
     owner?: string;
