@@ -3,12 +3,10 @@ import { describe, expect, it } from 'vitest';
 import { MemoryResponseCache } from '../../lib/adapters/memory/response-cache.js';
 import { MemoryOutcomeStore } from '../../lib/adapters/memory/stores.js';
 import { FakeClock } from '../../lib/domain/clock.js';
-import { DEFAULT_CONFIG } from '../../lib/domain/config.js';
 import { StoreUnavailableError } from '../../lib/domain/errors.js';
 import type { Priority } from '../../lib/domain/priority.js';
-import type { RequestContext } from '../../lib/ingress/context.js';
-import { ReplyChannel } from '../../lib/ingress/reply-channel.js';
 import { type CacheFront, ResponseCache } from '../../lib/ingress/response-cache.js';
+import { requestContext } from '../support/request-context.js';
 
 const BODY = { model: 'meta/llama', messages: [{ role: 'user', content: 'hi' }] };
 const ANSWER = JSON.stringify({
@@ -25,25 +23,19 @@ const setup = () => {
   const store = new MemoryResponseCache();
   const outcomes = new MemoryOutcomeStore();
   const cache = new ResponseCache({ store, clock, outcomes, log: { warn: () => {} } });
-  const ctx = (requestId: string, stream = false, priority: Priority = 'normal'): RequestContext => ({
-    req: {
-      requestId,
-      method: 'POST',
-      path: '/v1/chat/completions',
-      headers: { 'x-sluice-cache': '60' },
-      body: JSON.stringify(BODY),
-      isBase64Encoded: false,
-      signal: new AbortController().signal,
-      remainingMs: 900_000,
-    },
-    config: DEFAULT_CONFIG,
-    priority,
-    upstream: { name: 'limited', baseUrl: 'http://upstream', limited: true },
-    upstreamBody: JSON.stringify(BODY),
-    stream,
-    headers: {},
-    channel: new ReplyChannel(),
-  });
+  const ctx = (requestId: string, stream = false, priority: Priority = 'normal') =>
+    requestContext({
+      req: {
+        requestId,
+        headers: { 'x-sluice-cache': '60' },
+        body: JSON.stringify(BODY),
+        remainingMs: 900_000,
+      },
+      priority,
+      upstream: { name: 'limited', baseUrl: 'http://upstream', limited: true },
+      upstreamBody: JSON.stringify(BODY),
+      stream,
+    });
   const lookup = () => ({
     agent: 'a',
     keyTtlS: undefined,

@@ -11,9 +11,8 @@ import { DEFAULT_CONFIG } from '../../lib/domain/config.js';
 import type { TicketPatch, TicketStatus } from '../../lib/domain/tickets.js';
 import { isTerminal, type Ticket } from '../../lib/domain/tickets.js';
 import type { UpstreamRequest } from '../../lib/domain/upstream-port.js';
-import type { RequestContext } from '../../lib/ingress/context.js';
-import { ReplyChannel } from '../../lib/ingress/reply-channel.js';
 import { UpstreamRelay } from '../../lib/ingress/upstream-relay.js';
+import { requestContext } from '../support/request-context.js';
 
 const WINDOW_MS = DEFAULT_CONFIG.upstreamWindowMs;
 /** The default grant slack (1 s): a step longer than it makes any grant too old to call on. */
@@ -112,25 +111,12 @@ const setup = () => {
       callBudgetMs: 65_000,
       intervalMs: async () => 1_500,
     });
-  const context = (): RequestContext => ({
-    req: {
-      requestId: 'r',
-      method: 'POST',
-      path: '/v1/chat/completions',
-      headers: {},
-      body: null,
-      isBase64Encoded: false,
-      signal: new AbortController().signal,
-      remainingMs: 300_000,
-    },
-    config: DEFAULT_CONFIG,
-    priority: 'normal',
-    upstream: { name: 'nvidia', baseUrl: 'http://upstream.test/v1', limited: true },
-    upstreamBody: '{"model":"m"}',
-    stream: false,
-    headers: {},
-    channel: new ReplyChannel(),
-  });
+  const context = () =>
+    requestContext({
+      req: { body: null, remainingMs: 300_000 },
+      upstream: { name: 'nvidia', baseUrl: 'http://upstream.test/v1', limited: true },
+      upstreamBody: '{"model":"m"}',
+    });
   /** Grants, claims and calls as the ingress does, until a call leaves (a hand-back waits for the next grant). */
   const serve = async (first: Ticket) => {
     let ticket = first;

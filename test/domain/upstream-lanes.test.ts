@@ -17,10 +17,10 @@ import { CLAIM_SHARE, type Ticket, type TicketPatch } from '../../lib/domain/tic
 import { chooseLane, type UpstreamLane, upstreamConfig } from '../../lib/domain/upstream-lanes.js';
 import type { UpstreamRequest } from '../../lib/domain/upstream-port.js';
 import { grantWindowMs } from '../../lib/domain/upstreams.js';
-import { ReplyChannel } from '../../lib/ingress/reply-channel.js';
 import { UpstreamRelay } from '../../lib/ingress/upstream-relay.js';
 import { poolsOf } from '../../lib/status/upstream-rows.js';
 import { memoryGateway, memoryLanes, quietLog } from '../support/memory-gateway.js';
+import { requestContext } from '../support/request-context.js';
 
 /** Every grant is called at once (claimed and completed at its slot), as a prompt ingress would. */
 class CallingTicketStore extends MemoryTicketStore {
@@ -483,25 +483,12 @@ describe("several upstreams: a grant's age is judged by its own upstream's windo
         telemetry: { upstream: () => {} },
         log: quietLog,
       });
-      const ctx = {
-        req: {
-          requestId: 'r',
-          method: 'POST',
-          path: '/v1/chat/completions',
-          headers: {},
-          body: null,
-          isBase64Encoded: false,
-          signal: new AbortController().signal,
-          remainingMs: 300_000,
-        },
+      const ctx = requestContext({
+        req: { body: null, remainingMs: 300_000 },
         config: s.config,
-        priority: 'normal' as const,
         upstream: { name: c.upstream, baseUrl: 'http://upstream.test/v1', limited: true },
         upstreamBody: '{"model":"m"}',
-        stream: false,
-        headers: {},
-        channel: new ReplyChannel(),
-      };
+      });
 
       // Act
       const res = await relay.callAndRelay(ctx, claimed.ticket, {}, { sendCheck: {} });

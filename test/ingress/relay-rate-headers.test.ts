@@ -7,11 +7,9 @@ import type { TokenBucket } from '../../lib/domain/bucket.js';
 import { FakeClock } from '../../lib/domain/clock.js';
 import { DEFAULT_CONFIG, type GatewayConfig } from '../../lib/domain/config.js';
 import type { OutcomeStore } from '../../lib/domain/ports.js';
-import type { UpstreamDef } from '../../lib/domain/routes.js';
 import type { Ticket } from '../../lib/domain/tickets.js';
-import type { RequestContext } from '../../lib/ingress/context.js';
-import { ReplyChannel } from '../../lib/ingress/reply-channel.js';
 import { UpstreamRelay } from '../../lib/ingress/upstream-relay.js';
+import { requestContext } from '../support/request-context.js';
 
 const NOW = 1_000_000;
 const ticket: Ticket = {
@@ -51,25 +49,7 @@ const run = async (
     telemetry: { upstream: () => {} },
     log: { warn: () => {}, error: () => {} },
   });
-  const ctx: RequestContext = {
-    req: {
-      requestId: 'r',
-      method: 'POST',
-      path: '/v1/chat/completions',
-      headers: {},
-      body: '{}',
-      isBase64Encoded: false,
-      signal: new AbortController().signal,
-      remainingMs: 60_000,
-    },
-    config: { ...DEFAULT_CONFIG, ...opts.config },
-    priority: 'normal',
-    upstream: { name: 'u', baseUrl: 'http://upstream', limited: true } as UpstreamDef,
-    upstreamBody: '{}',
-    stream: false,
-    headers: {},
-    channel: new ReplyChannel(),
-  };
+  const ctx = requestContext({ config: { ...DEFAULT_CONFIG, ...opts.config } });
   const result = await relay.callAndRelay(ctx, { ...ticket, ...opts.ticket }, {});
   // A 429 with requeues left is requeued: the agent has no reply yet.
   if (result !== 'done') return { bucket, result };

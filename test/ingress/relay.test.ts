@@ -4,14 +4,12 @@ import { describe, expect, it } from 'vitest';
 import type { Admission } from '../../lib/domain/admission.js';
 import type { TokenBucket } from '../../lib/domain/bucket.js';
 import { FakeClock } from '../../lib/domain/clock.js';
-import { DEFAULT_CONFIG } from '../../lib/domain/config.js';
 import type { OutcomeStore } from '../../lib/domain/ports.js';
-import type { UpstreamDef } from '../../lib/domain/routes.js';
 import type { Ticket } from '../../lib/domain/tickets.js';
 import type { UpstreamClient } from '../../lib/domain/upstream-port.js';
-import type { RequestContext } from '../../lib/ingress/context.js';
-import { ReplyChannel } from '../../lib/ingress/reply-channel.js';
+import type { ReplyChannel } from '../../lib/ingress/reply-channel.js';
 import { UpstreamRelay } from '../../lib/ingress/upstream-relay.js';
+import { requestContext } from '../support/request-context.js';
 
 const ticket: Ticket = {
   id: 't1',
@@ -58,25 +56,7 @@ const setup = (answer: () => Response) => {
     telemetry: { upstream: () => {} },
     log: { warn: () => {}, error: () => {} },
   });
-  const ctx: RequestContext = {
-    req: {
-      requestId: 'r',
-      method: 'POST',
-      path: '/v1/chat/completions',
-      headers: {},
-      body: '{}',
-      isBase64Encoded: false,
-      signal: new AbortController().signal,
-      remainingMs: 60_000,
-    },
-    config: DEFAULT_CONFIG,
-    priority: 'normal',
-    upstream: { name: 'u', baseUrl: 'http://upstream', limited: true } as UpstreamDef,
-    upstreamBody: '{}',
-    stream: false,
-    headers: {},
-    channel: new ReplyChannel(),
-  };
+  const ctx = requestContext();
   const done = relay.callAndRelay(ctx, ticket, {}).then(() => log.push('relay returned'));
   return { ctx, log, release, done };
 };
