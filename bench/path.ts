@@ -67,18 +67,20 @@ const fastPathTickets = async (
 };
 
 /**
- * Grant slot → claim (the last write before the call) per queued ticket, and grant slot → upstream send: each
- * upstream call is paired with the latest claim before it (calls follow their claims in order).
+ * Grant slot → claim (the start of the last write before the call; negative when the claim starts ahead of a
+ * reserved slot) per queued ticket, and grant slot → upstream send: each upstream call is paired with the first
+ * ticket in order of the moment its call could leave (its claim and its slot both reached).
  */
 const slotDelays = (tickets: readonly Ticket[], sendTimes: readonly number[]) => {
+  const leaveAt = (t: Ticket) => Math.max(t.claimedAt!, t.grantedAt!);
   const queued = tickets
     .filter((t) => t.grantedAt !== undefined && t.claimedAt !== undefined && t.claimedAt - t.enqueuedAt > 5)
-    .sort((a, b) => a.claimedAt! - b.claimedAt!);
+    .sort((a, b) => leaveAt(a) - leaveAt(b));
   const sends = [...sendTimes].sort((a, b) => a - b);
   const toSend: number[] = [];
   let i = 0;
   for (const t of queued) {
-    while (i < sends.length && sends[i]! < t.claimedAt!) i++;
+    while (i < sends.length && sends[i]! < leaveAt(t)) i++;
     if (i >= sends.length) break;
     toSend.push(sends[i]! - t.grantedAt!);
     i++;
