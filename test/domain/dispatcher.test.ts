@@ -309,6 +309,42 @@ describe('Dispatcher: several grants per transaction', () => {
   });
 });
 
+describe('Dispatcher: reservations several per transaction', () => {
+  it('past the tokens free now, the same write reserves the next slots up to the horizon, one ticket each', async () => {
+    // Prepare: 600 per 60 s (plain GCRA, a slot every 100 ms, burst 2); 30 tickets wait. Each grant write is kept.
+    const s = await setup({ upstreamLimit: 600, lowPriorityTimeoutMs: 60_000 });
+    const writes: { at: number; ids: string[] }[] = [];
+    const grant = s.tickets.grant.bind(s.tickets);
+    const grantBatch = s.tickets.grantBatch.bind(s.tickets);
+    s.tickets.grant = (ticket, ...a) => {
+      writes.push({ at: s.clock.now(), ids: [ticket.id] });
+      return grant(ticket, ...a);
+    };
+    s.tickets.grantBatch = (batch, ...a) => {
+      writes.push({ at: s.clock.now(), ids: batch.map((t) => t.id) });
+      return grantBatch(batch, ...a);
+    };
+    const ids = await admitAll(s, Array(30).fill('normal'), 60_000);
+
+    // Act
+    await s.dispatcher.run(s.clock.now() + 500);
+
+    // Assess: the first write takes the burst and reserves the slots after it up to 1 s ahead (before: the two
+    // free tokens alone, then one reservation per write).
+    const first = writes[0]!;
+    expect(first.ids).toEqual(ids.slice(0, first.ids.length));
+    const slots = await Promise.all(first.ids.map(async (id) => (await s.tickets.get(id))!.grantedAt!));
+    const interval = s.bucketStore.state!.intervalMs;
+    expect(slots.length).toBeGreaterThanOrEqual(8);
+    expect(slots[1]).toBe(slots[0]);
+    for (let i = 2; i < slots.length; i++) expect(slots[i]! - slots[i - 1]!).toBe(interval);
+    expect(slots.at(-1)! - first.at).toBeLessThanOrEqual(1_000);
+    // The bucket moved one interval per grant.
+    const granted = writes.flatMap((w) => w.ids).length;
+    expect(s.bucketStore.state!.tat! - slots[0]!).toBe(granted * interval);
+  });
+});
+
 const PRIORITY_RANK: Record<Priority, number> = { urgent: 0, high: 1, normal: 2, low: 3 };
 
 describe('Dispatcher on a slow store', () => {
