@@ -135,6 +135,8 @@ const AGENT_BURST = 2;
 const STORE_RETRY_MS = 500;
 /** A queued ticket this far past its deadline (and every possible wait) has no live request and no message. */
 const ORPHAN_GRACE_MS = 10_000;
+/** The sweep looks for such orphans at a run's first sweep and every this many sweeps after (30 s by default). */
+export const ORPHAN_SWEEP_EVERY = 6;
 /** Pause before trying again when max_inflight calls are running. */
 const INFLIGHT_NAP_MS = 100;
 /**
@@ -223,6 +225,8 @@ export class Dispatcher {
   private readonly laneGrants = new Map<string, number>();
   /** Several upstreams: lanes at max_inflight, until when they are passed over. */
   private readonly laneFullUntil = new Map<string, number>();
+  /** Sweeps in this run (the orphan pass runs on some of them). */
+  private sweeps = 0;
 
   constructor(
     private readonly d: DispatcherDeps,
@@ -247,6 +251,7 @@ export class Dispatcher {
   async run(deadline: number, signal?: AbortSignal): Promise<RunSummary> {
     const { lease, clock, owner } = this.d;
     this.runStartedAt ??= clock.now();
+    this.sweeps = 0;
     const summary: RunSummary = {
       ran: false,
       granted: 0,
@@ -1054,8 +1059,11 @@ export class Dispatcher {
     const { outcomes } = this;
     let swept = 0;
     // Queued tickets without a message (the create's answer was lost and the agent told to retry, the message
-    // went to the DLQ) would wait forever: once no request can still be waiting for them, they expire here.
-    for (const p of PRIORITIES) {
+    // went to the DLQ) would wait forever: once no request can still be waiting for them, they expire here. No
+    // grant waits for them and they are rare: four Queries at a run's first sweep and every ORPHAN_SWEEP_EVERY-th
+    // after it, not at every sweep.
+    const orphans = this.sweeps++ % ORPHAN_SWEEP_EVERY === 0;
+    for (const p of orphans ? PRIORITIES : []) {
       for (const t of await tickets.listPhase(`queued#${p}`, now - maxWaitMs - ORPHAN_GRACE_MS, 25)) {
         if (t.deadline > now - ORPHAN_GRACE_MS) continue;
         const res = await tickets.transition(

@@ -6,6 +6,7 @@ import { TokenBucket } from '../../lib/domain/bucket.js';
 import { FakeClock } from '../../lib/domain/clock.js';
 import { DEFAULT_CONFIG, type GatewayConfig } from '../../lib/domain/config.js';
 import { ConfigService } from '../../lib/domain/config-service.js';
+import { ORPHAN_SWEEP_EVERY } from '../../lib/domain/dispatcher.js';
 import type { ConfigStore, VersionedConfig } from '../../lib/domain/ports.js';
 import type { Priority } from '../../lib/domain/priority.js';
 import { memoryGateway } from '../support/memory-gateway.js';
@@ -342,6 +343,31 @@ describe('Dispatcher: reservations several per transaction', () => {
     // The bucket moved one interval per grant.
     const granted = writes.flatMap((w) => w.ids).length;
     expect(s.bucketStore.state!.tat! - slots[0]!).toBe(granted * interval);
+  });
+});
+
+describe('Dispatcher sweeps', () => {
+  it('looks for queued orphans (four Queries) at a run’s first sweep and every sixth after, not at every sweep', async () => {
+    // Prepare: paused, so the run keeps going (and sweeping every 5 s) with tickets waiting.
+    const s = await setup({ paused: true });
+    const phases: string[] = [];
+    const listPhase = s.tickets.listPhase.bind(s.tickets);
+    s.tickets.listPhase = (phase, ...a) => {
+      phases.push(phase);
+      return listPhase(phase, ...a);
+    };
+    await admitAll(s, ['normal']);
+
+    // Act
+    await s.dispatcher.run(s.clock.now() + 60_000);
+
+    // Assess: every sweep looks at unclaimed grants and unfinished calls; orphans once per ORPHAN_SWEEP_EVERY.
+    const sweeps = phases.filter((p) => p === 'granted').length;
+    expect(sweeps).toBeGreaterThanOrEqual(7);
+    expect(phases.filter((p) => p.startsWith('queued#'))).toHaveLength(
+      4 * Math.ceil(sweeps / ORPHAN_SWEEP_EVERY),
+    );
+    expect(phases.slice(0, 4)).toEqual(['queued#urgent', 'queued#high', 'queued#normal', 'queued#low']);
   });
 });
 
