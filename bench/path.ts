@@ -21,9 +21,13 @@ interface StreamTiming {
   total: number;
 }
 
-const timeChat = async (client: OpenAI): Promise<number> => {
+const timeChat = async (client: OpenAI, tag?: string): Promise<number> => {
   const t0 = performance.now();
-  await client.chat.completions.create({ model: MODEL, messages: MESSAGES });
+  // A tag rides on a header the gateway forwards, so the simulated upstream's record names the request.
+  await client.chat.completions.create(
+    { model: MODEL, messages: MESSAGES },
+    tag ? { headers: { 'openai-beta': tag } } : undefined,
+  );
   return performance.now() - t0;
 };
 
@@ -68,25 +72,29 @@ const fastPathTickets = async (
 
 /**
  * Grant slot → claim (the start of the last write before the call; negative when the claim starts ahead of a
- * reserved slot) per queued ticket, and grant slot → upstream send: each upstream call is paired with the first
- * ticket in order of the moment its call could leave (its claim and its slot both reached).
+ * reserved slot) per queued ticket, and grant slot → upstream send (its arrival at the simulated upstream). Each
+ * agent has its own key and tags its i-th request (`a<agent>-r<i>`): its i-th ticket (by enqueue time) is paired
+ * with the upstream call carrying that tag. Agents with a request that left no ticket are left out.
  */
-const slotDelays = (tickets: readonly Ticket[], sendTimes: readonly number[]) => {
-  const leaveAt = (t: Ticket) => Math.max(t.claimedAt!, t.grantedAt!);
-  const queued = tickets
-    .filter((t) => t.grantedAt !== undefined && t.claimedAt !== undefined && t.claimedAt - t.enqueuedAt > 5)
-    .sort((a, b) => leaveAt(a) - leaveAt(b));
-  const sends = [...sendTimes].sort((a, b) => a - b);
+const slotDelays = (
+  tickets: readonly Ticket[],
+  calls: readonly { at: number; tag: string | undefined }[],
+) => {
+  const queued = (t: Ticket) =>
+    t.grantedAt !== undefined && t.claimedAt !== undefined && t.claimedAt - t.enqueuedAt > 5;
+  const sendAt = new Map(calls.flatMap((c) => (c.tag ? [[c.tag, c.at] as const] : [])));
+  const byAgent = new Map<string, Ticket[]>();
+  for (const t of tickets) byAgent.set(t.agent, [...(byAgent.get(t.agent) ?? []), t]);
   const toSend: number[] = [];
-  let i = 0;
-  for (const t of queued) {
-    while (i < sends.length && sends[i]! < leaveAt(t)) i++;
-    if (i >= sends.length) break;
-    toSend.push(sends[i]! - t.grantedAt!);
-    i++;
+  for (const [agent, own] of byAgent) {
+    own.sort((a, b) => a.enqueuedAt - b.enqueuedAt);
+    own.forEach((t, i) => {
+      const at = sendAt.get(`${agent.replace(/^bench-/, '')}-r${i}`);
+      if (queued(t) && at !== undefined) toSend.push(at - t.grantedAt!);
+    });
   }
   return {
-    toClaim: summary(queued.map((t) => t.claimedAt! - t.grantedAt!)),
+    toClaim: summary(tickets.filter(queued).map((t) => t.claimedAt! - t.grantedAt!)),
     toSend: summary(toSend),
   };
 };
@@ -274,8 +282,10 @@ export const runPathBench = async (
         SLUICE_UPSTREAM_LIMIT: String(rateRpm),
         SLUICE_BUCKET_BURST: '2',
       });
-      const qKey = await queued.createKey('bench', 'urgent');
       const agents = 30;
+      // One key per agent (agent `bench-a<i>`), so each ticket names the agent whose request it is.
+      const qKeys: string[] = [];
+      for (let a = 0; a < agents; a++) qKeys.push(await queued.createKey(`bench-a${a}`, 'urgent'));
       const perAgent = 4;
       const loadStart = os.loadavg().map((x) => round(x, 2));
       dynamoProxy.reset();
@@ -284,11 +294,11 @@ export const runPathBench = async (
       const latencies: number[] = [];
       let failed = 0;
       await Promise.all(
-        Array.from({ length: agents }, async () => {
-          const c = new OpenAI({ baseURL: `${queued.url}/v1`, apiKey: qKey, maxRetries: 0 });
+        Array.from({ length: agents }, async (_, a) => {
+          const c = new OpenAI({ baseURL: `${queued.url}/v1`, apiKey: qKeys[a]!, maxRetries: 0 });
           for (let i = 0; i < perAgent; i++) {
             try {
-              latencies.push(await timeChat(c));
+              latencies.push(await timeChat(c, `a${a}-r${i}`));
             } catch {
               failed++;
             }
@@ -298,7 +308,9 @@ export const runPathBench = async (
       await queued.settled();
       await queued.lambda.idle();
       const requests = agents * perAgent;
-      const sendTimes = upstream.calls.filter((c) => c.status === 200).map((c) => c.at);
+      const sends = upstream.calls
+        .filter((c) => c.status === 200)
+        .map((c) => ({ at: c.at, tag: [c.headers['openai-beta']].flat()[0] }));
       const calls = { dynamodb: perRequest(dynamoProxy, requests), sqs: perRequest(sqsProxy, requests) };
       const readsBySource = perSource(dynamoProxy, requests, ['GetItem', 'Query']);
       const writesBySource = perSource(dynamoProxy, requests, [
@@ -312,7 +324,7 @@ export const runPathBench = async (
         2,
       );
       const queuedTickets = await fastPathTickets(emulators.dynamoEndpoint, queued.env.SLUICE_TICKETS_TABLE!);
-      const delays = slotDelays(queuedTickets.tickets, sendTimes);
+      const delays = slotDelays(queuedTickets.tickets, sends);
       return {
         calls,
         queued: {
