@@ -390,7 +390,15 @@ export const pathMarkdown = (r: PathBenchResult): string => {
     '',
     `Added latency, fast path: p50 ${r.nonStreaming.addedP50} ms, p99 ${r.nonStreaming.addedP99} ms; added time to first byte p50 ${round(r.streaming.gateway.ttfb.p50 - r.streaming.direct.ttfb.p50)} ms, inter-chunk gap p50 ${round(r.streaming.gateway.gaps.p50 - r.streaming.direct.gaps.p50)} ms. Fast-path run: ${r.fastPathRun.fast} of ${r.fastPathRun.total} requests granted on the fast path. Queued run: ${r.queued.requests} requests, ${r.queued.failed} failed, ${r.queued.fastPath} granted on the fast path (a token free and nothing waiting), the rest through the queue.`,
     '',
-    `Queued: grant slot → claim p50 ${r.queued.slotToClaim.p50} ms, p99 ${r.queued.slotToClaim.p99} ms; grant slot → upstream send p50 ${r.queued.slotToSend.p50} ms, p99 ${r.queued.slotToSend.p99} ms (n ${r.queued.slotToSend.n}); DynamoDB reads (GetItem, Query) per queued request ${r.queued.readsPerRequest}, all functions.`,
+    `Queued: grant slot → claim p50 ${r.queued.slotToClaim.p50} ms, p99 ${r.queued.slotToClaim.p99} ms; grant slot → upstream send p50 ${r.queued.slotToSend.p50} ms, p99 ${r.queued.slotToSend.p99} ms (n ${r.queued.slotToSend.n}); DynamoDB reads (GetItem, Query) per queued request ${r.queued.readsPerRequest}, all functions${r.queued.loadAverage ? ` (queued phase ${r.queued.ranAt?.slice(0, 16)}, load average ${r.queued.loadAverage.start[0]} at its start, ${r.queued.loadAverage.end[0]} at its end)` : ''}.`,
+    ...(r.queued.readsBySource
+      ? [
+          '',
+          `Queued reads per request by what they read: ${Object.entries(r.queued.readsBySource)
+            .map(([k, v]) => `${k} ${v}`)
+            .join('; ')}.`,
+        ]
+      : []),
     '',
     '| calls per request | DynamoDB | SQS |',
     '|---|---|---|',
