@@ -1,6 +1,7 @@
 // Bench `path`: the gateway's overhead against calling the simulated upstream directly — fast path and queued —
 // plus DynamoDB and SQS calls per request (counted by proxies in front of the emulators).
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import { DynamoDBClient, ScanCommand } from '@aws-sdk/client-dynamodb';
 import { unmarshall } from '@aws-sdk/util-dynamodb';
 import OpenAI from 'openai';
@@ -20,9 +21,13 @@ interface StreamTiming {
   total: number;
 }
 
-const timeChat = async (client: OpenAI): Promise<number> => {
+const timeChat = async (client: OpenAI, tag?: string): Promise<number> => {
   const t0 = performance.now();
-  await client.chat.completions.create({ model: MODEL, messages: MESSAGES });
+  // A tag rides on a header the gateway forwards, so the simulated upstream's record names the request.
+  await client.chat.completions.create(
+    { model: MODEL, messages: MESSAGES },
+    tag ? { headers: { 'openai-beta': tag } } : undefined,
+  );
   return performance.now() - t0;
 };
 
@@ -66,24 +71,30 @@ const fastPathTickets = async (
 };
 
 /**
- * Grant slot → claim (the last write before the call) per queued ticket, and grant slot → upstream send: each
- * upstream call is paired with the latest claim before it (calls follow their claims in order).
+ * Grant slot → claim (the start of the last write before the call; negative when the claim starts ahead of a
+ * reserved slot) per queued ticket, and grant slot → upstream send (its arrival at the simulated upstream). Each
+ * agent has its own key and tags its i-th request (`a<agent>-r<i>`): its i-th ticket (by enqueue time) is paired
+ * with the upstream call carrying that tag. Agents with a request that left no ticket are left out.
  */
-const slotDelays = (tickets: readonly Ticket[], sendTimes: readonly number[]) => {
-  const queued = tickets
-    .filter((t) => t.grantedAt !== undefined && t.claimedAt !== undefined && t.claimedAt - t.enqueuedAt > 5)
-    .sort((a, b) => a.claimedAt! - b.claimedAt!);
-  const sends = [...sendTimes].sort((a, b) => a - b);
+const slotDelays = (
+  tickets: readonly Ticket[],
+  calls: readonly { at: number; tag: string | undefined }[],
+) => {
+  const queued = (t: Ticket) =>
+    t.grantedAt !== undefined && t.claimedAt !== undefined && t.claimedAt - t.enqueuedAt > 5;
+  const sendAt = new Map(calls.flatMap((c) => (c.tag ? [[c.tag, c.at] as const] : [])));
+  const byAgent = new Map<string, Ticket[]>();
+  for (const t of tickets) byAgent.set(t.agent, [...(byAgent.get(t.agent) ?? []), t]);
   const toSend: number[] = [];
-  let i = 0;
-  for (const t of queued) {
-    while (i < sends.length && sends[i]! < t.claimedAt!) i++;
-    if (i >= sends.length) break;
-    toSend.push(sends[i]! - t.grantedAt!);
-    i++;
+  for (const [agent, own] of byAgent) {
+    own.sort((a, b) => a.enqueuedAt - b.enqueuedAt);
+    own.forEach((t, i) => {
+      const at = sendAt.get(`${agent.replace(/^bench-/, '')}-r${i}`);
+      if (queued(t) && at !== undefined) toSend.push(at - t.grantedAt!);
+    });
   }
   return {
-    toClaim: summary(queued.map((t) => t.claimedAt! - t.grantedAt!)),
+    toClaim: summary(tickets.filter(queued).map((t) => t.claimedAt! - t.grantedAt!)),
     toSend: summary(toSend),
   };
 };
@@ -98,6 +109,22 @@ const perRequest = (proxy: CountingProxy, requests: number) => {
   const out: Record<string, number> = {};
   for (const [action, n] of [...proxy.counts.entries()].sort()) out[action] = round(n / requests, 2);
   return { total: round(proxy.total() / requests, 2), byAction: out };
+};
+
+/** DynamoDB calls per request by what they touch (`action table key`, see CountingProxy.tags), most first. */
+const perSource = (proxy: CountingProxy, requests: number, actions?: readonly string[]) =>
+  Object.fromEntries(
+    [...proxy.tags.entries()]
+      .filter(([tag]) => !actions || actions.includes(tag.split(' ')[0]!))
+      .sort((a, b) => b[1] - a[1])
+      .map(([tag, n]) => [tag, round(n / requests, 2)]),
+  );
+
+/** Which phases to run: `--phases queued` runs the queued phase alone (the fast-path figures stay as last written). */
+const phasesArg = (): { fast: boolean; queued: boolean } => {
+  const i = process.argv.indexOf('--phases');
+  const given = i >= 0 ? (process.argv[i + 1] ?? '').split(',') : ['fast', 'queued'];
+  return { fast: given.includes('fast'), queued: given.includes('queued') };
 };
 
 export interface PathBenchResult {
@@ -129,13 +156,25 @@ export interface PathBenchResult {
     readsPerRequest: number;
     slotToClaim: ReturnType<typeof summary>;
     slotToSend: ReturnType<typeof summary>;
+    /** Reads (GetItem, Query) per queued request by what they read (see CountingProxy.tags). */
+    readsBySource?: Record<string, number>;
+    /** Writes per queued request by what they write. */
+    writesBySource?: Record<string, number>;
+    /** When the queued phase ran and the machine's load average (1, 5, 15 min) at its start and end. */
+    ranAt?: string;
+    loadAverage?: { start: number[]; end: number[] };
   };
   /** Requests of the fast-path run that took the fast path (all of them, when it works). */
   fastPathRun: { fast: number; total: number };
 }
 
 export const runPathBench = async (
-  opts: { progress?: (line: string) => void; n?: number } = {},
+  opts: {
+    progress?: (line: string) => void;
+    n?: number;
+    /** @default both, or `--phases fast|queued` on the command line (a phase left out keeps its last figures) */
+    phases?: { fast: boolean; queued: boolean };
+  } = {},
 ): Promise<PathBenchResult> => {
   const progress = opts.progress ?? (() => {});
   const n = opts.n ?? 40;
@@ -171,100 +210,154 @@ export const runPathBench = async (
         return s;
       });
 
-    progress('path: direct to the upstream');
-    await sequential(5, () => timeChat(direct));
-    const directChat = await sequential(n, () => timeChat(direct));
-    const directStream = await sequential(n / 2, () => timeStream(direct));
+    const phases = opts.phases ?? phasesArg();
+    const previous = (): PathBenchResult | undefined =>
+      existsSync('bench/results/path.json')
+        ? (JSON.parse(readFileSync('bench/results/path.json', 'utf8')) as PathBenchResult)
+        : undefined;
 
-    progress('path: gateway fast path (tokens always free)');
-    const fast = await start('bench-fast', { SLUICE_UPSTREAM_LIMIT: '100000', SLUICE_BUCKET_BURST: '50' });
-    const fastClient = new OpenAI({
-      baseURL: `${fast.url}/v1`,
-      apiKey: await fast.createKey('bench', 'urgent'),
-      maxRetries: 0,
-    });
-    await sequential(5, () => timeChat(fastClient));
-    // Each request's outcome is written right after its reply, before its invocation returns.
-    await fast.settled();
-    dynamoProxy.reset();
-    sqsProxy.reset();
-    const gwChat = await sequential(n, () => timeChat(fastClient));
-    await fast.settled();
-    const fastCalls = { dynamodb: perRequest(dynamoProxy, n), sqs: perRequest(sqsProxy, n) };
-    const gwStream = await sequential(n / 2, () => timeStream(fastClient));
-    const { fast: fastCount, total: fastTotal } = await fastPathTickets(
-      emulators.dynamoEndpoint,
-      fast.env.SLUICE_TICKETS_TABLE!,
-    );
-    const fastPathRun = { fast: fastCount, total: fastTotal };
+    const fastPhase = async (): Promise<
+      Omit<PathBenchResult, 'queued' | 'callsPerRequest'> & {
+        fastCalls: PathBenchResult['callsPerRequest']['fastPath'];
+      }
+    > => {
+      progress('path: direct to the upstream');
+      await sequential(5, () => timeChat(direct));
+      const directChat = await sequential(n, () => timeChat(direct));
+      const directStream = await sequential(n / 2, () => timeStream(direct));
 
-    progress('path: gateway queued (30 agents, 10 grants/s)');
-    const rateRpm = 600;
-    const queued = await start('bench-queued', {
-      SLUICE_UPSTREAM_LIMIT: String(rateRpm),
-      SLUICE_BUCKET_BURST: '2',
-    });
-    const qKey = await queued.createKey('bench', 'urgent');
-    const agents = 30;
-    const perAgent = 4;
-    dynamoProxy.reset();
-    sqsProxy.reset();
-    upstream.reset();
-    const latencies: number[] = [];
-    let failed = 0;
-    await Promise.all(
-      Array.from({ length: agents }, async () => {
-        const c = new OpenAI({ baseURL: `${queued.url}/v1`, apiKey: qKey, maxRetries: 0 });
-        for (let i = 0; i < perAgent; i++) {
-          try {
-            latencies.push(await timeChat(c));
-          } catch {
-            failed++;
+      progress('path: gateway fast path (tokens always free)');
+      const fast = await start('bench-fast', { SLUICE_UPSTREAM_LIMIT: '100000', SLUICE_BUCKET_BURST: '50' });
+      const fastClient = new OpenAI({
+        baseURL: `${fast.url}/v1`,
+        apiKey: await fast.createKey('bench', 'urgent'),
+        maxRetries: 0,
+      });
+      await sequential(5, () => timeChat(fastClient));
+      // Each request's outcome is written right after its reply, before its invocation returns.
+      await fast.settled();
+      dynamoProxy.reset();
+      sqsProxy.reset();
+      const gwChat = await sequential(n, () => timeChat(fastClient));
+      await fast.settled();
+      const fastCalls = { dynamodb: perRequest(dynamoProxy, n), sqs: perRequest(sqsProxy, n) };
+      const gwStream = await sequential(n / 2, () => timeStream(fastClient));
+      const { fast: fastCount, total: fastTotal } = await fastPathTickets(
+        emulators.dynamoEndpoint,
+        fast.env.SLUICE_TICKETS_TABLE!,
+      );
+      const d = summary(directChat);
+      const g = summary(gwChat);
+      return {
+        machine: machine(),
+        settings: { sequentialRequests: n, upstream: { firstByteDelayMs: 40, tokenDelayMs: 25, tokens: 12 } },
+        nonStreaming: {
+          direct: d,
+          gateway: g,
+          addedP50: round(g.p50 - d.p50),
+          addedP99: round(g.p99 - d.p99),
+        },
+        streaming: {
+          direct: {
+            ttfb: summary(directStream.map((s) => s.ttfb)),
+            gaps: summary(directStream.flatMap((s) => s.gaps)),
+          },
+          gateway: {
+            ttfb: summary(gwStream.map((s) => s.ttfb)),
+            gaps: summary(gwStream.flatMap((s) => s.gaps)),
+          },
+        },
+        fastPathRun: { fast: fastCount, total: fastTotal },
+        fastCalls,
+      };
+    };
+
+    const queuedPhase = async (): Promise<{
+      queued: PathBenchResult['queued'];
+      calls: PathBenchResult['callsPerRequest']['queued'];
+    }> => {
+      progress('path: gateway queued (30 agents, 10 grants/s)');
+      const rateRpm = 600;
+      const queued = await start('bench-queued', {
+        SLUICE_UPSTREAM_LIMIT: String(rateRpm),
+        SLUICE_BUCKET_BURST: '2',
+      });
+      const agents = 30;
+      // One key per agent (agent `bench-a<i>`), so each ticket names the agent whose request it is.
+      const qKeys: string[] = [];
+      for (let a = 0; a < agents; a++) qKeys.push(await queued.createKey(`bench-a${a}`, 'urgent'));
+      const perAgent = 4;
+      const loadStart = os.loadavg().map((x) => round(x, 2));
+      dynamoProxy.reset();
+      sqsProxy.reset();
+      upstream.reset();
+      const latencies: number[] = [];
+      let failed = 0;
+      await Promise.all(
+        Array.from({ length: agents }, async (_, a) => {
+          const c = new OpenAI({ baseURL: `${queued.url}/v1`, apiKey: qKeys[a]!, maxRetries: 0 });
+          for (let i = 0; i < perAgent; i++) {
+            try {
+              latencies.push(await timeChat(c, `a${a}-r${i}`));
+            } catch {
+              failed++;
+            }
           }
-        }
-      }),
-    );
-    await queued.settled();
-    await queued.lambda.idle();
-    const requests = agents * perAgent;
-    const sendTimes = upstream.calls.filter((c) => c.status === 200).map((c) => c.at);
-    const queuedCalls = { dynamodb: perRequest(dynamoProxy, requests), sqs: perRequest(sqsProxy, requests) };
-    const queuedTickets = await fastPathTickets(emulators.dynamoEndpoint, queued.env.SLUICE_TICKETS_TABLE!);
+        }),
+      );
+      await queued.settled();
+      await queued.lambda.idle();
+      const requests = agents * perAgent;
+      const sends = upstream.calls
+        .filter((c) => c.status === 200)
+        .map((c) => ({ at: c.at, tag: [c.headers['openai-beta']].flat()[0] }));
+      const calls = { dynamodb: perRequest(dynamoProxy, requests), sqs: perRequest(sqsProxy, requests) };
+      const readsBySource = perSource(dynamoProxy, requests, ['GetItem', 'Query']);
+      const writesBySource = perSource(dynamoProxy, requests, [
+        'PutItem',
+        'UpdateItem',
+        'DeleteItem',
+        'TransactWriteItems',
+      ]);
+      const readsPerRequest = round(
+        ((dynamoProxy.counts.get('GetItem') ?? 0) + (dynamoProxy.counts.get('Query') ?? 0)) / requests,
+        2,
+      );
+      const queuedTickets = await fastPathTickets(emulators.dynamoEndpoint, queued.env.SLUICE_TICKETS_TABLE!);
+      const delays = slotDelays(queuedTickets.tickets, sends);
+      return {
+        calls,
+        queued: {
+          agents,
+          requests,
+          latency: summary(latencies),
+          failed,
+          rateRpm,
+          fastPath: queuedTickets.fast,
+          readsPerRequest,
+          slotToClaim: delays.toClaim,
+          slotToSend: delays.toSend,
+          readsBySource,
+          writesBySource,
+          ranAt: new Date().toISOString(),
+          loadAverage: { start: loadStart, end: os.loadavg().map((x) => round(x, 2)) },
+        },
+      };
+    };
 
-    const d = summary(directChat);
-    const g = summary(gwChat);
+    const before = phases.fast && phases.queued ? undefined : previous();
+    const f = phases.fast ? await fastPhase() : undefined;
+    const q = phases.queued ? await queuedPhase() : undefined;
+    const fastPart = f ?? { ...before!, fastCalls: before!.callsPerRequest.fastPath };
+    const queuedPart = q ?? { queued: before!.queued, calls: before!.callsPerRequest.queued };
     return {
-      machine: machine(),
-      settings: { sequentialRequests: n, upstream: { firstByteDelayMs: 40, tokenDelayMs: 25, tokens: 12 } },
-      nonStreaming: { direct: d, gateway: g, addedP50: round(g.p50 - d.p50), addedP99: round(g.p99 - d.p99) },
-      streaming: {
-        direct: {
-          ttfb: summary(directStream.map((s) => s.ttfb)),
-          gaps: summary(directStream.flatMap((s) => s.gaps)),
-        },
-        gateway: {
-          ttfb: summary(gwStream.map((s) => s.ttfb)),
-          gaps: summary(gwStream.flatMap((s) => s.gaps)),
-        },
-      },
-      callsPerRequest: { fastPath: fastCalls, queued: queuedCalls },
-      queued: {
-        agents,
-        requests,
-        latency: summary(latencies),
-        failed,
-        rateRpm,
-        fastPath: queuedTickets.fast,
-        readsPerRequest: round(
-          ((dynamoProxy.counts.get('GetItem') ?? 0) + (dynamoProxy.counts.get('Query') ?? 0)) / requests,
-          2,
-        ),
-        ...(() => {
-          const d = slotDelays(queuedTickets.tickets, sendTimes);
-          return { slotToClaim: d.toClaim, slotToSend: d.toSend };
-        })(),
-      },
-      fastPathRun,
+      machine: fastPart.machine,
+      settings: fastPart.settings,
+      nonStreaming: fastPart.nonStreaming,
+      streaming: fastPart.streaming,
+      callsPerRequest: { fastPath: fastPart.fastCalls, queued: queuedPart.calls },
+      queued: queuedPart.queued,
+      fastPathRun: fastPart.fastPathRun,
     };
   } finally {
     for (const s of systems) await s.stop();
@@ -297,7 +390,15 @@ export const pathMarkdown = (r: PathBenchResult): string => {
     '',
     `Added latency, fast path: p50 ${r.nonStreaming.addedP50} ms, p99 ${r.nonStreaming.addedP99} ms; added time to first byte p50 ${round(r.streaming.gateway.ttfb.p50 - r.streaming.direct.ttfb.p50)} ms, inter-chunk gap p50 ${round(r.streaming.gateway.gaps.p50 - r.streaming.direct.gaps.p50)} ms. Fast-path run: ${r.fastPathRun.fast} of ${r.fastPathRun.total} requests granted on the fast path. Queued run: ${r.queued.requests} requests, ${r.queued.failed} failed, ${r.queued.fastPath} granted on the fast path (a token free and nothing waiting), the rest through the queue.`,
     '',
-    `Queued: grant slot → claim p50 ${r.queued.slotToClaim.p50} ms, p99 ${r.queued.slotToClaim.p99} ms; grant slot → upstream send p50 ${r.queued.slotToSend.p50} ms, p99 ${r.queued.slotToSend.p99} ms (n ${r.queued.slotToSend.n}); DynamoDB reads (GetItem, Query) per queued request ${r.queued.readsPerRequest}, all functions.`,
+    `Queued: grant slot → claim p50 ${r.queued.slotToClaim.p50} ms, p99 ${r.queued.slotToClaim.p99} ms; grant slot → upstream send p50 ${r.queued.slotToSend.p50} ms, p99 ${r.queued.slotToSend.p99} ms (n ${r.queued.slotToSend.n}); DynamoDB reads (GetItem, Query) per queued request ${r.queued.readsPerRequest}, all functions${r.queued.loadAverage ? ` (queued phase ${r.queued.ranAt?.slice(0, 16)}, load average ${r.queued.loadAverage.start[0]} at its start, ${r.queued.loadAverage.end[0]} at its end)` : ''}.`,
+    ...(r.queued.readsBySource
+      ? [
+          '',
+          `Queued reads per request by what they read: ${Object.entries(r.queued.readsBySource)
+            .map(([k, v]) => `${k} ${v}`)
+            .join('; ')}.`,
+        ]
+      : []),
     '',
     '| calls per request | DynamoDB | SQS |',
     '|---|---|---|',

@@ -287,6 +287,12 @@ export const roomyKeep = (burst: number): number => (burst >= 4 ? Math.ceil(burs
 /** Tries of the fast grant when the bucket's condition refused it (each from the bucket as the refusal returned). */
 export const FAST_PATH_BUCKET_TRIES = 3;
 
+/**
+ * A reserved slot's claim starts ahead of it by the claim's recent latency, at most this share of the grant slack
+ * (250 ms at the default 1 s).
+ */
+export const CLAIM_LEAD_SHARE = 0.25;
+
 /** retry-after of a LOW request refused for its token timeout (as the dispatcher's refusal of a LOW ticket). */
 export const LOW_TIMEOUT_RETRY_AFTER_MS = 5_000;
 
@@ -305,6 +311,9 @@ export class Admission {
   private fastGrantMs = 0;
   /** …and until when it takes only roomy grants, the queue having been found busy (see FAST_PATH_BACKOFF_MS). */
   private readonly queueBusyUntil: Record<Priority, number> = { urgent: 0, high: 0, normal: 0, low: 0 };
+  /** Recent latency of the claim's transaction (moving average): a reserved slot's claim starts that much early. */
+  private claimMs = 0;
+  private claims = 0;
 
   constructor(private readonly d: AdmissionDeps) {}
 
@@ -848,7 +857,7 @@ export class Admission {
       if (!current) return this.refused(ticket, 'failed', undefined);
       // A later attempt counts too: another waiter on the same ticket (Idempotency-Key) may have requeued it.
       if (current.status === 'granted' && current.attempt >= ticket.attempt)
-        return this.untilSlot(current, windowOf(current), tokensOf(current), hooks.signal);
+        return this.untilSlot(current, windowOf(current), tokensOf(current), hooks.signal, grantSlackMs);
       if (current.status !== 'queued') return this.refused(ticket, current.status, current);
       if (clock.now() >= aimAt) overdue++;
     }
@@ -866,22 +875,34 @@ export class Admission {
   }
 
   /**
-   * A grant reserving a later slot (`grantedAt` ahead of now): sleep exactly until it, then it is the caller's to
-   * claim. No read in between: the slot is the dispatcher's promise. A client gone meanwhile gives it back.
+   * A grant reserving a later slot (`grantedAt` ahead of now): sleep until it, less the claim's recent latency
+   * (claimLeadMs), then it is the caller's to claim, so the claim's write is done by the slot and the call leaves
+   * at the slot itself (untilClaimed never sends before it). No read in between: the slot is the dispatcher's
+   * promise. A client gone meanwhile gives it back.
    */
   private async untilSlot(
     granted: Ticket,
     windowMs: number,
     tokens: TokenNeed | undefined,
     signal?: AbortSignal,
+    slackMs?: number,
   ): Promise<WaitResult> {
-    const wait = (granted.grantedAt ?? 0) - this.d.clock.now();
+    const wait = (granted.grantedAt ?? 0) - this.claimLeadMs(windowMs, slackMs) - this.d.clock.now();
     if (wait > 0) await this.d.clock.sleep(wait, signal);
     if (signal?.aborted) {
       await this.abandonGrant(granted, 'client_disconnected', windowMs, tokens);
       return this.refused(granted, 'abandoned', undefined);
     }
     return { kind: 'granted', ticket: granted };
+  }
+
+  /**
+   * How long before a reserved slot its claim starts: the claim's recent latency, at most CLAIM_LEAD_SHARE of the
+   * grant slack. A claim made before `POST /admin/pause` returned still calls at its slot, so this also bounds how
+   * late after a pause such a call may leave.
+   */
+  claimLeadMs(windowMs: number, slackMs?: number): number {
+    return Math.min(this.claimMs, grantSlackOf(windowMs, slackMs) * CLAIM_LEAD_SHARE);
   }
 
   private async giveUp(
@@ -997,13 +1018,17 @@ export class Admission {
     // Conditioned on the stored config as well: after `POST /admin/pause` returns, no grant is claimed (and so
     // none reaches the upstream), even one made just before. A passthrough grant (queue full) is the admission's
     // own and keeps its documented behaviour: it ignores pause.
+    const sentAt = this.d.clock.now();
+    // The granted ticket as read is passed on: the claimed one is built from it, with no read after the write.
     const res = await this.d.tickets.transition(
       ticket.id,
       'granted',
       'claimed',
-      { claimedAt: this.d.clock.now(), claimBy: mustFinishBy },
-      { attempt: ticket.attempt, unlessPaused },
+      { claimedAt: sentAt, claimBy: mustFinishBy },
+      { attempt: ticket.attempt, unlessPaused, known: ticket },
     );
+    const took = this.d.clock.now() - sentAt;
+    this.claimMs = this.claims++ === 0 ? took : 0.8 * this.claimMs + 0.2 * took;
     if ('ticket' in res) return res.ticket;
     return res.paused ? 'paused' : undefined;
   }
@@ -1167,6 +1192,10 @@ export class Admission {
               : this.grantLost(),
         };
       }
+      // Claimed ahead of its reserved slot (see untilSlot): the call never leaves before the slot, which the
+      // bucket logged the grant at.
+      const early = (claimed.grantedAt ?? 0) - this.d.clock.now();
+      if (early > 0) await this.d.clock.sleep(early, o.signal);
       if (o.signal.aborted) {
         await this.finish(claimed, 'abandoned', { reason: 'client_disconnected' });
         return { kind: 'gone' };

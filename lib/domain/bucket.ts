@@ -11,6 +11,7 @@ import {
   holdTat,
   planConsume,
   planConsumeMany,
+  planConsumeSpread,
   priorityBurst,
   refundLog,
   refundTat,
@@ -233,6 +234,22 @@ export class TokenBucket {
     if (!this.known) return undefined;
     const burst = Math.min(...priorities.map((p) => this.burstFor(p)));
     return planConsumeMany(this.known, Math.max(at, this.clock.now()), burst, max);
+  }
+
+  /**
+   * Reservations of up to `max` consecutive slots from `at` to `until` in one write (see planConsumeSpread), at the
+   * burst of the least important of `priorities`; undefined when the bucket is window-exact, idle or fits fewer
+   * than two.
+   */
+  planSpread(
+    priorities: readonly Priority[],
+    max: number,
+    at: number,
+    until: number,
+  ): { attempt: ConsumeAttempt; slots: number[] } | undefined {
+    if (!this.known) return undefined;
+    const burst = Math.min(...priorities.map((p) => this.burstFor(p)));
+    return planConsumeSpread(this.known, Math.max(at, this.clock.now()), burst, max, until);
   }
 
   /** Record a successful write of `attempt` (`tat` when the store returned it). */

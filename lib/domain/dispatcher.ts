@@ -135,6 +135,8 @@ const AGENT_BURST = 2;
 const STORE_RETRY_MS = 500;
 /** A queued ticket this far past its deadline (and every possible wait) has no live request and no message. */
 const ORPHAN_GRACE_MS = 10_000;
+/** The sweep looks for such orphans at a run's first sweep and every this many sweeps after (30 s by default). */
+export const ORPHAN_SWEEP_EVERY = 6;
 /** Pause before trying again when max_inflight calls are running. */
 const INFLIGHT_NAP_MS = 100;
 /**
@@ -223,6 +225,8 @@ export class Dispatcher {
   private readonly laneGrants = new Map<string, number>();
   /** Several upstreams: lanes at max_inflight, until when they are passed over. */
   private readonly laneFullUntil = new Map<string, number>();
+  /** Sweeps in this run (the orphan pass runs on some of them). */
+  private sweeps = 0;
 
   constructor(
     private readonly d: DispatcherDeps,
@@ -247,6 +251,7 @@ export class Dispatcher {
   async run(deadline: number, signal?: AbortSignal): Promise<RunSummary> {
     const { lease, clock, owner } = this.d;
     this.runStartedAt ??= clock.now();
+    this.sweeps = 0;
     const summary: RunSummary = {
       ran: false,
       granted: 0,
@@ -530,9 +535,10 @@ export class Dispatcher {
       return;
     }
     const slot = plan.attempt.now;
-    // A batch takes request tokens only: not on an upstream metered in tokens too.
-    const batchable = slot <= now && !hasQuota(msg) && !tokenLimitOf(config, undefined);
-    if (batchable && (await this.serveMany(m, config, summary, now)) === 'served') return;
+    // A batch takes request tokens only: not on an upstream metered in tokens too. Tokens free now go to several
+    // tickets at once; a reservation reserves the next slots up to the horizon for several (one write each way).
+    const batchable = !hasQuota(msg) && !tokenLimitOf(config, undefined);
+    if (batchable && (await this.serveMany(m, config, summary, now, now + ahead)) === 'served') return;
     const quota = await this.agentQuota(msg);
     if (quota && 'waitMs' in quota) {
       // The agent is over its own quota: refuse this ticket now instead of stalling everyone behind it.
@@ -725,7 +731,9 @@ export class Dispatcher {
    * Several tickets in one transaction when the bucket has tokens for them now (plain GCRA: one write takes k
    * tokens, exactly as k grants in a row would): the head and those next in the policy's order (strict: the
    * global order; weighted: the head's priority, as many as its share gives in a row), up to the first one with a
-   * quota of its own.
+   * quota of its own. Past the tokens free now the same write reserves the next slots, one interval apart up to
+   * `reserveUntil` (the reservation horizon), one ticket each: a dispatcher granting one reservation per
+   * transaction falls behind a fast bucket on a slow store, and its late grants are seen after their slot.
    * @returns 'single' when no batch applies (the caller grants the head alone)
    */
   private async serveMany(
@@ -733,6 +741,7 @@ export class Dispatcher {
     config: GatewayConfig,
     summary: RunSummary,
     now: number,
+    reserveUntil: number,
   ): Promise<'served' | 'single'> {
     const { bucket, tickets } = this.d;
     const priority = head.message.priority;
@@ -758,7 +767,7 @@ export class Dispatcher {
       if (batch.length >= limit) break;
       if (seen.has(m.message.ticketId)) continue;
       if (hasQuota(m.message)) break;
-      if (m.message.deadline <= now + this.t.grantMarginMs) continue;
+      if (m.message.deadline <= reserveUntil + this.t.grantMarginMs) continue;
       seen.add(m.message.ticketId);
       batch.push(m);
     }
@@ -768,24 +777,28 @@ export class Dispatcher {
     const at =
       now +
       Math.min((grantToCallMaxMs(config.upstreamWindowMs, config.grantSlackMs) * 3) / 4, this.batchGrantMs);
-    const many = bucket.planMany(
+    // The horizon counts from when the write lands, as the slot does.
+    const many = bucket.planSpread(
       batch.map((m) => m.message.priority),
       batch.length,
       at,
+      reserveUntil + (at - now),
     );
     if (!many) return 'single';
-    const chosen = batch.slice(0, many.count);
-    const slot = many.attempt.now;
+    const chosen = batch.slice(0, many.slots.length);
     const sentAt = this.d.clock.now();
     const res = await tickets.grantBatch(
-      chosen.map((m) => ({
+      chosen.map((m, i) => ({
         id: m.message.ticketId,
         attempt: m.message.attempt,
         agent: m.message.agent,
         priority: m.message.priority,
         patch: {
-          grantedAt: slot,
-          claimBy: Math.min(slot + this.t.claimWindowMs, m.message.deadline + config.requestTimeoutMs),
+          grantedAt: many.slots[i]!,
+          claimBy: Math.min(
+            many.slots[i]! + this.t.claimWindowMs,
+            m.message.deadline + config.requestTimeoutMs,
+          ),
         },
       })),
       many.attempt,
@@ -794,7 +807,8 @@ export class Dispatcher {
     this.batchGrantMs = 0.8 * this.batchGrantMs + 0.2 * (this.d.clock.now() - sentAt);
     if (res.kind === 'granted') {
       bucket.spent(many.attempt);
-      for (const m of chosen) {
+      for (const [i, m] of chosen.entries()) {
+        const slot = many.slots[i]!;
         this.charge(m.message.priority, config);
         this.noteGrant(slot, m.message.priority);
         summary.granted++;
@@ -1045,8 +1059,11 @@ export class Dispatcher {
     const { outcomes } = this;
     let swept = 0;
     // Queued tickets without a message (the create's answer was lost and the agent told to retry, the message
-    // went to the DLQ) would wait forever: once no request can still be waiting for them, they expire here.
-    for (const p of PRIORITIES) {
+    // went to the DLQ) would wait forever: once no request can still be waiting for them, they expire here. No
+    // grant waits for them and they are rare: four Queries at a run's first sweep and every ORPHAN_SWEEP_EVERY-th
+    // after it, not at every sweep.
+    const orphans = this.sweeps++ % ORPHAN_SWEEP_EVERY === 0;
+    for (const p of orphans ? PRIORITIES : []) {
       for (const t of await tickets.listPhase(`queued#${p}`, now - maxWaitMs - ORPHAN_GRACE_MS, 25)) {
         if (t.deadline > now - ORPHAN_GRACE_MS) continue;
         const res = await tickets.transition(

@@ -308,6 +308,45 @@ export const planConsumeMany = (
   };
 };
 
+/**
+ * One write that grants up to `max` tickets on a plain GCRA bucket, each at the earliest slot at or after `from`
+ * that single grants in a row would get (planConsume at each slot): the tokens free at `from` all at `from`, then
+ * one slot per interval, none after `until`. The write's condition is the planned state (idle at `from`, or the
+ * tat no later than known), under which every slot holds spacing and burst as single grants would; it moves the
+ * tat by one interval per grant. Undefined for a window-exact bucket (its log takes one slot per write) or when
+ * fewer than two fit.
+ * @returns the write and each grant's slot, in order
+ */
+export const planConsumeSpread = (
+  state: BucketState,
+  from: number,
+  burstForPriority: number,
+  max: number,
+  until: number,
+): { attempt: ConsumeAttempt; slots: number[] } | undefined => {
+  if (state.window) return undefined;
+  const T = state.intervalMs;
+  const idle = state.tat === undefined || state.tat < from;
+  // The tat before the i-th grant: from + iT when idle, tat + iT when busy; a grant may go once that tat is
+  // within the burst of its slot.
+  const start = idle ? from : state.tat!;
+  const slots: number[] = [];
+  for (let i = 0; i < max; i++) {
+    const slot = Math.max(from, start + i * T - (burstForPriority - 1) * T);
+    if (slot > until) break;
+    slots.push(slot);
+  }
+  if (slots.length < 2) return undefined;
+  const params = paramsOf(state);
+  const count = slots.length;
+  return {
+    attempt: idle
+      ? { branch: 'idle', now: from, newTat: from + count * T, params }
+      : { branch: 'busy', now: from, maxTat: state.tat!, params, count },
+    slots,
+  };
+};
+
 /** Tokens a priority could spend right now. */
 export const availableTokens = (state: BucketState, now: number, burstForPriority: number): number => {
   let spaced: number;

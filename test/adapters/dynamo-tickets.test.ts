@@ -12,6 +12,9 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { DynamoBucketStore } from '../../lib/adapters/dynamo/bucket-store.js';
 import { CONFIG_ITEM_KEY, stateKey } from '../../lib/adapters/dynamo/common.js';
 import { DynamoTicketStore } from '../../lib/adapters/dynamo/ticket-store.js';
+import { MemoryOutcomeStore } from '../../lib/adapters/memory/stores.js';
+import { MemoryLeaseStore, MemoryTicketQueue } from '../../lib/adapters/memory/tickets.js';
+import { Admission } from '../../lib/domain/admission.js';
 import { TokenBucket } from '../../lib/domain/bucket.js';
 import { FakeClock } from '../../lib/domain/clock.js';
 import { AdmissionFullError, ConflictError } from '../../lib/domain/errors.js';
@@ -24,7 +27,7 @@ import {
   type TicketStatus,
   TRANSITIONS,
 } from '../../lib/domain/tickets.js';
-import { type TestResources, testResources } from '../support/aws.js';
+import { type TestResources, testDynamoClient, testResources } from '../support/aws.js';
 
 let res: TestResources;
 /** Every test shares the table's admission counter, so counts are asserted as deltas. */
@@ -323,6 +326,46 @@ describe('grant: token and queued → granted in one transaction', () => {
       { attempt: granted.attempt, unlessPaused: true },
     );
     expect('ticket' in claimed && claimed.ticket.status).toBe('claimed');
+  });
+
+  it('Admission.claim: one transaction and no read (the claimed ticket is built from the granted one it was given)', async () => {
+    // Prepare: a granted ticket as the waiting ingress read it; a store whose client counts the calls it sends.
+    const granted = await ticketIn('granted');
+    const sent: string[] = [];
+    const client = testDynamoClient(res.endpoints);
+    client.middlewareStack.add(
+      (next, context) => (args) => {
+        sent.push(context.commandName ?? '?');
+        return next(args);
+      },
+      { step: 'initialize' },
+    );
+    const counted = new DynamoTicketStore(client, {
+      ticketsTable: res.names.ticketsTable,
+      stateTable: res.names.stateTable,
+    });
+    const admission = new Admission({
+      tickets: counted,
+      queue: new MemoryTicketQueue(clock),
+      lease: new MemoryLeaseStore(clock),
+      outcomes: new MemoryOutcomeStore(),
+      bucket,
+      wakeDispatcher: async () => {},
+      clock,
+      newId: randomUUID,
+    });
+
+    try {
+      // Act
+      const claimed = await admission.claim(granted, clock.now() + 60_000);
+
+      // Assess: the transaction alone (with the pause check); the result matches the stored ticket.
+      expect(sent).toEqual(['TransactWriteItemsCommand']);
+      expect(claimed).toEqual(await tickets.get(granted.id));
+      expect(claimed).toMatchObject({ status: 'claimed', claimedAt: clock.now() });
+    } finally {
+      client.destroy();
+    }
   });
 
   it('grantBatch: one bucket write for k tokens, k tickets granted, counters moved by k; a conflict writes nothing', async () => {

@@ -6,6 +6,7 @@ import { TokenBucket } from '../../lib/domain/bucket.js';
 import { FakeClock } from '../../lib/domain/clock.js';
 import { DEFAULT_CONFIG, type GatewayConfig } from '../../lib/domain/config.js';
 import { ConfigService } from '../../lib/domain/config-service.js';
+import { ORPHAN_SWEEP_EVERY } from '../../lib/domain/dispatcher.js';
 import type { Priority } from '../../lib/domain/priority.js';
 import { memoryGateway } from '../support/memory-gateway.js';
 
@@ -290,6 +291,67 @@ describe('Dispatcher: several grants per transaction', () => {
     const state = s.bucketStore.state!;
     expect(state.window).toBeUndefined();
     expect(state.tat! - Math.min(...all.map((t) => t.grantedAt!))).toBe(admitted.length * state.intervalMs);
+  });
+});
+
+describe('Dispatcher: reservations several per transaction', () => {
+  it('past the tokens free now, the same write reserves the next slots up to the horizon, one ticket each', async () => {
+    // Prepare: 600 per 60 s (plain GCRA, a slot every 100 ms, burst 2); 30 tickets wait. Each grant write is kept.
+    const s = await setup({ upstreamLimit: 600, lowPriorityTimeoutMs: 60_000 });
+    const writes: { at: number; ids: string[] }[] = [];
+    const grant = s.tickets.grant.bind(s.tickets);
+    const grantBatch = s.tickets.grantBatch.bind(s.tickets);
+    s.tickets.grant = (ticket, ...a) => {
+      writes.push({ at: s.clock.now(), ids: [ticket.id] });
+      return grant(ticket, ...a);
+    };
+    s.tickets.grantBatch = (batch, ...a) => {
+      writes.push({ at: s.clock.now(), ids: batch.map((t) => t.id) });
+      return grantBatch(batch, ...a);
+    };
+    const ids = await admitAll(s, Array(30).fill('normal'), 60_000);
+
+    // Act
+    await s.dispatcher.run(s.clock.now() + 500);
+
+    // Assess: the first write takes the burst and reserves the slots after it up to 1 s ahead (before: the two
+    // free tokens alone, then one reservation per write).
+    const first = writes[0]!;
+    expect(first.ids).toEqual(ids.slice(0, first.ids.length));
+    const slots = await Promise.all(first.ids.map(async (id) => (await s.tickets.get(id))!.grantedAt!));
+    const interval = s.bucketStore.state!.intervalMs;
+    expect(slots.length).toBeGreaterThanOrEqual(8);
+    expect(slots[1]).toBe(slots[0]);
+    for (let i = 2; i < slots.length; i++) expect(slots[i]! - slots[i - 1]!).toBe(interval);
+    expect(slots.at(-1)! - first.at).toBeLessThanOrEqual(1_000);
+    // The bucket moved one interval per grant.
+    const granted = writes.flatMap((w) => w.ids).length;
+    expect(s.bucketStore.state!.tat! - slots[0]!).toBe(granted * interval);
+  });
+});
+
+describe('Dispatcher sweeps', () => {
+  it('looks for queued orphans (four Queries) at a run’s first sweep and every sixth after, not at every sweep', async () => {
+    // Prepare: paused, so the run keeps going (and sweeping every 5 s) with tickets waiting.
+    const s = await setup({ paused: true });
+    const phases: string[] = [];
+    const listPhase = s.tickets.listPhase.bind(s.tickets);
+    s.tickets.listPhase = (phase, ...a) => {
+      phases.push(phase);
+      return listPhase(phase, ...a);
+    };
+    await admitAll(s, ['normal']);
+
+    // Act
+    await s.dispatcher.run(s.clock.now() + 60_000);
+
+    // Assess: every sweep looks at unclaimed grants and unfinished calls; orphans once per ORPHAN_SWEEP_EVERY.
+    const sweeps = phases.filter((p) => p === 'granted').length;
+    expect(sweeps).toBeGreaterThanOrEqual(7);
+    expect(phases.filter((p) => p.startsWith('queued#'))).toHaveLength(
+      4 * Math.ceil(sweeps / ORPHAN_SWEEP_EVERY),
+    );
+    expect(phases.slice(0, 4)).toEqual(['queued#urgent', 'queued#high', 'queued#normal', 'queued#low']);
   });
 });
 

@@ -8,6 +8,7 @@ import {
   grantableRpm,
   holdTat,
   planConsume,
+  planConsumeSpread,
   priorityBurst,
   rescaleTat,
   windowAllowance,
@@ -104,5 +105,79 @@ describe('grantableRpm', () => {
     ['above the log: the spacing', 2_000, 10_000, 0, 10_000],
   ])('%s', (_name, limit, windowMs, slackMs, expected) => {
     expect(grantableRpm(deriveAdmission(limit, windowMs, 1, slackMs))).toBeCloseTo(expected, 6);
+  });
+});
+
+describe('planConsumeSpread: a batch at the slots single grants in a row would get, in one write', () => {
+  const T = 100;
+  const base = { intervalMs: T, burst: 2 } as const;
+  const from1000 = (n: number, first: number[]) => [
+    ...first,
+    ...Array.from({ length: n }, (_, i) => 1_100 + i * T),
+  ];
+  it.each([
+    // name, tat, from, burst for the priority, max, until → slots (undefined: no batch write)
+    [
+      'busy: the next slot, then one interval apart up to the horizon',
+      1_500,
+      1_000,
+      2,
+      20,
+      2_000,
+      [1_400, 1_500, 1_600, 1_700, 1_800, 1_900, 2_000],
+    ],
+    ['at most max slots', 1_500, 1_000, 2, 3, 2_000, [1_400, 1_500, 1_600]],
+    [
+      'busy with a token free at from: it at from, the rest reserved',
+      1_050,
+      1_000,
+      2,
+      20,
+      1_250,
+      [1_000, 1_050, 1_150, 1_250],
+    ],
+    [
+      'the reserve (burst 1 for a less important priority) starts later',
+      1_500,
+      1_000,
+      1,
+      20,
+      2_000,
+      [1_500, 1_600, 1_700, 1_800, 1_900, 2_000],
+    ],
+    ['one slot before the horizon: no batch (a single grant)', 1_500, 1_000, 2, 20, 1_450, undefined],
+    [
+      'idle at from: the burst at from, then one per interval',
+      900,
+      1_000,
+      2,
+      20,
+      2_000,
+      from1000(10, [1_000, 1_000]),
+    ],
+    ['no tat yet: as idle', undefined, 1_000, 2, 20, 2_000, from1000(10, [1_000, 1_000])],
+    ['idle, the horizon at from: the burst alone', undefined, 1_000, 2, 20, 1_000, [1_000, 1_000]],
+  ] as const)('%s', (_name, tat, from, burst, max, until, slots) => {
+    const state: BucketState = { ...base, ...(tat !== undefined ? { tat } : {}) };
+    const spread = planConsumeSpread(state, from, burst, max, until);
+    expect(spread?.slots).toEqual(slots);
+    if (!spread) return;
+    // The same slots as single grants one after the other would take, and the same tat after.
+    let single: BucketState = state;
+    for (const slot of spread.slots) {
+      const plan = planConsume(single, slot, burst);
+      if (!('attempt' in plan)) throw new Error(`a single grant at ${slot} would wait ${plan.waitMs} ms`);
+      single = { ...single, tat: applyAttempt(single, plan.attempt) };
+    }
+    expect(applyAttempt(state, spread.attempt)).toBe(single.tat);
+    // The write's condition holds on the state it was planned from and fails once another grant moved the tat on.
+    expect(
+      applyAttempt({ ...state, tat: Math.max(tat ?? 0, from) + burst * T }, spread.attempt),
+    ).toBeUndefined();
+  });
+
+  it('none for a window-exact bucket (its log takes one slot per write)', () => {
+    const state: BucketState = { ...base, tat: 1_500, window: { windowMs: 60_000, limit: 40 } };
+    expect(planConsumeSpread(state, 1_000, 2, 20, 2_000)).toBeUndefined();
   });
 });

@@ -83,69 +83,104 @@ const setup = (config: Partial<GatewayConfig>) => {
   return { clock, tickets, admission, dispatcher, bucket, reads, config: stored.config };
 };
 
+/**
+ * Closed-loop agents (each: admit, wait for the claim, a 300 ms call, finish) against the dispatcher, all on the
+ * simulated clock. Per queued request: slot → claim start, and slot → the moment its call would leave (the claim
+ * returned to the caller).
+ */
+const closedLoop = async (s: ReturnType<typeof setup>, agents: number, perAgent: number) => {
+  const slotToClaim: number[] = [];
+  const slotToSend: number[] = [];
+  let queuedRequests = 0;
+  const stop = new AbortController();
+  const dispatching = s.dispatcher.run(s.clock.now() + 600_000, stop.signal);
+  const work = (async () => {
+    // The dispatcher's first run writes the bucket's parameters; agents arrive after it.
+    await s.clock.sleep(100);
+    await Promise.all(
+      Array.from({ length: agents }, async (_, a) => {
+        await s.clock.sleep(a * 10);
+        for (let i = 0; i < perAgent; i++) {
+          const admitted = await s.admission.admit(
+            {
+              agent: `a${a}`,
+              priority: 'normal',
+              model: 'm',
+              stream: false,
+              deadline: s.clock.now() + 240_000,
+              callBudgetMs: 65_000,
+            },
+            s.config,
+          );
+          let ticket = admitted.ticket;
+          if (!admitted.claimed) {
+            queuedRequests++;
+            const res = await s.admission.untilClaimed(ticket, {
+              signal: new AbortController().signal,
+              passthrough: false,
+              windowMs: s.config.upstreamWindowMs,
+              grantSlackMs: s.config.grantSlackMs,
+              callBudgetMs: 65_000,
+              intervalMs: async () => s.bucket.state!.intervalMs,
+              ...(admitted.estimatedWaitMs !== undefined
+                ? { estimatedWaitMs: admitted.estimatedWaitMs }
+                : {}),
+            });
+            if (res.kind !== 'claimed') throw new Error(`not claimed: ${res.kind}`);
+            ticket = res.ticket;
+            slotToClaim.push(ticket.claimedAt! - ticket.grantedAt!);
+            slotToSend.push(s.clock.now() - ticket.grantedAt!);
+          }
+          // The upstream call.
+          await s.clock.sleep(300);
+          await s.admission.finish(ticket, 'completed', {});
+        }
+      }),
+    );
+    stop.abort();
+  })();
+  await s.clock.drive(Promise.all([work, dispatching]));
+  await work;
+  const p50 = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+  return { queuedRequests, slotToClaim, slotToSend, p50 };
+};
+
 describe('queued path: a few reads per waiting request, the call at its reserved slot', () => {
   it('agents in a closed loop behind a 40 rpm key', async () => {
     const s = setup({});
     const agents = 6;
     const perAgent = 3;
-    const slotToClaim: number[] = [];
-    let queuedRequests = 0;
-    const stop = new AbortController();
-    const dispatching = s.dispatcher.run(s.clock.now() + 600_000, stop.signal);
-    const work = (async () => {
-      // The dispatcher's first run writes the bucket's parameters; agents arrive after it.
-      await s.clock.sleep(100);
-      await Promise.all(
-        Array.from({ length: agents }, async (_, a) => {
-          await s.clock.sleep(a * 10);
-          for (let i = 0; i < perAgent; i++) {
-            const admitted = await s.admission.admit(
-              {
-                agent: `a${a}`,
-                priority: 'normal',
-                model: 'm',
-                stream: false,
-                deadline: s.clock.now() + 240_000,
-                callBudgetMs: 65_000,
-              },
-              s.config,
-            );
-            let ticket = admitted.ticket;
-            if (!admitted.claimed) {
-              queuedRequests++;
-              const res = await s.admission.untilClaimed(ticket, {
-                signal: new AbortController().signal,
-                passthrough: false,
-                windowMs: s.config.upstreamWindowMs,
-                grantSlackMs: s.config.grantSlackMs,
-                callBudgetMs: 65_000,
-                intervalMs: async () => s.bucket.state!.intervalMs,
-                ...(admitted.estimatedWaitMs !== undefined
-                  ? { estimatedWaitMs: admitted.estimatedWaitMs }
-                  : {}),
-              });
-              if (res.kind !== 'claimed') throw new Error(`not claimed: ${res.kind}`);
-              ticket = res.ticket;
-              slotToClaim.push(ticket.claimedAt! - ticket.grantedAt!);
-            }
-            // The upstream call.
-            await s.clock.sleep(300);
-            await s.admission.finish(ticket, 'completed', {});
-          }
-        }),
-      );
-      stop.abort();
-    })();
-    await s.clock.drive(Promise.all([work, dispatching]));
-    await work;
+    const { queuedRequests, slotToClaim, p50 } = await closedLoop(s, agents, perAgent);
 
     expect(queuedRequests).toBeGreaterThan(agents * perAgent - 4);
     const readsPerQueued = (s.admission.stats.polls + s.reads.counts) / queuedRequests;
     // 2.75 now; 20.4 before (a read every 500 ms at most, and from 25 ms up once past the estimate).
     expect(readsPerQueued).toBeLessThanOrEqual(4);
     // The reservation is seen before its slot: the claim happens at the slot itself.
-    slotToClaim.sort((a, b) => a - b);
-    expect(slotToClaim[Math.floor(slotToClaim.length / 2)]).toBe(0);
+    expect(p50(slotToClaim)).toBe(0);
     expect(Math.max(...slotToClaim)).toBeLessThan(s.config.grantSlackMs * 0.75);
+  });
+
+  it('a claim that takes 60 ms starts that much before its reserved slot: the call leaves at the slot, never before', async () => {
+    // Prepare: every claim write takes 60 ms of simulated time (the store's latency).
+    const s = setup({});
+    const claimMs = 60;
+    const transition = s.tickets.transition.bind(s.tickets);
+    s.tickets.transition = async (id, from, to, patch, opts) => {
+      if (from === 'granted' && to === 'claimed') await s.clock.sleep(claimMs);
+      return transition(id, from, to, patch, opts);
+    };
+
+    // Act
+    const { queuedRequests, slotToClaim, slotToSend, p50 } = await closedLoop(s, 6, 3);
+
+    // Assess: after the first claim (which measures the latency) claims start 60 ms ahead and calls leave at the
+    // slot; before, every call left a claim's latency after its slot.
+    expect(queuedRequests).toBeGreaterThan(14);
+    expect(Math.min(...slotToSend)).toBeGreaterThanOrEqual(0);
+    expect(p50(slotToSend)).toBe(0);
+    expect(p50(slotToClaim)).toBe(-claimMs);
+    // The lead is bounded by a quarter of the grant slack.
+    expect(Math.min(...slotToClaim)).toBeGreaterThanOrEqual(-s.config.grantSlackMs / 4);
   });
 });
