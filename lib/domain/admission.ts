@@ -1236,11 +1236,17 @@ export class Admission {
       throttled,
       ...(ticket.grantedAt !== undefined ? { queueMs: ticket.grantedAt - ticket.enqueuedAt } : {}),
     };
+    const rider = this.d.usage ? { usage: { agent: ticket.agent, event: usage } } : undefined;
     let usageCounted = false;
     try {
-      const moved = await this.end(ticket, 'claimed', to, patch.reason ?? to, patch, {
-        ...(this.d.usage ? { usage: { agent: ticket.agent, event: usage } } : {}),
-      });
+      let moved: Awaited<ReturnType<Admission['end']>>;
+      try {
+        moved = await this.end(ticket, 'claimed', to, patch.reason ?? to, patch, rider);
+      } catch (err) {
+        // A busy usage item must not keep the ticket from ending: once more without it (its usage written apart).
+        if (!rider || !(err instanceof StoreUnavailableError)) throw err;
+        moved = await this.end(ticket, 'claimed', to, patch.reason ?? to, patch);
+      }
       usageCounted = 'usageCounted' in moved && moved.usageCounted === true;
     } catch (err) {
       // The answer went (or goes) to the agent regardless; the claim sweep ends the ticket after its claimBy.
