@@ -9,11 +9,12 @@ const FIELDS = ['requests', 'tokens', 'throttled', 'refused', 'queueMs', 'grante
 const pad = (t: number) => String(t).padStart(15, '0');
 const slotSk = (now: number) => `m#${pad(Math.floor(now / MINUTE_SLOT_MS) * MINUTE_SLOT_MS)}`;
 /**
- * The suffix of a slot's twin item, written only inside ticket transactions (a ticket's end counts its agent's
- * usage in its own write): plain writes (refusals) never land on an item a transaction holds. Sorted right after
- * its slot's item, so the same range Query reads both.
+ * The item a ticket transaction counts its agent's usage on (a ticket's end, in its own write): one per agent and
+ * slot, so it stays small (a transactional write costs 2 units per KB of the item, and the slot's shared item grows
+ * with every agent) and plain writes (refusals, on the shared item) never land on an item a transaction holds.
+ * Sorted right after its slot's shared item, so the same range Query reads both.
  */
-const IN_TRANSACTION = '#t';
+const inTransactionSk = (now: number, agent: string) => `${slotSk(now)}#t#${agent}`;
 
 /**
  * The ADD of one usage event to `now`'s slot, as an Update (undefined when it adds nothing); `inTransaction` for
@@ -39,7 +40,7 @@ export const usageUpdate = (
   if (adds.length === 0) return undefined;
   return {
     TableName: table,
-    Key: stateKey('usage', `${slotSk(now)}${inTransaction ? IN_TRANSACTION : ''}`),
+    Key: stateKey('usage', inTransaction ? inTransactionSk(now, agent) : slotSk(now)),
     UpdateExpression: `ADD ${adds.join(', ')} SET expiresAt = if_not_exists(expiresAt, :exp)`,
     ExpressionAttributeNames: names,
     ExpressionAttributeValues: values,
@@ -48,9 +49,9 @@ export const usageUpdate = (
 
 /**
  * Bounded cost: one ADD per finished request, made inside the ticket's own end transaction when the ticket store
- * counts usage (`usageUpdate`, on the slot's twin item), else one write here (refusals); the day's view sums the
- * same 10-minute items; items expire by TTL, and the number of items read is fixed (12 for the last hour, 288
- * for the last day: each slot and its twin) whatever the number of agents.
+ * counts usage (`usageUpdate`, on the agent's own item of the slot), else one write here (refusals, on the slot's
+ * shared item); the day's view sums the same 10-minute items; items expire by TTL. A view reads the slots' shared
+ * items (6 for the last hour, 144 for the day) and the agents' items of those slots.
  */
 export class DynamoUsageStore implements UsageStore {
   constructor(
@@ -78,7 +79,7 @@ export class DynamoUsageStore implements UsageStore {
           ExpressionAttributeValues: {
             ':pk': s('usage'),
             ':a': s(`m#${pad(last - (count - 1) * MINUTE_SLOT_MS)}`),
-            // The last slot's twin sorts after it: `~` is above `#`.
+            // The last slot's per-agent items sort after it: `~` is above `#`.
             ':b': s(`m#${pad(last)}~`),
           },
           ExclusiveStartKey: start,
