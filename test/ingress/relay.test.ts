@@ -25,11 +25,8 @@ const ticket: Ticket = {
   deadline: 60_000,
 };
 
-/**
- * A relay whose store writes hang until released; the log says in which order things happened. `replied`: the
- * platform's signal that the agent has the whole reply (IngressRequest.replied).
- */
-const setup = (answer: () => Response, replied?: Promise<void>) => {
+/** A relay whose store writes hang until released; the log says in which order things happened. */
+const setup = (answer: () => Response) => {
   const log: string[] = [];
   let release!: () => void;
   const held = new Promise<void>((r) => {
@@ -46,14 +43,12 @@ const setup = (answer: () => Response, replied?: Promise<void>) => {
     upstreamKey: async () => 'k',
     admission: {
       finish: async () => {
-        if (replied) log.push('write started');
         await held;
         log.push('ticket ended');
       },
     } as unknown as Admission,
     outcomes: {
       record: async () => {
-        if (replied) log.push('write started');
         await held;
         log.push('outcome counted');
       },
@@ -73,7 +68,6 @@ const setup = (answer: () => Response, replied?: Promise<void>) => {
       isBase64Encoded: false,
       signal: new AbortController().signal,
       remainingMs: 60_000,
-      ...(replied ? { replied } : {}),
     },
     config: DEFAULT_CONFIG,
     priority: 'normal',
@@ -133,62 +127,5 @@ describe('upstream relay: the reply before the bookkeeping', () => {
     await done;
     expect(log[0]).toBe('stream ended');
     expect(log.at(-1)).toBe('relay returned');
-  });
-});
-
-describe('upstream relay: the bookkeeping waits until the agent has the whole reply', () => {
-  /** Lets every pending callback and I/O turn run (the relay has nothing else to wait for). */
-  const settle = () => new Promise((r) => setTimeout(r, 50));
-  const deferred = () => {
-    let resolve!: () => void;
-    const promise = new Promise<void>((r) => {
-      resolve = r;
-    });
-    return { promise, resolve };
-  };
-
-  it.each([
-    ['a JSON answer', () => new Response('{"choices":[],"usage":{"total_tokens":3}}', { status: 200 }), 200],
-    [
-      'a stream',
-      () =>
-        new Response('data: {"choices":[]}\n\ndata: [DONE]\n\n', {
-          status: 200,
-          headers: { 'content-type': 'text/event-stream' },
-        }),
-      200,
-    ],
-    ['an upstream 5xx', () => new Response('boom', { status: 500 }), 502],
-    ['the agent’s own 4xx', () => new Response('{"error":{"message":"bad"}}', { status: 400 }), 400],
-  ])('%s: no store write starts before the reply was handed over whole', async (_name, answer, status) => {
-    const replied = deferred();
-    const { ctx, log, release, done } = setup(answer, replied.promise);
-    release();
-    const reply = await replyOf(ctx.channel);
-    expect(reply.status).toBe(status);
-    if (reply.body instanceof ReadableStream) await new Response(reply.body).text();
-    await settle();
-    // The reply is complete in the channel, but the platform has not written it out yet: nothing was written.
-    expect(log).toEqual([]);
-    replied.resolve();
-    await done;
-    expect(log.filter((e) => e === 'write started').length).toBeGreaterThan(0);
-    expect(log).toContain('ticket ended');
-    expect(log.at(-1)).toBe('relay returned');
-  });
-
-  it('an upstream unreachable: the 502 goes out before the terminal write', async () => {
-    const replied = deferred();
-    const { ctx, log, release, done } = setup(() => {
-      throw new TypeError('fetch failed');
-    }, replied.promise);
-    release();
-    const reply = await replyOf(ctx.channel);
-    expect(reply.status).toBe(502);
-    await settle();
-    expect(log).toEqual([]);
-    replied.resolve();
-    await done;
-    expect(log).toContain('ticket ended');
   });
 });
