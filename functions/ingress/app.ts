@@ -32,6 +32,8 @@ interface RequestScope {
   allowedOrigin: string | undefined;
   /** Work that must finish before the invocation ends (the ticket's terminal write after the reply). */
   pending: Promise<unknown>[];
+  /** Settles when the reply has been written whole to the response stream (or it failed): see IngressRequest. */
+  replied: Promise<void>;
 }
 
 /** The OpenAI endpoints routed here, with the one method each takes. */
@@ -70,7 +72,7 @@ export const makeIngressHandler = (deps: IngressHandlerDeps) => {
       isBase64Encoded: ev.isBase64Encoded,
       signal: s?.signal ?? new AbortController().signal,
       remainingMs: context.getRemainingTimeInMillis(),
-      ...(s ? { waitUntil: (work: Promise<unknown>) => s.pending.push(work) } : {}),
+      ...(s ? { waitUntil: (work: Promise<unknown>) => s.pending.push(work), replied: s.replied } : {}),
     });
     return toResponse(reply, corsHeaders(s?.allowedOrigin, ev));
   };
@@ -160,11 +162,21 @@ export const makeIngressHandler = (deps: IngressHandlerDeps) => {
       if (!responseStream.writableFinished) disconnected.abort();
     });
     const pending: Promise<unknown>[] = [];
-    await scope.run({ signal: disconnected.signal, allowedOrigin: opts.allowedOrigin, pending }, () =>
-      app.resolveStream(event, context, { responseStream }),
-    );
-    // The reply has ended; the invocation lasts until the outcome is recorded (Lambda freezes it on return).
-    await Promise.allSettled(pending);
+    let markReplied!: () => void;
+    const replied = new Promise<void>((resolve) => {
+      markReplied = resolve;
+    });
+    try {
+      await scope.run(
+        { signal: disconnected.signal, allowedOrigin: opts.allowedOrigin, pending, replied },
+        () => app.resolveStream(event, context, { responseStream }),
+      );
+    } finally {
+      // The reply has ended (or failed); the invocation lasts until the outcome is recorded (Lambda freezes it on
+      // return), which starts only now.
+      markReplied();
+      await Promise.allSettled(pending);
+    }
   });
 };
 

@@ -1256,30 +1256,38 @@ export class Admission {
     return new UnavailableError('The grant expired before it could be used; retry.', 1_000, 'grant_lost');
   }
 
-  /** Records the end of a claimed ticket (and the agent's usage). */
+  /** Records the end of a claimed ticket (and the agent's usage, in the same write where the store can). */
   async finish(ticket: Ticket, to: 'completed' | 'failed' | 'abandoned', patch: TicketPatch): Promise<void> {
+    const throttled = /^upstream_(throttled|capacity)$/.test(patch.reason ?? '') ? 1 : 0;
+    const usage: AgentUsageEvent = {
+      requests: 1,
+      ...(patch.totalTokens !== undefined ? { tokens: patch.totalTokens } : {}),
+      throttled,
+      ...(ticket.grantedAt !== undefined ? { queueMs: ticket.grantedAt - ticket.enqueuedAt } : {}),
+    };
+    const rider = this.d.usage ? { usage: { agent: ticket.agent, event: usage } } : undefined;
+    let usageCounted = false;
     try {
-      await this.end(ticket, 'claimed', to, patch.reason ?? to, patch);
+      let moved: Awaited<ReturnType<Admission['end']>>;
+      try {
+        moved = await this.end(ticket, 'claimed', to, patch.reason ?? to, patch, rider);
+      } catch (err) {
+        // A busy usage item must not keep the ticket from ending: once more without it (its usage written apart).
+        if (!rider || !(err instanceof StoreUnavailableError)) throw err;
+        moved = await this.end(ticket, 'claimed', to, patch.reason ?? to, patch);
+      }
+      usageCounted = 'usageCounted' in moved && moved.usageCounted === true;
     } catch (err) {
       // The answer went (or goes) to the agent regardless; the claim sweep ends the ticket after its claimBy.
       if (!(err instanceof StoreUnavailableError)) throw err;
       return;
     }
-    const throttled = /^upstream_(throttled|capacity)$/.test(patch.reason ?? '') ? 1 : 0;
     // Written after the reply ended, before the invocation returns (the agent does not wait for it).
     const budgetTokens =
       ticket.budgetDay !== undefined && patch.totalTokens
         ? this.d.budgets?.addTokens(ticket.agent, ticket.budgetDay, patch.totalTokens).catch(() => undefined)
         : undefined;
-    await Promise.all([
-      budgetTokens,
-      this.use(ticket.agent, {
-        requests: 1,
-        ...(patch.totalTokens !== undefined ? { tokens: patch.totalTokens } : {}),
-        throttled,
-        ...(ticket.grantedAt !== undefined ? { queueMs: ticket.grantedAt - ticket.enqueuedAt } : {}),
-      }),
-    ]);
+    await Promise.all([budgetTokens, usageCounted ? undefined : this.use(ticket.agent, usage)]);
   }
 
   private async end(
@@ -1288,13 +1296,14 @@ export class Admission {
     to: TicketStatus,
     reason: string,
     patch: TicketPatch = {},
+    opts: { usage?: { agent: string; event: AgentUsageEvent } } = {},
   ) {
-    await this.d.tickets.transition(
+    return await this.d.tickets.transition(
       ticket.id,
       from,
       to,
       { ...patch, reason, finishedAt: this.d.clock.now() },
-      { attempt: ticket.attempt, known: ticket },
+      { attempt: ticket.attempt, known: ticket, ...opts },
     );
   }
 }

@@ -143,6 +143,8 @@ export interface TicketStore {
    * entering `queued` (requeue) increments it and bumps the attempt.
    * `known`: the caller's current copy, so the store need not read the ticket back after a transaction.
    * `unlessPaused`: the move also requires the stored config not to say paused (the claim: pause is exact).
+   * `usage`: the agent's usage to count with the move; a store that keeps the usage counters counts it in the same
+   * write (`usageCounted`: one call for both), else the caller records it.
    * @returns the updated ticket, or `{ conflict }` with the current one (`paused` when only the pause refused).
    */
   transition(
@@ -150,8 +152,13 @@ export interface TicketStore {
     from: TicketStatus,
     to: TicketStatus,
     patch: TicketPatch,
-    opts?: { attempt?: number; known?: Ticket; unlessPaused?: boolean },
-  ): Promise<{ ticket: Ticket } | { conflict: Ticket | undefined; paused?: true }>;
+    opts?: {
+      attempt?: number;
+      known?: Ticket;
+      unlessPaused?: boolean;
+      usage?: { agent: string; event: AgentUsageEvent };
+    },
+  ): Promise<{ ticket: Ticket; usageCounted?: true } | { conflict: Ticket | undefined; paused?: true }>;
   /**
    * `claimed → queued` made by the claimer alone, when its upstream call never left (the grant grew older than
    * the slack between the claim and the send). Conditioned on the attempt and on the claimer's own `claimedAt`;

@@ -22,6 +22,12 @@ export interface IngressRequest {
    * agent does not wait for it) but before the handler returns. Unset (tests), the work runs on its own.
    */
   waitUntil?: (work: Promise<unknown>) => void;
+  /**
+   * Settles once the platform has the whole reply (or the agent went away). The ticket's end and counters start
+   * only then: their store calls would otherwise share the event loop with the reply's last bytes and delay them.
+   * Unset (tests), they start as soon as the reply is complete in the channel.
+   */
+  replied?: Promise<void>;
 }
 
 /** Everything one routed request needs after parsing, built once by the ingress and passed along whole. */

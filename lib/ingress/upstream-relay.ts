@@ -129,8 +129,9 @@ export class UpstreamRelay {
       } catch (err) {
         if (err instanceof GatewayError) {
           // The credential could not be read (its own fixed 503), not an upstream failure.
-          await this.settle(call, 'no_credential', { reason: err.code });
           await ctx.channel.fail(err, headers);
+          await this.afterReply(call);
+          await this.settle(call, 'no_credential', { reason: err.code });
           return 'done';
         }
         await this.noAnswer(call, err);
@@ -193,13 +194,14 @@ export class UpstreamRelay {
       await this.settle(call, 'gone_before_answer', { reason: 'client_disconnected' });
       return;
     }
-    await this.settle(call, 'failed', { reason: `upstream_${e.kind}` });
     await call.ctx.channel.fail(
       e.kind === 'connection'
         ? new UpstreamError(502, `Upstream unreachable: ${e.message}`, 'upstream_connection')
         : new UpstreamError(504, `Upstream timed out: ${e.message}`, `upstream_${e.kind}`),
       call.headers,
     );
+    await this.afterReply(call);
+    await this.settle(call, 'failed', { reason: `upstream_${e.kind}` });
   }
 
   /** A 4xx / 5xx answer: requeue a 429 / capacity refusal while allowed, else end the ticket and tell the agent. */
@@ -219,7 +221,6 @@ export class UpstreamRelay {
       if (retryAfter !== undefined && retryAfter > 0) await this.hold(ticket, retryAfter);
       // Nothing of the answer reached the agent yet (heartbeats are not answer bytes): try again later.
       if (ticket.attempt < ctx.config.maxRequeues) return 'requeue';
-      await this.end(call, kind, { reason: `upstream_${kind}`, upstreamStatus: res.status });
       await channel.fail(
         new RateLimitedError(
           kind === 'capacity'
@@ -230,15 +231,13 @@ export class UpstreamRelay {
         ),
         headers,
       );
+      await this.afterReply(call);
+      await this.end(call, kind, { reason: `upstream_${kind}`, upstreamStatus: res.status });
       return 'done';
     }
     // A 401 refuses the gateway's upstream key, not the agent's: the gateway's failure, not theirs.
     const keyRefused = res.status === 401;
     const failed = kind === 'upstream_error' || keyRefused;
-    await this.settle(call, failed ? 'failed' : 'refused_request', {
-      reason: keyRefused ? 'upstream_auth' : failed ? 'upstream_5xx' : 'upstream_client_error',
-      upstreamStatus: res.status,
-    });
     if (keyRefused) {
       this.d.log.error('upstream refused the gateway key', { status: res.status });
       await channel.fail(
@@ -273,7 +272,20 @@ export class UpstreamRelay {
       );
       await channel.end();
     }
+    await this.afterReply(call);
+    await this.settle(call, failed ? 'failed' : 'refused_request', {
+      reason: keyRefused ? 'upstream_auth' : failed ? 'upstream_5xx' : 'upstream_client_error',
+      upstreamStatus: res.status,
+    });
     return 'done';
+  }
+
+  /**
+   * The bookkeeping (ticket end, counters) starts once the agent has the whole reply (IngressRequest.replied),
+   * never alongside it. Only a reply this relay completed is waited for: one still open (the agent left) is not.
+   */
+  private async afterReply(call: Call): Promise<void> {
+    if (call.ctx.channel.closed) await call.ctx.req.replied;
   }
 
   /** Holds the grants of the ticket's upstream for `ms` (at most HOLD_MAX_MS). */
@@ -349,8 +361,8 @@ export class UpstreamRelay {
       }
       const embedded = failure ? undefined : embeddedErrorFromBody(text);
       if (embedded !== undefined) failure = 'embedded_error';
-      // The answer goes out first; the outcome is written right after, before the invocation ends (the handler
-      // awaits this work, see IngressRequest.waitUntil), so the agent never waits for the bookkeeping.
+      // The answer goes out first; the outcome is written once the agent has it, before the invocation ends (the
+      // handler awaits this work, see IngressRequest.waitUntil and .replied): the agent never waits for it.
       const recorded = () => recordEnd(usageFromBody(text));
       if (embedded !== undefined) {
         // A 200 that carries an error is not an answer: the agent gets an OpenAI-shaped 502, the ticket fails.
@@ -376,6 +388,7 @@ export class UpstreamRelay {
           await channel.end();
         }
       }
+      await this.afterReply(call);
       await recorded();
       return 'done';
     }
@@ -415,8 +428,10 @@ export class UpstreamRelay {
         sseError(new UpstreamError(502, 'Upstream connection broke mid-stream.', 'upstream_cut')),
       );
     }
-    // The stream ends first; the outcome is written before the invocation ends (see IngressRequest.waitUntil).
+    // The stream ends first; the outcome is written once the agent has it, before the invocation ends (see
+    // IngressRequest.waitUntil and .replied).
     await channel.end();
+    await this.afterReply(call);
     await recordEnd(watcher.usage);
     // A whole stream is stored for the cache (and the misses waiting on it) after the agent has it.
     if (!failure && watcher.done && captured && sink)

@@ -1,5 +1,6 @@
 // DynamoDB ticket store on DynamoDB Local: the per-priority queued counters follow every move in and out of
-// `queued`, and the fast-path grant is one transaction refused by any of its conditions.
+// `queued`, the fast-path grant is one transaction refused by any of its conditions, and a fast-path request costs
+// the store two calls (the grant; the end with the agent's usage).
 import { randomUUID } from 'node:crypto';
 import { PutItemCommand } from '@aws-sdk/client-dynamodb';
 import { marshall } from '@aws-sdk/util-dynamodb';
@@ -7,6 +8,10 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { DynamoBucketStore } from '../../lib/adapters/dynamo/bucket-store.js';
 import { stateKey } from '../../lib/adapters/dynamo/common.js';
 import { DynamoTicketStore } from '../../lib/adapters/dynamo/ticket-store.js';
+import { DynamoUsageStore } from '../../lib/adapters/dynamo/usage-store.js';
+import { MemoryOutcomeStore } from '../../lib/adapters/memory/stores.js';
+import { MemoryLeaseStore, MemoryTicketQueue } from '../../lib/adapters/memory/tickets.js';
+import { Admission } from '../../lib/domain/admission.js';
 import { TokenBucket } from '../../lib/domain/bucket.js';
 import { FakeClock } from '../../lib/domain/clock.js';
 import { DEFAULT_CONFIG } from '../../lib/domain/config.js';
@@ -235,5 +240,59 @@ describe('fastGrant: one transaction, refused by any of its conditions', () => {
     expect(out.kind === 'bucket_conflict' && out.current?.tat).toBeGreaterThan(stale.now);
     expect(await s.tickets.get(t.id)).toBeUndefined();
     expect(await s.tickets.counts()).toEqual({ queued: 0, inflight: 1 });
+  });
+});
+
+describe('a fast-path request on the store side: the grant and the end, two calls', () => {
+  it('admits on the fast path and finishes with the agent usage in the end transaction, no call of its own', async () => {
+    // Prepare: Admission on the DynamoDB stores, every DynamoDB call counted
+    const s = await fresh();
+    const calls: string[] = [];
+    s.res.dynamo.middlewareStack.add(
+      (next, context) => async (args) => {
+        calls.push(String(context.commandName).replace(/Command$/, ''));
+        return next(args);
+      },
+      { step: 'initialize', name: 'countCalls' },
+    );
+    const usage = new DynamoUsageStore(s.res.dynamo, s.res.names.stateTable);
+    const admission = new Admission({
+      tickets: s.tickets,
+      queue: new MemoryTicketQueue(s.clock),
+      lease: new MemoryLeaseStore(s.clock),
+      outcomes: new MemoryOutcomeStore(),
+      bucket: s.bucket,
+      wakeDispatcher: async () => {},
+      clock: s.clock,
+      newId: () => `tk-${randomUUID()}`,
+      usage,
+    });
+    await s.attempt();
+    // Refused plain writes land on the slot's own item, beside the transaction's twin: the view sums both.
+    await usage.record('agent-u', s.clock.now(), { requests: 1, refused: 1 });
+    calls.length = 0;
+
+    // Act
+    const admitted = await admission.admit(
+      {
+        agent: 'agent-u',
+        priority: 'urgent',
+        model: 'm',
+        stream: false,
+        deadline: s.clock.now() + 60_000,
+        callBudgetMs: 60_000,
+      },
+      DEFAULT_CONFIG,
+    );
+    await admission.finish(admitted.ticket, 'completed', { upstreamStatus: 200, totalTokens: 42 });
+
+    // Assess
+    expect(admitted.claimed).toBe(true);
+    expect(calls).toEqual(['TransactWriteItems', 'TransactWriteItems']);
+    expect(await s.tickets.get(admitted.ticket.id)).toMatchObject({ status: 'completed' });
+    expect(await s.tickets.counts()).toEqual({ queued: 0, inflight: 0 });
+    expect(await usage.read(s.clock.now(), 'hour')).toEqual([
+      { agent: 'agent-u', requests: 2, tokens: 42, throttled: 0, refused: 1, avgQueueMs: 0 },
+    ]);
   });
 });

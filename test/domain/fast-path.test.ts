@@ -7,6 +7,7 @@ import { TokenBucket } from '../../lib/domain/bucket.js';
 import { FakeClock } from '../../lib/domain/clock.js';
 import { DEFAULT_CONFIG, type GatewayConfig } from '../../lib/domain/config.js';
 import { StoreUnavailableError } from '../../lib/domain/errors.js';
+import type { AgentUsageEvent } from '../../lib/domain/ports.js';
 import type { Priority } from '../../lib/domain/priority.js';
 import { memoryAdmission } from '../support/memory-gateway.js';
 
@@ -488,5 +489,65 @@ describe('fail fast: judged as the dispatcher will judge the ticket', () => {
       expect(got).toMatchObject({ status: 429, code: 'low_priority_timeout', retryAfterMs: 5_000 });
       expect(await s.tickets.queuedByPriority()).toMatchObject({ low: 0 });
     }
+  });
+});
+
+/**
+ * A store that counts the agent's usage in the ticket's end, as the DynamoDB store does in its transaction;
+ * `busyUsage`: that write is refused while the usage rides along (a throttled usage item).
+ */
+class UsageCountingStore extends MemoryTicketStore {
+  readonly counted: AgentUsageEvent[] = [];
+  busyUsage = false;
+  override async transition(...args: Parameters<MemoryTicketStore['transition']>) {
+    const [id, from, to, patch, opts = {}] = args;
+    const { usage, ...rest } = opts;
+    if (usage && this.busyUsage)
+      throw new StoreUnavailableError('DynamoDB TransactWriteItems unavailable: ThrottlingError');
+    const res = await super.transition(id, from, to, patch, rest);
+    if (!usage || !('ticket' in res)) return res;
+    this.counted.push(usage.event);
+    return { ...res, usageCounted: true as const };
+  }
+}
+
+describe('the end of a fast-path ticket and its agent usage', () => {
+  it.each([
+    ['a store that counts usage: one write for both', 'counting', 1, 0],
+    ['its usage item busy: the ticket ends without it, the usage written apart', 'busy', 0, 1],
+    ['a store that does not count usage: the usage written apart', 'plain', 0, 1],
+  ] as const)('%s', async (_name, kind, inTheEnd, apart) => {
+    // Prepare
+    const clock = new FakeClock();
+    const bucketStore = new MemoryBucketStore();
+    const tickets =
+      kind === 'plain' ? new MemoryTicketStore(bucketStore) : new UsageCountingStore(bucketStore);
+    if (tickets instanceof UsageCountingStore) tickets.busyUsage = kind === 'busy';
+    const recorded: AgentUsageEvent[] = [];
+    const bucket = new TokenBucket(bucketStore, clock, { fraction: 0, forNormal: false });
+    await bucket.configure(PARAMS);
+    const { admission } = memoryAdmission({
+      clock,
+      tickets,
+      bucket,
+      newId: () => 't1',
+      usage: { record: async (_agent, _now, e) => void recorded.push(e), read: async () => [] },
+    });
+    const got = await admission.admit(
+      { agent: 'a', priority: 'normal', model: 'm', stream: false, deadline: 170_000, callBudgetMs: 65_000 },
+      CONFIG,
+    );
+    expect(got.claimed).toBe(true);
+
+    // Act
+    await admission.finish(got.ticket, 'completed', { upstreamStatus: 200, totalTokens: 7 });
+
+    // Assess: the ticket ended, its usage counted exactly once
+    expect(tickets.tickets.get('t1')?.status).toBe('completed');
+    expect(await tickets.counts()).toEqual({ queued: 0, inflight: 0 });
+    const counted = tickets instanceof UsageCountingStore ? tickets.counted : [];
+    expect(counted.length).toBe(inTheEnd);
+    expect(recorded.length).toBe(apart);
+    expect([...counted, ...recorded]).toEqual([{ requests: 1, tokens: 7, throttled: 0, queueMs: 0 }]);
   });
 });

@@ -6,7 +6,7 @@ import {
   MemoryTicketQueue,
   type MemoryTicketStore,
 } from '../../lib/adapters/memory/tickets.js';
-import { Admission } from '../../lib/domain/admission.js';
+import { Admission, type AdmissionDeps } from '../../lib/domain/admission.js';
 import { TokenBucket } from '../../lib/domain/bucket.js';
 import type { Clock } from '../../lib/domain/clock.js';
 import type { ConfigService } from '../../lib/domain/config-service.js';
@@ -25,6 +25,8 @@ export const memoryAdmission = (parts: {
   /** Several limited upstreams, built on this gateway's outcome store (see `memoryLanes`). */
   lanes?: (outcomes: MemoryOutcomeStore) => UpstreamLane[];
   newId?: () => string;
+  /** Where agents' usage is counted apart from a ticket's end. */
+  usage?: AdmissionDeps['usage'];
 }) => {
   const { clock, tickets } = parts;
   const queue = new MemoryTicketQueue(clock);
@@ -43,6 +45,7 @@ export const memoryAdmission = (parts: {
     wakeDispatcher: async () => {},
     clock,
     newId: parts.newId ?? (() => `t${++n}`),
+    ...(parts.usage ? { usage: parts.usage } : {}),
   });
   return { queue, lease, outcomes, bucket, lanes, admission };
 };

@@ -20,6 +20,7 @@ import {
 } from '../../domain/errors.js';
 import type { ConsumeAttempt } from '../../domain/gcra.js';
 import type {
+  AgentUsageEvent,
   BatchGrant,
   BatchGrantOutcome,
   CreateTicketOptions,
@@ -53,6 +54,7 @@ import {
   stateKey,
   ttlFrom,
 } from './common.js';
+import { usageUpdate } from './usage-store.js';
 
 export interface TicketTables {
   ticketsTable: string;
@@ -63,6 +65,12 @@ export interface TicketTables {
    * count (the first upstream's are the single-upstream items). @default none
    */
   otherUpstreams?: readonly string[];
+  /**
+   * The agents' usage counters live on the state table (as DynamoUsageStore keeps them): a ticket's counted move
+   * carries the usage it is given in its own transaction (usage-store.ts usageUpdate); false leaves it to the
+   * caller. @default true
+   */
+  countsUsage?: boolean;
 }
 
 const ADMISSION_KEY = stateKey('admission', 'global');
@@ -572,8 +580,13 @@ export class DynamoTicketStore implements TicketStore {
     from: TicketStatus,
     to: TicketStatus,
     patch: TicketPatch,
-    opts: { attempt?: number; known?: Ticket; unlessPaused?: boolean } = {},
-  ): Promise<{ ticket: Ticket } | { conflict: Ticket | undefined; paused?: true }> {
+    opts: {
+      attempt?: number;
+      known?: Ticket;
+      unlessPaused?: boolean;
+      usage?: { agent: string; event: AgentUsageEvent };
+    } = {},
+  ): Promise<{ ticket: Ticket; usageCounted?: true } | { conflict: Ticket | undefined; paused?: true }> {
     // Only legal moves, and never a grant: that one spends a token, so it goes through grant() alone.
     if (!canTransition(from, to) || (from === 'queued' && to === 'granted'))
       return { conflict: await this.get(id) };
@@ -607,6 +620,12 @@ export class DynamoTicketStore implements TicketStore {
     const upstream = current?.upstream;
     const counted = delta.queued !== 0 || delta.inflight !== 0;
     const owner = delta.queued !== 0 ? await this.ownerOf(id, current) : {};
+    // The agent's usage rides on the counted move's transaction (the ticket's end: one call instead of two).
+    const usage =
+      counted && opts.usage && this.tables.countsUsage !== false
+        ? usageUpdate(this.tables.stateTable, opts.usage.agent, now, opts.usage.event, true)
+        : undefined;
+    const usageCounted = usage ? ({ usageCounted: true } as const) : {};
     try {
       if (opts.unlessPaused && !counted) {
         // The claim: the last store write before the upstream call, so it too must hold only while not paused.
@@ -638,6 +657,7 @@ export class DynamoTicketStore implements TicketStore {
                 ]),
             ...(owner.agent !== undefined ? [this.agentCounter(owner.agent, delta.queued)] : []),
             ...(owner.priority !== undefined ? [this.priorityCounter(owner.priority, delta.queued)] : []),
+            ...(usage ? [{ Update: usage }] : []),
           ],
           ClientRequestToken: requestToken('move', PROCESS_ID, id, from, to, opts.attempt ?? '', ++tries),
         }),
@@ -648,10 +668,10 @@ export class DynamoTicketStore implements TicketStore {
         const ticket: Ticket = { ...current, ...definedOnly(patch), status: to, attempt };
         // A requeue forgot the upstream (removed above): any member of its pool may take it next.
         if (to === 'queued') delete ticket.upstream;
-        return { ticket };
+        return { ticket, ...usageCounted };
       }
       const ticket = await this.get(id);
-      return ticket ? { ticket } : { conflict: undefined };
+      return ticket ? { ticket, ...usageCounted } : { conflict: undefined };
     } catch (err) {
       if (opts.unlessPaused && !counted) {
         const [moved, pause] = cancellation(err);

@@ -1,5 +1,5 @@
 // Adapter: per-agent usage counters — one state-table item per 10-minute slot and per hour, agents as attributes.
-import { type DynamoDBClient, QueryCommand, UpdateItemCommand } from '@aws-sdk/client-dynamodb';
+import { type DynamoDBClient, QueryCommand, type Update, UpdateItemCommand } from '@aws-sdk/client-dynamodb';
 import type { AgentUsage, AgentUsageEvent, UsageStore } from '../../domain/ports.js';
 import { translateStoreErrors } from '../aws-errors.js';
 import { type Item, n, plain, s, stateKey, ttlFrom } from './common.js';
@@ -7,11 +7,51 @@ import { type Item, n, plain, s, stateKey, ttlFrom } from './common.js';
 const MINUTE_SLOT_MS = 10 * 60_000;
 const FIELDS = ['requests', 'tokens', 'throttled', 'refused', 'queueMs', 'granted'] as const;
 const pad = (t: number) => String(t).padStart(15, '0');
+const slotSk = (now: number) => `m#${pad(Math.floor(now / MINUTE_SLOT_MS) * MINUTE_SLOT_MS)}`;
+/**
+ * The item a ticket transaction counts its agent's usage on (a ticket's end, in its own write): one per agent and
+ * slot, so it stays small (a transactional write costs 2 units per KB of the item, and the slot's shared item grows
+ * with every agent) and plain writes (refusals, on the shared item) never land on an item a transaction holds.
+ * Sorted right after its slot's shared item, so the same range Query reads both.
+ */
+const inTransactionSk = (now: number, agent: string) => `${slotSk(now)}#t#${agent}`;
 
 /**
- * Bounded cost: one ADD write per finished request (on the request path, so one only: the day's view sums the
- * same 10-minute items), items expire by TTL, and the number of items read is fixed (6 for the last hour, 144
- * for the last day) whatever the number of agents.
+ * The ADD of one usage event to `now`'s slot, as an Update (undefined when it adds nothing); `inTransaction` for
+ * the item a ticket transaction writes (see IN_TRANSACTION).
+ */
+export const usageUpdate = (
+  table: string,
+  agent: string,
+  now: number,
+  e: AgentUsageEvent,
+  inTransaction = false,
+): Update | undefined => {
+  const adds: string[] = [];
+  const names: Record<string, string> = {};
+  const values: Item = { ':exp': n(ttlFrom(now, 2 * 24 * 3600)) };
+  for (const f of FIELDS) {
+    const v = f === 'granted' ? (e.queueMs !== undefined ? 1 : 0) : (e[f] ?? 0);
+    if (!v) continue;
+    names[`#${f}`] = `${agent}|${f}`;
+    values[`:${f}`] = n(Math.round(v));
+    adds.push(`#${f} :${f}`);
+  }
+  if (adds.length === 0) return undefined;
+  return {
+    TableName: table,
+    Key: stateKey('usage', inTransaction ? inTransactionSk(now, agent) : slotSk(now)),
+    UpdateExpression: `ADD ${adds.join(', ')} SET expiresAt = if_not_exists(expiresAt, :exp)`,
+    ExpressionAttributeNames: names,
+    ExpressionAttributeValues: values,
+  };
+};
+
+/**
+ * Bounded cost: one ADD per finished request, made inside the ticket's own end transaction when the ticket store
+ * counts usage (`usageUpdate`, on the agent's own item of the slot), else one write here (refusals, on the slot's
+ * shared item); the day's view sums the same 10-minute items; items expire by TTL. A view reads the slots' shared
+ * items (6 for the last hour, 144 for the day) and the agents' items of those slots.
  */
 export class DynamoUsageStore implements UsageStore {
   constructor(
@@ -22,26 +62,8 @@ export class DynamoUsageStore implements UsageStore {
   }
 
   async record(agent: string, now: number, e: AgentUsageEvent): Promise<void> {
-    const adds: string[] = [];
-    const names: Record<string, string> = {};
-    const values: Item = { ':exp': n(ttlFrom(now, 2 * 24 * 3600)) };
-    for (const f of FIELDS) {
-      const v = f === 'granted' ? (e.queueMs !== undefined ? 1 : 0) : (e[f] ?? 0);
-      if (!v) continue;
-      names[`#${f}`] = `${agent}|${f}`;
-      values[`:${f}`] = n(Math.round(v));
-      adds.push(`#${f} :${f}`);
-    }
-    if (adds.length === 0) return;
-    await this.client.send(
-      new UpdateItemCommand({
-        TableName: this.table,
-        Key: stateKey('usage', `m#${pad(Math.floor(now / MINUTE_SLOT_MS) * MINUTE_SLOT_MS)}`),
-        UpdateExpression: `ADD ${adds.join(', ')} SET expiresAt = if_not_exists(expiresAt, :exp)`,
-        ExpressionAttributeNames: names,
-        ExpressionAttributeValues: values,
-      }),
-    );
+    const update = usageUpdate(this.table, agent, now, e);
+    if (update) await this.client.send(new UpdateItemCommand(update));
   }
 
   async read(now: number, span: 'hour' | 'day'): Promise<AgentUsage[]> {
@@ -57,7 +79,8 @@ export class DynamoUsageStore implements UsageStore {
           ExpressionAttributeValues: {
             ':pk': s('usage'),
             ':a': s(`m#${pad(last - (count - 1) * MINUTE_SLOT_MS)}`),
-            ':b': s(`m#${pad(last)}`),
+            // The last slot's per-agent items sort after it: `~` is above `#`.
+            ':b': s(`m#${pad(last)}~`),
           },
           ExclusiveStartKey: start,
         }),

@@ -251,7 +251,8 @@ export class MemoryTicketStore implements TicketStore {
     from: TicketStatus,
     to: TicketStatus,
     patch: TicketPatch,
-    opts: { attempt?: number; unlessPaused?: boolean } = {},
+    // `usage` is not kept here (no usage counters): the caller records it.
+    opts: Parameters<TicketStore['transition']>[4] = {},
   ): Promise<{ ticket: Ticket } | { conflict: Ticket | undefined; paused?: true }> {
     const current = this.tickets.get(id);
     if (
