@@ -344,6 +344,15 @@ export const runFleetBench = async (opts: { log: (line: string) => void }): Prom
           `${where}: goodput ${metrics.goodputRpm} rpm (${metrics.goodputPctOfLimit} % of ${hiddenLimitRpm}), 429s ${metrics.upstream429} (${metrics.upstream429Pct} %), failed ${metrics.failed}, unserved ${metrics.unserved} (${byPriority(metrics.unservedByPriority)}), inversions ${metrics.inversions}, max ${metrics.maxCallsIn60s} calls/60 s, refusals ${metrics.refusals?.all.n} (p99 ${metrics.refusals?.all.p99} s, ${metrics.refusals?.all.over10sPct} % after > 10 s)`,
         );
         if (perUpstream) log(`${where}: per upstream ${perUpstreamText(perUpstream)}`);
+        // Per-request and per-call data for tracing a run (every attempt of every request, every upstream call).
+        const dump = process.env.SLUICE_BENCH_DUMP;
+        if (dump) {
+          mkdirSync(dump, { recursive: true });
+          writeFileSync(
+            `${dump}/${NAME}-${sc.name}-${name}.json`,
+            JSON.stringify({ records: run.records, calls }),
+          );
+        }
         return {
           setup: name,
           label,
