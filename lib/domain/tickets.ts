@@ -126,6 +126,11 @@ export interface TicketMessage {
   pool?: string[];
   /** Its estimated tokens, for upstreams with `tpm` (Ticket.tokens). */
   tokens?: number;
+  /**
+   * Admission judged its wait as the dispatcher would (fail fast, with a known load under strict order): that was
+   * its first look (FIRST_LOOK_SHARE), so the dispatcher's first hold of it is a later look.
+   */
+  judged?: true;
 }
 
 /**
