@@ -392,7 +392,10 @@ export class Admission {
           ...(idem ? { idempotency: { ...idem, ...(replaceTicketId ? { replaceTicketId } : {}) } } : {}),
           ...(budget ? { budget } : {}),
         });
-        await this.enqueue(ticket, estimatedWaitMs !== undefined && recheckAt === undefined);
+        // Weighted: admission's look was the ticket's first. Strict: the dispatcher's hold looks first again, with
+        // the load it measures now (fresher than the published one): a ticket kept there on an older reading was
+        // refused later, after a long wait (the 1x bench: HIGH tickets 20–67 s in).
+        await this.enqueue(ticket, config.priorityPolicy === 'weighted' && estimatedWaitMs !== undefined);
         return {
           ticket,
           passthrough: false,

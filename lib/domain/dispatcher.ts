@@ -170,7 +170,7 @@ interface Buffered extends ReceivedMessage {
 
 /**
  * Whether judging this buffered ticket is its first look (FIRST_LOOK_SHARE: it must fit in three quarters of the
- * time it can wait). Only once per ticket: not when admission judged it already (TicketMessage.judged), nor for a
+ * time it can wait). Once per ticket: not when admission judged it already (TicketMessage.judged), nor for a
  * ticket requeued after a grant (attempt > 0) or a message delivered again (a previous run or an expired
  * visibility held it). Judged strictly again after a long wait, a ticket whose estimate had been near its deadline
  * was refused late, which is what the first look exists to avoid.

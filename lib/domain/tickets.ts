@@ -127,8 +127,9 @@ export interface TicketMessage {
   /** Its estimated tokens, for upstreams with `tpm` (Ticket.tokens). */
   tokens?: number;
   /**
-   * Admission judged its wait as the dispatcher would (fail fast, with a known load under strict order): that was
-   * its first look (FIRST_LOOK_SHARE), so the dispatcher's first hold of it is a later look.
+   * Weighted shares: admission judged its wait as the dispatcher would (fail fast); that was its first look
+   * (FIRST_LOOK_SHARE), so the dispatcher's first hold of it is a later look. (Under strict order the dispatcher's
+   * hold is a first look again, judged by the load it measures then.)
    */
   judged?: true;
 }

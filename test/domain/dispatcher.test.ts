@@ -201,14 +201,16 @@ describe('Dispatcher: reservations, hopeless tickets, expired messages', () => {
       policy: 'strict',
       refused: 2,
     },
-    // Admission judged them (the 3rd fits its 30 s, the 4th is refused at once): the dispatcher's hold is a later
-    // look and keeps the 3rd — judged strictly a second time (with its grant margin) it was refused seconds later.
+    // Strict order: admission judged them (the 3rd fits its 30 s, the 4th is refused at once), and the
+    // dispatcher's hold looks first again with the load it measures then (here with its grant margin: the 3rd goes).
     {
-      name: 'judged at admission (strict): kept by the dispatcher',
+      name: 'judged at admission (strict): the dispatcher looks first again',
       bucketKnown: true,
       policy: 'strict',
-      refused: 0,
+      refused: 1,
     },
+    // Weighted shares: admission's look was the first; the dispatcher's hold is a later look and keeps the 3rd —
+    // judged strictly a second time (with its grant margin) it was refused seconds later.
     {
       name: 'judged at admission (weighted): kept by the dispatcher',
       bucketKnown: true,
