@@ -1,7 +1,7 @@
 // Bench `fleet`: M agents with a priority mix against a simulated NVIDIA-like upstream, the same workload run in
 // turn straight to the upstream, with client-side AWS adaptive limiting, with a shared Bottleneck limiter on
 // Redis, and through sluice — at heavy and moderate overload and with open-loop bursts.
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { DEFAULT_CONFIG } from '../lib/domain/config.js';
 import { PRIORITIES, type Priority } from '../lib/domain/priority.js';
@@ -12,7 +12,9 @@ import {
   maxInWindow,
   type RefusalStats,
   type RunMetrics,
+  refusalsOf,
   runMetrics,
+  steadyRefusalStats,
   tagCalls,
   weightedShareCheck,
 } from './support/analysis.js';
@@ -31,7 +33,13 @@ import {
 import { type TimeScale, timeScale } from './support/sim.js';
 import { machine, round } from './support/stats.js';
 import { binPanels, latencyBars } from './support/svg.js';
-import { agentPriorities, burstyArrivals, runWorkload, type Workload } from './support/workload.js';
+import {
+  agentPriorities,
+  burstyArrivals,
+  type RequestRecord,
+  runWorkload,
+  type Workload,
+} from './support/workload.js';
 
 const RESULTS = 'bench/results';
 /** Result files' name: `fleet` by default; e.g. `fleet-1x` keeps a real-time run beside the time-scaled one. */
@@ -146,6 +154,15 @@ interface SetupResult {
   hiddenLimitRpm?: number;
   /** A pool: each member's calls (metrics' calls, 429s and busiest window are summed over them). */
   perUpstream?: PoolMemberResult[];
+  /** A row merged in from a later run (mergeFleetResults): that run's date, code and load. */
+  run?: RowRun;
+}
+
+/** Where a merged row came from. */
+interface RowRun {
+  date: string;
+  code: ReturnType<typeof codeVersion>;
+  loadavg: number[];
 }
 
 interface PoolMemberResult {
@@ -344,6 +361,15 @@ export const runFleetBench = async (opts: { log: (line: string) => void }): Prom
           `${where}: goodput ${metrics.goodputRpm} rpm (${metrics.goodputPctOfLimit} % of ${hiddenLimitRpm}), 429s ${metrics.upstream429} (${metrics.upstream429Pct} %), failed ${metrics.failed}, unserved ${metrics.unserved} (${byPriority(metrics.unservedByPriority)}), inversions ${metrics.inversions}, max ${metrics.maxCallsIn60s} calls/60 s, refusals ${metrics.refusals?.all.n} (p99 ${metrics.refusals?.all.p99} s, ${metrics.refusals?.all.over10sPct} % after > 10 s)`,
         );
         if (perUpstream) log(`${where}: per upstream ${perUpstreamText(perUpstream)}`);
+        // Per-request and per-call data for tracing a run (every attempt of every request, every upstream call).
+        const dump = process.env.SLUICE_BENCH_DUMP;
+        if (dump) {
+          mkdirSync(dump, { recursive: true });
+          writeFileSync(
+            `${dump}/${NAME}-${sc.name}-${name}.json`,
+            JSON.stringify({ records: run.records, calls }),
+          );
+        }
         return {
           setup: name,
           label,
@@ -379,7 +405,7 @@ export const runFleetBench = async (opts: { log: (line: string) => void }): Prom
         }
       }
       result.scenarios.push({ ...sc, results });
-      writeCharts(result.scenarios.at(-1) as FleetResult['scenarios'][number], limit);
+      writeCharts(NAME, result.scenarios.at(-1) as FleetResult['scenarios'][number], limit);
     }
   } finally {
     await redis?.stop();
@@ -393,12 +419,16 @@ export const runFleetBench = async (opts: { log: (line: string) => void }): Prom
   return { markdown };
 };
 
-const writeCharts = (sc: FleetResult['scenarios'][number], limit: { requests: number; windowMs: number }) => {
+const writeCharts = (
+  name: string,
+  sc: FleetResult['scenarios'][number],
+  limit: { requests: number; windowMs: number },
+) => {
   mkdirSync(RESULTS, { recursive: true });
   const ran = sc.results.filter((r) => r.metrics && r.bins);
   const perBin = (limit.requests * 10_000) / limit.windowMs;
   writeFileSync(
-    `${RESULTS}/${NAME}-${sc.name}-calls.svg`,
+    `${RESULTS}/${name}-${sc.name}-calls.svg`,
     binPanels({
       title: `${sc.title} (${sc.description}): upstream calls per 10 s`,
       binMs: 10_000,
@@ -414,7 +444,7 @@ const writeCharts = (sc: FleetResult['scenarios'][number], limit: { requests: nu
     }),
   );
   writeFileSync(
-    `${RESULTS}/${NAME}-${sc.name}-latency.svg`,
+    `${RESULTS}/${name}-${sc.name}-latency.svg`,
     latencyBars({
       title: `${sc.title}: end-to-end latency of completed requests per priority (steady state)`,
       groups: PRIORITIES,
@@ -441,7 +471,53 @@ const lat = (m: RunMetrics, p: Priority) => {
   return l.n === 0 ? '–' : `${l.p50} / ${l.p95} / ${l.p99}`;
 };
 
-export const fleetMarkdown = (r: FleetResult): string => {
+/** A merged row's label says which run it came from. */
+const withRunLabel = (x: SetupResult): SetupResult =>
+  x.run
+    ? {
+        ...x,
+        label: `${x.label} — rerun ${x.run.date.slice(0, 10)}, code ${x.run.code.commit}${x.run.code.dirty ? ' + uncommitted changes' : ''}, load ${x.run.loadavg.join(' / ')}`,
+      }
+    : x;
+
+const steadyText = (v: RefusalStats | undefined) =>
+  v ? `${v.n}, ${v.p99 ?? '–'}, ${v.over10sPct ?? '–'}` : '–';
+
+/**
+ * Replaces rows of `into` (same scenario, same setup name) with those of a later run `from` (e.g. sluice's rows
+ * rerun alone on newer code): each merged row keeps its run's date, code and load, the table and charts of `into`
+ * are rendered again. Rows of `from` without a match are appended to their scenario.
+ */
+export const mergeFleetResults = (into: string, from: string, dumpDir?: string): FleetResult => {
+  const target = JSON.parse(readFileSync(`${RESULTS}/${into}.json`, 'utf8')) as FleetResult;
+  const source = JSON.parse(readFileSync(`${RESULTS}/${from}.json`, 'utf8')) as FleetResult;
+  const run: RowRun = { date: source.machine.date, code: source.code, loadavg: source.machine.loadavg };
+  for (const sc of source.scenarios) {
+    const at = target.scenarios.find((t) => t.name === sc.name);
+    if (!at) continue;
+    for (const row of sc.results) {
+      const merged = { ...row, run };
+      // A run from before the steady-state refusal figure: computed from its dump (SLUICE_BENCH_DUMP), if kept.
+      const dump = dumpDir ? `${dumpDir}/${from}-${sc.name}-${row.setup}.json` : undefined;
+      if (merged.metrics && !merged.metrics.refusalsSteady && dump && existsSync(dump)) {
+        const { records } = JSON.parse(readFileSync(dump, 'utf8')) as { records: RequestRecord[] };
+        merged.metrics = {
+          ...merged.metrics,
+          refusalsSteady: steadyRefusalStats(refusalsOf(records), UPSTREAM_MODEL.limit.windowMs),
+        };
+      }
+      const i = at.results.findIndex((t) => t.setup === row.setup);
+      if (i >= 0) at.results[i] = merged;
+      else at.results.push(merged);
+    }
+    writeCharts(into, at, UPSTREAM_MODEL.limit);
+  }
+  writeFileSync(`${RESULTS}/${into}.json`, `${JSON.stringify(target, null, 2)}\n`);
+  writeFileSync(`${RESULTS}/${into}.md`, `${fleetMarkdown(target, into)}\n`);
+  return target;
+};
+
+export const fleetMarkdown = (r: FleetResult, name = NAME): string => {
   const s = r.settings as {
     upstream: Record<string, unknown>;
     workload: {
@@ -463,7 +539,7 @@ export const fleetMarkdown = (r: FleetResult): string => {
     '',
     ...(r.scenarios.some((sc) => sc.results.some((x) => x.label.includes(' instead of ')))
       ? [
-          'Rows labelled "at N× instead of …" are the same setup run again at that scale (1×: real time, nothing compressed): sluice has real-time overheads (DynamoDB and SQS round trips, a 1 s grant slack) that compression inflates, so its 1× rows are the figures to read.',
+          'Rows labelled "at N× instead of …" are the same setup run again at that scale (1×: real time, nothing compressed): sluice has real-time overheads that compression inflates (DynamoDB and SQS round trips, reads of waiting tickets; at 10× it must grant every 150 ms real, and a grant is called on within 600 ms real — grant_slack_s is capped at a tenth of the 6 s window), so its 1× rows are the figures to read.',
           '',
         ]
       : []),
@@ -489,7 +565,7 @@ export const fleetMarkdown = (r: FleetResult): string => {
       '| setup | goodput rpm (% of the hidden 40) | completed per min u / h / n / l | upstream calls | 429s (% of calls) | failed at agent | unserved at the end u / h / n / l | agents served nothing u / h / n / l | max calls in 60 s (sent / accepted) | inversions | latency s p50 / p95 / p99: urgent | high | normal | low |',
       '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
     );
-    for (const x of sc.results) {
+    for (const x of sc.results.map(withRunLabel)) {
       if (!x.metrics) {
         lines.push(`| ${x.label} | skipped: ${x.skipped} | | | | | | | | | | | | |`);
         continue;
@@ -506,14 +582,14 @@ export const fleetMarkdown = (r: FleetResult): string => {
         `| ${x.label} | ${m.goodputRpm} (${m.goodputPctOfLimit} %${ofHidden}) | ${byPriority(m.completedRpmByPriority)} | ${m.upstreamCalls}${summed} | ${m.upstream429} (${m.upstream429Pct} %${summed429}) | ${m.failed} | ${m.unserved}: ${byPriority(m.unservedByPriority)} | ${byPriority(m.starvedAgentsByPriority)} | ${m.maxCallsIn60s} / ${m.maxAcceptedIn60s}${perMember} | ${m.inversions} | ${lat(m, 'urgent')} | ${lat(m, 'high')} | ${lat(m, 'normal')} | ${lat(m, 'low')} |`,
       );
     }
-    const withRefusals = sc.results.filter((x) => x.metrics?.refusals);
+    const withRefusals = sc.results.map(withRunLabel).filter((x) => x.metrics?.refusals);
     if (withRefusals.length > 0) {
       lines.push(
         '',
-        `Time to refusal (whole run): every attempt answered 429 (or 503 \`queue_full\`), timed from the attempt's send to the refusal (a stream refused after heartbeats: to the refusing event). Targets: p99 ≤ 1 s, ≤ 1 % of refusals after a wait > 10 s.`,
+        `Time to refusal (whole run): every attempt answered 429 (or 503 \`queue_full\`), timed from the attempt's send to the refusal (a stream refused after heartbeats: to the refusing event). Targets: p99 ≤ 1 s, ≤ 1 % of refusals after a wait > 10 s. The last column counts only the attempts sent from the second minute on (as goodput and latency): the whole run includes a fresh deployment's first seconds, when the load of more important work is not known yet.`,
         '',
-        '| setup | refusals u / h / n / l (all) | p99 time to refusal s u / h / n / l (all) | refused after > 10 s, % u / h / n / l (all) | refusals by code |',
-        '|---|---|---|---|---|',
+        '| setup | refusals u / h / n / l (all) | p99 time to refusal s u / h / n / l (all) | refused after > 10 s, % u / h / n / l (all) | refusals by code | from the second minute on: refusals, p99 s, % after > 10 s |',
+        '|---|---|---|---|---|---|',
       );
       for (const x of withRefusals) {
         const f = x.metrics!.refusals!;
@@ -525,11 +601,11 @@ export const fleetMarkdown = (r: FleetResult): string => {
           )
             .sort((a, b) => b[1] - a[1])
             .map(([c, n]) => `${c} ${n}`)
-            .join(', ')} |`,
+            .join(', ')} | ${steadyText(x.metrics!.refusalsSteady)} |`,
         );
       }
     }
-    for (const x of sc.results) {
+    for (const x of sc.results.map(withRunLabel)) {
       const m = x.metrics;
       const weights = x.setup.includes('weighted') ? parseWeights(s.priorityWeights ?? '') : undefined;
       if (!m?.backloggedPct || !weights) continue;
@@ -561,13 +637,13 @@ export const fleetMarkdown = (r: FleetResult): string => {
     }
     lines.push(
       '',
-      `![calls per 10 s](${NAME}-${sc.name}-calls.svg)`,
+      `![calls per 10 s](${name}-${sc.name}-calls.svg)`,
       '',
-      `![latency per priority](${NAME}-${sc.name}-latency.svg)`,
+      `![latency per priority](${name}-${sc.name}-latency.svg)`,
       '',
     );
   }
-  lines.push(`Settings of every setup (also in ${NAME}.json):`, '');
+  lines.push(`Settings of every setup (also in ${name}.json):`, '');
   for (const [name, v] of Object.entries(s.setups)) {
     const { label, ...rest } = v;
     lines.push(

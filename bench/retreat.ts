@@ -61,11 +61,22 @@ export interface PresetResult {
   upstreamCalls: number;
   upstream429: number;
   failedAtAgent: number;
+  /** Why they failed (the client's last error after its retries), by kind. */
+  failureKinds?: Record<string, number>;
   /** Effective rate over time: [modelled ms, modelled rpm]. */
   trace: [number, number][];
   transitions: RetreatRecord['transitions'];
   bins: { binMs: number; accepted: number[]; refused: number[] };
 }
+
+/** The kinds of failure after a failed count: ` (429 queue_wait_exceeded 90, …)`; nothing for older results. */
+const failureText = (kinds: Record<string, number> | undefined) =>
+  kinds && Object.keys(kinds).length > 0
+    ? ` (${Object.entries(kinds)
+        .sort((a, b) => b[1] - a[1])
+        .map(([k, n]) => `${k} ${n}`)
+        .join(', ')})`
+    : '';
 
 export interface RetreatBenchResult {
   machine: ReturnType<typeof machine> & { loadavg: number[] };
@@ -140,6 +151,12 @@ export const presetMetrics = (
     upstreamCalls: calls.length,
     upstream429: calls.filter((x) => x.kind === 'rate_limited' || x.kind === 'capacity').length,
     failedAtAgent: records.filter((r) => !r.ok && !r.cut).length,
+    failureKinds: records
+      .filter((r) => !r.ok && !r.cut)
+      .reduce<Record<string, number>>((k, r) => {
+        k[r.error ?? 'error'] = (k[r.error ?? 'error'] ?? 0) + 1;
+        return k;
+      }, {}),
     trace,
     transitions,
     bins: callsPerBin(calls, 10_000, ph.endAt),
@@ -367,7 +384,7 @@ export const retreatMarkdown = (r: RetreatBenchResult): string => {
     '|---|---|---|---|---|---|---|---|---|---|',
     ...r.results.map(
       (x) =>
-        `| ${x.preset} | ${s(x.settleSeconds)} | ${x.transition429s} | ${x.constrained.goodputRpm} rpm (${x.constrained.goodputPctOfLimit} %) | ${x.constrained.upstream429} of ${x.constrained.calls} (${x.constrained.rate429Pct} %) | ${x.oscillation.min}–${x.oscillation.max} (±${x.oscillation.pct} %) | ${s(x.recoverSeconds)} | ${x.afterGoodputRpm} rpm | ${x.upstream429} of ${x.upstreamCalls} | ${x.failedAtAgent} |`,
+        `| ${x.preset} | ${s(x.settleSeconds)} | ${x.transition429s} | ${x.constrained.goodputRpm} rpm (${x.constrained.goodputPctOfLimit} %) | ${x.constrained.upstream429} of ${x.constrained.calls} (${x.constrained.rate429Pct} %) | ${x.oscillation.min}–${x.oscillation.max} (±${x.oscillation.pct} %) | ${s(x.recoverSeconds)} | ${x.afterGoodputRpm} rpm | ${x.upstream429} of ${x.upstreamCalls} | ${x.failedAtAgent}${failureText(x.failureKinds)} |`,
     ),
     '',
     `![effective rate per preset](${NAME}-rate.svg)`,

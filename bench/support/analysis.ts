@@ -119,6 +119,8 @@ export interface Refusal {
   /** From the attempt's send to the refusal (modelled ms). */
   ms: number;
   code: string;
+  /** When the refused attempt was sent (modelled ms since the run started). */
+  at: number;
 }
 
 export const refusalsOf = (records: readonly RequestRecord[]): Refusal[] =>
@@ -127,7 +129,12 @@ export const refusalsOf = (records: readonly RequestRecord[]): Refusal[] =>
     // Refusals: every 429, and the 503 of a full queue (a store or gateway failure is an error, not a refusal).
     const out: Refusal[] = attempts
       .filter((a) => a.status === 429 || (a.status === 503 && a.code === 'queue_full'))
-      .map((a) => ({ priority: r.priority, ms: a.end - a.start, code: a.code ?? String(a.status) }));
+      .map((a) => ({
+        priority: r.priority,
+        ms: a.end - a.start,
+        code: a.code ?? String(a.status),
+        at: a.start,
+      }));
     // A stream refused after its heartbeats: its 200 came at once, the refusal at the request's end.
     const last = attempts.at(-1);
     if (
@@ -137,7 +144,12 @@ export const refusalsOf = (records: readonly RequestRecord[]): Refusal[] =>
       r.end !== undefined &&
       REFUSED_IN_STREAM.test(r.error ?? '')
     )
-      out.push({ priority: r.priority, ms: r.end - last.start, code: `${r.error} (in stream)` });
+      out.push({
+        priority: r.priority,
+        ms: r.end - last.start,
+        code: `${r.error} (in stream)`,
+        at: last.start,
+      });
     return out;
   });
 
@@ -163,6 +175,10 @@ const refusalStats = (list: readonly Refusal[]): RefusalStats =>
         ),
         over10sPct: round((100 * list.filter((r) => r.ms > 10_000).length) / list.length, 1),
       };
+
+/** Time to refusal of the attempts sent from `fromMs` on (steady state), all priorities. */
+export const steadyRefusalStats = (refusals: readonly Refusal[], fromMs: number): RefusalStats =>
+  refusalStats(refusals.filter((r) => r.at >= fromMs));
 
 /**
  * Share of the steady state (from `fromMs` to `toMs`) during which at least one request of the priority was
@@ -299,6 +315,11 @@ export interface RunMetrics {
   refusals?: Record<Priority | 'all', RefusalStats>;
   /** Refusals per error code. */
   refusalCodes?: Record<string, number>;
+  /**
+   * Time to refusal of the attempts sent in steady state (after the first window, as goodput and latency): the
+   * whole run's figure includes a fresh deployment's first seconds, before any load of more important work is known.
+   */
+  refusalsSteady?: RefusalStats;
   /** % of the steady state with at least one request of the priority waiting (see backloggedShare). */
   backloggedPct?: Record<Priority, number>;
 }
@@ -343,6 +364,7 @@ export const runMetrics = (opts: {
       all: refusalStats(refusals),
     },
     refusalCodes,
+    refusalsSteady: steadyRefusalStats(refusals, windowMs),
     backloggedPct: backloggedShare(records, within, windowMs, durationMs),
     goodputRpm: round(goodputRpm, 1),
     goodputPctOfLimit: round((100 * goodputRpm) / opts.limitRpm, 1),

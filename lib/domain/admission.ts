@@ -33,7 +33,7 @@ import type {
   UsageStore,
 } from './ports.js';
 import { PRIORITIES, type Priority, priorityRank } from './priority.js';
-import { parseWeights } from './priority-policy.js';
+import { type PriorityPolicy, parseWeights } from './priority-policy.js';
 import {
   estimateWaitMs,
   FIRST_LOOK_SHARE,
@@ -140,6 +140,8 @@ export interface WaitHooks {
    * dispatcher made meanwhile is answered as a plain 429 instead of an error event inside a committed stream.
    */
   readBy?: () => number | undefined;
+  /** Longest pause between reads while the estimated grant is far (farPollMaxMs). @default FAR_POLL_MAX_MS */
+  farPollMs?: number;
 }
 
 /** How fast grants come: the token interval (for the wait estimate) and the upstream limit window. */
@@ -268,6 +270,16 @@ const pollMaxMs = (windowMs: number, slackMs?: number) =>
  */
 export const FAR_POLL_MAX_MS = 5_000;
 
+/**
+ * Longest pause between reads while the estimated grant is far, for a policy. Under `weighted` a priority's grants
+ * come as the backlogged priorities' shares allow, and the shares move whenever one of them runs dry for a moment:
+ * a grant came up to half the estimated wait early, a far read up to FAR_POLL_MAX_MS later found it past its slack,
+ * and the slot was lost to the requeue (the window log carries the delay on). Reading at most a reservation's lead
+ * plus a near pause apart sees such a grant before it is stale. Strict order's estimate is its place in line.
+ */
+export const farPollMaxMs = (policy: PriorityPolicy, windowMs: number, slackMs?: number): number =>
+  policy === 'weighted' ? RESERVE_AHEAD_MS + pollMaxMs(windowMs, slackMs) : FAR_POLL_MAX_MS;
+
 /** How late after its slot a grant may still be called on: grant_slack_s, at most a tenth of the window. */
 const grantSlackOf = (windowMs: number, slackMs = GRANT_TO_CALL_MAX_MS) =>
   grantToCallMaxMs(windowMs, slackMs);
@@ -389,7 +401,10 @@ export class Admission {
           ...(idem ? { idempotency: { ...idem, ...(replaceTicketId ? { replaceTicketId } : {}) } } : {}),
           ...(budget ? { budget } : {}),
         });
-        await this.enqueue(ticket);
+        // Weighted: admission's look was the ticket's first. Strict: the dispatcher's hold looks first again, with
+        // the load it measures now (fresher than the published one): a ticket kept there on an older reading was
+        // refused later, after a long wait (the 1x bench: HIGH tickets 20–67 s in).
+        await this.enqueue(ticket, config.priorityPolicy === 'weighted' && estimatedWaitMs !== undefined);
         return {
           ticket,
           passthrough: false,
@@ -760,7 +775,8 @@ export class Admission {
   }
 
   /** Queue message + doorbell (first enqueue and every requeue). */
-  private async enqueue(ticket: Ticket): Promise<void> {
+  /** @param judged fail fast judged its wait at admission (TicketMessage.judged) */
+  private async enqueue(ticket: Ticket, judged = false): Promise<void> {
     try {
       await this.d.queue.send({
         ticketId: ticket.id,
@@ -773,6 +789,7 @@ export class Admission {
         ...(ticket.quotaShare !== undefined ? { quotaShare: ticket.quotaShare } : {}),
         ...(ticket.pool ? { pool: ticket.pool } : {}),
         ...(ticket.tokens !== undefined ? { tokens: ticket.tokens } : {}),
+        ...(judged ? { judged: true as const } : {}),
       });
     } catch {
       // Without a message nobody would ever grant it: end it now rather than let it wait in vain.
@@ -836,7 +853,7 @@ export class Admission {
       const pause =
         untilAim > 2 * nearPause
           ? // Far: halving costs a read or two for a late estimate and still sees an early grant within the slack.
-            Math.min(FAR_POLL_MAX_MS, untilAim / 2)
+            Math.min(hooks.farPollMs ?? FAR_POLL_MAX_MS, untilAim / 2)
           : untilAim >= POLL_MIN_MS
             ? untilAim
             : // Past the aim: the grant is late (the dispatcher behind, more important arrivals): every nearPause,
@@ -1139,6 +1156,7 @@ export class Admission {
           signal: o.signal,
           ...(o.onWaiting ? { onWaiting: o.onWaiting } : {}),
           readBy: () => this.readBy(o, ticket === first),
+          ...(o.farPollMs !== undefined ? { farPollMs: o.farPollMs } : {}),
           // Admission's estimate holds for the first wait only (a requeued ticket reads the counter anew).
           ...(ticket === first && o.estimatedWaitMs !== undefined
             ? { estimatedWaitMs: o.estimatedWaitMs }

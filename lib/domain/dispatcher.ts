@@ -170,6 +170,19 @@ interface Buffered extends ReceivedMessage {
   looked?: boolean;
 }
 
+/**
+ * Whether judging this buffered ticket is its first look (FIRST_LOOK_SHARE: it must fit in three quarters of the
+ * time it can wait). Once per ticket: not when admission judged it already (TicketMessage.judged), nor for a
+ * ticket requeued after a grant (attempt > 0) or a message delivered again (a previous run or an expired
+ * visibility held it). Judged strictly again after a long wait, a ticket whose estimate had been near its deadline
+ * was refused late, which is what the first look exists to avoid.
+ */
+export const isFirstLook = (m: {
+  looked?: boolean;
+  receiveCount: number;
+  message: Pick<TicketMessage, 'attempt' | 'judged'>;
+}): boolean => !m.looked && m.message.judged !== true && m.message.attempt === 0 && m.receiveCount <= 1;
+
 export interface RunSummary {
   ran: boolean;
   granted: number;
@@ -940,7 +953,7 @@ export class Dispatcher {
     // as if nothing more important would come, and refused later, after a long wait.
     const judged = loads !== undefined || config.priorityPolicy !== 'strict';
     const due = estimateGrantTimes(
-      all.map((m) => ({ ...m.message, firstLook: !m.looked })),
+      all.map((m) => ({ ...m.message, firstLook: isFirstLook(m) })),
       config.priorityPolicy,
       weights,
       {
@@ -964,7 +977,7 @@ export class Dispatcher {
                 at,
                 now,
                 deadline: msg.deadline,
-                firstLook: !m.looked,
+                firstLook: isFirstLook(m),
                 marginMs: this.t.grantMarginMs,
               })
             ? 'wait_exceeds_deadline'

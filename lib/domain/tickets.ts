@@ -126,6 +126,12 @@ export interface TicketMessage {
   pool?: string[];
   /** Its estimated tokens, for upstreams with `tpm` (Ticket.tokens). */
   tokens?: number;
+  /**
+   * Weighted shares: admission judged its wait as the dispatcher would (fail fast); that was its first look
+   * (FIRST_LOOK_SHARE), so the dispatcher's first hold of it is a later look. (Under strict order the dispatcher's
+   * hold is a first look again, judged by the load it measures then.)
+   */
+  judged?: true;
 }
 
 /**

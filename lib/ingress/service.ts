@@ -1,6 +1,6 @@
 // Ingress use case: one agent request end to end — parse into a request context, admit, wait for the claim,
 // relay the upstream's answer (lib/ingress/upstream-relay.ts), requeue on an early 429 while allowed.
-import type { Admission, Admitted } from '../domain/admission.js';
+import { type Admission, type Admitted, farPollMaxMs } from '../domain/admission.js';
 import { budgetOf } from '../domain/agent-budget.js';
 import type { KeyAuthenticator } from '../domain/auth.js';
 import type { TokenBucket } from '../domain/bucket.js';
@@ -306,6 +306,11 @@ export class IngressService {
           ...(admitted.recheckAt !== undefined && !fromAdmission ? { recheckAt: admitted.recheckAt } : {}),
           onWaiting: heartbeat.onWaiting,
           readBy: heartbeat.readBy,
+          farPollMs: farPollMaxMs(
+            config.priorityPolicy,
+            poolWindowMs(config, ticket.pool),
+            config.grantSlackMs,
+          ),
           onWaitStart: heartbeat.start,
           onWaitEnd: heartbeat.stop,
         });

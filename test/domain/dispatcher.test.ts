@@ -6,7 +6,7 @@ import { TokenBucket } from '../../lib/domain/bucket.js';
 import { FakeClock } from '../../lib/domain/clock.js';
 import { DEFAULT_CONFIG, type GatewayConfig } from '../../lib/domain/config.js';
 import { ConfigService } from '../../lib/domain/config-service.js';
-import { ORPHAN_SWEEP_EVERY } from '../../lib/domain/dispatcher.js';
+import { isFirstLook, ORPHAN_SWEEP_EVERY } from '../../lib/domain/dispatcher.js';
 import type { Priority } from '../../lib/domain/priority.js';
 import { memoryGateway } from '../support/memory-gateway.js';
 
@@ -174,6 +174,69 @@ describe('Dispatcher: reservations, hopeless tickets, expired messages', () => {
     for (const t of rejected) expect(t!.finishedAt! - started).toBeLessThan(5_000);
     expect(rejected.every((t) => (t!.retryAfterMs ?? 0) > 0)).toBe(true);
     expect((await s.tickets.counts()).queued).toBe(all.filter((t) => t?.status === 'queued').length);
+  });
+
+  it.each<{ name: string; bucketKnown: boolean; policy: 'strict' | 'weighted'; refused: number }>([
+    // 4 per 60 s, burst 1: a grant every 15 s; 40 s deadlines. Unjudged at admission (no bucket yet), the
+    // dispatcher's look is the first: a ticket must fit in three quarters of its 40 s, so the 3rd (30 s) goes.
+    {
+      name: 'not judged at admission: the dispatcher gives the first look',
+      bucketKnown: false,
+      policy: 'strict',
+      refused: 2,
+    },
+    // Strict order: admission judged them (the 3rd fits its 30 s, the 4th is refused at once), and the
+    // dispatcher's hold looks first again with the load it measures then (here with its grant margin: the 3rd goes).
+    {
+      name: 'judged at admission (strict): the dispatcher looks first again',
+      bucketKnown: true,
+      policy: 'strict',
+      refused: 1,
+    },
+    // Weighted shares: admission's look was the first; the dispatcher's hold is a later look and keeps the 3rd —
+    // judged strictly a second time (with its grant margin) it was refused seconds later.
+    {
+      name: 'judged at admission (weighted): kept by the dispatcher',
+      bucketKnown: true,
+      policy: 'weighted',
+      refused: 0,
+    },
+  ])('a ticket has one first look: $name', async ({ bucketKnown, policy, refused }) => {
+    const s = await setup({ upstreamLimit: 4, priorityPolicy: policy });
+    // A run with nothing queued writes the bucket: admission then knows the interval.
+    if (bucketKnown) {
+      await s.dispatcher.run(s.clock.now() + 10);
+      // Under strict order the load of more important work is known (published by an earlier run: none).
+      s.tickets.load = { at: s.clock.now(), higher: { urgent: 0, high: 0, normal: 0, low: 0 } };
+    }
+    const admitted: string[] = [];
+    const refusedAtAdmission: string[] = [];
+    for (let i = 0; i < 4; i++) {
+      try {
+        admitted.push(...(await admitAll(s, ['normal'], 40_000)));
+      } catch (err) {
+        refusedAtAdmission.push((err as Error).message);
+      }
+    }
+    expect(refusedAtAdmission.length).toBe(bucketKnown ? 1 : 0);
+    await s.dispatcher.run(s.clock.now() + 1_000);
+    const all = await Promise.all(admitted.map((id) => s.tickets.get(id)));
+    expect(all.filter((t) => t?.status === 'rejected').length).toBe(refused);
+    // What the dispatcher keeps it can serve: the 3rd ticket's grant (30 s out) is before its deadline.
+    expect(all.filter((t) => t?.status !== 'rejected').length).toBe(admitted.length - refused);
+  });
+
+  it('a ticket requeued after a grant or delivered again is not judged as a first look again', () => {
+    const m = (o: { looked?: boolean; judged?: true; attempt?: number; receiveCount?: number }) => ({
+      ...(o.looked ? { looked: o.looked } : {}),
+      receiveCount: o.receiveCount ?? 1,
+      message: { attempt: o.attempt ?? 0, ...(o.judged ? { judged: o.judged } : {}) },
+    });
+    expect(isFirstLook(m({}))).toBe(true);
+    expect(isFirstLook(m({ looked: true }))).toBe(false);
+    expect(isFirstLook(m({ judged: true }))).toBe(false);
+    expect(isFirstLook(m({ attempt: 1 }))).toBe(false);
+    expect(isFirstLook(m({ receiveCount: 2 }))).toBe(false);
   });
 
   it('publishes the load of more important work it measured, for admission to judge requests by', async () => {
