@@ -29,6 +29,7 @@ import {
   fitsDeadline,
   freshLoad,
   higherArrivalLoads,
+  loadWithInherited,
   RESERVE_AHEAD_MS,
 } from './queue-estimate.js';
 import type { RetreatRecord } from './retreat.js';
@@ -898,10 +899,11 @@ export class Dispatcher {
     });
     if (!arrived || !taken) return this.inheritedLoad;
     // The larger of what more important work asked for and what it took.
-    return Object.fromEntries(PRIORITIES.map((p) => [p, Math.max(arrived[p], taken[p])])) as Record<
+    const measured = Object.fromEntries(PRIORITIES.map((p) => [p, Math.max(arrived[p], taken[p])])) as Record<
       Priority,
       number
     >;
+    return loadWithInherited({ measured, inherited: this.inheritedLoad, now, since, intervalMs });
   }
 
   private noteGrant(at: number, priority: Priority): void {

@@ -173,6 +173,29 @@ export const higherArrivalLoads = (o: {
   ) as Record<Priority, number>;
 };
 
+/**
+ * A run's measured load while it has observed less than the whole arrival window, read as the window's observed
+ * part, with the previous run's published load standing for the part not yet observed. A successor's first
+ * seconds measure a few arrivals over a few intervals: alone, a handful of more important requests arriving
+ * together read as more than the whole rate, and it refused less important tickets that had been served for
+ * minutes (the 1× fleet bench: 7 HIGH tickets refused after 10–67 s at a dispatcher hand-over).
+ */
+export const loadWithInherited = (o: {
+  measured: Readonly<Record<Priority, number>>;
+  inherited: Readonly<Record<Priority, number>> | undefined;
+  now: number;
+  since: number;
+  intervalMs: number;
+}): Record<Priority, number> => {
+  const windowMs = ARRIVAL_WINDOW_INTERVALS * o.intervalMs;
+  const observed = Math.min(1, Math.max(0, (o.now - o.since) / windowMs));
+  const inherited = o.inherited;
+  if (!inherited || observed >= 1) return { ...o.measured };
+  return Object.fromEntries(
+    PRIORITIES.map((p) => [p, o.measured[p] * observed + inherited[p] * (1 - observed)]),
+  ) as Record<Priority, number>;
+};
+
 export interface WaitEstimateInput {
   priority: Priority;
   /** Queued tickets per priority (the per-priority counters). */

@@ -295,6 +295,50 @@ describe('Dispatcher: reservations, hopeless tickets, expired messages', () => {
   });
 });
 
+describe("Dispatcher: a successor's first seconds", () => {
+  it.each([
+    // The predecessor published urgent's load on HIGH as 0.8 of the rate; the successor's first 7.5 s see a burst of
+    // 8 urgent arrivals (1.6 of the rate over that span). Read alone the burst starves HIGH, and the two HIGH
+    // tickets the predecessor had kept were refused; read as the window's observed part they are kept.
+    { name: "with the predecessor's load: the HIGH tickets are kept", inherited: true, rejected: 0 },
+    {
+      name: 'a fresh deployment (nothing published): the burst alone judges them',
+      inherited: false,
+      rejected: 2,
+    },
+  ])('$name', async ({ inherited, rejected }) => {
+    // Prepare
+    const s = await setup({ priorityPolicy: 'strict' });
+    const t0 = s.clock.now();
+    if (inherited)
+      await s.tickets.publishLoad({ at: t0, higher: { urgent: 0, high: 0.8, normal: 0.85, low: 0.9 } });
+    const high = [];
+    for (let i = 0; i < 2; i++) {
+      const { ticket } = await s.admission.admit(
+        { agent: 'h', priority: 'high', model: 'm', stream: false, deadline: t0 + 240_000 },
+        s.config,
+      );
+      high.push(ticket.id);
+    }
+    // Urgent requests that arrive during the run's first 7 s (admitted ahead on the fake clock).
+    for (let i = 0; i < 8; i++) {
+      s.clock.set(t0 + 500 + i * 800);
+      await s.admission.admit(
+        { agent: `u${i}`, priority: 'urgent', model: 'm', stream: false, deadline: t0 + 240_000 },
+        s.config,
+      );
+    }
+    s.clock.set(t0);
+
+    // Act: shorter than the claim window, so no grant is swept as unclaimed
+    await s.dispatcher.run(t0 + 12_000);
+
+    // Assess
+    const ended = await Promise.all(high.map((id) => s.tickets.get(id)));
+    expect(ended.filter((t) => t?.status === 'rejected')).toHaveLength(rejected);
+  });
+});
+
 describe('Dispatcher: several grants per transaction', () => {
   it.each<{ name: string; config: Partial<GatewayConfig>; admitted: Priority[]; duplicates: number }>([
     {

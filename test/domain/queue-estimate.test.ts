@@ -10,6 +10,7 @@ import {
   fitsDeadline,
   freshLoad,
   higherArrivalLoads,
+  loadWithInherited,
 } from '../../lib/domain/queue-estimate.js';
 
 const W = parseWeights('8:4:2:1')!;
@@ -152,6 +153,34 @@ describe('higherArrivalLoads', () => {
     const got = higherArrivalLoads({ arrivals, now: 60_000, since, intervalMs: 500 });
     if (want === undefined) expect(got).toBeUndefined();
     else for (const p of PRIORITIES) expect(got?.[p]).toBeCloseTo(want[p], 9);
+  });
+});
+
+describe('loadWithInherited', () => {
+  // 60 intervals of 1.5 s: a 90 s window.
+  const measured = q(0, 1.6, 1.6, 1.6);
+  const inherited = q(0, 0.8, 0.9, 1);
+  it.each([
+    // A successor 7.5 s in: a burst of urgent arrivals reads as 1.6 × the rate, the predecessor's 0.8 fills the rest.
+    [
+      '7.5 s of 90 observed',
+      7_500,
+      inherited,
+      q(0, 0.8 * (1 - 1 / 12) + 1.6 / 12, 0.9 * (11 / 12) + 1.6 / 12, 1 - 1 / 12 + 1.6 / 12),
+    ],
+    ['half the window observed', 45_000, inherited, q(0, 1.2, 1.25, 1.3)],
+    ['the whole window observed: the measure alone', 90_000, inherited, measured],
+    ['longer than the window: the measure alone', 300_000, inherited, measured],
+    ['nothing inherited (a fresh deployment): the measure alone', 7_500, undefined, measured],
+  ])('%s', (_name, runMs, inheritedLoad, want) => {
+    const got = loadWithInherited({
+      measured,
+      inherited: inheritedLoad,
+      now: 1_000_000 + runMs,
+      since: 1_000_000,
+      intervalMs: 1_500,
+    });
+    for (const p of PRIORITIES) expect(got[p]).toBeCloseTo(want[p], 9);
   });
 });
 
