@@ -32,8 +32,22 @@ interface Run {
 
 const runs: Run[] = [];
 
-/** `npm start` in its own process group (as a terminal runs it), waiting until it says it is ready. */
+/**
+ * `npm start` in its own process group (as a terminal runs it), waiting until it says it is ready. A port found free
+ * can be taken by another process before npm start binds it (a parallel run on the same machine): npm start then
+ * says so and exits, and the run starts again on another free port.
+ */
 const start = async (port: number): Promise<Run> => {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await startOn(attempt === 0 ? port : await findFreePort());
+    } catch (err) {
+      if (attempt >= 2 || !/is already in use/.test((err as Error).message)) throw err;
+    }
+  }
+};
+
+const startOn = async (port: number): Promise<Run> => {
   let out = '';
   let err = '';
   const child = spawn('npm', ['start'], {
@@ -164,6 +178,7 @@ describe('npm start over one data directory', { timeout: 300_000 }, () => {
   it('first run: generates and prints the tokens and the demo key once; Ctrl-C after traffic stops in order within 3 s, without warnings', async () => {
     port = await findFreePort();
     const run = await start(port);
+    port = Number(new URL(run.url).port);
     adminToken = printed(run.stdout(), 'admin token') ?? '';
     viewerToken = printed(run.stdout(), 'viewer token') ?? '';
     const demoKey = printed(run.stdout(), 'demo agent key') ?? '';
