@@ -1,80 +1,30 @@
 // The relay's bookkeeping (ticket end, outcome count) starts only once the platform has the whole reply
 // (IngressRequest.replied): the store calls never share the event loop with the reply's last bytes, for answers and
-// error replies alike. (Its context can come from test/support's requestContext() once that is on this branch.)
+// error replies alike.
 import { describe, expect, it } from 'vitest';
-import type { Admission } from '../../lib/domain/admission.js';
-import type { TokenBucket } from '../../lib/domain/bucket.js';
-import { FakeClock } from '../../lib/domain/clock.js';
-import { DEFAULT_CONFIG } from '../../lib/domain/config.js';
-import type { OutcomeStore } from '../../lib/domain/ports.js';
-import type { UpstreamDef } from '../../lib/domain/routes.js';
-import type { Ticket } from '../../lib/domain/tickets.js';
-import type { UpstreamClient } from '../../lib/domain/upstream-port.js';
-import type { RequestContext } from '../../lib/ingress/context.js';
-import { ReplyChannel } from '../../lib/ingress/reply-channel.js';
-import { UpstreamRelay } from '../../lib/ingress/upstream-relay.js';
+import type { ReplyChannel } from '../../lib/ingress/reply-channel.js';
+import { claimedTicket, stubRelay } from '../support/relay.js';
+import { requestContext } from '../support/request-context.js';
 
-const ticket: Ticket = {
-  id: 't1',
-  agent: 'a',
-  priority: 'normal',
-  model: 'm',
-  stream: false,
-  status: 'claimed',
-  attempt: 0,
-  enqueuedAt: 0,
-  deadline: 60_000,
-};
+const ticket = claimedTicket();
 
 /** A relay on an upstream giving `answer`, its request settling `replied`; the log says what was written when. */
 const setup = (answer: () => Response, replied: Promise<void>) => {
   const log: string[] = [];
-  const upstream: UpstreamClient = {
-    call: async () => {
-      const res = answer();
-      return { status: res.status, headers: res.headers, body: res.body };
-    },
-  };
-  const relay = new UpstreamRelay({
-    upstream,
-    upstreamKey: async () => 'k',
+  const relay = stubRelay({
+    answer,
     admission: {
       finish: async () => {
         log.push('write started');
         log.push('ticket ended');
       },
-    } as unknown as Admission,
-    outcomes: {
-      record: async () => {
-        log.push('write started');
-        log.push('outcome counted');
-      },
-    } as unknown as OutcomeStore,
-    bucket: {} as TokenBucket,
-    clock: new FakeClock(0),
-    telemetry: { upstream: () => {} },
-    log: { warn: () => {}, error: () => {} },
-  });
-  const ctx: RequestContext = {
-    req: {
-      requestId: 'r',
-      method: 'POST',
-      path: '/v1/chat/completions',
-      headers: {},
-      body: '{}',
-      isBase64Encoded: false,
-      signal: new AbortController().signal,
-      remainingMs: 60_000,
-      replied,
     },
-    config: DEFAULT_CONFIG,
-    priority: 'normal',
-    upstream: { name: 'u', baseUrl: 'http://upstream', limited: true } as UpstreamDef,
-    upstreamBody: '{}',
-    stream: false,
-    headers: {},
-    channel: new ReplyChannel(),
-  };
+    record: async () => {
+      log.push('write started');
+      log.push('outcome counted');
+    },
+  });
+  const ctx = requestContext({ req: { replied } });
   const done = relay.callAndRelay(ctx, ticket, {}).then(() => log.push('relay returned'));
   return { ctx, log, done };
 };

@@ -2,29 +2,20 @@
 // their reset (a 200 too, not only a 429), and on an upstream with tpm the answer's usage corrects the grant's
 // token reservation (JSON and streamed); nothing is read or written for an upstream that says nothing.
 import { describe, expect, it, vi } from 'vitest';
-import type { Admission } from '../../lib/domain/admission.js';
 import type { TokenBucket } from '../../lib/domain/bucket.js';
 import { FakeClock } from '../../lib/domain/clock.js';
 import { DEFAULT_CONFIG, type GatewayConfig } from '../../lib/domain/config.js';
-import type { OutcomeStore } from '../../lib/domain/ports.js';
 import type { Ticket } from '../../lib/domain/tickets.js';
-import { UpstreamRelay } from '../../lib/ingress/upstream-relay.js';
+import { claimedTicket, stubRelay } from '../support/relay.js';
 import { requestContext } from '../support/request-context.js';
 
 const NOW = 1_000_000;
-const ticket: Ticket = {
-  id: 't1',
-  agent: 'a',
-  priority: 'normal',
-  model: 'm',
-  stream: false,
-  status: 'claimed',
-  attempt: 0,
+const ticket = claimedTicket({
   enqueuedAt: NOW - 500,
   grantedAt: NOW - 100,
   deadline: NOW + 60_000,
   tokens: 90,
-};
+});
 
 const run = async (
   answer: () => Response,
@@ -34,20 +25,12 @@ const run = async (
     hold: vi.fn(async () => {}),
     reconcileTokens: vi.fn(async () => {}),
   };
-  const relay = new UpstreamRelay({
-    upstream: {
-      call: async () => {
-        const res = answer();
-        return { status: res.status, headers: res.headers, body: res.body };
-      },
-    },
-    upstreamKey: async () => 'k',
-    admission: { finish: async () => {}, requeue: async () => undefined } as unknown as Admission,
-    outcomes: { record: async () => {} } as unknown as OutcomeStore,
+  const relay = stubRelay({
+    answer,
+    admission: { finish: async () => {}, requeue: async () => undefined },
+    record: async () => {},
     bucket: bucket as unknown as TokenBucket,
     clock: new FakeClock(NOW),
-    telemetry: { upstream: () => {} },
-    log: { warn: () => {}, error: () => {} },
   });
   const ctx = requestContext({ config: { ...DEFAULT_CONFIG, ...opts.config } });
   const result = await relay.callAndRelay(ctx, { ...ticket, ...opts.ticket }, {});

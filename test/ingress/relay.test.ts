@@ -1,27 +1,11 @@
 // The upstream relay answers first and records after: the agent's reply (a JSON answer, or the end of a stream)
 // never waits for the ticket's terminal write or the outcome count, which still finish before the relay returns.
 import { describe, expect, it } from 'vitest';
-import type { Admission } from '../../lib/domain/admission.js';
-import type { TokenBucket } from '../../lib/domain/bucket.js';
-import { FakeClock } from '../../lib/domain/clock.js';
-import type { OutcomeStore } from '../../lib/domain/ports.js';
-import type { Ticket } from '../../lib/domain/tickets.js';
-import type { UpstreamClient } from '../../lib/domain/upstream-port.js';
 import type { ReplyChannel } from '../../lib/ingress/reply-channel.js';
-import { UpstreamRelay } from '../../lib/ingress/upstream-relay.js';
+import { claimedTicket, stubRelay } from '../support/relay.js';
 import { requestContext } from '../support/request-context.js';
 
-const ticket: Ticket = {
-  id: 't1',
-  agent: 'a',
-  priority: 'normal',
-  model: 'm',
-  stream: false,
-  status: 'claimed',
-  attempt: 0,
-  enqueuedAt: 0,
-  deadline: 60_000,
-};
+const ticket = claimedTicket();
 
 /** A relay whose store writes hang until released; the log says in which order things happened. */
 const setup = (answer: () => Response) => {
@@ -30,31 +14,18 @@ const setup = (answer: () => Response) => {
   const held = new Promise<void>((r) => {
     release = r;
   });
-  const upstream: UpstreamClient = {
-    call: async () => {
-      const res = answer();
-      return { status: res.status, headers: res.headers, body: res.body };
-    },
-  };
-  const relay = new UpstreamRelay({
-    upstream,
-    upstreamKey: async () => 'k',
+  const relay = stubRelay({
+    answer,
     admission: {
       finish: async () => {
         await held;
         log.push('ticket ended');
       },
-    } as unknown as Admission,
-    outcomes: {
-      record: async () => {
-        await held;
-        log.push('outcome counted');
-      },
-    } as unknown as OutcomeStore,
-    bucket: {} as TokenBucket,
-    clock: new FakeClock(0),
-    telemetry: { upstream: () => {} },
-    log: { warn: () => {}, error: () => {} },
+    },
+    record: async () => {
+      await held;
+      log.push('outcome counted');
+    },
   });
   const ctx = requestContext();
   const done = relay.callAndRelay(ctx, ticket, {}).then(() => log.push('relay returned'));
