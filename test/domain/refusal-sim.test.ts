@@ -6,7 +6,6 @@ import { MemoryBucketStore } from '../../lib/adapters/memory/stores.js';
 import { MemoryTicketStore } from '../../lib/adapters/memory/tickets.js';
 import { farPollMaxMs } from '../../lib/domain/admission.js';
 import { TokenBucket } from '../../lib/domain/bucket.js';
-import type { Clock } from '../../lib/domain/clock.js';
 import { DEFAULT_CONFIG } from '../../lib/domain/config.js';
 import { ConfigService } from '../../lib/domain/config-service.js';
 import { GatewayError } from '../../lib/domain/errors.js';
@@ -14,45 +13,7 @@ import type { VersionedConfig } from '../../lib/domain/ports.js';
 import type { Priority } from '../../lib/domain/priority.js';
 import type { PriorityPolicy } from '../../lib/domain/priority-policy.js';
 import { memoryGateway } from '../support/memory-gateway.js';
-
-class SimClock implements Clock {
-  private readonly timers: { at: number; wake: () => void }[] = [];
-  constructor(private t = 2_000_000_000_000) {}
-  now(): number {
-    return this.t;
-  }
-  sleep(ms: number, signal?: AbortSignal): Promise<void> {
-    if (ms <= 0 || signal?.aborted) return Promise.resolve();
-    return new Promise((resolve) => {
-      const timer = { at: this.t + ms, wake: () => resolve() };
-      this.timers.push(timer);
-      signal?.addEventListener(
-        'abort',
-        () => {
-          const i = this.timers.indexOf(timer);
-          if (i >= 0) this.timers.splice(i, 1);
-          resolve();
-        },
-        { once: true },
-      );
-    });
-  }
-  async drive(done: Promise<unknown>): Promise<void> {
-    let finished = false;
-    void done.finally(() => {
-      finished = true;
-    });
-    while (!finished) {
-      for (let i = 0; i < 3; i++) await new Promise((r) => setTimeout(r, 0));
-      if (finished) break;
-      this.timers.sort((a, b) => a.at - b.at);
-      const next = this.timers.shift();
-      if (!next) continue;
-      this.t = Math.max(this.t, next.at);
-      next.wake();
-    }
-  }
-}
+import { SimClock } from '../support/sim-clock.js';
 
 /** Seeded PRNG (mulberry32). */
 const prng = (seed: number) => () => {
