@@ -221,7 +221,9 @@ export const planConsume = (state: BucketState, now: number, burstForPriority: n
         branch: 'log',
         now,
         newTat,
-        newLog: [...live, now],
+        // In time order: a grant at `now` can follow a reservation made for a later slot (the log's order is what
+        // windowWait reads, and what the stored encoding's base assumes).
+        newLog: [...live, now].sort((a, b) => a - b),
         expectedVersion: state.version ?? 0,
         params,
       },

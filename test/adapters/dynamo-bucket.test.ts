@@ -508,6 +508,16 @@ describe('window-exact bucket on DynamoDB Local (grant log in the item, one comp
     expect(bytes.byteLength).toBe(8 + 4 * 3);
     expect(decodeLog(bytes)).toEqual(log);
   });
+
+  it.each([
+    ['in time order', [T0_LOG, T0_LOG + 1_500, T0_LOG + 3_000]],
+    // A grant now written after a reservation for a later slot: encoded from the first entry, the earlier one wrapped
+    // to ~49.7 days ahead (2^32 ms) and the bucket planned every grant that far out.
+    ['a reservation ahead, then a grant now', [T0_LOG + 1_400, T0_LOG]],
+    ['out of order within', [T0_LOG, T0_LOG + 3_000, T0_LOG + 1_500]],
+  ])('the log blob round-trips a log %s, in time order', (_name, log) => {
+    expect(decodeLog(encodeLog(log))).toEqual([...log].sort((a, b) => a - b));
+  });
 });
 
 const T0_LOG = 1_700_000_000_123;

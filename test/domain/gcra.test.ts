@@ -96,6 +96,30 @@ describe('rate changes and holds', () => {
   });
 });
 
+describe('window-exact log order', () => {
+  it('a grant now after a reservation for a later slot: the new log is in time order, and the window reads it so', () => {
+    // 4 per 10 s window; the log holds a reservation 1.4 s ahead (made by another grant's plan) and two grants.
+    const state: BucketState = {
+      intervalMs: 2_500,
+      burst: 4,
+      window: { limit: 4, windowMs: 10_000 },
+      tat: 100_000,
+      log: [95_000, 96_000, 101_400],
+      version: 3,
+    };
+    const plan = planConsume(state, 100_000, 4);
+    if (!('attempt' in plan) || plan.attempt.branch !== 'log') throw new Error('expected a log grant');
+    expect(plan.attempt.newLog).toEqual([95_000, 96_000, 100_000, 101_400]);
+    // Full now: the next grant waits for the oldest (95 s) to leave, not for the reservation.
+    const next = planConsume(
+      { ...state, tat: plan.attempt.newTat, log: [...plan.attempt.newLog], version: 4 },
+      100_000,
+      4,
+    );
+    expect(next).toEqual({ waitMs: 5_000 });
+  });
+});
+
 describe('grantableRpm', () => {
   it.each([
     // name, limit per window, window ms, slack ms, expected rpm

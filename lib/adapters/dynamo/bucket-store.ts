@@ -13,11 +13,14 @@ import { conditionFailure, type Item, n, plain, stateKey } from './common.js';
  * grant (40 grants ≈ 170 bytes), where a DynamoDB list of numbers would cost several times that per write.
  */
 export const encodeLog = (log: readonly number[]): Uint8Array => {
-  const bytes = new Uint8Array(8 + 4 * log.length);
+  // Offsets are unsigned: from the earliest grant. A grant earlier than the base (a log out of time order, e.g. a
+  // grant now after a reservation for a later slot) wrapped to ~49.7 days ahead and held the bucket shut.
+  const sorted = [...log].sort((a, b) => a - b);
+  const bytes = new Uint8Array(8 + 4 * sorted.length);
   const view = new DataView(bytes.buffer);
-  const base = log[0] ?? 0;
+  const base = sorted[0] ?? 0;
   view.setFloat64(0, base);
-  log.forEach((t, i) => {
+  sorted.forEach((t, i) => {
     view.setUint32(8 + 4 * i, t - base);
   });
   return bytes;
