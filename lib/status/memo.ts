@@ -12,6 +12,7 @@ import type { Clock } from '../domain/clock.js';
 export class Memo<T> {
   private value: { data: T; at: number } | undefined;
   private pending: Promise<T> | undefined;
+  private generation = 0;
 
   /**
    * @param build produces a fresh value
@@ -29,19 +30,26 @@ export class Memo<T> {
     if (this.value && now - this.value.at < this.maxAgeMs) return this.value.data;
     if (this.pending) return this.pending;
     const started = now;
-    this.pending = this.build()
-      .then((data) => {
-        this.value = { data, at: started };
-        return data;
-      })
+    const generation = this.generation;
+    const pending = this.build().then((data) => {
+      // A build started before an invalidate() holds what was true before the write: it answers its own callers
+      // but is not kept (the dashboard's poll was in flight when a PATCH came, and /status showed the old limit).
+      if (generation === this.generation) this.value = { data, at: started };
+      return data;
+    });
+    this.pending = pending;
+    pending
       .finally(() => {
-        this.pending = undefined;
-      });
-    return this.pending;
+        if (this.pending === pending) this.pending = undefined;
+      })
+      .catch(() => undefined);
+    return pending;
   }
 
   /** Drops the cached value (after a write that changes what it shows). */
   invalidate(): void {
     this.value = undefined;
+    this.pending = undefined;
+    this.generation++;
   }
 }
