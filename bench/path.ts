@@ -14,6 +14,9 @@ import { machine, round, summary } from './support/stats.js';
 
 const MODEL = 'meta/llama-3.1-8b-instruct';
 const MESSAGES = [{ role: 'user' as const, content: 'bench' }];
+/** Requests each way before the fast path is timed (DynamoDB Local's JIT; see the fast phase). */
+const WARMUP_REQUESTS = 200;
+const WARMUP_CONCURRENCY = 20;
 
 interface StreamTiming {
   ttfb: number;
@@ -135,6 +138,8 @@ export interface PathBenchResult {
     gateway: ReturnType<typeof summary>;
     addedP50: number;
     addedP99: number;
+    /** Gateway minus direct, pair by pair (each pair ran back to back). */
+    addedPerPair?: ReturnType<typeof summary>;
   };
   streaming: {
     direct: { ttfb: ReturnType<typeof summary>; gaps: ReturnType<typeof summary> };
@@ -166,6 +171,8 @@ export interface PathBenchResult {
   };
   /** Requests of the fast-path run that took the fast path (all of them, when it works). */
   fastPathRun: { fast: number; total: number };
+  /** The machine's load average (1, 5, 15 min) when the interleaved fast-path timing started and ended. */
+  fastLoadAverage?: { start: number[]; end: number[] };
 }
 
 export const runPathBench = async (
@@ -191,11 +198,16 @@ export const runPathBench = async (
   const systems: LocalSystem[] = [];
   try {
     const direct = new OpenAI({ baseURL: `${upstream.url}/v1`, apiKey: 'bench-key', maxRetries: 0 });
-    const start = (prefix: string, env: Record<string, string>) =>
+    const counting = { dynamoEndpoint: dynamoProxy.endpoint, sqsEndpoint: sqsProxy.endpoint };
+    const start = (
+      prefix: string,
+      env: Record<string, string>,
+      endpoints: { dynamoEndpoint: string; sqsEndpoint: string } = counting,
+    ) =>
       startLocalSystem({
         port: 0,
         prefix,
-        emulators: { dynamoEndpoint: dynamoProxy.endpoint, sqsEndpoint: sqsProxy.endpoint },
+        emulators: { dynamoEndpoint: endpoints.dynamoEndpoint, sqsEndpoint: endpoints.sqsEndpoint },
         upstreamUrl: `${upstream.url}/v1`,
         upstreamApiKey: 'bench-key',
         scheduleMs: 0,
@@ -221,41 +233,97 @@ export const runPathBench = async (
         fastCalls: PathBenchResult['callsPerRequest']['fastPath'];
       }
     > => {
-      progress('path: direct to the upstream');
-      await sequential(5, () => timeChat(direct));
-      const directChat = await sequential(n, () => timeChat(direct));
-      const directStream = await sequential(n / 2, () => timeStream(direct));
-
-      progress('path: gateway fast path (tokens always free)');
-      const fast = await start('bench-fast', { SLUICE_UPSTREAM_LIMIT: '100000', SLUICE_BUCKET_BURST: '50' });
+      const fastEnv = { SLUICE_UPSTREAM_LIMIT: '100000', SLUICE_BUCKET_BURST: '50' };
+      // Timed on the emulators themselves (a counting proxy would add a hop to every store call); calls are
+      // counted on a second system behind the proxies, below.
+      const fast = await start('bench-fast', fastEnv, emulators);
       const fastClient = new OpenAI({
         baseURL: `${fast.url}/v1`,
         apiKey: await fast.createKey('bench', 'urgent'),
         maxRetries: 0,
       });
-      await sequential(5, () => timeChat(fastClient));
-      // Each request's outcome is written right after its reply, before its invocation returns.
+      // DynamoDB Local is a JVM: its first few hundred transactions run interpreted and take several times as
+      // long as once compiled (a long-running `npm start` is past that within a minute; DynamoDB itself has no
+      // such phase). Warm both paths up with concurrent requests before timing anything.
+      progress(`path: warm-up (${WARMUP_REQUESTS} requests each way, ${WARMUP_CONCURRENCY} at a time)`);
+      await Promise.all(
+        Array.from({ length: WARMUP_CONCURRENCY }, () =>
+          sequential(WARMUP_REQUESTS / WARMUP_CONCURRENCY, async () => {
+            await timeChat(direct);
+            await timeChat(fastClient);
+          }),
+        ),
+      );
       await fast.settled();
-      dynamoProxy.reset();
-      sqsProxy.reset();
-      const gwChat = await sequential(n, () => timeChat(fastClient));
-      await fast.settled();
-      const fastCalls = { dynamodb: perRequest(dynamoProxy, n), sqs: perRequest(sqsProxy, n) };
-      const gwStream = await sequential(n / 2, () => timeStream(fastClient));
+      // Direct and gateway requests alternate one by one (which goes first alternates too), so both see the same
+      // load on a shared machine; each request's bookkeeping ends before the next one starts.
+      progress('path: direct and gateway fast path, interleaved (tokens always free)');
+      const directChat: number[] = [];
+      const gwChat: number[] = [];
+      const directStream: StreamTiming[] = [];
+      const gwStream: StreamTiming[] = [];
+      const loadStart = os.loadavg().map((x) => round(x, 2));
+      for (let i = 0; i < n; i++) {
+        const pair = [() => timeChat(direct), () => timeChat(fastClient)] as const;
+        if (i % 2 === 0) {
+          directChat.push(await pair[0]());
+          gwChat.push(await pair[1]());
+        } else {
+          gwChat.push(await pair[1]());
+          directChat.push(await pair[0]());
+        }
+        await fast.settled();
+      }
+      for (let i = 0; i < n / 2; i++) {
+        if (i % 2 === 0) {
+          directStream.push(await timeStream(direct));
+          gwStream.push(await timeStream(fastClient));
+        } else {
+          gwStream.push(await timeStream(fastClient));
+          directStream.push(await timeStream(direct));
+        }
+        await fast.settled();
+      }
+      const loadEnd = os.loadavg().map((x) => round(x, 2));
       const { fast: fastCount, total: fastTotal } = await fastPathTickets(
         emulators.dynamoEndpoint,
         fast.env.SLUICE_TICKETS_TABLE!,
       );
+
+      progress('path: fast-path calls per request (behind the counting proxies)');
+      const counted = await start('bench-fast-counted', fastEnv, {
+        dynamoEndpoint: dynamoProxy.endpoint,
+        sqsEndpoint: sqsProxy.endpoint,
+      });
+      const countedClient = new OpenAI({
+        baseURL: `${counted.url}/v1`,
+        apiKey: await counted.createKey('bench', 'urgent'),
+        maxRetries: 0,
+      });
+      await sequential(5, () => timeChat(countedClient));
+      await counted.settled();
+      dynamoProxy.reset();
+      sqsProxy.reset();
+      await sequential(n, () => timeChat(countedClient));
+      // Each request's outcome is written right after its reply, before its invocation returns.
+      await counted.settled();
+      const fastCalls = { dynamodb: perRequest(dynamoProxy, n), sqs: perRequest(sqsProxy, n) };
       const d = summary(directChat);
       const g = summary(gwChat);
       return {
         machine: machine(),
-        settings: { sequentialRequests: n, upstream: { firstByteDelayMs: 40, tokenDelayMs: 25, tokens: 12 } },
+        settings: {
+          sequentialRequests: n,
+          warmup: { requests: WARMUP_REQUESTS, concurrency: WARMUP_CONCURRENCY },
+          interleaved: true,
+          upstream: { firstByteDelayMs: 40, tokenDelayMs: 25, tokens: 12 },
+        },
         nonStreaming: {
           direct: d,
           gateway: g,
           addedP50: round(g.p50 - d.p50),
           addedP99: round(g.p99 - d.p99),
+          addedPerPair: summary(gwChat.map((x, i) => x - directChat[i]!)),
         },
         streaming: {
           direct: {
@@ -268,6 +336,7 @@ export const runPathBench = async (
           },
         },
         fastPathRun: { fast: fastCount, total: fastTotal },
+        fastLoadAverage: { start: loadStart, end: loadEnd },
         fastCalls,
       };
     };
@@ -358,6 +427,7 @@ export const runPathBench = async (
       callsPerRequest: { fastPath: fastPart.fastCalls, queued: queuedPart.calls },
       queued: queuedPart.queued,
       fastPathRun: fastPart.fastPathRun,
+      ...(fastPart.fastLoadAverage ? { fastLoadAverage: fastPart.fastLoadAverage } : {}),
     };
   } finally {
     for (const s of systems) await s.stop();
@@ -388,7 +458,9 @@ export const pathMarkdown = (r: PathBenchResult): string => {
     row('gateway, inter-chunk gap', r.streaming.gateway.gaps),
     row(`gateway queued (${r.queued.agents} agents, ${r.queued.rateRpm} rpm)`, r.queued.latency),
     '',
-    `Added latency, fast path: p50 ${r.nonStreaming.addedP50} ms, p99 ${r.nonStreaming.addedP99} ms; added time to first byte p50 ${round(r.streaming.gateway.ttfb.p50 - r.streaming.direct.ttfb.p50)} ms, inter-chunk gap p50 ${round(r.streaming.gateway.gaps.p50 - r.streaming.direct.gaps.p50)} ms. Fast-path run: ${r.fastPathRun.fast} of ${r.fastPathRun.total} requests granted on the fast path. Queued run: ${r.queued.requests} requests, ${r.queued.failed} failed, ${r.queued.fastPath} granted on the fast path (a token free and nothing waiting), the rest through the queue.`,
+    `Fast path: ${r.settings.interleaved ? `direct and gateway requests alternate one by one, after a warm-up of ${WARMUP_REQUESTS} requests each way (DynamoDB Local's JIT)${r.fastLoadAverage ? `, load average ${r.fastLoadAverage.start[0]} at the start and ${r.fastLoadAverage.end[0]} at the end` : ''}; ` : ''}timed on the emulators directly, calls counted on a second system behind the counting proxies.`,
+    '',
+    `Added latency, fast path: p50 ${r.nonStreaming.addedP50} ms, p99 ${r.nonStreaming.addedP99} ms${r.nonStreaming.addedPerPair ? ` (pair by pair: p50 ${r.nonStreaming.addedPerPair.p50} ms, p95 ${r.nonStreaming.addedPerPair.p95} ms)` : ''}; added time to first byte p50 ${round(r.streaming.gateway.ttfb.p50 - r.streaming.direct.ttfb.p50)} ms, inter-chunk gap p50 ${round(r.streaming.gateway.gaps.p50 - r.streaming.direct.gaps.p50)} ms. Fast-path run: ${r.fastPathRun.fast} of ${r.fastPathRun.total} requests granted on the fast path. Queued run: ${r.queued.requests} requests, ${r.queued.failed} failed, ${r.queued.fastPath} granted on the fast path (a token free and nothing waiting), the rest through the queue.`,
     '',
     `Queued: grant slot → claim p50 ${r.queued.slotToClaim.p50} ms, p99 ${r.queued.slotToClaim.p99} ms; grant slot → upstream send p50 ${r.queued.slotToSend.p50} ms, p99 ${r.queued.slotToSend.p99} ms (n ${r.queued.slotToSend.n}); DynamoDB reads (GetItem, Query) per queued request ${r.queued.readsPerRequest}, all functions${r.queued.loadAverage ? ` (queued phase ${r.queued.ranAt?.slice(0, 16)}, load average ${r.queued.loadAverage.start[0]} at its start, ${r.queued.loadAverage.end[0]} at its end)` : ''}.`,
     ...(r.queued.readsBySource
