@@ -305,6 +305,17 @@ export const FAST_PATH_BUCKET_TRIES = 3;
  */
 export const CLAIM_LEAD_SHARE = 0.25;
 
+/** A fast grant plans its slot ahead by at most this share of the grant slack (a store answering slowly). */
+export const FAST_SLOT_LEAD_SHARE = 0.75;
+
+/**
+ * The longest a call may leave after the write that let it go: a fast grant's slot planned ahead
+ * (FAST_SLOT_LEAD_SHARE), a claim started ahead of its reserved slot (CLAIM_LEAD_SHARE). `POST /admin/pause` answers
+ * only after this much more, so no call let go before the pause's write reaches the upstream after its answer.
+ */
+export const callLeavesWithinMs = (config: Pick<GatewayConfig, 'grantSlackMs'>): number =>
+  Math.ceil(config.grantSlackMs * Math.max(FAST_SLOT_LEAD_SHARE, CLAIM_LEAD_SHARE));
+
 /** retry-after of a LOW request refused for its token timeout (as the dispatcher's refusal of a LOW ticket). */
 export const LOW_TIMEOUT_RETRY_AFTER_MS = 5_000;
 
@@ -509,7 +520,8 @@ export class Admission {
       // most 3/4 of it): a store answering slowly (a loaded emulator) would otherwise return grants already too old
       // to call on. At usual latencies (well under a quarter of the slack) nothing changes.
       const slack = grantToCallMaxMs(config.upstreamWindowMs, config.grantSlackMs);
-      const slotAt = clock.now() + Math.min((slack * 3) / 4, Math.max(0, this.fastGrantMs - slack / 4));
+      const slotAt =
+        clock.now() + Math.min(slack * FAST_SLOT_LEAD_SHARE, Math.max(0, this.fastGrantMs - slack / 4));
       const need = tokenNeed(config, undefined, ticket.tokens);
       const keeping = bucket.planKeeping(ticket.priority, roomyKeep(bucket.state.burst), slotAt, need);
       roomy = 'attempt' in keeping;

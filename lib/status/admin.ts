@@ -1,4 +1,6 @@
 // Status use case: the admin API — read and change the shared config (validated, recorded), reset retreat.
+
+import { callLeavesWithinMs } from '../domain/admission.js';
 import { budgetDay, budgetRemaining, budgetResetAt } from '../domain/agent-budget.js';
 import type { Clock } from '../domain/clock.js';
 import { type ExternalConfigValue, externalConfig, type GatewayConfig } from '../domain/config.js';
@@ -148,6 +150,9 @@ export class AdminService {
           ? { draining: true }
           : { paused: false, draining: false };
     const { value, changes } = await this.d.config.update(patch, by);
+    // Every grant and claim checks the stored flag in its own transaction, but a call let go just before may still
+    // be waiting for its slot: answering after that bound means nothing reaches the upstream once pause returns.
+    if (mode === 'pause') await this.d.clock.sleep(callLeavesWithinMs(value.config));
     return { version: value.version, changes: changes.map(changeView), config: externalConfig(value.config) };
   }
 

@@ -308,6 +308,20 @@ describe('operator modes and usage', () => {
     expect(resumed.json.config).toMatchObject({ paused: false, draining: false });
   });
 
+  it('POST /admin/pause answers only once a call let go before it has left (3/4 of the grant slack)', async () => {
+    const w = world();
+    for (const [mode, waited] of [
+      ['pause', 750],
+      ['resume', 0],
+      ['drain', 0],
+    ] as const) {
+      const before = clock.now();
+      const res = await invoke(w, event('POST', `/admin/${mode}`, { token: ADMIN_TOKEN }));
+      expect(res.status).toBe(200);
+      expect(clock.now() - before).toBe(waited);
+    }
+  });
+
   it('GET /admin/usage lists per-agent usage for the last hour and day, admin only', async () => {
     const res = await invoke(world(), event('GET', '/admin/usage', { token: ADMIN_TOKEN }));
     expect(res.status).toBe(200);
