@@ -104,7 +104,10 @@ export interface Admitted {
   attached?: boolean;
   /** Fast path: the ticket is `claimed`; call the upstream now. */
   claimed?: boolean;
-  /** Queued: the wait estimated at admission (fail-fast's estimate), which the wait plans its reads by. */
+  /**
+   * Queued: the wait estimated at admission (fail-fast's estimate), from the ticket's enqueue time, which the wait
+   * plans its reads by.
+   */
   estimatedWaitMs?: number;
   /**
    * Queued on the counts alone (strict order, no load of more important work known yet: a dispatcher's first
@@ -630,7 +633,11 @@ export class Admission {
       // For planning the wait's reads: the estimate allows one interval for the first token, but slots already
       // reserved ahead (granted tickets, no longer queued) push it further; the bucket as last known says how far.
       const next = bucket.plan(ticket.priority);
-      const waitMs = estimateMs + ('waitMs' in next ? Math.max(0, next.waitMs - interval) : 0);
+      // The wait plans from the ticket's enqueue time, which the fast grant's refused tries and this read came after
+      // (seconds, when a burst of them meets a slow store: the path bench at load 5–8). Counted from now, the
+      // estimate had often passed when the wait began, and it read every near pause from its first moment.
+      const waitMs =
+        now - ticket.enqueuedAt + estimateMs + ('waitMs' in next ? Math.max(0, next.waitMs - interval) : 0);
       // Judged without the load of more important work (strict order): the dispatcher knows it within
       // MIN_OBSERVED_INTERVALS of its start, at the latest that long after this ticket's doorbell.
       const provisional = config.priorityPolicy === 'strict' && !higherLoads && ticket.priority !== 'urgent';
