@@ -569,6 +569,8 @@ export class Admission {
       return claimed;
     }
     seen.queued = res.queuedSeen;
+    // The bucket as stored (its condition failed too): fail fast's estimate then counts the slots reserved ahead.
+    if (res.bucketSeen) bucket.observe(res.bucketSeen);
     if (res.kind === 'budget_exceeded') throw await this.overBudget(ticket, budget, res.used);
     // The key is held: the queue's create settles it (attach, 409 or take-over); nothing to back off from.
     if (res.kind === 'idempotency_held') return undefined;

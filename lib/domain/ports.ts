@@ -73,6 +73,11 @@ export type FastGrantOutcome =
        * transaction cancelled for anything but its conditions says nothing).
        */
       queuedSeen?: Partial<QueuedByPriority>;
+      /**
+       * The bucket as stored, when the refusal told it (its condition failed too: the attempt was planned from an
+       * older state). Admission's estimate counts the slots reserved ahead by it.
+       */
+      bucketSeen?: BucketState;
     });
 
 /** Why a fast grant was refused. */

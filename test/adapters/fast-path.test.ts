@@ -270,6 +270,8 @@ describe('fastGrant refused: the queued counts its checks told', () => {
       queuedSeen: { urgent: 2, high: 0, normal: 1 },
     });
     expect(out.kind !== 'granted' && out.queuedSeen).toEqual({ urgent: 2, high: 0, normal: 1 });
+    // …and the bucket as stored (the other writer's token taken), which admission's estimate then starts from
+    expect(out.kind !== 'granted' && out.bucketSeen?.tat).toBeGreaterThan(stale.now);
   });
 
   it('a roomy grant checks no counter: its refusal tells none', async () => {

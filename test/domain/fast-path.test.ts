@@ -547,6 +547,26 @@ describe('fail fast after a refused fast grant: judged by the counts the refusal
   });
 });
 
+describe('fail fast after a refused fast grant: the slots the bucket has reserved ahead', () => {
+  it('a container that last saw the bucket full learns from the refusal that its tokens are spoken for', async () => {
+    // Prepare: this container last saw both tokens free; since, the dispatcher spent them (the next is due in
+    // 1.5 s), and one normal ticket waits.
+    const s = await setup();
+    const dispatcherView = new TokenBucket(s.bucketStore, s.clock, { fraction: 0, forNormal: false });
+    await dispatcherView.refresh();
+    for (let i = 0; i < 2; i++) expect((await dispatcherView.tryConsume('normal')).granted).toBe(true);
+    const { callBudgetMs: _none, ...queuedOnly } = s.request('normal');
+    expect((await s.admission.admit(queuedOnly, CONFIG)).ticket.status).toBe('queued');
+
+    // Act: a normal request tries the fast grant (refused: the queue is busy and the token is gone) and queues
+    const got = await s.admission.admit(s.request('normal'), CONFIG);
+
+    // Assess: its grant is the second after the next token: 1.5 s + 1.5 s (with the old view: 0, a token free)
+    expect(got.ticket.status).toBe('queued');
+    expect(got.estimatedWaitMs).toBe(3_000);
+  });
+});
+
 /**
  * A store that counts the agent's usage in the ticket's end, as the DynamoDB store does in its transaction;
  * `busyUsage`: that write is refused while the usage rides along (a throttled usage item).

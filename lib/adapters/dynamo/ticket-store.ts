@@ -813,7 +813,12 @@ export class DynamoTicketStore implements TicketStore {
         idle.length > 0 && cancelledByConditionsOnly(err) && counts.every((c) => c !== undefined)
           ? (Object.fromEntries(idle.map((p, i) => [p, counts[i]])) as Partial<QueuedByPriority>)
           : undefined;
-      const refused = (r: FastGrantRefusal): FastGrantOutcome => (seen ? { ...r, queuedSeen: seen } : r);
+      const stored = bucket?.failed ? bucketStateFromItem(bucket.item) : undefined;
+      const refused = (r: FastGrantRefusal): FastGrantOutcome => ({
+        ...r,
+        ...(seen ? { queuedSeen: seen } : {}),
+        ...(stored && r.kind !== 'bucket_conflict' ? { bucketSeen: stored } : {}),
+      });
       // A held key goes the queue's way (attach, 409 or take-over), which also answers before the budget.
       if (idem?.failed) return refused({ kind: 'idempotency_held' });
       // The budget refuses the request outright (the queue would refuse it too); anything else queues it.

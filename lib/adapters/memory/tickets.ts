@@ -211,8 +211,14 @@ export class MemoryTicketStore implements TicketStore {
     const checked = PRIORITIES.filter((p) => priorityRank(p) <= priorityRank(ticket.priority));
     // As DynamoDB's cancellation reasons tell them: every queued check's count, a refusal for any condition.
     const seen = Object.fromEntries(checked.map((p) => [p, Math.max(0, this.priorityQueued[p])]));
-    const refused = (r: FastGrantRefusal): FastGrantOutcome =>
-      opts.ignoreQueued ? r : { ...r, queuedSeen: seen };
+    // …and the bucket as stored when the attempt's condition fails too.
+    const refused = (r: FastGrantRefusal): FastGrantOutcome => ({
+      ...r,
+      ...(opts.ignoreQueued ? {} : { queuedSeen: seen }),
+      ...(next?.tat === undefined && bucket.state && r.kind !== 'bucket_conflict'
+        ? { bucketSeen: { ...bucket.state } }
+        : {}),
+    });
     const held = opts.idempotency && this.idem.get(opts.idempotency.key);
     if (held && held.until >= ticket.enqueuedAt) return refused({ kind: 'idempotency_held' });
     const overBudget = opts.budget && this.budgets.refuses(opts.budget);
