@@ -28,6 +28,7 @@ import type {
   BudgetStore,
   LeaseStore,
   OutcomeStore,
+  QueuedByPriority,
   TicketQueue,
   TicketStore,
   UsageStore,
@@ -40,6 +41,7 @@ import {
   fitsDeadline,
   freshLoad,
   MIN_OBSERVED_INTERVALS,
+  type PublishedLoad,
   RESERVE_AHEAD_MS,
 } from './queue-estimate.js';
 import { bucketParamsFor } from './retreat-controller.js';
@@ -104,7 +106,10 @@ export interface Admitted {
   attached?: boolean;
   /** Fast path: the ticket is `claimed`; call the upstream now. */
   claimed?: boolean;
-  /** Queued: the wait estimated at admission (fail-fast's estimate), which the wait plans its reads by. */
+  /**
+   * Queued: the wait estimated at admission (fail-fast's estimate), from the ticket's enqueue time, which the wait
+   * plans its reads by.
+   */
   estimatedWaitMs?: number;
   /**
    * Queued on the counts alone (strict order, no load of more important work known yet: a dispatcher's first
@@ -252,6 +257,11 @@ const unlessStoreDown =
 
 const noTokens: TokensOf = () => undefined;
 
+/** What the fast grant's last refusal told of the queued counters (FastGrantOutcome.queuedSeen). */
+interface FastRefusalSeen {
+  queued?: Partial<QueuedByPriority>;
+}
+
 /** Shortest pause between two reads of a waiting ticket. */
 export const POLL_MIN_MS = 25;
 /**
@@ -337,6 +347,8 @@ export class Admission {
   /** Recent latency of the claim's transaction (moving average): a reserved slot's claim starts that much early. */
   private claimMs = 0;
   private claims = 0;
+  /** The dispatcher's published load as fail fast last read it (see queuedAsSeen). */
+  private lastLoad: PublishedLoad | undefined;
 
   constructor(private readonly d: AdmissionDeps) {}
 
@@ -385,8 +397,10 @@ export class Admission {
     // grant. An Idempotency-Key's mapping is written by the fast grant itself while the key is free.
     const unquoted = req.quotaRpm === undefined && req.quotaShare === undefined;
     const plain = !req.idempotencyKey && unquoted;
+    // What a refused fast grant told of the queued counters (fail fast judges by them without a read).
+    const seen: FastRefusalSeen = {};
     if (unquoted && req.callBudgetMs !== undefined) {
-      const fast = await this.fastGrant(ticket, config, req.callBudgetMs, budget, idem);
+      const fast = await this.fastGrant(ticket, config, req.callBudgetMs, seen, budget, idem);
       if (fast === 'unknown') {
         // With an Idempotency-Key the mapping may have been written too: a ticket claimed under it must be called
         // ("claimed means called"), so it is looked up (a failing read refuses the request, 503) and, if there, used.
@@ -398,7 +412,7 @@ export class Admission {
     let estimatedWaitMs: number | undefined;
     let recheckAt: number | undefined;
     if (plain) {
-      const judged = await this.hopeless(ticket, config);
+      const judged = await this.hopeless(ticket, config, seen.queued);
       if (judged instanceof RateLimitedError) throw judged;
       estimatedWaitMs = judged?.waitMs;
       recheckAt = judged?.recheckAt;
@@ -449,6 +463,7 @@ export class Admission {
     ticket: Ticket,
     config: GatewayConfig,
     callBudgetMs: number,
+    seen: FastRefusalSeen,
     budget?: BudgetCharge,
     idempotency?: { key: string; untilMs: number },
   ): Promise<Ticket | undefined | 'unknown'> {
@@ -458,7 +473,7 @@ export class Admission {
     // bucket idle wins, the others then find it busy). Queueing it instead would hold every later request of
     // its priority on the queue's path until the queue drains.
     for (let tries = 1; ; tries++) {
-      const res = await this.tryFastGrant(ticket, config, callBudgetMs, budget, idempotency);
+      const res = await this.tryFastGrant(ticket, config, callBudgetMs, seen, budget, idempotency);
       if (res === 'no_token') {
         // Not tried at all, or refused once already (then it counts as a fallback).
         if (tries > 1) this.stats.fastFallback++;
@@ -476,6 +491,7 @@ export class Admission {
     ticket: Ticket,
     config: GatewayConfig,
     callBudgetMs: number,
+    seen: FastRefusalSeen,
     budget?: BudgetCharge,
     idempotency?: { key: string; untilMs: number },
   ): Promise<Ticket | undefined | 'unknown' | 'bucket_conflict' | 'no_token'> {
@@ -564,6 +580,9 @@ export class Admission {
       if (early > 0) await clock.sleep(early);
       return claimed;
     }
+    seen.queued = res.queuedSeen;
+    // The bucket as stored (its condition failed too): fail fast's estimate then counts the slots reserved ahead.
+    if (res.bucketSeen) bucket.observe(res.bucketSeen);
     if (res.kind === 'budget_exceeded') throw await this.overBudget(ticket, budget, res.used);
     // The key is held: the queue's create settles it (attach, 409 or take-over); nothing to back off from.
     if (res.kind === 'idempotency_held') return undefined;
@@ -590,13 +609,15 @@ export class Admission {
    * Fail fast: the refusal a request gets now when its estimated queue wait exceeds the time it can wait (what is
    * queued at its priority and above, the effective interval, the tokens free now and, under strict order, the
    * load of more important work the dispatcher measured and published — read with the counters, so a request is
-   * judged as the dispatcher will judge its ticket) or, LOW under strict order, its token timeout; else the
+   * judged as the dispatcher will judge its ticket; after a refused fast grant, the counts its refusal told and the
+   * load as last read, see queuedAsSeen) or, LOW under strict order, its token timeout; else the
    * estimate (the waiting ingress plans its reads by it). A store hiccup or an unknown bucket skips the check
    * (undefined: the deadline still bounds the wait).
    */
   private async hopeless(
     ticket: Ticket,
     config: GatewayConfig,
+    seen?: Partial<QueuedByPriority>,
   ): Promise<RateLimitedError | { waitMs?: number; recheckAt?: number } | undefined> {
     const { bucket, clock } = this.d;
     const interval = bucket.state?.intervalMs;
@@ -611,7 +632,7 @@ export class Admission {
       ).intervalMs;
       return { recheckAt: clock.now() + (MIN_OBSERVED_INTERVALS + 1) * configured };
     }
-    const read = await this.d.tickets.queuedWithLoad().catch(unlessStoreDown(undefined));
+    const read = this.queuedAsSeen(ticket, config, seen) ?? (await this.readQueued());
     if (!read) return undefined;
     const now = clock.now();
     const higherLoads = freshLoad(read.load, now, config.retreatEvalIntervalMs);
@@ -642,7 +663,11 @@ export class Admission {
       // For planning the wait's reads: the estimate allows one interval for the first token, but slots already
       // reserved ahead (granted tickets, no longer queued) push it further; the bucket as last known says how far.
       const next = bucket.plan(ticket.priority);
-      const waitMs = estimateMs + ('waitMs' in next ? Math.max(0, next.waitMs - interval) : 0);
+      // The wait plans from the ticket's enqueue time, which the fast grant's refused tries and this read came after
+      // (seconds, when a burst of them meets a slow store: the path bench at load 5–8). Counted from now, the
+      // estimate had often passed when the wait began, and it read every near pause from its first moment.
+      const waitMs =
+        now - ticket.enqueuedAt + estimateMs + ('waitMs' in next ? Math.max(0, next.waitMs - interval) : 0);
       // Judged without the load of more important work (strict order): the dispatcher knows it within
       // MIN_OBSERVED_INTERVALS of its start, at the latest that long after this ticket's doorbell.
       const provisional = config.priorityPolicy === 'strict' && !higherLoads && ticket.priority !== 'urgent';
@@ -667,6 +692,33 @@ export class Admission {
       Number.isFinite(estimateMs) ? estimateMs : config.upstreamWindowMs,
       'queue_wait_exceeded',
     );
+  }
+
+  /**
+   * Fail fast's input without a read, under strict order, when the fast grant's refusal told the counts of the
+   * request's priority and every more important one (all that strict order's estimate counts): those, and the
+   * dispatcher's load as this container last read it while no newer one is due (it publishes one per retreat
+   * evaluation, retreat_eval_s apart; only a new dispatcher run may publish sooner, and it starts from the load it
+   * inherits). Weighted shares need every priority's count, and an unknown load may be published any moment: read.
+   */
+  private queuedAsSeen(
+    ticket: Ticket,
+    config: GatewayConfig,
+    seen: Partial<QueuedByPriority> | undefined,
+  ): { queued: QueuedByPriority; load: PublishedLoad } | undefined {
+    const load = this.lastLoad;
+    if (config.priorityPolicy !== 'strict' || !seen || !load) return undefined;
+    if (this.d.clock.now() >= load.at + config.retreatEvalIntervalMs) return undefined;
+    const counted = PRIORITIES.filter((p) => priorityRank(p) <= priorityRank(ticket.priority));
+    if (counted.some((p) => seen[p] === undefined)) return undefined;
+    return { queued: { urgent: 0, high: 0, normal: 0, low: 0, ...seen }, load };
+  }
+
+  /** The queued counters and the published load (one Query); undefined when the store is down. */
+  private async readQueued(): Promise<{ queued: QueuedByPriority; load?: PublishedLoad } | undefined> {
+    const read = await this.d.tickets.queuedWithLoad().catch(unlessStoreDown(undefined));
+    if (read) this.lastLoad = read.load;
+    return read;
   }
 
   /** One agent may not hold more than its share of the queue: 429, never an eviction of others' tickets. */

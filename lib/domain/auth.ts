@@ -69,9 +69,19 @@ export class KeyAuthenticator {
   }
 
   private readonly refreshing = new Set<string>();
+  /** Reads under way, per key: concurrent requests of one key on a cold (or expired) cache share one. */
+  private readonly reading = new Map<string, Promise<AgentKey | undefined>>();
 
-  /** One read of a key record, its answer cached by kind as of `now` (when the read started). */
-  private async read(hash: string, now: number): Promise<AgentKey | undefined> {
+  /** One read of a key record at a time, its answer cached by kind as of `now` (when the read started). */
+  private read(hash: string, now: number): Promise<AgentKey | undefined> {
+    const under = this.reading.get(hash);
+    if (under) return under;
+    const read = this.readOnce(hash, now).finally(() => this.reading.delete(hash));
+    this.reading.set(hash, read);
+    return read;
+  }
+
+  private async readOnce(hash: string, now: number): Promise<AgentKey | undefined> {
     const key = await this.store.get(hash);
     if (key) {
       this.known.set(hash, { key, at: now });

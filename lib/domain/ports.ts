@@ -66,6 +66,22 @@ export interface BatchGrant {
 /** Fast-path grant outcome: the ticket was written as claimed, or the condition that refused it. */
 export type FastGrantOutcome =
   | { kind: 'granted' }
+  | (FastGrantRefusal & {
+      /**
+       * What the refusal told of the queued counters it checked: the count of the ticket's priority and of each more
+       * important one (0 for a check that held). Absent unless it told them all (a roomy grant checks none; a
+       * transaction cancelled for anything but its conditions says nothing).
+       */
+      queuedSeen?: Partial<QueuedByPriority>;
+      /**
+       * The bucket as stored, when the refusal told it (its condition failed too: the attempt was planned from an
+       * older state). Admission's estimate counts the slots reserved ahead by it.
+       */
+      bucketSeen?: BucketState;
+    });
+
+/** Why a fast grant was refused. */
+export type FastGrantRefusal =
   | { kind: 'bucket_conflict'; current: BucketState | undefined }
   /**
    * Something waits at this priority or above (the dispatcher serves it first): `queued`, how many, when the

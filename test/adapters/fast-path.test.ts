@@ -16,7 +16,7 @@ import { TokenBucket } from '../../lib/domain/bucket.js';
 import { FakeClock } from '../../lib/domain/clock.js';
 import { DEFAULT_CONFIG } from '../../lib/domain/config.js';
 import type { ConsumeAttempt } from '../../lib/domain/gcra.js';
-import type { Priority } from '../../lib/domain/priority.js';
+import { type Priority, priorityRank } from '../../lib/domain/priority.js';
 import type { Ticket } from '../../lib/domain/tickets.js';
 import { type TestResources, testResources } from '../support/aws.js';
 
@@ -165,8 +165,15 @@ describe('fastGrant: one transaction, refused by any of its conditions', () => {
     // Act
     const out = await s.tickets.fastGrant(t, await s.attempt(), { maxInflight: 0 });
 
-    // Assess: a busy queue says how many wait ahead (the ingress backs off about as long as they take)
-    expect(out).toEqual(expected === 'granted' ? { kind: 'granted' } : { kind: 'queue_busy', queued: 1 });
+    // Assess: a busy queue says how many wait ahead (the ingress backs off about as long as they take), and the
+    // count of each priority it checked (fail fast's estimate, without a read)
+    const seen = { urgent: 0, high: 0, normal: 0, low: 0, [queued]: 1 };
+    const checked = Object.fromEntries(
+      Object.entries(seen).filter(([p]) => priorityRank(p as Priority) <= priorityRank(mine)),
+    );
+    expect(out).toEqual(
+      expected === 'granted' ? { kind: 'granted' } : { kind: 'queue_busy', queued: 1, queuedSeen: checked },
+    );
     expect(!!(await s.tickets.get(t.id))).toBe(expected === 'granted');
   });
 
@@ -188,7 +195,7 @@ describe('fastGrant: one transaction, refused by any of its conditions', () => {
 
     // Assess: the key points at the first ticket (the queue's create finds it), nothing else was written
     expect(granted).toEqual({ kind: 'granted' });
-    expect(held).toEqual({ kind: 'idempotency_held' });
+    expect(held).toEqual({ kind: 'idempotency_held', queuedSeen: { urgent: 0, high: 0, normal: 0 } });
     expect(await s.tickets.get(second.id)).toBeUndefined();
     expect(create).toMatchObject({ name: 'IdempotencyConflictError', ticketId: first.id });
     expect(await s.tickets.counts()).toEqual({ queued: 0, inflight: 1 });
@@ -205,7 +212,7 @@ describe('fastGrant: one transaction, refused by any of its conditions', () => {
     const out = await s.tickets.fastGrant(t, await s.attempt(), { maxInflight: 0 });
 
     // Assess
-    expect(out).toEqual({ kind: 'paused' });
+    expect(out).toEqual({ kind: 'paused', queuedSeen: { urgent: 0 } });
     expect(await s.tickets.get(t.id)).toBeUndefined();
     expect((await s.bucket.refresh())?.tat).toBe(before?.tat);
     await s.setPaused(false);
@@ -240,6 +247,46 @@ describe('fastGrant: one transaction, refused by any of its conditions', () => {
     expect(out.kind === 'bucket_conflict' && out.current?.tat).toBeGreaterThan(stale.now);
     expect(await s.tickets.get(t.id)).toBeUndefined();
     expect(await s.tickets.counts()).toEqual({ queued: 0, inflight: 1 });
+  });
+});
+
+describe('fastGrant refused: the queued counts its checks told', () => {
+  it('a busy queue and a spent token at once: the count of its priority and each more important one (a held check: 0)', async () => {
+    // Prepare: 2 urgent, 1 normal and 1 low ticket wait; the attempt is stale (another writer spent first)
+    const s = await fresh();
+    for (const p of ['urgent', 'urgent', 'normal', 'low'] as const) await s.queue(p);
+    const stale = await s.attempt();
+    expect(
+      (await s.tickets.fastGrant(s.claimed('urgent'), stale, { maxInflight: 0, ignoreQueued: true })).kind,
+    ).toBe('granted');
+
+    // Act
+    const out = await s.tickets.fastGrant(s.claimed('normal'), stale, { maxInflight: 0 });
+
+    // Assess: every condition was evaluated and reported (two failed checks and the bucket), so the held one is 0
+    expect(out).toMatchObject({
+      kind: 'queue_busy',
+      queued: 3,
+      queuedSeen: { urgent: 2, high: 0, normal: 1 },
+    });
+    expect(out.kind !== 'granted' && out.queuedSeen).toEqual({ urgent: 2, high: 0, normal: 1 });
+    // …and the bucket as stored (the other writer's token taken), which admission's estimate then starts from
+    expect(out.kind !== 'granted' && out.bucketSeen?.tat).toBeGreaterThan(stale.now);
+  });
+
+  it('a roomy grant checks no counter: its refusal tells none', async () => {
+    const s = await fresh();
+    await s.queue('urgent');
+    const out = await s.tickets.fastGrant(s.claimed('normal'), await s.attempt(), {
+      maxInflight: 0,
+      ignoreQueued: true,
+    });
+    expect(out.kind).toBe('granted');
+    const full = await s.tickets.fastGrant(s.claimed('normal'), await s.attempt(), {
+      maxInflight: 1,
+      ignoreQueued: true,
+    });
+    expect(full).toEqual({ kind: 'inflight_full' });
   });
 });
 

@@ -492,6 +492,81 @@ describe('fail fast: judged as the dispatcher will judge the ticket', () => {
   });
 });
 
+describe('fail fast after a refused fast grant: judged by the counts the refusal told, no read', () => {
+  const LOAD = (normal: number) => ({ urgent: 0, high: normal, normal, low: normal });
+  it.each<[string, Partial<GatewayConfig>, number, number, number]>([
+    ['strict, the load read 1 s ago (the next one due in 4 s): no read', {}, 0.5, 1_000, 0],
+    ['strict, a load that starves NORMAL: refused the same, no read', {}, 0.97, 1_000, 0],
+    ['strict, the next load due: read', {}, 0.5, 5_000, 1],
+    [
+      'weighted: its estimate needs every priority’s count: read',
+      { priorityPolicy: 'weighted' },
+      0.5,
+      1_000,
+      1,
+    ],
+  ])('%s', async (_name, over, load, laterMs, reads) => {
+    const config = { ...CONFIG, ...over };
+    // The same moment twice: a request that tried the fast grant (refused: the queue is busy) and one that did not.
+    const judge = async (fast: boolean) => {
+      const s = await setup();
+      let read = 0;
+      const queuedWithLoad = s.tickets.queuedWithLoad.bind(s.tickets);
+      s.tickets.queuedWithLoad = () => {
+        read++;
+        return queuedWithLoad();
+      };
+      // The dispatcher published its load; two urgent and two normal tickets wait (each judged with a read).
+      await s.tickets.publishLoad({ at: s.clock.now(), higher: LOAD(load) });
+      for (const p of ['urgent', 'urgent', 'normal', 'normal'] as const) {
+        const { callBudgetMs: _none, ...queuedOnly } = s.request(p);
+        // (A starving load refuses the normal ones already.)
+        await s.admission.admit(queuedOnly, config).catch(() => undefined);
+      }
+      s.clock.advance(laterMs);
+      read = 0;
+      const req = s.request('normal', { deadline: s.clock.now() + 60_000 });
+      if (!fast) delete req.callBudgetMs;
+      const got = await s.admission.admit(req, config).then(
+        (a) => ({ waitMs: a.estimatedWaitMs, recheckAt: a.recheckAt, status: a.ticket.status }),
+        (err: unknown) => err,
+      );
+      return { got, read, fastFallback: s.admission.stats.fastFallback };
+    };
+
+    // Act
+    const tried = await judge(true);
+    const notTried = await judge(false);
+
+    // Assess: the same judgement either way; the request that tried the fast grant read only when it had to
+    expect(tried.fastFallback).toBe(1);
+    expect(tried.got).toEqual(notTried.got);
+    expect(tried.got).toMatchObject(load > 0.9 ? { code: 'queue_wait_exceeded' } : { status: 'queued' });
+    expect(notTried.read).toBe(1);
+    expect(tried.read).toBe(reads);
+  });
+});
+
+describe('fail fast after a refused fast grant: the slots the bucket has reserved ahead', () => {
+  it('a container that last saw the bucket full learns from the refusal that its tokens are spoken for', async () => {
+    // Prepare: this container last saw both tokens free; since, the dispatcher spent them (the next is due in
+    // 1.5 s), and one normal ticket waits.
+    const s = await setup();
+    const dispatcherView = new TokenBucket(s.bucketStore, s.clock, { fraction: 0, forNormal: false });
+    await dispatcherView.refresh();
+    for (let i = 0; i < 2; i++) expect((await dispatcherView.tryConsume('normal')).granted).toBe(true);
+    const { callBudgetMs: _none, ...queuedOnly } = s.request('normal');
+    expect((await s.admission.admit(queuedOnly, CONFIG)).ticket.status).toBe('queued');
+
+    // Act: a normal request tries the fast grant (refused: the queue is busy and the token is gone) and queues
+    const got = await s.admission.admit(s.request('normal'), CONFIG);
+
+    // Assess: its grant is the second after the next token: 1.5 s + 1.5 s (with the old view: 0, a token free)
+    expect(got.ticket.status).toBe('queued');
+    expect(got.estimatedWaitMs).toBe(3_000);
+  });
+});
+
 /**
  * A store that counts the agent's usage in the ticket's end, as the DynamoDB store does in its transaction;
  * `busyUsage`: that write is refused while the usage rides along (a throttled usage item).

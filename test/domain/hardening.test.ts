@@ -261,6 +261,23 @@ describe('key cache', () => {
     expect((await auth.authenticate(`Bearer ${fresh}`)).agent).toBe('a');
   });
 
+  it('concurrent requests of one key on a cold cache share one read', async () => {
+    const { store, reads } = counting();
+    const clock = new FakeClock(0);
+    const key = keyOf(5);
+    await store.put({ keyHash: hashKey(key), agent: 'a', maxPriority: 'low', enabled: true, createdAt: 0 });
+    const auth = new KeyAuthenticator(store, clock);
+    const agents = await Promise.all(
+      Array.from({ length: 5 }, async () => (await auth.authenticate(`Bearer ${key}`)).agent),
+    );
+    expect(agents).toEqual(['a', 'a', 'a', 'a', 'a']);
+    expect(reads.get(hashKey(key))).toBe(1);
+    // Past the cache's age the next request reads again.
+    clock.advance(KEY_CACHE_MS);
+    await auth.authenticate(`Bearer ${key}`);
+    expect(reads.get(hashKey(key))).toBe(2);
+  });
+
   it('keeps the most recently used known keys when full', async () => {
     const cache = new LruCache<number>(2);
     cache.set('a', 1);

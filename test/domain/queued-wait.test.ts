@@ -121,6 +121,27 @@ describe('queued path: a few reads per waiting request, the call at its reserved
     expect(Math.max(...slotToClaim)).toBeLessThan(s.config.grantSlackMs * 0.75);
   });
 
+  it('a slow store at admission: the wait still plans its reads by the estimate, counted from the enqueue time', async () => {
+    // Prepare: fail fast's read of the queued counters answers 1.5 s of simulated time late (a loaded store; on
+    // DynamoDB Local here, a burst of refused fast-grant transactions before it took as long).
+    const s = setup({});
+    const queuedWithLoad = s.tickets.queuedWithLoad.bind(s.tickets);
+    s.tickets.queuedWithLoad = async () => {
+      const read = await queuedWithLoad();
+      await s.clock.sleep(1_500);
+      return read;
+    };
+
+    // Act
+    const { queuedRequests, slotToClaim, p50 } = await closedLoop(s, 6, 3);
+
+    // Assess: about as many reads as with a fast store. Before, the estimate (made after the read) was added to
+    // the enqueue time, so each wait began past it and read every near pause from the start.
+    expect(queuedRequests).toBeGreaterThan(14);
+    expect((s.admission.stats.polls + s.reads.counts) / queuedRequests).toBeLessThanOrEqual(3.5);
+    expect(p50(slotToClaim)).toBe(0);
+  });
+
   it('a claim that takes 60 ms starts that much before its reserved slot: the call leaves at the slot, never before', async () => {
     // Prepare: every claim write takes 60 ms of simulated time (the store's latency).
     const s = setup({});

@@ -38,6 +38,15 @@ export const cancellation = (err: unknown): ({ failed: boolean; item?: Item } | 
   );
 };
 
+/**
+ * A cancelled transaction whose every item reports its condition (held: `None`, or failed): each condition was
+ * evaluated, so one that does not say it failed held. Not so when an item reports a conflict or throttling.
+ */
+export const cancelledByConditionsOnly = (err: unknown): boolean =>
+  err instanceof TransactionCanceledException &&
+  (err.CancellationReasons ?? []).length > 0 &&
+  (err.CancellationReasons ?? []).every((r) => r.Code === 'None' || r.Code === 'ConditionalCheckFailed');
+
 /** ClientRequestToken (≤ 36 chars) for an idempotent transaction: SDK retries reuse it, new tries do not. */
 export const requestToken = (...parts: (string | number)[]): string =>
   createHash('sha256').update(parts.join('#')).digest('hex').slice(0, 32);

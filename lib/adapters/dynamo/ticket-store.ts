@@ -25,6 +25,7 @@ import type {
   BatchGrantOutcome,
   CreateTicketOptions,
   FastGrantOutcome,
+  FastGrantRefusal,
   GrantOutcome,
   QueuedByPriority,
   TicketStore,
@@ -45,6 +46,7 @@ import { budgetChargeItem, budgetUsageOf } from './budget-store.js';
 import {
   CONFIG_ITEM_KEY,
   cancellation,
+  cancelledByConditionsOnly,
   conditionFailure,
   type Item,
   n,
@@ -804,21 +806,34 @@ export class DynamoTicketStore implements TicketStore {
       const queued = rest.slice(0, idle.length);
       const budget = opts.budget ? rest[idle.length] : undefined;
       const idem = opts.idempotency ? rest[idle.length + (opts.budget ? 1 : 0)] : undefined;
+      // The queued counts the checks told: a failed one returned its item, a held one means none queued there. Fail
+      // fast judges the request by them instead of reading the counters again (Admission.hopeless).
+      const counts = queued.map((r) => (r?.failed ? plain<{ queued?: number }>(r.item)?.queued : 0));
+      const seen =
+        idle.length > 0 && cancelledByConditionsOnly(err) && counts.every((c) => c !== undefined)
+          ? (Object.fromEntries(idle.map((p, i) => [p, counts[i]])) as Partial<QueuedByPriority>)
+          : undefined;
+      const stored = bucket?.failed ? bucketStateFromItem(bucket.item) : undefined;
+      const refused = (r: FastGrantRefusal): FastGrantOutcome => ({
+        ...r,
+        ...(seen ? { queuedSeen: seen } : {}),
+        ...(stored && r.kind !== 'bucket_conflict' ? { bucketSeen: stored } : {}),
+      });
       // A held key goes the queue's way (attach, 409 or take-over), which also answers before the budget.
-      if (idem?.failed) return { kind: 'idempotency_held' };
+      if (idem?.failed) return refused({ kind: 'idempotency_held' });
       // The budget refuses the request outright (the queue would refuse it too); anything else queues it.
-      if (budget?.failed) return { kind: 'budget_exceeded', used: budgetUsageOf(budget.item) };
-      if (paused?.failed) return { kind: 'paused' };
+      if (budget?.failed) return refused({ kind: 'budget_exceeded', used: budgetUsageOf(budget.item) });
+      if (paused?.failed) return refused({ kind: 'paused' });
       if (queued.some((r) => r?.failed)) {
         const waiting = queued.reduce(
           (sum, r) => sum + (plain<{ queued?: number }>(r?.item)?.queued ?? 0),
           0,
         );
-        return { kind: 'queue_busy', ...(waiting > 0 ? { queued: waiting } : {}) };
+        return refused({ kind: 'queue_busy', ...(waiting > 0 ? { queued: waiting } : {}) });
       }
-      if (inflight?.failed) return { kind: 'inflight_full' };
+      if (inflight?.failed) return refused({ kind: 'inflight_full' });
       if (put?.failed) throw new ConflictError(`ticket ${ticket.id} exists`);
-      return { kind: 'bucket_conflict', current: bucketStateFromItem(bucket?.item) };
+      return refused({ kind: 'bucket_conflict', current: bucketStateFromItem(bucket?.item) });
     }
   }
 

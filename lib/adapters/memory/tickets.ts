@@ -14,6 +14,7 @@ import type {
   BatchGrantOutcome,
   CreateTicketOptions,
   FastGrantOutcome,
+  FastGrantRefusal,
   GrantOutcome,
   LeaseState,
   LeaseStore,
@@ -207,20 +208,28 @@ export class MemoryTicketStore implements TicketStore {
     if (this.tickets.has(ticket.id)) throw new ConflictError(`ticket ${ticket.id} exists`);
     const bucket = this.bucketOf(ticket.upstream);
     const next = applyConsume(bucket.state, attempt);
+    const checked = PRIORITIES.filter((p) => priorityRank(p) <= priorityRank(ticket.priority));
+    // As DynamoDB's cancellation reasons tell them: every queued check's count, a refusal for any condition.
+    const seen = Object.fromEntries(checked.map((p) => [p, Math.max(0, this.priorityQueued[p])]));
+    // …and the bucket as stored when the attempt's condition fails too.
+    const refused = (r: FastGrantRefusal): FastGrantOutcome => ({
+      ...r,
+      ...(opts.ignoreQueued ? {} : { queuedSeen: seen }),
+      ...(next?.tat === undefined && bucket.state && r.kind !== 'bucket_conflict'
+        ? { bucketSeen: { ...bucket.state } }
+        : {}),
+    });
     const held = opts.idempotency && this.idem.get(opts.idempotency.key);
-    if (held && held.until >= ticket.enqueuedAt) return { kind: 'idempotency_held' };
+    if (held && held.until >= ticket.enqueuedAt) return refused({ kind: 'idempotency_held' });
     const overBudget = opts.budget && this.budgets.refuses(opts.budget);
-    if (overBudget) return { kind: 'budget_exceeded', used: overBudget };
-    if (this.isPaused()) return { kind: 'paused' };
-    const ahead = PRIORITIES.filter((p) => priorityRank(p) <= priorityRank(ticket.priority)).reduce(
-      (sum, p) => sum + Math.max(0, this.priorityQueued[p]),
-      0,
-    );
-    if (ahead > 0 && !opts.ignoreQueued) return { kind: 'queue_busy', queued: ahead };
+    if (overBudget) return refused({ kind: 'budget_exceeded', used: overBudget });
+    if (this.isPaused()) return refused({ kind: 'paused' });
+    const ahead = checked.reduce((sum, p) => sum + Math.max(0, this.priorityQueued[p]), 0);
+    if (ahead > 0 && !opts.ignoreQueued) return refused({ kind: 'queue_busy', queued: ahead });
     if (opts.maxInflight > 0 && this.inflightOf(ticket.upstream) >= opts.maxInflight)
-      return { kind: 'inflight_full' };
+      return refused({ kind: 'inflight_full' });
     if (next?.tat === undefined)
-      return { kind: 'bucket_conflict', current: bucket.state && { ...bucket.state } };
+      return refused({ kind: 'bucket_conflict', current: bucket.state && { ...bucket.state } });
     // The whole successor state: a window-exact bucket logs the grant too.
     bucket.state = next;
     if (opts.budget) this.budgets.charge(opts.budget);
