@@ -511,19 +511,10 @@ export class Admission {
       const slack = grantToCallMaxMs(config.upstreamWindowMs, config.grantSlackMs);
       const slotAt = clock.now() + Math.min((slack * 3) / 4, Math.max(0, this.fastGrantMs - slack / 4));
       const need = tokenNeed(config, undefined, ticket.tokens);
-      // Any slot from now on is as good as the one planned ahead: a bucket busy from there (as a refusal returns
-      // it, other grants having landed) takes the grant at its tat, an add that concurrent grants never refuse.
-      const earliest = clock.now();
-      const keeping = bucket.planKeeping(
-        ticket.priority,
-        roomyKeep(bucket.state.burst),
-        slotAt,
-        need,
-        earliest,
-      );
+      const keeping = bucket.planKeeping(ticket.priority, roomyKeep(bucket.state.burst), slotAt, need);
       roomy = 'attempt' in keeping;
       if (!roomy && backedOff) return undefined;
-      plan = roomy ? keeping : bucket.planAt(ticket.priority, slotAt, need, earliest);
+      plan = roomy ? keeping : bucket.planAt(ticket.priority, slotAt, need);
     }
     if ('waitMs' in plan) return 'no_token';
     const now = clock.now();

@@ -149,31 +149,23 @@ export class TokenBucket {
   /**
    * A plan that leaves at least `keep` of this priority's burst free after the token is taken, or a wait (also
    * when the bucket is window-exact or its burst has no such room): a grant made while the bucket holds
-   * plenty takes nothing anyone waiting could get now. `earliest` as for planAt.
+   * plenty takes nothing anyone waiting could get now.
    */
-  planKeeping(
-    priority: Priority,
-    keep: number,
-    at = this.clock.now(),
-    tokens?: TokenNeed,
-    earliest?: number,
-  ): ConsumePlan {
+  planKeeping(priority: Priority, keep: number, at = this.clock.now(), tokens?: TokenNeed): ConsumePlan {
     if (!this.known) throw new Error('bucket state unknown: call configure() or refresh() first');
     const burst = this.burstFor(priority) - keep;
     if (this.known.window || burst < 1) return { waitMs: this.known.intervalMs };
-    return this.withTokens(planConsume(this.known, Math.max(at, this.clock.now()), burst, earliest), tokens);
+    return this.withTokens(planConsume(this.known, Math.max(at, this.clock.now()), burst), tokens);
   }
 
   /**
    * The write that reserves the slot at `at` (≥ now): a grant whose call may start only then. The log and the
    * spacing are judged at `at`, so a reservation holds every window exactly as a grant made at `at` would.
-   * @param earliest an earlier slot the caller also accepts: a plain bucket busy from there places the grant at its
-   *   tat (an add, which never refuses a concurrent grant) instead of writing the idle form at `at` (see nearIdleSlot)
    */
-  planAt(priority: Priority, at: number, tokens?: TokenNeed, earliest?: number): ConsumePlan {
+  planAt(priority: Priority, at: number, tokens?: TokenNeed): ConsumePlan {
     if (!this.known) throw new Error('bucket state unknown: call configure() or refresh() first');
     return this.withTokens(
-      planConsume(this.known, Math.max(at, this.clock.now()), this.burstFor(priority), earliest),
+      planConsume(this.known, Math.max(at, this.clock.now()), this.burstFor(priority)),
       tokens,
     );
   }

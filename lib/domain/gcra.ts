@@ -204,15 +204,8 @@ const windowWait = (
 /**
  * Plans a consume from the last known state: which conditional write to try, or how long to wait.
  * `burstForPriority` is the burst this priority may use (≤ state.burst).
- * @param earliest the earliest slot the caller also accepts (a reservation planned ahead of the clock can take
- *   any slot from the clock on); the grant may be placed back to the known tat from here (see nearIdleSlot)
  */
-export const planConsume = (
-  state: BucketState,
-  now: number,
-  burstForPriority: number,
-  earliest?: number,
-): ConsumePlan => {
+export const planConsume = (state: BucketState, now: number, burstForPriority: number): ConsumePlan => {
   const params = paramsOf(state);
   const T = state.intervalMs;
   if (state.window) {
@@ -236,7 +229,7 @@ export const planConsume = (
       },
     };
   }
-  const slot = nearIdleSlot(state, now, burstForPriority, earliest);
+  const slot = nearIdleSlot(state, now, burstForPriority);
   if (slot === undefined) return { attempt: { branch: 'idle', now, newTat: now + T, params } };
   const maxTat = slot + (burstForPriority - 1) * T;
   if (state.tat! <= maxTat) return { attempt: { branch: 'busy', now: slot, maxTat, params } };
@@ -260,19 +253,16 @@ export const nearIdleMs = (intervalMs: number, burstForPriority: number): number
  * The busy write (SET tat = tat + T IF slot ≤ tat ≤ maxTat) is exact too and commutes with itself: grants placed at
  * the known tat all go through while the burst lasts, in any order. The grant is recorded (and called no earlier
  * than) at that slot, a little before the time it was planned for; its call is still bounded by the grant → call
- * slack from the recorded slot (Admission.isStale), so every window stays exact. A caller planning ahead of the
- * clock passes `earliest` (the clock): any slot from there is as good as a grant planned now.
+ * slack from the recorded slot (Admission.isStale), so every window stays exact.
  */
 export const nearIdleSlot = (
   state: BucketState,
   now: number,
   burstForPriority: number,
-  earliest?: number,
 ): number | undefined => {
   if (state.tat === undefined) return undefined;
   if (state.tat >= now) return now;
-  const from = Math.min(earliest ?? now, now - nearIdleMs(state.intervalMs, burstForPriority));
-  return state.tat >= from ? state.tat : undefined;
+  return state.tat >= now - nearIdleMs(state.intervalMs, burstForPriority) ? state.tat : undefined;
 };
 
 /** The tat after applying an attempt to a state, or undefined if its condition fails (for in-memory stores). */

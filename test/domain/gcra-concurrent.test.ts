@@ -46,25 +46,6 @@ describe('planConsume near idle (T 5 ms, burst 20): the grant placed at the know
     expect(applyConsume(state, a)?.tat).toBe(after);
   });
 
-  it.each([
-    // name, known tat, planned at, earliest → branch, slot
-    [
-      'planned ahead (at 1 400), earliest the clock (1 000): at the tat from the clock on',
-      1_200,
-      1_400,
-      1_000,
-      'busy',
-      1_200,
-    ],
-    ['…the tat exactly at the clock', 1_000, 1_400, 1_000, 'busy', 1_000],
-    ['…the tat before the clock by less than the margin', 990, 1_400, 1_000, 'idle', 1_400],
-    ['…the tat before the clock: the idle write at the planned time', 900, 1_400, 1_000, 'idle', 1_400],
-    ['earliest after the margin: the margin still applies', 985, 1_000, 999, 'busy', 985],
-  ] as const)('%s', (_name, tat, at, earliest, branch, slot) => {
-    const plan = planConsume(bucket(tat), at, BURST, earliest);
-    expect('attempt' in plan && [plan.attempt.branch, plan.attempt.now]).toEqual([branch, slot]);
-  });
-
   it('nearIdleMs: a quarter of the burst in whole intervals', () => {
     expect([1, 4, 5, 9, 20, 40].map((b) => nearIdleMs(T, b))).toEqual([0, 0, 5, 10, 20, 45]);
   });
