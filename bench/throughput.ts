@@ -50,7 +50,8 @@ export interface ThroughputResult {
   completed: number;
   unserved: number;
   refused: Record<string, number>;
-  grantsPerSecond: { sustained: number; bestSecond: number };
+  /** `byTenSeconds`: grants/s in each 10 s of the load (DynamoDB Local's JIT warms up over the first ~20 s). */
+  grantsPerSecond: { sustained: number; bestSecond: number; byTenSeconds: number[] };
   maxInWindow: number;
   limitPerWindow: number;
   overspend: number;
@@ -190,6 +191,14 @@ export const runThroughputBench = async (o: BenchOptions): Promise<BenchResult> 
       unserved: requests - completed,
       refused,
       grantsPerSecond: {
+        byTenSeconds: Array.from({ length: Math.ceil((ended - started) / 10_000) }, (_, i) =>
+          round(
+            accepted.filter(
+              (c) => c.at >= started + i * 10_000 && c.at < Math.min(ended, started + (i + 1) * 10_000),
+            ).length / Math.max(1, Math.min(10, (ended - started) / 1000 - i * 10)),
+            1,
+          ),
+        ),
         sustained: round(steady.length / Math.max(1, (ended - started) / 1000 - warmupS), 1),
         bestSecond: Math.max(0, ...perSecond.values()),
       },
@@ -227,6 +236,7 @@ export const throughputMarkdown = (r: ThroughputResult): string =>
     '|---|---|',
     `| sustained grants/s (after 5 s warm-up) | ${r.grantsPerSecond.sustained} |`,
     `| best second | ${r.grantsPerSecond.bestSecond} |`,
+    `| grants/s in each 10 s of the load | ${r.grantsPerSecond.byTenSeconds.join(', ')} |`,
     `| most calls in any ${r.limitPerWindow}-call window vs limit | ${r.maxInWindow} / ${r.limitPerWindow} (overspend ${r.overspend}) |`,
     `| grant slot → upstream send p50 / p99 (ms), queued tickets | ${r.slotToSendMs.p50} / ${r.slotToSendMs.p99} |`,
     `| end to end p50 / p99 (ms) | ${r.endToEndMs.p50} / ${r.endToEndMs.p99} |`,
