@@ -178,6 +178,29 @@ describe('fast path under concurrency', () => {
   });
 });
 
+describe('fast path: concurrent requests of one container on a bucket that idles between grants', () => {
+  it('planned from one known state a little behind the clock: all granted on the first try, none refused', async () => {
+    // Prepare: T 5 ms, burst 20; one grant lands, then 10 ms pass (the known tat 5 ms behind the clock)
+    const s = await setup({ params: { intervalMs: 5, burst: 20 } });
+    expect((await s.admission.admit(s.request('normal'), CONFIG)).claimed).toBe(true);
+    s.clock.advance(10);
+    const conflictsBefore = s.bucket.stats.conflicts;
+
+    // Act: six requests at once (each plans before any answer comes back)
+    const got = await Promise.all(
+      Array.from({ length: 6 }, () => s.admission.admit(s.request('normal'), CONFIG)),
+    );
+
+    // Assess: each placed at the known tat with an add, so none refused another (idle writes: five refused)
+    expect(got.every((g) => g.claimed)).toBe(true);
+    expect(s.bucket.stats.conflicts - conflictsBefore).toBe(0);
+    expect(s.admission.stats).toMatchObject({ fastPath: 7, fastFallback: 0 });
+    // Exactly GCRA: seven tokens in all, the six at the known tat (now − 5 ms)
+    expect(new Set(got.map((g) => g.ticket.grantedAt))).toEqual(new Set([s.clock.now() - 5]));
+    expect(s.bucketStore.state?.tat).toBe(s.clock.now() - 5 + 6 * 5);
+  });
+});
+
 describe('roomy fast grants', () => {
   it.each<[string, Priority, number, boolean]>([
     [
