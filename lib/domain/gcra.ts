@@ -237,11 +237,17 @@ export const planConsume = (state: BucketState, now: number, burstForPriority: n
 };
 
 /**
+ * The most a grant is placed before its planned time (see nearIdleSlot): small against the grant → call slack
+ * (≥ 100 ms; 1 s by default), which counts from the recorded slot, so a grant placed back is still called in time.
+ */
+export const NEAR_IDLE_MAX_MS = 20;
+
+/**
  * How far before its planned time a grant may be placed to find the bucket busy: a quarter of the priority's burst
- * in whole intervals (none under a burst of 5).
+ * in whole intervals (none under a burst of 5), at most NEAR_IDLE_MAX_MS.
  */
 export const nearIdleMs = (intervalMs: number, burstForPriority: number): number =>
-  Math.floor((burstForPriority - 1) / 4) * intervalMs;
+  Math.min(NEAR_IDLE_MAX_MS, Math.floor((burstForPriority - 1) / 4) * intervalMs);
 
 /**
  * The slot a grant planned at `now` takes: `now`, or — when the known tat is behind `now` by at most nearIdleMs —

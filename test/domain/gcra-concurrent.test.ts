@@ -46,8 +46,10 @@ describe('planConsume near idle (T 5 ms, burst 20): the grant placed at the know
     expect(applyConsume(state, a)?.tat).toBe(after);
   });
 
-  it('nearIdleMs: a quarter of the burst in whole intervals', () => {
-    expect([1, 4, 5, 9, 20, 40].map((b) => nearIdleMs(T, b))).toEqual([0, 0, 5, 10, 20, 45]);
+  it('nearIdleMs: a quarter of the burst in whole intervals, at most 20 ms', () => {
+    expect([1, 4, 5, 9, 20, 40].map((b) => nearIdleMs(T, b))).toEqual([0, 0, 5, 10, 20, 20]);
+    // A slower bucket (1,200 per minute at burst 20: T 50 ms) never places a grant a whole interval back.
+    expect(nearIdleMs(50, 20)).toBe(20);
   });
 
   it('planConsumeMany near idle: all at the known tat, within the burst', () => {
