@@ -201,6 +201,48 @@ describe('fast path: concurrent requests of one container on a bucket that idles
   });
 });
 
+describe('fast path: retries only while they pay', () => {
+  it('once most recent tries were refused on the bucket, a refused try queues the request instead of trying again', async () => {
+    // Prepare: a store whose bucket condition refuses every fast grant (grants landing out of their planning order)
+    class RefusingStore extends MemoryTicketStore {
+      calls = 0;
+      override async fastGrant() {
+        this.calls++;
+        return { kind: 'bucket_conflict' as const, current: this.bucketStore.state };
+      }
+      constructor(readonly bucketStore: MemoryBucketStore) {
+        super(bucketStore, () => false);
+      }
+    }
+    const clock = new FakeClock();
+    const bucketStore = new MemoryBucketStore();
+    const tickets = new RefusingStore(bucketStore);
+    const bucket = new TokenBucket(bucketStore, clock, { fraction: 0, forNormal: false });
+    await bucket.configure({ intervalMs: 5, burst: 20 });
+    const { admission } = memoryAdmission({ clock, tickets, bucket });
+    const request = (): AdmitRequest => ({
+      agent: 'a',
+      priority: 'normal',
+      model: 'm',
+      stream: false,
+      deadline: clock.now() + 170_000,
+      callBudgetMs: 65_000,
+    });
+
+    // Act: six requests one after the other
+    const triesPerRequest: number[] = [];
+    for (let i = 0; i < 6; i++) {
+      const before = tickets.calls;
+      const got = await admission.admit(request(), CONFIG);
+      expect(got.claimed).toBeFalsy();
+      triesPerRequest.push(tickets.calls - before);
+    }
+
+    // Assess: three tries while the recent share of granted tries is ≥ 1/3, then one (the share falls by 10 % a try)
+    expect(triesPerRequest).toEqual([3, 3, 3, 2, 1, 1]);
+  });
+});
+
 describe('roomy fast grants', () => {
   it.each<[string, Priority, number, boolean]>([
     [
