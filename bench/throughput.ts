@@ -57,7 +57,15 @@ export interface ThroughputResult {
   overspend: number;
   slotToSendMs: ReturnType<typeof summary>;
   endToEndMs: ReturnType<typeof summary>;
-  callsPerRequest: { dynamodb: number; sqs: number; byAction: Record<string, number> };
+  /** `bySource`: DynamoDB calls per request by what they touch (`action item…`, see CountingProxy.tags), most first. */
+  callsPerRequest: {
+    dynamodb: number;
+    sqs: number;
+    byAction: Record<string, number>;
+    bySource: Record<string, number>;
+  };
+  /** Grants before this many seconds of the load are left out of `sustained`. */
+  warmupS: number;
   ticketsByStatus: Record<string, number>;
   /** Tickets granted on the fast path (claimed at admission) and the rest (through the queue). */
   fastPath: number;
@@ -67,7 +75,8 @@ export interface ThroughputResult {
 export const runThroughputBench = async (o: BenchOptions): Promise<BenchResult> => {
   const agents = arg('agents', 240);
   const seconds = arg('seconds', 40);
-  const warmupS = 5;
+  // DynamoDB Local starts cold (its JIT): with --seconds 60, --warmup 20 measures the warm emulator.
+  const warmupS = arg('warmup', 5);
   const emulators = await startEmulators();
   const dynamoProxy = await startCountingProxy(emulators.dynamoEndpoint);
   // Tickets sent to the queue (a fast-path grant never is): what tells the two paths apart.
@@ -211,7 +220,14 @@ export const runThroughputBench = async (o: BenchOptions): Promise<BenchResult> 
         dynamodb: round(dynamoCalls / Math.max(1, requests), 2),
         sqs: round(sqsProxy.total() / Math.max(1, requests), 2),
         byAction,
+        bySource: Object.fromEntries(
+          [...dynamoProxy.tags.entries()]
+            .sort((a, b) => b[1] - a[1])
+            .slice(0, 12)
+            .map(([tag, n]) => [tag, round(n / Math.max(1, requests), 2)]),
+        ),
       },
+      warmupS,
       ticketsByStatus,
       fastPath,
       queued: tickets.length - fastPath,
@@ -234,7 +250,7 @@ export const throughputMarkdown = (r: ThroughputResult): string =>
     '',
     '| measure | value |',
     '|---|---|',
-    `| sustained grants/s (after 5 s warm-up) | ${r.grantsPerSecond.sustained} |`,
+    `| sustained grants/s (after ${r.warmupS} s warm-up) | ${r.grantsPerSecond.sustained} |`,
     `| best second | ${r.grantsPerSecond.bestSecond} |`,
     `| grants/s in each 10 s of the load | ${r.grantsPerSecond.byTenSeconds.join(', ')} |`,
     `| most calls in any ${r.limitPerWindow}-call window vs limit | ${r.maxInWindow} / ${r.limitPerWindow} (overspend ${r.overspend}) |`,
@@ -252,6 +268,10 @@ export const throughputMarkdown = (r: ThroughputResult): string =>
     `Calls per request by action: ${Object.entries(r.callsPerRequest.byAction)
       .map(([k, v]) => `${k} ${v}`)
       .join(', ')}.`,
+    '',
+    `DynamoDB calls per request by what they touch (most first): ${Object.entries(r.callsPerRequest.bySource)
+      .map(([k, v]) => `${k} ${v}`)
+      .join('; ')}.`,
   ].join('\n');
 
 export const writeThroughputResults = (r: ThroughputResult): string => {
