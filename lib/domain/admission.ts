@@ -305,6 +305,12 @@ export const FAST_PATH_BUCKET_TRIES = 3;
  * of tries were refused (grants landing out of their planning order), 2 wasted transactions per request.
  */
 export const FAST_PATH_RETRY_MIN_SUCCESS = 1 / 3;
+/**
+ * Below that share the first try does not pay either: only every this many requests try the fast path (keeping
+ * the share current, so the fast path comes back once tries go through again); the others queue at once. Queued,
+ * the dispatcher grants up to 20 per transaction.
+ */
+export const FAST_PATH_PROBE_EVERY = 4;
 
 /**
  * A reserved slot's claim starts ahead of it by the claim's recent latency, at most this share of the grant slack
@@ -330,6 +336,8 @@ export class Admission {
   private fastGrantMs = 0;
   /** Share of recent fast-grant tries the bucket let through (moving average; see FAST_PATH_RETRY_MIN_SUCCESS). */
   private fastTryOk = 1;
+  /** Requests seen while that share was low (every FAST_PATH_PROBE_EVERY-th tries). */
+  private fastLowSeen = 0;
   /** …and until when it takes only roomy grants, the queue having been found busy (see FAST_PATH_BACKOFF_MS). */
   private readonly queueBusyUntil: Record<Priority, number> = { urgent: 0, high: 0, normal: 0, low: 0 };
   /** Recent latency of the claim's transaction (moving average): a reserved slot's claim starts that much early. */
@@ -451,6 +459,8 @@ export class Admission {
     idempotency?: { key: string; untilMs: number },
   ): Promise<Ticket | undefined | 'unknown'> {
     if (config.paused) return undefined;
+    if (this.fastTryOk < FAST_PATH_RETRY_MIN_SUCCESS && ++this.fastLowSeen % FAST_PATH_PROBE_EVERY !== 0)
+      return undefined;
     // A refused bucket condition returns the bucket as stored: planned again from it, the grant usually goes
     // through (concurrent requests of one container plan from the same last known state; the first to find the
     // bucket idle wins, the others then find it busy). Queueing it instead would hold every later request of
