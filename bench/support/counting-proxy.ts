@@ -57,7 +57,13 @@ const itemOf = (action: string, body: string): string | undefined => {
   }
 };
 
-export const startCountingProxy = async (upstream: string): Promise<CountingProxy> => {
+/**
+ * @param onRequest sees each request's action and body (e.g. which tickets were sent to the queue)
+ */
+export const startCountingProxy = async (
+  upstream: string,
+  onRequest?: (action: string, body: string) => void,
+): Promise<CountingProxy> => {
   const target = new URL(upstream);
   const counts = new Map<string, number>();
   const tags = new Map<string, number>();
@@ -68,6 +74,7 @@ export const startCountingProxy = async (upstream: string): Promise<CountingProx
       const body = Buffer.concat(chunks);
       const action = actionOf(req.headers, body.toString('utf8'));
       counts.set(action, (counts.get(action) ?? 0) + 1);
+      onRequest?.(action, body.toString('utf8'));
       const item = itemOf(action, body.toString('utf8'));
       if (item !== undefined) tags.set(`${action} ${item}`, (tags.get(`${action} ${item}`) ?? 0) + 1);
       const fwd = request(

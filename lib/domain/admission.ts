@@ -308,6 +308,19 @@ export const FAST_PATH_BACKOFF_MS = 1_000;
 export const roomyKeep = (burst: number): number => (burst >= 4 ? Math.ceil(burst / 2) : burst);
 /** Tries of the fast grant when the bucket's condition refused it (each from the bucket as the refusal returned). */
 export const FAST_PATH_BUCKET_TRIES = 3;
+/**
+ * A refused fast grant is tried again only while at least this share of this container's recent tries went
+ * through: a try costs a transaction as large as the queue's create, and a request granted through the queue
+ * costs about two transactions more than a fast grant, so a retry pays only above ~1/3. On a loaded emulator 86 %
+ * of tries were refused (grants landing out of their planning order), 2 wasted transactions per request.
+ */
+export const FAST_PATH_RETRY_MIN_SUCCESS = 1 / 3;
+/**
+ * Below that share the first try does not pay either: only every this many requests try the fast path (keeping
+ * the share current, so the fast path comes back once tries go through again); the others queue at once. Queued,
+ * the dispatcher grants up to 20 per transaction.
+ */
+export const FAST_PATH_PROBE_EVERY = 4;
 
 /**
  * A reserved slot's claim starts ahead of it by the claim's recent latency, at most this share of the grant slack
@@ -342,6 +355,10 @@ export class Admission {
   private readonly fastPathOffUntil: Record<Priority, number> = { urgent: 0, high: 0, normal: 0, low: 0 };
   /** Recent latency of the fast grant's transaction (moving average), which its slot is planned ahead by. */
   private fastGrantMs = 0;
+  /** Share of recent fast-grant tries the bucket let through (moving average; see FAST_PATH_RETRY_MIN_SUCCESS). */
+  private fastTryOk = 1;
+  /** Requests seen while that share was low (every FAST_PATH_PROBE_EVERY-th tries). */
+  private fastLowSeen = 0;
   /** …and until when it takes only roomy grants, the queue having been found busy (see FAST_PATH_BACKOFF_MS). */
   private readonly queueBusyUntil: Record<Priority, number> = { urgent: 0, high: 0, normal: 0, low: 0 };
   /** Recent latency of the claim's transaction (moving average): a reserved slot's claim starts that much early. */
@@ -468,6 +485,8 @@ export class Admission {
     idempotency?: { key: string; untilMs: number },
   ): Promise<Ticket | undefined | 'unknown'> {
     if (config.paused) return undefined;
+    if (this.fastTryOk < FAST_PATH_RETRY_MIN_SUCCESS && ++this.fastLowSeen % FAST_PATH_PROBE_EVERY !== 0)
+      return undefined;
     // A refused bucket condition returns the bucket as stored: planned again from it, the grant usually goes
     // through (concurrent requests of one container plan from the same last known state; the first to find the
     // bucket idle wins, the others then find it busy). Queueing it instead would hold every later request of
@@ -480,7 +499,7 @@ export class Admission {
         return undefined;
       }
       if (res !== 'bucket_conflict') return res;
-      if (tries >= FAST_PATH_BUCKET_TRIES) {
+      if (tries >= FAST_PATH_BUCKET_TRIES || this.fastTryOk < FAST_PATH_RETRY_MIN_SUCCESS) {
         this.stats.fastFallback++;
         return undefined;
       }
@@ -572,6 +591,8 @@ export class Admission {
       return 'unknown';
     }
     this.fastGrantMs = 0.8 * this.fastGrantMs + 0.2 * (clock.now() - sentAt);
+    if (res.kind === 'granted' || res.kind === 'bucket_conflict')
+      this.fastTryOk = 0.9 * this.fastTryOk + (res.kind === 'granted' ? 0.1 : 0);
     if (res.kind === 'granted') {
       bucket.spent(plan.attempt);
       this.stats.fastPath++;

@@ -229,12 +229,46 @@ export const planConsume = (state: BucketState, now: number, burstForPriority: n
       },
     };
   }
-  if (state.tat === undefined || state.tat < now) {
-    return { attempt: { branch: 'idle', now, newTat: now + T, params } };
-  }
-  const maxTat = now + (burstForPriority - 1) * T;
-  if (state.tat <= maxTat) return { attempt: { branch: 'busy', now, maxTat, params } };
-  return { waitMs: state.tat - maxTat };
+  const slot = nearIdleSlot(state, now, burstForPriority);
+  if (slot === undefined) return { attempt: { branch: 'idle', now, newTat: now + T, params } };
+  const maxTat = slot + (burstForPriority - 1) * T;
+  if (state.tat! <= maxTat) return { attempt: { branch: 'busy', now: slot, maxTat, params } };
+  return { waitMs: state.tat! - maxTat };
+};
+
+/**
+ * The most a grant is placed before its planned time (see nearIdleSlot): small against the grant → call slack
+ * (≥ 100 ms; 1 s by default), which counts from the recorded slot, so a grant placed back is still called in time.
+ */
+export const NEAR_IDLE_MAX_MS = 20;
+
+/**
+ * How far before its planned time a grant may be placed to find the bucket busy: a quarter of the priority's burst
+ * in whole intervals (none under a burst of 5), at most NEAR_IDLE_MAX_MS.
+ */
+export const nearIdleMs = (intervalMs: number, burstForPriority: number): number =>
+  Math.min(NEAR_IDLE_MAX_MS, Math.floor((burstForPriority - 1) / 4) * intervalMs);
+
+/**
+ * The slot a grant planned at `now` takes: `now`, or — when the known tat is behind `now` by at most nearIdleMs —
+ * the tat itself, where the bucket is busy; undefined when the bucket is idle (the idle write at `now`).
+ *
+ * Why: the idle write (SET tat = now + T IF tat < now) is exact, but two of them always refuse each other (each
+ * sets the tat to its own value), and on a bucket that idles between grants (any rate well below 1/T) every grant
+ * planned from the same known state is one: concurrent requests refused each other most of the time and retried.
+ * The busy write (SET tat = tat + T IF slot ≤ tat ≤ maxTat) is exact too and commutes with itself: grants placed at
+ * the known tat all go through while the burst lasts, in any order. The grant is recorded (and called no earlier
+ * than) at that slot, a little before the time it was planned for; its call is still bounded by the grant → call
+ * slack from the recorded slot (Admission.isStale), so every window stays exact.
+ */
+export const nearIdleSlot = (
+  state: BucketState,
+  now: number,
+  burstForPriority: number,
+): number | undefined => {
+  if (state.tat === undefined) return undefined;
+  if (state.tat >= now) return now;
+  return state.tat >= now - nearIdleMs(state.intervalMs, burstForPriority) ? state.tat : undefined;
 };
 
 /** The tat after applying an attempt to a state, or undefined if its condition fails (for in-memory stores). */
@@ -302,10 +336,10 @@ export const planConsumeMany = (
   if (count < 2) return undefined;
   const T = state.intervalMs;
   const params = paramsOf(state);
-  if (state.tat === undefined || state.tat < now)
-    return { attempt: { branch: 'idle', now, newTat: now + count * T, params }, count };
+  const slot = nearIdleSlot(state, now, burstForPriority);
+  if (slot === undefined) return { attempt: { branch: 'idle', now, newTat: now + count * T, params }, count };
   return {
-    attempt: { branch: 'busy', now, maxTat: now + (burstForPriority - count) * T, params, count },
+    attempt: { branch: 'busy', now: slot, maxTat: slot + (burstForPriority - count) * T, params, count },
     count,
   };
 };

@@ -178,6 +178,72 @@ describe('fast path under concurrency', () => {
   });
 });
 
+describe('fast path: concurrent requests of one container on a bucket that idles between grants', () => {
+  it('planned from one known state a little behind the clock: all granted on the first try, none refused', async () => {
+    // Prepare: T 5 ms, burst 20; one grant lands, then 10 ms pass (the known tat 5 ms behind the clock)
+    const s = await setup({ params: { intervalMs: 5, burst: 20 } });
+    expect((await s.admission.admit(s.request('normal'), CONFIG)).claimed).toBe(true);
+    s.clock.advance(10);
+    const conflictsBefore = s.bucket.stats.conflicts;
+
+    // Act: six requests at once (each plans before any answer comes back)
+    const got = await Promise.all(
+      Array.from({ length: 6 }, () => s.admission.admit(s.request('normal'), CONFIG)),
+    );
+
+    // Assess: each placed at the known tat with an add, so none refused another (idle writes: five refused)
+    expect(got.every((g) => g.claimed)).toBe(true);
+    expect(s.bucket.stats.conflicts - conflictsBefore).toBe(0);
+    expect(s.admission.stats).toMatchObject({ fastPath: 7, fastFallback: 0 });
+    // Exactly GCRA: seven tokens in all, the six at the known tat (now − 5 ms)
+    expect(new Set(got.map((g) => g.ticket.grantedAt))).toEqual(new Set([s.clock.now() - 5]));
+    expect(s.bucketStore.state?.tat).toBe(s.clock.now() - 5 + 6 * 5);
+  });
+});
+
+describe('fast path: tries only while they pay', () => {
+  it('once most recent tries were refused on the bucket, a refused try queues the request instead of trying again', async () => {
+    // Prepare: a store whose bucket condition refuses every fast grant (grants landing out of their planning order)
+    class RefusingStore extends MemoryTicketStore {
+      calls = 0;
+      override async fastGrant() {
+        this.calls++;
+        return { kind: 'bucket_conflict' as const, current: this.bucketStore.state };
+      }
+      constructor(readonly bucketStore: MemoryBucketStore) {
+        super(bucketStore, () => false);
+      }
+    }
+    const clock = new FakeClock();
+    const bucketStore = new MemoryBucketStore();
+    const tickets = new RefusingStore(bucketStore);
+    const bucket = new TokenBucket(bucketStore, clock, { fraction: 0, forNormal: false });
+    await bucket.configure({ intervalMs: 5, burst: 20 });
+    const { admission } = memoryAdmission({ clock, tickets, bucket });
+    const request = (): AdmitRequest => ({
+      agent: 'a',
+      priority: 'normal',
+      model: 'm',
+      stream: false,
+      deadline: clock.now() + 170_000,
+      callBudgetMs: 65_000,
+    });
+
+    // Act: twelve requests one after the other
+    const triesPerRequest: number[] = [];
+    for (let i = 0; i < 12; i++) {
+      const before = tickets.calls;
+      const got = await admission.admit(request(), CONFIG);
+      expect(got.claimed).toBeFalsy();
+      triesPerRequest.push(tickets.calls - before);
+    }
+
+    // Assess: three tries while the recent share of granted tries is ≥ 1/3 (it falls by 10 % a try); below it one
+    // try, and only every fourth request (the others queue at once)
+    expect(triesPerRequest).toEqual([3, 3, 3, 2, 0, 0, 0, 1, 0, 0, 0, 1]);
+  });
+});
+
 describe('roomy fast grants', () => {
   it.each<[string, Priority, number, boolean]>([
     [
