@@ -11,43 +11,11 @@ import { startFakeUpstream } from '../local/fake-upstream.js';
 import { type LocalSystem, startLocalSystem } from '../local/runtime.js';
 import { type CountingProxy, startCountingProxy } from './support/counting-proxy.js';
 import { machine, round, summary } from './support/stats.js';
+import { type StreamTiming, TimingClient, timeChat } from './support/timing-client.js';
 
-const MODEL = 'meta/llama-3.1-8b-instruct';
-const MESSAGES = [{ role: 'user' as const, content: 'bench' }];
 /** Requests each way before the fast path is timed (DynamoDB Local's JIT; see the fast phase). */
 const WARMUP_REQUESTS = 200;
 const WARMUP_CONCURRENCY = 20;
-
-interface StreamTiming {
-  ttfb: number;
-  gaps: number[];
-  total: number;
-}
-
-const timeChat = async (client: OpenAI, tag?: string): Promise<number> => {
-  const t0 = performance.now();
-  // A tag rides on a header the gateway forwards, so the simulated upstream's record names the request.
-  await client.chat.completions.create(
-    { model: MODEL, messages: MESSAGES },
-    tag ? { headers: { 'openai-beta': tag } } : undefined,
-  );
-  return performance.now() - t0;
-};
-
-const timeStream = async (client: OpenAI): Promise<StreamTiming> => {
-  const t0 = performance.now();
-  const stream = await client.chat.completions.create({ model: MODEL, messages: MESSAGES, stream: true });
-  let last = 0;
-  let ttfb = 0;
-  const gaps: number[] = [];
-  for await (const _chunk of stream) {
-    const now = performance.now();
-    if (!ttfb) ttfb = now - t0;
-    else gaps.push(now - last);
-    last = now;
-  }
-  return { ttfb, gaps, total: performance.now() - t0 };
-};
 
 /**
  * Tickets of a system granted on the fast path: claimed within a few ms of admission (a queued ticket needs a
@@ -237,11 +205,8 @@ export const runPathBench = async (
       // Timed on the emulators themselves (a counting proxy would add a hop to every store call); calls are
       // counted on a second system behind the proxies, below.
       const fast = await start('bench-fast', fastEnv, emulators);
-      const fastClient = new OpenAI({
-        baseURL: `${fast.url}/v1`,
-        apiKey: await fast.createKey('bench', 'urgent'),
-        maxRetries: 0,
-      });
+      const fastKey = await fast.createKey('bench', 'urgent');
+      const fastClient = new OpenAI({ baseURL: `${fast.url}/v1`, apiKey: fastKey, maxRetries: 0 });
       // DynamoDB Local is a JVM: its first few hundred transactions run interpreted and take several times as
       // long as once compiled (a long-running `npm start` is past that within a minute; DynamoDB itself has no
       // such phase). Warm both paths up with concurrent requests before timing anything.
@@ -262,27 +227,34 @@ export const runPathBench = async (
       const gwChat: number[] = [];
       const directStream: StreamTiming[] = [];
       const gwStream: StreamTiming[] = [];
+      // The timed requests leave from a worker thread: an agent is not on the gateway's event loop.
+      const timer = new TimingClient();
+      await timer.client('direct', `${upstream.url}/v1`, 'bench-key');
+      await timer.client('gateway', `${fast.url}/v1`, fastKey);
       const loadStart = os.loadavg().map((x) => round(x, 2));
-      for (let i = 0; i < n; i++) {
-        const pair = [() => timeChat(direct), () => timeChat(fastClient)] as const;
-        if (i % 2 === 0) {
-          directChat.push(await pair[0]());
-          gwChat.push(await pair[1]());
-        } else {
-          gwChat.push(await pair[1]());
-          directChat.push(await pair[0]());
+      try {
+        for (let i = 0; i < n; i++) {
+          if (i % 2 === 0) {
+            directChat.push(await timer.chat('direct'));
+            gwChat.push(await timer.chat('gateway'));
+          } else {
+            gwChat.push(await timer.chat('gateway'));
+            directChat.push(await timer.chat('direct'));
+          }
+          await fast.settled();
         }
-        await fast.settled();
-      }
-      for (let i = 0; i < n / 2; i++) {
-        if (i % 2 === 0) {
-          directStream.push(await timeStream(direct));
-          gwStream.push(await timeStream(fastClient));
-        } else {
-          gwStream.push(await timeStream(fastClient));
-          directStream.push(await timeStream(direct));
+        for (let i = 0; i < n / 2; i++) {
+          if (i % 2 === 0) {
+            directStream.push(await timer.stream('direct'));
+            gwStream.push(await timer.stream('gateway'));
+          } else {
+            gwStream.push(await timer.stream('gateway'));
+            directStream.push(await timer.stream('direct'));
+          }
+          await fast.settled();
         }
-        await fast.settled();
+      } finally {
+        await timer.stop();
       }
       const loadEnd = os.loadavg().map((x) => round(x, 2));
       const { fast: fastCount, total: fastTotal } = await fastPathTickets(
@@ -458,7 +430,7 @@ export const pathMarkdown = (r: PathBenchResult): string => {
     row('gateway, inter-chunk gap', r.streaming.gateway.gaps),
     row(`gateway queued (${r.queued.agents} agents, ${r.queued.rateRpm} rpm)`, r.queued.latency),
     '',
-    `Fast path: ${r.settings.interleaved ? `direct and gateway requests alternate one by one, after a warm-up of ${WARMUP_REQUESTS} requests each way (DynamoDB Local's JIT)${r.fastLoadAverage ? `, load average ${r.fastLoadAverage.start[0]} at the start and ${r.fastLoadAverage.end[0]} at the end` : ''}; ` : ''}timed on the emulators directly, calls counted on a second system behind the counting proxies.`,
+    `Fast path: ${r.settings.interleaved ? `direct and gateway requests alternate one by one, after a warm-up of ${WARMUP_REQUESTS} requests each way (DynamoDB Local's JIT)${r.fastLoadAverage ? `, load average ${r.fastLoadAverage.start[0]} at the start and ${r.fastLoadAverage.end[0]} at the end` : ''}; ` : ''}timed from a worker thread (an agent is not on the gateway's event loop) against a system on the emulators directly, calls counted on a second system behind the counting proxies.`,
     '',
     `Added latency, fast path: p50 ${r.nonStreaming.addedP50} ms, p99 ${r.nonStreaming.addedP99} ms${r.nonStreaming.addedPerPair ? ` (pair by pair: p50 ${r.nonStreaming.addedPerPair.p50} ms, p95 ${r.nonStreaming.addedPerPair.p95} ms)` : ''}; added time to first byte p50 ${round(r.streaming.gateway.ttfb.p50 - r.streaming.direct.ttfb.p50)} ms, inter-chunk gap p50 ${round(r.streaming.gateway.gaps.p50 - r.streaming.direct.gaps.p50)} ms. Fast-path run: ${r.fastPathRun.fast} of ${r.fastPathRun.total} requests granted on the fast path. Queued run: ${r.queued.requests} requests, ${r.queued.failed} failed, ${r.queued.fastPath} granted on the fast path (a token free and nothing waiting), the rest through the queue.`,
     '',
