@@ -223,39 +223,32 @@ export const runPathBench = async (
       // Direct and gateway requests alternate one by one (which goes first alternates too), so both see the same
       // load on a shared machine; each request's bookkeeping ends before the next one starts.
       progress('path: direct and gateway fast path, interleaved (tokens always free)');
-      const directChat: number[] = [];
-      const gwChat: number[] = [];
-      const directStream: StreamTiming[] = [];
-      const gwStream: StreamTiming[] = [];
       // The timed requests leave from a worker thread: an agent is not on the gateway's event loop.
       const timer = new TimingClient();
       await timer.client('direct', `${upstream.url}/v1`, 'bench-key');
       await timer.client('gateway', `${fast.url}/v1`, fastKey);
+      // Pair i: direct then gateway when i is even, the other way round when odd; each pair's bookkeeping ends
+      // before the next pair starts.
+      const pairs = async <T>(count: number, time: (name: string) => Promise<T>) => {
+        const out = { direct: [] as T[], gateway: [] as T[] };
+        for (let i = 0; i < count; i++) {
+          for (const name of i % 2 === 0 ? ['direct', 'gateway'] : ['gateway', 'direct'])
+            out[name as 'direct' | 'gateway'].push(await time(name));
+          await fast.settled();
+        }
+        return out;
+      };
       const loadStart = os.loadavg().map((x) => round(x, 2));
+      let chats: { direct: number[]; gateway: number[] };
+      let streams: { direct: StreamTiming[]; gateway: StreamTiming[] };
       try {
-        for (let i = 0; i < n; i++) {
-          if (i % 2 === 0) {
-            directChat.push(await timer.chat('direct'));
-            gwChat.push(await timer.chat('gateway'));
-          } else {
-            gwChat.push(await timer.chat('gateway'));
-            directChat.push(await timer.chat('direct'));
-          }
-          await fast.settled();
-        }
-        for (let i = 0; i < n / 2; i++) {
-          if (i % 2 === 0) {
-            directStream.push(await timer.stream('direct'));
-            gwStream.push(await timer.stream('gateway'));
-          } else {
-            gwStream.push(await timer.stream('gateway'));
-            directStream.push(await timer.stream('direct'));
-          }
-          await fast.settled();
-        }
+        chats = await pairs(n, (name) => timer.chat(name));
+        streams = await pairs(n / 2, (name) => timer.stream(name));
       } finally {
         await timer.stop();
       }
+      const { direct: directChat, gateway: gwChat } = chats;
+      const { direct: directStream, gateway: gwStream } = streams;
       const loadEnd = os.loadavg().map((x) => round(x, 2));
       const { fast: fastCount, total: fastTotal } = await fastPathTickets(
         emulators.dynamoEndpoint,
