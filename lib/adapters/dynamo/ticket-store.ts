@@ -825,10 +825,7 @@ export class DynamoTicketStore implements TicketStore {
       if (budget?.failed) return refused({ kind: 'budget_exceeded', used: budgetUsageOf(budget.item) });
       if (paused?.failed) return refused({ kind: 'paused' });
       if (queued.some((r) => r?.failed)) {
-        const waiting = queued.reduce(
-          (sum, r) => sum + (plain<{ queued?: number }>(r?.item)?.queued ?? 0),
-          0,
-        );
+        const waiting = counts.reduce<number>((sum, c) => sum + (c ?? 0), 0);
         return refused({ kind: 'queue_busy', ...(waiting > 0 ? { queued: waiting } : {}) });
       }
       if (inflight?.failed) return refused({ kind: 'inflight_full' });
