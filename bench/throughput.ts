@@ -10,6 +10,7 @@ import { startFakeUpstream } from '../local/fake-upstream.js';
 import { startLocalSystem } from '../local/runtime.js';
 import type { BenchOptions, BenchResult } from './run.js';
 import { startCountingProxy } from './support/counting-proxy.js';
+import { type CpuUse, startCpuMeter } from './support/process-cpu.js';
 import { machine, round, summary } from './support/stats.js';
 
 const MODEL = 'meta/llama-3.1-8b-instruct';
@@ -70,6 +71,12 @@ export interface ThroughputResult {
   /** Tickets granted on the fast path (claimed at admission) and the rest (through the queue). */
   fastPath: number;
   queued: number;
+  /**
+   * CPU over the measured part (after the warm-up, to the end of the load): cores each process used and their CPU
+   * ms per grant in it. `self` is this process: the gateway's functions, fauxqs, the agents, the simulated upstream
+   * and the counting proxies. Absent without /proc.
+   */
+  cpu?: CpuUse & { msPerGrant: Record<string, number> };
 }
 
 export const runThroughputBench = async (o: BenchOptions): Promise<BenchResult> => {
@@ -121,6 +128,12 @@ export const runThroughputBench = async (o: BenchOptions): Promise<BenchResult> 
     upstream.reset();
     const started = Date.now();
     const stopAt = started + seconds * 1000;
+    // What bounds the rate on one machine: the CPU each process spends per grant once the emulator is warm.
+    let cpuMeter: ReturnType<typeof startCpuMeter> | undefined;
+    const startMeter = () => {
+      cpuMeter = startCpuMeter({ dynamoDbLocal: emulators.dynamoPid });
+    };
+    const meterTimer = setTimeout(startMeter, Math.min(warmupS, seconds) * 1000);
     const latencies: number[] = [];
     const refused: Record<string, number> = {};
     let requests = 0;
@@ -160,6 +173,8 @@ export const runThroughputBench = async (o: BenchOptions): Promise<BenchResult> 
       }),
     );
     const ended = Date.now();
+    clearTimeout(meterTimer);
+    const cpuUse = cpuMeter?.stop();
     await system.lambda.idle();
     const tickets = await scanTickets(emulators.dynamoEndpoint, system.env.SLUICE_TICKETS_TABLE!);
     const ticketsByStatus: Record<string, number> = {};
@@ -231,6 +246,19 @@ export const runThroughputBench = async (o: BenchOptions): Promise<BenchResult> 
       ticketsByStatus,
       fastPath,
       queued: tickets.length - fastPath,
+      ...(cpuUse
+        ? {
+            cpu: {
+              ...cpuUse,
+              msPerGrant: Object.fromEntries(
+                Object.entries(cpuUse.coresByProcess).map(([name, cores]) => [
+                  name,
+                  round((cores * cpuUse.seconds * 1000) / Math.max(1, steady.length), 1),
+                ]),
+              ),
+            },
+          }
+        : {}),
     };
     return { markdown: writeThroughputResults(result) };
   } finally {
@@ -241,6 +269,20 @@ export const runThroughputBench = async (o: BenchOptions): Promise<BenchResult> 
     await emulators.stop();
   }
 };
+
+const CPU_NAMES: Record<string, string> = {
+  dynamoDbLocal: 'DynamoDB Local',
+  self: 'bench process (gateway, fauxqs, agents, upstream, counting proxies)',
+};
+
+const cpuRow = (cpu: NonNullable<ThroughputResult['cpu']>): string =>
+  `| CPU after the warm-up: cores used (ms per grant) | ${Object.entries(cpu.coresByProcess)
+    .map(([name, cores]) => `${CPU_NAMES[name] ?? name} ${round(cores, 2)} (${cpu.msPerGrant[name]})`)
+    .join('; ')}${
+    cpu.machineCores === undefined
+      ? ''
+      : `; whole machine ${round(cpu.machineCores, 2)} of ${cpu.cores} cores`
+  } |`;
 
 export const throughputMarkdown = (r: ThroughputResult): string =>
   [
@@ -264,6 +306,7 @@ export const throughputMarkdown = (r: ThroughputResult): string =>
         .join(', ') || 'none'
     } |`,
     `| DynamoDB / SQS calls per request | ${r.callsPerRequest.dynamodb} / ${r.callsPerRequest.sqs} |`,
+    ...(r.cpu ? [cpuRow(r.cpu)] : []),
     '',
     `Calls per request by action: ${Object.entries(r.callsPerRequest.byAction)
       .map(([k, v]) => `${k} ${v}`)

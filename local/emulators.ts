@@ -31,6 +31,8 @@ import {
 export interface RunningEmulator {
   /** `http://127.0.0.1:<port>` */
   endpoint: string;
+  /** Its own process (DynamoDB Local's JVM), for benches that account its CPU; unset when in this process. */
+  pid?: number;
   /** Stops the emulator and waits until it is gone; safe to call more than once. */
   stop(): Promise<void>;
 }
@@ -39,6 +41,8 @@ export interface RunningEmulator {
 export interface RunningEmulators {
   dynamoEndpoint: string;
   sqsEndpoint: string;
+  /** DynamoDB Local's JVM (fauxqs runs in this process). */
+  dynamoPid?: number;
   /** Stops both emulators. */
   stop(): Promise<void>;
 }
@@ -308,6 +312,7 @@ const launchDynamoDbLocal = async (port: number, dataDir: string | undefined): P
   let stopping: Promise<void> | undefined;
   return {
     endpoint,
+    ...(child.pid !== undefined ? { pid: child.pid } : {}),
     stop: () => {
       stopping ??= (async () => {
         process.off('exit', killOnExit);
@@ -378,6 +383,7 @@ export const startEmulators = async (opts: { dynamoDataDir?: string } = {}): Pro
   return {
     dynamoEndpoint: dynamo.value.endpoint,
     sqsEndpoint: sqs.value.endpoint,
+    ...(dynamo.value.pid !== undefined ? { dynamoPid: dynamo.value.pid } : {}),
     stop: async () => {
       await Promise.all([dynamo.value.stop(), sqs.value.stop()]);
     },
