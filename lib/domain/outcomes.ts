@@ -70,6 +70,29 @@ export const emptySlot = (slot: number): SlotCounters => ({
   ) as SlotCounters['sums'],
 });
 
+/**
+ * Sums the slots that share a start (the shards of one slot, written apart to spread a hot item's writes) and
+ * returns one per start, in time order.
+ */
+export const mergeSlots = (slots: readonly SlotCounters[]): SlotCounters[] => {
+  const bySlot = new Map<number, SlotCounters>();
+  for (const s of slots) {
+    const into = bySlot.get(s.slot);
+    if (!into) {
+      bySlot.set(s.slot, s);
+      continue;
+    }
+    for (const c of COUNTERS) into.counts[c] += s.counts[c];
+    for (const h of HISTOGRAMS) {
+      for (const p of PRIORITIES) {
+        into.hist[h][p] = into.hist[h][p].map((n, i) => n + (s.hist[h][p][i] ?? 0));
+        into.sums[h][p] += s.sums[h][p];
+      }
+    }
+  }
+  return [...bySlot.values()].sort((a, b) => a.slot - b.slot);
+};
+
 /** Upstream answers in a span: what retreat judges. Capacity errors are counted apart from 429s. */
 export interface WindowStats {
   total: number;

@@ -178,6 +178,30 @@ describe('DynamoOutcomeStore', () => {
     expect(slots[0]?.hist.upstream.high.reduce((a, b) => a + b, 0)).toBe(3);
   });
 
+  it('sums the shards written by several containers into one slot, as one item would have held', async () => {
+    // Prepare: three containers writing shards 0, 1 and 3 of the same slots.
+    const partition = unique('outcomes');
+    const containers = [0, 1, 3].map(
+      (shard) => new DynamoOutcomeStore(res.dynamo, res.names.stateTable, partition, shard),
+    );
+    const memory = new MemoryOutcomeStore();
+    const t0 = slotOf(Date.now());
+    for (const [i, [at, e]] of events.entries()) {
+      await containers[i % containers.length]!.record(t0 + at, e);
+      await memory.record(t0 + at, e);
+    }
+
+    // Act: any container reads them all, with one Query.
+    const slots = await containers[0]!.read(t0, t0 + 3 * SLOT_MS);
+
+    // Assess
+    expect(slots).toEqual(await memory.read(t0, t0 + 3 * SLOT_MS));
+    expect(slots.map((s) => s.slot)).toEqual([t0, t0 + SLOT_MS, t0 + 3 * SLOT_MS]);
+    expect(await containers[2]!.read(t0 + SLOT_MS, t0 + SLOT_MS)).toEqual(
+      await memory.read(t0 + SLOT_MS, t0 + SLOT_MS),
+    );
+  });
+
   // Regression: one UpdateExpression may not name the same attribute twice, so the adapter merges per attribute.
   it('records an event carrying two latencies of the same histogram and priority', async () => {
     // Prepare

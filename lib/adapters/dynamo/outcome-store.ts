@@ -1,10 +1,12 @@
-// Adapter: outcome counters, one state-table item per 10-second slot, written with ADD only.
+// Adapter: outcome counters, one state-table item per 10-second slot and shard, written with ADD only.
+import { randomInt } from 'node:crypto';
 import { type DynamoDBClient, QueryCommand, UpdateItemCommand } from '@aws-sdk/client-dynamodb';
 import {
   COUNTERS,
   emptySlot,
   HISTOGRAMS,
   latencyBucket,
+  mergeSlots,
   type OutcomeEvent,
   SLOT_MS,
   type SlotCounters,
@@ -17,6 +19,15 @@ import { type Item, n, plain, s, stateKey, ttlFrom } from './common.js';
 
 /** Sort key of a slot: fixed width so string order is time order. */
 const slotKey = (slot: number) => String(slot).padStart(15, '0');
+/** After every shard's sort key of a slot (`<slot>#<shard>`) in string order. */
+const AFTER_SHARDS = '#~';
+
+/**
+ * Shards per slot. Every request's end writes its slot (~3 KB: 3 write units), so one item would take ~330 writes
+ * per second at most (1,000 units per item): each container writes its own shard of four, which a reader's one
+ * Query gets together (the same partition key, sort keys side by side) and sums.
+ */
+export const OUTCOME_SHARDS = 4;
 const histAttr = (name: string, priority: string, bucket: number) => `h_${name}_${priority}_${bucket}`;
 
 /** Outcome slots live a day: the dashboard shows 10 minutes, retreat reads at most its windows. */
@@ -27,6 +38,8 @@ export class DynamoOutcomeStore implements OutcomeStore {
     private readonly client: DynamoDBClient,
     private readonly table: string,
     private readonly partition = 'outcomes',
+    /** This container's shard of every slot. @default one of OUTCOME_SHARDS at random */
+    private readonly shard = randomInt(OUTCOME_SHARDS),
   ) {
     translateStoreErrors(client, 'DynamoDB');
   }
@@ -55,7 +68,7 @@ export class DynamoOutcomeStore implements OutcomeStore {
     await this.client.send(
       new UpdateItemCommand({
         TableName: this.table,
-        Key: stateKey(this.partition, slotKey(slotOf(now))),
+        Key: stateKey(this.partition, `${slotKey(slotOf(now))}#${this.shard}`),
         UpdateExpression: `ADD ${adds.join(', ')} SET expiresAt = if_not_exists(expiresAt, :exp)`,
         ExpressionAttributeNames: names,
         ExpressionAttributeValues: values,
@@ -74,7 +87,7 @@ export class DynamoOutcomeStore implements OutcomeStore {
           ExpressionAttributeValues: {
             ':pk': s(this.partition),
             ':a': s(slotKey(slotOf(fromMs))),
-            ':b': s(slotKey(slotOf(toMs))),
+            ':b': s(slotKey(slotOf(toMs)) + AFTER_SHARDS),
           },
           ConsistentRead: true,
           ExclusiveStartKey: start,
@@ -83,13 +96,14 @@ export class DynamoOutcomeStore implements OutcomeStore {
       for (const item of res.Items ?? []) out.push(toSlot(item));
       start = res.LastEvaluatedKey;
     } while (start);
-    return out;
+    return mergeSlots(out);
   }
 }
 
 const toSlot = (item: Item): SlotCounters => {
   const p = plain<Record<string, number | string>>(item) ?? {};
-  const slot = emptySlot(Number(p.sk));
+  // `<slot>#<shard>`; a slot written before shards has no suffix.
+  const slot = emptySlot(Number(String(p.sk).split('#')[0]));
   for (const c of COUNTERS) slot.counts[c] = Number(p[c] ?? 0);
   for (const h of HISTOGRAMS) {
     for (const pr of PRIORITIES) {
