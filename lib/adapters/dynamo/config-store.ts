@@ -10,6 +10,7 @@ import { marshall } from '@aws-sdk/util-dynamodb';
 import type { ConfigChange, ConfigStore, VersionedConfig } from '../../domain/ports.js';
 import { translateStoreErrors } from '../aws-errors.js';
 import { CONFIG_ITEM_KEY, cancellation, n, plain, requestToken, s, stateKey, ttlFrom } from './common.js';
+import { retryTransactionConflicts } from './transaction-conflicts.js';
 
 const CURRENT = CONFIG_ITEM_KEY;
 const HISTORY_TTL_S = 90 * 24 * 3600;
@@ -20,6 +21,7 @@ export class DynamoConfigStore implements ConfigStore {
     private readonly table: string,
   ) {
     translateStoreErrors(client, 'DynamoDB');
+    retryTransactionConflicts(client);
   }
 
   async get(): Promise<VersionedConfig | undefined> {

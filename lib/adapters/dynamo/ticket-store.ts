@@ -56,6 +56,7 @@ import {
   stateKey,
   ttlFrom,
 } from './common.js';
+import { retryTransactionConflicts } from './transaction-conflicts.js';
 import { usageUpdate } from './usage-store.js';
 
 export interface TicketTables {
@@ -124,6 +125,7 @@ export class DynamoTicketStore implements TicketStore {
     private readonly tables: TicketTables,
   ) {
     translateStoreErrors(client, 'DynamoDB');
+    retryTransactionConflicts(client);
     this.bucketKey = stateKey('bucket', tables.bucketKey ?? 'default');
   }
 
