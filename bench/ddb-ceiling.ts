@@ -50,6 +50,19 @@ const add = (pk: string, sk: string): TransactWriteItem => ({
     ExpressionAttributeValues: { ':one': N(1) },
   },
 });
+/** A ticket's status move (`:v` the new status; `:now` given too, for expressions that stamp the phase). */
+const setStatus = (id: string, expression: string, status: string): TransactWriteItem => ({
+  Update: {
+    TableName: ticketsTable,
+    Key: { id: S(id) },
+    UpdateExpression: expression,
+    ExpressionAttributeNames: { '#s': 'status' },
+    ExpressionAttributeValues: {
+      ':v': S(status),
+      ...(expression.includes(':now') ? { ':now': N(Date.now()) } : {}),
+    },
+  },
+});
 /** The outcome slot's ADD of a few counters and histogram buckets. */
 const outcomeAdd = (i: number) => {
   const names: Record<string, string> = {};
@@ -129,19 +142,7 @@ const SHAPES: Record<string, (caller: number, id: string) => Promise<unknown>> =
     client.send(
       new TransactWriteItemsCommand({
         TransactItems: [
-          {
-            Update: {
-              TableName: ticketsTable,
-              Key: { id: S(id) },
-              UpdateExpression: 'SET #s = :claimed, phase = :phase, phaseAt = :now',
-              ExpressionAttributeNames: { '#s': 'status' },
-              ExpressionAttributeValues: {
-                ':claimed': S('claimed'),
-                ':phase': S('claimed'),
-                ':now': N(Date.now()),
-              },
-            },
-          },
+          setStatus(id, 'SET #s = :v, phase = :v, phaseAt = :now', 'claimed'),
           {
             ConditionCheck: {
               TableName: stateTable,
@@ -156,15 +157,7 @@ const SHAPES: Record<string, (caller: number, id: string) => Promise<unknown>> =
     client.send(
       new TransactWriteItemsCommand({
         TransactItems: [
-          {
-            Update: {
-              TableName: ticketsTable,
-              Key: { id: S(id) },
-              UpdateExpression: 'SET #s = :done REMOVE phase, phaseAt',
-              ExpressionAttributeNames: { '#s': 'status' },
-              ExpressionAttributeValues: { ':done': S('done') },
-            },
-          },
+          setStatus(id, 'SET #s = :v REMOVE phase, phaseAt', 'done'),
           add('admission', 'counter'),
           add('usage', `agent-${c}`),
         ],

@@ -1,6 +1,7 @@
 // Adapter helpers: which AWS SDK errors mean "the store is unavailable now" (after the SDK's own retries), and a
 // client middleware that turns exactly those into the domain's StoreUnavailableError. Anything else is rethrown.
 import { StoreUnavailableError } from '../domain/errors.js';
+import { addInitializeMiddlewareOnce, type WithMiddlewareStack } from './sdk-middleware.js';
 
 /** Error names of throttling, server-side and timeout failures: retrying later may succeed. */
 const UNAVAILABLE_NAMES = new Set([
@@ -80,19 +81,7 @@ export const storeError = (err: unknown, what: string): unknown =>
     ? new StoreUnavailableError(`${what} unavailable: ${(err as Error).name ?? 'error'}`, { cause: err })
     : err;
 
-type Next = (args: object) => Promise<object>;
-type TranslateMiddleware = (next: Next, context: { commandName?: string }) => Next;
-type AddTranslate = (
-  middleware: TranslateMiddleware,
-  options: { step: 'initialize'; name: string; priority: 'high' },
-) => void;
-
-/** Any AWS SDK v3 client (DynamoDBClient, SQSClient): its middleware stack takes an initialize-step middleware. */
-export interface WithMiddlewareStack {
-  middlewareStack: { add(...args: never[]): void };
-}
-
-const translated = new WeakSet<object>();
+export type { WithMiddlewareStack };
 
 /**
  * Makes every call of `client` throw StoreUnavailableError, after the SDK's retries, when the service is
@@ -100,12 +89,11 @@ const translated = new WeakSet<object>();
  * stores sharing one client install it once.
  * @param service shown in the error message, e.g. `DynamoDB`
  */
-export const translateStoreErrors = (client: WithMiddlewareStack, service: string): void => {
-  if (translated.has(client)) return;
-  translated.add(client);
-  const add = client.middlewareStack.add as unknown as AddTranslate;
-  add.call(
-    client.middlewareStack,
+export const translateStoreErrors = (client: WithMiddlewareStack, service: string): void =>
+  addInitializeMiddlewareOnce<object>(
+    client,
+    'sluiceStoreUnavailable',
+    'high',
     (next, context) => async (args) => {
       try {
         return await next(args);
@@ -113,6 +101,4 @@ export const translateStoreErrors = (client: WithMiddlewareStack, service: strin
         throw storeError(err, `${service} ${context.commandName ?? 'call'}`);
       }
     },
-    { step: 'initialize', name: 'sluiceStoreUnavailable', priority: 'high' },
   );
-};

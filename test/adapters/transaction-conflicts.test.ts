@@ -13,6 +13,7 @@ import {
 import { StoreUnavailableError } from '../../lib/domain/errors.js';
 import type { Ticket } from '../../lib/domain/tickets.js';
 import { type TestResources, testDynamoClient, testResources } from '../support/aws.js';
+import { claimedTicket } from '../support/relay.js';
 
 const cancelled = (...codes: string[]) =>
   new TransactionCanceledException({
@@ -78,17 +79,13 @@ describe('DynamoTicketStore.create under transaction conflicts', () => {
     });
     return { client, tickets, tokens };
   };
-  const queued = (): Ticket => ({
-    id: `tk-${randomUUID()}`,
-    agent: 'agent-a',
-    priority: 'normal',
-    model: 'nvidia/llama',
-    stream: false,
-    status: 'queued',
-    attempt: 0,
-    enqueuedAt: Date.now(),
-    deadline: Date.now() + 240_000,
-  });
+  const queued = (): Ticket =>
+    claimedTicket({
+      id: `tk-${randomUUID()}`,
+      status: 'queued',
+      enqueuedAt: Date.now(),
+      deadline: Date.now() + 240_000,
+    });
 
   it(`writes the ticket once after ${CONFLICT_RETRIES} conflicts, each try under its own token`, async () => {
     // Prepare

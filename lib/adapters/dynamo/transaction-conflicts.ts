@@ -3,7 +3,7 @@
 // nothing: it is sent again after a short jittered pause, under a new client token (the cancelled one is spent).
 import { randomUUID } from 'node:crypto';
 import { TransactionCanceledException } from '@aws-sdk/client-dynamodb';
-import type { WithMiddlewareStack } from '../aws-errors.js';
+import { addInitializeMiddlewareOnce, type WithMiddlewareStack } from '../sdk-middleware.js';
 
 /** Tries after the first: every request's counters meet on a few hot items, so conflicts come in short runs. */
 export const CONFLICT_RETRIES = 2;
@@ -21,14 +21,6 @@ export const cancelledByConflictsOnly = (err: unknown): boolean => {
 export const conflictBackoffMs = (n: number, random: () => number = Math.random): number =>
   random() * CONFLICT_BACKOFF_MS * 2 ** n;
 
-type Next = (args: { input: Record<string, unknown> }) => Promise<object>;
-type AddRetry = (
-  middleware: (next: Next, context: { commandName?: string }) => Next,
-  options: { step: 'initialize'; name: string; priority: 'normal' },
-) => void;
-
-const installed = new WeakSet<object>();
-
 /**
  * Makes `client` send a TransactWriteItems again, up to CONFLICT_RETRIES times, when conflicts alone cancelled it.
  * Inside translateStoreErrors (which runs first and names what is still refused after the last try as the store
@@ -38,12 +30,11 @@ export const retryTransactionConflicts = (
   client: WithMiddlewareStack,
   sleep: (ms: number) => Promise<void> = (ms) => new Promise((r) => setTimeout(r, ms)),
   random: () => number = Math.random,
-): void => {
-  if (installed.has(client)) return;
-  installed.add(client);
-  const add = client.middlewareStack.add as unknown as AddRetry;
-  add.call(
-    client.middlewareStack,
+): void =>
+  addInitializeMiddlewareOnce<{ input: Record<string, unknown> }>(
+    client,
+    'sluiceTransactionConflictRetry',
+    'normal',
     (next, context) => async (args) => {
       if (context.commandName !== 'TransactWriteItemsCommand') return next(args);
       for (let retry = 0; ; retry++) {
@@ -58,6 +49,4 @@ export const retryTransactionConflicts = (
         }
       }
     },
-    { step: 'initialize', name: 'sluiceTransactionConflictRetry', priority: 'normal' },
   );
-};
