@@ -12,6 +12,7 @@ import type { BenchOptions, BenchResult } from './run.js';
 import { startCountingProxy } from './support/counting-proxy.js';
 import { type CpuUse, startCpuMeter } from './support/process-cpu.js';
 import { machine, round, summary } from './support/stats.js';
+import { type DispatcherAloneResult, measureDispatcherAlone } from './throughput-dispatcher.js';
 
 const MODEL = 'meta/llama-3.1-8b-instruct';
 /** 12,000 rpm expressed over a 10 s window (2,000 per 10 s): several whole windows fit in one run. */
@@ -77,6 +78,8 @@ export interface ThroughputResult {
    * and the counting proxies. Absent without /proc.
    */
   cpu?: CpuUse & { msPerGrant: Record<string, number> };
+  /** Second phase (`--dispatcher-tickets N`, 0 skips it): the dispatcher alone granting N tickets queued before it. */
+  dispatcherAlone?: DispatcherAloneResult;
 }
 
 export const runThroughputBench = async (o: BenchOptions): Promise<BenchResult> => {
@@ -84,6 +87,9 @@ export const runThroughputBench = async (o: BenchOptions): Promise<BenchResult> 
   const seconds = arg('seconds', 40);
   // DynamoDB Local starts cold (its JIT): with --seconds 60, --warmup 20 measures the warm emulator.
   const warmupS = arg('warmup', 5);
+  const dispatcherTickets = process.argv.includes('--dispatcher-tickets')
+    ? arg('dispatcher-tickets', 0)
+    : 3_000;
   const emulators = await startEmulators();
   const dynamoProxy = await startCountingProxy(emulators.dynamoEndpoint);
   // Tickets sent to the queue (a fast-path grant never is): what tells the two paths apart.
@@ -260,6 +266,17 @@ export const runThroughputBench = async (o: BenchOptions): Promise<BenchResult> 
           }
         : {}),
     };
+    if (dispatcherTickets > 0) {
+      result.dispatcherAlone = await measureDispatcherAlone({
+        emulators,
+        proxies: { dynamo: dynamoProxy, sqs: sqsProxy },
+        upstreamUrl: `${upstream.url}/v1`,
+        limit: LIMIT,
+        windowMs: WINDOW_MS,
+        count: dispatcherTickets,
+        log: o.log,
+      });
+    }
     return { markdown: writeThroughputResults(result) };
   } finally {
     await system.stop();
@@ -315,6 +332,34 @@ export const throughputMarkdown = (r: ThroughputResult): string =>
     `DynamoDB calls per request by what they touch (most first): ${Object.entries(r.callsPerRequest.bySource)
       .map(([k, v]) => `${k} ${v}`)
       .join('; ')}.`,
+    ...(r.dispatcherAlone ? ['', dispatcherAloneMarkdown(r.dispatcherAlone)] : []),
+  ].join('\n');
+
+const dispatcherAloneMarkdown = (d: DispatcherAloneResult): string =>
+  [
+    `### The dispatcher alone`,
+    '',
+    `${d.tickets} tickets written queued straight into the stores (no HTTP, no waiting ingress), then one dispatcher run grants them; nobody claims (the claim window and the sweep are pushed past the run). The ceiling of the single consumer, apart from the per-request work of the full path above.`,
+    '',
+    '| measure | value |',
+    '|---|---|',
+    `| grants/s (slots from the first to the last) vs the bucket's pace | ${d.grantsPerSecond} / ${d.bucketPerSecond} |`,
+    `| tickets granted / queued; all granted after (ms) | ${d.granted} / ${d.tickets}; ${d.drainMs} |`,
+    `| most grant slots in any ${d.windowS} s vs the limit | ${d.maxInWindow} / ${d.limitPerWindow} (overspend ${Math.max(0, d.maxInWindow - d.limitPerWindow)}) |`,
+    `| DynamoDB / SQS calls per grant | ${d.dynamoPerGrant} / ${d.sqsPerGrant} (${Object.entries(
+      d.dynamoByAction,
+    )
+      .map(([k, v]) => `${k} ${v}`)
+      .join(', ')}) |`,
+    ...(d.cpu
+      ? [
+          `| CPU while granting: cores used | ${Object.entries(d.cpu.coresByProcess)
+            .map(([name, cores]) => `${CPU_NAMES[name] ?? name} ${round(cores, 2)}`)
+            .join(
+              '; ',
+            )}${d.cpu.machineCores === undefined ? '' : `; whole machine ${round(d.cpu.machineCores, 2)} of ${d.cpu.cores}`} |`,
+        ]
+      : []),
   ].join('\n');
 
 export const writeThroughputResults = (r: ThroughputResult): string => {

@@ -555,8 +555,10 @@ export class Admission {
       // most 3/4 of it): a store answering slowly (a loaded emulator) would otherwise return grants already too old
       // to call on. At usual latencies (well under a quarter of the slack) nothing changes.
       const slack = grantToCallMaxMs(config.upstreamWindowMs, config.grantSlackMs);
+      // Whole milliseconds (rounded up): a bucket's tat stays exact on the store (TIME_STEPS_PER_MS in gcra.ts).
       const slotAt =
-        clock.now() + Math.min(slack * FAST_SLOT_LEAD_SHARE, Math.max(0, this.fastGrantMs - slack / 4));
+        clock.now() +
+        Math.ceil(Math.min(slack * FAST_SLOT_LEAD_SHARE, Math.max(0, this.fastGrantMs - slack / 4)));
       const need = tokenNeed(config, undefined, ticket.tokens);
       const keeping = bucket.planKeeping(ticket.priority, roomyKeep(bucket.state.burst), slotAt, need);
       roomy = 'attempt' in keeping;

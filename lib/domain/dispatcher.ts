@@ -788,9 +788,12 @@ export class Dispatcher {
     if (batch.length < 2) return 'single';
     // The slot is planned ahead by the transaction's recent latency (at most 3/4 of the slack): a store answering
     // slowly would otherwise write grants already too old to call on when their waiters see them, and requeue them.
+    // Whole milliseconds (rounded up): a bucket's tat stays exact on the store (TIME_STEPS_PER_MS in gcra.ts).
     const at =
       now +
-      Math.min((grantToCallMaxMs(config.upstreamWindowMs, config.grantSlackMs) * 3) / 4, this.batchGrantMs);
+      Math.ceil(
+        Math.min((grantToCallMaxMs(config.upstreamWindowMs, config.grantSlackMs) * 3) / 4, this.batchGrantMs),
+      );
     // The horizon counts from when the write lands, as the slot does.
     const many = bucket.planSpread(
       batch.map((m) => m.message.priority),

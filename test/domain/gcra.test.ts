@@ -1,5 +1,7 @@
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import {
+  alignUp,
   applyAttempt,
   availableTokens,
   type BucketState,
@@ -7,6 +9,7 @@ import {
   deriveBucket,
   grantableRpm,
   holdTat,
+  LOG_MAX_ENTRIES,
   planConsume,
   planConsumeSpread,
   priorityBurst,
@@ -21,11 +24,59 @@ describe('deriveBucket', () => {
     [40, 60_000, 40, 2000, 10],
     [5, 60_000, 2, 15_000, 1],
     [1, 60_000, 2, 60_001, 1],
-    [1200, 60_000, 2, 51, 2],
-  ])('limit %i per %i ms, burst %i → interval %i, burst %i', (limit, windowMs, burst, interval, b) => {
+    // Above whole milliseconds' reach: eighths of a millisecond (60 s / 1198 = 50.08 ms → 50.125, not 51).
+    [1200, 60_000, 2, 50.125, 2],
+    // 12,000 rpm: 60 s / 11,980 = 5.008 ms → 5.125 ms, 11,707 a minute (whole ms: 6 ms, 10,000 a minute).
+    [12_000, 60_000, 20, 5.125, 20],
+  ])('limit %i per %i ms, burst %i → interval %d, burst %i', (limit, windowMs, burst, interval, b) => {
     const p = deriveBucket(limit, windowMs, burst);
     expect(p).toEqual({ intervalMs: interval, burst: b });
     expect(windowAllowance(p, windowMs)).toBeLessThanOrEqual(limit);
+  });
+});
+
+describe('alignUp: planned times and intervals are eighths of a millisecond', () => {
+  it.each([
+    [0, 0],
+    [5, 5],
+    [5.125, 5.125],
+    [5.0001, 5.125],
+    [5.126, 5.25],
+    [1_733_100_000_015.2754, 1_733_100_000_015.375],
+  ])('%d → %d', (ms, aligned) => {
+    expect(alignUp(ms)).toBe(aligned);
+  });
+
+  it('keeps a tat exact through sums and through its decimal text (what DynamoDB stores and adds)', () => {
+    // Prepare: a tat in 2026 and an interval, both eighths.
+    let tat = alignUp(1_795_000_000_000.3);
+    const T = deriveBucket(12_000, 60_000, 20).intervalMs;
+
+    // Act: many grants in a row, each written as text and read back.
+    for (let i = 0; i < 10_000; i++) tat = Number(String(tat + T));
+
+    // Assess: still an eighth, and its text has at most three decimals.
+    expect(tat * 8).toBe(Math.round(tat * 8));
+    expect(String(tat)).toMatch(/^\d+(\.\d{1,3})?$/);
+  });
+
+  it('any limit above the log: an eighth-aligned interval under 1/8 ms slower than exact, windows within the limit', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: LOG_MAX_ENTRIES + 1, max: 100_000 }),
+        fc.constantFrom(10_000, 60_000),
+        fc.integer({ min: 1, max: 40 }),
+        fc.integer({ min: 0, max: 1_000 }),
+        (limit, windowMs, burst, slackMs) => {
+          const p = deriveBucket(limit, windowMs, burst, slackMs);
+          const exact = (windowMs + slackMs) / (limit - p.burst);
+          expect(p.intervalMs * 8).toBe(Math.round(p.intervalMs * 8));
+          expect(p.intervalMs).toBeGreaterThanOrEqual(exact);
+          expect(p.intervalMs - exact).toBeLessThan(1 / 8);
+          expect(windowAllowance(p, windowMs + slackMs)).toBeLessThanOrEqual(limit);
+        },
+      ),
+    );
   });
 });
 
@@ -125,8 +176,8 @@ describe('grantableRpm', () => {
     // name, limit per window, window ms, slack ms, expected rpm
     ['a minute window: the log, less its slack', 40, 60_000, 1_000, (40 * 60_000) / 61_000],
     ['a 3 s window of 4.75 calls: a log of 4', 4.75, 3_000, 50, (4 * 60_000) / 3_050],
-    // T = ⌈10 s / (2000 − 1)⌉ = 6 ms: 10,000 a minute.
-    ['above the log: the spacing', 2_000, 10_000, 0, 10_000],
+    // T = 10 s / (2000 − 1) rounded up to an eighth of a ms = 5.125 ms: 11,707 a minute (whole ms: 6 ms, 10,000).
+    ['above the log: the spacing', 2_000, 10_000, 0, 60_000 / 5.125],
   ])('%s', (_name, limit, windowMs, slackMs, expected) => {
     expect(grantableRpm(deriveAdmission(limit, windowMs, 1, slackMs))).toBeCloseTo(expected, 6);
   });

@@ -26,7 +26,7 @@ describe('deriveAdmission', () => {
     [5, 60_000, 2, 1_000, 12_000, 1, { limit: 5, windowMs: 61_000 }],
     [LOG_MAX_ENTRIES, 60_000, 2, 0, 250, 2, { limit: LOG_MAX_ENTRIES, windowMs: 60_000 }],
     // Above the log's size and below one call per window: plain GCRA (deriveBucket).
-    [LOG_MAX_ENTRIES + 1, 60_000, 2, 0, 252, 2, undefined],
+    [LOG_MAX_ENTRIES + 1, 60_000, 2, 0, 251.125, 2, undefined],
     [0.5, 60_000, 2, 0, 60_001, 1, undefined],
   ])(
     'limit %d per %i ms, burst %i, slack %i → interval %i, burst %i, cap %o',
