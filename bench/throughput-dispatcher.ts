@@ -16,8 +16,9 @@ export interface DispatcherAloneResult {
   grantsPerSecond: number;
   /** Grant slots in each second from the first slot (the last second partial). */
   bySecond: number[];
-  /** What the bucket allows: burst + one token per interval. */
+  /** The bucket's own pace once its burst is spent: one token per interval (`intervalMs`, derived from the limit). */
   bucketPerSecond: number;
+  intervalMs: number;
   /** Most slots in any limit window, against the limit. */
   maxInWindow: number;
   limitPerWindow: number;
@@ -49,7 +50,7 @@ export const measureDispatcherAlone = async (opts: {
   const { limit, windowMs, count } = opts;
   const system = await startLocalSystem({
     port: 0,
-    prefix: 'bench-disp',
+    prefix: `bench-disp-${limit}`,
     emulators: { dynamoEndpoint: opts.proxies.dynamo.endpoint, sqsEndpoint: opts.proxies.sqs.endpoint },
     upstreamUrl: opts.upstreamUrl,
     upstreamApiKey: 'bench-key',
@@ -125,6 +126,7 @@ export const measureDispatcherAlone = async (opts: {
     }
     const spanS = slots.length > 1 ? (slots[slots.length - 1]! - slots[0]!) / 1000 : 0;
     const granted = slots.length;
+    const intervalMs = (await system.stores.bucket.refresh())?.intervalMs ?? Number.NaN;
     const bySecond: number[] = [];
     for (const slot of slots) {
       const i = Math.floor((slot - slots[0]!) / 1000);
@@ -135,7 +137,8 @@ export const measureDispatcherAlone = async (opts: {
       tickets: count,
       granted,
       grantsPerSecond: spanS > 0 ? round((granted - 1) / spanS, 1) : 0,
-      bucketPerSecond: round(limit / (windowMs / 1000), 1),
+      bucketPerSecond: round(1000 / intervalMs, 1),
+      intervalMs,
       maxInWindow,
       limitPerWindow: limit,
       windowS: windowMs / 1000,
