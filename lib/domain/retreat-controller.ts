@@ -214,6 +214,17 @@ export class RetreatController {
     return { record: latest, stepped };
   }
 
+  /**
+   * After a config change: the record rebased to the new base (a changed limit or window) and the bucket at its
+   * rate now, not at the dispatcher's next evaluation: while traffic takes the fast path the dispatcher may not
+   * run for a minute, and the bucket would grant at the old rate meanwhile (over a lowered limit).
+   */
+  async follow(config: GatewayConfig): Promise<RetreatRecord> {
+    const record = await this.load(config);
+    await this.deps.bucket.configure(bucketParamsFor(record, config));
+    return record;
+  }
+
   /** Operator reset to base rate (seed `reset_to_base`). */
   async reset(config: GatewayConfig, by: string): Promise<RetreatRecord> {
     const { retreat, bucket, clock } = this.deps;

@@ -3,7 +3,12 @@
 import { callLeavesWithinMs } from '../domain/admission.js';
 import { budgetDay, budgetRemaining, budgetResetAt } from '../domain/agent-budget.js';
 import type { Clock } from '../domain/clock.js';
-import { type ExternalConfigValue, externalConfig, type GatewayConfig } from '../domain/config.js';
+import {
+  type ExternalConfigValue,
+  externalConfig,
+  externalName,
+  type GatewayConfig,
+} from '../domain/config.js';
 import type { ConfigService } from '../domain/config-service.js';
 import { NotFoundError, ValidationError } from '../domain/errors.js';
 import type {
@@ -83,7 +88,7 @@ export interface AdminDeps {
   tickets: Pick<TicketStore, 'admissionCount'> & Partial<Pick<TicketStore, 'agentQueuedCounts'>>;
   /** Per-agent day counts of budgeted agents (left out: no budgets shown). */
   budgets?: Pick<BudgetStore, 'day'>;
-  retreat: Pick<RetreatController, 'reset'>;
+  retreat: Pick<RetreatController, 'reset' | 'follow'>;
   clock: Clock;
   /** The response cache; none when the deployment has no cache table. */
   cache?: Pick<ResponseCacheStore, 'purge'>;
@@ -95,6 +100,13 @@ export interface CachePurgeView {
   /** Entries deleted (answers and pending marks). */
   deleted: number;
 }
+
+/** Config fields the primary bucket's rate is derived from (retreat-controller.ts bucketParamsFor). */
+const RATE_FIELDS: ReadonlySet<string> = new Set(
+  (['upstreamLimit', 'upstreamWindowMs', 'bucketBurst', 'grantSlackMs', 'retreatPreset'] as const).map(
+    externalName,
+  ),
+);
 
 export class AdminService {
   constructor(private readonly d: AdminDeps) {}
@@ -135,6 +147,9 @@ export class AdminService {
     const { value, changes } = await this.d.config.update(patch, by, (next, prev) =>
       this.checkLive(next, prev),
     );
+    // A new limit, window, burst or slack holds once this answers, on the fast path too (which never wakes the
+    // dispatcher that would otherwise apply it).
+    if (changes.some((c) => RATE_FIELDS.has(c.field))) await this.d.retreat.follow(value.config);
     return { version: value.version, changes: changes.map(changeView), config: externalConfig(value.config) };
   }
 

@@ -242,6 +242,20 @@ describe('a successful change', () => {
     expect(snapshot.bucket.rpm).toBeCloseTo(60_000 / expected, 1);
   });
 
+  it('a new limit holds when the PATCH answers: the bucket is at its rate with no dispatcher run in between', async () => {
+    // Prepare: the bucket at the current limit (60 per minute, from the tests above).
+    const bucketNow = async () => (await system.stores.bucket.refresh())?.intervalMs;
+    const at = (limit: number) => deriveAdmission(limit, 60_000, 2, GRANT_TO_CALL_MAX_MS).intervalMs;
+    expect(await bucketNow()).toBe(at(60));
+
+    // Act + Assess: raised (plain GCRA above the log: an interval in eighths of a ms), then lowered again.
+    expect((await patch({ upstream_limit: 12_000 })).status).toBe(200);
+    expect(await bucketNow()).toBe(at(12_000));
+    expect(at(12_000)).toBe(5.125);
+    expect((await patch({ upstream_limit: 60 })).status).toBe(200);
+    expect(await bucketNow()).toBe(at(60));
+  });
+
   it('resets retreat to the base rate (and records nothing when already there)', async () => {
     // Put the record in RETREAT at a lower rate, as the dispatcher would.
     const record = await system.stores.retreat.load(await system.stores.config.config());

@@ -90,7 +90,10 @@ const world = (opts: { allowedOrigin?: string; config?: Partial<GatewayConfig> }
       config,
       history: store,
       tickets: { admissionCount: async () => 0 },
-      retreat: { reset: async () => initialRetreat(40, clock.now()) },
+      retreat: {
+        reset: async () => initialRetreat(40, clock.now()),
+        follow: async () => initialRetreat(40, clock.now()),
+      },
       clock,
     }),
     readiness: new Readiness({
