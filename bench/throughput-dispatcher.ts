@@ -1,7 +1,7 @@
 // Throughput bench, second phase: the dispatcher alone. Tickets are written queued straight into the stores (as
 // admission would, without the HTTP request, its reads or its wait), then one dispatcher run grants them as fast
 // as the bucket allows. What the full path's rate on this machine is not: the ceiling of the single consumer.
-import type { Ticket } from '../lib/domain/tickets.js';
+import { messageFor, type Ticket } from '../lib/domain/tickets.js';
 import type { RunningEmulators } from '../local/emulators.js';
 import { startLocalSystem } from '../local/runtime.js';
 import type { CountingProxy } from './support/counting-proxy.js';
@@ -32,6 +32,24 @@ export interface DispatcherAloneResult {
   cpu?: CpuUse;
 }
 
+/** The system both phases run: quiet, burst 20, no in-flight cap, the given limit, queue size and wait. */
+export const throughputEnv = (o: {
+  limit: number;
+  windowMs: number;
+  queueMax: number;
+  maxWaitS: number;
+}) => ({
+  POWERTOOLS_METRICS_DISABLED: 'true',
+  LOG_LEVEL: 'ERROR',
+  POWERTOOLS_LOG_LEVEL: 'ERROR',
+  SLUICE_UPSTREAM_LIMIT: String(o.limit),
+  SLUICE_UPSTREAM_WINDOW_S: String(o.windowMs / 1000),
+  SLUICE_BUCKET_BURST: '20',
+  SLUICE_QUEUE_MAX: String(o.queueMax),
+  SLUICE_MAX_INFLIGHT: '0',
+  SLUICE_MAX_WAIT_S: String(o.maxWaitS),
+});
+
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /**
@@ -57,17 +75,7 @@ export const measureDispatcherAlone = async (opts: {
     scheduleMs: 0,
     // Nobody claims here: grants must stay granted (not swept back to the queue) until all are made.
     dispatcherTimings: { claimWindowMs: 600_000, sweepEveryMs: 600_000, reconcileEveryMs: 600_000 },
-    env: {
-      POWERTOOLS_METRICS_DISABLED: 'true',
-      LOG_LEVEL: 'ERROR',
-      POWERTOOLS_LOG_LEVEL: 'ERROR',
-      SLUICE_UPSTREAM_LIMIT: String(limit),
-      SLUICE_UPSTREAM_WINDOW_S: String(windowMs / 1000),
-      SLUICE_BUCKET_BURST: '20',
-      SLUICE_QUEUE_MAX: String(count * 2),
-      SLUICE_MAX_INFLIGHT: '0',
-      SLUICE_MAX_WAIT_S: '120',
-    },
+    env: throughputEnv({ limit, windowMs, queueMax: count * 2, maxWaitS: 120 }),
   });
   try {
     const { tickets, queue } = system.stores;
@@ -88,14 +96,7 @@ export const measureDispatcherAlone = async (opts: {
       await Promise.all(
         queued.slice(i, i + 20).map(async (t) => {
           await tickets.create(t, { queueMaxSize: count * 2 });
-          await queue.send({
-            ticketId: t.id,
-            attempt: t.attempt,
-            priority: t.priority,
-            agent: t.agent,
-            enqueuedAt: t.enqueuedAt,
-            deadline: t.deadline,
-          });
+          await queue.send(messageFor(t));
         }),
       );
     }

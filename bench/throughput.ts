@@ -12,7 +12,11 @@ import type { BenchOptions, BenchResult } from './run.js';
 import { startCountingProxy } from './support/counting-proxy.js';
 import { type CpuUse, startCpuMeter } from './support/process-cpu.js';
 import { machine, round, summary } from './support/stats.js';
-import { type DispatcherAloneResult, measureDispatcherAlone } from './throughput-dispatcher.js';
+import {
+  type DispatcherAloneResult,
+  measureDispatcherAlone,
+  throughputEnv,
+} from './throughput-dispatcher.js';
 
 const MODEL = 'meta/llama-3.1-8b-instruct';
 /** 12,000 rpm expressed over a 10 s window (2,000 per 10 s): several whole windows fit in one run. */
@@ -118,17 +122,7 @@ export const runThroughputBench = async (o: BenchOptions): Promise<BenchResult> 
     upstreamUrl: `${upstream.url}/v1`,
     upstreamApiKey: 'bench-key',
     scheduleMs: 0,
-    env: {
-      POWERTOOLS_METRICS_DISABLED: 'true',
-      LOG_LEVEL: 'ERROR',
-      POWERTOOLS_LOG_LEVEL: 'ERROR',
-      SLUICE_UPSTREAM_LIMIT: String(LIMIT),
-      SLUICE_UPSTREAM_WINDOW_S: String(WINDOW_MS / 1000),
-      SLUICE_BUCKET_BURST: '20',
-      SLUICE_QUEUE_MAX: String(agents * 2),
-      SLUICE_MAX_INFLIGHT: '0',
-      SLUICE_MAX_WAIT_S: '30',
-    },
+    env: throughputEnv({ limit: LIMIT, windowMs: WINDOW_MS, queueMax: agents * 2, maxWaitS: 30 }),
   });
   try {
     o.log(`throughput: ${agents} agents for ${seconds} s at ${LIMIT} per ${WINDOW_MS / 1000} s`);

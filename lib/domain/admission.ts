@@ -47,6 +47,7 @@ import {
 import { bucketParamsFor } from './retreat-controller.js';
 import {
   isGrantStale,
+  messageFor,
   SEND_SHARE,
   type Ticket,
   type TicketPatch,
@@ -865,19 +866,7 @@ export class Admission {
   /** @param judged fail fast judged its wait at admission (TicketMessage.judged) */
   private async enqueue(ticket: Ticket, judged = false): Promise<void> {
     try {
-      await this.d.queue.send({
-        ticketId: ticket.id,
-        attempt: ticket.attempt,
-        priority: ticket.priority,
-        agent: ticket.agent,
-        enqueuedAt: ticket.enqueuedAt,
-        deadline: ticket.deadline,
-        ...(ticket.quotaRpm !== undefined ? { quotaRpm: ticket.quotaRpm } : {}),
-        ...(ticket.quotaShare !== undefined ? { quotaShare: ticket.quotaShare } : {}),
-        ...(ticket.pool ? { pool: ticket.pool } : {}),
-        ...(ticket.tokens !== undefined ? { tokens: ticket.tokens } : {}),
-        ...(judged ? { judged: true as const } : {}),
-      });
+      await this.d.queue.send({ ...messageFor(ticket), ...(judged ? { judged: true as const } : {}) });
     } catch {
       // Without a message nobody would ever grant it: end it now rather than let it wait in vain.
       await this.end(ticket, 'queued', 'failed', 'enqueue_failed');

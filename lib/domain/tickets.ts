@@ -134,6 +134,20 @@ export interface TicketMessage {
   judged?: true;
 }
 
+/** The queue message of a ticket (its attempt, priority, deadline, quota, pool and token estimate). */
+export const messageFor = (ticket: Ticket): TicketMessage => ({
+  ticketId: ticket.id,
+  attempt: ticket.attempt,
+  priority: ticket.priority,
+  agent: ticket.agent,
+  enqueuedAt: ticket.enqueuedAt,
+  deadline: ticket.deadline,
+  ...(ticket.quotaRpm !== undefined ? { quotaRpm: ticket.quotaRpm } : {}),
+  ...(ticket.quotaShare !== undefined ? { quotaShare: ticket.quotaShare } : {}),
+  ...(ticket.pool ? { pool: ticket.pool } : {}),
+  ...(ticket.tokens !== undefined ? { tokens: ticket.tokens } : {}),
+});
+
 /**
  * Share of the grant slack a grant may have used when its claim is written: the claim write, the reply headers,
  * the key lookup and the send still follow. An older grant is requeued before the claim (cheap: no claim to undo).

@@ -8,6 +8,7 @@ import { DEFAULT_CONFIG, type GatewayConfig } from '../../lib/domain/config.js';
 import { ConfigService } from '../../lib/domain/config-service.js';
 import { isFirstLook, ORPHAN_SWEEP_EVERY } from '../../lib/domain/dispatcher.js';
 import type { Priority } from '../../lib/domain/priority.js';
+import { messageFor } from '../../lib/domain/tickets.js';
 import { memoryGateway } from '../support/memory-gateway.js';
 
 const setup = async (config: Partial<GatewayConfig>) => {
@@ -372,14 +373,7 @@ describe('Dispatcher: several grants per transaction', () => {
     // A duplicate delivery is a second message for the same ticket and attempt.
     for (const id of ids.slice(0, duplicates)) {
       const t = (await s.tickets.get(id))!;
-      await s.queue.send({
-        ticketId: t.id,
-        attempt: t.attempt,
-        priority: t.priority,
-        agent: t.agent,
-        enqueuedAt: t.enqueuedAt,
-        deadline: t.deadline,
-      });
+      await s.queue.send(messageFor(t));
     }
     const summary = await s.dispatcher.run(s.clock.now() + 5_000);
     const all = (await Promise.all(ids.map((id) => s.tickets.get(id)))).map((t) => t!);

@@ -12,6 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Admission } from '../../lib/domain/admission.js';
 import { Dispatcher } from '../../lib/domain/dispatcher.js';
 import type { TicketStore } from '../../lib/domain/ports.js';
+import { messageFor } from '../../lib/domain/tickets.js';
 import { makeClients } from '../../lib/runtime/clients.js';
 import { readRuntimeEnv } from '../../lib/runtime/env.js';
 import { type GatewayStores, gatewayStores } from '../../local/gateway-stores.js';
@@ -191,14 +192,7 @@ describe('odd messages, with the real adapters', () => {
       { agent: 'dup', priority: 'normal', model: 'meta/x', stream: false, deadline: Date.now() + 30_000 },
       config,
     );
-    await stores.queue.send({
-      ticketId: ticket.id,
-      attempt: 0,
-      priority: 'normal',
-      agent: 'dup',
-      enqueuedAt: ticket.enqueuedAt,
-      deadline: ticket.deadline,
-    });
+    await stores.queue.send(messageFor(ticket));
     const summary = await run();
     expect(granted.get(ticket.id)).toBe(1);
     expect(summary.skipped).toBeGreaterThanOrEqual(1);
