@@ -81,8 +81,6 @@ export const storeError = (err: unknown, what: string): unknown =>
     ? new StoreUnavailableError(`${what} unavailable: ${(err as Error).name ?? 'error'}`, { cause: err })
     : err;
 
-export type { WithMiddlewareStack };
-
 /**
  * Makes every call of `client` throw StoreUnavailableError, after the SDK's retries, when the service is
  * unavailable. Added at the outermost step so the SDK's bounded, jittered retries run first. Idempotent: the
