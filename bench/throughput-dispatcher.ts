@@ -116,8 +116,8 @@ export const measureDispatcherAlone = async (opts: {
     const byAction = Object.fromEntries(opts.proxies.dynamo.counts.entries());
     const slots: number[] = [];
     for (const t of queued) {
-      const now = await tickets.get(t.id);
-      if (now?.status === 'granted' && now.grantedAt !== undefined) slots.push(now.grantedAt);
+      const stored = await tickets.get(t.id);
+      if (stored?.status === 'granted' && stored.grantedAt !== undefined) slots.push(stored.grantedAt);
     }
     slots.sort((a, b) => a - b);
     let maxInWindow = 0;
